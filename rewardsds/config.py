@@ -1,0 +1,513 @@
+"""Structured config schemas for every Hydra group, registered with the ConfigStore.
+
+Each option ``conf/<group>/<option>.yaml`` starts with ``defaults: [/schema/<group>/<option>@_here_, _self_]``
+so the composed node is typed by the dataclass below: unknown keys and wrong types fail at compose
+time, and :func:`validate` (``OmegaConf.to_object``) runs every ``__post_init__``, where cross-field
+checks name the key, the value and the fix. ``_target_`` is the only registry: it names the class that
+``hydra.utils.instantiate`` builds, with the remaining fields as keyword arguments.
+
+Choices are ``str`` Enums (hydra-core 1.3 has no ``Literal`` support in schemas).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rewardsds.errors import ConfigError
+from rewardsds.schedules import Schedule
+
+
+# ----------------------------------------------------------------------------------------- enums
+class DType(str, Enum):
+    auto = "auto"  # bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class LookaheadGrid(str, Enum):
+    leading = "leading"  # diffusers DDIM "leading" spacing + offset 1 (2D reference: 925, 859, ..., 1)
+    linspace = "linspace"  # floor(linspace(0, T-1, S)) (3D reference: 999, 927, ..., 0)
+
+
+class LookaheadStart(str, Enum):
+    exact_t = "exact_t"  # first call at exactly t (reuses the shared prediction at t)
+    grid = "grid"  # 2D reference: first call at the largest grid point <= t, no re-noising
+
+
+class TimestepGrid(str, Enum):
+    uniform = "uniform"  # t ~ U{floor(T t_min), ..., floor(T t_max)}
+    reference_2d = "reference_2d"  # RewardSDS/SDS-Bridge 2D code: odd t in {21, ..., 979}
+
+
+class ViewAggregation(str, Enum):
+    mean = "mean"  # one reward per candidate, averaged over its views (3D reference)
+    per_view = "per_view"  # weights per (candidate, view)
+
+
+class SDSTarget(str, Enum):
+    eps = "eps"  # g = w(t) (eps_hat - eps)
+    x0_recon = "x0_recon"  # MVDream x0-reconstruction target with std rescale
+
+
+class SDSWeighting(str, Enum):
+    sds = "sds"  # w(t) = 1 - abar_t
+    uniform = "uniform"  # w(t) = 1
+    fantasia = "fantasia"  # w(t) = sqrt(abar_t) (1 - abar_t)
+
+
+class MinMaxScale(str, Enum):
+    mean = "mean"  # reference code: lambda_max * mean(top) - lambda_min * mean(bottom)
+    paper = "paper"  # paper text: +lambda_max each top, -lambda_min each bottom, then / N
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, problem, fix)
+
+
+def _enum(enum_cls, value, key: str):
+    try:
+        return enum_cls(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        options = ", ".join(e.value for e in enum_cls)
+        raise ConfigError(key, value, "is not a known option", f"use one of: {options}") from None
+
+
+# ----------------------------------------------------------------------------------------- priors
+@dataclass
+class PriorConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class SDPriorConfig(PriorConfig):
+    """Stable Diffusion family through diffusers (SD 1.x/2.x; v- or epsilon-prediction)."""
+
+    _target_: str = "rewardsds.priors.sd.StableDiffusionPrior"
+    pretrained: str = "stabilityai/stable-diffusion-2-1-base"
+    revision: Optional[str] = None
+    variant: Optional[str] = None  # e.g. "fp16" to download the half-precision files
+    dtype: DType = DType.auto
+    scheduler: str = "ddim"  # ddim | ddpm: only the noise schedule is read from it
+    local_files_only: bool = False
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the UNet (GPU; compile time is reported separately)
+    tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
+    vae_slicing: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
+               "give a Hub id such as stabilityai/stable-diffusion-2-1-base or a local folder")
+        _check(self.scheduler in ("ddim", "ddpm"), "prior.scheduler", self.scheduler, "is not supported",
+               "use ddim or ddpm (only the noise schedule is read)")
+        self.dtype = _enum(DType, self.dtype, "prior.dtype")
+
+
+@dataclass
+class AnalyticMode:
+    """One named mode of the analytic Gaussian-mixture prior: a mean image built from colour + pattern."""
+
+    name: str = MISSING
+    keywords: List[str] = field(default_factory=list)
+    color: List[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])
+    background: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    pattern: str = "solid"  # solid | disk | square | stripes | checker
+
+
+@dataclass
+class AnalyticPriorConfig(PriorConfig):
+    """Gaussian mixture over small images with an exact noise prediction (offline demo, algorithm tests)."""
+
+    _target_: str = "rewardsds.priors.analytic.AnalyticPrior"
+    image_size: int = 16
+    component_std: float = 0.15
+    prompt_sharpness: float = 4.0
+    modes: List[AnalyticMode] = field(default_factory=list)
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 4, "prior.image_size", self.image_size, "is too small", "use 8, 16 or 32")
+        _check(self.component_std > 0, "prior.component_std", self.component_std, "must be > 0", "use e.g. 0.15")
+        _check(len(self.modes) >= 1, "prior.modes", len(self.modes), "needs at least one mode",
+               "list modes in conf/prior/analytic.yaml")
+        names = [m.name for m in self.modes]
+        _check(len(set(names)) == len(names), "prior.modes", names, "has duplicate names", "give each mode a unique name")
+
+
+# ----------------------------------------------------------------------------------------- representations
+@dataclass
+class RepresentationConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class LatentImageConfig(RepresentationConfig):
+    """The 2D case: the prior-space latent itself is the parameter."""
+
+    _target_: str = "rewardsds.representations.latent_image.LatentImage"
+    init: str = "randn"  # randn | zeros | image
+    init_image: Optional[str] = None  # path of an RGB image (init: image)
+    init_std: float = 1.0
+    lr: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    batch_size: int = 1  # independent images optimised side by side (particles)
+
+    def __post_init__(self) -> None:
+        _check(self.init in ("randn", "zeros", "image"), "representation.init", self.init, "is not a known init",
+               "use randn, zeros or image")
+        _check(self.init != "image" or bool(self.init_image), "representation.init_image", self.init_image,
+               "is required when representation.init=image", "set representation.init_image=/path/to/image.png")
+        _check(self.lr > 0, "representation.lr", self.lr, "must be > 0", "use e.g. 0.01")
+        _check(len(self.betas) == 2, "representation.betas", list(self.betas), "needs two values", "use [0.9, 0.99]")
+        _check(self.batch_size >= 1, "representation.batch_size", self.batch_size, "must be >= 1", "use 1")
+
+
+# ----------------------------------------------------------------------------------------- losses
+@dataclass
+class LossConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class SDSLossConfig(LossConfig):
+    """Score distillation sampling (DreamFusion), optionally with MVDream's x0-reconstruction target."""
+
+    _target_: str = "rewardsds.losses.sds.SDSLoss"
+    guidance_scale: float = 100.0
+    weighting: SDSWeighting = SDSWeighting.sds
+    target: SDSTarget = SDSTarget.eps
+    recon_std_rescale: float = 0.5
+    grad_clip: Optional[float] = None  # clamp the gradient field elementwise (threestudio grad_clip)
+
+    def __post_init__(self) -> None:
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use e.g. 100 (2D) or 50 (MVDream)")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+        self.target = _enum(SDSTarget, self.target, "loss.target")
+        _check(0 <= self.recon_std_rescale <= 1, "loss.recon_std_rescale", self.recon_std_rescale, "must be in [0, 1]", "use 0.5")
+
+
+# ----------------------------------------------------------------------------------------- rewards
+@dataclass
+class RewardConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class JPEGRewardConfig(RewardConfig):
+    """DDPO's JPEG (in)compressibility: -/+ JPEG size in kB at quality 95."""
+
+    _target_: str = "rewardsds.rewards.jpeg.JPEGCompressibility"
+    quality: int = 95
+    sign: float = -1.0  # -1: compressibility (smaller file is better), +1: incompressibility
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.quality <= 100, "reward.quality", self.quality, "must be in [1, 100]", "use 95 (DDPO)")
+        _check(self.sign in (-1.0, 1.0), "reward.sign", self.sign, "must be -1 or +1", "use -1 (compressibility) or +1")
+
+
+@dataclass
+class AnalyticRewardConfig(RewardConfig):
+    """Closeness to preferred modes of the analytic prior (negative mean squared distance in [0,1])."""
+
+    _target_: str = "rewardsds.rewards.analytic.AnalyticReward"
+    preferred: List[str] = field(default_factory=lambda: ["blue"])
+    modes: List[AnalyticMode] = field(default_factory=list)
+    image_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check(len(self.preferred) >= 1, "reward.preferred", list(self.preferred), "is empty",
+               "name at least one mode or keyword, e.g. reward.preferred=[blue]")
+
+
+# ----------------------------------------------------------------------------------------- strategies
+@dataclass
+class StrategyConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class NoStrategyConfig(StrategyConfig):
+    """Plain distillation: every candidate weighted 1/N, no lookahead or reward."""
+
+    _target_: str = "rewardsds.strategies.NoStrategy"
+
+
+@dataclass
+class MinMaxStrategyConfig(StrategyConfig):
+    """RewardSDS default: +lambda_max on the top n_max, -lambda_min on the bottom n_min candidates."""
+
+    _target_: str = "rewardsds.strategies.MinMaxStrategy"
+    lambda_max: float = 0.9
+    lambda_min: float = 0.1
+    n_max: int = 2
+    n_min: int = 2
+    scale: MinMaxScale = MinMaxScale.mean
+
+    def __post_init__(self) -> None:
+        _check(self.n_max >= 1, "strategy.n_max", self.n_max, "must be >= 1", "use 2")
+        _check(self.n_min >= 0, "strategy.n_min", self.n_min, "must be >= 0", "use 2 (0 disables the push-away term)")
+        self.scale = _enum(MinMaxScale, self.scale, "strategy.scale")
+
+
+@dataclass
+class BestStrategyConfig(StrategyConfig):
+    """Winner(s) take all: weight 1/n_best on the n_best highest rewards."""
+
+    _target_: str = "rewardsds.strategies.BestStrategy"
+    n_best: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.n_best >= 1, "strategy.n_best", self.n_best, "must be >= 1", "use 1 or 2")
+
+
+@dataclass
+class WeightedStrategyConfig(StrategyConfig):
+    """Softmax of rewards with a temperature (reference: temperature 1 on raw scores)."""
+
+    _target_: str = "rewardsds.strategies.WeightedStrategy"
+    temperature: float = 1.0
+    standardize: bool = False  # z-score rewards within the candidate set before the softmax
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "strategy.temperature", self.temperature, "must be > 0", "use 1.0")
+
+
+@dataclass
+class RandomStrategyConfig(StrategyConfig):
+    """Paper ablation (i): one candidate chosen uniformly at random (ignores rewards)."""
+
+    _target_: str = "rewardsds.strategies.RandomStrategy"
+
+
+# ----------------------------------------------------------------------------------------- logger / trainer
+@dataclass
+class LoggerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    _target_: str = "rewardsds.loggers.wandb_logger"
+    project: str = "rewardsds"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (online if a key and network exist, else offline) | online | offline
+    group: Optional[str] = None  # default: the sweep folder name for multiruns
+    name: Optional[str] = None  # default: the job's overrides
+    tags: List[str] = field(default_factory=list)
+    log_model: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("auto", "online", "offline"), "logger.mode", self.mode, "is not a known mode",
+               "use auto, online or offline")
+
+
+@dataclass
+class CSVLoggerConfig(LoggerConfig):
+    _target_: str = "rewardsds.loggers.csv_logger"
+    name: str = "csv"
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    _target_: str = "rewardsds.loggers.no_logger"
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of ``lightning.Trainer`` that users set (the system adds the rest)."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda
+    devices: Any = 1
+    precision: str = "32-true"  # the scene is fp32; the prior's dtype is prior.dtype
+    enable_progress_bar: bool = True
+    log_every_n_steps: int = 1
+    deterministic: bool = False
+    enable_model_summary: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda"), "trainer.accelerator", self.accelerator,
+               "is not supported", "use auto, cpu or gpu")
+        _check(self.precision in ("32-true", "32"), "trainer.precision", self.precision,
+               "must be 32: the scene is optimised in fp32 and the prior's precision is prior.dtype",
+               "set prior.dtype=bf16 (or fp16) for a half-precision prior")
+
+
+# ----------------------------------------------------------------------------------------- root nodes
+@dataclass
+class TimestepConfig:
+    """Diffusion timestep sampling, as fractions of T with named schedules (threestudio annealing)."""
+
+    t_min: Schedule = field(default_factory=lambda: Schedule(start=0.02))
+    t_max: Schedule = field(default_factory=lambda: Schedule(start=0.98))
+    grid: TimestepGrid = TimestepGrid.uniform
+
+    def __post_init__(self) -> None:
+        self.grid = _enum(TimestepGrid, self.grid, "timesteps.grid")
+        for key, sched in (("timesteps.t_min", self.t_min), ("timesteps.t_max", self.t_max)):
+            for v in (sched.start, sched.end):
+                _check(v is None or 0.0 <= v <= 1.0, key, v, "is a fraction of T and must be in [0, 1]", "use e.g. 0.02 / 0.98")
+
+
+@dataclass
+class LookaheadConfig:
+    """Deterministic DDIM lookahead from x_t to x_0 per candidate (paper's S)."""
+
+    steps: int = 15  # points of the full DDIM grid; the chain visits those below t. 0 = one-step x0
+    guidance_scale: float = 7.5
+    grid: LookaheadGrid = LookaheadGrid.leading
+    start: LookaheadStart = LookaheadStart.exact_t
+    decode: str = "full"  # full VAE decode or "tiny" (prior.tiny_vae) for rewards
+    prune_to: int = 0  # 0 = off; else keep the prune_to candidates with the best one-step reward for the full lookahead
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
+        _check(self.guidance_scale >= 0, "lookahead.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (2D) or 50 (MVDream)")
+        self.grid = _enum(LookaheadGrid, self.grid, "lookahead.grid")
+        self.start = _enum(LookaheadStart, self.start, "lookahead.start")
+        _check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
+        _check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off)")
+
+
+@dataclass
+class OutputConfig:
+    image_every: int = 100  # save (and log) the current image every k steps; 0 = never
+    candidates_every: int = 0  # log a table of candidate images with their rewards every k steps
+    video: bool = True
+    video_fps: int = 20
+    checkpoint_every: int = 100  # write last.ckpt every k steps (atomically); 0 = only at the end
+    eval_views: int = 8  # fixed cameras rendered at the end for 3D metrics
+    turntable_frames: int = 60
+    final_reward: bool = True  # score the final image(s) with the run's reward for metrics.json
+
+
+@dataclass
+class CompareConfig:
+    """Run the same setup once per strategy (same seeds) and write a comparison (offline demo)."""
+
+    strategies: List[str] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """Root schema. Groups are typed by their own schemas; the fields below are run-level settings."""
+
+    representation: Any = MISSING
+    prior: Any = MISSING
+    loss: Any = MISSING
+    reward: Any = MISSING
+    strategy: Any = MISSING
+    logger: Any = MISSING
+    trainer: Any = MISSING
+
+    prompt: str = MISSING
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 1000
+    n_noises: int = 4
+    reward_duration: float = 1.0  # fraction of steps that use the reward; later steps are plain SDS (N = 1)
+    chunk_size: int = 0  # most UNet inputs per call (0 = automatic from free memory on CUDA, all on CPU)
+    reward_views: ViewAggregation = ViewAggregation.mean
+    view_dependent_prompts: bool = False
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    max_nonfinite_steps: int = 10
+    resume: Optional[str] = None
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt, "is missing or empty",
+               'pass a prompt, e.g. prompt="a photo of a red fox"')
+        _check(self.steps >= 1, "steps", self.steps, "must be >= 1", "use e.g. 1000")
+        _check(self.n_noises >= 1, "n_noises", self.n_noises, "must be >= 1", "use e.g. 4, 8 or 10")
+        _check(0.0 <= self.reward_duration <= 1.0, "reward_duration", self.reward_duration, "must be in [0, 1]",
+               "use 1.0 (2D), 0.5 (paper 3D) or 0.7 (reference 3D)")
+        _check(self.chunk_size >= 0, "chunk_size", self.chunk_size, "must be >= 0", "use 0 (automatic)")
+        _check(self.max_nonfinite_steps >= 0, "max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0", "use 10")
+        self.reward_views = _enum(ViewAggregation, self.reward_views, "reward_views")
+        s = self.strategy
+        if isinstance(s, MinMaxStrategyConfig):
+            _check(self.n_noises >= s.n_max + s.n_min, "n_noises", self.n_noises,
+                   f"is smaller than strategy.n_max + strategy.n_min = {s.n_max} + {s.n_min} = {s.n_max + s.n_min}",
+                   f"set n_noises>={s.n_max + s.n_min} or lower strategy.n_max / strategy.n_min")
+        if isinstance(s, BestStrategyConfig):
+            _check(self.n_noises >= s.n_best, "n_noises", self.n_noises, f"is smaller than strategy.n_best = {s.n_best}",
+                   f"set n_noises>={s.n_best} or lower strategy.n_best")
+        _cross_group_checks(self)
+
+
+# Checks between groups that are added by later modules (3D, MVDream, loss modes) register here, so
+# the root schema stays one place that calls them all.
+_CROSS_CHECKS: list = []
+
+
+def register_cross_check(fn):
+    """Decorator: ``fn(cfg: Config)`` raises ConfigError for an incompatible combination."""
+    _CROSS_CHECKS.append(fn)
+    return fn
+
+
+def _cross_group_checks(cfg: Config) -> None:
+    for fn in _CROSS_CHECKS:
+        fn(cfg)
+
+
+@register_cross_check
+def _multiview_needs_views(cfg: Config) -> None:
+    prior_target = getattr(cfg.prior, "_target_", "")
+    rep = cfg.representation
+    if "mvdream" in prior_target and isinstance(rep, LatentImageConfig):
+        raise ConfigError(
+            "representation", "latent_image",
+            "cannot give the 4 camera-posed views per object that the multi-view prior (prior=mvdream) needs",
+            "use representation=nerf or representation=gaussians with prior=mvdream",
+        )
+
+
+# ----------------------------------------------------------------------------------------- registry
+SCHEMAS: dict[str, dict[str, type]] = {
+    "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig},
+    "representation": {"latent_image": LatentImageConfig},
+    "loss": {"sds": SDSLossConfig},
+    "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig},
+    "strategy": {
+        "none": NoStrategyConfig,
+        "min_max": MinMaxStrategyConfig,
+        "best": BestStrategyConfig,
+        "weighted": WeightedStrategyConfig,
+        "random": RandomStrategyConfig,
+    },
+    "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "none": NoLoggerConfig},
+    "trainer": {"default": TrainerConfig},
+}
+
+
+def register_schemas(extra: Optional[dict[str, dict[str, type]]] = None) -> None:
+    """Store every schema as ``schema/<group>/<name>`` and the root as ``root_schema``."""
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=Config)
+    for group, options in {**SCHEMAS, **(extra or {})}.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Build the typed config (runs every ``__post_init__``); raise ConfigError on the first problem."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+register_schemas()

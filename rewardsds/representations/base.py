@@ -1,0 +1,71 @@
+"""The representation interface: the thing being optimised (a latent image, a NeRF, 3D Gaussians).
+
+A representation is an ``nn.Module`` whose parameters are the scene. The system calls, per step:
+
+    setup(prior, device)                       once, before the first step (shapes, init from image)
+    out = render(cameras, step)                dict of named outputs
+    on_before_backward / on_after_backward     optional hooks (gsplat densification statistics)
+    on_after_optimizer_step(step, optimizer)   optional hook (densify / prune, occupancy-grid update)
+
+``render`` returns ``{"latents": [b,c,h,w]}`` for representations that live in the prior's space, or
+``{"rgb": [b,3,H,W] in [0,1], "opacity": [b,1,H,W], ...}`` for rendered ones. The system encodes
+``rgb`` with the prior (with gradient) when there is no ``latents`` key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rewardsds.cameras import Cameras
+    from rewardsds.priors.base import Prior
+
+
+class Representation(nn.Module):
+    """Base class of every optimised scene.
+
+    Attributes:
+        needs_cameras: whether ``render`` takes sampled cameras (3D) or ignores them (2D).
+        outputs_latents: whether ``render`` returns the prior's space directly.
+        min_views_per_object: views the representation can render per object (multi-view priors need 4).
+    """
+
+    needs_cameras: bool = False
+    outputs_latents: bool = False
+    min_views_per_object: int = 1
+
+    def setup(self, prior: "Prior", device: torch.device) -> None:
+        """Allocate or initialise parameters that depend on the prior (called once)."""
+
+    def render(self, cameras: Optional["Cameras"], step: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups, each a dict with ``params``, ``lr``, ``name`` (and optional
+        ``betas``, ``eps``, ``weight_decay``). Group names are unique; they appear in logs."""
+        raise NotImplementedError
+
+    def on_before_backward(self, step: int, outputs: dict[str, Tensor]) -> None:
+        pass
+
+    def on_after_backward(self, step: int, outputs: dict[str, Tensor]) -> None:
+        pass
+
+    def on_after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def regularizers(self, outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Extra losses named ``loss_*`` (summed by the system), e.g. opacity/sparsity terms."""
+        return {}
+
+    def export(self, out_dir: Path) -> list[Path]:
+        """Write the final asset(s) (image, mesh, .ply) into ``out_dir``; return the written paths."""
+        return []
+
+    def final_images(self, step: int) -> Optional[dict[str, Tensor]]:
+        """For 2D representations: the final image(s) without cameras; None for 3D (use eval views)."""
+        return None

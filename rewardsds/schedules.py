@@ -1,0 +1,121 @@
+"""Named-field schedules (never positional lists) and the timestep sampler.
+
+A :class:`Schedule` is the value ``start`` until ``start_step``, ``end`` from ``end_step`` on, and
+linear in between (threestudio's ``C()`` with names instead of a 4-list). ``end=None`` means constant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from rewardsds.errors import ConfigError
+
+
+@dataclass
+class Schedule:
+    """A piecewise-linear scalar schedule over optimisation steps.
+
+    Args:
+        start: value until ``start_step``.
+        end: value from ``end_step`` on; ``None`` keeps ``start`` forever.
+        start_step: first step of the ramp.
+        end_step: last step of the ramp (``end_step <= start_step`` means a jump at ``start_step``).
+    """
+
+    start: float = 0.0
+    end: Optional[float] = None
+    start_step: int = 0
+    end_step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.start_step < 0:
+            raise ConfigError("start_step", self.start_step, "must be >= 0", "use a step index >= 0")
+        if self.end is not None and self.end_step < self.start_step:
+            raise ConfigError(
+                "end_step", self.end_step, f"is before start_step = {self.start_step}",
+                "set end_step >= start_step (equal means a jump)",
+            )
+
+    def value(self, step: int) -> float:
+        """Value at optimisation step ``step`` (0-based)."""
+        if self.end is None or step < self.start_step:
+            return float(self.start)
+        if step >= self.end_step:
+            return float(self.end)
+        frac = (step - self.start_step) / max(1, self.end_step - self.start_step)
+        return float(self.start + (self.end - self.start) * frac)
+
+    @classmethod
+    def from_any(cls, x: Any) -> "Schedule":
+        """Accept a Schedule, a mapping with its fields (DictConfig too) or a bare number (constant)."""
+        if isinstance(x, Schedule):
+            return x
+        if isinstance(x, (int, float)):
+            return cls(start=float(x))
+        if hasattr(x, "items"):
+            return cls(**{k: v for k, v in x.items()})
+        raise TypeError(f"cannot build a Schedule from {x!r}")
+
+
+def constant(value: float) -> Schedule:
+    return Schedule(start=value)
+
+
+def seed_for(seed: int, step: int, stream: int, index: int = 0) -> int:
+    """A 63-bit seed for (run seed, step, stream, index), stable across processes and devices.
+
+    Per-step seeding makes a resumed run draw exactly the noises and timesteps of an uninterrupted one,
+    and lets strategies that differ only in weighting see identical candidates for the same seed.
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB + index * 0x2545F4914F6CDD1D)
+    x &= (1 << 64) - 1
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
+    x ^= x >> 32
+    return x & ((1 << 63) - 1)
+
+
+class Streams:
+    """Stream ids for :func:`seed_for`: each random quantity has its own stream."""
+
+    TIMESTEP = 1
+    NOISE = 2
+    CAMERA = 3
+    LORA = 4
+    AUX = 5
+    LOOKAHEAD = 6
+    STRATEGY = 7
+
+
+@dataclass
+class TimestepSampler:
+    """Samples one integer diffusion timestep per step, shared by every candidate and view.
+
+    ``t ~ U{floor(T * t_min(step)), ..., floor(T * t_max(step))}`` (threestudio convention, inclusive),
+    or the odd grid {21, 23, ..., 979} of the RewardSDS 2D reference with ``grid="reference_2d"``.
+    """
+
+    t_min: Schedule
+    t_max: Schedule
+    num_train_timesteps: int = 1000
+    grid: str = "uniform"
+
+    def bounds(self, step: int) -> tuple[int, int]:
+        T = self.num_train_timesteps
+        lo = int(math.floor(T * self.t_min.value(step)))
+        hi = int(math.floor(T * self.t_max.value(step)))
+        lo, hi = max(1, min(lo, T - 1)), max(1, min(hi, T - 1))
+        return min(lo, hi), max(lo, hi)
+
+    def sample(self, step: int, seed: int) -> int:
+        g = torch.Generator().manual_seed(seed_for(seed, step, Streams.TIMESTEP))
+        if self.grid == "reference_2d":
+            # diffusers DDIM with 500 "leading" steps + offset 1 gives {1,3,...,999}; index in [10, 490).
+            idx = int(torch.randint(10, 490, (1,), generator=g))
+            return 999 - 2 * idx
+        lo, hi = self.bounds(step)
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
