@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,6 +37,17 @@ from rewardsds.viz import Media, to_uint8, upscale
 from rewardsds.utils.io import write_image
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step produced (for logging and benchmarks)."""
+
+    ctx: StepContext
+    loss: LossOutput
+    total: Tensor
+    grad_norm: Tensor
+    regs: dict
 
 
 class StepIndices(torch.utils.data.IterableDataset):
@@ -186,36 +198,59 @@ class DistillationSystem(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = self.iteration
         start = time.perf_counter()
-        opt = self.optimizers()
-        cameras, out, latents = self.scene_latents(step)
+        res = self.run_step(step, self.optimizers())
+        elapsed = time.perf_counter() - start
+        self.step_times.append(elapsed)
+        cands = res.loss.candidates
+        self.evals_per_step.append(int(cands.evals) if cands is not None else 0)
+        self._log_step(res, elapsed)
+        if res.ctx.keep_images and cands is not None and cands.images is not None:
+            self._log_candidates(cands, step)
+        self.iteration += 1
+        self._maybe_save_frames(step)
+        return res.total.detach()
+
+    def make_context(self, step: int, latents: Tensor, cameras, out: dict) -> StepContext:
+        """The step's context: prompts, timestep, strategy and candidate count (reward_duration applied)."""
         prompts = self.prompts_for(cameras)
-        text = self.prior.text_cond(prompts, self.cfg.negative_prompt)
         use_reward = step < self.reward_steps
-        strategy = self.strategy if use_reward else self.none_strategy
-        n = self.cfg.n_noises if use_reward else 1
         keep = bool(self.cfg.output.candidates_every) and step % self.cfg.output.candidates_every == 0
-        ctx = StepContext(
+        return StepContext(
             latents=latents, t=self.timesteps.sample(step, self.cfg.seed), step=step, progress=step / self.total_steps,
-            text=text, prompts=prompts, base_prompt=self.cfg.prompt, negative_prompt=self.cfg.negative_prompt,
-            camera=None if cameras is None else cameras.c2w, n_noises=n, strategy=strategy, engine=self.engine,
-            prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"),
+            text=self.prior.text_cond(prompts, self.cfg.negative_prompt), prompts=prompts, base_prompt=self.cfg.prompt,
+            negative_prompt=self.cfg.negative_prompt, camera=None if cameras is None else cameras.c2w,
+            n_noises=self.cfg.n_noises if use_reward else 1, strategy=self.strategy if use_reward else self.none_strategy,
+            engine=self.engine, prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"),
         )
+
+    def run_step(self, step: int, opt) -> "StepResult":
+        """Render, distil, back-propagate and step the optimiser once (no logging).
+
+        ``opt`` is the LightningOptimizer in training, or a plain torch optimiser (benchmarks run the very
+        same code without a trainer).
+        """
+        raw = getattr(opt, "optimizer", opt)
+        cameras, out, latents = self.scene_latents(step)
+        ctx = self.make_context(step, latents, cameras, out)
         result: LossOutput = self.loss_mode(ctx)
         regs = self.representation.regularizers(out, step)
         total = result.total() + sum(regs.values(), torch.zeros((), device=latents.device))
 
-        opt.zero_grad(set_to_none=True)
+        raw.zero_grad(set_to_none=True)
         self.representation.on_before_backward(step, out)
-        self.manual_backward(total)
+        if self._trainer is not None:
+            self.manual_backward(total)
+        else:
+            total.backward()
         self.representation.on_after_backward(step, out)
-        params = [p for g in opt.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=self.device)
+        params = [p for g in raw.param_groups for p in g["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=latents.device)
         # One host sync per step: a non-finite gradient must not reach the optimiser.
         if bool(torch.isfinite(grad_norm)):
             opt.step()
-            self.representation.on_after_optimizer_step(step, opt.optimizer)
+            self.representation.on_after_optimizer_step(step, raw)
         else:
-            opt.zero_grad(set_to_none=True)
+            raw.zero_grad(set_to_none=True)
             self.nonfinite_steps += 1
             log.warning("step %d: non-finite gradient, step skipped (%d so far)", step, self.nonfinite_steps)
             if self.nonfinite_steps > self.cfg.max_nonfinite_steps:
@@ -224,20 +259,11 @@ class DistillationSystem(pl.LightningModule):
                     f"{self.cfg.max_nonfinite_steps}); the last checkpoint and outputs are kept in {self.run_dir}. "
                     "Lower the learning rate or the guidance scale, use prior.dtype=fp32, or raise max_nonfinite_steps"
                 )
-
-        elapsed = time.perf_counter() - start
-        self.step_times.append(elapsed)
-        cands = result.candidates
-        self.evals_per_step.append(int(cands.evals) if cands is not None else 0)
-        self._log_step(ctx, result, total, grad_norm, regs, elapsed)
-        if keep and cands is not None and cands.images is not None:
-            self._log_candidates(cands, step)
-        self.iteration += 1
-        self._maybe_save_frames(step)
-        return total.detach()
+        return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
 
     # ------------------------------------------------------------------ logging
-    def _log_step(self, ctx: StepContext, result: LossOutput, total: Tensor, grad_norm: Tensor, regs: dict, elapsed: float) -> None:
+    def _log_step(self, res: "StepResult", elapsed: float) -> None:
+        ctx, result, total, grad_norm, regs = res.ctx, res.loss, res.total, res.grad_norm, res.regs
         metrics: dict[str, Any] = {
             "train/loss": total.detach(),
             "train/t": float(ctx.t),
