@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -101,6 +101,7 @@ class SDPriorConfig(PriorConfig):
     compile: bool = False  # torch.compile the UNet (GPU; compile time is reported separately)
     tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
     vae_slicing: bool = False
+    encode_sample: bool = False  # encode renders with a posterior sample (threestudio) instead of the mean
 
     def __post_init__(self) -> None:
         _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
@@ -369,7 +370,6 @@ class LookaheadConfig:
     grid: LookaheadGrid = LookaheadGrid.leading
     start: LookaheadStart = LookaheadStart.exact_t
     decode: str = "full"  # full VAE decode or "tiny" (prior.tiny_vae) for rewards
-    prune_to: int = 0  # 0 = off; else keep the prune_to candidates with the best one-step reward for the full lookahead
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
@@ -377,7 +377,6 @@ class LookaheadConfig:
         self.grid = _enum(LookaheadGrid, self.grid, "lookahead.grid")
         self.start = _enum(LookaheadStart, self.start, "lookahead.start")
         _check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
-        _check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off)")
 
 
 @dataclass
@@ -386,6 +385,7 @@ class OutputConfig:
     candidates_every: int = 0  # log a table of candidate images with their rewards every k steps
     video: bool = True
     video_fps: int = 20
+    video_frames: int = 100  # frames of the optimisation video (one every steps // video_frames steps)
     checkpoint_every: int = 100  # write last.ckpt every k steps (atomically); 0 = only at the end
     eval_views: int = 8  # fixed cameras rendered at the end for 3D metrics
     turntable_frames: int = 60
@@ -394,9 +394,12 @@ class OutputConfig:
 
 @dataclass
 class CompareConfig:
-    """Run the same setup once per strategy (same seeds) and write a comparison (offline demo)."""
+    """Run labelled variants of the same setup on the same seeds and write a comparison (offline demo).
 
-    strategies: List[str] = field(default_factory=list)
+    ``runs`` maps a label to space-separated overrides, e.g. ``{sds: "strategy=none n_noises=1"}``.
+    """
+
+    runs: Dict[str, str] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
 
 
