@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rewardsds.priors.base import guide
+from rewardsds.errors import ConfigError, ModelLoadError
+from rewardsds.priors import mvdream_convert as mvc
+from rewardsds.priors.base import Prior
+from rewardsds.priors.sd import StableDiffusionPrior, _load
 
 __all__ = [
     "normalize_camera", "convert_opengl_to_blender", "get_camera", "camera_condition",
     "MultiViewAttnProcessor", "set_multiview_attention", "multiview_num_frames", "multiview_unet_forward",
-    "ldm_linear_alphas_cumprod", "x0_recon_target",
+    "ldm_linear_alphas_cumprod", "MVDreamPrior",
 ]
 
 
@@ -238,8 +242,9 @@ def multiview_unet_forward(
     t: Int[Tensor, "b"],
     context: Float[Tensor, "b l d"],
     camera: Optional[Float[Tensor, "b 16"]] = None,
+    call=None,
 ) -> Float[Tensor, "b c h w"]:
-    """One MVDream UNet evaluation (``apply_model``), in the UNet's dtype.
+    """One MVDream UNet evaluation (the original ``apply_model``), in the UNet's dtype.
 
     Args:
         unet: a ``UNet2DConditionModel`` with :func:`set_multiview_attention` applied.
@@ -248,19 +253,22 @@ def multiview_unet_forward(
         context: text embeddings [b, l, d].
         camera: the 16-float conditioning [b, 16] (:func:`camera_condition`), or None to skip the camera
             MLP (MVDream's ``camera=None``).
+        call: what to call instead of ``unet`` (its ``torch.compile`` wrapper); ``unet`` itself is what the
+            camera-free path modifies.
 
     Returns:
         epsilon prediction [b, c, h, w] in the UNet's dtype.
     """
+    fn = unet if call is None else call
     dtype = unet.dtype
     x_t, context = x_t.to(dtype), context.to(dtype)
     if camera is None:
         with _without_class_embedding(unet):
-            return unet(x_t, t, encoder_hidden_states=context, return_dict=False)[0]
-    return unet(x_t, t, encoder_hidden_states=context, class_labels=camera.to(dtype), return_dict=False)[0]
+            return fn(x_t, t, encoder_hidden_states=context, return_dict=False)[0]
+    return fn(x_t, t, encoder_hidden_states=context, class_labels=camera.to(dtype), return_dict=False)[0]
 
 
-# ----------------------------------------------------------------------------------------- schedule / guidance
+# ----------------------------------------------------------------------------------------- schedule
 def ldm_linear_alphas_cumprod(
     linear_start: float = 0.00085, linear_end: float = 0.012, num_timesteps: int = 1000
 ) -> Float[Tensor, "T"]:
@@ -273,45 +281,187 @@ def ldm_linear_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
-def x0_recon_target(
-    prior,
-    latents_noisy: Float[Tensor, "b c h w"],
-    t: Int[Tensor, "b"] | int,
-    eps_cond: Float[Tensor, "b c h w"],
-    eps_uncond: Float[Tensor, "b c h w"],
-    scale: float,
-    rescale: float = 0.5,
-    num_frames: Optional[int] = None,
-) -> Float[Tensor, "b c h w"]:
-    """MVDream's x0-reconstruction SDS target with std rescaling (threestudio-mvdream, ``recon_loss=True``).
+# ----------------------------------------------------------------------------------------- the prior
+class MVDreamPrior(StableDiffusionPrior):
+    """MVDream ``sd-v2.1-base-4view`` as a frozen multi-view, camera-conditioned prior.
 
-    ``x0 = x0(eps_u + s (eps_c - eps_u))``, ``x0_nc = x0(eps_c)``; per object (groups of ``num_frames``
-    consecutive views) ``f = (std(x0_nc) + 1e-8) / (std(x0) + 1e-8)`` with the unbiased std over (views,
-    c, h, w); target = ``rescale * f * x0 + (1 - rescale) * x0``. The loss
-    ``0.5 * sum((z - sg(target))**2) / b`` then has gradient ``(z - target) / b`` (ALGORITHMS.md 1.1).
+    The UNet comes from the original checkpoint (converted on load) or from a folder written once by
+    ``scripts/convert_mvdream.py`` (no conversion). Tokenizer, text encoder and VAE are SD 2.1-base's
+    (``base_model``), which MVDream kept frozen in training, or on request the copies stored in the
+    checkpoint. Everything else (text cache, VAE encode/decode, dtype and device handling, schedule
+    arithmetic) is the Stable Diffusion prior's.
+
+    ``predict_noise`` takes object-major batches (b a multiple of ``num_frames``) with the project's
+    c2w cameras; the views of an object attend to each other in every self-attention layer.
 
     Args:
-        prior: a Prior (its ``predict_x0`` and fp32 ``alphas_cumprod`` are used).
-        latents_noisy: x_t [b, c, h, w], object-major.
-        t: timesteps [b] or one int.
-        eps_cond, eps_uncond: raw predictions [b, c, h, w] (the uncond branch is the negative prompt).
-        scale: CFG scale (MVDream: 50).
-        rescale: weight of the std-rescaled estimate (MVDream: 0.5; 0 = plain x0 of the CFG prediction).
-        num_frames: views per object (default ``prior.num_frames``).
-
-    Returns:
-        fp32 target [b, c, h, w] (no gradient is tracked through it by callers: detach it in the loss).
+        pretrained: a converted folder, an original checkpoint file (.pt/.ckpt/.safetensors), a folder
+            holding ``filename``, or a Hub repo id (``MVDream/MVDream``).
+        filename: checkpoint file inside a folder or Hub repo; ``None`` = ``pretrained`` is a diffusers-layout
+            folder or repo with ``unet/``.
+        original_config: ldm yaml (or dict of UNet kwargs) of a non-default checkpoint; ``None`` =
+            sd-v2.1-base-4view. Ignored for converted folders, whose ``unet/config.json`` says it all.
+        base_model: SD 2.1-base Hub id or local diffusers folder for tokenizer, text encoder and VAE.
+        vae_text_from_checkpoint: take text encoder and VAE weights from the MVDream checkpoint (architecture
+            from ``base_model``'s configs) or from ``text_encoder/`` and ``vae/`` of a converted folder.
+        num_frames: views per object in the joint attention (4 for the released model).
+        dtype: auto | fp32 | fp16 | bf16 (auto: bf16 on CUDA, fp32 on CPU).
+        encode_sample: encode renders with a VAE posterior sample, as threestudio-mvdream does (default),
+            instead of the posterior mean.
+        encode_seed: seed of the prior's own generator for that posterior sample (reset by ``to()``), so the
+            draw does not depend on how much of the global RNG other components consumed: strategies
+            compared on the same seed see the same latents.
+        local_files_only: never touch the network.
+        channels_last, compile, tiny_vae, vae_slicing: as for the Stable Diffusion prior.
     """
-    frames = prior.num_frames if num_frames is None else num_frames
-    b = latents_noisy.shape[0]
-    if frames < 1 or b % frames:
-        raise ValueError(f"batch {b} is not a multiple of num_frames = {frames}: the x0-recon std is taken per "
-                         "object over its num_frames consecutive views")
-    x0 = prior.predict_x0(latents_noisy, t, guide(eps_cond, eps_uncond, scale))
-    if rescale == 0:
-        return x0
-    x0_nocfg = prior.predict_x0(latents_noisy, t, eps_cond)
-    std_cfg = x0.reshape(b // frames, -1).std(dim=1)  # unbiased, as torch.std in threestudio
-    std_nocfg = x0_nocfg.reshape(b // frames, -1).std(dim=1)
-    factor = ((std_nocfg + 1e-8) / (std_cfg + 1e-8)).repeat_interleave(frames).view(b, 1, 1, 1)
-    return rescale * (x0 * factor) + (1.0 - rescale) * x0
+
+    name = "mvdream"
+    uses_camera = True
+
+    def __init__(
+        self,
+        pretrained: str = "MVDream/MVDream",
+        filename: Optional[str] = "sd-v2.1-base-4view.pt",
+        original_config: Optional[str] = None,
+        base_model: str = "stabilityai/stable-diffusion-2-1-base",
+        vae_text_from_checkpoint: bool = False,
+        num_frames: int = 4,
+        dtype: Any = "auto",
+        encode_sample: bool = True,
+        encode_seed: int = 0,
+        local_files_only: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
+        tiny_vae: Optional[str] = None,
+        vae_slicing: bool = False,
+    ):
+        Prior.__init__(self)  # the Stable Diffusion constructor would load an SD UNet from base_model
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+        if num_frames < 1:
+            raise ConfigError("prior.num_frames", num_frames, "must be >= 1", "use 4 (the released model)")
+        self.pretrained = str(pretrained)
+        self.base_model = str(base_model)
+        self.dtype_request = getattr(dtype, "value", dtype)
+        self.dtype = torch.float32  # resolved in to()
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        self.vae_slicing = bool(vae_slicing)
+        self.encode_sample = bool(encode_sample)
+        self.encode_seed = int(encode_seed)
+        self.num_frames = int(num_frames)
+
+        base = dict(local_files_only=local_files_only)
+        what, hint = "SD 2.1-base components of the MVDream prior", "prior.base_model"
+        self.tokenizer = _load(what, self.base_model, hint, CLIPTokenizer.from_pretrained, self.base_model,
+                               subfolder="tokenizer", **base)
+        kind, location = mvc.resolve_source(self.pretrained, filename, local_files_only)
+        state_dict = None
+        if kind == "folder":
+            self.unet = _load("MVDream prior", location, "prior.pretrained", UNet2DConditionModel.from_pretrained,
+                              location, subfolder="unet", **base)
+            self.unet.eval().requires_grad_(False)
+        else:
+            state_dict = mvc.load_checkpoint(location)
+            self.unet = mvc.unet_from_state_dict(state_dict, original_config, torch.float32, source=location)
+        if self.unet.config.class_embed_type != "projection":
+            raise ModelLoadError(f"the UNet from {location!r} has no camera embedding (class_embed_type = "
+                                 f"{self.unet.config.class_embed_type!r}). Fix: point prior.pretrained at an MVDream "
+                                 "checkpoint or a folder written by scripts/convert_mvdream.py")
+
+        if not vae_text_from_checkpoint:
+            self.text_encoder = _load(what, self.base_model, hint, CLIPTextModel.from_pretrained, self.base_model,
+                                      subfolder="text_encoder", **base)
+            self.vae = _load(what, self.base_model, hint, AutoencoderKL.from_pretrained, self.base_model,
+                             subfolder="vae", **base)
+        elif state_dict is not None:
+            text_cfg = _load(what, self.base_model, hint, CLIPTextConfig.from_pretrained, self.base_model,
+                             subfolder="text_encoder", **base)
+            vae_cfg = _load(what, self.base_model, hint, AutoencoderKL.load_config, self.base_model,
+                            subfolder="vae", **base)
+            self.vae = mvc.vae_from_state_dict(state_dict, vae_cfg)
+            self.text_encoder = mvc.text_encoder_from_state_dict(state_dict, text_cfg)
+        else:
+            folder = Path(location)
+            if not ((folder / "vae").is_dir() and (folder / "text_encoder").is_dir()):
+                raise ConfigError("prior.vae_text_from_checkpoint", True,
+                                  f"the converted folder {location!r} has no vae/ and text_encoder/",
+                                  "convert with `scripts/convert_mvdream.py --vae-text` or set "
+                                  "prior.vae_text_from_checkpoint=false")
+            self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **base)
+            self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **base)
+        del state_dict
+
+        # MVDream ships no scheduler: the ldm training schedule (linear 0.00085..0.012, eps-prediction).
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=1000, beta_start=mvc.SD21_4VIEW_LINEAR_START, beta_end=mvc.SD21_4VIEW_LINEAR_END,
+            beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        self.tiny_vae = None
+        if tiny_vae:
+            from diffusers import AutoencoderTiny
+
+            self.tiny_vae = _load("tiny autoencoder", tiny_vae, "prior.tiny_vae", AutoencoderTiny.from_pretrained,
+                                  tiny_vae, **base)
+        self._setup_components()
+        # exact float64 ldm schedule instead of diffusers' float32 one (they differ by up to 5e-7)
+        self._ac = ldm_linear_alphas_cumprod(mvc.SD21_4VIEW_LINEAR_START, mvc.SD21_4VIEW_LINEAR_END,
+                                             self.num_train_timesteps)
+        set_multiview_attention(self.unet, self.num_frames)
+        self._encode_generator = torch.Generator("cpu").manual_seed(self.encode_seed)
+
+    def to(self, device: torch.device | str) -> "MVDreamPrior":
+        super().to(device)
+        self._encode_generator = torch.Generator(self.device).manual_seed(self.encode_seed)
+        return self
+
+    def encode_images(self, images: Float[Tensor, "b 3 H W"], generator: Optional[torch.Generator] = None) -> Tensor:
+        """RGB in [0,1] -> latents [b, 4, 32, 32] (bilinear resize to 256, with gradient), fp32.
+
+        Args:
+            images: renders [b, 3, H, W].
+            generator: noise of the posterior sample (``encode_sample``); default: the prior's own generator.
+        """
+        return super().encode_images(images, self._encode_generator if generator is None else generator)
+
+    def predict_noise(
+        self,
+        x_t: Float[Tensor, "b c h w"],
+        t: Int[Tensor, "b"],
+        text: Float[Tensor, "b l d"],
+        camera: Optional[Float[Tensor, "b 4 4"]] = None,
+    ) -> Float[Tensor, "b c h w"]:
+        """Raw epsilon prediction of the b views, fp32.
+
+        Args:
+            x_t: noisy latents [b, 4, 32, 32], object-major (index = object * num_frames + view).
+            t: timesteps [b] (MVDream shares one t across the views of an object).
+            text: text embeddings [b, 77, 1024].
+            camera: project c2w [b, 4, 4] (rewardsds.cameras convention); None skips the camera embedding
+                (the original's ``camera=None``, an unconditioned-pose prediction).
+
+        Returns:
+            epsilon [b, 4, 32, 32], fp32.
+        """
+        b = x_t.shape[0]
+        if b % self.num_frames:
+            raise ValueError(
+                f"batch of {b} views is not a multiple of num_frames = {self.num_frames}: MVDream denoises the "
+                f"views of one object jointly; render whole objects of {self.num_frames} views (object-major) "
+                "or set prior.num_frames"
+            )
+        cam = None
+        if camera is not None:
+            if tuple(camera.shape) != (b, 4, 4):
+                raise ValueError(
+                    f"camera has shape {tuple(camera.shape)} for {b} views; the MVDream prior needs camera-to-"
+                    f"world matrices [{b}, 4, 4] (Cameras.c2w), one per view"
+                )
+            cam = camera_condition(camera).to(self.device)
+        x = x_t.to(self.device, self.dtype)
+        if self.device.type == "cuda" and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = multiview_unet_forward(self.unet, x, t.to(self.device), text.to(self.device), cam, call=self._unet_call)
+        return out.float()

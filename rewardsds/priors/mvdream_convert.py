@@ -392,16 +392,18 @@ def text_encoder_from_state_dict(state_dict: Mapping[str, Tensor], text_config, 
     with torch.device("meta"):
         model = CLIPTextModel(text_config)
     converted = convert_open_clip_checkpoint(model, dict(state_dict), prefix=TEXT_PREFIX)
+    # transformers 5 dropped the ``text_model.`` level of CLIPTextModel that diffusers' names still carry
+    strip = not any(k.startswith("text_model.") for k in model.state_dict())
     n_layers = text_config.num_hidden_layers
     keep = {}
     for k, v in converted.items():
         m = re.match(r"text_model\.encoder\.layers\.(\d+)\.", k)
         if (m and int(m[1]) >= n_layers) or k == "text_projection.weight":
             continue  # beyond the penultimate layer / pooled projection: unused by MVDream
-        keep[k] = v
+        keep[k[len("text_model."):] if strip and k.startswith("text_model.") else k] = v
     _load_checked(model, keep, "text encoder", TEXT_PREFIX)
     # position_ids is a non-persistent buffer, so assign-loading left it on the meta device.
-    emb = model.text_model.embeddings
+    emb = getattr(model, "text_model", model).embeddings
     emb.position_ids = torch.arange(emb.position_ids.shape[-1]).expand(1, -1)
     return model.to(dtype).eval().requires_grad_(False)
 
@@ -457,3 +459,91 @@ def is_converted_folder(path: str | Path) -> bool:
     """Whether ``path`` is a folder written by :func:`save_converted` (or any diffusers folder with unet/)."""
     p = Path(path)
     return p.is_dir() and (p / "unet" / "config.json").is_file()
+
+
+_CKPT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def resolve_source(pretrained: str, filename: Optional[str], local_files_only: bool = False) -> tuple[str, str]:
+    """Where the MVDream UNet comes from: ``("folder", id_or_path)`` or ``("checkpoint", local_file)``.
+
+    Args:
+        pretrained: a converted folder (``unet/config.json`` inside), a checkpoint file, a folder holding
+            ``filename``, or a Hub repo id (``MVDream/MVDream``).
+        filename: the checkpoint inside a folder or Hub repo (``sd-v2.1-base-4view.pt``); ``None`` means
+            ``pretrained`` is a diffusers-layout folder or Hub repo with ``unet/``.
+        local_files_only: never touch the network (the Hub cache must hold the file).
+
+    Returns:
+        (kind, location); checkpoints are downloaded (or found in the cache) first.
+    """
+    from rewardsds.priors.sd import _load
+
+    p = Path(pretrained).expanduser()
+    if is_converted_folder(p) or (filename is None and not p.is_file()):
+        return "folder", str(p) if p.exists() else pretrained
+    if p.is_file():
+        return "checkpoint", str(p)
+    if p.is_dir():
+        if (p / filename).is_file():
+            return "checkpoint", str(p / filename)
+        raise ModelLoadError(
+            f"prior.pretrained = {pretrained!r} is a folder with neither unet/config.json (a converted folder) nor "
+            f"{filename!r}. Fix: point it at the sd-v2.1-base-4view checkpoint, or convert once with "
+            "`python scripts/convert_mvdream.py <ckpt> <folder>` and point it at that folder"
+        )
+    if p.suffix in _CKPT_SUFFIXES or pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
+        raise ModelLoadError(f"prior.pretrained = {pretrained!r}: no such file or folder. Fix: give an existing "
+                             "checkpoint file, a converted folder, or a Hub repo id such as MVDream/MVDream")
+    from huggingface_hub import hf_hub_download
+
+    path = _load("MVDream prior", f"{pretrained}/{filename}", "prior.pretrained", hf_hub_download, pretrained,
+                 filename, local_files_only=local_files_only)
+    return "checkpoint", str(path)
+
+
+def convert_to_folder(
+    pretrained: str,
+    out_folder: str | Path,
+    filename: Optional[str] = "sd-v2.1-base-4view.pt",
+    original_config: str | Path | Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+    vae_text_base: Optional[str] = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Convert an original MVDream checkpoint once into a folder that ``prior.pretrained`` loads directly.
+
+    Args:
+        pretrained: checkpoint file, folder holding ``filename``, or Hub repo id.
+        out_folder: destination (``unet/`` and ``mvdream_conversion.json``; ``vae/`` and ``text_encoder/``
+            too when ``vae_text_base`` is given).
+        filename: checkpoint name inside a folder or Hub repo.
+        original_config: ldm UNet config of a non-default checkpoint.
+        dtype: dtype the weights are stored in.
+        vae_text_base: an SD 2.1-base id/folder whose ``vae/`` and ``text_encoder/`` configs describe the
+            checkpoint's VAE and text tower; their weights are then converted from the checkpoint too.
+        local_files_only: never touch the network.
+
+    Returns:
+        The output folder.
+    """
+    kind, location = resolve_source(pretrained, filename, local_files_only)
+    if kind != "checkpoint":
+        raise ModelLoadError(f"{pretrained!r} is already a converted folder. Fix: give the original checkpoint")
+    state_dict = load_checkpoint(location)
+    unet = unet_from_state_dict(state_dict, original_config, dtype, source=location)
+    n_unet = sum(k.startswith(UNET_PREFIX) for k in state_dict)
+    ignored = sorted(k for k in state_dict if not k.startswith((UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)))
+    out = save_converted(unet, out_folder, source=location if Path(pretrained).exists() else f"{pretrained}/{filename}",
+                         extra={"unet_keys": n_unet, "ignored_keys": ignored, "dtype": str(dtype).replace("torch.", "")})
+    if vae_text_base is not None:
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextConfig
+
+        kw = dict(local_files_only=local_files_only)
+        vae_cfg = AutoencoderKL.load_config(vae_text_base, subfolder="vae", **kw)
+        text_cfg = CLIPTextConfig.from_pretrained(vae_text_base, subfolder="text_encoder", **kw)
+        vae_from_state_dict(state_dict, vae_cfg, dtype).save_pretrained(out / "vae", safe_serialization=True)
+        text_encoder_from_state_dict(state_dict, text_cfg, dtype).save_pretrained(out / "text_encoder")
+    return out
+
