@@ -130,7 +130,7 @@ class AnalyticPriorConfig(PriorConfig):
     image_size: int = 16
     component_std: float = 0.15
     prompt_sharpness: float = 4.0
-    modes: List[AnalyticMode] = field(default_factory=list)
+    modes: List[AnalyticMode] = field(default_factory=list)  # empty = the built-in modes (DEFAULT_MODES)
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
@@ -138,8 +138,6 @@ class AnalyticPriorConfig(PriorConfig):
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, "prior.image_size", self.image_size, "is too small", "use 8, 16 or 32")
         _check(self.component_std > 0, "prior.component_std", self.component_std, "must be > 0", "use e.g. 0.15")
-        _check(len(self.modes) >= 1, "prior.modes", len(self.modes), "needs at least one mode",
-               "list modes in conf/prior/analytic.yaml")
         names = [m.name for m in self.modes]
         _check(len(set(names)) == len(names), "prior.modes", names, "has duplicate names", "give each mode a unique name")
 
@@ -539,6 +537,33 @@ def register_schemas(extra: Optional[dict[str, dict[str, type]]] = None) -> None
     for group, options in {**SCHEMAS, **(extra or {})}.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+#: Override keys (or prefixes ending in ".") left out of sweep job folder names: they set the run up
+#: rather than vary it, and would make every folder name long.
+JOB_NAME_EXCLUDE = ("experiment", "debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name")
+
+
+def job_dirname(overrides: Any, max_len: int = 200) -> str:
+    """Readable job folder name: the job's overrides minus setup keys, sorted, ``k=v`` joined by ``,``.
+
+    Registered as the ``rewardsds_jobname`` resolver and used by ``hydra.sweep.subdir``, so every launcher
+    (basic, joblib, submitit) names the folders the same way. Falls back to ``job`` for no overrides.
+    """
+    items = []
+    for o in list(overrides or []):
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if any(key == e or (e.endswith(".") and key.startswith(e)) for e in JOB_NAME_EXCLUDE):
+            continue
+        items.append(str(o).lstrip("+~").replace("/", "_"))
+    name = ",".join(sorted(items)) or "job"
+    import zlib
+
+    return name if len(name) <= max_len else name[: max_len - 9] + "-" + format(zlib.crc32(name.encode()), "08x")
+
+
+if not OmegaConf.has_resolver("rewardsds_jobname"):
+    OmegaConf.register_new_resolver("rewardsds_jobname", job_dirname)
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -52,7 +52,7 @@ def wandb_logger(
     tags: Sequence[str] = (),
     log_model: bool = False,
     save_dir: str = ".",
-    config: Optional[dict] = None,
+    run_config: Optional[dict] = None,
 ):
     """A ``WandbLogger`` writing under ``save_dir/wandb``; offline (with one notice) when it cannot go online."""
     from lightning.pytorch.loggers import WandbLogger
@@ -63,7 +63,7 @@ def wandb_logger(
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         project=project, entity=entity, group=group, name=name, tags=list(tags), log_model=log_model,
-        save_dir=save_dir, offline=(resolved == "offline"), config=config, reinit="finish_previous",
+        save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous",
     )
 
 

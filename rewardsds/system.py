@@ -74,6 +74,7 @@ class DistillationSystem(pl.LightningModule):
         run_dir: Path,
         camera_sampler: Any = None,
         media: Optional[Media] = None,
+        resume_from: Optional[Path] = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -104,6 +105,8 @@ class DistillationSystem(pl.LightningModule):
         self.none_strategy = NoStrategy()
         n_out = max(1, cfg.steps // max(1, cfg.output.video_frames)) if cfg.output.video else 0
         self.frame_every = n_out
+        self.resume_from = Path(resume_from) if resume_from else None
+        self._pending_optimizer_state: Optional[dict] = None
 
     # ------------------------------------------------------------------ Lightning plumbing
     def setup(self, stage: str) -> None:
@@ -113,6 +116,26 @@ class DistillationSystem(pl.LightningModule):
             self.reward.to(device)
         self.representation.setup(self.prior, device, self.cfg.seed)
         self.loss_mode.setup(self.prior, self.reward, device, self.total_steps)
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    def _restore(self, path: Path) -> None:
+        """Load a checkpoint written by AtomicCheckpoint (a standard Lightning checkpoint).
+
+        Restored here rather than through ``Trainer.fit(ckpt_path=...)``: the run's step counter is our own
+        (every random draw is keyed on it) and a longer ``steps`` may continue a finished run.
+        """
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(ckpt["state_dict"])
+        self.on_load_checkpoint(ckpt)
+        states = ckpt.get("optimizer_states") or []
+        self._pending_optimizer_state = states[0] if states else None
+        log.info("resumed %s at step %d", path, self.iteration)
+
+    def on_train_start(self) -> None:
+        if self._pending_optimizer_state is not None:
+            self.optimizers().optimizer.load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(StepIndices(self), batch_size=None, num_workers=0)

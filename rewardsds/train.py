@@ -99,19 +99,35 @@ def sweep_name() -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------- building
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises our own errors unwrapped (Hydra wraps them), so users see
+    the message about their key/value/fix instead of an instantiation traceback."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, RewardSDSError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, RewardSDSError):
+            raise cause from None
+        raise
+
+
 def build_components(cfg: DictConfig, typed: Config) -> dict[str, Any]:
     """Instantiate prior, reward, strategy, loss and representation from their groups."""
-    prior = instantiate(cfg.prior)
+    prior = build(cfg.prior)
     needs_reward = bool(getattr(typed, "reward", None))
-    reward = instantiate(cfg.reward) if needs_reward else None
-    strategy = instantiate(cfg.strategy)
-    loss = instantiate(cfg.loss)
-    representation = instantiate(cfg.representation)
+    reward = build(cfg.reward) if needs_reward else None
+    strategy = build(cfg.strategy)
+    loss = build(cfg.loss)
+    representation = build(cfg.representation)
     camera_sampler = None
     if getattr(representation, "needs_cameras", False):
         if "cameras" not in cfg or cfg.cameras is None:
             raise ConfigError("cameras", None, "is required by a 3D representation", "add a cameras: node (see conf/experiment/dreamfusion_nerf.yaml)")
-        camera_sampler = instantiate(cfg.cameras, seed=typed.seed)
+        camera_sampler = build(cfg.cameras, seed=typed.seed)
     return dict(prior=prior, reward=reward, strategy=strategy, loss=loss, representation=representation, camera_sampler=camera_sampler)
 
 
@@ -120,12 +136,13 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     target = cfg.logger.get("_target_", "")
     if target.endswith("wandb_logger"):
         overrides = ",".join(o for o in job_overrides() if not o.startswith(("logger", "resume")))
-        kwargs["config"] = OmegaConf.to_container(cfg, resolve=True)
+        kwargs["run_config"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=False)
         if cfg.logger.get("group") is None and sweep_name():
             kwargs["group"] = sweep_name()
         if cfg.logger.get("name") is None:
             kwargs["name"] = (cfg.get("name") or overrides or run_dir.name)[:128]
-    return instantiate(cfg.logger, **kwargs)
+    # _partial_: the run config holds _target_ keys that instantiate() must not build recursively.
+    return instantiate(cfg.logger, _partial_=True)(**kwargs)
 
 
 def run_metadata(cfg: DictConfig) -> dict[str, Any]:
@@ -197,7 +214,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     parts = build_components(cfg, typed)
     logger = build_logger(cfg, run_dir)
     media = Media(run_dir, logger if logger else None)
-    system = DistillationSystem(typed, run_dir=run_dir, media=media, **parts)
+    system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
     checkpoint = AtomicCheckpoint(run_dir / "checkpoints", typed.output.checkpoint_every)
     trainer = instantiate(
         cfg.trainer, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1,
@@ -207,7 +224,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None)
+    trainer.fit(system)
     wall = time.perf_counter() - start
     if system.iteration < system.total_steps:
         raise TrainingAborted(f"training stopped at step {system.iteration} of {system.total_steps}; resume with resume={run_dir}")

@@ -176,11 +176,12 @@ class AnalyticPrior(Prior):
     def log_prob_t(self, x_t: Tensor, t: int, log_weights: Tensor) -> Tensor:
         """log p_t(x_t) of the noised mixture (exact), [b]; ``log_weights`` [K] or [b, K]."""
         b = x_t.shape[0]
-        x = x_t.float().reshape(b, -1)
+        dt = torch.promote_types(x_t.dtype, torch.float32)  # keep float64 for finite-difference checks
+        x = x_t.to(dt).reshape(b, -1)
         D = x.shape[1]
-        a, s = self.alpha_sigma(t)
+        a, s = (v.to(dt) for v in self.alpha_sigma(t))
         v = a**2 * self.component_std**2 + s**2
-        mu = self._means.reshape(len(self.modes), -1)
+        mu = self._means.reshape(len(self.modes), -1).to(dt)
         d2 = ((x[:, None, :] - a * mu[None]) ** 2).sum(-1)
         lw = log_weights if log_weights.dim() == 2 else log_weights[None].expand(b, -1)
         return torch.logsumexp(lw - d2 / (2 * v), dim=1) - 0.5 * D * torch.log(2 * math.pi * v)

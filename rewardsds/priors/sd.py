@@ -141,8 +141,15 @@ class StableDiffusionPrior(Prior):
     def to(self, device: torch.device | str) -> "StableDiffusionPrior":
         self.device = torch.device(device)
         self.dtype = resolve_dtype(self.dtype_request, self.device)
-        for m in self._modules():
-            m.to(self.device, self.dtype)
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()  # the whole frozen model is cast on purpose; no per-module fp32 keep-list applies
+        try:
+            for m in self._modules():
+                m.to(self.device, self.dtype)
+        finally:
+            dlogging.set_verbosity(level)
         if self.device.type == "cuda" and self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)

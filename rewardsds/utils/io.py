@@ -87,4 +87,14 @@ def git_commit(cwd: str | Path | None = None) -> str:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+    """The command as a user would retype it (``python -m rewardsds`` shows as ``rewardsds``)."""
+    prog = Path(sys.argv[0]).name
+    if prog in ("__main__.py", "train.py", "rewardsds"):
+        prog = "rewardsds"
+    return " ".join([prog] + [_quote(a) for a in sys.argv[1:]])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
