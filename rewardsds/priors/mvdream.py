@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rewardsds.errors import ConfigError, ModelLoadError
+from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors import mvdream_convert as mvc
 from rewardsds.priors.base import Prior
 from rewardsds.priors.sd import StableDiffusionPrior, _load
@@ -354,8 +354,19 @@ class MVDreamPrior(StableDiffusionPrior):
 
         base = dict(local_files_only=local_files_only)
         what, hint = "SD 2.1-base components of the MVDream prior", "prior.base_model"
+        # The base model is read before the (5 GB) checkpoint so that a wrong base_model fails fast.
         self.tokenizer = _load(what, self.base_model, hint, CLIPTokenizer.from_pretrained, self.base_model,
                                subfolder="tokenizer", **base)
+        if set(self.tokenizer.get_vocab()) <= set(self.tokenizer.all_special_tokens):
+            # transformers 5 returns an empty CLIPTokenizer (special tokens only) for an uncached Hub id offline
+            raise ModelLoadError(model_load_message(what, self.base_model, "its tokenizer has no vocabulary (not in "
+                                                    "the Hugging Face cache?)", hint))
+        if not vae_text_from_checkpoint:
+            self.text_encoder = _load(what, self.base_model, hint, CLIPTextModel.from_pretrained, self.base_model,
+                                      subfolder="text_encoder", **base)
+            self.vae = _load(what, self.base_model, hint, AutoencoderKL.from_pretrained, self.base_model,
+                             subfolder="vae", **base)
+
         kind, location = mvc.resolve_source(self.pretrained, filename, local_files_only)
         state_dict = None
         if kind == "folder":
@@ -370,24 +381,19 @@ class MVDreamPrior(StableDiffusionPrior):
                                  f"{self.unet.config.class_embed_type!r}). Fix: point prior.pretrained at an MVDream "
                                  "checkpoint or a folder written by scripts/convert_mvdream.py")
 
-        if not vae_text_from_checkpoint:
-            self.text_encoder = _load(what, self.base_model, hint, CLIPTextModel.from_pretrained, self.base_model,
-                                      subfolder="text_encoder", **base)
-            self.vae = _load(what, self.base_model, hint, AutoencoderKL.from_pretrained, self.base_model,
-                             subfolder="vae", **base)
-        elif state_dict is not None:
+        if vae_text_from_checkpoint and state_dict is not None:
             text_cfg = _load(what, self.base_model, hint, CLIPTextConfig.from_pretrained, self.base_model,
                              subfolder="text_encoder", **base)
             vae_cfg = _load(what, self.base_model, hint, AutoencoderKL.load_config, self.base_model,
                             subfolder="vae", **base)
             self.vae = mvc.vae_from_state_dict(state_dict, vae_cfg)
             self.text_encoder = mvc.text_encoder_from_state_dict(state_dict, text_cfg)
-        else:
+        elif vae_text_from_checkpoint:
             folder = Path(location)
             if not ((folder / "vae").is_dir() and (folder / "text_encoder").is_dir()):
                 raise ConfigError("prior.vae_text_from_checkpoint", True,
                                   f"the converted folder {location!r} has no vae/ and text_encoder/",
-                                  "convert with `scripts/convert_mvdream.py --vae-text` or set "
+                                  "convert with `scripts/convert_mvdream.py --vae-text BASE` or set "
                                   "prior.vae_text_from_checkpoint=false")
             self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **base)
             self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **base)
