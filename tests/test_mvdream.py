@@ -3,9 +3,9 @@ fixture of the original bytedance/MVDream code (../shared/fixtures/mvdream, seed
 reduced config with all 690 UNet keys; its README gives the weight recipe used below).
 
 Everything here runs on the CPU in fp32 (the fixture's tolerances: atol 1e-4 on UNet outputs, rtol 1e-4
-after the 50x CFG). GPU checks are in tests/test_mvdream_gpu.py. Tokenizer, text encoder and VAE are tiny
-random-init SD-2.1-layout models saved to a temp folder and loaded through the same ``base_model`` path
-users hit (the fixture's context width, 64, is the tiny text encoder's width).
+after the 50x CFG). GPU checks (``pytest -m gpu``) and a real-weights check (``-m hub``) are at the end.
+Tokenizer, text encoder and VAE are tiny random-init SD-2.1-layout models saved to a temp folder and loaded
+through the same ``base_model`` path users hit (the fixture's context width, 64, is the tiny text encoder's).
 """
 
 from __future__ import annotations

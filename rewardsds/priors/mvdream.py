@@ -13,7 +13,11 @@ Batches are object-major: index = object * num_frames + view, so consecutive sam
 
 Camera convention: MVDream's "blender" world is z-up with OpenGL camera axes, which is the project's
 convention (rewardsds.cameras), so a project c2w is conditioning after :func:`normalize_camera`.
-MVDream's own :func:`get_camera` puts azimuth 0 on +y: its azimuth equals the project's + 90 degrees.
+MVDream's own :func:`get_camera` puts azimuth 0 on -y: its azimuth equals the project's + 90 degrees.
+
+The guidance step of threestudio-mvdream (CFG 50 with the negative prompt as the unconditional branch and
+an x0-reconstruction target with std rescale per object) is ``loss=sds loss.target=x0_recon``, built on
+:func:`rewardsds.losses.sds.x0_recon_target`; ``tests/test_mvdream.py`` checks it against the original.
 """
 
 from __future__ import annotations
