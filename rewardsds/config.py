@@ -343,6 +343,39 @@ class TrainerConfig:
                "set prior.dtype=bf16 (or fp16) for a half-precision prior")
 
 
+# ----------------------------------------------------------------------------------------- MVDream prior
+@dataclass
+class MVDreamPriorConfig(PriorConfig):
+    """MVDream sd-v2.1-base-4view: multi-view, camera-conditioned SD 2.1 on diffusers (needs 3D views)."""
+
+    _target_: str = "rewardsds.priors.mvdream.MVDreamPrior"
+    pretrained: str = "MVDream/MVDream"  # Hub repo, checkpoint file, folder with `filename`, or a converted folder
+    filename: Optional[str] = "sd-v2.1-base-4view.pt"  # ignored for converted folders; null: a diffusers-layout Hub repo
+    original_config: Optional[str] = None  # ldm yaml of a non-default checkpoint (null: sd-v2.1-base-4view)
+    base_model: str = "stabilityai/stable-diffusion-2-1-base"  # tokenizer, text encoder and VAE
+    vae_text_from_checkpoint: bool = False  # take text encoder + VAE weights from the MVDream checkpoint instead
+    num_frames: int = 4
+    dtype: DType = DType.auto
+    encode_sample: bool = True  # VAE posterior sample (threestudio-mvdream) instead of the mean
+    encode_seed: int = 0  # seed of the prior's own generator for that sample
+    local_files_only: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    tiny_vae: Optional[str] = None
+    vae_slicing: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
+               "give MVDream/MVDream, a checkpoint file, or a folder written by scripts/convert_mvdream.py")
+        _check(bool(self.base_model), "prior.base_model", self.base_model, "is empty",
+               "give stabilityai/stable-diffusion-2-1-base or a local SD 2.1-base diffusers folder")
+        _check(self.filename is None or self.filename.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")),
+               "prior.filename", self.filename, "is not a checkpoint file name",
+               "use sd-v2.1-base-4view.pt, or null when prior.pretrained is a converted folder")
+        _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
+        self.dtype = _enum(DType, self.dtype, "prior.dtype")
+
+
 # ----------------------------------------------------------------------------------------- root nodes
 @dataclass
 class TimestepConfig:
@@ -481,7 +514,7 @@ def _multiview_needs_views(cfg: Config) -> None:
 
 # ----------------------------------------------------------------------------------------- registry
 SCHEMAS: dict[str, dict[str, type]] = {
-    "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig},
+    "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
     "representation": {"latent_image": LatentImageConfig},
     "loss": {"sds": SDSLossConfig},
     "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig},

@@ -39,6 +39,9 @@ def x0_recon_target(
         return x0
     x0_nc = prior.predict_x0(x_t, t, eps_cond)
     m = x0.shape[0]
+    if group < 1 or m % group:
+        raise ValueError(f"batch {m} is not a multiple of the view group {group} (prior.num_frames): the x0-recon "
+                         "std rescale is taken per object over its consecutive views")
     shape = (m // group, group) + tuple(x0.shape[1:])
     dims = tuple(range(1, len(shape)))
     factor = (x0_nc.view(shape).std(dim=dims) + 1e-8) / (x0.view(shape).std(dim=dims) + 1e-8)
