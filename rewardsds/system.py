@@ -31,7 +31,7 @@ from rewardsds.losses.base import LossMode, LossOutput, StepContext
 from rewardsds.priors.base import Prior
 from rewardsds.representations.base import Representation
 from rewardsds.rewards.base import Reward
-from rewardsds.schedules import Schedule, TimestepSampler
+from rewardsds.schedules import Schedule, Streams, TimestepSampler, seed_for
 from rewardsds.strategies import NoStrategy, Strategy, weight_entropy
 from rewardsds.viz import Media, to_uint8, upscale
 from rewardsds.utils.io import write_image
@@ -192,8 +192,10 @@ class DistillationSystem(pl.LightningModule):
                 raise RuntimeError("this representation needs cameras but no camera sampler is configured")
             cameras = self.camera_sampler.sample(step, self.prior.image_size).to(self.device)
         out = self.representation.render(cameras, step)
-        latents = out["latents"] if "latents" in out else self.prior.encode_images(out["rgb"])
-        return cameras, out, latents
+        if "latents" in out:
+            return cameras, out, out["latents"]
+        g = torch.Generator(device=out["rgb"].device).manual_seed(seed_for(self.cfg.seed, step, Streams.AUX, 1))
+        return cameras, out, self.prior.encode_images(out["rgb"], generator=g)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = self.iteration

@@ -143,7 +143,7 @@ class AnalyticPrior(Prior):
     def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:
         return torch.stack([prompt_log_weights(p, self.modes, self.prompt_sharpness) for p in prompts]).unsqueeze(1).to(self.device)
 
-    def encode_images(self, images: Tensor) -> Tensor:
+    def encode_images(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images.float(), size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
         return images.float() * 2 - 1

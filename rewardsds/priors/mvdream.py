@@ -35,7 +35,7 @@ from torch import Tensor
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors import mvdream_convert as mvc
 from rewardsds.priors.base import Prior
-from rewardsds.priors.sd import StableDiffusionPrior, _load
+from rewardsds.priors.sd import StableDiffusionPrior, _load, load_clip_tokenizer
 
 __all__ = [
     "normalize_camera", "convert_opengl_to_blender", "get_camera", "camera_condition",
@@ -341,7 +341,7 @@ class MVDreamPrior(StableDiffusionPrior):
     ):
         Prior.__init__(self)  # the Stable Diffusion constructor would load an SD UNet from base_model
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel
 
         if num_frames < 1:
             raise ConfigError("prior.num_frames", num_frames, "must be >= 1", "use 4 (the released model)")
@@ -359,12 +359,7 @@ class MVDreamPrior(StableDiffusionPrior):
         base = dict(local_files_only=local_files_only)
         what, hint = "SD 2.1-base components of the MVDream prior", "prior.base_model"
         # The base model is read before the (5 GB) checkpoint so that a wrong base_model fails fast.
-        self.tokenizer = _load(what, self.base_model, hint, CLIPTokenizer.from_pretrained, self.base_model,
-                               subfolder="tokenizer", **base)
-        if set(self.tokenizer.get_vocab()) <= set(self.tokenizer.all_special_tokens):
-            # transformers 5 returns an empty CLIPTokenizer (special tokens only) for an uncached Hub id offline
-            raise ModelLoadError(model_load_message(what, self.base_model, "its tokenizer has no vocabulary (not in "
-                                                    "the Hugging Face cache?)", hint))
+        self.tokenizer = load_clip_tokenizer(what, self.base_model, hint, **base)
         if not vae_text_from_checkpoint:
             self.text_encoder = _load(what, self.base_model, hint, CLIPTextModel.from_pretrained, self.base_model,
                                       subfolder="text_encoder", **base)

@@ -46,6 +46,20 @@ def _load(what: str, source: str, local_hint: str, fn, *args, **kwargs):
         raise
 
 
+def load_clip_tokenizer(what: str, source: str, hint: str, **kwargs):
+    """``CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")`` that refuses an empty vocabulary.
+
+    transformers 5 returns a tokenizer holding only its special tokens (instead of raising) for a Hub id that
+    is neither reachable nor cached; every prompt would then embed identically, silently.
+    """
+    from transformers import CLIPTokenizer
+
+    tok = _load(what, source, hint, CLIPTokenizer.from_pretrained, source, subfolder="tokenizer", **kwargs)
+    if set(tok.get_vocab()) <= set(tok.all_special_tokens):
+        raise ModelLoadError(model_load_message(what, source, "its tokenizer has no vocabulary (not in the Hugging Face cache?)", hint))
+    return tok
+
+
 class StableDiffusionPrior(Prior):
     """A Stable Diffusion checkpoint as a frozen score-distillation prior.
 
@@ -81,7 +95,7 @@ class StableDiffusionPrior(Prior):
     ):
         super().__init__()
         from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel
 
         self.pretrained = str(pretrained)
         self.dtype_request = getattr(dtype, "value", dtype)
@@ -95,7 +109,7 @@ class StableDiffusionPrior(Prior):
         what = f"Stable Diffusion prior"
         sched_cls = DDIMScheduler if scheduler == "ddim" else DDPMScheduler
         self.scheduler = _load(what, self.pretrained, hint, sched_cls.from_pretrained, self.pretrained, subfolder="scheduler", **common)
-        self.tokenizer = _load(what, self.pretrained, hint, CLIPTokenizer.from_pretrained, self.pretrained, subfolder="tokenizer", **common)
+        self.tokenizer = load_clip_tokenizer(what, self.pretrained, hint, **common)
         wkw = dict(common, variant=variant) if variant else common
         self.text_encoder = _load(what, self.pretrained, hint, CLIPTextModel.from_pretrained, self.pretrained, subfolder="text_encoder", **wkw)
         self.vae = _load(what, self.pretrained, hint, AutoencoderKL.from_pretrained, self.pretrained, subfolder="vae", **wkw)
