@@ -544,13 +544,14 @@ class Gaussians(Representation):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def get_extra_state(self) -> dict[str, Any]:
-        state = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in self.strategy_state.items()}
+        # Copies: the strategy updates its statistics in place, a checkpoint must not follow them.
+        state = {k: (v.detach().cpu().clone() if isinstance(v, Tensor) else v) for k, v in self.strategy_state.items()}
         return {"strategy_state": state}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         device = self.params["means"].device
         self.strategy_state = {
-            k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in state.get("strategy_state", {}).items()
+            k: (v.to(device).clone() if isinstance(v, Tensor) else v) for k, v in state.get("strategy_state", {}).items()
         }
 
     # ------------------------------------------------------------------ export

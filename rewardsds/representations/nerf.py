@@ -442,7 +442,7 @@ class NeRF(Representation):
             )
             for s, e in chunks
         ]
-        out = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0] if k != "orient"}
+        out = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0] if k not in ("orient", "n_visible")}
         opacity = out["opacity"]
         rgb = out["rgb_fg"] + background * (1.0 - opacity)
 
