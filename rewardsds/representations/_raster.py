@@ -15,14 +15,13 @@ It reproduces gsplat's "classic" pinhole pipeline (gsplat 1.5, ``ProjectionEWA3D
    transmittance to 1e-4 or below. Every visible Gaussian is evaluated at every pixel (chunked), so
    memory and time grow with pixels x Gaussians: this is for tests, small scenes and the CPU.
 
-The info dict carries ``means2d`` (with ``retain_grad`` when it needs a gradient), ``radii``,
-``width``, ``height`` and ``n_cameras`` in gsplat's unpacked layout, which is what gsplat's
-densification strategies read.
+The info dict carries ``means2d`` (a non-leaf tensor of the graph: gsplat's strategies call
+``retain_grad`` on it before the backward pass), ``radii``, ``width``, ``height`` and ``n_cameras`` in
+gsplat's unpacked layout, which is what gsplat's densification strategies read.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
@@ -265,8 +264,6 @@ def rasterize_dense(
         dirs = means[None, :, :] - campos[:, None, :]
         cols = torch.clamp_min(eval_sh(sh_degree, colors[None].expand(C, *colors.shape), dirs) + 0.5, 0.0)
     means2d = proj["means2d"]
-    if means2d.requires_grad:
-        means2d.retain_grad()
     rgb, alpha, depth = composite_dense(
         means2d, proj["conics"], cols, opacities, proj["depths"], proj["radii"], width, height, backgrounds, max_elements
     )
@@ -275,8 +272,3 @@ def rasterize_dense(
         "width": width, "height": height, "n_cameras": C, "gaussian_ids": None,
     }
     return torch.cat([rgb, depth], dim=-1), alpha, info
-
-
-def footprint_radius_sigma(scale: float, depth: float, focal: float, eps2d: float = 0.3) -> float:
-    """Screen-space standard deviation in pixels of an isotropic Gaussian seen head-on at the image centre."""
-    return math.sqrt((focal * scale / depth) ** 2 + eps2d)

@@ -31,7 +31,6 @@ every evaluation render), plus the regulariser inputs ``orient`` (scalar) and ``
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -379,7 +378,7 @@ class NeRF(Representation):
             self.estimator.train(was_training)
         self.occ_ready.fill_(True)
 
-    def _background(self, dirs: Tensor, b: int, hw: int, gen: torch.Generator) -> Tensor:
+    def _background(self, dirs: Tensor, gen: torch.Generator) -> Tensor:
         u, color = torch.rand(1, generator=gen).item(), torch.rand(3, generator=gen)
         if self.training and u < self.random_background_prob:
             # One random solid colour for the whole batch (threestudio random_aug, share_aug_bg).
@@ -425,7 +424,7 @@ class NeRF(Representation):
         light = cameras.light_position if cameras.light_position is not None else cameras.position
         shading = self._shading_mode(step, gen)
         jitter = torch.rand(n_rays, generator=gen).to(device) if (self.training and self.stratified) else None
-        background = self._background(dirs, b, H * W, gen)
+        background = self._background(dirs, gen)
         need_normals = (self.shading != "none" and shading[0] != "albedo") or not self.training
         need_normals = need_normals or (self.training and self.normal_type != "none" and self.lambda_orient.value(step) > 0)
         want_zvar = self.training and self.lambda_z_variance.value(step) > 0
