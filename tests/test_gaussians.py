@@ -30,7 +30,7 @@ from rewardsds.representations.gaussians import (
     read_ply,
     write_ply,
 )
-from rewardsds.representations.views import turntable_frames
+from rewardsds.representations.views import render_views, save_pngs, turntable_frames
 from rewardsds.schedules import Schedule
 from tests.threed_helpers import assert_schema_matches_constructor
 
@@ -265,6 +265,20 @@ def test_pruning_removes_the_same_rows_from_parameters_and_state():
         assert torch.equal(p.detach(), kept[key][0]) and torch.equal(opt.state[p]["exp_avg"], kept[key][1])
 
 
+def test_opacity_reset_every_reset_every_steps():
+    gs = Gaussians(num_points=40, refine_start_step=1000, reset_every=2, prune_opacity=0.005, init_opacity=0.6, seed=8)
+    gs.train()
+    opt = torch.optim.Adam(gs.param_groups())
+    c, target = cams(1, 8), torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    _train_steps(gs, opt, c, target, 2)  # steps 0, 1: no reset
+    assert torch.sigmoid(gs.params["opacities"]).min() > 0.5
+    _train_steps(gs, opt, c, target, 1, start=2)  # step 2: reset to 2 * prune_opacity
+    op = gs.params["opacities"]
+    assert torch.sigmoid(op).max().item() == pytest.approx(0.01, rel=1e-4)
+    assert (opt.state[op]["exp_avg"] == 0).all() and (opt.state[op]["exp_avg_sq"] == 0).all()
+    assert next(g for g in opt.param_groups if g["name"] == "gaussians.opacities")["params"] == [op]
+
+
 def test_optimizer_view_is_the_shared_group():
     gs = Gaussians(num_points=5)
     opt = torch.optim.Adam(gs.param_groups())
@@ -417,10 +431,20 @@ def test_point_cloud_init_from_an_ascii_ply(tmp_path):
         Gaussians(init="points", init_path=str(no_xyz))
 
 
-def test_turntable_frames(tmp_path):
+def test_turntable_frames_and_final_view_pngs(tmp_path):
+    from PIL import Image
+
     gs = Gaussians(num_points=50)
-    frames = turntable_frames(gs, CameraSampler(eval_resolution=12).turntable(4), step=0)
+    sampler = CameraSampler(eval_resolution=12)
+    frames = turntable_frames(gs, sampler.turntable(4), step=0)
     assert set(frames) == {"rgb", "opacity"} and frames["rgb"].shape == (4, 12, 12, 3)
+    views = render_views(gs, sampler.eval_cameras(3), step=0)
+    paths = save_pngs(views["rgb"], tmp_path / "final", prefix="eval")
+    assert [p.name for p in paths] == ["eval_000.png", "eval_001.png", "eval_002.png"]
+    back = np.asarray(Image.open(paths[1]))
+    assert back.shape == (12, 12, 3)
+    expected = (views["rgb"][1].permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(back, expected)
 
 
 # ------------------------------------------------------------------------------------- config

@@ -515,6 +515,13 @@ class Gaussians(Representation):
                     log.warning("step %d: no gradient reached the 2D means; densification statistics skipped", step)
                 else:
                     self.strategy.step_post_backward(self.params, views, self.strategy_state, step, info, packed=False)
+                s = self.strategy
+                if 0 < step < s.refine_stop_iter and step % s.reset_every == 0:
+                    # 3DGS opacity reset. gsplat 1.5's own test (`step % reset_every == 0 & step > 0`)
+                    # parses as a chained comparison that is always false; resetting twice is harmless.
+                    from gsplat.strategy.ops import reset_opa
+
+                    reset_opa(params=self.params, optimizers=views, state=self.strategy_state, value=s.prune_opa * 2.0)
             else:
                 self.strategy.step_post_backward(self.params, views, self.strategy_state, step, info, lr=means_lr)
         inner = getattr(optimizer, "_optimizer", optimizer)
