@@ -535,7 +535,7 @@ class GaussiansConfig(RepresentationConfig):
     """3D Gaussians rendered with gsplat, densified by gsplat's strategies."""
 
     _target_: str = "rewardsds.representations.gaussians.Gaussians"
-    num_points: int = 4096
+    num_points: int = 4096  # init=sphere only (a .ply decides its own count)
     init: GaussianInit = GaussianInit.sphere
     init_path: Optional[str] = None
     init_radius: float = 0.5

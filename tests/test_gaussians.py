@@ -159,6 +159,25 @@ def test_sh_matches_gsplat_reference(degree):
     assert torch.allclose(eval_sh(degree, coeffs, dirs), _spherical_harmonics(degree, dirs, coeffs), atol=1e-5)
 
 
+def test_shape_annotations_hold_under_beartype():
+    from beartype import beartype
+    from jaxtyping import TypeCheckError, jaxtyped
+
+    def checked(f):
+        return jaxtyped(typechecker=beartype)(f)
+
+    means, quats, scales, opac, colors = random_gaussians(20, seed=9)
+    c = cams(2, 8, seed=9)
+    proj = checked(project_gaussians)(means, quats, scales, opac, c.w2c_opencv(), c.intrinsics(), 8, 8)
+    checked(composite_dense)(proj["means2d"], proj["conics"], colors[None].expand(2, -1, -1), opac, proj["depths"], proj["radii"], 8, 8)
+    checked(rasterize_dense)(means, quats, scales, opac, colors, c.w2c_opencv(), c.intrinsics(), 8, 8)
+    checked(eval_sh)(1, torch.randn(20, 4, 3), torch.randn(20, 3))
+    with pytest.raises(TypeCheckError):
+        checked(eval_sh)(1, torch.randn(20, 4, 3), torch.randn(19, 3))
+    with pytest.raises(TypeCheckError):
+        checked(project_gaussians)(means, quats[:10], scales, opac, c.w2c_opencv(), c.intrinsics(), 8, 8)
+
+
 # ------------------------------------------------------------------------------------- the representation
 def test_cpu_render_shapes_and_gradients():
     gs = Gaussians(num_points=200, sh_degree=1)

@@ -65,6 +65,26 @@ def test_masked_levels_get_no_gradient(cls):
     assert per_level[0] > 0 and per_level[1] > 0 and per_level[2] == 0 and per_level[3] == 0
 
 
+def test_shape_annotations_hold_under_beartype():
+    from beartype import beartype
+    from jaxtyping import TypeCheckError, jaxtyped
+
+    def checked(f):
+        return jaxtyped(typechecker=beartype)(f)
+
+    enc = HashGridEncoding(n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
+    assert checked(enc.forward)(torch.rand(10, 3)).shape == (10, 6)
+    with pytest.raises(TypeCheckError):
+        checked(enc.forward)(torch.rand(10, 2))
+    v, f = checked(marching_tetrahedra)(torch.rand(6, 6, 6), 0.5, (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
+    assert v.shape[1] == 3 and f.shape[1] == 3
+    c = cams(2, 6)
+    o, d = checked(type(c).rays)(c)
+    assert o.shape == (2, 6, 6, 3)
+    nerf = small_nerf()
+    assert checked(nerf.density)(torch.rand(7, 3)).shape == (7,)
+
+
 # ------------------------------------------------------------------------------------- rendering
 def test_cpu_render_shapes_ranges_and_gradients_reach_the_grid():
     nerf = small_nerf()

@@ -41,7 +41,7 @@ SH_C3 = (
 )
 
 
-def eval_sh(degree: int, coeffs: Float[Tensor, "... k 3"], dirs: Float[Tensor, "... 3"]) -> Float[Tensor, "... 3"]:
+def eval_sh(degree: int, coeffs: Float[Tensor, "*batch k 3"], dirs: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
     """Colour from real spherical-harmonic coefficients (3DGS / gsplat basis order), degree <= 3.
 
     Args:

@@ -14,6 +14,9 @@ colour coefficients ``sh0`` [N,1,3] and ``shN`` [N,K-1,3] (only when ``sh_degree
   ``gaussians.<key>``); :class:`ParamGroupOptimizer` shows gsplat each group as the one-group
   optimizer it expects, so gsplat's in-place surgery (replacing ``param_groups[0]["params"]`` and
   moving ``optimizer.state[p]``) edits the shared optimizer directly.
+- The 3DGS opacity reset (every ``reset_every`` steps, to ``2 * prune_opacity``) is applied here:
+  gsplat 1.5's DefaultStrategy tests ``step % reset_every == 0 & step > 0``, which Python parses as
+  a chained comparison that is always false.
 - Learning rates: the usual 3DGS ones (means 1.6e-4 times ``scene_extent``, scales 5e-3, quats 1e-3,
   opacities 5e-2, sh0 2.5e-3, shN 2.5e-3 / 20), Adam eps 1e-15 and no weight decay.
 - ``load_state_dict`` resizes the parameters to the checkpoint's Gaussian count before copying, and
@@ -408,6 +411,11 @@ class Gaussians(Representation):
         return self.params["sh0"]
 
     def _resolve_rasterizer(self, device: torch.device) -> str:
+        if device.type != "cuda" and self.strategy_kind == "mcmc":
+            raise ConfigError(
+                "representation.strategy", "mcmc", f"needs CUDA (gsplat's relocation kernel) but the Gaussians are on {device}",
+                "use representation.strategy=default (or none) on the CPU",
+            )
         if self.rasterizer == "dense":
             return "dense"
         if device.type == "cuda":
@@ -416,11 +424,6 @@ class Gaussians(Representation):
             raise ConfigError(
                 "representation.rasterizer", "gsplat", f"needs CUDA (gsplat has no CPU rasteriser) but the Gaussians are on {device}",
                 "use representation.rasterizer=auto (the dense PyTorch rasteriser on the CPU) or run on a GPU",
-            )
-        if self.strategy_kind == "mcmc":
-            raise ConfigError(
-                "representation.strategy", "mcmc", f"needs CUDA (gsplat's relocation kernel) but the Gaussians are on {device}",
-                "use representation.strategy=default (or none) on the CPU",
             )
         if not self._notice_shown:
             log.info("Gaussians on %s: gsplat needs CUDA; rendering with the dense PyTorch rasteriser.", device)
@@ -501,7 +504,7 @@ class Gaussians(Representation):
 
     def on_before_backward(self, step: int, outputs: dict[str, Tensor]) -> None:
         """Keep the 2D-mean gradients that the densification statistics read."""
-        if isinstance(self.strategy, _default_strategy_cls()) and self._last_info is not None:
+        if self.strategy_kind == "default" and self._last_info is not None:
             self.strategy.step_pre_backward(self.params, {}, self.strategy_state, step, self._last_info)
 
     def on_after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -588,12 +591,6 @@ class Gaussians(Representation):
     def export(self, out_dir: Path) -> list[Path]:
         """Write ``gaussians.ply`` (3DGS layout, viewer-compatible) into ``out_dir``."""
         return [write_ply(Path(out_dir) / "gaussians.ply", self.ply_fields())]
-
-
-def _default_strategy_cls():
-    from gsplat import DefaultStrategy
-
-    return DefaultStrategy
 
 
 def _mean_knn_distance(points: Float[Tensor, "n 3"], k: int = 3) -> Float[Tensor, "n"]:

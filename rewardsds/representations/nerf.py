@@ -269,6 +269,7 @@ class NeRF(Representation):
         self.eval_chunk_rays = int(eval_chunk_rays)
         self.seed = int(seed)
         self._notice_shown = False
+        self._occ_checked = False  # occ_ready read once (it lives on the device)
 
         self.encoding: GridEncoding
         if self.encoding_type == "hash":
@@ -414,8 +415,10 @@ class NeRF(Representation):
         device = self.density_net[0].weight.device
         cameras = cameras.to(device)
         mode = self._resolve_estimator(device)
-        if mode == "occgrid" and not bool(self.occ_ready):
-            self.update_occupancy(step, force=True)
+        if mode == "occgrid" and not self._occ_checked:
+            if not bool(self.occ_ready):  # first render of a fresh run: fill the grid once
+                self.update_occupancy(step, force=True)
+            self._occ_checked = True
         gen = self._generator(step)
         b, H, W = len(cameras), cameras.height, cameras.width
         origins, dirs = cameras.rays()
@@ -453,8 +456,8 @@ class NeRF(Representation):
             result["normal"] = img(out["normal"])
         if "z_variance" in out:
             result["z_variance"] = img(out["z_variance"])
-        if "orient" in parts[0]:
-            result["orient"] = sum(p["orient"] for p in parts) / max(1, sum(int(p["n_visible"]) for p in parts))
+        if "orient" in parts[0]:  # training renders are one chunk
+            result["orient"] = parts[0]["orient"] / parts[0]["n_visible"].clamp_min(1)
         return result
 
     def _render_rays(
