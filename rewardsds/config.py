@@ -376,6 +376,245 @@ class MVDreamPriorConfig(PriorConfig):
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
 
 
+# ----------------------------------------------------------------------------------------- 3D: cameras, NeRF, Gaussians
+class ElevationSampling(str, Enum):
+    mixed = "mixed"  # threestudio: per group, p=0.5 uniform in degrees, else uniform in area on the band
+    uniform = "uniform"  # uniform in degrees
+    area = "area"  # uniform in area on the sphere band
+
+
+class LightSampling(str, Enum):
+    dreamfusion = "dreamfusion"  # light direction ~ camera direction + N(0, light_position_perturb)
+    magic3d = "magic3d"  # 30..90 degrees above the camera's horizon
+
+
+class GridEncodingType(str, Enum):
+    hash = "hash"  # Instant-NGP hash grid (threestudio default; gather/scatter in PyTorch)
+    dense = "dense"  # multi-resolution dense volumes (grid_sample)
+    triplane = "triplane"  # multi-resolution triplanes (grid_sample); fastest measured on the CPU
+
+
+class DensityActivation(str, Enum):
+    softplus = "softplus"
+    exp = "exp"
+
+
+class DensityBias(str, Enum):
+    blob_magic3d = "blob_magic3d"  # scale * (1 - |x| / std)
+    blob_dreamfusion = "blob_dreamfusion"  # scale * exp(-|x|^2 / (2 std^2))
+    none = "none"
+
+
+class NeRFEstimator(str, Enum):
+    auto = "auto"  # occupancy grid on CUDA, uniform samples on the CPU
+    occgrid = "occgrid"  # nerfacc OccGridEstimator (CUDA only)
+    uniform = "uniform"  # num_samples_per_ray evenly spaced samples in the scene box
+
+
+class NeRFBackground(str, Enum):
+    neural = "neural"  # MLP on the view direction (threestudio neural environment map)
+    solid = "solid"  # background_color
+
+
+class NormalType(str, Enum):
+    none = "none"
+    analytic = "analytic"  # -grad(density) by autograd
+    finite_difference = "finite_difference"  # central differences of the density
+
+
+class ShadingType(str, Enum):
+    none = "none"  # colour = albedo
+    diffuse = "diffuse"  # threestudio diffuse-with-point-light: albedo / textureless / lambertian
+
+
+class GaussianInit(str, Enum):
+    sphere = "sphere"  # num_points uniform in a ball of radius init_radius
+    ply = "ply"  # a 3DGS .ply (all parameters)
+    points = "points"  # a point cloud .ply (x y z, optional red green blue)
+
+
+class DensifyStrategy(str, Enum):
+    default = "default"  # gsplat DefaultStrategy (3DGS clone / split / prune)
+    mcmc = "mcmc"  # gsplat MCMCStrategy (3DGS as MCMC; CUDA only)
+    none = "none"
+
+
+class Rasterizer(str, Enum):
+    auto = "auto"  # gsplat on CUDA, the dense PyTorch rasteriser on the CPU
+    gsplat = "gsplat"
+    dense = "dense"
+
+
+@dataclass
+class Range:
+    """A closed interval with named ends (degrees or scene units, as the field says)."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass
+class CameraConfig:
+    """Random orbit cameras for 3D distillation (root node ``cameras``); defaults = RewardSDS/MVDream 3D.
+
+    Views are object-major groups of ``views_per_object`` views sharing elevation, distance, field of
+    view, perturbations and light; their azimuths are 360 / views_per_object apart with a random
+    offset. ``resolution`` and ``batch_size`` are schedules (the reference: 8 views at 64 px, then 4
+    views at 256 px from step 5000).
+    """
+
+    _target_: str = "rewardsds.cameras.CameraSampler"
+    resolution: Schedule = field(default_factory=lambda: Schedule(start=64))
+    batch_size: Schedule = field(default_factory=lambda: Schedule(start=4))
+    views_per_object: int = 4
+    elevation: Range = field(default_factory=lambda: Range(0.0, 30.0))
+    elevation_sampling: ElevationSampling = ElevationSampling.mixed
+    azimuth: Range = field(default_factory=lambda: Range(-180.0, 180.0))
+    distance: Range = field(default_factory=lambda: Range(0.8, 1.0))
+    relative_distance: bool = True  # distance / tan(fovy / 2) (MVDream)
+    fovy: Range = field(default_factory=lambda: Range(15.0, 60.0))  # degrees
+    batch_uniform_azimuth: bool = True  # stratified azimuths when views_per_object == 1
+    camera_perturb: float = 0.0
+    center_perturb: float = 0.0
+    up_perturb: float = 0.0
+    light_sampling: LightSampling = LightSampling.dreamfusion
+    light_position_perturb: float = 1.0
+    light_distance: Range = field(default_factory=lambda: Range(0.8, 1.5))
+    eval_elevation: float = 15.0
+    eval_distance: float = 3.0
+    eval_fovy: float = 40.0  # degrees
+    eval_resolution: int = 512
+    front_threshold: float = 45.0  # view-dependent prompts (threestudio prompt processor)
+    back_threshold: float = 45.0
+    overhead_threshold: float = 60.0
+
+    def __post_init__(self) -> None:
+        from rewardsds.cameras import check_camera_settings
+
+        self.elevation_sampling = _enum(ElevationSampling, self.elevation_sampling, "cameras.elevation_sampling")
+        self.light_sampling = _enum(LightSampling, self.light_sampling, "cameras.light_sampling")
+        check_camera_settings(self)
+
+
+@dataclass
+class NeRFConfig(RepresentationConfig):
+    """Grid-encoded NeRF rendered with nerfacc (threestudio implicit-volume + nerf-volume-renderer)."""
+
+    _target_: str = "rewardsds.representations.nerf.NeRF"
+    radius: float = 1.0  # scene box [-radius, radius]^3
+    encoding: GridEncodingType = GridEncodingType.triplane
+    n_levels: int = 8
+    n_features_per_level: int = 4
+    log2_hashmap_size: int = 19  # hash only
+    base_resolution: int = 32
+    per_level_scale: float = 1.5
+    grid_resolution: Optional[Schedule] = None  # coarse-to-fine: finest active level resolution; null = all
+    hidden_dim: int = 64
+    hidden_layers: int = 1
+    density_activation: DensityActivation = DensityActivation.softplus
+    density_bias: DensityBias = DensityBias.blob_magic3d
+    density_blob_scale: float = 10.0
+    density_blob_std: float = 0.5
+    estimator: NeRFEstimator = NeRFEstimator.auto
+    num_samples_per_ray: int = 512  # occgrid: step 1.732 * 2 * radius / n; uniform: samples per ray
+    occ_grid_resolution: int = 32
+    occ_update_every: int = 16
+    occ_threshold: float = 0.01
+    occ_ema_decay: float = 0.95
+    occ_warmup_steps: int = 256
+    alpha_threshold: float = 0.01
+    stratified: bool = True
+    background: NeRFBackground = NeRFBackground.neural
+    background_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    random_background_prob: float = 0.5
+    normal: NormalType = NormalType.none
+    finite_difference_eps: float = 0.01
+    shading: ShadingType = ShadingType.none
+    ambient_only_steps: int = 1000
+    diffuse_prob: float = 0.75
+    textureless_prob: float = 0.5
+    ambient_light: float = 0.1
+    diffuse_light: float = 0.9
+    soft_shading: bool = False
+    lambda_sparsity: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lambda_opaque: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lambda_orient: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lambda_z_variance: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lr_encoding: float = 0.01
+    lr_network: float = 0.001
+    lr_background: float = 0.001
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    mesh_resolution: int = 256
+    mesh_threshold: float = 25.0
+    eval_chunk_rays: int = 65536
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from rewardsds.representations.nerf import check_nerf_settings
+
+        for key, enum_cls in (
+            ("encoding", GridEncodingType), ("density_activation", DensityActivation), ("density_bias", DensityBias),
+            ("estimator", NeRFEstimator), ("background", NeRFBackground), ("normal", NormalType), ("shading", ShadingType),
+        ):
+            setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))
+        check_nerf_settings(self)
+
+
+@dataclass
+class GaussiansConfig(RepresentationConfig):
+    """3D Gaussians rendered with gsplat, densified by gsplat's strategies."""
+
+    _target_: str = "rewardsds.representations.gaussians.Gaussians"
+    num_points: int = 4096  # init=sphere only (a .ply decides its own count)
+    init: GaussianInit = GaussianInit.sphere
+    init_path: Optional[str] = None
+    init_radius: float = 0.5
+    init_opacity: float = 0.1
+    init_color: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    init_scale: Optional[float] = None  # null: mean distance to the 3 nearest neighbours (3DGS)
+    sh_degree: int = 0
+    sh_degree_interval: int = 1000
+    scene_extent: float = 1.0
+    lr_means: Schedule = field(default_factory=lambda: Schedule(start=1.6e-4))  # times scene_extent
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 1.25e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-15
+    strategy: DensifyStrategy = DensifyStrategy.default
+    refine_start_step: int = 500
+    refine_stop_step: int = 15000
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 2e-4
+    grow_scale3d: float = 0.01
+    prune_opacity: float = 0.005
+    prune_scale3d: float = 0.1
+    absgrad: bool = False
+    cap_max: int = 1_000_000
+    noise_lr: float = 5e5
+    opacity_reg: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    scale_reg: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    rasterizer: Rasterizer = Rasterizer.auto
+    background_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    random_background_prob: float = 0.0
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+    eps2d: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from rewardsds.representations.gaussians import check_gaussians_settings
+
+        for key, enum_cls in (("init", GaussianInit), ("strategy", DensifyStrategy), ("rasterizer", Rasterizer)):
+            setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))
+        check_gaussians_settings(self)
+
+
 # ----------------------------------------------------------------------------------------- root nodes
 @dataclass
 class TimestepConfig:
@@ -515,7 +754,7 @@ def _multiview_needs_views(cfg: Config) -> None:
 # ----------------------------------------------------------------------------------------- registry
 SCHEMAS: dict[str, dict[str, type]] = {
     "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
-    "representation": {"latent_image": LatentImageConfig},
+    "representation": {"latent_image": LatentImageConfig, "nerf": NeRFConfig, "gaussians": GaussiansConfig},
     "loss": {"sds": SDSLossConfig},
     "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig},
     "strategy": {
