@@ -684,6 +684,7 @@ class Config:
     strategy: Any = MISSING
     logger: Any = MISSING
     trainer: Any = MISSING
+    cameras: Any = None  # training/eval cameras of 3D representations (ignored by 2D ones)
 
     prompt: str = MISSING
     negative_prompt: str = ""
@@ -740,6 +741,21 @@ def _cross_group_checks(cfg: Config) -> None:
 
 
 @register_cross_check
+def _multiview_view_groups(cfg: Config) -> None:
+    frames = getattr(cfg.prior, "num_frames", 1) or 1
+    cams = cfg.cameras
+    if frames > 1 and isinstance(cams, CameraConfig) and not isinstance(cfg.representation, LatentImageConfig):
+        if cams.views_per_object != frames:
+            raise ConfigError("cameras.views_per_object", cams.views_per_object,
+                              f"must equal prior.num_frames = {frames}: the multi-view prior denoises {frames} views of one object jointly",
+                              f"set cameras.views_per_object={frames} (cameras=multiview)")
+        for v in (cams.batch_size.start, cams.batch_size.end):
+            if v is not None and int(v) % frames:
+                raise ConfigError("cameras.batch_size", v, f"is not a multiple of prior.num_frames = {frames}",
+                                  f"use a multiple of {frames} views per step, e.g. {{start: 8, end: 4}}")
+
+
+@register_cross_check
 def _multiview_needs_views(cfg: Config) -> None:
     prior_target = getattr(cfg.prior, "_target_", "")
     rep = cfg.representation
@@ -766,6 +782,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     },
     "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
+    "cameras": {"orbit": CameraConfig},
 }
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rewardsds.errors import RewardSDSError
 from rewardsds.utils.io import write_image
 from rewardsds.viz import Media, grid, to_uint8, upscale
 
@@ -47,7 +48,14 @@ def finalize_run(system: "DistillationSystem", run_dir: Path, media: Media) -> d
         scored = finalize_3d(system, run_dir, media, out)
     if cfg.output.video:
         assemble_video(run_dir, media, cfg.output.video_fps, system.iteration)
-    exported = rep.export(run_dir / "export")
+    try:
+        exported = rep.export(run_dir / "export")
+    except RewardSDSError as err:
+        # The optimised scene and every other output are kept; only the asset export needs another setting.
+        out["export_error"] = f"{err} (re-export without training: rewardsds resume={run_dir} <same overrides> <the fix>)"
+        log.warning("export failed: %s", out["export_error"])
+        print(f"rewardsds: export failed: {out['export_error']}")
+        exported = []
     if exported:
         out["exports"] = [str(p.relative_to(run_dir)) for p in exported]
     if cfg.output.final_reward and system.reward is not None and scored is not None:

@@ -173,11 +173,10 @@ class DistillationSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ the step
     def prompts_for(self, cameras) -> list[str]:
+        """One prompt per view; with ``view_dependent_prompts`` the view's suffix (", side view", ...) is appended."""
         b = len(cameras) if cameras is not None else self.representation_batch()
         if cameras is not None and self.cfg.view_dependent_prompts:
-            from rewardsds.cameras import view_suffixes
-
-            return [self.cfg.prompt + s for s in view_suffixes(cameras)]
+            return [self.cfg.prompt + s for s in self.camera_sampler.view_suffixes(cameras)]
         return [self.cfg.prompt] * b
 
     def representation_batch(self) -> int:
@@ -190,7 +189,8 @@ class DistillationSystem(pl.LightningModule):
         if self.representation.needs_cameras:
             if self.camera_sampler is None:
                 raise RuntimeError("this representation needs cameras but no camera sampler is configured")
-            cameras = self.camera_sampler.sample(step, self.prior.image_size).to(self.device)
+            g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, Streams.CAMERA))
+            cameras = self.camera_sampler.sample(g, step).to(self.device)
         out = self.representation.render(cameras, step)
         if "latents" in out:
             return cameras, out, out["latents"]
@@ -308,8 +308,11 @@ class DistillationSystem(pl.LightningModule):
         if self.representation.outputs_latents:
             return self.prior.decode_latents(self.representation.latents.detach())
         if self.camera_sampler is not None:
-            cams = self.camera_sampler.preview(self.prior.image_size).to(self.device)
-            return self.representation.render(cams, self.iteration)["rgb"].detach().float().clamp(0, 1)
+            from rewardsds.representations.views import render_views
+
+            # the optimisation video follows one fixed front view at the prior's resolution
+            cams = self.camera_sampler.eval_cameras(1, resolution=self.prior.image_size).to(self.device)
+            return render_views(self.representation, cams, self.iteration)["rgb"].clamp(0, 1)
         return None
 
     def _maybe_save_frames(self, step: int) -> None:

@@ -127,7 +127,7 @@ def build_components(cfg: DictConfig, typed: Config) -> dict[str, Any]:
     if getattr(representation, "needs_cameras", False):
         if "cameras" not in cfg or cfg.cameras is None:
             raise ConfigError("cameras", None, "is required by a 3D representation", "add a cameras: node (see conf/experiment/dreamfusion_nerf.yaml)")
-        camera_sampler = build(cfg.cameras, seed=typed.seed)
+        camera_sampler = build(cfg.cameras)
     return dict(prior=prior, reward=reward, strategy=strategy, loss=loss, representation=representation, camera_sampler=camera_sampler)
 
 
@@ -267,6 +267,8 @@ def quiet_lightning() -> None:
     # The step-index dataset runs in the main process (num_workers=0), so its __len__ is exact.
     warnings.filterwarnings("ignore", message=r".*IterableDataset.*__len__.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+    # resume of a finished run (e.g. to re-export) has no steps left: that is intended
+    warnings.filterwarnings("ignore", message=r".*Total length of `(DataLoader|CombinedLoader)` across ranks is zero.*")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
