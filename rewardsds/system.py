@@ -232,6 +232,9 @@ class DistillationSystem(pl.LightningModule):
         same code without a trainer).
         """
         raw = getattr(opt, "optimizer", opt)
+        # Libraries that draw from the global RNG (gsplat's splits, nerfacc's occupancy-grid sampling) see a
+        # per-step seed too, so a resumed run continues exactly like an uninterrupted one.
+        torch.manual_seed(seed_for(self.cfg.seed, step, Streams.AUX, 2))
         cameras, out, latents = self.scene_latents(step)
         ctx = self.make_context(step, latents, cameras, out)
         result: LossOutput = self.loss_mode(ctx)
