@@ -28,9 +28,8 @@ import torch
 from rewardsds.rewards.image_reward import ImageReward, set_blip_attention
 from rewardsds.rewards.preprocess import from_pil
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "image_reward"
-if not FIXTURE.is_dir():  # worktrees live next to the main checkout; shared/ sits beside them
-    FIXTURE = Path("/work/shared/fixtures/image_reward")
+# shared/ sits beside the checkout (../shared), as in CI's fresh clone
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "image_reward"
 VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 
 

@@ -77,13 +77,17 @@ def _vision_key(key: str) -> str:
         return simple[key]
     if key.startswith("blocks."):
         _, idx, rest = key.split(".", 2)
-        rest = (
-            rest.replace("norm1.", "layer_norm1.")
-            .replace("norm2.", "layer_norm2.")
-            .replace("attn.qkv.", "self_attn.qkv.")  # same fused [q; k; v] row layout
-            .replace("attn.proj.", "self_attn.projection.")
-        )  # mlp.fc1 / mlp.fc2 keep their names
-        return f"encoder.layers.{idx}.{rest}"
+        blocks = {
+            "norm1.": "layer_norm1.",
+            "norm2.": "layer_norm2.",
+            "attn.qkv.": "self_attn.qkv.",  # same fused [q; k; v] row layout
+            "attn.proj.": "self_attn.projection.",
+            "mlp.fc1.": "mlp.fc1.",
+            "mlp.fc2.": "mlp.fc2.",
+        }
+        for src, dst in blocks.items():
+            if rest.startswith(src) and rest[len(src):] in ("weight", "bias"):
+                return f"encoder.layers.{idx}.{dst}{rest[len(src):]}"
     raise KeyError(key)
 
 
