@@ -245,3 +245,28 @@ def test_tensor_path_close_to_pil(reward, images):
     finally:
         reward.pil_exact = True
     assert max(diffs) < 5e-3, diffs
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp32_and_bf16_against_original(checkpoint_dir, tokenizer_dir, images):
+    """On CUDA: fp32 (TF32 off) within 1e-4 of the original's CPU scores and the same ranking; bf16 within
+    0.05 with the same best and worst image per prompt."""
+    fx = _load("expected_scores.json")
+    expected = torch.tensor(fx["scores"])
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for dtype, tol in (("fp32", 1e-4), ("bf16", 0.05)):
+            r = ImageReward(checkpoint=str(checkpoint_dir), tokenizer=str(tokenizer_dir), dtype=dtype,
+                            pil_exact=True, local_files_only=True).to("cuda")
+            got = torch.tensor([[r(x.cuda(), p).item() for x in images] for p in fx["prompts"]])
+            assert (got - expected).abs().max().item() < tol, (dtype, got - expected)
+            if dtype == "fp32":
+                assert torch.equal(got.argsort(dim=1), expected.argsort(dim=1))
+            assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1)), dtype
+            assert torch.equal(got.argmin(dim=1), expected.argmin(dim=1)), dtype
+            del r
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
