@@ -8,6 +8,7 @@ downloads); what is checked:
   as on CPU, and bf16 stays close;
 - full-size ImageReward: SDPA equals eager in fp32, bf16 keeps the ranking of 8 candidates, gradients reach
   the images in bf16;
+- compile=True (CUDA graphs) matches eager bf16 scores;
 - full-size ImageReward scores 8 images of 512x512 in bf16 in under 15 ms (median of 20 after warm-up) on
   an H100 or H200, the budget for a RewardSDS step (skipped on other GPUs).
 """
@@ -135,3 +136,16 @@ def test_full_image_reward_speed_budget(full_image_reward):
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     assert statistics.median(times) < 15.0, sorted(times)
+
+
+def test_compiled_image_reward_matches_eager(full_image_reward):
+    """compile=True (CUDA graphs) gives the eager scores in bf16 and returns fresh tensors on every call."""
+    r = full_image_reward
+    r.dtype_option = "bf16"
+    r.to("cuda")
+    compiled = ImageReward.from_parts(r.model, r.tokenizer, dtype="bf16", compile=True).to("cuda")
+    x, y = _smooth(8, 512, seed=1).cuda(), _smooth(8, 512, seed=2).cuda()
+    first, second = compiled(x, PROMPT), compiled(y, PROMPT)
+    assert (first - r(x, PROMPT)).abs().max().item() < 0.05
+    assert (second - r(y, PROMPT)).abs().max().item() < 0.05
+    assert not torch.equal(first, second)  # the first result was not overwritten by the second replay

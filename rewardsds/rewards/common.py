@@ -205,3 +205,21 @@ def materialize_position_ids(model: nn.Module) -> None:
     left = [name for name, b in model.named_buffers() if b.is_meta]
     if left:
         raise RuntimeError(f"buffers left without data after loading: {left}")
+
+
+def compile_for_scoring(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile`` with CUDA graphs (``mode="reduce-overhead"``) for the no-grad scoring path.
+
+    Reward models at batch 8 are launch-bound (hundreds of small kernels); replaying a CUDA graph per input
+    shape removes the launch cost (ImageReward bf16 on an H100: 13.6 ms eager -> 4.7 ms). Each new input
+    shape compiles once (about 30 s). Outputs live in the graph's memory pool and are cloned before they
+    are returned; with gradients enabled the eager function runs, so the differentiable path is unchanged.
+    """
+    compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False)
+
+    def run(*args: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return fn(*args)
+        return compiled(*args).clone()
+
+    return run

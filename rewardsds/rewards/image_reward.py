@@ -31,6 +31,7 @@ from rewardsds.rewards.common import (
     AttentionImpl,
     LRUCache,
     StackedLinearHead,
+    compile_for_scoring,
     freeze,
     load_pretrained,
     load_state_dict_file,
@@ -354,7 +355,8 @@ class ImageReward(Reward):
             (not differentiable, CPU-bound); default is the batched tensor path.
         local_files_only: never download.
         attention: ``sdpa`` (fast) or ``eager`` (transformers' reference code).
-        compile: ``torch.compile`` the model forward.
+        compile: ``torch.compile`` the model with CUDA graphs for scoring (see
+            :func:`~rewardsds.rewards.common.compile_for_scoring`; about 30 s once per batch shape).
     """
 
     name = "image_reward"
@@ -402,7 +404,7 @@ class ImageReward(Reward):
         if self.pil_exact and self.differentiable:
             raise ValueError("pil_exact=True quantises to uint8 through PIL and cannot be differentiable")
         set_blip_attention(self.model, attention)
-        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._forward = compile_for_scoring(self.model) if compile else self.model
         self._tokens = LRUCache()
         self.dtype = torch.float32
         self.to("cpu")
