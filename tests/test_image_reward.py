@@ -182,3 +182,11 @@ def test_foreign_checkpoint_and_wrong_vocab_are_rejected(tmp_path, files):
     small = write_bert_vocab(tmp_path / "small_vocab", 200, WORDS)
     with pytest.raises(ModelLoadError, match="bert-base-uncased vocabulary"):
         ImageReward(checkpoint=str(ckpt), tokenizer=str(small), local_files_only=True)
+
+
+def test_compile_option_runs_eager_on_cpu(files, reward):
+    """compile=True only compiles for CUDA inputs (CUDA graphs); on CPU it is the eager model, same scores."""
+    ckpt, tok = files
+    compiled = ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", compile=True, local_files_only=True)
+    x = _images()
+    assert torch.equal(compiled(x, PROMPTS), reward(x, PROMPTS))
