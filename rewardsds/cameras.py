@@ -10,16 +10,31 @@ Conventions (the only place they are defined):
   ``distance`` from the origin. MVDream's ``get_camera`` azimuth equals ours + 90 degrees.
 - ``fovy``: vertical field of view in radians. Intrinsics use pixel centres at +0.5.
 - Batches of views for multi-view priors are object-major: index = object * num_frames + view.
+
+Derived conventions, tested in ``tests/test_cameras.py``:
+
+- Pixel (row ``v``, column ``u``) has its centre at ``(u + 0.5, v + 0.5)``; row 0 is the top of the
+  image. Its ray direction in camera axes is ``((u + 0.5 - W/2) / f, -(v + 0.5 - H/2) / f, -1)``.
+- :meth:`Cameras.w2c_opencv` with :meth:`Cameras.intrinsics` projects a world point to the pixel whose
+  ray passes through it (gsplat's ``viewmats``/``Ks``).
+- View names for prompts (threestudio's prompt processor): ``overhead`` if elevation > 60; otherwise
+  ``front`` if the azimuth, wrapped to [-180, 180), is strictly within 45 degrees of 0 (camera on +x),
+  ``back`` if strictly within 45 degrees of 180, else ``side``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+from rewardsds.errors import ConfigError
+from rewardsds.schedules import Schedule
 
 
 @dataclass
@@ -77,6 +92,15 @@ class Cameras:
         )
 
     @property
+    def device(self) -> torch.device:
+        return self.c2w.device
+
+    @property
+    def position(self) -> Float[Tensor, "b 3"]:
+        """Camera centres in world coordinates [b, 3]."""
+        return self.c2w[:, :3, 3]
+
+    @property
     def focal(self) -> Tensor:
         """Focal length in pixels [b] from fovy and height."""
         return 0.5 * self.height / torch.tan(0.5 * self.fovy)
@@ -97,9 +121,31 @@ class Cameras:
         flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=self.c2w.device, dtype=self.c2w.dtype))
         return torch.linalg.inv(self.c2w @ flip)
 
+    def rays(self) -> tuple[Float[Tensor, "b h w 3"], Float[Tensor, "b h w 3"]]:
+        """World-space ray origins and unit directions through every pixel centre.
+
+        Returns:
+            (origins [b, H, W, 3], directions [b, H, W, 3]); row 0 is the top of the image.
+        """
+        dev, dt = self.c2w.device, self.c2w.dtype
+        v, u = torch.meshgrid(
+            torch.arange(self.height, device=dev, dtype=dt), torch.arange(self.width, device=dev, dtype=dt), indexing="ij"
+        )
+        f = self.focal.to(dt).view(-1, 1, 1)
+        x = (u + 0.5 - self.width / 2) / f
+        y = -(v + 0.5 - self.height / 2) / f
+        d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # [b, H, W, 3]
+        d_world = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], d_cam)
+        d_world = F.normalize(d_world, dim=-1)
+        origins = self.position.view(-1, 1, 1, 3).expand_as(d_world)
+        return origins, d_world
+
 
 def look_at_c2w(position: Float[Tensor, "b 3"], target: Optional[Tensor] = None, up: Optional[Tensor] = None) -> Tensor:
-    """c2w [b, 4, 4] for cameras at ``position`` looking at ``target`` (origin) with world ``up`` (+z)."""
+    """c2w [b, 4, 4] for cameras at ``position`` looking at ``target`` (origin) with world ``up`` (+z).
+
+    ``target`` and ``up`` may be one vector [3] or one per camera [b, 3] (perturbed centres/ups).
+    """
     b = position.shape[0]
     dev, dt = position.device, position.dtype
     target = torch.zeros_like(position) if target is None else target.expand_as(position)
@@ -125,9 +171,350 @@ def spherical_to_position(elevation_deg: Tensor, azimuth_deg: Tensor, distance: 
     return torch.stack([distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a), distance * torch.sin(e)], -1)
 
 
+def position_to_spherical(position: Float[Tensor, "b 3"]) -> tuple[Tensor, Tensor, Tensor]:
+    """Inverse of :func:`spherical_to_position`: (elevation deg, azimuth deg in (-180, 180], distance)."""
+    d = position.norm(dim=-1)
+    elevation = torch.rad2deg(torch.asin((position[:, 2] / d.clamp_min(1e-12)).clamp(-1, 1)))
+    azimuth = torch.rad2deg(torch.atan2(position[:, 1], position[:, 0]))
+    return elevation, azimuth, d
+
+
 def orbit_cameras(
     elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor, fovy: Tensor, width: int, height: int
 ) -> Cameras:
     """Cameras on a sphere around the origin looking at it."""
     pos = spherical_to_position(elevation_deg.float(), azimuth_deg.float(), distance.float())
     return Cameras(look_at_c2w(pos), fovy.float(), width, height, elevation_deg.float(), azimuth_deg.float(), distance.float())
+
+
+# ----------------------------------------------------------------------------------------- view-dependent prompts
+VIEW_SUFFIXES: dict[str, str] = {
+    "side": ", side view",
+    "front": ", front view",
+    "back": ", back view",
+    "overhead": ", overhead view",
+}
+
+
+def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
+    """Azimuth wrapped to [-180, 180) degrees."""
+    return torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0
+
+
+def view_directions(
+    elevation_deg: Tensor,
+    azimuth_deg: Tensor,
+    front_threshold: float = 45.0,
+    back_threshold: float = 45.0,
+    overhead_threshold: float = 60.0,
+) -> list[str]:
+    """View names (front/side/back/overhead) per camera, with threestudio's prompt-processor rules.
+
+    Args:
+        elevation_deg, azimuth_deg: [b] in degrees (azimuth 0 = camera on +x = "front").
+        front_threshold: half-width in degrees of the front sector around azimuth 0 (strict).
+        back_threshold: half-width in degrees of the back sector around azimuth 180 (strict).
+        overhead_threshold: elevation in degrees above which a view is "overhead" (strict; wins over
+            the azimuth sectors).
+
+    Returns:
+        b names, each a key of :data:`VIEW_SUFFIXES`.
+    """
+    az = wrap_azimuth(azimuth_deg.detach().double().cpu())
+    el = elevation_deg.detach().double().cpu()
+    names = []
+    for e, a in zip(el.tolist(), az.tolist()):
+        if e > overhead_threshold:
+            names.append("overhead")
+        elif -front_threshold < a < front_threshold:
+            names.append("front")
+        elif a > 180.0 - back_threshold or a < -180.0 + back_threshold:
+            names.append("back")
+        else:
+            names.append("side")
+    return names
+
+
+def view_prompts(prompt: str, names: Sequence[str]) -> list[str]:
+    """``prompt`` with threestudio's view suffix appended per view (", front view", ...)."""
+    return [prompt + VIEW_SUFFIXES[n] for n in names]
+
+
+# ----------------------------------------------------------------------------------------- sampling
+def _as_range(x: Any, key: str) -> tuple[float, float]:
+    """(low, high) from a Range-like object (``.low``/``.high``), a mapping, or a 2-sequence."""
+    if hasattr(x, "low") and hasattr(x, "high"):
+        lo, hi = x.low, x.high
+    elif hasattr(x, "items"):
+        lo, hi = x["low"], x["high"]
+    else:
+        lo, hi = x
+    lo, hi = float(lo), float(hi)
+    if not lo <= hi:
+        raise ConfigError(key, {"low": lo, "high": hi}, "has low > high", f"swap them: {key}={{low: {hi}, high: {lo}}}")
+    return lo, hi
+
+
+def _enum_value(x: Any) -> str:
+    return str(x.value if hasattr(x, "value") else x)
+
+
+class CameraSampler:
+    """Random orbit cameras for score distillation, fixed evaluation orbits, and view names.
+
+    Training views (:meth:`sample`) follow threestudio's ``random-camera`` / MVDream's
+    ``random-multiview-camera`` data modules: per object (group of ``views_per_object`` views) one
+    elevation, distance, field of view, perturbation and light; azimuths of a group are
+    ``360 / views_per_object`` degrees apart with a random offset (4 orthogonal views for MVDream).
+    All randomness comes from the generator passed in, and the number of draws does not depend on
+    the options, so a seed gives the same cameras whatever else changes.
+
+    Args (mirroring :class:`rewardsds.config.CameraConfig`):
+        resolution: square render size in pixels per step (a Schedule; a jump 64 -> 256 at step 5000
+            is ``{start: 64, end: 256, start_step: 5000, end_step: 5000}``).
+        batch_size: views rendered per step (all objects), a Schedule; a multiple of views_per_object.
+        views_per_object: views per group (4 for MVDream's orthogonal views, 1 otherwise).
+        elevation, azimuth: ranges in degrees.
+        elevation_sampling: ``mixed`` (threestudio: per group, with probability 0.5 uniform in degrees,
+            else uniform in area on the band), ``uniform`` (degrees) or ``area``.
+        distance: camera distance range; with ``relative_distance`` it is divided by tan(fovy / 2)
+            (MVDream: U(0.8, 1.0) / tan(fovy / 2) keeps the object's image size fixed).
+        fovy: vertical field of view range in degrees.
+        batch_uniform_azimuth: stratify azimuths over the batch when views_per_object == 1.
+        camera_perturb: uniform [-p, p]^3 offset of the camera position.
+        center_perturb: std of a normal offset of the look-at target.
+        up_perturb: std of a normal offset of the up vector.
+        light_sampling: ``dreamfusion`` (light direction ~ camera direction + N(0, light_position_perturb))
+            or ``magic3d`` (within 30..90 degrees above the camera's horizon).
+        light_position_perturb, light_distance: see light_sampling.
+        eval_elevation, eval_distance, eval_fovy, eval_resolution: the fixed orbit of evaluation views
+            and turntables (degrees/units/degrees/pixels).
+        front_threshold, back_threshold, overhead_threshold: view-name thresholds in degrees.
+    """
+
+    def __init__(
+        self,
+        resolution: Any = 64,
+        batch_size: Any = 4,
+        views_per_object: int = 4,
+        elevation: Any = (0.0, 30.0),
+        elevation_sampling: Any = "mixed",
+        azimuth: Any = (-180.0, 180.0),
+        distance: Any = (0.8, 1.0),
+        relative_distance: bool = True,
+        fovy: Any = (15.0, 60.0),
+        batch_uniform_azimuth: bool = True,
+        camera_perturb: float = 0.0,
+        center_perturb: float = 0.0,
+        up_perturb: float = 0.0,
+        light_sampling: Any = "dreamfusion",
+        light_position_perturb: float = 1.0,
+        light_distance: Any = (0.8, 1.5),
+        eval_elevation: float = 15.0,
+        eval_distance: float = 3.0,
+        eval_fovy: float = 40.0,
+        eval_resolution: int = 512,
+        front_threshold: float = 45.0,
+        back_threshold: float = 45.0,
+        overhead_threshold: float = 60.0,
+    ) -> None:
+        self.resolution = Schedule.from_any(resolution)
+        self.batch_size = Schedule.from_any(batch_size)
+        self.views_per_object = int(views_per_object)
+        self.elevation = _as_range(elevation, "cameras.elevation")
+        self.elevation_sampling = _enum_value(elevation_sampling)
+        self.azimuth = _as_range(azimuth, "cameras.azimuth")
+        self.distance = _as_range(distance, "cameras.distance")
+        self.relative_distance = bool(relative_distance)
+        self.fovy = _as_range(fovy, "cameras.fovy")
+        self.batch_uniform_azimuth = bool(batch_uniform_azimuth)
+        self.camera_perturb = float(camera_perturb)
+        self.center_perturb = float(center_perturb)
+        self.up_perturb = float(up_perturb)
+        self.light_sampling = _enum_value(light_sampling)
+        self.light_position_perturb = float(light_position_perturb)
+        self.light_distance = _as_range(light_distance, "cameras.light_distance")
+        self.eval_elevation = float(eval_elevation)
+        self.eval_distance = float(eval_distance)
+        self.eval_fovy = float(eval_fovy)
+        self.eval_resolution = int(eval_resolution)
+        self.front_threshold = float(front_threshold)
+        self.back_threshold = float(back_threshold)
+        self.overhead_threshold = float(overhead_threshold)
+        check_camera_settings(self)
+
+    # -- schedules
+    def resolution_at(self, step: int) -> int:
+        """Square render size in pixels at ``step``."""
+        return int(round(self.resolution.value(step)))
+
+    def batch_size_at(self, step: int) -> int:
+        """Views per step at ``step`` (a multiple of views_per_object)."""
+        return int(round(self.batch_size.value(step)))
+
+    # -- training views
+    def sample(self, generator: torch.Generator, step: int = 0) -> Cameras:
+        """Draw one step's training cameras (on the CPU; move them with ``.to(device)``).
+
+        Args:
+            generator: a CPU ``torch.Generator``; the only source of randomness.
+            step: optimisation step, for the resolution and batch-size schedules.
+
+        Returns:
+            Cameras with ``batch_size_at(step)`` views, object-major (``extras["views_per_object"]``).
+        """
+        b = self.batch_size_at(step)
+        v = self.views_per_object
+        if b % v != 0 or b < v:
+            raise ConfigError(
+                "cameras.batch_size", b, f"is not a positive multiple of cameras.views_per_object = {v} at step {step}",
+                f"use a batch size of {max(v, b - b % v)} (or another multiple of {v})",
+            )
+        g = b // v
+        res = self.resolution_at(step)
+
+        def u(*shape: int) -> Tensor:
+            return torch.rand(*shape, generator=generator)
+
+        def n(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=generator)
+
+        def per_view(x: Tensor) -> Tensor:
+            return x.repeat_interleave(v, dim=0)
+
+        # Every draw below happens whatever the options, so that the stream stays aligned.
+        coin, u_el_deg, u_el_area = u(g), u(g), u(g)
+        u_az = u(g if v > 1 else b)
+        u_fov, u_dist = u(g), u(g)
+        u_cam, n_center, n_up = u(g, 3), n(g, 3), n(g, 3)
+        u_ldist, n_light, u_laz, u_lel = u(g), n(g, 3), u(g), u(g)
+
+        lo, hi = self.elevation
+        el_deg = lo + (hi - lo) * u_el_deg
+        s0, s1 = math.sin(math.radians(lo)), math.sin(math.radians(hi))
+        el_area = torch.rad2deg(torch.asin((s0 + (s1 - s0) * u_el_area).clamp(-1.0, 1.0)))
+        if self.elevation_sampling == "uniform":
+            elevation = el_deg
+        elif self.elevation_sampling == "area":
+            elevation = el_area
+        else:  # mixed: threestudio draws uniform degrees with probability 0.5, else uniform area
+            elevation = torch.where(coin < 0.5, el_deg, el_area)
+
+        a0, a1 = self.azimuth
+        if v > 1:
+            azimuth = ((u_az[:, None] + torch.arange(v)[None, :]) / v).reshape(-1) * (a1 - a0) + a0
+        elif self.batch_uniform_azimuth:
+            azimuth = (u_az + torch.arange(b)) / b * (a1 - a0) + a0
+        else:
+            azimuth = u_az * (a1 - a0) + a0
+
+        f0, f1 = self.fovy
+        fovy = torch.deg2rad(f0 + (f1 - f0) * u_fov)
+        d0, d1 = self.distance
+        distance = d0 + (d1 - d0) * u_dist
+        if self.relative_distance:
+            distance = distance / torch.tan(0.5 * fovy)
+
+        elevation, fovy, distance = per_view(elevation), per_view(fovy), per_view(distance)
+        position = spherical_to_position(elevation, azimuth, distance)
+        position = position + per_view((2.0 * u_cam - 1.0) * self.camera_perturb)
+        center = per_view(n_center * self.center_perturb)
+        up = torch.tensor([0.0, 0.0, 1.0]) + per_view(n_up * self.up_perturb)
+        c2w = look_at_c2w(position, center, up)
+
+        l0, l1 = self.light_distance
+        light_distance = per_view(l0 + (l1 - l0) * u_ldist)
+        if self.light_sampling == "magic3d":
+            # Light within 30..90 degrees above the camera's local horizon (Magic3D / threestudio).
+            z = F.normalize(position, dim=-1)
+            x = F.normalize(torch.stack([z[:, 1], -z[:, 0], torch.zeros_like(z[:, 0])], -1) + 1e-12, dim=-1)
+            y = F.normalize(torch.cross(z, x, dim=-1), dim=-1)
+            rot = torch.stack([x, y, z], dim=-1)
+            laz = per_view(u_laz * 2.0 * math.pi - math.pi)
+            lel = per_view(u_lel * math.pi / 3.0 + math.pi / 6.0)
+            local = torch.stack([torch.cos(lel) * torch.cos(laz), torch.cos(lel) * torch.sin(laz), torch.sin(lel)], -1)
+            light = (rot @ local[:, :, None])[:, :, 0] * light_distance[:, None]
+        else:  # dreamfusion: around the camera direction
+            direction = F.normalize(position + per_view(n_light) * self.light_position_perturb, dim=-1)
+            light = direction * light_distance[:, None]
+
+        return Cameras(
+            c2w, fovy, res, res, elevation, azimuth, distance, light, extras={"views_per_object": v},
+        )
+
+    # -- fixed cameras
+    def orbit(self, n: int, resolution: Optional[int] = None, azimuth_offset: float = 0.0) -> Cameras:
+        """``n`` views evenly spaced in azimuth (no duplicate end view) on the evaluation orbit.
+
+        The point light sits at each camera (threestudio's evaluation lighting).
+        """
+        if n < 1:
+            raise ConfigError("views", n, "must be >= 1", "ask for at least one view")
+        res = self.eval_resolution if resolution is None else int(resolution)
+        azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) + azimuth_offset
+        elevation = torch.full((n,), self.eval_elevation)
+        distance = torch.full((n,), self.eval_distance)
+        fovy = torch.full((n,), math.radians(self.eval_fovy))
+        cams = orbit_cameras(elevation, azimuth, distance, fovy, res, res)
+        cams.light_position = cams.position.clone()
+        return cams
+
+    def eval_cameras(self, n: int, resolution: Optional[int] = None) -> Cameras:
+        """The fixed evaluation cameras for metrics: ``n`` views on the orbit, the first at azimuth 0."""
+        return self.orbit(n, resolution)
+
+    def turntable(self, frames: int, resolution: Optional[int] = None) -> Cameras:
+        """Cameras of a turntable video with ``frames`` frames (one full turn, loops seamlessly)."""
+        return self.orbit(frames, resolution)
+
+    # -- prompts
+    def view_names(self, cameras: Cameras) -> list[str]:
+        """front/side/back/overhead per view with this sampler's thresholds."""
+        return view_directions(
+            cameras.elevation, cameras.azimuth, self.front_threshold, self.back_threshold, self.overhead_threshold
+        )
+
+    def view_suffixes(self, cameras: Cameras) -> list[str]:
+        """threestudio's prompt suffix per view (", front view", ...)."""
+        return [VIEW_SUFFIXES[n] for n in self.view_names(cameras)]
+
+
+def check_camera_settings(s: Any, prefix: str = "cameras") -> None:
+    """Raise ConfigError for impossible camera settings (shared by the schema and the sampler)."""
+
+    def rng(name: str) -> tuple[float, float]:
+        return _as_range(getattr(s, name), f"{prefix}.{name}")
+
+    def check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
+        if not cond:
+            raise ConfigError(f"{prefix}.{key}", value, problem, fix)
+
+    e0, e1 = rng("elevation")
+    check(-90.0 <= e0 and e1 <= 90.0, "elevation", [e0, e1], "must lie within [-90, 90] degrees", "use e.g. {low: 0, high: 30}")
+    d0, _ = rng("distance")
+    check(d0 > 0, "distance", d0, "must be > 0", "use e.g. {low: 0.8, high: 1.0} with relative_distance, or {low: 1.5, high: 2.0}")
+    f0, f1 = rng("fovy")
+    check(0 < f0 and f1 < 180, "fovy", [f0, f1], "must lie within (0, 180) degrees", "use e.g. {low: 15, high: 60}")
+    l0, _ = rng("light_distance")
+    check(l0 > 0, "light_distance", l0, "must be > 0", "use e.g. {low: 0.8, high: 1.5}")
+    v = int(s.views_per_object)
+    check(v >= 1, "views_per_object", v, "must be >= 1", "use 1, or 4 for MVDream")
+    for key in ("resolution", "batch_size"):
+        sched = Schedule.from_any(getattr(s, key))
+        for val in (sched.start, sched.end):
+            if val is None:
+                continue
+            check(val >= 1, key, val, "must be >= 1", "use e.g. 64 (resolution) or 4 (batch_size)")
+            if key == "batch_size":
+                check(int(round(val)) % v == 0, key, val, f"is not a multiple of {prefix}.views_per_object = {v}",
+                      f"use a multiple of {v}, e.g. {v * max(1, int(round(val)) // v)}")
+    for key in ("camera_perturb", "center_perturb", "up_perturb", "light_position_perturb"):
+        check(float(getattr(s, key)) >= 0, key, getattr(s, key), "must be >= 0", "use 0 to switch it off")
+    check(float(s.eval_distance) > 0, "eval_distance", s.eval_distance, "must be > 0", "use e.g. 3.0 with eval_fovy 40")
+    check(0 < float(s.eval_fovy) < 180, "eval_fovy", s.eval_fovy, "must lie within (0, 180) degrees", "use e.g. 40")
+    check(-90 <= float(s.eval_elevation) <= 90, "eval_elevation", s.eval_elevation, "must lie within [-90, 90]", "use 15")
+    check(int(s.eval_resolution) >= 1, "eval_resolution", s.eval_resolution, "must be >= 1", "use e.g. 256 or 512")
+    sampling = _enum_value(s.elevation_sampling)
+    check(sampling in ("mixed", "uniform", "area"), "elevation_sampling", sampling, "is not a known option", "use mixed, uniform or area")
+    light = _enum_value(s.light_sampling)
+    check(light in ("dreamfusion", "magic3d"), "light_sampling", light, "is not a known option", "use dreamfusion or magic3d")

@@ -101,6 +101,7 @@ class SDPriorConfig(PriorConfig):
     compile: bool = False  # torch.compile the UNet (GPU; compile time is reported separately)
     tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
     vae_slicing: bool = False
+    encode_sample: bool = False  # encode renders with a posterior sample (threestudio) instead of the mean
 
     def __post_init__(self) -> None:
         _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
@@ -129,7 +130,7 @@ class AnalyticPriorConfig(PriorConfig):
     image_size: int = 16
     component_std: float = 0.15
     prompt_sharpness: float = 4.0
-    modes: List[AnalyticMode] = field(default_factory=list)
+    modes: List[AnalyticMode] = field(default_factory=list)  # empty = the built-in modes (DEFAULT_MODES)
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
@@ -137,8 +138,6 @@ class AnalyticPriorConfig(PriorConfig):
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, "prior.image_size", self.image_size, "is too small", "use 8, 16 or 32")
         _check(self.component_std > 0, "prior.component_std", self.component_std, "must be > 0", "use e.g. 0.15")
-        _check(len(self.modes) >= 1, "prior.modes", len(self.modes), "needs at least one mode",
-               "list modes in conf/prior/analytic.yaml")
         names = [m.name for m in self.modes]
         _check(len(set(names)) == len(names), "prior.modes", names, "has duplicate names", "give each mode a unique name")
 
@@ -344,6 +343,278 @@ class TrainerConfig:
                "set prior.dtype=bf16 (or fp16) for a half-precision prior")
 
 
+# ----------------------------------------------------------------------------------------- MVDream prior
+@dataclass
+class MVDreamPriorConfig(PriorConfig):
+    """MVDream sd-v2.1-base-4view: multi-view, camera-conditioned SD 2.1 on diffusers (needs 3D views)."""
+
+    _target_: str = "rewardsds.priors.mvdream.MVDreamPrior"
+    pretrained: str = "MVDream/MVDream"  # Hub repo, checkpoint file, folder with `filename`, or a converted folder
+    filename: Optional[str] = "sd-v2.1-base-4view.pt"  # ignored for converted folders; null: a diffusers-layout Hub repo
+    original_config: Optional[str] = None  # ldm yaml of a non-default checkpoint (null: sd-v2.1-base-4view)
+    base_model: str = "stabilityai/stable-diffusion-2-1-base"  # tokenizer, text encoder and VAE
+    vae_text_from_checkpoint: bool = False  # take text encoder + VAE weights from the MVDream checkpoint instead
+    num_frames: int = 4
+    dtype: DType = DType.auto
+    encode_sample: bool = True  # VAE posterior sample (threestudio-mvdream) instead of the mean
+    encode_seed: int = 0  # seed of the prior's own generator for that sample
+    local_files_only: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    tiny_vae: Optional[str] = None
+    vae_slicing: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
+               "give MVDream/MVDream, a checkpoint file, or a folder written by scripts/convert_mvdream.py")
+        _check(bool(self.base_model), "prior.base_model", self.base_model, "is empty",
+               "give stabilityai/stable-diffusion-2-1-base or a local SD 2.1-base diffusers folder")
+        _check(self.filename is None or self.filename.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")),
+               "prior.filename", self.filename, "is not a checkpoint file name",
+               "use sd-v2.1-base-4view.pt, or null when prior.pretrained is a converted folder")
+        _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
+        self.dtype = _enum(DType, self.dtype, "prior.dtype")
+
+
+# ----------------------------------------------------------------------------------------- 3D: cameras, NeRF, Gaussians
+class ElevationSampling(str, Enum):
+    mixed = "mixed"  # threestudio: per group, p=0.5 uniform in degrees, else uniform in area on the band
+    uniform = "uniform"  # uniform in degrees
+    area = "area"  # uniform in area on the sphere band
+
+
+class LightSampling(str, Enum):
+    dreamfusion = "dreamfusion"  # light direction ~ camera direction + N(0, light_position_perturb)
+    magic3d = "magic3d"  # 30..90 degrees above the camera's horizon
+
+
+class GridEncodingType(str, Enum):
+    hash = "hash"  # Instant-NGP hash grid (threestudio default; gather/scatter in PyTorch)
+    dense = "dense"  # multi-resolution dense volumes (grid_sample)
+    triplane = "triplane"  # multi-resolution triplanes (grid_sample); fastest measured on the CPU
+
+
+class DensityActivation(str, Enum):
+    softplus = "softplus"
+    exp = "exp"
+
+
+class DensityBias(str, Enum):
+    blob_magic3d = "blob_magic3d"  # scale * (1 - |x| / std)
+    blob_dreamfusion = "blob_dreamfusion"  # scale * exp(-|x|^2 / (2 std^2))
+    none = "none"
+
+
+class NeRFEstimator(str, Enum):
+    auto = "auto"  # occupancy grid on CUDA, uniform samples on the CPU
+    occgrid = "occgrid"  # nerfacc OccGridEstimator (CUDA only)
+    uniform = "uniform"  # num_samples_per_ray evenly spaced samples in the scene box
+
+
+class NeRFBackground(str, Enum):
+    neural = "neural"  # MLP on the view direction (threestudio neural environment map)
+    solid = "solid"  # background_color
+
+
+class NormalType(str, Enum):
+    none = "none"
+    analytic = "analytic"  # -grad(density) by autograd
+    finite_difference = "finite_difference"  # central differences of the density
+
+
+class ShadingType(str, Enum):
+    none = "none"  # colour = albedo
+    diffuse = "diffuse"  # threestudio diffuse-with-point-light: albedo / textureless / lambertian
+
+
+class GaussianInit(str, Enum):
+    sphere = "sphere"  # num_points uniform in a ball of radius init_radius
+    ply = "ply"  # a 3DGS .ply (all parameters)
+    points = "points"  # a point cloud .ply (x y z, optional red green blue)
+
+
+class DensifyStrategy(str, Enum):
+    default = "default"  # gsplat DefaultStrategy (3DGS clone / split / prune)
+    mcmc = "mcmc"  # gsplat MCMCStrategy (3DGS as MCMC; CUDA only)
+    none = "none"
+
+
+class Rasterizer(str, Enum):
+    auto = "auto"  # gsplat on CUDA, the dense PyTorch rasteriser on the CPU
+    gsplat = "gsplat"
+    dense = "dense"
+
+
+@dataclass
+class Range:
+    """A closed interval with named ends (degrees or scene units, as the field says)."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass
+class CameraConfig:
+    """Random orbit cameras for 3D distillation (root node ``cameras``); defaults = RewardSDS/MVDream 3D.
+
+    Views are object-major groups of ``views_per_object`` views sharing elevation, distance, field of
+    view, perturbations and light; their azimuths are 360 / views_per_object apart with a random
+    offset. ``resolution`` and ``batch_size`` are schedules (the reference: 8 views at 64 px, then 4
+    views at 256 px from step 5000).
+    """
+
+    _target_: str = "rewardsds.cameras.CameraSampler"
+    resolution: Schedule = field(default_factory=lambda: Schedule(start=64))
+    batch_size: Schedule = field(default_factory=lambda: Schedule(start=4))
+    views_per_object: int = 4
+    elevation: Range = field(default_factory=lambda: Range(0.0, 30.0))
+    elevation_sampling: ElevationSampling = ElevationSampling.mixed
+    azimuth: Range = field(default_factory=lambda: Range(-180.0, 180.0))
+    distance: Range = field(default_factory=lambda: Range(0.8, 1.0))
+    relative_distance: bool = True  # distance / tan(fovy / 2) (MVDream)
+    fovy: Range = field(default_factory=lambda: Range(15.0, 60.0))  # degrees
+    batch_uniform_azimuth: bool = True  # stratified azimuths when views_per_object == 1
+    camera_perturb: float = 0.0
+    center_perturb: float = 0.0
+    up_perturb: float = 0.0
+    light_sampling: LightSampling = LightSampling.dreamfusion
+    light_position_perturb: float = 1.0
+    light_distance: Range = field(default_factory=lambda: Range(0.8, 1.5))
+    eval_elevation: float = 15.0
+    eval_distance: float = 3.0
+    eval_fovy: float = 40.0  # degrees
+    eval_resolution: int = 512
+    front_threshold: float = 45.0  # view-dependent prompts (threestudio prompt processor)
+    back_threshold: float = 45.0
+    overhead_threshold: float = 60.0
+
+    def __post_init__(self) -> None:
+        from rewardsds.cameras import check_camera_settings
+
+        self.elevation_sampling = _enum(ElevationSampling, self.elevation_sampling, "cameras.elevation_sampling")
+        self.light_sampling = _enum(LightSampling, self.light_sampling, "cameras.light_sampling")
+        check_camera_settings(self)
+
+
+@dataclass
+class NeRFConfig(RepresentationConfig):
+    """Grid-encoded NeRF rendered with nerfacc (threestudio implicit-volume + nerf-volume-renderer)."""
+
+    _target_: str = "rewardsds.representations.nerf.NeRF"
+    radius: float = 1.0  # scene box [-radius, radius]^3
+    encoding: GridEncodingType = GridEncodingType.triplane
+    n_levels: int = 8
+    n_features_per_level: int = 4
+    log2_hashmap_size: int = 19  # hash only
+    base_resolution: int = 32
+    per_level_scale: float = 1.5
+    grid_resolution: Optional[Schedule] = None  # coarse-to-fine: finest active level resolution; null = all
+    hidden_dim: int = 64
+    hidden_layers: int = 1
+    density_activation: DensityActivation = DensityActivation.softplus
+    density_bias: DensityBias = DensityBias.blob_magic3d
+    density_blob_scale: float = 10.0
+    density_blob_std: float = 0.5
+    estimator: NeRFEstimator = NeRFEstimator.auto
+    num_samples_per_ray: int = 512  # occgrid: step 1.732 * 2 * radius / n; uniform: samples per ray
+    occ_grid_resolution: int = 32
+    occ_update_every: int = 16
+    occ_threshold: float = 0.01
+    occ_ema_decay: float = 0.95
+    occ_warmup_steps: int = 256
+    alpha_threshold: float = 0.01
+    stratified: bool = True
+    background: NeRFBackground = NeRFBackground.neural
+    background_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    random_background_prob: float = 0.5
+    normal: NormalType = NormalType.none
+    finite_difference_eps: float = 0.01
+    shading: ShadingType = ShadingType.none
+    ambient_only_steps: int = 1000
+    diffuse_prob: float = 0.75
+    textureless_prob: float = 0.5
+    ambient_light: float = 0.1
+    diffuse_light: float = 0.9
+    soft_shading: bool = False
+    lambda_sparsity: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lambda_opaque: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lambda_orient: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lambda_z_variance: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    lr_encoding: float = 0.01
+    lr_network: float = 0.001
+    lr_background: float = 0.001
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    mesh_resolution: int = 256
+    mesh_threshold: float = 25.0
+    eval_chunk_rays: int = 65536
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from rewardsds.representations.nerf import check_nerf_settings
+
+        for key, enum_cls in (
+            ("encoding", GridEncodingType), ("density_activation", DensityActivation), ("density_bias", DensityBias),
+            ("estimator", NeRFEstimator), ("background", NeRFBackground), ("normal", NormalType), ("shading", ShadingType),
+        ):
+            setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))
+        check_nerf_settings(self)
+
+
+@dataclass
+class GaussiansConfig(RepresentationConfig):
+    """3D Gaussians rendered with gsplat, densified by gsplat's strategies."""
+
+    _target_: str = "rewardsds.representations.gaussians.Gaussians"
+    num_points: int = 4096  # init=sphere only (a .ply decides its own count)
+    init: GaussianInit = GaussianInit.sphere
+    init_path: Optional[str] = None
+    init_radius: float = 0.5
+    init_opacity: float = 0.1
+    init_color: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    init_scale: Optional[float] = None  # null: mean distance to the 3 nearest neighbours (3DGS)
+    sh_degree: int = 0
+    sh_degree_interval: int = 1000
+    scene_extent: float = 1.0
+    lr_means: Schedule = field(default_factory=lambda: Schedule(start=1.6e-4))  # times scene_extent
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 1.25e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-15
+    strategy: DensifyStrategy = DensifyStrategy.default
+    refine_start_step: int = 500
+    refine_stop_step: int = 15000
+    refine_every: int = 100
+    reset_every: int = 3000
+    grow_grad2d: float = 2e-4
+    grow_scale3d: float = 0.01
+    prune_opacity: float = 0.005
+    prune_scale3d: float = 0.1
+    absgrad: bool = False
+    cap_max: int = 1_000_000
+    noise_lr: float = 5e5
+    opacity_reg: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    scale_reg: Schedule = field(default_factory=lambda: Schedule(start=0.0))
+    rasterizer: Rasterizer = Rasterizer.auto
+    background_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    random_background_prob: float = 0.0
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+    eps2d: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from rewardsds.representations.gaussians import check_gaussians_settings
+
+        for key, enum_cls in (("init", GaussianInit), ("strategy", DensifyStrategy), ("rasterizer", Rasterizer)):
+            setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))
+        check_gaussians_settings(self)
+
+
 # ----------------------------------------------------------------------------------------- learned rewards
 class AttentionKernel(str, Enum):
     sdpa = "sdpa"  # torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)
@@ -510,7 +781,6 @@ class LookaheadConfig:
     grid: LookaheadGrid = LookaheadGrid.leading
     start: LookaheadStart = LookaheadStart.exact_t
     decode: str = "full"  # full VAE decode or "tiny" (prior.tiny_vae) for rewards
-    prune_to: int = 0  # 0 = off; else keep the prune_to candidates with the best one-step reward for the full lookahead
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
@@ -518,7 +788,6 @@ class LookaheadConfig:
         self.grid = _enum(LookaheadGrid, self.grid, "lookahead.grid")
         self.start = _enum(LookaheadStart, self.start, "lookahead.start")
         _check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
-        _check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off)")
 
 
 @dataclass
@@ -527,6 +796,7 @@ class OutputConfig:
     candidates_every: int = 0  # log a table of candidate images with their rewards every k steps
     video: bool = True
     video_fps: int = 20
+    video_frames: int = 100  # frames of the optimisation video (one every steps // video_frames steps)
     checkpoint_every: int = 100  # write last.ckpt every k steps (atomically); 0 = only at the end
     eval_views: int = 8  # fixed cameras rendered at the end for 3D metrics
     turntable_frames: int = 60
@@ -535,9 +805,12 @@ class OutputConfig:
 
 @dataclass
 class CompareConfig:
-    """Run the same setup once per strategy (same seeds) and write a comparison (offline demo)."""
+    """Run labelled variants of the same setup on the same seeds and write a comparison (offline demo).
 
-    strategies: List[str] = field(default_factory=list)
+    ``runs`` maps a label to space-separated overrides, e.g. ``{sds: "strategy=none n_noises=1"}``.
+    """
+
+    runs: Dict[str, str] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
 
 
@@ -552,6 +825,7 @@ class Config:
     strategy: Any = MISSING
     logger: Any = MISSING
     trainer: Any = MISSING
+    cameras: Any = None  # training/eval cameras of 3D representations (ignored by 2D ones)
 
     prompt: str = MISSING
     negative_prompt: str = ""
@@ -608,6 +882,21 @@ def _cross_group_checks(cfg: Config) -> None:
 
 
 @register_cross_check
+def _multiview_view_groups(cfg: Config) -> None:
+    frames = getattr(cfg.prior, "num_frames", 1) or 1
+    cams = cfg.cameras
+    if frames > 1 and isinstance(cams, CameraConfig) and not isinstance(cfg.representation, LatentImageConfig):
+        if cams.views_per_object != frames:
+            raise ConfigError("cameras.views_per_object", cams.views_per_object,
+                              f"must equal prior.num_frames = {frames}: the multi-view prior denoises {frames} views of one object jointly",
+                              f"set cameras.views_per_object={frames} (cameras=multiview)")
+        for v in (cams.batch_size.start, cams.batch_size.end):
+            if v is not None and int(v) % frames:
+                raise ConfigError("cameras.batch_size", v, f"is not a multiple of prior.num_frames = {frames}",
+                                  f"use a multiple of {frames} views per step, e.g. {{start: 8, end: 4}}")
+
+
+@register_cross_check
 def _multiview_needs_views(cfg: Config) -> None:
     prior_target = getattr(cfg.prior, "_target_", "")
     rep = cfg.representation
@@ -621,8 +910,8 @@ def _multiview_needs_views(cfg: Config) -> None:
 
 # ----------------------------------------------------------------------------------------- registry
 SCHEMAS: dict[str, dict[str, type]] = {
-    "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig},
-    "representation": {"latent_image": LatentImageConfig},
+    "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
+    "representation": {"latent_image": LatentImageConfig, "nerf": NeRFConfig, "gaussians": GaussiansConfig},
     "loss": {"sds": SDSLossConfig},
     "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig, **REWARD_MODEL_SCHEMAS},
     "strategy": {
@@ -634,6 +923,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     },
     "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
+    "cameras": {"orbit": CameraConfig},
 }
 
 
@@ -644,6 +934,33 @@ def register_schemas(extra: Optional[dict[str, dict[str, type]]] = None) -> None
     for group, options in {**SCHEMAS, **(extra or {})}.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+#: Override keys (or prefixes ending in ".") left out of sweep job folder names: they set the run up
+#: rather than vary it, and would make every folder name long.
+JOB_NAME_EXCLUDE = ("experiment", "debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name")
+
+
+def job_dirname(overrides: Any, max_len: int = 200) -> str:
+    """Readable job folder name: the job's overrides minus setup keys, sorted, ``k=v`` joined by ``,``.
+
+    Registered as the ``rewardsds_jobname`` resolver and used by ``hydra.sweep.subdir``, so every launcher
+    (basic, joblib, submitit) names the folders the same way. Falls back to ``job`` for no overrides.
+    """
+    items = []
+    for o in list(overrides or []):
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if any(key == e or (e.endswith(".") and key.startswith(e)) for e in JOB_NAME_EXCLUDE):
+            continue
+        items.append(str(o).lstrip("+~").replace("/", "_"))
+    name = ",".join(sorted(items)) or "job"
+    import zlib
+
+    return name if len(name) <= max_len else name[: max_len - 9] + "-" + format(zlib.crc32(name.encode()), "08x")
+
+
+if not OmegaConf.has_resolver("rewardsds_jobname"):
+    OmegaConf.register_new_resolver("rewardsds_jobname", job_dirname)
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import gpu_test
 from rewardsds.rewards.image_reward import ImageReward, set_blip_attention
 from rewardsds.rewards.preprocess import from_pil
 
@@ -259,8 +260,7 @@ def test_tensor_path_close_to_pil(reward, images):
 
 
 @pytest.mark.slow
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@gpu_test
 def test_cuda_fp32_and_bf16_against_original(checkpoint_dir, tokenizer_dir, images):
     """On CUDA: fp32 (TF32 off) within 1e-4 of the original's CPU scores and the same ranking; bf16 within
     0.1 (measured on an H100: 0.051, mostly a common offset) with the same best and worst image per prompt."""

@@ -32,10 +32,9 @@ from rewardsds.rewards.random_init import (
     write_bert_vocab,
 )
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+from conftest import requires_cuda  # noqa: E402  (the project's one GPU guard)
+
+pytestmark = [pytest.mark.gpu, requires_cuda]
 PROMPT = "a photo of a red fox in the snow"
 
 

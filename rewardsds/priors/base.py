@@ -98,8 +98,11 @@ class Prior(abc.ABC):
         """Embed prompts (no cache)."""
 
     @abc.abstractmethod
-    def encode_images(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b c h w"]:
-        """Map RGB in [0,1] to the prior's space (resizing to ``image_size``), differentiably, fp32 out."""
+    def encode_images(self, images: Float[Tensor, "b 3 H W"], generator: Optional[torch.Generator] = None) -> Float[Tensor, "b c h w"]:
+        """Map RGB in [0,1] to the prior's space (resizing to ``image_size``), differentiably, fp32 out.
+
+        ``generator`` drives any sampling in the encoder (a VAE posterior sample); the system passes one seeded
+        per step so resumed runs and compared strategies encode identically."""
 
     @abc.abstractmethod
     def decode_latents(self, latents: Float[Tensor, "b c h w"]) -> Float[Tensor, "b 3 H W"]:

@@ -2,7 +2,7 @@
 
 A representation is an ``nn.Module`` whose parameters are the scene. The system calls, per step:
 
-    setup(prior, device)                       once, before the first step (shapes, init from image)
+    setup(prior, device, seed)                 once, before the first step (shapes, init from image)
     out = render(cameras, step)                dict of named outputs
     on_before_backward / on_after_backward     optional hooks (gsplat densification statistics)
     on_after_optimizer_step(step, optimizer)   optional hook (densify / prune, occupancy-grid update)
@@ -38,8 +38,8 @@ class Representation(nn.Module):
     outputs_latents: bool = False
     min_views_per_object: int = 1
 
-    def setup(self, prior: "Prior", device: torch.device) -> None:
-        """Allocate or initialise parameters that depend on the prior (called once)."""
+    def setup(self, prior: "Prior", device: torch.device, seed: int = 0) -> None:
+        """Allocate or initialise parameters that depend on the prior (called once, before the optimiser)."""
 
     def render(self, cameras: Optional["Cameras"], step: int) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -1,0 +1,34 @@
+"""Lightning callbacks: atomic periodic checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from rewardsds.utils.io import atomic_path
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Write ``<dir>/last.ckpt`` every ``every`` steps and at the end, via a temporary file + rename.
+
+    A crash while writing leaves the previous checkpoint intact; ``resume=<run dir or ckpt>`` continues.
+    """
+
+    def __init__(self, dirpath: str | Path, every: int):
+        self.dirpath = Path(dirpath)
+        self.every = int(every)
+
+    @property
+    def last(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: pl.Trainer) -> Path:
+        with atomic_path(self.last) as tmp:
+            trainer.save_checkpoint(tmp)
+        return self.last
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        it = pl_module.iteration
+        if (self.every and it % self.every == 0) or it >= pl_module.total_steps:
+            self.save(trainer)

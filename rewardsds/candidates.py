@@ -1,0 +1,359 @@
+"""Candidate machinery shared by every loss mode: noises, the prediction at t, lookahead, rewards, weights.
+
+One step of RewardSDS (paper Eq. 4, ALGORITHMS.md 5) on ``b`` views of the current scene:
+
+    noises eps_i ~ N(0, I), i = 1..N               (explicit per-step generator: strategies see equal noises)
+    x_t^i = a_t z + s_t eps_i                      (no grad)
+    (eps_c, eps_u)(x_t^i) in ONE batched call      (chunked; reused by the loss AND the lookahead's first step)
+    x_0^i = DDIM_lookahead(x_t^i)                  (deterministic, its own guidance scale, batched over i)
+    r_i = reward(decode(x_0^i), prompt)            (views of a candidate averaged, or kept per view)
+    w = strategy(r)                                (none / min_max / best / weighted / random)
+
+Candidates are laid out candidate-major: flat index = i * b + view, so multi-view priors see whole
+view groups in every chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from rewardsds.priors.base import Prior, TextCond, guide
+from rewardsds.rewards.base import Reward, aggregate_views
+from rewardsds.schedules import Streams, seed_for
+from rewardsds.strategies import Strategy
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+
+# ----------------------------------------------------------------------------------------- noise
+_GENERATORS: dict[str, torch.Generator] = {}
+
+
+def seeded_randn(shape: Sequence[int], seed: int, device: torch.device | str, dtype=torch.float32) -> Tensor:
+    """Standard normal draw from a generator seeded with ``seed`` on ``device`` (one cached generator per device)."""
+    device = torch.device(device)
+    key = str(device)
+    g = _GENERATORS.get(key)
+    if g is None:
+        g = _GENERATORS[key] = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return torch.randn(tuple(shape), generator=g, device=device, dtype=dtype)
+
+
+def candidate_noise(n: int, shape: Sequence[int], seed: int, step: int, device, stream: int = Streams.NOISE) -> Tensor:
+    """Noises [n, *shape]; candidate i's noise depends only on (seed, step, i), never on n.
+
+    So ``n_noises=4`` and ``n_noises=8`` share their first four candidates, and any two strategies run with
+    the same seed see identical noises.
+    """
+    return torch.stack([seeded_randn(shape, seed_for(seed, step, stream, i), device) for i in range(n)])
+
+
+# ----------------------------------------------------------------------------------------- lookahead schedule
+def ddim_grid(kind: str, steps: int, T: int = 1000) -> list[int]:
+    """The full DDIM grid, descending.
+
+    ``leading``: diffusers DDIM "leading" spacing with steps_offset 1 (2D reference, 15 steps:
+    925, 859, ..., 67, 1). ``linspace``: floor(linspace(0, T-1, steps)) (3D reference: 999, 927, ..., 71, 0).
+    """
+    kind = getattr(kind, "value", kind)
+    if steps <= 0:
+        return []
+    if kind == "leading":
+        ratio = T // steps
+        return sorted({i * ratio + 1 for i in range(steps)}, reverse=True)
+    if kind == "linspace":
+        return sorted({int(math.floor(v)) for v in torch.linspace(0, T - 1, steps, dtype=torch.float64).tolist()}, reverse=True)
+    raise ValueError(f"unknown lookahead grid {kind!r}; use leading or linspace")
+
+
+def lookahead_calls(t: int, grid: list[int], start: str = "exact_t") -> list[int]:
+    """Timesteps at which the lookahead calls the model, descending; the last call steps to abar_0.
+
+    ``exact_t`` starts at t itself (then visits the grid points below t); ``grid`` starts at the largest
+    grid point <= t without re-noising (2D reference; the latent is at level t but is treated as tau).
+    Grid point 0 is only a target, never a call.
+    """
+    start = getattr(start, "value", start)
+    pts = [g for g in grid if g > 0]
+    if start == "exact_t":
+        return [t] + [g for g in pts if g < t]
+    if start == "grid":
+        calls = [g for g in pts if g <= t]
+        return calls if calls else [t]
+    raise ValueError(f"unknown lookahead start {start!r}; use exact_t or grid")
+
+
+# ----------------------------------------------------------------------------------------- containers
+@dataclass
+class Candidates:
+    """N candidates of b views at one timestep t.
+
+    Attributes:
+        latents: the clean scene latents [b, c, h, w] (they carry the scene's gradient).
+        noise: [n, b, c, h, w].
+        t: the shared timestep.
+        noisy: x_t for all candidates, flat [n * b, c, h, w], no grad.
+        eps_cond, eps_uncond: fp32 predictions at (x_t, t) [n * b, c, h, w] (None until predicted).
+        view_rewards: rewards per candidate and view [n, b] (None without a lookahead).
+        rewards: rewards used by the strategy, [n] (views averaged) or [n, b] (per view).
+        weights: strategy weights [n] or [n, b].
+        images: decoded lookahead images [n * b, 3, H, W] (kept only when asked, for logging).
+        evals: model evaluations spent (single-sample UNet calls; a CFG pair counts 2).
+    """
+
+    latents: Tensor
+    noise: Tensor
+    t: int
+    noisy: Tensor
+    eps_cond: Optional[Tensor] = None
+    eps_uncond: Optional[Tensor] = None
+    view_rewards: Optional[Tensor] = None
+    rewards: Optional[Tensor] = None
+    weights: Optional[Tensor] = None
+    images: Optional[Tensor] = None
+    evals: int = 0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.noise.shape[0]
+
+    @property
+    def b(self) -> int:
+        return self.noise.shape[1]
+
+    def flat_noise(self) -> Tensor:
+        return self.noise.reshape(self.n * self.b, *self.noise.shape[2:])
+
+    def per_candidate(self, x: Tensor) -> Tensor:
+        """Reshape a flat [n * b, ...] tensor to [n, b, ...]."""
+        return x.reshape(self.n, self.b, *x.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------- engine
+class CandidateEngine:
+    """Draws, predicts, looks ahead, scores and weights candidates for every loss mode.
+
+    Args:
+        prior: the frozen prior.
+        reward: the reward model (may be unused when the strategy ignores rewards).
+        lookahead_steps: points of the DDIM grid (0 = one-step x0 estimate).
+        lookahead_guidance: CFG scale of the lookahead (2D reference 7.5; 3D reference 50).
+        lookahead_grid: ``leading`` or ``linspace``.
+        lookahead_start: ``exact_t`` or ``grid``.
+        lookahead_decode: ``full`` or ``tiny`` (prior's tiny autoencoder).
+        chunk_size: most model inputs per call (0 = automatic: all on CPU, from free memory on CUDA).
+        reward_views: ``mean`` or ``per_view``.
+        seed: run seed (noises are drawn from ``seed_for(seed, step, NOISE, i)``).
+        decode_chunk: most images per VAE decode / reward call (0 = same as chunk_size rule).
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        reward: Optional[Reward],
+        lookahead_steps: int = 15,
+        lookahead_guidance: float = 7.5,
+        lookahead_grid: str = "leading",
+        lookahead_start: str = "exact_t",
+        lookahead_decode: str = "full",
+        chunk_size: int = 0,
+        reward_views: str = "mean",
+        seed: int = 0,
+        decode_chunk: int = 0,
+    ):
+        self.prior = prior
+        self.reward = reward
+        self.lookahead_steps = int(lookahead_steps)
+        self.lookahead_guidance = float(lookahead_guidance)
+        self.lookahead_grid = getattr(lookahead_grid, "value", lookahead_grid)
+        self.lookahead_start = getattr(lookahead_start, "value", lookahead_start)
+        self.lookahead_decode = getattr(lookahead_decode, "value", lookahead_decode)
+        self.requested_chunk = int(chunk_size)
+        self.reward_views = getattr(reward_views, "value", reward_views)
+        self.seed = int(seed)
+        self.decode_chunk = int(decode_chunk)
+        self._auto_chunk: Optional[int] = None
+        self.grid = ddim_grid(self.lookahead_grid, self.lookahead_steps, prior.num_train_timesteps)
+
+    # ------------------------------------------------------------------ chunking
+    def chunk_size(self, example: Tensor) -> int:
+        """Model inputs per call: the requested size, or (CUDA) the most that fits in 70% of free memory."""
+        if self.requested_chunk > 0:
+            return self.requested_chunk
+        if example.device.type != "cuda":
+            return 0
+        if self._auto_chunk is None:
+            self._auto_chunk = auto_chunk_size(self.prior, example)
+        return self._auto_chunk
+
+    # ------------------------------------------------------------------ stages
+    def draw(self, latents: Float[Tensor, "b c h w"], t: int, n: int, step: int) -> Candidates:
+        """N noises for the b views at t and the noisy inputs (no grad)."""
+        noise = candidate_noise(n, latents.shape, self.seed, step, latents.device)
+        with torch.no_grad():
+            z = latents.detach().float()
+            noisy = self.prior.add_noise(z[None].expand(n, *z.shape).reshape(-1, *z.shape[1:]), noise.reshape(-1, *z.shape[1:]), t)
+        return Candidates(latents=latents, noise=noise, t=int(t), noisy=noisy)
+
+    @torch.no_grad()
+    def predict(self, cands: Candidates, text: TextCond, camera: Optional[Tensor] = None, x_t: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """(eps_cond, eps_uncond) at (x_t, t) for all candidates in batched, chunked calls.
+
+        Args:
+            cands: the candidates (their ``noisy`` unless ``x_t`` is given, e.g. DDS's source branch).
+            text: conditioning for the b views (tiled over candidates here).
+            camera: c2w [b, 4, 4] for camera-conditioned priors.
+        """
+        x = cands.noisy if x_t is None else x_t
+        n = x.shape[0] // len(text)
+        cam = None if camera is None else camera.repeat(n, 1, 1)
+        c, u = self.prior.predict_noise_pair(x, cands.t, text.repeat(n), cam, self.chunk_size(x))
+        cands.evals += 2 * x.shape[0]
+        return c, u
+
+    @torch.no_grad()
+    def lookahead(
+        self,
+        cands: Candidates,
+        text: TextCond,
+        camera: Optional[Tensor] = None,
+        guidance: Optional[float] = None,
+        first: Optional[tuple[Tensor, Tensor]] = None,
+    ) -> Tensor:
+        """Deterministic DDIM (eta = 0) from x_t to abar_0 for every candidate, batched; fp32 [n * b, c, h, w].
+
+        Args:
+            first: (eps_cond, eps_uncond) already computed at (x_t, t), reused for the first call when the
+                chain starts exactly at t (saves N model evaluations).
+            guidance: CFG scale (default: the engine's lookahead guidance).
+        """
+        scale = self.lookahead_guidance if guidance is None else float(guidance)
+        prior, ac = self.prior, self.prior.alphas_cumprod
+        x = cands.noisy
+        n = x.shape[0] // len(text)
+        text_n = text.repeat(n)
+        cam = None if camera is None else camera.repeat(n, 1, 1)
+        chunk = self.chunk_size(x)
+        if self.lookahead_steps == 0:
+            c, u = first if first is not None else self._pair(x, cands.t, text_n, cam, chunk, cands)
+            return prior.predict_x0(x, cands.t, guide(c, u, scale))
+        calls = lookahead_calls(cands.t, self.grid, self.lookahead_start)
+        for k, tau in enumerate(calls):
+            if k == 0 and first is not None and tau == cands.t:
+                c, u = first
+            else:
+                c, u = self._pair(x, tau, text_n, cam, chunk, cands)
+            eps = guide(c, u, scale)
+            a_tau = ac[tau].sqrt()
+            s_tau = (1 - ac[tau]).sqrt()
+            nxt = calls[k + 1] if k + 1 < len(calls) else 0
+            a_next, s_next = ac[nxt].sqrt(), (1 - ac[nxt]).sqrt()
+            x0 = (x - s_tau * eps) / a_tau
+            x = a_next * x0 + s_next * eps
+        return x
+
+    def _pair(self, x: Tensor, t: int, text: TextCond, cam: Optional[Tensor], chunk: int, cands: Candidates) -> tuple[Tensor, Tensor]:
+        cands.evals += 2 * x.shape[0]
+        return self.prior.predict_noise_pair(x, t, text, cam, chunk)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1], in chunks."""
+        chunk = self.decode_chunk or max(1, latents.shape[0])
+        tiny = self.lookahead_decode == "tiny"
+        outs = []
+        for s in range(0, latents.shape[0], chunk):
+            part = latents[s : s + chunk]
+            outs.append(self.prior.decode_latents(part, tiny=True) if tiny else self.prior.decode_latents(part))
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: Sequence[str], n: int) -> tuple[Tensor, Tensor]:
+        """Rewards of decoded candidate images.
+
+        Args:
+            images: [n * b, 3, H, W] in [0, 1].
+            prompts: the b reward prompts (one per view; tiled over candidates).
+            n: number of candidates.
+
+        Returns:
+            (view_rewards [n, b], strategy rewards [n] (mean) or [n, b] (per_view)).
+        """
+        if self.reward is None:
+            raise RuntimeError("this strategy needs a reward model, but none is configured")
+        b = images.shape[0] // n
+        every = [prompts[j % b] for j in range(images.shape[0])]
+        chunk = self.decode_chunk or images.shape[0]
+        scores = torch.cat([
+            self.reward(images[s : s + chunk], every[s : s + chunk], check=False) for s in range(0, images.shape[0], chunk)
+        ])
+        view_rewards = scores.view(n, b)
+        return view_rewards, aggregate_views(scores, n, self.reward_views)
+
+    def weigh(self, rewards: Tensor, strategy: Strategy, step: int) -> Tensor:
+        """Strategy weights for rewards [n] or, per view, [n, b] (the strategy runs per view column)."""
+        g = torch.Generator().manual_seed(seed_for(self.seed, step, Streams.STRATEGY))
+        if rewards.dim() == 1:
+            return strategy(rewards, g)
+        return torch.stack([strategy(rewards[:, v], g) for v in range(rewards.shape[1])], dim=1)
+
+    # ------------------------------------------------------------------ the whole pipeline
+    def evaluate(
+        self,
+        latents: Float[Tensor, "b c h w"],
+        t: int,
+        n: int,
+        step: int,
+        text: TextCond,
+        strategy: Strategy,
+        reward_prompts: Sequence[str],
+        camera: Optional[Tensor] = None,
+        keep_images: bool = False,
+    ) -> Candidates:
+        """Draw n candidates, predict at t (shared), run the lookahead and reward if the strategy needs
+        them, and attach strategy weights. Returns the filled :class:`Candidates`."""
+        cands = self.draw(latents, t, n, step)
+        cands.eps_cond, cands.eps_uncond = self.predict(cands, text, camera)
+        if strategy.uses_reward:
+            reuse = (cands.eps_cond, cands.eps_uncond) if (self.lookahead_start == "exact_t" or self.lookahead_steps == 0) else None
+            final = self.lookahead(cands, text, camera, first=reuse)
+            images = self.decode(final)
+            cands.view_rewards, cands.rewards = self.score(images, reward_prompts, n)
+            if keep_images:
+                cands.images = images
+            cands.weights = self.weigh(cands.rewards, strategy, step)
+        else:
+            cands.weights = self.weigh(torch.zeros(n, device=latents.device), strategy, step)
+        return cands
+
+
+def auto_chunk_size(prior: Prior, example: Tensor, fraction: float = 0.7) -> int:
+    """Largest even number of model inputs per call that fits ``fraction`` of free CUDA memory.
+
+    Measures the peak memory of one call on two view groups (the CFG pair), then divides the free memory
+    by the per-input peak. Always at least one CFG pair of whole view groups.
+    """
+    dev = example.device
+    k = 2 * prior.num_frames
+    x = example[:1].expand(k, *example.shape[1:]).contiguous()
+    t = torch.full((k,), prior.num_train_timesteps // 2, device=dev, dtype=torch.long)
+    emb = prior.encode_text([""] * k)
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    with torch.no_grad():
+        prior.predict_noise(x, t, emb, None if not prior.uses_camera else torch.eye(4, device=dev).expand(k, 4, 4))
+    torch.cuda.synchronize(dev)
+    per_input = max(1, (torch.cuda.max_memory_allocated(dev) - base) // k)
+    free, _ = torch.cuda.mem_get_info(dev)
+    fit = int(fraction * free // per_input)
+    return max(k, fit // k * k)

@@ -1,0 +1,226 @@
+"""Stable Diffusion family prior on diffusers (SD 1.x / 2.x, epsilon- or v-prediction).
+
+Loads the UNet, VAE, CLIP text encoder, tokenizer and the noise schedule from one Hub id or local folder
+laid out like a diffusers pipeline (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``). Weights are
+frozen, kept out of any ``nn.Module`` that the trainer sees, and run in ``dtype`` (bf16 by default on
+CUDA); guidance, schedule arithmetic and everything returned are fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
+from rewardsds.priors.base import Prior
+
+
+def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA with bf16 support (else fp16), fp32 on CPU; names map to torch dtypes."""
+    name = getattr(dtype, "value", dtype)
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ConfigError("prior.dtype", name, "is not a known dtype", "use auto, fp32, fp16 or bf16")
+    return table[name]
+
+
+def _load(what: str, source: str, local_hint: str, fn, *args, **kwargs):
+    """Call a ``from_pretrained`` and turn any loading failure into one actionable ModelLoadError."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:  # HF raises OSError subclasses for missing repos/files
+        raise ModelLoadError(model_load_message(what, source, err, local_hint)) from err
+    except Exception as err:  # network errors of huggingface_hub/httpx are not OSErrors
+        if type(err).__module__.split(".")[0] in ("huggingface_hub", "requests", "httpx", "urllib3"):
+            raise ModelLoadError(model_load_message(what, source, err, local_hint)) from err
+        raise
+
+
+def load_clip_tokenizer(what: str, source: str, hint: str, **kwargs):
+    """``CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")`` that refuses an empty vocabulary.
+
+    transformers 5 returns a tokenizer holding only its special tokens (instead of raising) for a Hub id that
+    is neither reachable nor cached; every prompt would then embed identically, silently.
+    """
+    from transformers import CLIPTokenizer
+
+    tok = _load(what, source, hint, CLIPTokenizer.from_pretrained, source, subfolder="tokenizer", **kwargs)
+    if set(tok.get_vocab()) <= set(tok.all_special_tokens):
+        raise ModelLoadError(model_load_message(what, source, "its tokenizer has no vocabulary (not in the Hugging Face cache?)", hint))
+    return tok
+
+
+class StableDiffusionPrior(Prior):
+    """A Stable Diffusion checkpoint as a frozen score-distillation prior.
+
+    Args:
+        pretrained: Hub id (``stabilityai/stable-diffusion-2-1-base``) or a local diffusers folder.
+        revision: Hub revision.
+        variant: file variant (``fp16`` to fetch the half-precision files).
+        dtype: weight dtype: auto | fp32 | fp16 | bf16 (auto: bf16 on CUDA, fp32 on CPU).
+        scheduler: ``ddim`` or ``ddpm``; only the training noise schedule is read from it.
+        local_files_only: never touch the network (a filled cache or local folder is required).
+        channels_last: use channels-last memory format for the UNet and VAE on CUDA.
+        compile: ``torch.compile`` the UNet on first use (CUDA).
+        tiny_vae: optional AutoencoderTiny (taesd) id/path for cheap lookahead decodes.
+        vae_slicing: decode one image at a time (bounds VAE memory for large candidate batches).
+        encode_sample: encode renders with a posterior sample (threestudio) instead of the mean.
+    """
+
+    name = "sd"
+
+    def __init__(
+        self,
+        pretrained: str = "stabilityai/stable-diffusion-2-1-base",
+        revision: Optional[str] = None,
+        variant: Optional[str] = None,
+        dtype: Any = "auto",
+        scheduler: str = "ddim",
+        local_files_only: bool = False,
+        channels_last: bool = True,
+        compile: bool = False,
+        tiny_vae: Optional[str] = None,
+        vae_slicing: bool = False,
+        encode_sample: bool = False,
+    ):
+        super().__init__()
+        from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        self.pretrained = str(pretrained)
+        self.dtype_request = getattr(dtype, "value", dtype)
+        self.dtype = torch.float32  # resolved in to()
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        self.vae_slicing = bool(vae_slicing)
+        self.encode_sample = bool(encode_sample)
+        common = dict(revision=revision, local_files_only=local_files_only)
+        hint = "prior.pretrained"
+        what = f"Stable Diffusion prior"
+        sched_cls = DDIMScheduler if scheduler == "ddim" else DDPMScheduler
+        self.scheduler = _load(what, self.pretrained, hint, sched_cls.from_pretrained, self.pretrained, subfolder="scheduler", **common)
+        self.tokenizer = load_clip_tokenizer(what, self.pretrained, hint, **common)
+        wkw = dict(common, variant=variant) if variant else common
+        self.text_encoder = _load(what, self.pretrained, hint, CLIPTextModel.from_pretrained, self.pretrained, subfolder="text_encoder", **wkw)
+        self.vae = _load(what, self.pretrained, hint, AutoencoderKL.from_pretrained, self.pretrained, subfolder="vae", **wkw)
+        self.unet = _load(what, self.pretrained, hint, UNet2DConditionModel.from_pretrained, self.pretrained, subfolder="unet", **wkw)
+        self.tiny_vae = None
+        if tiny_vae:
+            from diffusers import AutoencoderTiny
+
+            self.tiny_vae = _load("tiny autoencoder", tiny_vae, "prior.tiny_vae", AutoencoderTiny.from_pretrained, tiny_vae,
+                                  local_files_only=local_files_only)
+        self._setup_components()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _setup_components(self) -> None:
+        """Freeze modules and read shapes and the schedule (shared with subclasses such as MVDream)."""
+        for m in self._modules():
+            m.requires_grad_(False)
+            m.eval()
+        self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError("prior.pretrained", self.pretrained, f"has prediction_type {self.prediction_type!r}",
+                              "use an epsilon- or v-prediction Stable Diffusion checkpoint")
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self._ac = self.scheduler.alphas_cumprod.detach().float().clone()
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.latent_size = int(self.unet.config.sample_size)
+        self.image_size = self.latent_size * self.vae_scale_factor
+        self._unet_call = self.unet
+
+    def _modules(self) -> list[torch.nn.Module]:
+        mods = [self.unet, self.vae, self.text_encoder]
+        if self.tiny_vae is not None:
+            mods.append(self.tiny_vae)
+        return mods
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self._ac
+
+    def to(self, device: torch.device | str) -> "StableDiffusionPrior":
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(self.dtype_request, self.device)
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()  # the whole frozen model is cast on purpose; no per-module fp32 keep-list applies
+        try:
+            for m in self._modules():
+                m.to(self.device, self.dtype)
+        finally:
+            dlogging.set_verbosity(level)
+        if self.device.type == "cuda" and self.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        self._ac = self._ac.to(self.device)
+        self._unet_call = torch.compile(self.unet) if (self.compile and self.device.type == "cuda") else self.unet
+        return self
+
+    def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].float()
+
+    def encode_images(self, images: Float[Tensor, "b 3 H W"], generator: Optional[torch.Generator] = None) -> Tensor:
+        x = images.float()
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = (x * 2 - 1).to(self.dtype)
+        if self.device.type == "cuda" and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample(generator) if self.encode_sample else dist.mean
+        return z.float() * self.scaling_factor
+
+    def decode_latents(self, latents: Float[Tensor, "b c h w"], tiny: bool = False) -> Tensor:
+        z = latents.float() / self.scaling_factor
+        if tiny:
+            if self.tiny_vae is None:
+                raise ConfigError("lookahead.decode", "tiny", "needs a tiny autoencoder", "set prior.tiny_vae=madebyollin/taesd (or a local folder)")
+            # taesd decodes unscaled latents to [0, 1] directly in diffusers' AutoencoderTiny ([-1, 1] output)
+            img = self.tiny_vae.decode(latents.to(self.dtype)).sample.float()
+            return ((img + 1) / 2).clamp(0, 1)
+        if self.vae_slicing and z.shape[0] > 1:
+            img = torch.cat([self.vae.decode(zi[None].to(self.dtype)).sample for zi in z])
+        else:
+            img = self.vae.decode(z.to(self.dtype)).sample
+        return ((img.float() + 1) / 2).clamp(0, 1)
+
+    def predict_noise(
+        self,
+        x_t: Float[Tensor, "b c h w"],
+        t: Int[Tensor, "b"],
+        text: Float[Tensor, "b l d"],
+        camera: Optional[Tensor] = None,
+    ) -> Float[Tensor, "b c h w"]:
+        x = x_t.to(self.dtype)
+        if self.device.type == "cuda" and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self._unet_call(x, t.to(self.device), encoder_hidden_states=text.to(self.dtype)).sample.float()
+        if self.prediction_type == "v_prediction":
+            a, s = self.alpha_sigma(t)
+            out = a * out + s * x_t.float()  # v = a eps - s x0  =>  eps = a v + s x_t
+        return out
+
+    @contextlib.contextmanager
+    def inference(self):
+        """No-grad context for frozen evaluations (kept as a method so subclasses can add autocast)."""
+        with torch.no_grad():
+            yield

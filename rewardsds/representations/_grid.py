@@ -1,0 +1,240 @@
+"""Multi-resolution grid encodings in plain PyTorch (no tiny-cuda-nn).
+
+Three encodings of points in the unit cube [0, 1]^3 share one interface (``forward(x) -> [N, L * F]``):
+
+- :class:`HashGridEncoding`: Instant-NGP's multi-resolution hash grid (Mueller et al. 2022, Sec. 3):
+  per level a table of ``F``-dim features, trilinear interpolation of the 8 cell corners, corners
+  indexed densely while the level fits the table and by the spatial hash
+  ``(x * 1) xor (y * 2654435761) xor (z * 805459861) mod T`` above. All levels are gathered in one
+  ``index_select`` on one flat table (int32 arithmetic: the table size is a power of two, so the low
+  bits of the wrapped products equal tcnn's uint32 ones).
+- :class:`DenseGridEncoding`: one dense 3D feature volume per level, sampled with ``grid_sample``.
+- :class:`TriplaneEncoding`: three axis-aligned feature planes per level, sampled with ``grid_sample``
+  and summed (EG3D-style).
+
+Levels whose resolution exceeds ``max_resolution`` passed to ``forward`` are zeroed (coarse-to-fine
+schedules), so their parameters get no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+# tcnn's primes; 2654435761 does not fit int32, so it is stored as its two's-complement wrap.
+_PRIMES = (1, 2654435761 - (1 << 32), 805459861)
+
+
+def level_resolutions(n_levels: int, base_resolution: int, per_level_scale: float) -> list[float]:
+    """Grid scales per level, ``base * per_level_scale ** l`` (the finest is the level's cell count)."""
+    return [base_resolution * per_level_scale**level for level in range(n_levels)]
+
+
+class GridEncoding(nn.Module):
+    """Base class: ``n_output_dims`` features per point, one resolution per level."""
+
+    n_output_dims: int
+    resolutions: list[float]
+    n_features_per_level: int
+
+    def level_mask(self, max_resolution: Optional[float], device: torch.device) -> Optional[Tensor]:
+        """[L] 1/0 mask of levels at or below ``max_resolution`` (None = all levels)."""
+        if max_resolution is None or max_resolution >= max(self.resolutions):
+            return None
+        m = torch.tensor([1.0 if r <= max_resolution + 1e-6 else 0.0 for r in self.resolutions], device=device)
+        m[0] = 1.0  # the coarsest level always stays on
+        return m
+
+    def _apply_mask(self, feats: Float[Tensor, "n l f"], max_resolution: Optional[float]) -> Tensor:
+        mask = self.level_mask(max_resolution, feats.device)
+        if mask is not None:
+            feats = feats * mask.view(1, -1, 1)
+        return feats.reshape(feats.shape[0], -1)
+
+
+class HashGridEncoding(GridEncoding):
+    """Instant-NGP multi-resolution hash grid with trilinear interpolation.
+
+    Args:
+        n_levels: number of resolution levels L.
+        n_features_per_level: features per level F.
+        log2_hashmap_size: log2 of the per-level table size T.
+        base_resolution: coarsest grid scale.
+        per_level_scale: growth factor between levels (1.447... gives 4096 at 16 levels from 16).
+        init_scale: features start uniform in [-init_scale, init_scale] (tcnn: 1e-4).
+    """
+
+    def __init__(
+        self,
+        n_levels: int = 16,
+        n_features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float = 1.447269237440378,
+        init_scale: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.n_levels = n_levels
+        self.n_features_per_level = n_features_per_level
+        self.n_output_dims = n_levels * n_features_per_level
+        self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
+        T = 1 << log2_hashmap_size
+        sizes, offsets, dense, strides = [], [], [], []
+        total = 0
+        for scale in self.resolutions:
+            # tcnn: pos = x * scale + 0.5, so corner coordinates lie in [0, ceil(scale) + 1].
+            side = int(math.ceil(scale)) + 2
+            is_dense = side**3 <= T
+            size = side**3 if is_dense else T
+            sizes.append(size)
+            offsets.append(total)
+            dense.append(is_dense)
+            strides.append(side)
+            total += size
+        self.table_size = T
+        self.n_dense_levels = sum(dense)
+        if any(dense[self.n_dense_levels:]):  # pragma: no cover - resolutions grow with the level
+            raise ValueError("dense levels must precede hashed levels")
+        self.params = nn.Parameter(torch.empty(total, n_features_per_level).uniform_(-init_scale, init_scale))
+        self.register_buffer("_scales", torch.tensor(self.resolutions, dtype=torch.float32), persistent=False)
+        self.register_buffer("_offsets", torch.tensor(offsets, dtype=torch.int32), persistent=False)
+        self.register_buffer("_dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
+        self.register_buffer("_strides", torch.tensor(strides, dtype=torch.int32), persistent=False)
+        self.register_buffer("_primes", torch.tensor(_PRIMES, dtype=torch.int32), persistent=False)
+
+    def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
+        """Encode points in [0, 1]^3 (clamped) into [N, L * F] features."""
+        n, L = x.shape[0], self.n_levels
+        x = x.clamp(0.0, 1.0)
+        pos = x[:, None, :] * self._scales.view(1, -1, 1) + 0.5  # [N, L, 3]
+        grid = torch.floor(pos)
+        frac = pos - grid  # [N, L, 3]
+        # Per-axis terms for the lower (0) and upper (1) corner, [N, L, 3, 2]; the 8 corners are their
+        # outer combination, so no [N, L, 8, 3] integer tensor is ever built. Corner c has axis-k bit
+        # (c >> k) & 1, i.e. x varies fastest.
+        g = grid.to(torch.int32)
+        ax = torch.stack([g, g + 1], dim=-1)
+        # Dense levels come first (resolution grows with the level), hashed ones after.
+        kd = self.n_dense_levels
+        parts = []
+        if kd > 0:
+            a = ax[:, :kd]
+            stride = self._strides[:kd].view(1, kd, 1)
+            sx, sy, sz = a[:, :, 0], a[:, :, 1] * stride, a[:, :, 2] * stride * stride  # [N, kd, 2]
+            parts.append((sz[:, :, :, None, None] + sy[:, :, None, :, None] + sx[:, :, None, None, :]).reshape(n, kd, 8))
+        if kd < L:
+            a = ax[:, kd:]
+            hx, hy, hz = a[:, :, 0] * self._primes[0], a[:, :, 1] * self._primes[1], a[:, :, 2] * self._primes[2]
+            h = (hz[:, :, :, None, None] ^ hy[:, :, None, :, None] ^ hx[:, :, None, None, :]).reshape(n, L - kd, 8)
+            parts.append(h & (self.table_size - 1))
+        idx = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)) + self._offsets.view(1, L, 1)
+        feats = self.params.index_select(0, idx.reshape(-1)).view(n, L, 8, self.n_features_per_level)
+        wk = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+        w = (wk[:, :, 2, :, None, None] * wk[:, :, 1, None, :, None] * wk[:, :, 0, None, None, :]).reshape(n, L, 8)
+        out = torch.einsum("nlc,nlcf->nlf", w, feats)  # [N, L, F]
+        return self._apply_mask(out, max_resolution)
+
+
+class DenseGridEncoding(GridEncoding):
+    """Multi-resolution dense feature volumes sampled trilinearly with ``grid_sample``.
+
+    Args:
+        n_levels, n_features_per_level, base_resolution, per_level_scale: as the hash grid (each level
+            is a dense ``r^3`` volume, so keep the finest level at a few hundred cells).
+        init_scale: features start uniform in [-init_scale, init_scale].
+    """
+
+    def __init__(
+        self,
+        n_levels: int = 8,
+        n_features_per_level: int = 4,
+        base_resolution: int = 16,
+        per_level_scale: float = 1.4859,
+        init_scale: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.n_features_per_level = n_features_per_level
+        self.n_output_dims = n_levels * n_features_per_level
+        self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
+        self.volumes = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(1, n_features_per_level, r, r, r).uniform_(-init_scale, init_scale))
+                for r in (int(round(s)) + 1 for s in self.resolutions)
+            ]
+        )
+
+    def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
+        g = (x.clamp(0.0, 1.0) * 2.0 - 1.0).view(1, -1, 1, 1, 3)
+        feats = [
+            F.grid_sample(v, g, mode="bilinear", padding_mode="border", align_corners=True).view(v.shape[1], -1).t()
+            for v in self.volumes
+        ]
+        return self._apply_mask(torch.stack(feats, dim=1), max_resolution)
+
+
+class TriplaneEncoding(GridEncoding):
+    """Multi-resolution triplanes (xy, xz, yz feature planes summed) sampled with ``grid_sample``.
+
+    Args:
+        n_levels, n_features_per_level, base_resolution, per_level_scale: per-level plane sizes.
+        init_scale: features start uniform in [-init_scale, init_scale].
+    """
+
+    def __init__(
+        self,
+        n_levels: int = 8,
+        n_features_per_level: int = 4,
+        base_resolution: int = 32,
+        per_level_scale: float = 1.5,
+        init_scale: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.n_features_per_level = n_features_per_level
+        self.n_output_dims = n_levels * n_features_per_level
+        self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
+        self.planes = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(3, n_features_per_level, r, r).uniform_(-init_scale, init_scale))
+                for r in (int(round(s)) + 1 for s in self.resolutions)
+            ]
+        )
+
+    def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
+        p = x.clamp(0.0, 1.0) * 2.0 - 1.0
+        g = torch.stack([p[:, [0, 1]], p[:, [0, 2]], p[:, [1, 2]]], dim=0).unsqueeze(2)  # [3, N, 1, 2]
+        feats = [
+            F.grid_sample(pl, g, mode="bilinear", padding_mode="border", align_corners=True).sum(dim=0)[..., 0].t()
+            for pl in self.planes
+        ]
+        return self._apply_mask(torch.stack(feats, dim=1), max_resolution)
+
+
+def hash_grid_reference(enc: HashGridEncoding, x: Tensor) -> Tensor:
+    """Plain per-level, per-corner loop version of :class:`HashGridEncoding` (for tests only)."""
+    outs = []
+    x = x.clamp(0.0, 1.0)
+    for level, scale in enumerate(enc.resolutions):
+        pos = x * scale + 0.5
+        grid = torch.floor(pos)
+        frac = pos - grid
+        gi = grid.long()
+        side = int(enc._strides[level])
+        acc = torch.zeros(x.shape[0], enc.n_features_per_level, dtype=x.dtype)
+        for c in range(8):
+            bits = [(c >> k) & 1 for k in range(3)]
+            cx, cy, cz = (gi[:, k] + bits[k] for k in range(3))
+            if bool(enc._dense[level]):
+                idx = cx + cy * side + cz * side * side
+            else:
+                idx = ((cx * 1) ^ (cy * 2654435761) ^ (cz * 805459861)) % enc.table_size
+            w = torch.ones(x.shape[0], dtype=x.dtype)
+            for k in range(3):
+                w = w * (frac[:, k] if bits[k] else 1.0 - frac[:, k])
+            acc = acc + w[:, None] * enc.params[int(enc._offsets[level]) + idx]
+        outs.append(acc)
+    return torch.cat(outs, dim=1)

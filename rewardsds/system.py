@@ -1,0 +1,336 @@
+"""The LightningModule: one optimisation step of reward-weighted score distillation, top to bottom.
+
+    render(scene, cameras) -> latents (2D) or RGB views encoded by the prior (3D)
+    -> loss mode: N candidates at a shared t, one batched prior call, lookahead, rewards, weights
+    -> total = sum_i w_i L_i + regularisers + aux ``loss_*`` terms -> backward into the scene only
+    -> optimiser step (skipped, and counted, if the gradient is not finite)
+    -> log scalars; save frames; checkpoints are written by the AtomicCheckpoint callback
+
+Manual optimisation with one AdamW whose parameter groups come from the representation and the loss
+mode. The step index used for every random draw is ``self.iteration`` (checkpointed), so a resumed run
+continues exactly where an uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from rewardsds.candidates import CandidateEngine
+from rewardsds.errors import TrainingAborted
+from rewardsds.losses.base import LossMode, LossOutput, StepContext
+from rewardsds.priors.base import Prior
+from rewardsds.representations.base import Representation
+from rewardsds.rewards.base import Reward
+from rewardsds.schedules import Schedule, Streams, TimestepSampler, seed_for
+from rewardsds.strategies import NoStrategy, Strategy, weight_entropy
+from rewardsds.viz import Media, to_uint8, upscale
+from rewardsds.utils.io import write_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step produced (for logging and benchmarks)."""
+
+    ctx: StepContext
+    loss: LossOutput
+    total: Tensor
+    grad_norm: Tensor
+    regs: dict
+
+
+class StepIndices(torch.utils.data.IterableDataset):
+    """Yields the remaining step indices ``system.iteration .. steps - 1`` (read when iteration starts,
+    i.e. after a checkpoint was restored)."""
+
+    def __init__(self, system: "DistillationSystem"):
+        self.system = system
+
+    def __iter__(self):
+        return iter(range(self.system.iteration, self.system.total_steps))
+
+    def __len__(self) -> int:
+        return max(0, self.system.total_steps - self.system.iteration)
+
+
+class DistillationSystem(pl.LightningModule):
+    """Optimises one scene with a frozen prior, a reward, a strategy and a loss mode.
+
+    Args:
+        cfg: the validated root config (``rewardsds.config.Config``).
+        prior, reward, strategy, loss, representation: built components.
+        run_dir: where frames and final outputs go.
+        camera_sampler: draws training cameras for 3D representations (None for 2D).
+        media: writer for images/videos (mirrors to W&B).
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        prior: Prior,
+        reward: Optional[Reward],
+        strategy: Strategy,
+        loss: LossMode,
+        representation: Representation,
+        run_dir: Path,
+        camera_sampler: Any = None,
+        media: Optional[Media] = None,
+        resume_from: Optional[Path] = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg = cfg
+        self.prior = prior  # a plain object: never registered, never checkpointed
+        self.reward = reward
+        self.strategy = strategy
+        self.loss_mode = loss
+        self.representation = representation
+        self.run_dir = Path(run_dir)
+        self.camera_sampler = camera_sampler
+        self.media = media or Media(self.run_dir)
+        self.total_steps = int(cfg.steps)
+        self.reward_steps = int(math.floor(cfg.steps * cfg.reward_duration))
+        self.iteration = 0
+        self.nonfinite_steps = 0
+        self.step_times: list[float] = []
+        self.evals_per_step: list[int] = []
+        self.timesteps = TimestepSampler(
+            Schedule.from_any(cfg.timesteps.t_min), Schedule.from_any(cfg.timesteps.t_max),
+            prior.num_train_timesteps, getattr(cfg.timesteps.grid, "value", cfg.timesteps.grid),
+        )
+        la = cfg.lookahead
+        self.engine = CandidateEngine(
+            prior, reward, la.steps, la.guidance_scale, la.grid, la.start, la.decode, cfg.chunk_size,
+            cfg.reward_views, cfg.seed,
+        )
+        self.none_strategy = NoStrategy()
+        n_out = max(1, cfg.steps // max(1, cfg.output.video_frames)) if cfg.output.video else 0
+        self.frame_every = n_out
+        self.resume_from = Path(resume_from) if resume_from else None
+        self._pending_optimizer_state: Optional[dict] = None
+
+    # ------------------------------------------------------------------ Lightning plumbing
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device
+        self.prior.to(device)
+        if self.reward is not None:
+            self.reward.to(device)
+        self.representation.setup(self.prior, device, self.cfg.seed)
+        self.loss_mode.setup(self.prior, self.reward, device, self.total_steps)
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    def _restore(self, path: Path) -> None:
+        """Load a checkpoint written by AtomicCheckpoint (a standard Lightning checkpoint).
+
+        Restored here rather than through ``Trainer.fit(ckpt_path=...)``: the run's step counter is our own
+        (every random draw is keyed on it) and a longer ``steps`` may continue a finished run.
+        """
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(ckpt["state_dict"])
+        self.on_load_checkpoint(ckpt)
+        states = ckpt.get("optimizer_states") or []
+        self._pending_optimizer_state = states[0] if states else None
+        log.info("resumed %s at step %d", path, self.iteration)
+
+    def on_train_start(self) -> None:
+        if self._pending_optimizer_state is not None:
+            self.optimizers().optimizer.load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(StepIndices(self), batch_size=None, num_workers=0)
+
+    def configure_optimizers(self):
+        groups = self.representation.param_groups() + self.loss_mode.param_groups()
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=0.0)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rewardsds"] = {
+            "iteration": self.iteration,
+            "nonfinite_steps": self.nonfinite_steps,
+            "step_times": self.step_times[-1000:],
+            "evals_per_step": self.evals_per_step[-1000:],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rewardsds", {})
+        self.iteration = int(state.get("iteration", 0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.step_times = list(state.get("step_times", []))
+        self.evals_per_step = list(state.get("evals_per_step", []))
+
+    # ------------------------------------------------------------------ the step
+    def prompts_for(self, cameras) -> list[str]:
+        """One prompt per view; with ``view_dependent_prompts`` the view's suffix (", side view", ...) is appended."""
+        b = len(cameras) if cameras is not None else self.representation_batch()
+        if cameras is not None and self.cfg.view_dependent_prompts:
+            return [self.cfg.prompt + s for s in self.camera_sampler.view_suffixes(cameras)]
+        return [self.cfg.prompt] * b
+
+    def representation_batch(self) -> int:
+        lat = getattr(self.representation, "latents", None)
+        return int(lat.shape[0]) if lat is not None else 1
+
+    def scene_latents(self, step: int):
+        """Render the scene and bring it to the prior's space (with gradient)."""
+        cameras = None
+        if self.representation.needs_cameras:
+            if self.camera_sampler is None:
+                raise RuntimeError("this representation needs cameras but no camera sampler is configured")
+            g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, Streams.CAMERA))
+            cameras = self.camera_sampler.sample(g, step).to(self.device)
+        out = self.representation.render(cameras, step)
+        if "latents" in out:
+            return cameras, out, out["latents"]
+        g = torch.Generator(device=out["rgb"].device).manual_seed(seed_for(self.cfg.seed, step, Streams.AUX, 1))
+        return cameras, out, self.prior.encode_images(out["rgb"], generator=g)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        step = self.iteration
+        start = time.perf_counter()
+        res = self.run_step(step, self.optimizers())
+        elapsed = time.perf_counter() - start
+        self.step_times.append(elapsed)
+        cands = res.loss.candidates
+        self.evals_per_step.append(int(cands.evals) if cands is not None else 0)
+        self._log_step(res, elapsed)
+        if res.ctx.keep_images and cands is not None and cands.images is not None:
+            self._log_candidates(cands, step)
+        self.iteration += 1
+        self._maybe_save_frames(step)
+        return res.total.detach()
+
+    def make_context(self, step: int, latents: Tensor, cameras, out: dict) -> StepContext:
+        """The step's context: prompts, timestep, strategy and candidate count (reward_duration applied)."""
+        prompts = self.prompts_for(cameras)
+        use_reward = step < self.reward_steps
+        keep = bool(self.cfg.output.candidates_every) and step % self.cfg.output.candidates_every == 0
+        return StepContext(
+            latents=latents, t=self.timesteps.sample(step, self.cfg.seed), step=step, progress=step / self.total_steps,
+            text=self.prior.text_cond(prompts, self.cfg.negative_prompt), prompts=prompts, base_prompt=self.cfg.prompt,
+            negative_prompt=self.cfg.negative_prompt, camera=None if cameras is None else cameras.c2w,
+            n_noises=self.cfg.n_noises if use_reward else 1, strategy=self.strategy if use_reward else self.none_strategy,
+            engine=self.engine, prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"),
+        )
+
+    def run_step(self, step: int, opt) -> "StepResult":
+        """Render, distil, back-propagate and step the optimiser once (no logging).
+
+        ``opt`` is the LightningOptimizer in training, or a plain torch optimiser (benchmarks run the very
+        same code without a trainer).
+        """
+        raw = getattr(opt, "optimizer", opt)
+        cameras, out, latents = self.scene_latents(step)
+        ctx = self.make_context(step, latents, cameras, out)
+        result: LossOutput = self.loss_mode(ctx)
+        regs = self.representation.regularizers(out, step)
+        total = result.total() + sum(regs.values(), torch.zeros((), device=latents.device))
+
+        raw.zero_grad(set_to_none=True)
+        self.representation.on_before_backward(step, out)
+        if self._trainer is not None:
+            self.manual_backward(total)
+        else:
+            total.backward()
+        self.representation.on_after_backward(step, out)
+        params = [p for g in raw.param_groups for p in g["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=latents.device)
+        # One host sync per step: a non-finite gradient must not reach the optimiser.
+        if bool(torch.isfinite(grad_norm)):
+            opt.step()
+            self.representation.on_after_optimizer_step(step, raw)
+        else:
+            raw.zero_grad(set_to_none=True)
+            self.nonfinite_steps += 1
+            log.warning("step %d: non-finite gradient, step skipped (%d so far)", step, self.nonfinite_steps)
+            if self.nonfinite_steps > self.cfg.max_nonfinite_steps:
+                raise TrainingAborted(
+                    f"{self.nonfinite_steps} steps had a non-finite gradient (max_nonfinite_steps = "
+                    f"{self.cfg.max_nonfinite_steps}); the last checkpoint and outputs are kept in {self.run_dir}. "
+                    "Lower the learning rate or the guidance scale, use prior.dtype=fp32, or raise max_nonfinite_steps"
+                )
+        return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
+
+    # ------------------------------------------------------------------ logging
+    def _log_step(self, res: "StepResult", elapsed: float) -> None:
+        ctx, result, total, grad_norm, regs = res.ctx, res.loss, res.total, res.grad_norm, res.regs
+        metrics: dict[str, Any] = {
+            "train/loss": total.detach(),
+            "train/t": float(ctx.t),
+            "train/grad_norm": grad_norm.detach(),
+            "train/step_time": elapsed,
+            "train/n_noises": float(ctx.n_noises),
+            "train/nonfinite_steps": float(self.nonfinite_steps),
+        }
+        for k, v in result.logs.items():
+            metrics[f"train/{k}" if k != "grad_norm" else "train/grad_field_norm"] = v
+        for k, v in {**result.extra, **regs}.items():
+            metrics[f"train/{k}"] = v.detach()
+        cands = result.candidates
+        if cands is not None:
+            metrics["train/evals"] = float(cands.evals)
+            w = result.weights.detach().float()
+            w1 = w if w.dim() == 1 else w.mean(1)
+            metrics["train/weights_entropy"] = weight_entropy(w1)
+            if cands.view_rewards is not None:
+                r = cands.view_rewards.mean(1)
+                metrics["train/reward_mean"] = r.mean()
+                metrics["train/reward_min"] = r.min()
+                metrics["train/reward_max"] = r.max()
+                pos = w1.clamp_min(0)
+                metrics["train/reward_selected"] = (pos * r).sum() / pos.sum().clamp_min(1e-12)
+        prog = {"train/loss", "train/t", "train/reward_max"}
+        for k, v in metrics.items():
+            self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in prog, batch_size=1)
+
+    def _log_candidates(self, cands, step: int) -> None:
+        imgs = to_uint8(cands.images)
+        r = cands.view_rewards.reshape(-1).tolist()
+        w = (cands.weights if cands.weights.dim() == 2 else cands.weights[:, None].expand(cands.n, cands.b)).reshape(-1).tolist()
+        self.media.candidates_table("train/candidates", imgs, r, w, step)
+
+    # ------------------------------------------------------------------ frames and final outputs
+    @torch.no_grad()
+    def current_images(self) -> Optional[Tensor]:
+        """RGB [b, 3, H, W] of the current scene: decoded latents (2D) or the fixed preview views (3D)."""
+        if self.representation.outputs_latents:
+            return self.prior.decode_latents(self.representation.latents.detach())
+        if self.camera_sampler is not None:
+            from rewardsds.representations.views import render_views
+
+            # the optimisation video follows one fixed front view at the prior's resolution
+            cams = self.camera_sampler.eval_cameras(1, resolution=self.prior.image_size).to(self.device)
+            return render_views(self.representation, cams, self.iteration)["rgb"].clamp(0, 1)
+        return None
+
+    def _maybe_save_frames(self, step: int) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        done = self.iteration
+        img_every = self.cfg.output.image_every
+        save_img = img_every and (done % img_every == 0)
+        save_frame = self.frame_every and (done % self.frame_every == 0 or done == 1)
+        if not (save_img or save_frame):
+            return
+        imgs = self.current_images()
+        if imgs is None:
+            return
+        from rewardsds.viz import grid
+
+        tile = upscale(grid(imgs, pad=0 if imgs.shape[0] == 1 else 2))
+        if save_frame:
+            write_image(self.run_dir / "progress" / "frames" / f"frame_{done:06d}.jpg", tile)
+        if save_img:
+            self.media.image("train/image", tile, self.run_dir / "progress" / f"step_{done:06d}.png", done, caption=self.cfg.prompt)

@@ -1,0 +1,100 @@
+"""Atomic file writes and run metadata (versions, git commit, command).
+
+Everything a run leaves on disk is written to a temporary file in the same folder and renamed into
+place, so a crash never leaves a half-written metrics.json, image or checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an HxWx3 uint8 array as PNG/JPEG (by suffix), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format=fmt)
+
+
+def _json_default(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if hasattr(x, "value"):
+        return x.value
+    return str(x)
+
+
+def package_versions(names=("torch", "diffusers", "transformers", "lightning", "hydra-core", "omegaconf", "gsplat",
+                            "nerfacc", "wandb", "peft", "numpy", "rewardsds")) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the checkout the package runs from (with '+dirty' for local changes), or 'unknown'."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def command_line() -> str:
+    """The command as a user would retype it (``python -m rewardsds`` shows as ``rewardsds``)."""
+    prog = Path(sys.argv[0]).name
+    if prog in ("__main__.py", "train.py", "rewardsds"):
+        prog = "rewardsds"
+    return " ".join([prog] + [_quote(a) for a in sys.argv[1:]])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)

@@ -1,0 +1,133 @@
+"""Speed and memory of the 3D representations: render + backward of 4 views at 64^2 and 256^2.
+
+Cases (all on one CUDA device, fp32):
+
+- ``nerf-<encoding>``: the NeRF with nerfacc's occupancy grid (filled once from the initial density
+  blob, as at the start of a run), training mode (stratified samples, random background), for the
+  default triplane encoding and the reference's hash grid;
+- ``gaussians-200k``: 200k Gaussians initialised in a ball of radius 0.5, gsplat rasterisation.
+
+For each case: median and min wall time of ``render`` + ``backward`` over ``--repeats`` calls after
+``--warmup`` calls (the cameras are redrawn every call), and the peak allocated CUDA memory. Also a
+full step (render + backward + AdamW step + hooks) median. Targets on H100/H200: NeRF 4 x 64^2 under
+30 ms, Gaussians (200k) 4 x 256^2 under 10 ms.
+
+    python scripts/bench_3d.py --out bench_3d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rewardsds.cameras import CameraSampler
+from rewardsds.representations.gaussians import Gaussians
+from rewardsds.representations.nerf import NeRF
+
+HASH = dict(encoding="hash", n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16,
+            per_level_scale=1.447269237440378)
+
+
+def build(case: str, device: torch.device):
+    if case == "nerf-triplane":
+        rep = NeRF(estimator="occgrid")
+    elif case == "nerf-hash":
+        rep = NeRF(estimator="occgrid", **HASH)
+    elif case == "gaussians-200k":
+        rep = Gaussians(num_points=200_000, strategy="none")
+    else:
+        raise ValueError(case)
+    return rep.to(device).train()
+
+
+def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    rep = build(case, device)
+    opt = torch.optim.AdamW(rep.param_groups())
+    sampler = CameraSampler(resolution=res, batch_size=4, views_per_object=4)
+    gen = torch.Generator().manual_seed(0)
+    if isinstance(rep, NeRF):
+        rep.update_occupancy(0, force=True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+
+    def render_backward(step: int):
+        cams = sampler.sample(gen, step).to(device)
+        out = rep.render(cams, step)
+        loss = out["rgb"].square().mean() + out["opacity"].mean()
+        rep.on_before_backward(step, out)
+        loss.backward()
+        return out
+
+    times, step_times = [], []
+    for i in range(warmup + repeats):
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = render_backward(i)
+        torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        opt.step()
+        rep.on_after_optimizer_step(i, opt)
+        torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            times.append((t1 - t0) * 1e3)
+            step_times.append((t2 - t0) * 1e3)
+    result = {
+        "case": case,
+        "views": 4,
+        "resolution": res,
+        "ms_median": statistics.median(times),
+        "ms_min": min(times),
+        "step_ms_median": statistics.median(step_times),
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+        "mean_opacity": float(out["opacity"].mean()),
+    }
+    if isinstance(rep, Gaussians):
+        result["gaussians"] = rep.num_gaussians
+    if isinstance(rep, NeRF):
+        result["occupied_cells"] = int(rep.estimator.binaries.sum())
+    del rep, opt
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["nerf-triplane", "nerf-hash", "gaussians-200k"])
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", type=Path, required=True, help="JSON results file")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_3d.py measures the CUDA paths (occupancy grid, gsplat): run it on a GPU machine")
+    device = torch.device("cuda")
+    rows = []
+    for case in args.cases:
+        for res in args.resolutions:
+            r = bench_case(case, res, device, args.warmup, args.repeats)
+            rows.append(r)
+            print(f"{case:15s} 4x{res:3d}^2  render+backward {r['ms_median']:8.2f} ms (median, min {r['ms_min']:.2f})"
+                  f"  full step {r['step_ms_median']:8.2f} ms  peak {r['peak_mem_mb']:8.0f} MB", flush=True)
+    report = {
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Shared fixtures: config composition, tiny models saved through from_pretrained, the GPU guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_tiny_sd  # noqa: E402
+
+import rewardsds.config  # noqa: E402,F401  (registers the schemas with the ConfigStore)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The one GPU guard: note the call parentheses (a bare function object is always truthy).
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def gpu_test(fn):
+    """Mark a test as GPU-only: deselected by default (``-m gpu`` selects it) and guarded on CUDA."""
+    return pytest.mark.gpu(requires_cuda(fn))
+
+
+def compose(overrides: list[str]):
+    """Compose the project config with ``overrides`` (no Hydra runtime node)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hcompose(config_name="config", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m rewardsds <args>`` in a subprocess (the user's entry point, exit codes included)."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), HYDRA_FULL_ERROR="0")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "rewardsds", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny epsilon-prediction SD pipeline folder (latents 4x8x8, images 16x16)."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v(tmp_path_factory) -> Path:
+    """The same architecture with v-prediction."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_v"), prediction_type="v_prediction", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_prior(tiny_sd):
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    return StableDiffusionPrior(str(tiny_sd), dtype="fp32").to("cpu")
+
+
+@pytest.fixture
+def analytic_prior():
+    from rewardsds.priors.analytic import AnalyticPrior
+
+    return AnalyticPrior().to("cpu")
+
+
+FAST = ["logger=none", "trainer=cpu", "output.image_every=0", "output.video=false", "output.checkpoint_every=0"]

@@ -1,0 +1,158 @@
+"""The user's entry point: bad input exits non-zero with one actionable message; multiruns, W&B, resume."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, compose, run_cli
+from rewardsds.config import validate
+from rewardsds.errors import ConfigError
+
+ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
+
+
+# ------------------------------------------------------------------ validation errors (in process)
+@pytest.mark.parametrize(
+    "overrides, key, fix",
+    [
+        (["prompt=''"], "prompt", "pass a prompt"),
+        (["prompt='   '"], "prompt", "pass a prompt"),
+        (["n_noises=3", "strategy=min_max"], "n_noises", "n_noises>=4"),
+        (["n_noises=1", "strategy=best", "strategy.n_best=2"], "n_noises", "n_noises>=2"),
+        (["reward_duration=1.5"], "reward_duration", "use 1.0"),
+        (["lookahead.steps=-1"], "lookahead.steps", "use 15"),
+        (["timesteps.t_max.start=1.5"], "timesteps.t_max", "fraction"),
+        (["strategy=weighted", "strategy.temperature=0"], "strategy.temperature", "use 1.0"),
+        (["representation.init=image"], "representation.init_image", "init_image=/path"),
+    ],
+)
+def test_validation_errors_name_key_value_fix(overrides, key, fix):
+    cfg = compose(["prompt=a cat", *overrides])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert msg.startswith(key) and "Fix:" in msg and fix in msg, msg
+
+
+def test_missing_prompt_is_reported():
+    from omegaconf.errors import MissingMandatoryValue
+
+    cfg = compose([])
+    with pytest.raises((ConfigError, MissingMandatoryValue), match="prompt"):
+        validate(cfg)
+
+
+def test_unknown_group_option_lists_choices():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        compose(["prompt=a", "strategy=nonexistent"])
+    assert "min_max" in str(err.value) and "nonexistent" in str(err.value)
+
+
+def test_unknown_key_is_rejected():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="lambda_mx"):
+        compose(["prompt=a", "strategy.lambda_mx=0.5"])
+
+
+# ------------------------------------------------------------------ the CLI (subprocess): exit codes and messages
+def test_cli_missing_prompt_exits_nonzero(tmp_path):
+    r = run_cli(["trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode != 0
+    assert "prompt" in (r.stderr + r.stdout)
+
+
+def test_cli_unreachable_model(tmp_path):
+    r = run_cli(["prompt=a cat", "trainer=cpu", "logger=none", f"prior.pretrained={tmp_path}/no_such_model", "prior.local_files_only=true",
+                 f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "no_such_model" in r.stderr and "prior.pretrained=/path/to/local/folder" in r.stderr and "experiment=demo" in r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["status"] == "failed" and "ModelLoadError" in m["error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cli_cuda_requested_but_absent(tmp_path):
+    r = run_cli(["experiment=analytic", "trainer=gpu", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2
+    assert "trainer.accelerator" in r.stderr and "trainer=cpu" in r.stderr
+
+
+def test_cli_nonfinite_gradients_stop_with_message(tmp_path):
+    r = run_cli(["experiment=analytic", "steps=20", "representation.init_std=nan", "max_nonfinite_steps=2", "output.checkpoint_every=1",
+                 f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "non-finite gradient" in r.stderr and "max_nonfinite_steps" in r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["status"] == "failed" and "TrainingAborted" in m["error"]
+
+
+def test_multirun_one_readable_folder_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", "experiment=analytic", "strategy=none,min_max", "n_noises=4,8", "steps=2", *FAST[1:], f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == [
+        "n_noises=4,steps=2,strategy=min_max",
+        "n_noises=4,steps=2,strategy=none",
+        "n_noises=8,steps=2,strategy=min_max",
+        "n_noises=8,steps=2,strategy=none",
+    ]
+    for j in jobs:
+        m = json.loads((sweep / j / "metrics.json").read_text())
+        assert m["status"] == "complete" and m["iterations"] == 2
+        assert (sweep / j / "final" / "image_000.png").is_file()
+    # re-running the same sweep folder skips finished jobs
+    r2 = run_cli(["-m", "experiment=analytic", "strategy=none,min_max", "n_noises=4,8", "steps=2", *FAST[1:], f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r2.returncode == 0 and r2.stdout.count("already complete; skipped") == 4
+
+
+# ------------------------------------------------------------------ W&B offline
+def test_wandb_offline_run_holds_logged_keys(tmp_path):
+    from wandb_records import logged_keys
+
+    r = run_cli(["experiment=analytic", "steps=4", "logger=wandb", "logger.mode=auto", "output.image_every=2", f"hydra.run.dir={tmp_path}/run"],
+                tmp_path, env={"WANDB_API_KEY": "", "WANDB_MODE": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "logging offline" in r.stdout  # the one-line fallback notice
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    keys = logged_keys(runs[0])
+    for k in ["train/loss", "train/t", "train/grad_norm", "train/reward_mean", "train/reward_min", "train/reward_max",
+              "train/reward_selected", "train/weights_entropy", "train/step_time"]:
+        assert k in keys["history"], k
+    assert "final/reward" in keys["summary"]
+    assert {"prompt", "strategy", "n_noises", "prior"} <= keys["config"]
+    assert any(f.startswith("media/images/train/image") for f in keys["files"])
+    assert any(f.endswith(".mp4") for f in keys["files"])
+
+
+# ------------------------------------------------------------------ resume
+def _latents(ckpt: Path) -> torch.Tensor:
+    return torch.load(ckpt, weights_only=False)["state_dict"]["representation.latents"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    from rewardsds.train import train
+
+    base = ["experiment=analytic", "seed=5", "n_noises=4", *FAST, "output.checkpoint_every=2"]
+    full = train(compose([*base, "steps=6"]), tmp_path / "full")
+    part = train(compose([*base, "steps=3"]), tmp_path / "part")
+    assert part["iterations"] == 3
+    resumed = train(compose([*base, "steps=6", f"resume={tmp_path / 'part'}"]), tmp_path / "ignored")
+    assert resumed["iterations"] == 6 and resumed["run_dir"] == str(tmp_path / "part")
+    a, b = _latents(tmp_path / "full/checkpoints/last.ckpt"), _latents(tmp_path / "part/checkpoints/last.ckpt")
+    assert torch.equal(a, b)
+    assert (tmp_path / "ignored" / "RESUMED_INTO.txt").is_file()
+
+
+def test_resume_errors():
+    from rewardsds.train import resolve_resume
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_resume("/no/such/run")

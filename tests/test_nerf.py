@@ -1,0 +1,366 @@
+"""The NeRF on the CPU: grid encodings, compositing, shading, regularisers, optimisation, resume, mesh."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import trimesh
+from omegaconf import OmegaConf
+
+from rewardsds.cameras import CameraSampler, orbit_cameras
+from rewardsds.config import NeRFConfig
+from rewardsds.errors import ConfigError
+from rewardsds.representations._grid import DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference
+from rewardsds.representations._mesh import marching_tetrahedra
+from rewardsds.representations.nerf import NeRF
+from rewardsds.representations.views import render_views, turntable_frames
+from rewardsds.schedules import Schedule
+from tests.threed_helpers import assert_schema_matches_constructor
+
+SMALL = dict(n_levels=4, n_features_per_level=4, base_resolution=16, per_level_scale=1.5, num_samples_per_ray=32)
+
+
+def cams(n: int = 4, res: int = 16, seed: int = 0):
+    return CameraSampler(resolution=res, batch_size=n, views_per_object=1).sample(torch.Generator().manual_seed(seed))
+
+
+def small_nerf(**kw) -> NeRF:
+    torch.manual_seed(kw.pop("init_seed", 0))
+    return NeRF(**{**SMALL, **kw})
+
+
+# ------------------------------------------------------------------------------------- encodings
+def test_hash_grid_matches_the_loop_reference_dense_and_hashed_levels():
+    torch.manual_seed(0)
+    enc = HashGridEncoding(n_levels=6, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0, init_scale=1.0)
+    assert 0 < enc.n_dense_levels < 6  # both kinds of level are exercised
+    x = torch.rand(300, 3)
+    assert torch.allclose(enc(x), hash_grid_reference(enc, x), atol=1e-6)
+
+
+def test_hash_grid_is_trilinear_and_differentiable_in_position():
+    torch.manual_seed(1)
+    enc = HashGridEncoding(n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0, init_scale=1.0).double()
+    x = (torch.rand(20, 3, dtype=torch.float64) * 0.9 + 0.05).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: enc(y), (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [HashGridEncoding, DenseGridEncoding, TriplaneEncoding])
+def test_masked_levels_get_no_gradient(cls):
+    torch.manual_seed(2)
+    enc = cls(n_levels=4, n_features_per_level=2, base_resolution=4, per_level_scale=2.0)
+    out = enc(torch.rand(256, 3), max_resolution=8.0)  # levels at 4 and 8 stay on, 16 and 32 off
+    assert out.shape == (256, enc.n_output_dims)
+    assert torch.all(out.view(256, 4, 2)[:, 2:] == 0)
+    out.square().sum().backward()
+    if cls is HashGridEncoding:
+        grad = enc.params.grad
+        offsets = enc._offsets.tolist() + [grad.shape[0]]
+        per_level = [grad[offsets[i] : offsets[i + 1]].abs().sum().item() for i in range(4)]
+    else:
+        per_level = [p.grad.abs().sum().item() if p.grad is not None else 0.0 for p in enc.parameters()]
+    assert per_level[0] > 0 and per_level[1] > 0 and per_level[2] == 0 and per_level[3] == 0
+
+
+def test_shape_annotations_hold_under_beartype():
+    from beartype import beartype
+    from jaxtyping import TypeCheckError, jaxtyped
+
+    def checked(f):
+        return jaxtyped(typechecker=beartype)(f)
+
+    enc = HashGridEncoding(n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
+    assert checked(enc.forward)(torch.rand(10, 3)).shape == (10, 6)
+    with pytest.raises(TypeCheckError):
+        checked(enc.forward)(torch.rand(10, 2))
+    v, f = checked(marching_tetrahedra)(torch.rand(6, 6, 6), 0.5, (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
+    assert v.shape[1] == 3 and f.shape[1] == 3
+    c = cams(2, 6)
+    o, d = checked(type(c).rays)(c)
+    assert o.shape == (2, 6, 6, 3)
+    nerf = small_nerf()
+    assert checked(nerf.density)(torch.rand(7, 3)).shape == (7,)
+
+
+# ------------------------------------------------------------------------------------- rendering
+def test_cpu_render_shapes_ranges_and_gradients_reach_the_grid():
+    nerf = small_nerf()
+    nerf.train()
+    out = nerf.render(cams(4, 16), step=0)
+    assert out["rgb"].shape == (4, 3, 16, 16)
+    assert out["opacity"].shape == (4, 1, 16, 16) and out["depth"].shape == (4, 1, 16, 16)
+    assert 0.0 <= out["opacity"].min() and out["opacity"].max() <= 1.0
+    assert 0.0 <= out["rgb"].min() and out["rgb"].max() <= 1.0
+    assert out["opacity"].max() > 0.9 and out["opacity"].min() < 0.05  # the blob covers the centre only
+    (out["rgb"].square().mean() + out["opacity"].mean()).backward()
+    for name, p in nerf.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_uniform_compositing_matches_the_analytic_opacity_of_the_blob():
+    # Zero MLPs leave sigma = softplus(1 - |x| / 0.5): integrate it along the central ray by quadrature.
+    nerf = small_nerf(density_blob_scale=1.0, num_samples_per_ray=1024, background="solid", random_background_prob=0.0)
+    for p in nerf.density_net.parameters():
+        torch.nn.init.zeros_(p)
+    nerf.eval()
+    # A 1x1 image: its only pixel centre (0.5, 0.5) is the image centre, so its ray hits the origin.
+    c = orbit_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([3.0]), torch.tensor([0.6]), 1, 1)
+    with torch.no_grad():
+        out = nerf.render(c, 0)
+    s = torch.linspace(-1.0, 1.0, 200001, dtype=torch.float64)
+    # The central ray crosses the box [-1, 1]^3 between the two faces it hits; walk along it exactly.
+    d = -c.position[0].double() / 3.0
+    near, far = [((sgn * 1.0 - c.position[0].double()) / d) for sgn in (-1, 1)]
+    t0, t1 = torch.minimum(near, far).max(), torch.maximum(near, far).min()
+    t = t0 + (t1 - t0) * (s + 1) / 2
+    pts = c.position[0].double() + t[:, None] * d
+    tau = torch.trapezoid(torch.nn.functional.softplus(1.0 - pts.norm(dim=-1) / 0.5), t)
+    expected = 1.0 - torch.exp(-tau)
+    assert out["opacity"][0, 0, 0, 0].item() == pytest.approx(expected.item(), abs=2e-3)
+    # Expected depth lies inside the box crossing and before its middle (density peaks at the centre).
+    depth = out["depth"][0, 0, 0, 0].item()
+    assert t0.item() < depth < 0.5 * (t0 + t1).item()
+
+
+def test_background_is_composited_behind_the_object():
+    nerf = small_nerf(background="solid", background_color=[0.2, 0.4, 0.6], random_background_prob=0.0)
+    nerf.eval()
+    with torch.no_grad():
+        out = nerf.render(cams(2, 16), 0)
+    empty = out["opacity"][:, 0] < 1e-4
+    assert empty.any()
+    rgb = out["rgb"].permute(0, 2, 3, 1)[empty]
+    assert torch.allclose(rgb, torch.tensor([0.2, 0.4, 0.6]).expand_as(rgb), atol=1e-3)
+
+
+def test_random_background_is_reproducible_per_step():
+    nerf = small_nerf(background="solid", random_background_prob=1.0)
+    nerf.train()
+    c = cams(2, 8)
+    a, b = nerf.render(c, 5)["rgb"], nerf.render(c, 5)["rgb"]
+    other = nerf.render(c, 6)["rgb"]
+    assert torch.equal(a, b) and not torch.allclose(a, other)
+
+
+def test_estimator_choice_on_the_cpu(caplog):
+    with caplog.at_level(logging.INFO, logger="rewardsds.representations.nerf"):
+        nerf = small_nerf(estimator="auto")
+        nerf.render(cams(1, 8), 0)
+    assert any("uniform samples" in r.getMessage() for r in caplog.records)
+    forced = small_nerf(estimator="occgrid")
+    with pytest.raises(ConfigError) as err:
+        forced.render(cams(1, 8), 0)
+    assert err.value.key == "representation.estimator" and "CUDA" in str(err.value)
+
+
+def test_shading_modes_and_normals():
+    nerf = small_nerf(normal="analytic", shading="diffuse", ambient_only_steps=10, diffuse_prob=1.0, textureless_prob=1.0,
+                      background="solid", random_background_prob=0.0)
+    nerf.train()
+    c = cams(2, 16)
+    albedo_phase = nerf.render(c, 0)
+    assert "normal" not in albedo_phase  # albedo only before ambient_only_steps: no normals needed
+    textureless = nerf.render(c, 10)
+    rgb = textureless["rgb"]
+    assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1e-6) and torch.allclose(rgb[:, 1], rgb[:, 2], atol=1e-6)
+    assert textureless["normal"].shape == (2, 3, 16, 16)
+    # Normals of the blob point outwards: towards the camera where the object is seen (the central
+    # ray meets the blob head-on; grazing rays average normals over a soft chord).
+    head_on = orbit_cameras(torch.tensor([10.0]), torch.tensor([40.0]), torch.tensor([3.0]), torch.tensor([0.6]), 17, 17)
+    out = nerf.render(head_on, 10)
+    n = torch.nn.functional.normalize(out["normal"], dim=1).permute(0, 2, 3, 1)
+    _, dirs = head_on.rays()
+    facing = (n * dirs).sum(-1)
+    assert facing[0, 8, 8] < -0.99
+    assert facing[out["opacity"][:, 0] > 0.5].mean() < -0.3
+
+
+def test_finite_difference_normals_agree_with_analytic_ones():
+    nerf = small_nerf()
+    x = (torch.rand(500, 3) - 0.5) * 0.8
+    x = x[x.norm(dim=-1) > 0.1]
+    _, _, na = nerf._normals(x, 0, "analytic")
+    _, _, nf = nerf._normals(x, 0, "finite_difference")
+    assert (na * nf).sum(-1).mean() > 0.99
+    # Outward for the blob: along +x.
+    assert (na * torch.nn.functional.normalize(x, dim=-1)).sum(-1).mean() > 0.95
+
+
+def test_regularizers_are_named_weighted_and_differentiable():
+    nerf = small_nerf(normal="analytic", lambda_sparsity=2.0, lambda_opaque=1.0, lambda_orient=Schedule(start=0.0, end=3.0, start_step=0, end_step=10),
+                      lambda_z_variance=1.0)
+    nerf.train()
+    out = nerf.render(cams(2, 16), step=5)
+    regs = nerf.regularizers(out, step=5)
+    assert set(regs) == {"loss_sparsity", "loss_opaque", "loss_orient", "loss_z_variance"}
+    op = out["opacity"]
+    assert regs["loss_sparsity"].item() == pytest.approx(2.0 * (op.square() + 0.01).sqrt().mean().item(), rel=1e-5)
+    assert regs["loss_orient"].item() == pytest.approx(1.5 * out["orient"].item(), rel=1e-5)
+    assert all(torch.isfinite(v) and v >= 0 for v in regs.values())
+    sum(regs.values()).backward()
+    assert nerf.encoding.planes[0].grad.abs().sum() > 0
+    # Inactive weights give no entries.
+    assert small_nerf().regularizers(out, 0) == {}
+
+
+def test_orientation_weight_without_normals_is_an_error():
+    nerf = small_nerf(lambda_orient=1.0)
+    nerf.train()
+    out = nerf.render(cams(1, 8), 0)
+    with pytest.raises(ConfigError, match="representation.lambda_orient"):
+        nerf.regularizers(out, 0)
+
+
+def test_coarse_to_fine_grid_resolution_schedule():
+    nerf = small_nerf(grid_resolution=Schedule(start=16, end=200, start_step=0, end_step=100))
+    nerf.train()
+    c = cams(2, 8)
+    nerf.render(c, 0)["rgb"].mean().backward()
+    grads = [p.grad.abs().sum().item() for p in nerf.encoding.planes]
+    assert grads[0] > 0 and all(g == 0 for g in grads[1:])  # only the 16-cell level at step 0
+    nerf.zero_grad()
+    nerf.render(c, 100)["rgb"].mean().backward()
+    assert all(p.grad.abs().sum() > 0 for p in nerf.encoding.planes)
+
+
+def test_fifty_steps_of_mse_fit_target_renders():
+    views = cams(4, 12, seed=3)
+    fast = dict(num_samples_per_ray=16, hidden_dim=32, background="solid", random_background_prob=0.0)
+    teacher = small_nerf(init_seed=1, density_blob_std=0.35, **fast)
+    with torch.no_grad():
+        last = teacher.feature_net[-1]
+        last.weight.normal_(0, 3.0)
+        for p in teacher.encoding.parameters():
+            p.uniform_(-0.5, 0.5)
+        teacher.eval()
+        target = teacher.render(views, 0)["rgb"]
+    student = small_nerf(init_seed=2, lr_encoding=0.05, lr_network=0.01, stratified=False, **fast)
+    student.train()
+    opt = torch.optim.AdamW(student.param_groups())
+    losses = []
+    for step in range(50):
+        loss = (student.render(views, step)["rgb"] - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        student.on_after_optimizer_step(step, opt)
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+
+# ------------------------------------------------------------------------------------- optimiser / resume
+def test_param_groups_are_named_and_cover_every_parameter():
+    nerf = small_nerf()
+    groups = nerf.param_groups()
+    assert [g["name"] for g in groups] == ["nerf.encoding", "nerf.density", "nerf.feature", "nerf.background"]
+    assert [g["lr"] for g in groups] == [0.01, 0.001, 0.001, 0.001]
+    assert all(g["betas"] == (0.9, 0.99) and g["eps"] == 1e-15 and g["weight_decay"] == 0.0 for g in groups)
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert in_groups == {id(p) for p in nerf.parameters()}
+    assert "nerf.background" not in [g["name"] for g in small_nerf(background="solid").param_groups()]
+
+
+def test_state_dict_round_trip_with_occupancy_grid():
+    a = small_nerf(init_seed=0)
+    a.train()
+    a.update_occupancy(0, force=True)  # plain PyTorch, also on the CPU
+    assert bool(a.occ_ready) and a.estimator.binaries.any()
+    sd = a.state_dict()
+    assert {"estimator.occs", "estimator.binaries", "occ_ready"} <= set(sd)
+    b = small_nerf(init_seed=7)
+    assert not torch.equal(b.encoding.planes[0], a.encoding.planes[0])
+    b.load_state_dict(sd)
+    assert torch.equal(b.estimator.binaries, a.estimator.binaries) and bool(b.occ_ready)
+    c = cams(2, 12)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.equal(a.render(c, 3)["rgb"], b.render(c, 3)["rgb"])
+
+
+# ------------------------------------------------------------------------------------- outputs
+def test_turntable_and_eval_views():
+    nerf = small_nerf()
+    sampler = CameraSampler(eval_resolution=12)
+    frames = turntable_frames(nerf, sampler.turntable(5), step=0)
+    assert set(frames) == {"rgb", "normal", "opacity"}
+    for f in frames.values():
+        assert f.shape == (5, 12, 12, 3) and f.dtype.name == "uint8"
+    assert nerf.training  # the mode is restored
+    views = render_views(nerf, sampler.eval_cameras(3), step=0, views_per_call=2)
+    assert views["rgb"].shape == (3, 3, 12, 12) and views["normal"].shape == (3, 3, 12, 12)
+
+
+def test_marching_tetrahedra_on_a_sphere():
+    g = torch.linspace(-1, 1, 48)
+    X, Y, Z = torch.meshgrid(g, g, g, indexing="ij")
+    field = 1.0 - torch.sqrt(X**2 + Y**2 + Z**2)  # inside where > 0.4: a sphere of radius 0.6
+    v, f = marching_tetrahedra(field, 0.4, (-1, -1, -1), (1, 1, 1))
+    r = v.norm(dim=-1)
+    assert r.min() > 0.59 and r.max() < 0.601
+    m = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
+    assert m.is_watertight and m.is_winding_consistent
+    assert m.volume == pytest.approx(4 / 3 * math.pi * 0.6**3, rel=0.01)  # positive: faces wound outward
+    v0, f0 = marching_tetrahedra(field, 5.0, (-1, -1, -1), (1, 1, 1))
+    assert v0.shape == (0, 3) and f0.shape == (0, 3)
+
+
+def test_mesh_export_loads_back_with_colours(tmp_path):
+    nerf = small_nerf(mesh_resolution=40, mesh_threshold=5.0)
+    paths = nerf.export(tmp_path)
+    assert [p.name for p in paths] == ["mesh.ply", "mesh.obj"]
+    meshes = [trimesh.load(p, process=False) for p in paths]
+    for m in meshes:
+        assert len(m.vertices) > 100 and len(m.faces) > 100
+    ply = meshes[0]
+    assert ply.is_watertight
+    # The blob's density is 5 where 10 (1 - |x| / 0.5) = softplus^-1(5): |x| ~ 0.25.
+    r = torch.from_numpy(ply.vertices).norm(dim=-1)
+    assert abs(r.mean().item() - 0.5 * (1 - math.log(math.expm1(5.0)) / 10)) < 0.03
+    assert ply.visual.vertex_colors.shape == (len(ply.vertices), 4)
+    with pytest.raises(ConfigError, match="representation.mesh_threshold"):
+        small_nerf(mesh_resolution=16, mesh_threshold=1e4).extract_mesh()
+
+
+# ------------------------------------------------------------------------------------- config
+def test_schema_fields_equal_constructor_arguments_and_defaults():
+    assert_schema_matches_constructor(NeRFConfig, NeRF)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ({"radius": -1.0}, "representation.radius"),
+        ({"num_samples_per_ray": 0}, "representation.num_samples_per_ray"),
+        ({"shading": "diffuse"}, "representation.normal"),
+        ({"encoding": "tcnn"}, "representation.encoding"),
+        ({"encoding": "dense", "n_levels": 16, "per_level_scale": 1.5}, "representation.per_level_scale"),
+        ({"density_blob_std": 0.0}, "representation.density_blob_std"),
+    ],
+)
+def test_impossible_nerf_settings_raise_config_error(override, key):
+    with pytest.raises(ConfigError) as err:
+        NeRFConfig(**override)
+    assert err.value.key == key
+    if "encoding" not in override or override.get("encoding") != "tcnn":
+        with pytest.raises(ConfigError):
+            NeRF(**override)
+
+
+def test_conf_file_composes_to_the_schema():
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
+    with initialize_config_dir(config_dir=os.path.abspath(conf), version_base=None):
+        cfg = compose(config_name="representation/nerf").representation
+    typed = OmegaConf.to_object(cfg)
+    assert isinstance(typed, NeRFConfig) and typed == NeRFConfig()
+    cfg.num_samples_per_ray = 16
+    cfg.n_levels = 2
+    rep = instantiate(cfg)
+    assert isinstance(rep, NeRF) and rep.num_samples_per_ray == 16

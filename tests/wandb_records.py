@@ -1,0 +1,65 @@
+"""Read the records of an offline W&B run file (``run-*.wandb``) to check what a run logged.
+
+The file is a LevelDB-style log: a 7-byte file header (":W&B", magic 0xBEE1, version), then 32 KiB
+blocks of chunks, each with a 7-byte header (crc32 uint32, length uint16, type uint8; types full=1,
+first=2, middle=3, last=4); a chunk never spans a block boundary (tails under 7 bytes are padding).
+Each reassembled payload is a serialized ``wandb.proto.wandb_internal_pb2.Record``.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+BLOCK = 32768
+HEADER = 7
+
+
+def iter_payloads(path: str | Path):
+    data = Path(path).read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:HEADER])
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a W&B run file (header {ident!r}, magic {magic:#x})")
+    pos, pending = HEADER, b""
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if length == 0 and kind == 0:
+            pos += left  # zero padding up to the next block
+            continue
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+            pending = b""
+
+
+def logged_keys(path: str | Path) -> dict[str, set[str]]:
+    """{'history': keys logged with step data, 'summary': summary keys, 'config': top-level config keys}."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = {"history": set(), "summary": set(), "config": set(), "files": set()}
+    for payload in iter_payloads(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            out["history"] |= {i.key or "/".join(i.nested_key) for i in rec.history.item}
+        elif kind == "summary":
+            out["summary"] |= {i.key or "/".join(i.nested_key) for i in rec.summary.update}
+        elif kind == "config":
+            out["config"] |= {i.key or "/".join(i.nested_key) for i in rec.config.update}
+        elif kind == "run":
+            out["config"] |= {i.key or "/".join(i.nested_key) for i in rec.run.config.update}
+        elif kind == "files":
+            out["files"] |= {f.path for f in rec.files.files}
+    return out
