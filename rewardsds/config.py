@@ -615,6 +615,147 @@ class GaussiansConfig(RepresentationConfig):
         check_gaussians_settings(self)
 
 
+# ----------------------------------------------------------------------------------------- learned rewards
+class AttentionKernel(str, Enum):
+    sdpa = "sdpa"  # torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)
+    eager = "eager"  # the plain matmul-softmax reference
+
+
+class AestheticHeadType(str, Enum):
+    linear = "linear"  # LAION aesthetic predictor v1, sa_0_4_vit_l_14_linear.pth (RewardSDS reference)
+    mlp = "mlp"  # improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth (DDPO)
+
+
+def _learned_reward_checks(cfg: Any) -> None:
+    cfg.dtype = _enum(DType, cfg.dtype, "reward.dtype")
+    cfg.attention = _enum(AttentionKernel, cfg.attention, "reward.attention")
+    _check(not (cfg.pil_exact and cfg.differentiable), "reward.pil_exact", cfg.pil_exact,
+           "quantises images to uint8 through PIL, which has no gradient, but reward.differentiable=true",
+           "set reward.pil_exact=false (the tensor path is differentiable)")
+
+
+@dataclass
+class ImageRewardConfig(RewardConfig):
+    """ImageReward-v1.0 on transformers' BLIP modules (checkpoint: Hub repo, folder or ImageReward.pt)."""
+
+    _target_: str = "rewardsds.rewards.image_reward.ImageReward"
+    checkpoint: str = "THUDM/ImageReward"
+    med_config: Optional[str] = None  # default: med_config.json next to the checkpoint
+    tokenizer: str = "bert-base-uncased"  # Hub id or a folder with vocab.txt
+    dtype: DType = DType.auto
+    differentiable: bool = False
+    pil_exact: bool = False  # reproduce the original package's PIL preprocessing (uint8, CPU)
+    local_files_only: bool = False
+    attention: AttentionKernel = AttentionKernel.sdpa
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _learned_reward_checks(self)
+
+
+@dataclass
+class AestheticRewardConfig(RewardConfig):
+    """LAION aesthetic predictor on L2-normalised CLIP ViT-L/14 image embeddings (prompt-free)."""
+
+    _target_: str = "rewardsds.rewards.aesthetic.AestheticReward"
+    pretrained: str = "openai/clip-vit-large-patch14"
+    head_type: AestheticHeadType = AestheticHeadType.linear
+    head: Optional[str] = None  # head file: local path or URL; None = the published URL of head_type
+    dtype: DType = DType.auto
+    differentiable: bool = False
+    pil_exact: bool = False
+    local_files_only: bool = False
+    attention: AttentionKernel = AttentionKernel.sdpa
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _learned_reward_checks(self)
+        self.head_type = _enum(AestheticHeadType, self.head_type, "reward.head_type")
+
+
+@dataclass
+class CLIPScoreConfig(RewardConfig):
+    """Cosine similarity of CLIP image and prompt embeddings (any transformers CLIP checkpoint)."""
+
+    _target_: str = "rewardsds.rewards.clip.CLIPScore"
+    pretrained: str = "openai/clip-vit-large-patch14"
+    processor: Optional[str] = None  # tokenizer + image processor source; default: pretrained
+    dtype: DType = DType.auto
+    differentiable: bool = False
+    pil_exact: bool = False
+    local_files_only: bool = False
+    attention: AttentionKernel = AttentionKernel.sdpa
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _learned_reward_checks(self)
+
+
+@dataclass
+class PickScoreConfig(RewardConfig):
+    """PickScore: exp(logit_scale) * cosine of a CLIP-H/14 fine-tuned on Pick-a-Pic."""
+
+    _target_: str = "rewardsds.rewards.pickscore.PickScore"
+    pretrained: str = "yuvalkirstain/PickScore_v1"
+    processor: Optional[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    dtype: DType = DType.auto
+    differentiable: bool = False
+    pil_exact: bool = False
+    local_files_only: bool = False
+    attention: AttentionKernel = AttentionKernel.sdpa
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _learned_reward_checks(self)
+
+
+@dataclass
+class HPSv2Config(RewardConfig):
+    """HPSv2.1 (open_clip ViT-H-14 checkpoint converted to transformers' CLIPModel): cosine score."""
+
+    _target_: str = "rewardsds.rewards.hpsv2.HPSv2"
+    checkpoint: str = "xswu/HPSv2"  # Hub repo with HPS_v2.1_compressed.pt, a folder, or the .pt file
+    processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # config, tokenizer, image processor
+    dtype: DType = DType.auto
+    differentiable: bool = False
+    pil_exact: bool = False  # quantise to uint8 first, as the reference reads PIL images
+    local_files_only: bool = False
+    attention: AttentionKernel = AttentionKernel.sdpa
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _learned_reward_checks(self)
+
+
+@dataclass
+class ComboRewardConfig(RewardConfig):
+    """Weighted sum of rewards; each component is a full reward config under components.<name>."""
+
+    _target_: str = "rewardsds.rewards.combo.ComboReward"
+    components: Dict[str, Any] = field(default_factory=dict)
+    weights: Dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = sorted(self.components)
+        _check(len(names) >= 1, "reward.components", names, "is empty",
+               "nest at least one reward config, e.g. - /reward@components.image_reward: image_reward")
+        _check(sorted(self.weights) == names, "reward.weights", dict(self.weights),
+               f"must have one weight per component {names}", "set reward.weights.<name>=<float> for each")
+        for name in names:
+            _check(name.isidentifier() and name.islower() and not name.startswith("_"), f"reward.components.{name}", name,
+                   "is not a log-friendly name", "use a lowercase identifier such as image_reward")
+
+
+REWARD_MODEL_SCHEMAS: dict[str, type] = {
+    "image_reward": ImageRewardConfig,
+    "aesthetic": AestheticRewardConfig,
+    "clip": CLIPScoreConfig,
+    "pickscore": PickScoreConfig,
+    "hpsv2": HPSv2Config,
+    "combo": ComboRewardConfig,
+}
+
+
 # ----------------------------------------------------------------------------------------- root nodes
 @dataclass
 class TimestepConfig:
@@ -772,7 +913,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
     "representation": {"latent_image": LatentImageConfig, "nerf": NeRFConfig, "gaussians": GaussiansConfig},
     "loss": {"sds": SDSLossConfig},
-    "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig},
+    "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig, **REWARD_MODEL_SCHEMAS},
     "strategy": {
         "none": NoStrategyConfig,
         "min_max": MinMaxStrategyConfig,
