@@ -1,6 +1,7 @@
 """Every config option composes and validates; schemas and their targets agree; experiments smoke-run."""
 
 import inspect
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from omegaconf import MISSING
 
 from conftest import CONF_DIR, FAST, compose, run_cli
 from rewardsds.config import SCHEMAS, validate
+from rewardsds.schedules import Schedule
 from rewardsds.errors import ConfigError
 
 GROUPS = ["representation", "prior", "loss", "reward", "strategy", "logger", "trainer"]
@@ -69,8 +71,14 @@ def test_schema_matches_target_signature(group, name, schema):
         pd = params[k].default
         if pd is inspect.Parameter.empty:
             continue
-        default = getattr(default, "value", default)
-        if isinstance(pd, tuple):
+        if isinstance(default, Enum):
+            default = default.value
+        if isinstance(default, Schedule):
+            pd = Schedule.from_any(pd)
+        elif dataclasses.is_dataclass(default) and hasattr(default, "low"):  # Range vs a (low, high) tuple
+            default = (default.low, default.high)
+            pd = tuple(float(v) for v in pd)
+        if isinstance(pd, tuple) and not isinstance(default, tuple):
             pd = list(pd)
         if default in ([], None) and pd in ((), [], None):
             continue

@@ -95,7 +95,7 @@ class Reward(abc.ABC):
             )
         if not images.is_floating_point():
             raise RewardInputError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}; divide uint8 by 255")
-        lo, hi = float(images.min()), float(images.max())
+        lo, hi = (float(v) for v in images.detach().aminmax())
         if lo < -1e-4 or hi > 1 + 1e-4 or lo != lo or hi != hi:
             raise RewardInputError(
                 f"images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; map [-1,1] images with (x + 1) / 2 "
