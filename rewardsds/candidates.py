@@ -137,6 +137,17 @@ class Candidates:
         """Reshape a flat [n * b, ...] tensor to [n, b, ...]."""
         return x.reshape(self.n, self.b, *x.shape[1:])
 
+    def flat_index(self, idx: Tensor) -> Tensor:
+        """Flat [len(idx) * b] indices of the views of candidates ``idx``."""
+        return (idx.to(self.noisy.device)[:, None] * self.b + torch.arange(self.b, device=self.noisy.device)[None]).reshape(-1)
+
+    def subset(self, idx: Tensor) -> "Candidates":
+        """The candidates ``idx`` (a 1-D index tensor), sharing latents and t."""
+        flat = self.flat_index(idx)
+        pick = lambda x: None if x is None else x[flat]  # noqa: E731
+        return Candidates(latents=self.latents, noise=self.noise[idx.to(self.noise.device)], t=self.t, noisy=self.noisy[flat],
+                          eps_cond=pick(self.eps_cond), eps_uncond=pick(self.eps_uncond))
+
 
 # ----------------------------------------------------------------------------------------- engine
 class CandidateEngine:
@@ -153,7 +164,10 @@ class CandidateEngine:
         chunk_size: most model inputs per call (0 = automatic: all on CPU, from free memory on CUDA).
         reward_views: ``mean`` or ``per_view``.
         seed: run seed (noises are drawn from ``seed_for(seed, step, NOISE, i)``).
-        decode_chunk: most images per VAE decode / reward call (0 = same as chunk_size rule).
+        decode_chunk: most images per VAE decode / reward call (0 = all at once).
+        prune_to: 0 = off; else score all candidates on their one-step x0 estimate (free: the prediction at t)
+            and run the full lookahead only for the ``prune_to`` best; pruned candidates keep their one-step
+            reward (an explicit approximation that trades reward accuracy for lookahead cost).
     """
 
     def __init__(
@@ -169,6 +183,7 @@ class CandidateEngine:
         reward_views: str = "mean",
         seed: int = 0,
         decode_chunk: int = 0,
+        prune_to: int = 0,
     ):
         self.prior = prior
         self.reward = reward
@@ -181,6 +196,7 @@ class CandidateEngine:
         self.reward_views = getattr(reward_views, "value", reward_views)
         self.seed = int(seed)
         self.decode_chunk = int(decode_chunk)
+        self.prune_to = int(prune_to)
         self._auto_chunk: Optional[int] = None
         self.grid = ddim_grid(self.lookahead_grid, self.lookahead_steps, prior.num_train_timesteps)
 
@@ -306,6 +322,36 @@ class CandidateEngine:
             return strategy(rewards, g)
         return torch.stack([strategy(rewards[:, v], g) for v in range(rewards.shape[1])], dim=1)
 
+    def look_and_score(self, cands: Candidates, text: TextCond, reward_prompts: Sequence[str], camera: Optional[Tensor], keep_images: bool) -> None:
+        """Lookahead, decode and reward for ``cands`` (with eps at t predicted); fills rewards (and images)."""
+        n = cands.n
+        shared = (cands.eps_cond, cands.eps_uncond)
+        reuse = shared if (self.lookahead_start == "exact_t" or self.lookahead_steps == 0) else None
+        if self.prune_to and self.prune_to < n and self.lookahead_steps > 0:
+            # one-step rewards for all (from the shared prediction), the full lookahead for the best prune_to
+            x0 = self.prior.predict_x0(cands.noisy, cands.t, guide(*shared, self.lookahead_guidance))
+            images = self.decode(x0)
+            view_r, r = self.score(images, reward_prompts, n)
+            r_rank = r if r.dim() == 1 else r.mean(1)
+            keep = torch.sort(r_rank, descending=True, stable=True).indices[: self.prune_to]
+            sub = cands.subset(keep)
+            final = self.lookahead(sub, text, camera, first=(sub.eps_cond, sub.eps_uncond) if reuse is not None else None)
+            cands.evals += sub.evals
+            sub_images = self.decode(final)
+            sub_view_r, _ = self.score(sub_images, reward_prompts, len(keep))
+            view_r = view_r.clone()
+            view_r[keep] = sub_view_r
+            images = images.clone()
+            images[cands.flat_index(keep)] = sub_images
+            cands.view_rewards = view_r
+            cands.rewards = view_r.mean(1) if self.reward_views == "mean" else view_r
+        else:
+            final = self.lookahead(cands, text, camera, first=reuse)
+            images = self.decode(final)
+            cands.view_rewards, cands.rewards = self.score(images, reward_prompts, n)
+        if keep_images:
+            cands.images = images
+
     # ------------------------------------------------------------------ the whole pipeline
     def evaluate(
         self,
@@ -324,12 +370,7 @@ class CandidateEngine:
         cands = self.draw(latents, t, n, step)
         cands.eps_cond, cands.eps_uncond = self.predict(cands, text, camera)
         if strategy.uses_reward:
-            reuse = (cands.eps_cond, cands.eps_uncond) if (self.lookahead_start == "exact_t" or self.lookahead_steps == 0) else None
-            final = self.lookahead(cands, text, camera, first=reuse)
-            images = self.decode(final)
-            cands.view_rewards, cands.rewards = self.score(images, reward_prompts, n)
-            if keep_images:
-                cands.images = images
+            self.look_and_score(cands, text, reward_prompts, camera, keep_images)
             cands.weights = self.weigh(cands.rewards, strategy, step)
         else:
             cands.weights = self.weigh(torch.zeros(n, device=latents.device), strategy, step)

@@ -781,6 +781,7 @@ class LookaheadConfig:
     grid: LookaheadGrid = LookaheadGrid.leading
     start: LookaheadStart = LookaheadStart.exact_t
     decode: str = "full"  # full VAE decode or "tiny" (prior.tiny_vae) for rewards
+    prune_to: int = 0  # 0 = off; else full lookahead only for the prune_to best candidates by one-step reward
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
@@ -788,6 +789,7 @@ class LookaheadConfig:
         self.grid = _enum(LookaheadGrid, self.grid, "lookahead.grid")
         self.start = _enum(LookaheadStart, self.start, "lookahead.start")
         _check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
+        _check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off) or fewer than n_noises")
 
 
 @dataclass
@@ -859,6 +861,8 @@ class Config:
             _check(self.n_noises >= s.n_max + s.n_min, "n_noises", self.n_noises,
                    f"is smaller than strategy.n_max + strategy.n_min = {s.n_max} + {s.n_min} = {s.n_max + s.n_min}",
                    f"set n_noises>={s.n_max + s.n_min} or lower strategy.n_max / strategy.n_min")
+        _check(self.lookahead.prune_to < self.n_noises or self.lookahead.prune_to == 0, "lookahead.prune_to", self.lookahead.prune_to,
+               f"must be smaller than n_noises = {self.n_noises} to prune anything", "use 0 (off) or a value below n_noises")
         if isinstance(s, BestStrategyConfig):
             _check(self.n_noises >= s.n_best, "n_noises", self.n_noises, f"is smaller than strategy.n_best = {s.n_best}",
                    f"set n_noises>={s.n_best} or lower strategy.n_best")

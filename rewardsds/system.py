@@ -112,7 +112,7 @@ class DistillationSystem(pl.LightningModule):
         la = cfg.lookahead
         self.engine = CandidateEngine(
             prior, reward, la.steps, la.guidance_scale, la.grid, la.start, la.decode, cfg.chunk_size,
-            cfg.reward_views, cfg.seed,
+            cfg.reward_views, cfg.seed, prune_to=la.prune_to,
         )
         self.none_strategy = NoStrategy()
         n_out = max(1, cfg.steps // max(1, cfg.output.video_frames)) if cfg.output.video else 0
@@ -122,7 +122,10 @@ class DistillationSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ Lightning plumbing
     def setup(self, stage: str) -> None:
-        device = self.trainer.strategy.root_device
+        self.prepare(self.trainer.strategy.root_device)
+
+    def prepare(self, device: torch.device) -> None:
+        """Move frozen models to ``device`` and build the scene's parameters (also used without a trainer)."""
         self.prior.to(device)
         if self.reward is not None:
             self.reward.to(device)

@@ -83,3 +83,24 @@ def test_sds_gradient_formula(tiny_sd_prior):
     c, u = p.predict_noise_pair(x_t, t, text)
     expected = (1 - p.alphas_cumprod[t]) * (guide(c, u, 100.0) - noise) / 2
     assert torch.allclose(z.grad, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_pruning_runs_the_lookahead_for_the_best_one_step_candidates_only(tiny_sd_prior):
+    p = tiny_sd_prior
+    reward = AnalyticReward(["red"], image_size=16)
+    z = torch.randn(1, 4, 8, 8)
+    text = p.text_cond(["a photo of the cat"], "")
+    full = CandidateEngine(p, reward, lookahead_steps=6, seed=0)
+    pruned = CandidateEngine(p, reward, lookahead_steps=6, seed=0, prune_to=2)
+    a = full.evaluate(z, 700, 5, 3, text, MinMaxStrategy(n_max=1, n_min=1), ["a photo of the cat"])
+    b = pruned.evaluate(z, 700, 5, 3, text, MinMaxStrategy(n_max=1, n_min=1), ["a photo of the cat"])
+    # one-step rewards decide which 2 candidates get the full lookahead; those get exactly the full rewards
+    x0 = p.predict_x0(a.noisy, 700, guide(a.eps_cond, a.eps_uncond, 7.5))
+    one_step = reward(p.decode_latents(x0), ["a photo of the cat"] * 5)
+    keep = torch.sort(one_step, descending=True, stable=True).indices[:2]
+    rest = torch.tensor([i for i in range(5) if i not in keep.tolist()])
+    assert torch.allclose(b.rewards[keep], a.rewards[keep], atol=1e-5)
+    assert torch.allclose(b.rewards[rest], one_step[rest], atol=1e-5)
+    # leading 6-point grid {831, 665, 499, 333, 167, 1}: the chain from t = 700 calls at 700 and 5 grid points
+    assert a.evals == 2 * 5 * 6
+    assert b.evals == 2 * 5 + 2 * 2 * 5  # the shared pair at t for all 5, the rest of the chain for 2
