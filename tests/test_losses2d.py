@@ -92,6 +92,9 @@ def _lora_eps(loss, prior, x_t, t, prompt=PROMPT):
 def test_vsd_gradient_and_lora_loss_by_hand(tiny_sd_prior, vsd):
     """N = 1: dL/dz = (1 - abar_t)(eps_cfg - eps_lora) / b; L_lora = mse(pred_lora(x_t'), eps'); neither leaks."""
     p = tiny_sd_prior
+    # the LoRA's base is a copy: no tensor shared with the prior, and the prior's UNet got no adapter
+    assert not {q.data_ptr() for q in p.unet.parameters()} & {q.data_ptr() for q in vsd.model.base.parameters()}
+    assert not any("lora" in name for name, _ in p.unet.named_modules())
     eng = CandidateEngine(p, None, seed=9)
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     t, step = 321, 3

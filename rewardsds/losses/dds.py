@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from rewardsds.errors import ConfigError
@@ -86,7 +87,9 @@ class LoRAUNet(nn.Module):
     def lora_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def raw(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor) -> Tensor:
+    def raw(
+        self, x_t: Float[Tensor, "m c h w"], t: Int[Tensor, "m"], text: Float[Tensor, "m l d"], camera: Float[Tensor, "m 16"]
+    ) -> Float[Tensor, "m c h w"]:
         """The UNet's raw output (eps or v by ``prediction_type``), fp32 [m, c, h, w]; differentiable in the LoRA.
 
         Args:
@@ -98,7 +101,10 @@ class LoRAUNet(nn.Module):
         out = self.base(x, t.to(x.device), encoder_hidden_states=text.to(self.dtype), class_labels=camera.float())
         return out.sample.float()
 
-    def eps(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    def eps(
+        self, x_t: Float[Tensor, "m c h w"], t: Int[Tensor, "m"], text: Float[Tensor, "m l d"], camera: Float[Tensor, "m 16"],
+        alphas_cumprod: Float[Tensor, "T"],
+    ) -> Float[Tensor, "m c h w"]:
         """Epsilon prediction in fp32 (v converted: eps = a v + s x_t)."""
         out = self.raw(x_t, t, text, camera)
         if self.prediction_type == "v_prediction":
@@ -107,7 +113,7 @@ class LoRAUNet(nn.Module):
         return out
 
 
-def camera_condition(camera: Optional[Tensor], b: int, device: torch.device) -> Tensor:
+def camera_condition(camera: Optional[Float[Tensor, "b 4 4"]], b: int, device: torch.device) -> Float[Tensor, "b 16"]:
     """The LoRA's class input: flattened c2w [b, 16] (fp32), or zeros without cameras (2D)."""
     if camera is None:
         return torch.zeros(b, CAMERA_DIM, device=device)
@@ -209,7 +215,10 @@ class VSDLoss(LossMode):
 
     # ------------------------------------------------------------------ LoRA estimate and training
     @torch.no_grad()
-    def lora_prediction(self, x_t: Tensor, t: int, text: Tensor, camera: Tensor, alphas_cumprod: Tensor, chunk: int) -> tuple[Tensor, int]:
+    def lora_prediction(
+        self, x_t: Float[Tensor, "m c h w"], t: int, text: Float[Tensor, "m l d"], camera: Float[Tensor, "m 16"],
+        alphas_cumprod: Float[Tensor, "T"], chunk: int,
+    ) -> tuple[Float[Tensor, "m c h w"], int]:
         """eps_lora(x_t; y, c) for [m] inputs in chunks of ``chunk`` (0 = all); returns (eps fp32, model evaluations).
 
         With ``lora_guidance_scale != 1`` it is CFG over the camera: e0 + s (e_cam - e0), e0 with a zero camera.
