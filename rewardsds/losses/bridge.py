@@ -76,7 +76,7 @@ class SDSBridgeLoss(LossMode):
     def forward(self, ctx: StepContext) -> LossOutput:
         if self.stage(ctx.progress) == 1:
             out = self.stage_one(ctx)
-            out.logs["bridge_stage"] = torch.tensor(1.0)
+            out.logs["bridge_stage"] = torch.tensor(1.0, device=ctx.latents.device)
             return out
         cands = ctx.engine.evaluate(
             ctx.latents, ctx.t, ctx.n_noises, ctx.step, self.bridge_text(ctx), ctx.strategy, ctx.reward_prompts,
@@ -87,5 +87,8 @@ class SDSBridgeLoss(LossMode):
             w = timestep_weight(self.weighting, ctx.prior.alphas_cumprod[ctx.t])
             fields = self.stage_two_scale * w * (cands.eps_cond - cands.eps_uncond)
         losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
-        logs = {"grad_norm": combined_field_norm(fields, cands.weights, n, b).detach(), "bridge_stage": torch.tensor(2.0)}
+        logs = {
+            "grad_norm": combined_field_norm(fields, cands.weights, n, b).detach(),
+            "bridge_stage": torch.tensor(2.0, device=ctx.latents.device),
+        }
         return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, candidates=cands)

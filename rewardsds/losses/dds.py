@@ -95,7 +95,7 @@ class DDSLoss(LossMode):
         losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
         logs = {
             "grad_norm": combined_field_norm(fields, cands.weights, n, b).detach(),
-            "dds_source_evals": torch.tensor(float(2 * rows.numel())),
+            "dds_source_evals": torch.tensor(float(2 * rows.numel()), device=ctx.latents.device),
         }
         return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, candidates=cands)
 

@@ -284,7 +284,7 @@ class VSDLoss(LossMode):
         cands.evals += lora_evals + b
         logs = {
             "grad_norm": combined_field_norm(fields, cands.weights, n, b).detach(),
-            "lora_evals": torch.tensor(float(lora_evals)),
+            "lora_evals": torch.tensor(float(lora_evals), device=ctx.latents.device),
         }
         return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, extra={"loss_lora": loss_lora},
                           candidates=cands)
