@@ -8,7 +8,9 @@ them to ``$REWARDSDS_GPU_REPORT`` (default: ``<pytest tmp>/losses2d_gpu.json``) 
 
     python -m pytest -m gpu tests/test_losses2d_gpu.py -s -ra
 
-Set ``REWARDSDS_SD21_RANDOM=/some/folder`` to build the ~5 GB random pipeline once and reuse it across sessions.
+Every case scores with a full-size ImageReward with random weights (the paper experiments' reward; in the plain
+cases it only scores the final image). Set ``REWARDSDS_SD21_RANDOM=/some/folder`` to build the ~5 GB random
+pipeline once and reuse it across sessions.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def sd21_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def image_reward(tmp_path_factory) -> list[str]:
+    """Overrides for a full-size ImageReward with random weights (the paper experiments' reward), saved locally."""
+    from rewardsds.rewards.random_init import save_random_image_reward
+
+    ckpt, tok = save_random_image_reward(tmp_path_factory.mktemp("image_reward"), "full", words=PROMPT.split())
+    return ["reward=image_reward", f"reward.checkpoint={ckpt}", f"reward.tokenizer={tok}", "reward.local_files_only=true"]
+
+
+@pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
     """A smooth 512x512 test image (the DDS source)."""
     from PIL import Image
@@ -70,10 +81,10 @@ def report_path(tmp_path_factory) -> Path:
 
 @gpu_test
 @pytest.mark.parametrize("case", list(CASES))
-def test_gpu_loss_mode_20_steps_full_size(case, sd21_base, photo, report_path, tmp_path):
+def test_gpu_loss_mode_20_steps_full_size(case, sd21_base, image_reward, photo, report_path, tmp_path):
     from rewardsds.train import train
 
-    overrides = [*CASES[case], f"prior.pretrained={sd21_base}", *COMMON]
+    overrides = [*CASES[case], f"prior.pretrained={sd21_base}", *image_reward, *COMMON]
     if "edit_dds" in " ".join(overrides):
         overrides += [f"loss.image={photo}", "loss.source_prompt=a colourful gradient"]
     torch.cuda.empty_cache()
