@@ -52,7 +52,7 @@ def test_second_branch_shares_noise_t_and_skips_zero_weights(tiny_sd_prior):
         assert torch.allclose(x[2 * i : 2 * i + 2], p.add_noise(src.expand(2, -1, -1, -1), cands.noise[i], 400))
     cands.weights = torch.tensor([0.45, 0.0, -0.05])
     idx = cands.active()
-    assert idx.tolist() == [0, 2] and cands.rows(idx).tolist() == [0, 1, 4, 5]
+    assert idx.tolist() == [0, 2] and cands.flat_index(idx).tolist() == [0, 1, 4, 5]
     assert torch.equal(eng.renoise(cands, src, idx), x[[0, 1, 4, 5]])
     text = p.text_cond(["a dog"] * 2, "")
     evals = cands.evals

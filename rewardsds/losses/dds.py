@@ -84,7 +84,7 @@ class DDSLoss(LossMode):
         )
         n = cands.n
         idx = cands.active()
-        rows = cands.rows(idx)
+        rows = cands.flat_index(idx)
         source_text = ctx.prior.text_cond([self.source_prompt] * b, ctx.negative_prompt)
         c_src, u_src = ctx.engine.predict_branch(cands, self.source_latents, source_text, ctx.camera, idx)
         with torch.no_grad():

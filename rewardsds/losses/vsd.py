@@ -269,7 +269,7 @@ class VSDLoss(LossMode):
         text = prior.encode_text([ctx.base_prompt] * b)
         camera = camera_condition(ctx.camera, b, ctx.latents.device)
         idx = cands.active()
-        rows = cands.rows(idx)
+        rows = cands.flat_index(idx)
         k = idx.numel()
         eps_lora, lora_evals = self.lora_prediction(
             cands.noisy[rows], ctx.t, text.repeat(k, 1, 1), camera.repeat(k, 1), prior.alphas_cumprod,
