@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from rewardsds.priors.base import Prior, TextCond, guide
@@ -148,6 +148,23 @@ class Candidates:
         return Candidates(latents=self.latents, noise=self.noise[idx.to(self.noise.device)], t=self.t, noisy=self.noisy[flat],
                           eps_cond=pick(self.eps_cond), eps_uncond=pick(self.eps_uncond))
 
+    def active(self) -> Int[Tensor, "k"]:
+        """Indices of the candidates whose weight is non-zero in any view (all of them before weighting).
+
+        Terms with weight zero do not change the step, so modes skip their extra model calls (RewardVSD's
+        LoRA estimate, RewardDDS's source branch), as the reference code does for unselected candidates.
+        """
+        if self.weights is None:
+            return torch.arange(self.n, device=self.noise.device)
+        w = self.weights if self.weights.dim() == 2 else self.weights[:, None]
+        return torch.nonzero((w != 0).any(dim=1)).flatten().to(self.noise.device)
+
+    def scatter(self, values: Float[Tensor, "kb ..."], idx: Int[Tensor, "k"]) -> Float[Tensor, "nb ..."]:
+        """Place per-row values of the candidates ``idx`` into a zero tensor of all n * b rows."""
+        out = values.new_zeros((self.n * self.b, *values.shape[1:]))
+        out[self.flat_index(idx)] = values
+        return out
+
 
 # ----------------------------------------------------------------------------------------- engine
 class CandidateEngine:
@@ -235,6 +252,44 @@ class CandidateEngine:
         c, u = self.prior.predict_noise_pair(x, cands.t, text.repeat(n), cam, self.chunk_size(x))
         cands.evals += 2 * x.shape[0]
         return c, u
+
+    @torch.no_grad()
+    def renoise(
+        self, cands: Candidates, latents: Float[Tensor, "b c h w"], idx: Optional[Tensor] = None
+    ) -> Float[Tensor, "kb c h w"]:
+        """Other clean latents noised with the candidates' noises at their t: a second branch of the same step.
+
+        DDS (ALGORITHMS.md 4.1) needs the source image at exactly the noise and t of the target branch, so the
+        eps terms cancel; any mode that compares two branches uses this instead of drawing new noise.
+
+        Args:
+            cands: the step's candidates.
+            latents: the second branch's clean latents, [b, c, h, w] or [1, c, h, w] (shared by the b views).
+            idx: candidate indices [k] to noise (default: all n).
+
+        Returns:
+            x_t of the branch, flat candidate-major [k * b, c, h, w], fp32, no grad.
+        """
+        noise = cands.noise if idx is None else cands.noise[idx.to(cands.noise.device)]
+        k, b = noise.shape[0], cands.b
+        z = latents.detach().float()
+        if z.shape[0] not in (1, b) or z.shape[1:] != noise.shape[2:]:
+            raise ValueError(f"branch latents {tuple(z.shape)} do not match the candidates' views {(b, *noise.shape[2:])}")
+        z = z.expand(b, *z.shape[1:])
+        flat = z[None].expand(k, *z.shape).reshape(k * b, *z.shape[1:])
+        return self.prior.add_noise(flat, noise.reshape(k * b, *z.shape[1:]), cands.t)
+
+    @torch.no_grad()
+    def predict_branch(
+        self,
+        cands: Candidates,
+        latents: Float[Tensor, "b c h w"],
+        text: TextCond,
+        camera: Optional[Tensor] = None,
+        idx: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(eps_cond, eps_uncond) of a second branch (:meth:`renoise`) for the candidates ``idx``, [k * b, c, h, w] each."""
+        return self.predict(cands, text, camera, x_t=self.renoise(cands, latents, idx))
 
     @torch.no_grad()
     def lookahead(

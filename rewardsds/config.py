@@ -756,6 +756,79 @@ REWARD_MODEL_SCHEMAS: dict[str, type] = {
 }
 
 
+# ----------------------------------------------------------------------------------------- 2D loss modes
+@dataclass
+class VSDLossConfig(LossConfig):
+    """Variational score distillation (ProlificDreamer) with a LoRA copy of the prior's UNet; RewardVSD with a strategy."""
+
+    _target_: str = "rewardsds.losses.vsd.VSDLoss"
+    guidance_scale: float = 7.5
+    weighting: SDSWeighting = SDSWeighting.sds
+    lora_rank: int = 4
+    lora_lr: float = 3e-4
+    lora_weight_decay: float = 0.0
+    lora_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    lora_eps: float = 1e-8
+    lora_guidance_scale: float = 1.0  # CFG over the LoRA's camera condition (1 = one call with the camera)
+    camera_dropout: float = 0.1  # probability of a zero camera in a LoRA training step
+    lora_base: Optional[str] = None  # None: LoRA on a copy of the prior's UNet; or a Hub id / folder (e.g. SD 2.1 768 v)
+    grad_clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (VSD)")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+        _check(self.lora_rank >= 1, "loss.lora_rank", self.lora_rank, "must be >= 1", "use 4 (reference)")
+        _check(self.lora_lr > 0, "loss.lora_lr", self.lora_lr, "must be > 0", "use 3e-4 (2D reference) or 1e-4 (threestudio)")
+        _check(self.lora_weight_decay >= 0, "loss.lora_weight_decay", self.lora_weight_decay, "must be >= 0", "use 0")
+        _check(len(self.lora_betas) == 2, "loss.lora_betas", list(self.lora_betas), "needs two values", "use [0.9, 0.999]")
+        _check(self.lora_eps > 0, "loss.lora_eps", self.lora_eps, "must be > 0", "use 1e-8")
+        _check(0.0 <= self.camera_dropout <= 1.0, "loss.camera_dropout", self.camera_dropout, "must be in [0, 1]", "use 0.1")
+        _check(self.lora_base is None or bool(str(self.lora_base).strip()), "loss.lora_base", self.lora_base, "is empty",
+               "leave it unset (null) for the single-model path, or give a Hub id or folder")
+
+
+@dataclass
+class SDSBridgeLossConfig(LossConfig):
+    """SDS-Bridge: SDS, then from stage_two_start the bridge eps(y + target_suffix) - eps(y + source_suffix)."""
+
+    _target_: str = "rewardsds.losses.bridge.SDSBridgeLoss"
+    guidance_scale: float = 40.0
+    stage_two_start: float = 0.5  # fraction of the steps
+    stage_two_scale: Optional[float] = None  # lambda_2; null = guidance_scale (2D reference); 3D reference uses 1
+    weighting: SDSWeighting = SDSWeighting.sds
+    source_suffix: str = ", oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"
+    target_suffix: str = ", detailed high resolution, high quality, sharp"
+    grad_clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 40 (2D reference)")
+        _check(0.0 <= self.stage_two_start <= 1.0, "loss.stage_two_start", self.stage_two_start,
+               "is a fraction of the steps and must be in [0, 1]", "use 0.5 (2D reference)")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+        _check(self.source_suffix != self.target_suffix, "loss.source_suffix", self.source_suffix,
+               "equals loss.target_suffix, so stage two has no direction", "describe the current (source) images differently")
+
+
+@dataclass
+class DDSLossConfig(LossConfig):
+    """Delta Denoising Score image editing (source image + source prompt -> the run's prompt); RewardDDS with a strategy."""
+
+    _target_: str = "rewardsds.losses.dds.DDSLoss"
+    image: Optional[str] = None  # the input image to edit (also the target's init in experiment=edit_dds)
+    source_prompt: Optional[str] = None  # describes the input image; the run's `prompt` is the target
+    guidance_scale: float = 7.5  # CFG of both branches
+    weighting: SDSWeighting = SDSWeighting.uniform  # w(t) = 1 (official notebook)
+    grad_clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.image), "loss.image", self.image, "DDS edits an input image and none is given",
+               "set loss.image=/path/to/photo.png (experiment=edit_dds also starts the target from it)")
+        _check(bool(self.source_prompt and str(self.source_prompt).strip()), "loss.source_prompt", self.source_prompt,
+               "DDS needs a description of the input image", 'set loss.source_prompt="a photo of a cat" (the run\'s prompt is the edit target)')
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (official notebook)")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+
+
 # ----------------------------------------------------------------------------------------- root nodes
 @dataclass
 class TimestepConfig:
@@ -912,11 +985,31 @@ def _multiview_needs_views(cfg: Config) -> None:
         )
 
 
+@register_cross_check
+def _dds_edits_a_latent_image(cfg: Config) -> None:
+    """DDS is a 2D editing method: the target is a latent image started from the source image (ALGORITHMS.md 4.1)."""
+    loss, rep = cfg.loss, cfg.representation
+    if not isinstance(loss, DDSLossConfig):
+        return
+    if not isinstance(rep, LatentImageConfig):
+        raise ConfigError("representation", type(rep).__name__, "cannot be edited by loss=dds, an image-editing method",
+                          "use representation=latent_image (experiment=edit_dds)")
+    fix = f"set representation.init=image representation.init_image={loss.image} (experiment=edit_dds does both)"
+    if rep.init != "image":
+        raise ConfigError("representation.init", rep.init, "must be image: DDS starts the target from the source image", fix)
+    if rep.init_image != loss.image:
+        raise ConfigError("representation.init_image", rep.init_image,
+                          f"differs from loss.image = {loss.image!r}: DDS starts the target from the source image", fix)
+    if getattr(cfg.prior, "encode_sample", False):
+        raise ConfigError("prior.encode_sample", True, "DDS encodes the source image with the VAE posterior mean, so source "
+                          "and target start equal", "set prior.encode_sample=false")
+
+
 # ----------------------------------------------------------------------------------------- registry
 SCHEMAS: dict[str, dict[str, type]] = {
     "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
     "representation": {"latent_image": LatentImageConfig, "nerf": NeRFConfig, "gaussians": GaussiansConfig},
-    "loss": {"sds": SDSLossConfig},
+    "loss": {"sds": SDSLossConfig, "vsd": VSDLossConfig, "sds_bridge": SDSBridgeLossConfig, "dds": DDSLossConfig},
     "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig, **REWARD_MODEL_SCHEMAS},
     "strategy": {
         "none": NoStrategyConfig,
@@ -965,6 +1058,19 @@ def job_dirname(overrides: Any, max_len: int = 200) -> str:
 
 if not OmegaConf.has_resolver("rewardsds_jobname"):
     OmegaConf.register_new_resolver("rewardsds_jobname", job_dirname)
+
+
+def if_set(value: Any, then: Any, otherwise: Any) -> Any:
+    """``then`` if ``value`` is set (not None / empty), else ``otherwise``; the ``rewardsds_if_set`` resolver.
+
+    experiment=edit_dds uses it for ``representation.init`` so that a missing ``loss.image`` is reported by the
+    DDS schema under its own key rather than as a missing ``representation.init_image``.
+    """
+    return then if value not in (None, "") else otherwise
+
+
+if not OmegaConf.has_resolver("rewardsds_if_set"):
+    OmegaConf.register_new_resolver("rewardsds_if_set", if_set)
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -46,6 +46,10 @@ def finalize_run(system: "DistillationSystem", run_dir: Path, media: Media) -> d
         from rewardsds.export3d import finalize_3d
 
         scored = finalize_3d(system, run_dir, media, out)
+    if scored is not None:
+        for name, image in system.loss_mode.final_outputs(system.prior, scored).items():
+            write_image(run_dir / "final" / f"{name}.png", image)
+            media.image(f"final/{name}", image, None, system.iteration, caption=cfg.prompt)
     if cfg.output.video:
         assemble_video(run_dir, media, cfg.output.video_fps, system.iteration)
     try:

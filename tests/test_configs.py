@@ -17,6 +17,11 @@ GROUPS = ["representation", "prior", "loss", "reward", "strategy", "logger", "tr
 # Options that need something besides the prompt to validate (their required inputs).
 NEEDS = {
     ("representation", "latent_image"): [],
+    ("loss", "dds"): ["loss.image=photo.png", "loss.source_prompt=a cat", "representation.init=image", "representation.init_image=photo.png"],
+}
+# Experiments that need inputs besides the prompt.
+EXPERIMENT_NEEDS = {
+    "edit_dds": ["loss.image=photo.png", "loss.source_prompt=a cat"],
 }
 # prior=mvdream needs camera-posed views of one object: a 3D representation. Until one exists, the
 # cross-group check must refuse the default latent_image representation instead.
@@ -42,7 +47,7 @@ def test_every_option_composes_and_validates(group, option):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment):
-    validate(compose([f"experiment={experiment}", "prompt=a cat"]))
+    validate(compose([f"experiment={experiment}", "prompt=a cat", *EXPERIMENT_NEEDS.get(experiment, [])]))
 
 
 @pytest.mark.parametrize("debug", options("debug"))
@@ -102,16 +107,26 @@ def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
     """Each experiment, shrunk to 2 steps with tiny models, runs as one multirun."""
     sweep = tmp_path / "sweep"
     exps = options("experiment")
+    tiny = [f"prior.pretrained={tiny_sd}", "reward=analytic", "reward.image_size=16", "lookahead.steps=3"]
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(photo)
+    # experiments (comma-joined: one multirun) that need tiny models or inputs
     overrides = {
-        "paper_2d": [f"prior.pretrained={tiny_sd}", "reward=analytic", "reward.image_size=16", "lookahead.steps=3"],
+        "paper_2d,paper_vsd_2d,paper_bridge_2d": tiny,
+        "edit_dds": [*tiny, f"loss.image={photo}", "loss.source_prompt=a red square"],
     }
     # one multirun over all experiments that share the same override set
-    simple = [e for e in exps if e not in overrides]
+    special = {x for key in overrides for x in key.split(",")}
+    simple = [e for e in exps if e not in special]
     r = run_cli(["-m", f"experiment={','.join(simple)}", "steps=2", "compare.seeds=[0]", *FAST, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    for e, extra in overrides.items():
-        if e in exps:
-            r = run_cli(["-m", f"experiment={e}", "steps=2", "prompt=a cat", *FAST, *extra, f"hydra.sweep.dir={sweep}_{e}"], tmp_path)
+    for key, extra in overrides.items():
+        present = [e for e in key.split(",") if e in exps]
+        if present:
+            r = run_cli(["-m", f"experiment={','.join(present)}", "steps=2", "prompt=a cat", *FAST, *extra,
+                         f"hydra.sweep.dir={sweep}_{present[0]}"], tmp_path)
             assert r.returncode == 0, r.stderr[-3000:]
     import json
 

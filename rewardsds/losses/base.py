@@ -113,6 +113,14 @@ class LossMode(nn.Module):
     def forward(self, ctx: StepContext) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def final_outputs(self, prior: Prior, images: Tensor) -> dict[str, Any]:
+        """Extra final images of the mode, ``{name: HxWx3 uint8}``, written to ``final/<name>.png`` (DDS: before/after).
+
+        Args:
+            images: the run's final images [b, 3, H, W] in [0, 1].
+        """
+        return {}
+
 
 def timestep_weight(kind: str, abar: Tensor) -> Tensor:
     """w(t) of the SDS family: ``sds`` 1 - abar (DreamFusion), ``uniform`` 1, ``fantasia`` sqrt(abar)(1 - abar)."""

@@ -9,6 +9,7 @@ CUDA); guidance, schedule arithmetic and everything returned are fp32.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Optional, Sequence
 
 import torch
@@ -218,6 +219,15 @@ class StableDiffusionPrior(Prior):
             a, s = self.alpha_sigma(t)
             out = a * out + s * x_t.float()  # v = a eps - s x0  =>  eps = a v + s x_t
         return out
+
+    def trainable_copy(self) -> torch.nn.Module:
+        """A deep copy of the UNet on the prior's device and dtype, frozen, sharing no tensor with the prior.
+
+        A loss mode adapts the copy (VSD's LoRA) while the prior's own UNet stays the frozen pretrained model.
+        """
+        unet = copy.deepcopy(self.unet)
+        unet.requires_grad_(False)
+        return unet
 
     @contextlib.contextmanager
     def inference(self):
