@@ -367,7 +367,7 @@ class CandidateEngine:
         scores = torch.cat([
             self.reward(images[s : s + chunk], every[s : s + chunk], check=False) for s in range(0, images.shape[0], chunk)
         ])
-        view_rewards = scores.view(n, b)
+        view_rewards = scores.reshape(n, b)
         return view_rewards, aggregate_views(scores, n, self.reward_views)
 
     def weigh(self, rewards: Tensor, strategy: Strategy, step: int) -> Tensor:

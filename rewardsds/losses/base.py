@@ -145,7 +145,7 @@ def detached_target_losses(latents: Tensor, targets: Tensor, n: int) -> Tensor:
         [n, b] losses.
     """
     b = latents.shape[0]
-    tgt = torch.nan_to_num(targets.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).view(n, b, *latents.shape[1:])
+    tgt = torch.nan_to_num(targets.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).reshape(n, b, *latents.shape[1:])
     diff = latents.float()[None] - tgt
     return 0.5 * diff.pow(2).flatten(2).sum(-1) / b
 
@@ -168,6 +168,6 @@ def field_losses(latents: Tensor, grads: Tensor, n: int, clip: Optional[float] =
 
 def combined_field_norm(fields: Tensor, weights: Tensor, n: int, b: int) -> Tensor:
     """|| sum_i w_i g_i || over the scene's latents: the norm of the step's effective gradient field."""
-    f = fields.view(n, b, -1)
+    f = fields.reshape(n, b, -1)
     w = weights if weights.dim() == 2 else weights[:, None].expand(n, b)
     return (w[..., None].to(f) * f).sum(0).norm()

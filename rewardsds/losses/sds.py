@@ -44,7 +44,7 @@ def x0_recon_target(
                          "std rescale is taken per object over its consecutive views")
     shape = (m // group, group) + tuple(x0.shape[1:])
     dims = tuple(range(1, len(shape)))
-    factor = (x0_nc.view(shape).std(dim=dims) + 1e-8) / (x0.view(shape).std(dim=dims) + 1e-8)
+    factor = (x0_nc.reshape(shape).std(dim=dims) + 1e-8) / (x0.reshape(shape).std(dim=dims) + 1e-8)
     factor = factor.repeat_interleave(group).view(m, *([1] * (x0.dim() - 1)))
     return std_rescale * (factor * x0) + (1 - std_rescale) * x0
 

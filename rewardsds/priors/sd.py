@@ -188,7 +188,7 @@ class StableDiffusionPrior(Prior):
             x = x.contiguous(memory_format=torch.channels_last)
         dist = self.vae.encode(x).latent_dist
         z = dist.sample(generator) if self.encode_sample else dist.mean
-        return z.float() * self.scaling_factor
+        return z.float().contiguous() * self.scaling_factor
 
     def decode_latents(self, latents: Float[Tensor, "b c h w"], tiny: bool = False) -> Tensor:
         z = latents.float() / self.scaling_factor
@@ -202,7 +202,7 @@ class StableDiffusionPrior(Prior):
             img = torch.cat([self.vae.decode(zi[None].to(self.dtype)).sample for zi in z])
         else:
             img = self.vae.decode(z.to(self.dtype)).sample
-        return ((img.float() + 1) / 2).clamp(0, 1)
+        return ((img.float() + 1) / 2).clamp(0, 1).contiguous()
 
     def predict_noise(
         self,
@@ -214,7 +214,8 @@ class StableDiffusionPrior(Prior):
         x = x_t.to(self.dtype)
         if self.device.type == "cuda" and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self._unet_call(x, t.to(self.device), encoder_hidden_states=text.to(self.dtype)).sample.float()
+        # fp32 in the standard (NCHW-contiguous) layout whatever the UNet ran in (channels_last on CUDA)
+        out = self._unet_call(x, t.to(self.device), encoder_hidden_states=text.to(self.dtype)).sample.float().contiguous()
         if self.prediction_type == "v_prediction":
             a, s = self.alpha_sigma(t)
             out = a * out + s * x_t.float()  # v = a eps - s x0  =>  eps = a v + s x_t

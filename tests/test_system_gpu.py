@@ -1,0 +1,128 @@
+"""GPU (marker ``gpu``): the whole loop on CUDA, through the user's config path.
+
+- the tiny SD prior in bf16 on CUDA (a few RewardSDS steps);
+- the full-size SD2.1-base architecture (random weights, bf16) running 20 RewardSDS steps (N = 8, 15-step
+  lookahead, full-size random ImageReward): time and memory per step;
+- occupancy-grid NeRF and gsplat Gaussians, 50 steps each, with the tiny SD prior and with the full-size
+  SD2.1-base architecture (DreamFusion-style single views, RewardSDS N = 4);
+- 50 steps of mvdream_nerf at 64 px (8 views = 2 groups of 4) with the full-size MVDream architecture.
+
+Run on a CUDA machine:
+
+    REWARDSDS_GPU_REPORT_DIR=out python -m pytest -m gpu tests/test_system_gpu.py -s -ra
+
+Each test writes ``<REWARDSDS_GPU_REPORT_DIR>/system_<name>.json`` (median step time, peak memory, UNet
+evaluations per step, device) and prints it after ``SYSTEM_GPU``. Set ``REWARDSDS_SD21_RANDOM``,
+``REWARDSDS_MVDREAM_RANDOM`` and ``REWARDSDS_IMAGE_REWARD_RANDOM`` to folders to build the random models once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose, gpu_test
+
+PROMPT = "a photo of a red fox"
+GPU = ["trainer=gpu", "prior.dtype=bf16", "logger=none", "output.video=false", "output.image_every=0", "output.checkpoint_every=0",
+       f"prompt={PROMPT}"]
+
+
+def _folder(env: str, tmp_path_factory, name: str) -> Path:
+    return Path(os.environ.get(env) or tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="module")
+def sd21(tmp_path_factory) -> Path:
+    from rewardsds.testing import build_sd_pipeline
+
+    folder = _folder("REWARDSDS_SD21_RANDOM", tmp_path_factory, "sd21")
+    if not (folder / "unet" / "config.json").is_file():
+        build_sd_pipeline(folder, "sd21_base")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mvdream(tmp_path_factory) -> tuple[Path, Path]:
+    from rewardsds.testing import build_mvdream
+
+    folder = _folder("REWARDSDS_MVDREAM_RANDOM", tmp_path_factory, "mvdream")
+    if not (folder / "mvdream" / "unet" / "config.json").is_file():
+        return build_mvdream(folder, "sd21_base")
+    return folder / "mvdream", folder / "base"
+
+
+@pytest.fixture(scope="module")
+def image_reward(tmp_path_factory) -> list[str]:
+    from rewardsds.rewards.random_init import save_random_image_reward
+
+    folder = _folder("REWARDSDS_IMAGE_REWARD_RANDOM", tmp_path_factory, "image_reward")
+    if not (folder / "ckpt" / "ImageReward.pt").is_file():
+        ckpt, tok = save_random_image_reward(folder, "full", words=PROMPT.split())
+        (folder / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
+    paths = json.loads((folder / "paths.json").read_text())
+    return ["reward=image_reward", f"reward.checkpoint={paths['ckpt']}", f"reward.tokenizer={paths['tok']}", "reward.local_files_only=true"]
+
+
+def _report(name: str, metrics: dict, extra: dict | None = None) -> dict:
+    keys = ("step_time_median_s", "peak_memory_gb", "evals_per_step_mean", "nonfinite_steps", "iterations", "device", "wall_time_s",
+            "final/reward", "status")
+    rep = {"name": name, **{k: metrics.get(k) for k in keys}, **(extra or {})}
+    out = os.environ.get("REWARDSDS_GPU_REPORT_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"system_{name}.json").write_text(json.dumps(rep, indent=2))
+    print("SYSTEM_GPU", json.dumps(rep))
+    return rep
+
+
+def _run(overrides: list[str], run_dir: Path) -> dict:
+    from rewardsds.train import train
+
+    torch.cuda.reset_peak_memory_stats()
+    m = train(compose(overrides), run_dir)
+    assert m["status"] == "complete" and m["nonfinite_steps"] == 0, m
+    assert m["device"].startswith("NVIDIA") or "cuda" in m["device"].lower() or m["device"] != "cpu"
+    return m
+
+
+@gpu_test
+def test_tiny_sd_prior_bf16_on_cuda(tiny_sd, tmp_path):
+    m = _run([*GPU, f"prior.pretrained={tiny_sd}", "reward=analytic", "reward.image_size=16", "steps=5", "n_noises=4", "lookahead.steps=4"],
+             tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"]["representation.latents"].dtype == torch.float32  # the scene stays fp32
+    _report("tiny_sd_bf16", m)
+
+
+@gpu_test
+def test_full_sd21_base_rewardsds_20_steps(sd21, image_reward, tmp_path):
+    m = _run([*GPU, "experiment=paper_2d", f"prior.pretrained={sd21}", *image_reward, "steps=20", "n_noises=8", "prior.local_files_only=true"],
+             tmp_path / "run")
+    assert m["evals_per_step_mean"] > 2 * 8  # a lookahead ran for the 8 candidates
+    _report("sd21_rewardsds_n8_k15_20steps", m, {"n_noises": 8, "lookahead_steps": 15})
+
+
+@gpu_test
+@pytest.mark.parametrize("rep", ["nerf", "gaussians"])
+@pytest.mark.parametrize("size", ["tiny", "sd21"])
+def test_3d_fifty_steps(rep, size, tiny_sd, sd21, image_reward, tmp_path):
+    prior = tiny_sd if size == "tiny" else sd21
+    rep_overrides = ["representation.estimator=occgrid"] if rep == "nerf" else ["representation.rasterizer=gsplat"]
+    m = _run([*GPU, f"experiment=dreamfusion_{rep}", f"prior.pretrained={prior}", "prior.local_files_only=true", *image_reward, "steps=50",
+              "n_noises=4", "lookahead.steps=4", "reward_duration=1.0", "cameras.resolution={start: 64}", "output.eval_views=4",
+              "output.turntable_frames=8", "cameras.eval_resolution=256", *rep_overrides], tmp_path / "run")
+    assert len(list((tmp_path / "run" / "eval").glob("view_*.png"))) == 4
+    _report(f"{rep}_{size}_50steps", m, {"representation": rep, "prior": size})
+
+
+@gpu_test
+def test_mvdream_nerf_fifty_steps_full_size(mvdream, image_reward, tmp_path):
+    mv, base = mvdream
+    m = _run([*GPU, "experiment=mvdream_nerf", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
+              *image_reward, "steps=50", "output.eval_views=4", "output.turntable_frames=0", "cameras.eval_resolution=256"], tmp_path / "run")
+    _report("mvdream_nerf_64px_50steps", m, {"n_noises": 7, "views_per_step": 8, "reward_steps": 25})
