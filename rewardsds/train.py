@@ -162,8 +162,6 @@ def base_metrics(cfg: DictConfig, typed: Config) -> dict[str, Any]:
         "seed": typed.seed,
         "steps": typed.steps,
         "n_noises": typed.n_noises,
-        "strategy": OmegaConf.select(cfg, "strategy._target_", default="").rsplit(".", 1)[-1],
-        "strategy_name": HydraConfig.get().runtime.choices.get("strategy") if _hydra_ready() else None,
         "loss": _choice("loss"),
         "prior": _choice("prior"),
         "reward": _choice("reward"),
@@ -212,6 +210,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "metrics.json", metrics)
 
     parts = build_components(cfg, typed)
+    metrics["strategy"] = parts["strategy"].name  # the built strategy (compare sub-runs override the group)
     logger = build_logger(cfg, run_dir)
     media = Media(run_dir, logger if logger else None)
     system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
