@@ -198,7 +198,7 @@ class DistillationSystem(pl.LightningModule):
             latents=latents, t=self.timesteps.sample(step, self.cfg.seed), step=step, progress=step / self.total_steps,
             text=text, prompts=prompts, base_prompt=self.cfg.prompt, negative_prompt=self.cfg.negative_prompt,
             camera=None if cameras is None else cameras.c2w, n_noises=n, strategy=strategy, engine=self.engine,
-            prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"),
+            prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"), reward_active=use_reward,
         )
         result: LossOutput = self.loss_mode(ctx)
         regs = self.representation.regularizers(out, step)
