@@ -14,6 +14,9 @@ GROUPS = ["representation", "prior", "loss", "reward", "strategy", "logger", "tr
 # Options that need something besides the prompt to validate (their required inputs).
 NEEDS = {
     ("representation", "latent_image"): [],
+    ("loss", "ddpo3d"): ["strategy=none"],
+    ("loss", "dreamdpo"): ["strategy=none"],
+    ("loss", "psd"): ["strategy=none"],
 }
 
 
@@ -84,16 +87,21 @@ def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
     """Each experiment, shrunk to 2 steps with tiny models, runs as one multirun."""
     sweep = tmp_path / "sweep"
     exps = options("experiment")
+    # keys: comma-separated experiments that share one override set (one multirun each)
     overrides = {
         "paper_2d": [f"prior.pretrained={tiny_sd}", "reward=analytic", "reward.image_size=16", "lookahead.steps=3"],
+        "ddpo3d_2d,dreamdpo_2d,psd_2d": [f"prior.pretrained={tiny_sd}"],  # step 1 of 2 is past pg_start and negative_start
     }
     # one multirun over all experiments that share the same override set
-    simple = [e for e in exps if e not in overrides]
+    grouped = {e for key in overrides for e in key.split(",")}
+    simple = [e for e in exps if e not in grouped]
     r = run_cli(["-m", f"experiment={','.join(simple)}", "steps=2", "compare.seeds=[0]", *FAST, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    for e, extra in overrides.items():
-        if e in exps:
-            r = run_cli(["-m", f"experiment={e}", "steps=2", "prompt=a cat", *FAST, *extra, f"hydra.sweep.dir={sweep}_{e}"], tmp_path)
+    for key, extra in overrides.items():
+        present = [e for e in key.split(",") if e in exps]
+        if present:
+            r = run_cli(["-m", f"experiment={','.join(present)}", "steps=2", "prompt=a cat", *FAST, *extra,
+                         f"hydra.sweep.dir={sweep}_{present[0]}"], tmp_path)
             assert r.returncode == 0, r.stderr[-3000:]
     import json
 
