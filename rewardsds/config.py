@@ -396,6 +396,7 @@ class DDPO3DLossConfig(LossConfig):
     grad_clip: Optional[float] = None
     lambda_sds: float = 1.0
     lambda_pg: float = 0.1
+    pg_weighting: SDSWeighting = SDSWeighting.sds  # timestep weight of the PG term (uniform = plain REINFORCE)
     pg_start: float = 0.3  # PG term on from this fraction of the steps (until reward_duration ends)
     sds_end: float = 1.0  # SDS off from this fraction of the steps (1.0: kept to the end)
     sds_noises: SDSNoises = SDSNoises.all
@@ -412,6 +413,7 @@ class DDPO3DLossConfig(LossConfig):
         _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 100 (2D) or 50 (MVDream)")
         self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
         self.target = _enum(SDSTarget, self.target, "loss.target")
+        self.pg_weighting = _enum(SDSWeighting, self.pg_weighting, "loss.pg_weighting")
         self.sds_noises = _enum(SDSNoises, self.sds_noises, "loss.sds_noises")
         self.estimator = _enum(PGEstimator, self.estimator, "loss.estimator")
         self.advantage = _enum(AdvantageNorm, self.advantage, "loss.advantage")

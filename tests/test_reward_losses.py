@@ -105,23 +105,25 @@ def _pg_reference_advantages(prior, engine, z, t, n, step, calls, guidance=7.5):
     return cands, roll, ((rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)).clamp(-5, 5)
 
 
-def test_ddpo3d_noising_gradient_matches_hand_reference(analytic_prior):
+@pytest.mark.parametrize("weighting", ["sds", "uniform"])
+def test_ddpo3d_noising_gradient_matches_hand_reference(analytic_prior, weighting):
     p = analytic_prior
     z = _scene()
     t, n, step, lam = 820, 4, 9, 0.7
-    loss = DDPO3DLoss(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=3)
+    loss = DDPO3DLoss(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=3, pg_weighting=weighting)
     out = loss(_ctx(p, _engine(p), z, t, n, step))
     out.total().backward()
     cands, _, adv = _pg_reference_advantages(p, _engine(p), z, t, n, step, uniform_calls(t, 3))
     a, s = p.alpha_sigma(t)
-    expected = -(lam / n) * (adv.view(n, 1, 1, 1, 1) * (a / s) * cands.noise).sum(0) / z.shape[0]
+    w = float(1 - p.alphas_cumprod[t]) if weighting == "sds" else 1.0
+    expected = -(lam * w / n) * (adv.view(n, 1, 1, 1, 1) * (a / s) * cands.noise).sum(0) / z.shape[0]
     assert torch.allclose(z.grad, expected, atol=1e-6, rtol=1e-5)
     assert float(out.logs["pg_active"]) == 1.0 and out.candidates.rewards.shape == (n,)
     assert torch.allclose(out.logs["adv_mean"], torch.tensor(0.0), atol=1e-6)
 
 
 def test_ddpo3d_first_transition_gradient_matches_per_candidate_normal_log_density(analytic_prior):
-    """Estimator (b): -lambda/(N b) sum_i A_i log N(x_{t1}^i; mu(x_t^i(z)), s^2), mu through the model."""
+    """Estimator (b): -lambda w(t)/(N b) sum_i A_i log N(x_{t1}^i; mu(x_t^i(z)), s^2), mu through the model."""
     p = analytic_prior
     z = _scene(seed=1)
     t, n, step, lam = 700, 3, 4, 0.5
@@ -143,7 +145,7 @@ def test_ddpo3d_first_transition_gradient_matches_per_candidate_normal_log_densi
             c, u = p.predict_noise_pair(x if through_model else x.detach(), t, text)
             mean, std = ddim_transition(x, guide(c, u, 7.5), ac[t], ac[calls[1]], 1.0)
             lp = torch.distributions.Normal(mean, std).log_prob(cands.per_candidate(roll.first_sample)[i]).flatten(1).sum(1)
-            total = total - lam / (n * 2) * adv[i] * lp.sum()
+            total = total - lam * (1 - ac[t]) / (n * 2) * adv[i] * lp.sum()
         total.backward()
         return zz.grad
 
@@ -345,6 +347,35 @@ def test_negative_embedding_moves_only_above_the_threshold_and_is_checkpointed(t
     assert torch.equal(full["representation.latents"], resumed["representation.latents"])
 
 
+# ============================================================================ multi-view
+@pytest.mark.parametrize("loss", [
+    DDPO3DLoss(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, estimator="first_transition"),
+    DreamDPOLoss(threshold=0.0),
+    PSDLoss(guidance_scale=7.5, threshold=0.0, negative_start=0.0),
+    PSDLoss(guidance_scale=7.5, threshold=0.0, negative_start=0.0, negative_update="reward_feedback"),
+], ids=["ddpo3d_b", "dreamdpo", "psd_dpo", "psd_feedback"])
+def test_every_model_call_sees_whole_view_groups(analytic_prior, monkeypatch, loss):
+    """A prior that denoises views jointly in groups of 2 (like MVDream's 4), 4 views = 2 objects, and a
+    chunk size of 3 inputs: every call must hold whole groups."""
+    p = analytic_prior
+    p.num_frames = 2
+    sizes = []
+    inner = p.predict_noise
+
+    def recording(x, t, text, camera=None):
+        sizes.append(x.shape[0])
+        return inner(x, t, text, camera)
+
+    monkeypatch.setattr(p, "predict_noise", recording)
+    loss.setup(p, AnalyticReward(["blue"]), torch.device("cpu"), 10)
+    eng = CandidateEngine(p, AnalyticReward(["blue"]), seed=0, chunk_size=3, reward_views="per_view")
+    z = _scene(b=4, seed=6)
+    out = loss(_ctx(p, eng, z, 850, 2, 1))
+    out.total().backward()
+    assert sizes and all(s % 2 == 0 for s in sizes), sizes
+    assert out.candidate_losses.shape == (2, 4) and z.grad is not None
+
+
 # ============================================================================ bad input
 def _validate(overrides):
     return validate(compose(["experiment=analytic", "strategy=none", *overrides]))
@@ -387,7 +418,7 @@ METHODS = {
     "dreamdpo": ["loss=dreamdpo", "n_noises=2"],
     "psd": ["loss=psd", "n_noises=2"],
     # the analytic prior needs a PG term from the start and a stronger weight than the proposed 0.1
-    "ddpo3d": ["loss=ddpo3d", "n_noises=8", "loss.lambda_pg=3", "loss.pg_start=0", "loss.rollout_steps=5"],
+    "ddpo3d": ["loss=ddpo3d", "n_noises=16", "loss.lambda_pg=5", "loss.pg_start=0", "loss.rollout_steps=5"],
 }
 
 

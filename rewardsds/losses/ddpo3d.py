@@ -25,7 +25,11 @@ start x_t(z). Two estimators of grad_z E[r]:
     implemented.
 
 Both use log-densities summed over elements and divided by the b views, like the SDS field, so
-``lambda_pg`` means the same for both. The PG term starts at ``pg_start`` (fraction of steps) and stops
+``lambda_pg`` means the same for both. Both are multiplied by a timestep weight w_pg(t), by default
+SDS's 1 - abar_t (``pg_weighting``): the score-function field (a_t / s_t) eps grows without bound as
+t -> 0, where the rollouts barely differ and the normalised advantages are mostly noise; weighting it
+as SDS weighs its own 1 / s_t score term keeps the two fields comparable across t. On the analytic
+prior the unweighted field (``uniform``, the plain estimator) leaves visible noise in the final images. The PG term starts at ``pg_start`` (fraction of steps) and stops
 with the run's reward window (``reward_duration``); SDS stays until ``sds_end`` (the end by default).
 """
 
@@ -103,6 +107,8 @@ class DDPO3DLoss(LossMode):
         recon_std_rescale: MVDream's std rescale (``x0_recon`` only).
         grad_clip: elementwise clamp of the SDS field (None = off).
         lambda_sds, lambda_pg: weights of the two terms.
+        pg_weighting: timestep weight w_pg(t) of the PG term: ``sds`` (1 - abar_t, as SDS weighs its own
+            field), ``uniform`` (1: the plain REINFORCE estimate), ``fantasia``.
         pg_start: fraction of the steps after which the PG term is on (ALGORITHMS.md 6.3 proposes 0.3).
         sds_end: fraction of the steps after which SDS is off (1.0 keeps SDS to the end, against reward hacking).
         sds_noises: ``all`` (SDS averaged over the N start noises: their predictions at t are shared with the
@@ -128,6 +134,7 @@ class DDPO3DLoss(LossMode):
         grad_clip: Optional[float] = None,
         lambda_sds: float = 1.0,
         lambda_pg: float = 0.1,
+        pg_weighting: str = "sds",
         pg_start: float = 0.3,
         sds_end: float = 1.0,
         sds_noises: str = "all",
@@ -147,6 +154,7 @@ class DDPO3DLoss(LossMode):
         self.recon_std_rescale = float(recon_std_rescale)
         self.grad_clip = grad_clip
         self.lambda_sds, self.lambda_pg = float(lambda_sds), float(lambda_pg)
+        self.pg_weighting = getattr(pg_weighting, "value", pg_weighting)
         self.pg_start, self.sds_end = float(pg_start), float(sds_end)
         self.sds_noises = getattr(sds_noises, "value", sds_noises)
         self.estimator = getattr(estimator, "value", estimator)
@@ -246,17 +254,18 @@ class DDPO3DLoss(LossMode):
             "adv_clip_frac": (adv.abs() >= self.advantage_clip).float().mean().detach(),
             "rollout_steps": torch.tensor(float(len(calls))),
         })
+        ac = prior.alphas_cumprod
+        scale = self.lambda_pg * timestep_weight(self.pg_weighting, ac[ctx.t])
         if self.estimator == "noising":
             a_t, s_t = prior.alpha_sigma(ctx.t)
             fields = noising_reinforce_field(cands.noise.float(), adv_nb.to(cands.noise.device), a_t, s_t)
             pg_losses, fields = field_losses(ctx.latents, fields.reshape(n * b, *fields.shape[2:]), n)
             uniform = torch.full((n,), 1.0 / n, device=fields.device)
             logs["pg_field_norm"] = combined_field_norm(fields, uniform, n, b).detach()
-            return self.lambda_pg / n * pg_losses.sum()
+            return scale / n * pg_losses.sum()
         # (b): the first transition's Gaussian with its mean differentiable in x_t(z)
-        ac = prior.alphas_cumprod
         nxt = calls[1] if len(calls) > 1 else 0
         mean, _ = ddim_transition(x_grad, guide(*grad_pair, self.rollout_guidance), ac[ctx.t], ac[nxt], self.eta)
         logp = gaussian_log_prob(roll.first_sample, mean, roll.first_std)  # [n * b]
         logs["pg_log_prob"] = (logp.detach() / roll.first_sample[0].numel()).mean()
-        return -self.lambda_pg / (n * b) * (adv_nb.reshape(-1).to(logp) * logp).sum()
+        return -scale / (n * b) * (adv_nb.reshape(-1).to(logp) * logp).sum()
