@@ -45,6 +45,7 @@ from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.candidates import candidate_noise
@@ -55,14 +56,22 @@ from rewardsds.priors.base import TextCond, guide
 from rewardsds.schedules import Streams
 
 
-def gap_scale(gap: Tensor, threshold: float, lose_scale: float, gap_ref: Optional[float]) -> Tensor:
+def gap_scale(gap: Float[Tensor, "b"], threshold: float, lose_scale: float, gap_ref: Optional[float]) -> Float[Tensor, "b"]:
     """gamma(gap) = lose_scale * min(1, gap / gap_ref) * 1[gap > threshold] (no ramp for gap_ref None)."""
     ramp = torch.ones_like(gap) if gap_ref is None else (gap / gap_ref).clamp(max=1.0)
     return lose_scale * ramp * (gap > threshold).to(gap)
 
 
-def dpo_loss(l_win: Tensor, l_lose: Tensor, ref_win: Tensor, ref_lose: Tensor, beta: float) -> Tensor:
-    """Diffusion-DPO on denoising errors, per pair: ``-log sigmoid(-beta ((l_w - ref_w) - (l_l - ref_l)))``."""
+def dpo_loss(
+    l_win: Float[Tensor, "p"], l_lose: Float[Tensor, "p"], ref_win: Float[Tensor, "p"], ref_lose: Float[Tensor, "p"],
+    beta: float,
+) -> Float[Tensor, "p"]:
+    """Diffusion-DPO on denoising errors, per pair: ``-log sigmoid(-beta ((l_w - ref_w) - (l_l - ref_l)))``.
+
+    Args:
+        l_win, l_lose: mean squared denoising errors of the p pairs with the trained embedding.
+        ref_win, ref_lose: the same with the reference (initial) embedding.
+    """
     return -F.logsigmoid(-beta * ((l_win - ref_win) - (l_lose - ref_lose)))
 
 
