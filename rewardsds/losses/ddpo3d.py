@@ -29,8 +29,12 @@ Both use log-densities summed over elements and divided by the b views, like the
 SDS's 1 - abar_t (``pg_weighting``): the score-function field (a_t / s_t) eps grows without bound as
 t -> 0, where the rollouts barely differ and the normalised advantages are mostly noise; weighting it
 as SDS weighs its own 1 / s_t score term keeps the two fields comparable across t. On the analytic
-prior the unweighted field (``uniform``, the plain estimator) leaves visible noise in the final images. The PG term starts at ``pg_start`` (fraction of steps) and stops
-with the run's reward window (``reward_duration``); SDS stays until ``sds_end`` (the end by default).
+prior the unweighted field (``uniform``, the plain estimator) leaves visible noise in the final images.
+
+The PG term starts at ``pg_start`` (fraction of steps) and stops with the run's reward window
+(``reward_duration``); SDS stays until ``sds_end`` (the end by default). Both estimators are
+score-function estimates over D-dimensional noise, so their signal-to-noise ratio falls like sqrt(N / D):
+use many rollouts where the budget allows.
 """
 
 from __future__ import annotations
