@@ -15,6 +15,7 @@ view groups in every chunk.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -89,6 +90,51 @@ def lookahead_calls(t: int, grid: list[int], start: str = "exact_t") -> list[int
         calls = [g for g in pts if g <= t]
         return calls if calls else [t]
     raise ValueError(f"unknown lookahead start {start!r}; use exact_t or grid")
+
+
+def uniform_calls(t: int, steps: int) -> list[int]:
+    """Model-call timesteps of a ``steps``-step chain from t to 0 on an even grid, descending and distinct.
+
+    ``[round(t (steps - k) / steps) for k < steps]`` without repeats or zeros: the chain starts exactly at t
+    and its last transition targets abar_0. Fewer calls than ``steps`` only when t < steps.
+    """
+    if steps < 1:
+        raise ValueError(f"a rollout needs at least one step, got {steps}")
+    calls = [int(round(t * (steps - k) / steps)) for k in range(steps)]
+    return [c for c in dict.fromkeys(calls) if c > 0] or [max(1, int(t))]
+
+
+def ddim_transition(
+    x: Tensor, eps: Tensor, abar_from: Tensor, abar_to: Tensor, eta: float
+) -> tuple[Tensor, Tensor]:
+    """One DDIM step from level tau to tau' < tau as a Gaussian (Song et al. 2021, Eq. 12).
+
+    ``x0 = (x - sqrt(1 - a) eps) / sqrt(a)``, ``s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')``,
+    ``mean = sqrt(a') x0 + sqrt(1 - a' - s^2) eps`` with a = abar_tau, a' = abar_tau'. eta = 0 is the
+    deterministic DDIM step, eta = 1 the DDPM posterior variance (DDPO's policy, Black et al. 2023).
+
+    Args:
+        x: the sample at tau [m, c, h, w].
+        eps: the (guided) noise prediction at (x, tau) [m, c, h, w].
+        abar_from, abar_to: scalar tensors abar_tau, abar_tau'.
+        eta: stochasticity in [0, 1].
+
+    Returns:
+        (mean [m, c, h, w], std as a scalar tensor); differentiable in x and eps.
+    """
+    a, a_next = abar_from.to(x.dtype), abar_to.to(x.dtype)
+    var = (1 - a_next) / (1 - a) * (1 - a / a_next)
+    std = eta * var.clamp_min(0).sqrt()
+    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    mean = a_next.sqrt() * x0 + (1 - a_next - std**2).clamp_min(0).sqrt() * eps
+    return mean, std
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mean, std^2 I) summed over all but the first axis, [m] (needs std > 0)."""
+    d = (x.float() - mean.float()) / std
+    per_elem = -0.5 * d**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return per_elem.flatten(1).sum(1)
 
 
 # ----------------------------------------------------------------------------------------- containers
@@ -166,6 +212,28 @@ class Candidates:
         return out
 
 
+@dataclass
+class Rollout:
+    """A stochastic DDIM chain from every candidate's x_t to abar_0 (candidate-major, flat [n * b, ...]).
+
+    Attributes:
+        final: the chain's last sample [n * b, c, h, w] (fp32, no grad).
+        calls: the timesteps of the model calls, descending (calls[0] = t); the last step targets 0.
+        first_mean: mean of the first transition x_t -> x_{calls[1]} [n * b, c, h, w].
+        first_std: its standard deviation (scalar tensor; 0 for eta = 0).
+        first_sample: the sample the first transition drew [n * b, c, h, w].
+        log_probs: log-density of each transition's sample under its Gaussian, summed over elements,
+            [K, n * b] (None for eta = 0, where the transitions are deterministic).
+    """
+
+    final: Tensor
+    calls: list[int]
+    first_mean: Tensor
+    first_std: Tensor
+    first_sample: Tensor
+    log_probs: Optional[Tensor] = None
+
+
 # ----------------------------------------------------------------------------------------- engine
 class CandidateEngine:
     """Draws, predicts, looks ahead, scores and weights candidates for every loss mode.
@@ -237,21 +305,74 @@ class CandidateEngine:
             noisy = self.prior.add_noise(z[None].expand(n, *z.shape).reshape(-1, *z.shape[1:]), noise.reshape(-1, *z.shape[1:]), t)
         return Candidates(latents=latents, noise=noise, t=int(t), noisy=noisy)
 
-    @torch.no_grad()
-    def predict(self, cands: Candidates, text: TextCond, camera: Optional[Tensor] = None, x_t: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def predict(
+        self,
+        cands: Candidates,
+        text: TextCond,
+        camera: Optional[Tensor] = None,
+        x_t: Optional[Tensor] = None,
+        grad: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         """(eps_cond, eps_uncond) at (x_t, t) for all candidates in batched, chunked calls.
 
         Args:
             cands: the candidates (their ``noisy`` unless ``x_t`` is given, e.g. DDS's source branch).
             text: conditioning for the b views (tiled over candidates here).
             camera: c2w [b, 4, 4] for camera-conditioned priors.
+            grad: keep the graph to ``x_t`` and the text embeddings (policy gradients through the model
+                input, DDPO3D's first-transition estimator). Chunking then bounds only the forward peak.
         """
         x = cands.noisy if x_t is None else x_t
         n = x.shape[0] // len(text)
         cam = None if camera is None else camera.repeat(n, 1, 1)
-        c, u = self.prior.predict_noise_pair(x, cands.t, text.repeat(n), cam, self.chunk_size(x))
+        with _grad_mode(grad):
+            c, u = self.prior.predict_noise_pair(x, cands.t, text.repeat(n), cam, self.chunk_size(x))
         cands.evals += 2 * x.shape[0]
         return c, u
+
+    def predict_unguided(
+        self,
+        cands: Candidates,
+        emb: Float[Tensor, "b l d"],
+        camera: Optional[Tensor] = None,
+        which: Optional[Sequence[int]] = None,
+        x_t: Optional[Tensor] = None,
+        grad: bool = False,
+    ) -> Tensor:
+        """One unguided prediction eps(x_t; emb) for all candidates (or the candidates ``which``), chunked.
+
+        Used where one branch of CFG needs its own pass, e.g. with gradient to a learnable negative text
+        embedding (PSD). Chunks hold whole view groups of whole candidates.
+
+        Args:
+            emb: embeddings of the b views [b, l, d] (tiled over candidates here; may require grad).
+            camera: c2w [b, 4, 4] for camera-conditioned priors.
+            which: candidate indices to predict (default all), in the returned order.
+            x_t: inputs [n * b, c, h, w] (default ``cands.noisy``).
+            grad: keep the graph to ``emb`` and ``x_t``.
+
+        Returns:
+            fp32 predictions [len(which) * b, c, h, w].
+        """
+        x = cands.noisy if x_t is None else x_t
+        b = emb.shape[0]
+        idx = list(range(x.shape[0] // b)) if which is None else [int(i) for i in which]
+        if which is not None:
+            x = x.view(-1, b, *x.shape[1:])[idx].reshape(len(idx) * b, *x.shape[1:])
+        k = len(idx)
+        cam = None if camera is None else camera.repeat(k, 1, 1)
+        text = emb.repeat(k, 1, 1)
+        t = torch.full((x.shape[0],), cands.t, dtype=torch.long, device=x.device)
+        chunk = self.chunk_size(x)
+        frames = self.prior.num_frames
+        per_call = x.shape[0] if chunk <= 0 else max(frames, chunk // frames * frames)
+        outs = []
+        with _grad_mode(grad):
+            for s in range(0, x.shape[0], per_call):
+                e = min(x.shape[0], s + per_call)
+                outs.append(self.prior.predict_noise(x[s:e], t[s:e], text[s:e], None if cam is None else cam[s:e]))
+        cands.evals += x.shape[0]
+        return torch.cat(outs).float()
 
     @torch.no_grad()
     def renoise(
@@ -337,24 +458,77 @@ class CandidateEngine:
         return self.prior.predict_noise_pair(x, t, text, cam, chunk)
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1], in chunks."""
+    def rollout(
+        self,
+        cands: Candidates,
+        text: TextCond,
+        calls: Sequence[int],
+        step: int,
+        guidance: float,
+        eta: float = 1.0,
+        camera: Optional[Tensor] = None,
+        first: Optional[tuple[Tensor, Tensor]] = None,
+    ) -> Rollout:
+        """Stochastic DDIM chain (eta in [0, 1]) from every candidate's x_t to abar_0, batched and chunked.
+
+        The policy of DDPO (Black et al. 2023): each transition is Gaussian (:func:`ddim_transition`); the
+        first one's mean, std and sample are recorded so a policy gradient can reach the scene through
+        the chain's start. Transition k's noise for candidate i at optimisation step s depends only on
+        (seed, s, k, i), so runs with different N share their first candidates' chains.
+
+        Args:
+            calls: model-call timesteps, descending, ``calls[0] == cands.t`` (e.g. :func:`uniform_calls`).
+            step: optimisation step (keys the transition noises).
+            guidance: CFG scale of the chain.
+            eta: 0 deterministic DDIM, 1 DDPM-like variance.
+            first: (eps_cond, eps_uncond) already computed at (x_t, t), reused for the first call.
+        """
+        calls = [int(c) for c in calls]
+        if not calls or calls[0] != cands.t:
+            raise ValueError(f"rollout calls must start at t = {cands.t}, got {calls[:3]}")
+        ac = self.prior.alphas_cumprod
+        x = cands.noisy
+        n, b = cands.n, cands.b
+        text_n = text.repeat(n)
+        cam = None if camera is None else camera.repeat(n, 1, 1)
+        chunk = self.chunk_size(x)
+        log_probs = []
+        first_mean = first_std = first_sample = None
+        for k, tau in enumerate(calls):
+            c, u = first if (k == 0 and first is not None) else self._pair(x, tau, text_n, cam, chunk, cands)
+            nxt = calls[k + 1] if k + 1 < len(calls) else 0
+            mean, std = ddim_transition(x, guide(c, u, guidance), ac[tau], ac[nxt], eta)
+            if eta > 0:
+                z = candidate_noise(n, (b, *x.shape[1:]), seed_for(self.seed, k, Streams.LOOKAHEAD), step, x.device)
+                x_next = mean + std * z.reshape(x.shape)
+                log_probs.append(gaussian_log_prob(x_next, mean, std))
+            else:
+                x_next = mean
+            if k == 0:
+                first_mean, first_std, first_sample = mean, std, x_next
+            x = x_next
+        return Rollout(final=x, calls=calls, first_mean=first_mean, first_std=first_std, first_sample=first_sample,
+                       log_probs=torch.stack(log_probs) if log_probs else None)
+
+    def decode(self, latents: Tensor, grad: bool = False) -> Tensor:
+        """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1], in chunks (``grad``: keep the graph)."""
         chunk = self.decode_chunk or max(1, latents.shape[0])
         tiny = self.lookahead_decode == "tiny"
         outs = []
-        for s in range(0, latents.shape[0], chunk):
-            part = latents[s : s + chunk]
-            outs.append(self.prior.decode_latents(part, tiny=True) if tiny else self.prior.decode_latents(part))
+        with _grad_mode(grad):
+            for s in range(0, latents.shape[0], chunk):
+                part = latents[s : s + chunk]
+                outs.append(self.prior.decode_latents(part, tiny=True) if tiny else self.prior.decode_latents(part))
         return torch.cat(outs)
 
-    @torch.no_grad()
-    def score(self, images: Tensor, prompts: Sequence[str], n: int) -> tuple[Tensor, Tensor]:
+    def score(self, images: Tensor, prompts: Sequence[str], n: int, grad: bool = False) -> tuple[Tensor, Tensor]:
         """Rewards of decoded candidate images.
 
         Args:
             images: [n * b, 3, H, W] in [0, 1].
             prompts: the b reward prompts (one per view; tiled over candidates).
             n: number of candidates.
+            grad: keep the graph through a differentiable reward (reward feedback losses).
 
         Returns:
             (view_rewards [n, b], strategy rewards [n] (mean) or [n, b] (per_view)).
@@ -364,9 +538,11 @@ class CandidateEngine:
         b = images.shape[0] // n
         every = [prompts[j % b] for j in range(images.shape[0])]
         chunk = self.decode_chunk or images.shape[0]
-        scores = torch.cat([
-            self.reward(images[s : s + chunk], every[s : s + chunk], check=False) for s in range(0, images.shape[0], chunk)
-        ])
+        with _grad_mode(grad):
+            scores = torch.cat([
+                self.reward(images[s : s + chunk], every[s : s + chunk], grad=grad, check=False)
+                for s in range(0, images.shape[0], chunk)
+            ])
         view_rewards = scores.reshape(n, b)
         return view_rewards, aggregate_views(scores, n, self.reward_views)
 
@@ -430,6 +606,11 @@ class CandidateEngine:
         else:
             cands.weights = self.weigh(torch.zeros(n, device=latents.device), strategy, step)
         return cands
+
+
+def _grad_mode(grad: bool):
+    """``no_grad`` unless ``grad`` (then the caller's grad mode applies)."""
+    return contextlib.nullcontext() if grad else torch.no_grad()
 
 
 def auto_chunk_size(prior: Prior, example: Tensor, fraction: float = 0.7) -> int:

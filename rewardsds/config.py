@@ -829,6 +829,218 @@ class DDSLossConfig(LossConfig):
         self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
 
 
+# ----------------------------------------------------------------------------------------- reward-aligned losses
+class PGEstimator(str, Enum):
+    noising = "noising"  # (a) REINFORCE on the forward noising q(x_t | z): field -A (a_t / s_t) eps, no model backward
+    first_transition = "first_transition"  # (b) log-prob of the rollout's first transition, backward through the model input
+
+
+class AdvantageNorm(str, Enum):
+    batch = "batch"  # over the N rollouts of the step
+    running = "running"  # DDPO's per-prompt buffer (batch statistics until min_count rewards are held)
+
+
+class SDSNoises(str, Enum):
+    all = "all"  # SDS averaged over the N start noises (predictions shared with the rollouts: free)
+    first = "first"  # SDS on candidate 0 only (the same noise as plain SDS)
+
+
+class PreviewKind(str, Enum):
+    one_step = "one_step"  # x0 = (x_t - s_t eps_cfg) / a_t (DreamDPO)
+    lookahead = "lookahead"  # the engine's DDIM lookahead (RewardSDS; lookahead.* options)
+
+
+class BelowThreshold(str, Enum):
+    win_sds = "win_sds"  # SDS on the win sample (DreamDPO paper)
+    win_eps = "win_eps"  # w(t) eps_cfg(x_t^w) without the noise term (DreamDPO reference code)
+
+
+class DPOPairs(str, Enum):
+    previews = "previews"  # the win/lose previews re-noised at t with one shared noise (Diffusion-DPO's image pair)
+    candidates = "candidates"  # the noisy candidates x_t^w, x_t^l with their own noises (ALGORITHMS.md 7.2 literally)
+
+
+class NegativeUpdate(str, Enum):
+    dpo = "dpo"  # Diffusion-DPO on the guided denoising errors of the win/lose pair (any reward)
+    reward_feedback = "reward_feedback"  # back-propagate a differentiable reward of the win preview into e
+    frozen = "frozen"  # keep the negative embedding fixed (ablation)
+
+
+def _check_fraction(key: str, value: float, fix: str) -> None:
+    _check(0.0 <= value <= 1.0, key, value, "is a fraction of the steps and must be in [0, 1]", fix)
+
+
+@dataclass
+class DDPO3DLossConfig(LossConfig):
+    """DDPO3D as interpreted here (ALGORITHMS.md 6.3): SDS plus a policy gradient on stochastic DDIM rollouts."""
+
+    _target_: str = "rewardsds.losses.ddpo3d.DDPO3DLoss"
+    guidance_scale: float = 100.0  # CFG of the SDS term
+    weighting: SDSWeighting = SDSWeighting.sds
+    target: SDSTarget = SDSTarget.eps
+    recon_std_rescale: float = 0.5
+    grad_clip: Optional[float] = None
+    lambda_sds: float = 1.0
+    lambda_pg: float = 0.1
+    pg_weighting: SDSWeighting = SDSWeighting.sds  # timestep weight of the PG term (uniform = plain REINFORCE)
+    pg_start: float = 0.3  # PG term on from this fraction of the steps (until reward_duration ends)
+    sds_end: float = 1.0  # SDS off from this fraction of the steps (1.0: kept to the end)
+    sds_noises: SDSNoises = SDSNoises.all
+    estimator: PGEstimator = PGEstimator.noising
+    rollout_steps: int = 10  # K
+    rollout_guidance: float = 7.5
+    eta: float = 1.0
+    advantage: AdvantageNorm = AdvantageNorm.batch
+    advantage_clip: float = 5.0
+    buffer_size: int = 16
+    min_count: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 100 (2D) or 50 (MVDream)")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+        self.target = _enum(SDSTarget, self.target, "loss.target")
+        self.pg_weighting = _enum(SDSWeighting, self.pg_weighting, "loss.pg_weighting")
+        self.sds_noises = _enum(SDSNoises, self.sds_noises, "loss.sds_noises")
+        self.estimator = _enum(PGEstimator, self.estimator, "loss.estimator")
+        self.advantage = _enum(AdvantageNorm, self.advantage, "loss.advantage")
+        _check(0 <= self.recon_std_rescale <= 1, "loss.recon_std_rescale", self.recon_std_rescale, "must be in [0, 1]", "use 0.5")
+        _check(self.lambda_sds >= 0, "loss.lambda_sds", self.lambda_sds, "must be >= 0", "use 1.0")
+        _check(self.lambda_pg >= 0, "loss.lambda_pg", self.lambda_pg, "must be >= 0", "use 0.1")
+        _check_fraction("loss.pg_start", self.pg_start, "use 0.3 (after an SDS warm-up) or 0 (from the start)")
+        _check_fraction("loss.sds_end", self.sds_end, "use 1.0 (keep SDS to the end)")
+        _check(self.rollout_steps >= 1, "loss.rollout_steps", self.rollout_steps,
+               "must be >= 1: the policy gradient scores the end of a rollout of at least one DDIM step", "use 10 (DDPO's default)")
+        _check(self.rollout_guidance >= 0, "loss.rollout_guidance", self.rollout_guidance, "must be >= 0", "use 7.5")
+        _check(0 <= self.eta <= 1, "loss.eta", self.eta, "must be in [0, 1]", "use 1.0 (DDPO)")
+        _check(self.estimator is not PGEstimator.first_transition or self.eta > 0, "loss.eta", self.eta,
+               "must be > 0 with loss.estimator=first_transition (a deterministic transition has no log-density)",
+               "use loss.eta=1.0, or loss.estimator=noising")
+        _check(self.advantage_clip > 0, "loss.advantage_clip", self.advantage_clip, "must be > 0", "use 5.0")
+        _check(self.buffer_size >= 2, "loss.buffer_size", self.buffer_size, "must be >= 2", "use 16 (DDPO)")
+        _check(1 <= self.min_count <= self.buffer_size, "loss.min_count", self.min_count,
+               f"must be in [1, loss.buffer_size = {self.buffer_size}]", "use 16 with buffer_size 16 (DDPO)")
+
+
+@dataclass
+class DreamDPOLossConfig(LossConfig):
+    """DreamDPO (ALGORITHMS.md 8.2): win/lose residual difference with a reward-gap threshold."""
+
+    _target_: str = "rewardsds.losses.dreamdpo.DreamDPOLoss"
+    guidance_scale: float = 7.5
+    lose_guidance_scale: float = 1.0  # 1 = the conditional prediction (reference code)
+    weighting: SDSWeighting = SDSWeighting.sds
+    threshold: float = 0.01
+    below_threshold: BelowThreshold = BelowThreshold.win_sds
+    preview: PreviewKind = PreviewKind.one_step
+    preview_guidance: Optional[float] = None  # CFG of the one-step preview (null = guidance_scale)
+    grad_clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (MVDream) or 100 (2D)")
+        _check(self.lose_guidance_scale >= 0, "loss.lose_guidance_scale", self.lose_guidance_scale, "must be >= 0", "use 1.0")
+        _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01 (or 0 to always pull and push)")
+        _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
+               "must be >= 0", "use 7.5 or null")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+        self.below_threshold = _enum(BelowThreshold, self.below_threshold, "loss.below_threshold")
+        self.preview = _enum(PreviewKind, self.preview, "loss.preview")
+
+
+@dataclass
+class PSDLossConfig(LossConfig):
+    """PSD as interpreted here (ALGORITHMS.md 7.2): preference guidance with a co-optimised negative embedding."""
+
+    _target_: str = "rewardsds.losses.psd.PSDLoss"
+    guidance_scale: float = 7.5
+    weighting: SDSWeighting = SDSWeighting.sds
+    threshold: float = 0.01
+    lose_scale: float = 1.0
+    gap_ref: Optional[float] = 0.05
+    preview: PreviewKind = PreviewKind.one_step
+    preview_guidance: Optional[float] = None
+    negative_update: NegativeUpdate = NegativeUpdate.dpo
+    negative_init: str = ""  # conf/loss/psd.yaml sets ${negative_prompt}
+    negative_lr: float = 1e-3
+    negative_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    negative_eps: float = 1e-8
+    negative_weight_decay: float = 0.0
+    negative_start: float = 0.1
+    dpo_beta: float = 2500.0
+    dpo_pairs: DPOPairs = DPOPairs.previews
+    feedback_weight: float = 1.0
+    anchor_weight: float = 1.0
+    grad_clip: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5")
+        _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01")
+        _check(self.lose_scale >= 0, "loss.lose_scale", self.lose_scale, "must be >= 0", "use 1.0")
+        _check(self.gap_ref is None or self.gap_ref > 0, "loss.gap_ref", self.gap_ref, "must be > 0 or null", "use 0.05 or null")
+        _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
+               "must be >= 0", "use 7.5 or null")
+        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
+        self.preview = _enum(PreviewKind, self.preview, "loss.preview")
+        self.negative_update = _enum(NegativeUpdate, self.negative_update, "loss.negative_update")
+        self.dpo_pairs = _enum(DPOPairs, self.dpo_pairs, "loss.dpo_pairs")
+        _check(self.negative_lr > 0, "loss.negative_lr", self.negative_lr, "must be > 0", "use 1e-3")
+        _check(len(self.negative_betas) == 2, "loss.negative_betas", list(self.negative_betas), "needs two values", "use [0.9, 0.999]")
+        _check(self.negative_weight_decay >= 0, "loss.negative_weight_decay", self.negative_weight_decay, "must be >= 0", "use 0")
+        _check_fraction("loss.negative_start", self.negative_start, "use 0.1 (a 10% warm-up)")
+        _check(self.dpo_beta > 0, "loss.dpo_beta", self.dpo_beta, "must be > 0", "use 2500 (Diffusion-DPO's 5000 with its factor 1/2)")
+        _check(self.feedback_weight > 0, "loss.feedback_weight", self.feedback_weight, "must be > 0", "use 1.0")
+        _check(self.anchor_weight >= 0, "loss.anchor_weight", self.anchor_weight, "must be >= 0", "use 1.0 (0 disables the anchor)")
+
+
+REWARD_ALIGNED_LOSSES = (DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig)
+
+
+def _loss_option(cfg_loss: Any) -> str:
+    return {DDPO3DLossConfig: "ddpo3d", DreamDPOLossConfig: "dreamdpo", PSDLossConfig: "psd"}.get(type(cfg_loss), "?")
+
+
+def _reward_is_differentiable(reward: Any) -> Optional[bool]:
+    """The reward config's ``differentiable`` field if it has one, else its class's flag (None if unknown)."""
+    if reward is None:
+        return None
+    if hasattr(reward, "differentiable"):
+        return bool(reward.differentiable)
+    try:
+        from hydra.utils import get_class
+
+        return bool(get_class(reward._target_).differentiable)
+    except Exception:  # an unknown target fails later, at instantiation, with its own error
+        return None
+
+
+def check_reward_aligned_losses(cfg: Any) -> None:
+    """DDPO3D, DreamDPO and PSD rank or normalise their own candidates' rewards: they need a reward, no
+    strategy weights, enough candidates, and (PSD reward feedback) a differentiable reward. Registered as
+    a cross-group check of the root config below."""
+    loss = cfg.loss
+    if not isinstance(loss, REWARD_ALIGNED_LOSSES):
+        return
+    option = _loss_option(loss)
+    strategy = next((k for k, v in SCHEMAS["strategy"].items() if isinstance(cfg.strategy, v)), type(cfg.strategy).__name__)
+    if not isinstance(cfg.strategy, NoStrategyConfig):
+        raise ConfigError("strategy", strategy, f"does not apply to loss={option}, which weighs its own candidates "
+                          "from their rewards", "set strategy=none")
+    if cfg.reward is None:
+        raise ConfigError("reward", None, f"is required by loss={option}", "choose a reward, e.g. reward=jpeg_compressibility")
+    if isinstance(loss, (DreamDPOLossConfig, PSDLossConfig)) and cfg.n_noises < 2:
+        raise ConfigError("n_noises", cfg.n_noises, f"loss={option} compares a win and a lose candidate and needs at least 2",
+                          "set n_noises=2")
+    if isinstance(loss, DDPO3DLossConfig) and loss.advantage is AdvantageNorm.batch and cfg.n_noises < 2:
+        raise ConfigError("n_noises", cfg.n_noises, "loss.advantage=batch normalises rewards over the rollouts of one step "
+                          "and needs at least 2", "set n_noises>=2 (4 or more recommended), or loss.advantage=running")
+    if isinstance(loss, PSDLossConfig) and loss.negative_update is NegativeUpdate.reward_feedback:
+        if _reward_is_differentiable(cfg.reward) is False:
+            name = getattr(cfg.reward, "_target_", "?").rsplit(".", 1)[-1]
+            raise ConfigError("loss.negative_update", "reward_feedback",
+                              f"back-propagates the reward into the negative embedding, but the reward ({name}) is not "
+                              "differentiable", "use loss.negative_update=dpo (works with any reward: it only uses the "
+                              "win/lose ranking) or a differentiable reward")
+
+
 # ----------------------------------------------------------------------------------------- root nodes
 @dataclass
 class TimestepConfig:
@@ -1005,11 +1217,15 @@ def _dds_edits_a_latent_image(cfg: Config) -> None:
                           "and target start equal", "set prior.encode_sample=false")
 
 
+register_cross_check(check_reward_aligned_losses)
+
+
 # ----------------------------------------------------------------------------------------- registry
 SCHEMAS: dict[str, dict[str, type]] = {
     "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
     "representation": {"latent_image": LatentImageConfig, "nerf": NeRFConfig, "gaussians": GaussiansConfig},
-    "loss": {"sds": SDSLossConfig, "vsd": VSDLossConfig, "sds_bridge": SDSBridgeLossConfig, "dds": DDSLossConfig},
+    "loss": {"sds": SDSLossConfig, "vsd": VSDLossConfig, "sds_bridge": SDSBridgeLossConfig, "dds": DDSLossConfig,
+             "ddpo3d": DDPO3DLossConfig, "dreamdpo": DreamDPOLossConfig, "psd": PSDLossConfig},
     "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig, **REWARD_MODEL_SCHEMAS},
     "strategy": {
         "none": NoStrategyConfig,

@@ -89,6 +89,7 @@ class Streams:
     AUX = 5
     LOOKAHEAD = 6
     STRATEGY = 7
+    PREFERENCE = 8  # the shared noise of a re-noised win/lose preview pair (PSD's DPO loss)
 
 
 @dataclass

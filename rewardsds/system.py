@@ -225,7 +225,7 @@ class DistillationSystem(pl.LightningModule):
             text=self.prior.text_cond(prompts, self.cfg.negative_prompt), prompts=prompts, base_prompt=self.cfg.prompt,
             negative_prompt=self.cfg.negative_prompt, camera=None if cameras is None else cameras.c2w,
             n_noises=self.cfg.n_noises if use_reward else 1, strategy=self.strategy if use_reward else self.none_strategy,
-            engine=self.engine, prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"),
+            engine=self.engine, prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"), reward_active=use_reward,
         )
 
     def run_step(self, step: int, opt) -> "StepResult":

@@ -18,6 +18,9 @@ GROUPS = ["representation", "prior", "loss", "reward", "strategy", "logger", "tr
 NEEDS = {
     ("representation", "latent_image"): [],
     ("loss", "dds"): ["loss.image=photo.png", "loss.source_prompt=a cat", "representation.init=image", "representation.init_image=photo.png"],
+    ("loss", "ddpo3d"): ["strategy=none"],
+    ("loss", "dreamdpo"): ["strategy=none"],
+    ("loss", "psd"): ["strategy=none"],
 }
 # Experiments that need inputs besides the prompt.
 EXPERIMENT_NEEDS = {
@@ -116,6 +119,8 @@ def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
     overrides = {
         "paper_2d,paper_vsd_2d,paper_bridge_2d": tiny,
         "edit_dds": [*tiny, f"loss.image={photo}", "loss.source_prompt=a red square"],
+        # step 1 of 2 is past pg_start and negative_start
+        "ddpo3d_2d,dreamdpo_2d,psd_2d": [f"prior.pretrained={tiny_sd}", "reward=analytic", "reward.image_size=16"],
     }
     # one multirun over all experiments that share the same override set
     special = {x for key in overrides for x in key.split(",")}

@@ -41,6 +41,8 @@ class StepContext:
         strategy: the strategy this step (``none`` after reward_duration).
         engine, prior, reward: shared machinery.
         keep_images: keep decoded candidate images for logging this step.
+        reward_active: whether this step is inside the reward window (``reward_duration``); after it the
+            system passes n_noises = 1 and strategy ``none``, and reward-driven terms switch off.
     """
 
     latents: Float[Tensor, "b c h w"]
@@ -59,6 +61,7 @@ class StepContext:
     reward: Optional["Reward"] = None
     keep_images: bool = False
     rgb: Optional[Tensor] = None  # the rendered views [b, 3, H, W] when the scene renders RGB
+    reward_active: bool = True
 
     @property
     def reward_prompts(self) -> list[str]:
