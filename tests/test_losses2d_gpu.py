@@ -58,8 +58,12 @@ def image_reward(tmp_path_factory) -> list[str]:
     """Overrides for a full-size ImageReward with random weights (the paper experiments' reward), saved locally."""
     from rewardsds.rewards.random_init import save_random_image_reward
 
-    ckpt, tok = save_random_image_reward(tmp_path_factory.mktemp("image_reward"), "full", words=PROMPT.split())
-    return ["reward=image_reward", f"reward.checkpoint={ckpt}", f"reward.tokenizer={tok}", "reward.local_files_only=true"]
+    folder = Path(os.environ.get("REWARDSDS_IMAGE_REWARD_RANDOM") or tmp_path_factory.mktemp("image_reward"))
+    if not (folder / "paths.json").is_file():
+        ckpt, tok = save_random_image_reward(folder, "full", words=PROMPT.split())
+        (folder / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
+    paths = json.loads((folder / "paths.json").read_text())
+    return ["reward=image_reward", f"reward.checkpoint={paths['ckpt']}", f"reward.tokenizer={paths['tok']}", "reward.local_files_only=true"]
 
 
 @pytest.fixture(scope="module")
