@@ -1041,6 +1041,42 @@ def check_reward_aligned_losses(cfg: Any) -> None:
                               "win/lose ranking) or a differentiable reward")
 
 
+# ----------------------------------------------------------------------------------------- prompt sets, GPU locks
+@dataclass
+class PromptSetConfig:
+    """A named list of prompts (``conf/prompts/<name>.yaml``); a multirun runs one job per prompt."""
+
+    _target_: str = "rewardsds.prompts.PromptSet"
+    name: str = MISSING
+    items: List[str] = field(default_factory=list)
+    source: str = ""  # one-line citation, logged with the run (full provenance: the YAML header)
+
+    def __post_init__(self) -> None:
+        _check(len(self.items) > 0, "prompts.items", list(self.items), f"is empty in prompts={self.name}",
+               "list at least one prompt under items:")
+
+
+@dataclass
+class GpuLockConfig:
+    """One GPU per job when multirun jobs run side by side on one machine (on with ``hydra/launcher=gpus``).
+
+    A job locks a free GPU of ``gpus`` for its lifetime (an exclusive ``flock`` on ``<dir>/gpu<i>.lock``, released
+    when the job ends or its process dies) and runs on it; a job that finds every GPU taken waits for one.
+    """
+
+    enabled: Optional[bool] = None  # null: on with hydra/launcher=gpus, off otherwise; true/false force it
+    gpus: Optional[List[int]] = None  # CUDA device indices to share out; null = every visible GPU
+    dir: Optional[str] = None  # lock folder shared by the jobs of this machine; null = <tmp>/rewardsds-gpu-locks-<user>
+    wait_s: float = 2.0  # poll interval while every GPU is taken
+
+    def __post_init__(self) -> None:
+        if self.gpus is not None:
+            gpus = list(self.gpus)
+            _check(len(gpus) > 0 and all(int(g) >= 0 for g in gpus) and len(set(gpus)) == len(gpus), "gpu_lock.gpus", gpus,
+                   "must list distinct device indices >= 0", "use e.g. gpu_lock.gpus=[0,1], or null for every visible GPU")
+        _check(self.wait_s > 0, "gpu_lock.wait_s", self.wait_s, "must be > 0", "use 2.0")
+
+
 # ----------------------------------------------------------------------------------------- root nodes
 @dataclass
 class TimestepConfig:
@@ -1130,6 +1166,10 @@ class Config:
     max_nonfinite_steps: int = 10
     resume: Optional[str] = None
     name: Optional[str] = None
+    prompts: Any = None  # a prompt set (conf/prompts/); with prompt_index it sets `prompt`
+    prompts_file: Optional[str] = None  # a text file of prompts, one a line; with prompt_index it sets `prompt`
+    prompt_index: Optional[int] = None  # which prompt of the list (a multirun sweeps them all)
+    gpu_lock: GpuLockConfig = field(default_factory=GpuLockConfig)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt, "is missing or empty",
@@ -1237,6 +1277,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "none": NoLoggerConfig},
     "trainer": {"default": TrainerConfig},
     "cameras": {"orbit": CameraConfig},
+    "prompts": {"set": PromptSetConfig},
 }
 
 
@@ -1251,29 +1292,63 @@ def register_schemas(extra: Optional[dict[str, dict[str, type]]] = None) -> None
 
 #: Override keys (or prefixes ending in ".") left out of sweep job folder names: they set the run up
 #: rather than vary it, and would make every folder name long.
-JOB_NAME_EXCLUDE = ("experiment", "debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name")
+JOB_NAME_EXCLUDE = ("experiment", "debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name",
+                    "prompts", "prompts_file", "gpu_lock.")
 
 
-def job_dirname(overrides: Any, max_len: int = 200) -> str:
+def job_dirname(overrides: Any, max_len: int = 200, _root_: Any = None) -> str:
     """Readable job folder name: the job's overrides minus setup keys, sorted, ``k=v`` joined by ``,``.
 
     Registered as the ``rewardsds_jobname`` resolver and used by ``hydra.sweep.subdir``, so every launcher
     (basic, joblib, submitit) names the folders the same way. Falls back to ``job`` for no overrides.
+    ``prompt_index=i`` of a prompt list (read from the job's config ``_root_``) becomes ``prompt=<i>-<slug>``.
     """
     items = []
     for o in list(overrides or []):
         key = str(o).split("=", 1)[0].lstrip("+~")
         if any(key == e or (e.endswith(".") and key.startswith(e)) for e in JOB_NAME_EXCLUDE):
             continue
-        items.append(str(o).lstrip("+~").replace("/", "_"))
+        item = str(o).lstrip("+~").replace("/", "_")
+        if key == "prompt_index" and _root_ is not None:
+            item = _prompt_item(_root_, item)
+        items.append(item)
     name = ",".join(sorted(items)) or "job"
     import zlib
 
     return name if len(name) <= max_len else name[: max_len - 9] + "-" + format(zlib.crc32(name.encode()), "08x")
 
 
+def _prompt_item(root: Any, item: str) -> str:
+    from rewardsds.prompts import prompt_list
+
+    try:
+        chosen = prompt_list(root)
+        index = int(item.split("=", 1)[1])
+    except (ConfigError, ValueError):
+        return item  # the job itself reports the problem
+    if chosen is None or not 0 <= index < len(chosen[0]):
+        return item
+    return f"prompt={chosen[0].label(index)}"
+
+
+def _prompt_sweep(_root_: Any = None) -> dict:
+    from rewardsds.prompts import sweep_params
+
+    return sweep_params(_root_)
+
+
+def _gpu_count(_root_: Any = None) -> int:
+    from rewardsds.devices import launcher_jobs
+
+    return launcher_jobs(_root_)
+
+
 if not OmegaConf.has_resolver("rewardsds_jobname"):
     OmegaConf.register_new_resolver("rewardsds_jobname", job_dirname)
+if not OmegaConf.has_resolver("rewardsds_prompt_sweep"):
+    OmegaConf.register_new_resolver("rewardsds_prompt_sweep", _prompt_sweep)
+if not OmegaConf.has_resolver("rewardsds_gpu_count"):
+    OmegaConf.register_new_resolver("rewardsds_gpu_count", _gpu_count)
 
 
 def if_set(value: Any, then: Any, otherwise: Any) -> Any:
@@ -1290,7 +1365,13 @@ if not OmegaConf.has_resolver("rewardsds_if_set"):
 
 
 def validate(cfg: DictConfig) -> Config:
-    """Build the typed config (runs every ``__post_init__``); raise ConfigError on the first problem."""
+    """Build the typed config (runs every ``__post_init__``); raise ConfigError on the first problem.
+
+    A prompt list (``prompts=<set>`` or ``prompts_file=<path>``) with ``prompt_index`` first sets ``cfg.prompt``.
+    """
+    from rewardsds.prompts import select_prompt
+
+    select_prompt(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
