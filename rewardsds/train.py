@@ -31,23 +31,35 @@ from omegaconf import DictConfig, OmegaConf
 
 from rewardsds.config import Config, validate
 from rewardsds.errors import ConfigError, ModelLoadError, RewardSDSError, TrainingAborted
-from rewardsds.utils.io import command_line, git_commit, package_versions, write_json, write_text
+from rewardsds.utils.io import command_line, git_commit, job_command, package_versions, write_json, write_text
 
 log = logging.getLogger("rewardsds")
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: metrics.json keys sent to the W&B run summary besides ``final/*``
+SUMMARY_COST_KEYS = ("wall_time_s", "step_time_median_s", "evals_per_step_mean", "peak_memory_gb", "iterations")
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def resolve_device(accelerator: str) -> torch.device:
-    """The device for ``trainer.accelerator``; a clear error if CUDA is requested but absent."""
+def resolve_device(accelerator: str, gpu_index: Optional[int] = None) -> torch.device:
+    """The device for ``trainer.accelerator`` (``cuda:<gpu_index>`` when a GPU was locked for this job).
+
+    A clear error if CUDA is requested but absent, or if the locked index is not a visible device.
+    """
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise ConfigError("trainer.accelerator", accelerator, "asks for CUDA but no CUDA device is available",
                               "run on a machine with a GPU, or use trainer=cpu (trainer.accelerator=cpu)")
-        return torch.device("cuda")
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if gpu_index is None:
+            return torch.device("cuda")
+        if gpu_index >= torch.cuda.device_count():
+            raise ConfigError("gpu_lock.gpus", gpu_index, f"is not a visible CUDA device ({torch.cuda.device_count()} visible)",
+                              "list visible device indices in gpu_lock.gpus, or null for all")
+        # libraries that use the current device (gsplat, nerfacc kernels) follow the job's GPU too
+        torch.cuda.set_device(gpu_index)
+        return torch.device("cuda", gpu_index)
     return torch.device("cpu")
 
 
@@ -86,6 +98,23 @@ def job_overrides() -> list[str]:
 def is_multirun() -> bool:
     try:
         return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def job_num() -> int:
+    try:
+        return int(HydraConfig.get().job.num)
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
+def gpu_lock_enabled(typed: Config) -> bool:
+    """``gpu_lock.enabled``, where null means: on exactly when the launcher is ``hydra/launcher=gpus``."""
+    if typed.gpu_lock.enabled is not None:
+        return bool(typed.gpu_lock.enabled)
+    try:
+        return HydraConfig.get().runtime.choices.get("hydra/launcher") == "gpus"
     except ValueError:
         return False
 
@@ -140,7 +169,8 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         if cfg.logger.get("group") is None and sweep_name():
             kwargs["group"] = sweep_name()
         if cfg.logger.get("name") is None:
-            kwargs["name"] = (cfg.get("name") or overrides or run_dir.name)[:128]
+            # multirun jobs: the job folder name (swept overrides, prompt slugs), the same on disk and in W&B
+            kwargs["name"] = (cfg.get("name") or (run_dir.name if is_multirun() else overrides) or run_dir.name)[:128]
     # _partial_: the run config holds _target_ keys that instantiate() must not build recursively.
     return instantiate(cfg.logger, _partial_=True)(**kwargs)
 
@@ -148,6 +178,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
 def run_metadata(cfg: DictConfig) -> dict[str, Any]:
     return {
         "command": command_line(),
+        "job_command": job_command(job_overrides()),
         "overrides": job_overrides(),
         "git_commit": git_commit(),
         "versions": package_versions(),
@@ -169,7 +200,15 @@ def base_metrics(cfg: DictConfig, typed: Config) -> dict[str, Any]:
         "experiment": _choice("experiment"),
         "reward_duration": typed.reward_duration,
         "lookahead_steps": typed.lookahead.steps,
+        "prompts": _prompt_list_name(cfg),
+        "prompt_index": typed.prompt_index,
     }
+
+
+def _prompt_list_name(cfg: DictConfig) -> Optional[str]:
+    if cfg.get("prompts") is not None:
+        return str(cfg.prompts.name)
+    return str(cfg.prompts_file) if cfg.get("prompts_file") else None
 
 
 def _hydra_ready() -> bool:
@@ -189,7 +228,23 @@ def _choice(group: str) -> Optional[str]:
 
 # ----------------------------------------------------------------------------------------- one run
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate, build, fit and finalise one run in ``run_dir``; returns its metrics."""
+    """Validate, build, fit and finalise one run in ``run_dir``; returns its metrics.
+
+    With ``gpu_lock.enabled`` the run first locks a free GPU (:class:`rewardsds.devices.GpuLock`) and holds it
+    to the end.
+    """
+    typed = validate(cfg)
+    if not gpu_lock_enabled(typed):
+        return _train(cfg, typed, run_dir, None)
+    from rewardsds.devices import GpuLock, default_lock_dir, gpu_pool
+
+    lock = GpuLock(gpu_pool(typed.gpu_lock.gpus), typed.gpu_lock.dir or default_lock_dir(), start=job_num(),
+                   wait_s=typed.gpu_lock.wait_s)
+    with lock as gpu_index:
+        return _train(cfg, typed, run_dir, gpu_index, lock_wait_s=lock.waited_s)
+
+
+def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: float = 0.0) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from rewardsds.callbacks import AtomicCheckpoint
@@ -197,16 +252,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from rewardsds.system import DistillationSystem
     from rewardsds.viz import Media
 
-    typed = validate(cfg)
+    started_at = time.time()
     ckpt, resume_dir = resolve_resume(typed.resume)
     if resume_dir is not None and resume_dir.resolve() != run_dir.resolve():
         write_text(run_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
         run_dir = resume_dir
-    device = resolve_device(typed.trainer.accelerator)
+    device = resolve_device(typed.trainer.accelerator, gpu_index)
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = {**base_metrics(cfg, typed), **run_metadata(cfg), "status": "running", "run_dir": str(run_dir)}
+    metrics = {**base_metrics(cfg, typed), **run_metadata(cfg), "status": "running", "run_dir": str(run_dir),
+               # job timeline (overlap of side-by-side jobs can be read from the files alone)
+               "pid": os.getpid(), "started_at": started_at, "gpu_index": gpu_index, "gpu_lock_wait_s": lock_wait_s,
+               "device_index": device.index if device.type == "cuda" else None,
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if ckpt is not None:
+        metrics["resumed_from"] = str(ckpt)
     write_json(run_dir / "metrics.json", metrics)
 
     parts = build_components(cfg, typed)
@@ -215,8 +276,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     media = Media(run_dir, logger if logger else None)
     system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
     checkpoint = AtomicCheckpoint(run_dir / "checkpoints", typed.output.checkpoint_every)
+    placement = {"devices": [device.index]} if device.type == "cuda" and device.index is not None else {}
     trainer = instantiate(
-        cfg.trainer, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1,
+        cfg.trainer, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
         logger=logger, callbacks=[checkpoint], enable_checkpointing=False, default_root_dir=str(run_dir),
         num_sanity_val_steps=0, limit_val_batches=0,
     )
@@ -239,11 +301,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "iterations": system.iteration,
+        "finished_at": time.time(),
     })
     write_json(run_dir / "metrics.json", metrics)
     from rewardsds.loggers import write_summary
 
-    write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/")})
+    # the run summary: final metrics and the run's cost, so dashboards can plot quality against time
+    write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS})
     if logger:
         logger.finalize("success")
         _finish_wandb(logger)
@@ -273,18 +337,25 @@ def quiet_lightning() -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
     """Hydra task: one run (or, with ``compare.runs``, one run per labelled variant and seed)."""
-    quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         if cfg.compare.runs:
             from rewardsds.compare import run_compare
 
+            quiet_lightning()
             run_compare(cfg, run_dir)
             return None
-        if read_status(run_dir) == "complete" and not cfg.get("resume"):
+        status = read_status(run_dir)
+        if status == "complete" and not cfg.get("resume"):
             log.info("skipping %s: metrics.json says complete", run_dir)
             print(f"rewardsds: {run_dir} is already complete; skipped")
             return None
+        if status == "running" and is_multirun() and not cfg.get("resume") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            # A sweep job that was interrupted (killed, preempted, timed out) continues from its last
+            # checkpoint when the sweep is run again into the same folder (or requeued by Slurm).
+            print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
+            cfg.resume = str(run_dir)
+        quiet_lightning()
         metrics = train(cfg, run_dir)
         value = metrics.get("final/reward")
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
@@ -292,6 +363,17 @@ def main(cfg: DictConfig) -> Optional[float]:
         return _fail(run_dir, err, user_error=True)
     except Exception as err:  # unexpected: keep the traceback in the run folder
         return _fail(run_dir, err, user_error=False)
+    finally:
+        _release_cuda_memory()
+
+
+def _release_cuda_memory() -> None:
+    """Give the next job of this process (sequential or joblib launchers) the GPU memory of this one."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
@@ -302,7 +384,7 @@ def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         metrics = {}
-    metrics.update({"status": "failed", "error": f"{type(err).__name__}: {err}"})
+    metrics.update({"status": "failed", "error": f"{type(err).__name__}: {err}", "finished_at": time.time()})
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(path, metrics)

@@ -94,6 +94,15 @@ def command_line() -> str:
     return " ".join([prog] + [_quote(a) for a in sys.argv[1:]])
 
 
+def job_command(overrides) -> str:
+    """The command that re-runs one job on its own (a multirun job too): ``rewardsds`` + its overrides, quoted.
+
+    ``overrides`` are the job's ``hydra.overrides.task`` (every command-line override, with a swept key's value
+    for this job); the run goes to a new ``outputs/runs/...`` folder unless ``hydra.run.dir=...`` is added.
+    """
+    return " ".join(["rewardsds"] + [_quote(str(o)) for o in overrides])
+
+
 def _quote(arg: str) -> str:
     import shlex
 
