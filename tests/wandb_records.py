@@ -63,3 +63,46 @@ def logged_keys(path: str | Path) -> dict[str, set[str]]:
         elif kind == "files":
             out["files"] |= {f.path for f in rec.files.files}
     return out
+
+
+def run_record(path: str | Path) -> dict:
+    """{'group', 'name', 'config': {key: value}, 'summary': {key: value}} of an offline run file (JSON values decoded)."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = {"group": None, "name": None, "config": {}, "summary": {}}
+
+    def items(updates):
+        return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in updates}
+
+    for payload in iter_payloads(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["group"], out["name"] = rec.run.run_group, rec.run.display_name
+            out["config"].update(items(rec.run.config.update))
+        elif kind == "config":
+            out["config"].update(items(rec.config.update))
+        elif kind == "summary":
+            out["summary"].update(items(rec.summary.update))
+    return out
+
+
+def artifacts(path: str | Path) -> list[dict]:
+    """Artifacts recorded in an offline run file: [{'name', 'type', 'files': {path in artifact: staged local path}}].
+
+    Since wandb 0.19 a logged ``wandb.Table`` goes into a ``run_table`` artifact (its JSON and its images); offline,
+    the files wait in the staging folder (``$WANDB_DATA_DIR/artifacts/staging``) until ``wandb sync`` uploads them.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = []
+    for payload in iter_payloads(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        if rec.WhichOneof("record_type") == "artifact":
+            a = rec.artifact
+            out.append({"name": a.name, "type": a.type, "files": {e.path: e.local_path for e in a.manifest.contents}})
+    return out
