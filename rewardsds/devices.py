@@ -2,7 +2,8 @@
 
 Launchers that reuse worker processes (joblib's loky workers) cannot pin a job to a GPU with
 ``CUDA_VISIBLE_DEVICES``: CUDA reads it once per process. Instead each job locks a free GPU index with an
-exclusive ``flock`` on ``<gpu_lock.dir>/<host>-gpu<i>.lock`` for its whole lifetime and runs on
+exclusive ``flock`` on ``<gpu_lock.dir>/<host>-gpu<id>.lock`` (``id``: the device's entry in
+``CUDA_VISIBLE_DEVICES``, else its index) for its whole lifetime and runs on
 ``cuda:<i>`` (``torch.cuda.set_device`` plus Lightning ``devices=[i]``). The kernel drops the lock when
 the job ends or its process dies, so a crashed job never keeps a GPU. With ``n_jobs`` equal to the number
 of GPUs every job finds a free one at once; a job that finds all taken (another sweep on the same
@@ -41,6 +42,13 @@ def gpu_pool(gpus: Optional[Sequence[int]]) -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
+def physical_id(index: int) -> str:
+    """The machine-wide id of visible CUDA device ``index`` (its entry in ``CUDA_VISIBLE_DEVICES``), so that jobs
+    with different visible sets lock the same physical GPU under the same name."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[index] if index < len(visible) else str(index)
+
+
 def launcher_jobs(_root_: Any = None) -> int:
     """Resolver ``rewardsds_gpu_count`` (``hydra/launcher=gpus``: ``n_jobs``): one concurrent job per GPU."""
     from omegaconf import OmegaConf
@@ -76,7 +84,7 @@ class GpuLock:
         self._file = None
 
     def _path(self, gpu: int) -> Path:
-        return self.lock_dir / f"{socket.gethostname()}-gpu{gpu}.lock"
+        return self.lock_dir / f"{socket.gethostname()}-gpu{physical_id(gpu)}.lock"
 
     def acquire(self) -> int:
         """Lock the first free GPU (trying from ``start``), waiting while all are taken. Returns its index."""

@@ -124,3 +124,18 @@ def test_slug_and_label():
     assert slugify("Painting of the orange cat Otto von Garfield, Count of Bismarck") == "painting_of_the_orange_cat_otto_von"
     assert len(slugify("x" * 100)) == 40 and slugify("!!!") == "prompt"
     assert PromptSet("s", [f"p {i}" for i in range(12)]).label(3) == "03-p_3"
+
+
+def test_command_line_prompt_index_wins_over_the_set():
+    """The basic sweeper keeps the last value of a key: prompt_index=0,2 on the command line replaces range(0,N)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = sweep_params(compose(["experiment=analytic", "prompts=drawbench25"]))
+    parsed = OverridesParser.create().parse_overrides(
+        [f"{k}={v}" for k, v in params.items()] + ["prompt_index=0,2", "strategy=none,min_max"])
+    jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    assert jobs == [["prompt_index=0", "strategy=none"], ["prompt_index=0", "strategy=min_max"],
+                    ["prompt_index=2", "strategy=none"], ["prompt_index=2", "strategy=min_max"]]
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    assert len(BasicSweeper.split_arguments(parsed, None)[0]) == 25

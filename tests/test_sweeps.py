@@ -253,6 +253,21 @@ def test_gpu_lock_never_gives_one_gpu_to_two_holders(tmp_path):
     assert timeline.conflicts(events) == [] and timeline.max_concurrency(events) == 2
 
 
+def test_gpu_lock_names_the_physical_gpu(tmp_path, monkeypatch):
+    """Jobs that see different CUDA_VISIBLE_DEVICES sets lock one physical GPU under one name."""
+    import fcntl
+    import socket
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with GpuLock([0, 1], tmp_path, start=1) as gpu:
+        assert gpu == 1
+        path = tmp_path / f"{socket.gethostname()}-gpu5.lock"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+        assert GpuLock([0], tmp_path)._path(0) == path
+        with open(path) as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_timeline_flags_two_jobs_on_one_gpu(tmp_path, capsys):
     for name, (gpu, start, end) in {"a": (0, 0.0, 10.0), "b": (0, 5.0, 12.0), "c": (1, 0.0, 3.0)}.items():
         (tmp_path / name).mkdir()
@@ -292,8 +307,6 @@ def test_launcher_options_compose_with_their_documented_fields():
 
 def test_wandb_sweep_config_runs_rewardsds_with_hydra_overrides():
     """scripts/wandb_sweep.yaml: the agent's command (built with wandb's own macro expansion) composes and validates."""
-    import itertools
-
     import yaml
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
@@ -305,7 +318,7 @@ def test_wandb_sweep_config_runs_rewardsds_with_hydra_overrides():
     run_dir = next(c for c in spec["command"] if c.startswith("hydra.run.dir="))
     assert "${oc.env:WANDB_SWEEP_ID}" in run_dir and "${oc.env:WANDB_RUN_ID}" in run_dir
     params = spec["parameters"]
-    for values in itertools.product(*[(p["values"][0], p["values"][-1]) for p in params.values()]):
+    for values in ([p["values"][0] for p in params.values()], [p["values"][-1] for p in params.values()]):
         sampled = create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(params, values)}})["args_no_hyphens"]
         typed = validate(compose([*fixed, *sampled]))
         chosen = dict(zip(params, values))
