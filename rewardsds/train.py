@@ -3,10 +3,14 @@
     rewardsds prompt="a photo of a red fox"                       # 2D RewardSDS on SD2.1-base
     rewardsds experiment=demo                                     # offline demo, CPU, no weights
     rewardsds -m strategy=none,min_max n_noises=4,8 prompt=...    # a sweep, one folder per job
+    rewardsds -m prompts=drawbench25 strategy=none,min_max        # one job per prompt x strategy
+    rewardsds -m hydra/launcher=gpus trainer=gpu n_noises=4,8,16  # one job per GPU, side by side
     rewardsds resume=outputs/runs/<date>/<time>                   # continue a run exactly
 
 Errors in user input exit with status 2 and one message naming the key, the value and the fix; in a
-multirun the failing job records ``status: failed`` in its metrics.json and the sweep goes on.
+multirun the failing job records ``status: failed`` in its metrics.json and the sweep goes on. Running a
+sweep again into the same ``hydra.sweep.dir`` skips complete jobs and continues interrupted ones from their
+last checkpoint.
 """
 
 from __future__ import annotations
