@@ -215,12 +215,19 @@ def test_failed_job_does_not_stop_a_submitit_sweep(tmp_path):
     assert any((folder / ".submitit").rglob("*_result.pkl"))  # the jobs ran through submitit
 
 
-def test_gpus_launcher_gives_side_by_side_jobs_distinct_gpus(tmp_path):
-    """hydra/launcher=gpus with a 2-GPU pool (gpu_lock.gpus; the jobs themselves run on the CPU here)."""
+def test_gpus_launcher_gives_side_by_side_jobs_distinct_gpus(tmp_path, wandb_env):
+    """hydra/launcher=gpus with a 2-GPU pool (gpu_lock.gpus; the jobs themselves run on the CPU here), W&B offline
+    in the reused joblib worker processes."""
+    from wandb_records import run_record
+
     folder = tmp_path / "sweep"
-    r = run_cli(["-m", "hydra/launcher=gpus", "gpu_lock.gpus=[0,1]", f"gpu_lock.dir={tmp_path / 'locks'}", *BASE, "logger=none",
-                 "strategy=none,min_max", "n_noises=4,8", "steps=60", "output.checkpoint_every=0", f"hydra.sweep.dir={folder}"], tmp_path)
+    r = run_cli(["-m", "hydra/launcher=gpus", "gpu_lock.gpus=[0,1]", f"gpu_lock.dir={tmp_path / 'locks'}", *BASE, "logger=wandb",
+                 "strategy=none,min_max", "n_noises=4,8", "steps=60", "output.checkpoint_every=0", f"hydra.sweep.dir={folder}"],
+                tmp_path, env=wandb_env)
     assert r.returncode == 0, r.stderr[-3000:]
+    for job in _job_dirs(folder):
+        rec = run_record(_offline_run(folder / job))
+        assert rec["group"] == folder.name and rec["name"] == job and rec["summary"]["final/reward"] == _metrics(folder / job)["final/reward"]
     assert "n_jobs=2" in r.stdout + r.stderr
     jobs = timeline.load_jobs(folder)
     assert len(jobs) == 4 and all(j["status"] == "complete" for j in jobs)
