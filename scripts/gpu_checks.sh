@@ -6,7 +6,7 @@
 #
 # Random full-size models (SD2.1-base, MVDream, ImageReward) are built once into $REWARDSDS_CACHE
 # (default /tmp/rewardsds_random) and shared by the benchmark and the tests. Per-section time limits:
-# BENCH_S (default 210), TESTS_S (270), BENCH3D_S (60). The ImageReward parity test needs the bert-base-uncased
+# BENCH_S (default 180), TESTS_S (240), BENCH3D_S (45). The ImageReward parity test needs the bert-base-uncased
 # vocab: the dev extra's package, or REWARDSDS_BERT_VOCAB=/path/vocab.txt. Intermediate files go to $REWARDSDS_WORK (a temp dir).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_checks.sh OUTDIR [workers]}
@@ -49,10 +49,12 @@ from pathlib import Path
 from rewardsds.testing import build_mvdream, build_sd_pipeline
 from rewardsds.rewards.random_init import save_random_image_reward
 sd, mv, ir = (Path(os.environ[k]) for k in ("REWARDSDS_SD21_RANDOM", "REWARDSDS_MVDREAM_RANDOM", "REWARDSDS_IMAGE_REWARD_RANDOM"))
+import torch
+fast = dict(device="cuda", dtype=torch.float16)  # random weights drawn on the GPU, half-size files
 if not (sd / "unet" / "config.json").is_file():
-    build_sd_pipeline(sd, "sd21_base")
+    build_sd_pipeline(sd, "sd21_base", **fast)
 if not (mv / "mvdream" / "unet" / "config.json").is_file():
-    build_mvdream(mv, "sd21_base")
+    build_mvdream(mv, "sd21_base", **fast)
 if not (ir / "paths.json").is_file():
     ckpt, tok = save_random_image_reward(ir, "full", words="a photo of a red fox".split())
     (ir / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
@@ -60,17 +62,17 @@ print("random models ready")
 PY
 
 stamp "benchmark (alone on the GPU)"
-timeout "${BENCH_S:-210}" python3 scripts/benchmark.py --out "$OUT/bench.json" --sd-folder "$REWARDSDS_SD21_RANDOM" --mvdream --tiny-vae \
+timeout "${BENCH_S:-180}" python3 scripts/benchmark.py --out "$OUT/bench.json" --sd-folder "$REWARDSDS_SD21_RANDOM" --mvdream --tiny-vae \
   --steps 4 --warmup 2 --plain-steps 2 --mv-steps 2 > "$OUT/bench.log" 2>&1; stamp "benchmark exit $?"
 
 wait $JIT; stamp "kernels: $(tr '\n' ' ' < "$OUT/jit.log" | tail -c 200)"
 
 stamp "gpu tests (-n $WORKERS)"
-timeout "${TESTS_S:-270}" python3 -m pytest -m gpu -n "$WORKERS" -p no:cacheprovider -q -ra -s tests/ > "$OUT/gpu_tests.log" 2>&1
+timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -n "$WORKERS" -p no:cacheprovider -q -ra -s tests/ > "$OUT/gpu_tests.log" 2>&1
 stamp "gpu tests exit $?"; tail -n 25 "$OUT/gpu_tests.log"
 
 stamp "3D render benchmark"
-timeout "${BENCH3D_S:-60}" python3 scripts/bench_3d.py --out "$OUT/bench_3d.json" > "$WORK/bench_3d.log" 2>&1; stamp "bench_3d exit $?"
+timeout "${BENCH3D_S:-45}" python3 scripts/bench_3d.py --out "$OUT/bench_3d.json" > "$WORK/bench_3d.log" 2>&1; stamp "bench_3d exit $?"
 
 python3 - "$WORK" "$OUT" <<'PY'
 import json, sys
