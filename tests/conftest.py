@@ -19,6 +19,18 @@ import rewardsds.config  # noqa: E402,F401  (registers the schemas with the Conf
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
+
+def fixtures_dir() -> Path:
+    """The shared parity fixtures: $REWARDSDS_FIXTURES, a shared/ folder inside the checkout, or ../shared beside it."""
+    env = os.environ.get("REWARDSDS_FIXTURES")
+    if env:
+        return Path(env)
+    inside = ROOT / "shared" / "fixtures"
+    return inside if inside.is_dir() else ROOT.parent / "shared" / "fixtures"
+
+
+FIXTURES = fixtures_dir()
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

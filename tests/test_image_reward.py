@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import FIXTURES
+
 from rewardsds.errors import ModelLoadError
 from rewardsds.rewards.base import RewardInputError
 from rewardsds.rewards.image_reward import (
@@ -22,7 +24,7 @@ from rewardsds.rewards.image_reward import (
 )
 from rewardsds.rewards.random_init import image_reward_med_config, image_reward_original_shapes, save_random_image_reward
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "image_reward"
+FIXTURE = FIXTURES / "image_reward"
 WORDS = ["a", "photo", "of", "red", "fox", "cat", "in", "the", "snow"]
 PROMPTS = ["a photo of a red fox", "a cat in the snow", "a red cat"]
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import gpu_test
+from conftest import FIXTURES, gpu_test
 from rewardsds.rewards.image_reward import ImageReward, set_blip_attention
 from rewardsds.rewards.preprocess import from_pil
 
 # shared/ sits beside the checkout (../shared), as in CI's fresh clone
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "image_reward"
+FIXTURE = FIXTURES / "image_reward"
 VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 
 

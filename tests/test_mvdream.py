@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import gpu_test
+from conftest import FIXTURES, gpu_test
 from rewardsds.cameras import orbit_cameras
 from rewardsds.errors import ConfigError, ModelLoadError
 from rewardsds.losses.sds import x0_recon_target
@@ -30,7 +30,7 @@ from rewardsds.priors import mvdream_convert as mc
 from rewardsds.priors.base import TextCond
 from rewardsds.testing import SD21_BASE_VAE, write_clip_tokenizer
 
-FIXTURE_DIR = Path(os.environ.get("REWARDSDS_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures")) / "mvdream"
+FIXTURE_DIR = FIXTURES / "mvdream"
 ATOL_UNET = 1e-4  # fixture README: fp32 CPU, original vs 1 and 2 threads differ by 3e-6
 RTOL_CFG = 1e-4  # after CFG 50 (relative to the tensor's max magnitude)
 

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from conftest import FIXTURES
 from PIL import Image
 
 from rewardsds.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform, from_pil, to_pil
 
 # shared/ sits beside the checkout (../shared), as in CI's fresh clone
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "image_reward"
+FIXTURE = FIXTURES / "image_reward"
 
 
 def _smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
