@@ -67,7 +67,7 @@ def test_sweep_runs_one_readable_job_per_prompt_strategy_and_n_noises(sweep):
         assert m["status"] == "complete" and m["iterations"] == 2
         assert m["prompt"] == PROMPTS[settings["prompt"]] and m["prompt_index"] == int(settings["prompt"][0])
         assert m["prompts"] == "analytic" and m["n_noises"] == int(settings["n_noises"])
-        assert m["strategy_name"] == settings["strategy"]
+        assert m["strategy"] == settings["strategy"]
         # reproducibility record: versions, commit, the typed command and the command of this job alone
         assert m["versions"]["torch"] == version("torch") and m["versions"]["hydra-core"] == version("hydra-core")
         assert m["git_commit"] and m["git_commit"] != "unknown"
