@@ -291,6 +291,9 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     start = time.perf_counter()
     trainer.fit(system)
     wall = time.perf_counter() - start
+    # Lightning's teardown moves the module to the CPU after fit; the frozen prior and reward stay on the run's
+    # device, so the final renders, decodes and scores need the scene back there.
+    system.to(device)
     if system.iteration < system.total_steps:
         raise TrainingAborted(f"training stopped at step {system.iteration} of {system.total_steps}; resume with resume={run_dir}")
     final = finalize_run(system, run_dir, media)

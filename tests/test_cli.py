@@ -156,3 +156,34 @@ def test_resume_errors():
 
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_resume("/no/such/run")
+
+
+def test_scene_returns_to_the_run_device_after_fit(tmp_path, monkeypatch):
+    """Lightning's teardown moves the module to the CPU after fit while the prior stays on the run's device
+    (CUDA in real runs): finalisation must see the scene back on that device."""
+    from rewardsds.system import DistillationSystem
+    from rewardsds.train import train
+
+    seen = []
+    original = DistillationSystem.to
+
+    def spy(self, *args, **kwargs):
+        seen.append(str(args[0]) if args else str(kwargs.get("device")))
+        return original(self, *args, **kwargs)
+
+    teardowns = []
+    import lightning.pytorch.strategies.strategy as strat
+
+    orig_teardown = strat.Strategy.teardown
+
+    def teardown(self):
+        teardowns.append(len(seen))
+        return orig_teardown(self)
+
+    monkeypatch.setattr(DistillationSystem, "to", spy)
+    monkeypatch.setattr(strat.Strategy, "teardown", teardown)
+    m = train(compose(["experiment=analytic", "steps=2", *FAST]), tmp_path / "run")
+    assert m["status"] == "complete"
+    assert teardowns, "Lightning's teardown did not run"
+    # a .to(<run device>) after the teardown
+    assert seen[teardowns[-1]:] == ["cpu"], seen
