@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from rewardsds.errors import ConfigError
+from rewardsds.errors import ConfigError, option_value, settings_checker
 from rewardsds.schedules import Schedule
 
 
@@ -256,7 +256,7 @@ def _as_range(x: Any, key: str) -> tuple[float, float]:
 
 
 def _enum_value(x: Any) -> str:
-    return str(x.value if hasattr(x, "value") else x)
+    return str(option_value(x))
 
 
 class CameraSampler:
@@ -485,10 +485,7 @@ def check_camera_settings(s: Any, prefix: str = "cameras") -> None:
     def rng(name: str) -> tuple[float, float]:
         return _as_range(getattr(s, name), f"{prefix}.{name}")
 
-    def check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
-        if not cond:
-            raise ConfigError(f"{prefix}.{key}", value, problem, fix)
-
+    check = settings_checker(prefix)
     e0, e1 = rng("elevation")
     check(-90.0 <= e0 and e1 <= 90.0, "elevation", [e0, e1], "must lie within [-90, 90] degrees", "use e.g. {low: 0, high: 30}")
     d0, _ = rng("distance")

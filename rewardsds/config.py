@@ -635,96 +635,75 @@ def _learned_reward_checks(cfg: Any) -> None:
 
 
 @dataclass
-class ImageRewardConfig(RewardConfig):
+class LearnedRewardConfig(RewardConfig):
+    """Options every learned reward model takes (the subclasses add where its weights come from).
+
+    dtype: auto = bf16 on CUDA, fp32 on CPU (heads and similarities stay fp32). differentiable: allow gradients
+    to the images (reward-feedback methods). pil_exact: the reference code's uint8 PIL preprocessing instead
+    of the tensor path (not differentiable). attention: sdpa or eager. compile: torch.compile with CUDA graphs
+    on the scoring path.
+    """
+
+    dtype: DType = DType.auto
+    differentiable: bool = False
+    pil_exact: bool = False
+    local_files_only: bool = False
+    attention: AttentionKernel = AttentionKernel.sdpa
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _learned_reward_checks(self)
+
+
+@dataclass
+class ImageRewardConfig(LearnedRewardConfig):
     """ImageReward-v1.0 on transformers' BLIP modules (checkpoint: Hub repo, folder or ImageReward.pt)."""
 
     _target_: str = "rewardsds.rewards.image_reward.ImageReward"
     checkpoint: str = "THUDM/ImageReward"
     med_config: Optional[str] = None  # default: med_config.json next to the checkpoint
     tokenizer: str = "bert-base-uncased"  # Hub id or a folder with vocab.txt
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False  # reproduce the original package's PIL preprocessing (uint8, CPU)
-    local_files_only: bool = False
-    attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _learned_reward_checks(self)
 
 
 @dataclass
-class AestheticRewardConfig(RewardConfig):
+class AestheticRewardConfig(LearnedRewardConfig):
     """LAION aesthetic predictor on L2-normalised CLIP ViT-L/14 image embeddings (prompt-free)."""
 
     _target_: str = "rewardsds.rewards.aesthetic.AestheticReward"
     pretrained: str = "openai/clip-vit-large-patch14"
     head_type: AestheticHeadType = AestheticHeadType.linear
     head: Optional[str] = None  # head file: local path or URL; None = the published URL of head_type
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False
-    local_files_only: bool = False
-    attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
 
     def __post_init__(self) -> None:
-        _learned_reward_checks(self)
+        super().__post_init__()
         self.head_type = _enum(AestheticHeadType, self.head_type, "reward.head_type")
 
 
 @dataclass
-class CLIPScoreConfig(RewardConfig):
+class CLIPScoreConfig(LearnedRewardConfig):
     """Cosine similarity of CLIP image and prompt embeddings (any transformers CLIP checkpoint)."""
 
     _target_: str = "rewardsds.rewards.clip.CLIPScore"
     pretrained: str = "openai/clip-vit-large-patch14"
     processor: Optional[str] = None  # tokenizer + image processor source; default: pretrained
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False
-    local_files_only: bool = False
-    attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _learned_reward_checks(self)
 
 
 @dataclass
-class PickScoreConfig(RewardConfig):
+class PickScoreConfig(LearnedRewardConfig):
     """PickScore: exp(logit_scale) * cosine of a CLIP-H/14 fine-tuned on Pick-a-Pic."""
 
     _target_: str = "rewardsds.rewards.pickscore.PickScore"
     pretrained: str = "yuvalkirstain/PickScore_v1"
     processor: Optional[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False
-    local_files_only: bool = False
-    attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _learned_reward_checks(self)
 
 
 @dataclass
-class HPSv2Config(RewardConfig):
+class HPSv2Config(LearnedRewardConfig):
     """HPSv2.1 (open_clip ViT-H-14 checkpoint converted to transformers' CLIPModel): cosine score."""
 
     _target_: str = "rewardsds.rewards.hpsv2.HPSv2"
     checkpoint: str = "xswu/HPSv2"  # Hub repo with HPS_v2.1_compressed.pt, a folder, or the .pt file
     processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # config, tokenizer, image processor
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False  # quantise to uint8 first, as the reference reads PIL images
-    local_files_only: bool = False
-    attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _learned_reward_checks(self)
 
 
 @dataclass

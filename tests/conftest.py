@@ -89,4 +89,46 @@ def analytic_prior():
     return AnalyticPrior().to("cpu")
 
 
+# ----------------------------------------------------------------------------------------- random full-size models (GPU tests)
+def _cache(env: str, tmp_path_factory, name: str) -> Path:
+    return Path(os.environ.get(env) or tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def sd21_random(tmp_path_factory) -> Path:
+    """The full-size SD2.1-base architecture with random weights ($REWARDSDS_SD21_RANDOM caches it)."""
+    from rewardsds.testing import build_sd_pipeline
+
+    folder = _cache("REWARDSDS_SD21_RANDOM", tmp_path_factory, "sd21")
+    if not (folder / "unet" / "config.json").is_file():
+        build_sd_pipeline(folder, "sd21_base", device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float16)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mvdream_random(tmp_path_factory) -> tuple[Path, Path]:
+    """The full-size MVDream architecture with random weights and its base folder ($REWARDSDS_MVDREAM_RANDOM)."""
+    from rewardsds.testing import build_mvdream
+
+    folder = _cache("REWARDSDS_MVDREAM_RANDOM", tmp_path_factory, "mvdream")
+    if not (folder / "mvdream" / "unet" / "config.json").is_file():
+        return build_mvdream(folder, "sd21_base", device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float16)
+    return folder / "mvdream", folder / "base"
+
+
+@pytest.fixture(scope="session")
+def image_reward_random(tmp_path_factory) -> list[str]:
+    """Overrides selecting a full-size ImageReward with random weights, saved locally ($REWARDSDS_IMAGE_REWARD_RANDOM)."""
+    import json
+
+    from rewardsds.rewards.random_init import save_random_image_reward
+
+    folder = _cache("REWARDSDS_IMAGE_REWARD_RANDOM", tmp_path_factory, "image_reward")
+    if not (folder / "paths.json").is_file():
+        ckpt, tok = save_random_image_reward(folder, "full", words="a photo of a red fox".split())
+        (folder / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
+    paths = json.loads((folder / "paths.json").read_text())
+    return ["reward=image_reward", f"reward.checkpoint={paths['ckpt']}", f"reward.tokenizer={paths['tok']}", "reward.local_files_only=true"]
+
+
 FAST = ["logger=none", "trainer=cpu", "output.image_every=0", "output.video=false", "output.checkpoint_every=0"]

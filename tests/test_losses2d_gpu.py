@@ -44,29 +44,6 @@ REPORT: dict = {}
 
 
 @pytest.fixture(scope="module")
-def sd21_base(tmp_path_factory) -> Path:
-    from rewardsds.testing import build_sd_pipeline
-
-    folder = Path(os.environ.get("REWARDSDS_SD21_RANDOM") or tmp_path_factory.mktemp("sd21_base_random"))
-    if not (folder / "unet" / "config.json").is_file():
-        build_sd_pipeline(folder, "sd21_base")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def image_reward(tmp_path_factory) -> list[str]:
-    """Overrides for a full-size ImageReward with random weights (the paper experiments' reward), saved locally."""
-    from rewardsds.rewards.random_init import save_random_image_reward
-
-    folder = Path(os.environ.get("REWARDSDS_IMAGE_REWARD_RANDOM") or tmp_path_factory.mktemp("image_reward"))
-    if not (folder / "paths.json").is_file():
-        ckpt, tok = save_random_image_reward(folder, "full", words=PROMPT.split())
-        (folder / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
-    paths = json.loads((folder / "paths.json").read_text())
-    return ["reward=image_reward", f"reward.checkpoint={paths['ckpt']}", f"reward.tokenizer={paths['tok']}", "reward.local_files_only=true"]
-
-
-@pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
     """A smooth 512x512 test image (the DDS source)."""
     from PIL import Image
@@ -85,10 +62,10 @@ def report_path(tmp_path_factory) -> Path:
 
 @gpu_test
 @pytest.mark.parametrize("case", list(CASES))
-def test_gpu_loss_mode_20_steps_full_size(case, sd21_base, image_reward, photo, report_path, tmp_path):
+def test_gpu_loss_mode_20_steps_full_size(case, sd21_random, image_reward_random, photo, report_path, tmp_path):
     from rewardsds.train import train
 
-    overrides = [*CASES[case], f"prior.pretrained={sd21_base}", *image_reward, *COMMON]
+    overrides = [*CASES[case], f"prior.pretrained={sd21_random}", *image_reward_random, *COMMON]
     if "edit_dds" in " ".join(overrides):
         overrides += [f"loss.image={photo}", "loss.source_prompt=a colourful gradient"]
     torch.cuda.empty_cache()

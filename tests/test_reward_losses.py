@@ -7,7 +7,6 @@ import os
 import statistics
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -487,32 +486,9 @@ GPU_CASES = {
 }
 
 
-@pytest.fixture(scope="session")
-def sd21_base_folder(tmp_path_factory):
-    from rewardsds.testing import build_sd_pipeline
-
-    folder = Path(os.environ.get("REWARDSDS_SD21_RANDOM") or tmp_path_factory.mktemp("sd21_base"))
-    if not (folder / "unet" / "config.json").is_file():
-        build_sd_pipeline(folder, "sd21_base")
-    return folder
-
-
-@pytest.fixture(scope="session")
-def random_image_reward(tmp_path_factory) -> list[str]:
-    """A full-size ImageReward with random weights, saved locally (the experiments' paper rewards need weights)."""
-    from rewardsds.rewards.random_init import save_random_image_reward
-
-    folder = Path(os.environ.get("REWARDSDS_IMAGE_REWARD_RANDOM") or tmp_path_factory.mktemp("image_reward"))
-    if not (folder / "paths.json").is_file():
-        ckpt, tok = save_random_image_reward(folder, "full", words="a photo of a red fox".split())
-        (folder / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
-    paths = json.loads((folder / "paths.json").read_text())
-    return ["reward=image_reward", f"reward.checkpoint={paths['ckpt']}", f"reward.tokenizer={paths['tok']}", "reward.local_files_only=true"]
-
-
 @gpu_test
 @pytest.mark.parametrize("case", list(GPU_CASES))
-def test_full_size_sd21_base_twenty_steps(case, sd21_base_folder, random_image_reward, tmp_path):
+def test_full_size_sd21_base_twenty_steps(case, sd21_random, image_reward_random, tmp_path):
     """20 steps of each method with the full-size SD2.1-base architecture (random weights, bf16), every step
     with its reward term on (pg_start = negative_start = threshold = 0). Checks the run completes with
     finite gradients, that the reward terms ran (model evaluations per step above the scene-only cost) and
@@ -522,8 +498,8 @@ def test_full_size_sd21_base_twenty_steps(case, sd21_base_folder, random_image_r
 
     extra = {"ddpo3d": ["loss.pg_start=0"], "dreamdpo": ["loss.threshold=0"],
              "psd": ["loss.negative_start=0", "loss.threshold=0"]}[case.split("_")[0]]
-    reward = [] if any(o.startswith("reward=") for o in GPU_CASES[case]) else random_image_reward
-    cfg = compose([*GPU_CASES[case], *reward, "prompt=a photo of a red fox", f"prior.pretrained={sd21_base_folder}", "prior.dtype=bf16",
+    reward = [] if any(o.startswith("reward=") for o in GPU_CASES[case]) else image_reward_random
+    cfg = compose([*GPU_CASES[case], *reward, "prompt=a photo of a red fox", f"prior.pretrained={sd21_random}", "prior.dtype=bf16",
                    "trainer=gpu", "steps=20", *FAST, *extra])
     m = train(cfg, tmp_path / case)
     assert m["status"] == "complete" and m["iterations"] == 20 and m["nonfinite_steps"] == 0

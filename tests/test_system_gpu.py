@@ -32,42 +32,6 @@ GPU = ["trainer=gpu", "prior.dtype=bf16", "logger=none", "output.video=false", "
        f"prompt={PROMPT}"]
 
 
-def _folder(env: str, tmp_path_factory, name: str) -> Path:
-    return Path(os.environ.get(env) or tmp_path_factory.mktemp(name))
-
-
-@pytest.fixture(scope="module")
-def sd21(tmp_path_factory) -> Path:
-    from rewardsds.testing import build_sd_pipeline
-
-    folder = _folder("REWARDSDS_SD21_RANDOM", tmp_path_factory, "sd21")
-    if not (folder / "unet" / "config.json").is_file():
-        build_sd_pipeline(folder, "sd21_base")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def mvdream(tmp_path_factory) -> tuple[Path, Path]:
-    from rewardsds.testing import build_mvdream
-
-    folder = _folder("REWARDSDS_MVDREAM_RANDOM", tmp_path_factory, "mvdream")
-    if not (folder / "mvdream" / "unet" / "config.json").is_file():
-        return build_mvdream(folder, "sd21_base")
-    return folder / "mvdream", folder / "base"
-
-
-@pytest.fixture(scope="module")
-def image_reward(tmp_path_factory) -> list[str]:
-    from rewardsds.rewards.random_init import save_random_image_reward
-
-    folder = _folder("REWARDSDS_IMAGE_REWARD_RANDOM", tmp_path_factory, "image_reward")
-    if not (folder / "ckpt" / "ImageReward.pt").is_file():
-        ckpt, tok = save_random_image_reward(folder, "full", words=PROMPT.split())
-        (folder / "paths.json").write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
-    paths = json.loads((folder / "paths.json").read_text())
-    return ["reward=image_reward", f"reward.checkpoint={paths['ckpt']}", f"reward.tokenizer={paths['tok']}", "reward.local_files_only=true"]
-
-
 def _report(name: str, metrics: dict, extra: dict | None = None) -> dict:
     keys = ("step_time_median_s", "peak_memory_gb", "evals_per_step_mean", "nonfinite_steps", "iterations", "device", "wall_time_s",
             "final/reward", "status")
@@ -100,8 +64,8 @@ def test_tiny_sd_prior_bf16_on_cuda(tiny_sd, tmp_path):
 
 
 @gpu_test
-def test_full_sd21_base_rewardsds_20_steps(sd21, image_reward, tmp_path):
-    m = _run([*GPU, "experiment=paper_2d", f"prior.pretrained={sd21}", *image_reward, "steps=20", "n_noises=8", "prior.local_files_only=true"],
+def test_full_sd21_base_rewardsds_20_steps(sd21_random, image_reward_random, tmp_path):
+    m = _run([*GPU, "experiment=paper_2d", f"prior.pretrained={sd21_random}", *image_reward_random, "steps=20", "n_noises=8", "prior.local_files_only=true"],
              tmp_path / "run")
     assert m["evals_per_step_mean"] > 2 * 8  # a lookahead ran for the 8 candidates
     _report("sd21_rewardsds_n8_k15_20steps", m, {"n_noises": 8, "lookahead_steps": 15})
@@ -110,10 +74,10 @@ def test_full_sd21_base_rewardsds_20_steps(sd21, image_reward, tmp_path):
 @gpu_test
 @pytest.mark.parametrize("rep", ["nerf", "gaussians"])
 @pytest.mark.parametrize("size", ["tiny", "sd21"])
-def test_3d_fifty_steps(rep, size, tiny_sd, sd21, image_reward, tmp_path):
-    prior = tiny_sd if size == "tiny" else sd21
+def test_3d_fifty_steps(rep, size, tiny_sd, sd21_random, image_reward_random, tmp_path):
+    prior = tiny_sd if size == "tiny" else sd21_random
     rep_overrides = ["representation.estimator=occgrid"] if rep == "nerf" else ["representation.rasterizer=gsplat"]
-    m = _run([*GPU, f"experiment=dreamfusion_{rep}", f"prior.pretrained={prior}", "prior.local_files_only=true", *image_reward, "steps=50",
+    m = _run([*GPU, f"experiment=dreamfusion_{rep}", f"prior.pretrained={prior}", "prior.local_files_only=true", *image_reward_random, "steps=50",
               "n_noises=4", "lookahead.steps=4", "reward_duration=1.0", "cameras.resolution={start: 64}", "output.eval_views=4",
               "output.turntable_frames=8", "cameras.eval_resolution=256", *rep_overrides], tmp_path / "run")
     assert len(list((tmp_path / "run" / "eval").glob("view_*.png"))) == 4
@@ -121,8 +85,8 @@ def test_3d_fifty_steps(rep, size, tiny_sd, sd21, image_reward, tmp_path):
 
 
 @gpu_test
-def test_mvdream_nerf_fifty_steps_full_size(mvdream, image_reward, tmp_path):
-    mv, base = mvdream
+def test_mvdream_nerf_fifty_steps_full_size(mvdream_random, image_reward_random, tmp_path):
+    mv, base = mvdream_random
     m = _run([*GPU, "experiment=mvdream_nerf", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
-              *image_reward, "steps=50", "output.eval_views=4", "output.turntable_frames=0", "cameras.eval_resolution=256"], tmp_path / "run")
+              *image_reward_random, "steps=50", "output.eval_views=4", "output.turntable_frames=0", "cameras.eval_resolution=256"], tmp_path / "run")
     _report("mvdream_nerf_64px_50steps", m, {"n_noises": 7, "views_per_step": 8, "reward_steps": 25})

@@ -39,7 +39,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError
+from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
 from rewardsds.representations._raster import SH_C0, rasterize_dense
 from rewardsds.representations.base import Representation
 from rewardsds.schedules import Schedule, Streams, seed_for
@@ -54,23 +54,14 @@ _CHOICES = {
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
-def _value(x: Any) -> Any:
-    return x.value if hasattr(x, "value") else x
-
-
 def check_gaussians_settings(s: Any, prefix: str = "representation") -> None:
     """Raise ConfigError for impossible Gaussian settings (used by the schema and the constructor)."""
 
-    def check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
-        if not cond:
-            raise ConfigError(f"{prefix}.{key}", value, problem, fix)
-
-    for key, options in _CHOICES.items():
-        v = _value(getattr(s, key))
-        check(v in options, key, v, "is not a known option", "use one of: " + ", ".join(options))
+    check = settings_checker(prefix)
+    check_choices(s, _CHOICES, check)
     check(s.num_points >= 1, "num_points", s.num_points, "must be >= 1", "use e.g. 4096")
-    check(_value(s.init) == "sphere" or bool(s.init_path), "init_path", s.init_path,
-          f"is required when {prefix}.init={_value(s.init)}", f"set {prefix}.init_path=/path/to/points.ply")
+    check(option_value(s.init) == "sphere" or bool(s.init_path), "init_path", s.init_path,
+          f"is required when {prefix}.init={option_value(s.init)}", f"set {prefix}.init_path=/path/to/points.ply")
     check(s.init_radius > 0, "init_radius", s.init_radius, "must be > 0", "use e.g. 0.5")
     check(0 < s.init_opacity < 1, "init_opacity", s.init_opacity, "must be in (0, 1)", "use 0.1")
     check(len(s.init_color) == 3, "init_color", list(s.init_color), "needs 3 values in [0, 1]", "use [0.5, 0.5, 0.5]")
@@ -301,7 +292,7 @@ class Gaussians(Representation):
         args.pop("self")
         args.pop("__class__", None)
         check_gaussians_settings(type("GaussiansSettings", (), args))
-        self.init_kind = _value(init)
+        self.init_kind = option_value(init)
         self.sh_degree = int(sh_degree)
         self.sh_degree_interval = int(sh_degree_interval)
         self.scene_extent = float(scene_extent)
@@ -309,11 +300,11 @@ class Gaussians(Representation):
         self.lrs = {"scales": lr_scales, "quats": lr_quats, "opacities": lr_opacities, "sh0": lr_sh0, "shN": lr_shN}
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        self.strategy_kind = _value(strategy)
+        self.strategy_kind = option_value(strategy)
         self.absgrad = bool(absgrad)
         self.opacity_reg = Schedule.from_any(opacity_reg)
         self.scale_reg = Schedule.from_any(scale_reg)
-        self.rasterizer = _value(rasterizer)
+        self.rasterizer = option_value(rasterizer)
         self.register_buffer("background_color", torch.tensor([float(c) for c in background_color]), persistent=False)
         self.random_background_prob = float(random_background_prob)
         self.near_plane, self.far_plane, self.eps2d = float(near_plane), float(far_plane), float(eps2d)

@@ -40,7 +40,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError
+from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
 from rewardsds.representations._grid import DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_tetrahedra
 from rewardsds.representations.base import Representation
@@ -59,27 +59,18 @@ _CHOICES = {
 }
 
 
-def _value(x: Any) -> Any:
-    return x.value if hasattr(x, "value") else x
-
-
 def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
     """Raise ConfigError for impossible NeRF settings (used by the schema and the constructor)."""
 
-    def check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
-        if not cond:
-            raise ConfigError(f"{prefix}.{key}", value, problem, fix)
-
-    for key, options in _CHOICES.items():
-        v = _value(getattr(s, key))
-        check(v in options, key, v, "is not a known option", "use one of: " + ", ".join(options))
+    check = settings_checker(prefix)
+    check_choices(s, _CHOICES, check)
     check(s.radius > 0, "radius", s.radius, "must be > 0 (half the side of the scene box)", "use e.g. 1.0")
     check(s.n_levels >= 1, "n_levels", s.n_levels, "must be >= 1", "use 16 (hash) or 8 (dense/triplane)")
     check(s.n_features_per_level >= 1, "n_features_per_level", s.n_features_per_level, "must be >= 1", "use 2 (hash) or 4")
     check(10 <= s.log2_hashmap_size <= 24, "log2_hashmap_size", s.log2_hashmap_size, "must be in [10, 24]", "use 19")
     check(s.base_resolution >= 2, "base_resolution", s.base_resolution, "must be >= 2", "use 16 (hash/dense) or 32 (triplane)")
     check(s.per_level_scale >= 1.0, "per_level_scale", s.per_level_scale, "must be >= 1", "use e.g. 1.447 (hash) or 1.5")
-    if _value(s.encoding) == "dense":
+    if option_value(s.encoding) == "dense":
         finest = s.base_resolution * s.per_level_scale ** (s.n_levels - 1)
         check(finest <= 512, "per_level_scale", s.per_level_scale,
               f"makes the finest dense level {finest:.0f}^3 cells, too large for memory",
@@ -95,7 +86,7 @@ def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
     check(len(s.background_color) == 3, "background_color", list(s.background_color), "needs 3 values", "use [1.0, 1.0, 1.0]")
     check(0 <= s.random_background_prob <= 1, "random_background_prob", s.random_background_prob, "must be in [0, 1]", "use 0.5")
     check(s.finite_difference_eps > 0, "finite_difference_eps", s.finite_difference_eps, "must be > 0", "use 0.01")
-    check(_value(s.shading) == "none" or _value(s.normal) != "none", "normal", _value(s.normal),
+    check(option_value(s.shading) == "none" or option_value(s.normal) != "none", "normal", option_value(s.normal),
           "is none but representation.shading=diffuse needs normals", "set representation.normal=analytic")
     for key in ("diffuse_prob", "textureless_prob"):
         check(0 <= getattr(s, key) <= 1, key, getattr(s, key), "must be in [0, 1]", "use 0.75 / 0.5")
@@ -230,13 +221,13 @@ class NeRF(Representation):
         ns = type("NeRFSettings", (), args)
         check_nerf_settings(ns)
         self.radius = float(radius)
-        self.encoding_type = _value(encoding)
+        self.encoding_type = option_value(encoding)
         self.grid_resolution = None if grid_resolution is None else Schedule.from_any(grid_resolution)
-        self.density_activation = _value(density_activation)
-        self.density_bias = _value(density_bias)
+        self.density_activation = option_value(density_activation)
+        self.density_bias = option_value(density_bias)
         self.density_blob_scale = float(density_blob_scale)
         self.density_blob_std = float(density_blob_std)
-        self.estimator_type = _value(estimator)
+        self.estimator_type = option_value(estimator)
         self.num_samples_per_ray = int(num_samples_per_ray)
         self.render_step_size = 1.732 * 2.0 * self.radius / self.num_samples_per_ray
         self.occ_update_every = int(occ_update_every)
@@ -245,11 +236,11 @@ class NeRF(Representation):
         self.occ_warmup_steps = int(occ_warmup_steps)
         self.alpha_threshold = float(alpha_threshold)
         self.stratified = bool(stratified)
-        self.background_type = _value(background)
+        self.background_type = option_value(background)
         self.random_background_prob = float(random_background_prob)
-        self.normal_type = _value(normal)
+        self.normal_type = option_value(normal)
         self.finite_difference_eps = float(finite_difference_eps)
-        self.shading = _value(shading)
+        self.shading = option_value(shading)
         self.ambient_only_steps = int(ambient_only_steps)
         self.diffuse_prob = float(diffuse_prob)
         self.textureless_prob = float(textureless_prob)
