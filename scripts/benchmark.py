@@ -7,6 +7,7 @@ backward -> AdamW), and reports per configuration the step time (median, min, ma
 prior evaluations per step (single-sample UNet calls; a CFG pair counts 2):
 
 - ``sds``: strategy none, N = 1 (plain SDS), and a bare UNet call at batch 2 for the 1.2x target;
+- ``reward_image_reward``: ImageReward alone on a batch of 8 images of 512x512 (the 15 ms target);
 - ``rewardsds``: min_max over N in --n and lookahead grid K in --k (K = 0: one-step x0 estimate);
 - ``plain``: rewardsds.reference.plain_rewardsds_step, fp32, candidates one by one, the reward's PIL path,
   on the same timesteps (the speed-up of the fast path is a ratio measured in the same process);
@@ -177,6 +178,17 @@ def bench_bare_unet(prior, device, results, iters: int):
             prior.predict_noise(x, t, emb)
         times = [timed(lambda: prior.predict_noise(x, t, emb), device) for _ in range(iters)]
     results["bare_unet_batch2"] = stats(times)
+
+
+def bench_reward(reward, device, results, batch: int = 8, size: int = 512, iters: int = 20):
+    """The reward alone: ``batch`` images of ``size``^2 scored as the training loop does (tensor path, cached prompt)."""
+    images = torch.rand(batch, 3, size, size, device=device)
+    prompts = [PROMPT] * batch
+    for _ in range(3):
+        reward(images, prompts, check=False)
+    times = [timed(lambda: reward(images, prompts, check=False), device) for _ in range(iters)]
+    results["reward_image_reward"] = {**stats(times), "batch": batch, "size": size,
+                                      "dtype": str(getattr(reward, "dtype_option", "")), "compile": bool(getattr(reward, "_forward", None) is not getattr(reward, "model", None))}
 
 
 def unet_flops_per_sample(prior, device) -> float:
@@ -376,6 +388,7 @@ def main(argv=None) -> int:
         bench_bare_unet(prior, device, {}, 1)
         results["compile_s_unet"] = time.perf_counter() - t0
     bench_bare_unet(prior, device, results, iters=20)
+    bench_reward(reward, device, results)
     bench_fast(args, prior, reward, device, tmp, results)
     bench_lookahead_mfu(prior, device, results)
     if not args.no_plain:
@@ -392,6 +405,7 @@ def main(argv=None) -> int:
     n_ref = 8 if 8 in args.n else args.n[0]
     if f"plain_n{n_ref}_k15" in c and f"rewardsds_n{n_ref}_k15" in c:
         derived[f"speedup_rewardsds_n{n_ref}_k15_vs_plain (target >= 5)"] = c[f"plain_n{n_ref}_k15"]["median_ms"] / c[f"rewardsds_n{n_ref}_k15"]["median_ms"]
+    derived["image_reward_batch8_512px_ms (target < 15)"] = results["reward_image_reward"]["median_ms"]
     derived["sds_step_over_bare_unet_batch2 (target <= 1.2)"] = c["sds"]["median_ms"] / results["bare_unet_batch2"]["median_ms"]
     if results["lookahead_mfu"]["mfu"] is not None:
         derived["lookahead_mfu"] = results["lookahead_mfu"]["mfu"]
