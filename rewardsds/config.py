@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rewardsds.errors import ConfigError
+from rewardsds.priors.compiled import check_compile_mode
 from rewardsds.schedules import Schedule
 
 
@@ -99,6 +100,7 @@ class SDPriorConfig(PriorConfig):
     local_files_only: bool = False
     channels_last: bool = True
     compile: bool = False  # torch.compile the UNet (GPU; compile time is reported separately)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
     vae_slicing: bool = False
     encode_sample: bool = False  # encode renders with a posterior sample (threestudio) instead of the mean
@@ -109,6 +111,7 @@ class SDPriorConfig(PriorConfig):
         _check(self.scheduler in ("ddim", "ddpm"), "prior.scheduler", self.scheduler, "is not supported",
                "use ddim or ddpm (only the noise schedule is read)")
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
+        check_compile_mode(self.compile_mode)
 
 
 @dataclass
@@ -361,6 +364,7 @@ class MVDreamPriorConfig(PriorConfig):
     local_files_only: bool = False
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"
     tiny_vae: Optional[str] = None
     vae_slicing: bool = False
 
@@ -373,6 +377,7 @@ class MVDreamPriorConfig(PriorConfig):
                "prior.filename", self.filename, "is not a checkpoint file name",
                "use sd-v2.1-base-4view.pt, or null when prior.pretrained is a converted folder")
         _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
+        check_compile_mode(self.compile_mode)
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
 
 

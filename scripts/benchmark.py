@@ -19,7 +19,12 @@ prior evaluations per step (single-sample UNet calls; a CFG pair counts 2):
 
 Usage (GPU, about 6 minutes on an H100)::
 
-    python scripts/benchmark.py --out bench.json [--compile] [--mvdream] [--n 4,8,10] [--k 0,1,4,15]
+    python scripts/benchmark.py --out bench.json [--compile [--compile-mode reduce-overhead]] [--mvdream] [--n 4,8,10] [--k 0,1,4,15]
+
+With ``--compile`` the UNet is ``torch.compile``-d (``--compile-mode``; reduce-overhead replays CUDA graphs of the
+fixed-shape lookahead) and so is the reward; ``compile_s_unet`` is the first call at batch 2 and every config's
+``warmup_ms`` holds its warm-up steps, where the compiles and graph captures of its own shapes happen, so the
+measured steps are steady-state.
 
 ``--preset tiny --device cpu --steps 2 --warmup 1`` runs the same code on small random models (a smoke test).
 Results go to ``--out`` (JSON) and a markdown table on stdout (and ``--out`` with ``.md``).
@@ -128,7 +133,7 @@ def build_system(cfg, prior, reward, device, run_dir: Path):
 
 
 def run_steps(system, opt, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
-    times, evals = [], []
+    times, evals, warm = [], [], []
     for step in range(warmup + steps):
         res = None
 
@@ -137,11 +142,13 @@ def run_steps(system, opt, steps: int, warmup: int, device: torch.device) -> dic
             res = system.run_step(step, opt)
 
         dt = timed(one, device)
-        if step >= warmup:
+        if step < warmup:
+            warm.append(1000 * dt)  # the first one holds any compile / CUDA-graph capture of this config's shapes
+        else:
             times.append(dt)
             c = res.loss.candidates
             evals.append(int(c.evals) if c is not None else 0)
-    return {**stats(times), "evals_per_step": statistics.fmean(evals), "timesteps": [system.timesteps.sample(s, system.cfg.seed) for s in range(warmup, warmup + steps)]}
+    return {**stats(times), "warmup_ms": warm, "evals_per_step": statistics.fmean(evals), "timesteps": [system.timesteps.sample(s, system.cfg.seed) for s in range(warmup, warmup + steps)]}
 
 
 # ----------------------------------------------------------------------------------------- sections
@@ -360,6 +367,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mv-steps", type=int, default=3)
     ap.add_argument("--chunk-size", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet and the reward (compile time reported separately)")
+    ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode of the UNet with --compile "
+                    "(reduce-overhead: CUDA graphs, one per candidate-batch shape; default; max-autotune)")
     ap.add_argument("--no-plain", action="store_true")
     ap.add_argument("--mvdream", action="store_true")
     ap.add_argument("--tiny-vae", action="store_true", help="also time decode=tiny with a random AutoencoderTiny")
@@ -373,14 +382,15 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="rewardsds_bench_"))
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-                               "preset": args.preset, "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "configs": {}}
+                               "preset": args.preset, "steps": args.steps, "warmup": args.warmup, "compile": args.compile,
+                               "compile_mode": args.compile_mode if args.compile else None, "configs": {}}
     t0 = time.perf_counter()
     if args.sd_folder is None:
         args.sd_folder = build_sd_pipeline(tmp / "sd", args.preset)
     results["build_s"] = time.perf_counter() - t0
     tiny_vae = build_tiny_vae(tmp / "taesd", args.preset) if args.tiny_vae else None
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    prior = StableDiffusionPrior(str(args.sd_folder), dtype=dtype, compile=args.compile, tiny_vae=str(tiny_vae) if tiny_vae else None,
+    prior = StableDiffusionPrior(str(args.sd_folder), dtype=dtype, compile=args.compile, compile_mode=args.compile_mode, tiny_vae=str(tiny_vae) if tiny_vae else None,
                                  local_files_only=True).to(device)
     reward = build_reward(args.preset, device, fast=True, compile=args.compile, tmp=tmp)
     if args.compile:

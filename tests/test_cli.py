@@ -27,6 +27,8 @@ ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
         (["timesteps.t_max.start=1.5"], "timesteps.t_max", "fraction"),
         (["strategy=weighted", "strategy.temperature=0"], "strategy.temperature", "use 1.0"),
         (["representation.init=image"], "representation.init_image", "init_image=/path"),
+        (["prior=sd", "prior.compile_mode=fast"], "prior.compile_mode", "reduce-overhead"),
+        (["prior=mvdream", "prior.compile_mode=cudagraphs"], "prior.compile_mode", "reduce-overhead"),
     ],
 )
 def test_validation_errors_name_key_value_fix(overrides, key, fix):

@@ -35,6 +35,7 @@ from torch import Tensor
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors import mvdream_convert as mvc
 from rewardsds.priors.base import Prior
+from rewardsds.priors.compiled import check_compile_mode
 from rewardsds.priors.sd import StableDiffusionPrior, _load, load_clip_tokenizer
 
 __all__ = [
@@ -316,7 +317,7 @@ class MVDreamPrior(StableDiffusionPrior):
             draw does not depend on how much of the global RNG other components consumed: strategies
             compared on the same seed see the same latents.
         local_files_only: never touch the network.
-        channels_last, compile, tiny_vae, vae_slicing: as for the Stable Diffusion prior.
+        channels_last, compile, compile_mode, tiny_vae, vae_slicing: as for the Stable Diffusion prior.
     """
 
     name = "mvdream"
@@ -338,6 +339,7 @@ class MVDreamPrior(StableDiffusionPrior):
         compile: bool = False,
         tiny_vae: Optional[str] = None,
         vae_slicing: bool = False,
+        compile_mode: str = "default",
     ):
         Prior.__init__(self)  # the Stable Diffusion constructor would load an SD UNet from base_model
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -351,6 +353,7 @@ class MVDreamPrior(StableDiffusionPrior):
         self.dtype = torch.float32  # resolved in to()
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
+        self.compile_mode = check_compile_mode(compile_mode)
         self.vae_slicing = bool(vae_slicing)
         self.encode_sample = bool(encode_sample)
         self.encode_seed = int(encode_seed)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
+from rewardsds.priors.compiled import CompiledUNet, check_compile_mode
 
 
 def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
@@ -73,6 +74,8 @@ class StableDiffusionPrior(Prior):
         local_files_only: never touch the network (a filled cache or local folder is required).
         channels_last: use channels-last memory format for the UNet and VAE on CUDA.
         compile: ``torch.compile`` the UNet on first use (CUDA).
+        compile_mode: torch.compile mode: default | reduce-overhead (CUDA graphs for the fixed-shape lookahead) |
+            max-autotune | max-autotune-no-cudagraphs (see :mod:`rewardsds.priors.compiled`).
         tiny_vae: optional AutoencoderTiny (taesd) id/path for cheap lookahead decodes.
         vae_slicing: decode one image at a time (bounds VAE memory for large candidate batches).
         encode_sample: encode renders with a posterior sample (threestudio) instead of the mean.
@@ -93,6 +96,7 @@ class StableDiffusionPrior(Prior):
         tiny_vae: Optional[str] = None,
         vae_slicing: bool = False,
         encode_sample: bool = False,
+        compile_mode: str = "default",
     ):
         super().__init__()
         from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
@@ -103,6 +107,7 @@ class StableDiffusionPrior(Prior):
         self.dtype = torch.float32  # resolved in to()
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
+        self.compile_mode = check_compile_mode(compile_mode)
         self.vae_slicing = bool(vae_slicing)
         self.encode_sample = bool(encode_sample)
         common = dict(revision=revision, local_files_only=local_files_only)
@@ -169,7 +174,7 @@ class StableDiffusionPrior(Prior):
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._ac = self._ac.to(self.device)
-        self._unet_call = torch.compile(self.unet) if (self.compile and self.device.type == "cuda") else self.unet
+        self._unet_call = CompiledUNet(self.unet, self.compile_mode) if (self.compile and self.device.type == "cuda") else self.unet
         return self
 
     def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:

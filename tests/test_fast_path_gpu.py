@@ -1,0 +1,188 @@
+"""GPU (marker ``gpu``): the fast RewardSDS step computes what the plain one computes, at full size.
+
+The fast path (``CandidateEngine`` + ``SDSLoss``: candidates batched with an automatic chunk size, the prediction
+at t shared with the lookahead, channels-last, bf16 weights, optionally a ``torch.compile``-d UNet replaying CUDA
+graphs) is compared with :func:`rewardsds.reference.plain_rewardsds_step` (candidates one by one, fp32, the
+reward's PIL preprocessing) on the full-size SD2.1-base architecture and a full-size ImageReward, both with random
+weights, from the same latents, timestep and seeded candidate noises, with the paper's 15-step lookahead:
+
+- fp32 fast vs fp32 plain: the same rewards, weights, loss and gradient to fp32 rounding (TF32 off): batching,
+  chunking, reuse and memory format change nothing;
+- bf16 fast vs fp32 plain: the same to bf16 tolerance;
+- the UNet compiled with ``reduce-overhead`` (CUDA graphs) vs eager in bf16: the same predictions, outputs that
+  survive the next replay, and the same step.
+
+Errors are relative L2 norms ``|fast - plain| / |plain|``. The test guidance scale is 7.5: at the SDS default of
+100 the field is ``100 (c - u)``, and with random weights ``c - u`` is a small difference of two large predictions,
+so bf16 rounding of the predictions is multiplied by 100 in a way that says nothing about the fast path. Every
+comparison writes its figures to ``$REWARDSDS_GPU_REPORT_DIR/fast_path_<name>.json`` before asserting.
+
+    python -m pytest -m gpu tests/test_fast_path_gpu.py -s -ra
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import gpu_test
+
+PROMPT = "a photo of a red fox"
+T, N, K, GUIDANCE = 600, 4, 15, 7.5
+DEVICE = "cuda"
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def _report(name: str, rep: dict) -> None:
+    out = os.environ.get("REWARDSDS_GPU_REPORT_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"fast_path_{name}.json").write_text(json.dumps(rep, indent=2))
+    print("FAST_PATH_GPU", name, json.dumps(rep))
+
+
+@pytest.fixture(scope="module")
+def parts(sd21_random, image_reward_random):
+    """Loaders of the priors and rewards under test (built on demand; the module shares them)."""
+    from rewardsds.priors.sd import StableDiffusionPrior
+    from rewardsds.rewards.image_reward import ImageReward
+
+    paths = dict(o.split("=", 1) for o in image_reward_random if o.startswith(("reward.checkpoint", "reward.tokenizer")))
+    cache: dict = {}
+
+    def prior(dtype: str, fast: bool, compile_mode: str | None = None):
+        key = ("prior", dtype, fast, compile_mode)
+        if key not in cache:
+            cache[key] = StableDiffusionPrior(str(sd21_random), dtype=dtype, channels_last=fast, local_files_only=True,
+                                              compile=compile_mode is not None, compile_mode=compile_mode or "default").to(DEVICE)
+        return cache[key]
+
+    def reward(dtype: str, pil: bool):
+        key = ("reward", dtype, pil)
+        if key not in cache:
+            cache[key] = ImageReward(paths["reward.checkpoint"], tokenizer=paths["reward.tokenizer"], dtype=dtype, pil_exact=pil,
+                                     local_files_only=True).to(DEVICE)
+        return cache[key]
+
+    yield prior, reward
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _latents() -> torch.Tensor:
+    return torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(3)).mul(0.8).to(DEVICE)
+
+
+def fast_step(prior, reward, strategy) -> dict:
+    from rewardsds.candidates import CandidateEngine
+    from rewardsds.losses.base import StepContext
+    from rewardsds.losses.sds import SDSLoss
+
+    engine = CandidateEngine(prior, reward, lookahead_steps=K, lookahead_guidance=7.5, seed=0)
+    z = _latents().requires_grad_(True)
+    text = prior.text_cond([PROMPT], "")
+    ctx = StepContext(latents=z, t=T, step=5, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
+                      camera=None, n_noises=N, strategy=strategy, engine=engine, prior=prior)
+    out = SDSLoss(guidance_scale=GUIDANCE)(ctx)
+    loss = out.total()
+    loss.backward()
+    return {"loss": loss.detach(), "grad": z.grad.detach(), "rewards": out.candidates.rewards.detach().float(),
+            "weights": out.weights.detach().float(), "evals": out.candidates.evals, "chunk": engine.chunk_size(z)}
+
+
+def plain_step(prior, reward, strategy) -> dict:
+    from rewardsds.reference import plain_rewardsds_step
+
+    z = _latents().requires_grad_(True)
+    res = plain_rewardsds_step(prior, reward, strategy, z, T, N, step=5, seed=0, text=prior.text_cond([PROMPT], ""), prompt=PROMPT,
+                               guidance_scale=GUIDANCE, lookahead_steps=K, lookahead_guidance=7.5)
+    res.loss.backward()
+    return {"loss": res.loss.detach(), "grad": z.grad.detach(), "rewards": res.rewards.detach().float(), "weights": res.weights.detach().float(),
+            "evals": res.evals}
+
+
+def compare(fast: dict, plain: dict) -> dict:
+    g_f, g_p = fast["grad"].flatten(), plain["grad"].flatten()
+    return {
+        "rewards_fast": fast["rewards"].tolist(), "rewards_plain": plain["rewards"].tolist(),
+        "rewards_max_abs_diff": float((fast["rewards"] - plain["rewards"]).abs().max()),
+        "rewards_spread": float(plain["rewards"].max() - plain["rewards"].min()),
+        "weights_fast": fast["weights"].tolist(), "weights_plain": plain["weights"].tolist(),
+        "loss_rel_err": rel(fast["loss"], plain["loss"]), "grad_rel_err": rel(g_f, g_p),
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(g_f.float(), g_p.float(), dim=0)),
+        "evals_fast": fast["evals"], "evals_plain": plain["evals"], "chunk_fast": fast.get("chunk"),
+    }
+
+
+def _strategies():
+    from rewardsds.strategies import MinMaxStrategy, WeightedStrategy
+
+    return {"min_max": MinMaxStrategy(n_max=1, n_min=1), "weighted": WeightedStrategy()}
+
+
+@gpu_test
+@pytest.mark.parametrize("strategy", ["min_max", "weighted"])
+def test_fp32_fast_step_equals_plain(parts, strategy):
+    prior, reward = parts
+    s = _strategies()[strategy]
+    fast = fast_step(prior("fp32", fast=True), reward("fp32", pil=False), s)
+    plain = plain_step(prior("fp32", fast=False), reward("fp32", pil=False), s)
+    rep = compare(fast, plain)
+    _report(f"fp32_{strategy}", rep)
+    assert fast["evals"] == plain["evals"] - 2 * N  # the prediction at t is shared with the lookahead
+    assert rep["rewards_max_abs_diff"] <= 1e-3 * max(1.0, float(plain["rewards"].abs().max()))
+    assert torch.allclose(fast["weights"], plain["weights"], atol=1e-4)
+    assert rep["loss_rel_err"] < 1e-3 and rep["grad_rel_err"] < 1e-3, rep
+
+
+@gpu_test
+def test_bf16_fast_step_matches_plain_fp32(parts):
+    prior, reward = parts
+    s = _strategies()["weighted"]  # continuous in the rewards: bf16 rounding moves the weights a little, never a rank
+    fast = fast_step(prior("bf16", fast=True), reward("bf16", pil=False), s)
+    plain = plain_step(prior("fp32", fast=False), reward("fp32", pil=True), s)
+    rep = compare(fast, plain)
+    _report("bf16_vs_fp32_weighted", rep)
+    assert rep["rewards_max_abs_diff"] <= 0.05 * max(1.0, float(plain["rewards"].abs().max())), rep
+    assert torch.allclose(fast["weights"], plain["weights"], atol=2e-2), rep
+    assert rep["loss_rel_err"] < 5e-2 and rep["grad_rel_err"] < 0.1 and rep["grad_cosine"] > 0.99, rep
+
+
+@gpu_test
+def test_cuda_graph_unet_matches_eager(parts):
+    prior, reward = parts
+    eager, graphed = prior("bf16", fast=True), prior("bf16", fast=True, compile_mode="reduce-overhead")
+    g = torch.Generator(DEVICE).manual_seed(0)
+    x = [torch.randn(2 * N, 4, 64, 64, device=DEVICE, generator=g) for _ in range(2)]
+    t = torch.full((2 * N,), T, device=DEVICE, dtype=torch.long)
+    emb = eager.encode_text([PROMPT] * N + [""] * N)
+    with torch.no_grad():
+        ref = [eager.predict_noise(xi, t, emb) for xi in x]
+        first = graphed.predict_noise(x[0], t, emb)  # compiles and captures
+        for _ in range(2):
+            graphed.predict_noise(x[0], t, emb)
+        a = graphed.predict_noise(x[0], t, emb)
+        b = graphed.predict_noise(x[1], t, emb)  # a replay of the same graph: must not overwrite a
+    fast = fast_step(graphed, reward("bf16", pil=False), _strategies()["weighted"])
+    plain = fast_step(eager, reward("bf16", pil=False), _strategies()["weighted"])
+    rep = {"pred_rel_err_0": rel(a, ref[0]), "pred_rel_err_1": rel(b, ref[1]), "first_rel_err": rel(first, ref[0]),
+           "a_equals_kept": bool(torch.equal(a, first)), **{f"step_{k}": v for k, v in compare(fast, plain).items()}}
+    _report("cuda_graphs_vs_eager_bf16", rep)
+    assert "CompiledUNet" in repr(graphed._unet_call) and graphed._unet_call.cudagraphs
+    assert rep["pred_rel_err_0"] < 2e-2 and rep["pred_rel_err_1"] < 2e-2, rep
+    assert rel(a, ref[1]) > 0.1  # a still holds the prediction of x[0], not the later replay's
+    assert rep["step_grad_rel_err"] < 5e-2 and rep["step_loss_rel_err"] < 2e-2, rep
