@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @torch.no_grad()
 def finalize_3d(system: "DistillationSystem", run_dir: Path, media: Media, out: dict[str, Any]) -> Tensor:
     """Write ``eval/view_XXX.png`` (``output.eval_views`` fixed cameras, the metric views), ``final/views.png``
-    (4 views around the object) and ``turntable.mp4`` (RGB | normals | opacity where rendered).
+    (4 views around the object) and, with ``output.video``, ``turntable.mp4`` (RGB | normals | opacity where rendered).
 
     Returns the evaluation views [n, 3, H, W] in [0, 1] for the final reward.
     """
@@ -36,7 +36,7 @@ def finalize_3d(system: "DistillationSystem", run_dir: Path, media: Media, out: 
     tile = grid(four["rgb"], cols=4)
     write_image(run_dir / "final" / "views.png", tile)
     media.image("final/views", tile, None, step, caption=cfg.prompt)
-    if cfg.output.turntable_frames > 0:
+    if cfg.output.video and cfg.output.turntable_frames > 0:
         res = min(sampler.eval_resolution, 512)
         frames = turntable_frames(rep, sampler.turntable(cfg.output.turntable_frames, resolution=res).to(dev), step)
         video = stack_keys(frames, ("rgb", "normal", "opacity"))

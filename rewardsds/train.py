@@ -45,6 +45,17 @@ SUMMARY_COST_KEYS = ("wall_time_s", "step_time_median_s", "evals_per_step_mean",
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def check_video_writer(video: bool) -> None:
+    """Fail before training, not after it, when videos are asked for and imageio cannot write mp4."""
+    if not video:
+        return
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise ConfigError("output.video", True, "needs imageio-ffmpeg to write video.mp4 / turntable.mp4, and it is not installed",
+                          "pip install 'imageio[ffmpeg]' (part of this package's dependencies) or set output.video=false") from None
+
+
 def resolve_device(accelerator: str, gpu_index: Optional[int] = None) -> torch.device:
     """The device for ``trainer.accelerator`` (``cuda:<gpu_index>`` when a GPU was locked for this job).
 
@@ -262,6 +273,7 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
         write_text(run_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
         run_dir = resume_dir
     device = resolve_device(typed.trainer.accelerator, gpu_index)
+    check_video_writer(typed.output.video)
     pl.seed_everything(typed.seed, workers=True, verbose=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

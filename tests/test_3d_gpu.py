@@ -48,10 +48,16 @@ def test_occgrid_nerf_renders_and_backpropagates(encoding):
     nerf.render(cams(4, 64, seed=1), step=16)["rgb"].mean().backward()
 
 
-def test_occgrid_render_matches_uniform_sampling():
-    """The packed occupancy-grid path and the dense uniform path agree on the same field (eval mode)."""
+@pytest.mark.parametrize("culling", [False, True])
+def test_occgrid_render_matches_uniform_sampling(culling):
+    """The packed occupancy-grid path and the dense uniform path agree on the same field (eval mode).
+
+    Without culling (alpha and occupancy thresholds 0) both are midpoint quadratures of the same integral at
+    about the same step. With the default thresholds the marcher drops samples of alpha < 0.01, whose sum over
+    the blob's soft shell is the (small, known) price of the speed; it is bounded separately."""
     torch.manual_seed(1)
-    occ = NeRF(estimator="occgrid", background="solid", random_background_prob=0.0).cuda()
+    thresholds = {} if culling else dict(alpha_threshold=0.0, occ_threshold=0.0)
+    occ = NeRF(estimator="occgrid", background="solid", random_background_prob=0.0, **thresholds).cuda()
     uni = NeRF(estimator="uniform", background="solid", random_background_prob=0.0).cuda()
     uni.load_state_dict(occ.state_dict(), strict=False)
     occ.update_occupancy(0, force=True)
@@ -59,9 +65,11 @@ def test_occgrid_render_matches_uniform_sampling():
     c = CameraSampler(eval_resolution=64).eval_cameras(4).to("cuda")
     with torch.no_grad():
         a, b = occ.render(c, 0), uni.render(c, 0)
-    assert (a["opacity"] - b["opacity"]).abs().mean() < 5e-3
-    assert (a["rgb"] - b["rgb"]).abs().mean() < 5e-3
-    assert (a["opacity"] - b["opacity"]).abs().max() < 0.05
+    mean_tol, max_tol = (2e-2, 0.1) if culling else (5e-3, 0.05)
+    err = {k: float((a[k] - b[k]).abs().mean()) for k in ("opacity", "rgb")}
+    print("occgrid vs uniform mean abs differences", "culling" if culling else "exact", err)
+    assert err["opacity"] < mean_tol and err["rgb"] < mean_tol, err
+    assert (a["opacity"] - b["opacity"]).abs().max() < max_tol
 
 
 def _random_scene(n: int, seed: int):

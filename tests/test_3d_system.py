@@ -41,7 +41,8 @@ def test_rewardsds_3d_raises_the_reward_over_steps(tmp_path):
     from rewardsds.train import train
 
     base = [*COMMON, *SMALL_GS, "representation.lr_sh0=0.05", "representation.strategy=none"]
-    m0 = train(compose([*base, "steps=1"]), tmp_path / "s1")
+    m0 = train(compose([*base, "steps=1", "output.video=false"]), tmp_path / "s1")
+    assert not list((tmp_path / "s1").glob("*.mp4"))  # output.video=false: neither video.mp4 nor turntable.mp4
     m = train(compose([*base, "steps=40"]), tmp_path / "s40")
     assert m["final/reward"] > m0["final/reward"] + 0.01, (m0["final/reward"], m["final/reward"])
 

@@ -189,3 +189,16 @@ def test_scene_returns_to_the_run_device_after_fit(tmp_path, monkeypatch):
     assert teardowns, "Lightning's teardown did not run"
     # a .to(<run device>) after the teardown
     assert seen[teardowns[-1]:] == ["cpu"], seen
+
+
+def test_videos_without_imageio_ffmpeg_fail_before_training(tmp_path, monkeypatch):
+    import sys
+
+    from rewardsds.train import train
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # importing it now raises ImportError
+    with pytest.raises(ConfigError, match=r"output.video = True: needs imageio-ffmpeg.*output.video=false"):
+        train(compose(["experiment=analytic", "steps=2", *FAST, "output.video=true"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+    m = train(compose(["experiment=analytic", "steps=2", *FAST]), tmp_path / "run2")  # output.video=false needs no ffmpeg
+    assert m["status"] == "complete"

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from rewardsds.cameras import CameraSampler, orbit_cameras
 from rewardsds.config import NeRFConfig
 from rewardsds.errors import ConfigError
-from rewardsds.representations._grid import DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference
+from rewardsds.representations._grid import (DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference, sample_planes,
+                                             sample_volume)
 from rewardsds.representations._mesh import marching_tetrahedra
 from rewardsds.representations.nerf import NeRF
 from rewardsds.representations.views import render_views, turntable_frames
@@ -46,6 +47,57 @@ def test_hash_grid_is_trilinear_and_differentiable_in_position():
     enc = HashGridEncoding(n_levels=3, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0, init_scale=1.0).double()
     x = (torch.rand(20, 3, dtype=torch.float64) * 0.9 + 0.05).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda y: enc(y), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_gather_samplers_equal_grid_sample_with_gradients():
+    """The twice-differentiable samplers compute grid_sample (bilinear, border, align_corners) and its gradients."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    planes = torch.randn(3, 4, 7, 9, generator=g, requires_grad=True)
+    pts = (torch.rand(3, 50, 2, generator=g) * 2.4 - 1.2).requires_grad_(True)  # some outside [-1, 1]: border
+    ref = F.grid_sample(planes, pts[:, :, None], mode="bilinear", padding_mode="border", align_corners=True)[..., 0]
+    out = sample_planes(planes, pts)
+    assert torch.allclose(out, ref, atol=1e-6)
+    w = torch.randn_like(ref)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(torch.autograd.grad((out * w).sum(), (planes, pts)),
+                                                                 torch.autograd.grad((ref * w).sum(), (planes, pts))))
+    vol = torch.randn(1, 3, 5, 6, 8, generator=g, requires_grad=True)
+    p3 = (torch.rand(40, 3, generator=g) * 2.2 - 1.1).requires_grad_(True)
+    ref3 = F.grid_sample(vol, p3.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True).view(3, -1)
+    out3 = sample_volume(vol, p3)
+    assert torch.allclose(out3, ref3, atol=1e-6)
+    w3 = torch.randn_like(ref3)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(torch.autograd.grad((out3 * w3).sum(), (vol, p3)),
+                                                                 torch.autograd.grad((ref3 * w3).sum(), (vol, p3))))
+
+
+@pytest.mark.parametrize("cls", [DenseGridEncoding, TriplaneEncoding])
+def test_grid_encodings_are_twice_differentiable_in_position(cls, monkeypatch):
+    """Analytic normals train through d(density)/dx: the encodings' second derivatives match finite differences,
+    without grid_sample (whose backward has no derivative on CUDA)."""
+    def no_grid_sample(*a, **k):
+        raise AssertionError("grid_sample used for points that carry a gradient")
+
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", no_grid_sample)
+    torch.manual_seed(3)
+    enc = cls(n_levels=2, n_features_per_level=2, base_resolution=4, per_level_scale=2.0, init_scale=1.0).double()
+    x = (torch.rand(12, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
+    params = list(enc.parameters())
+
+    def grad_norm(*ps):  # a scalar of d(features)/dx, as the orientation loss is, as a function of the parameters
+        saved = [p.data for p in params]
+        for p, q in zip(params, ps):
+            p.data = q
+        try:
+            out = torch.func.functional_call(enc, {n: q for (n, _), q in zip(enc.named_parameters(), ps)}, (x,))
+            (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+            return gx.square().sum()
+        finally:
+            for p, d in zip(params, saved):
+                p.data = d
+
+    assert torch.autograd.gradcheck(grad_norm, tuple(p.detach().clone().requires_grad_(True) for p in params), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [HashGridEncoding, DenseGridEncoding, TriplaneEncoding])

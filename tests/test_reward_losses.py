@@ -500,9 +500,10 @@ def test_full_size_sd21_base_twenty_steps(case, sd21_random, image_reward_random
              "psd": ["loss.negative_start=0", "loss.threshold=0"]}[case.split("_")[0]]
     reward = [] if any(o.startswith("reward=") for o in GPU_CASES[case]) else image_reward_random
     cfg = compose([*GPU_CASES[case], *reward, "prompt=a photo of a red fox", f"prior.pretrained={sd21_random}", "prior.dtype=bf16",
-                   "trainer=gpu", "steps=20", *FAST, *extra])
+                   "steps=20", *FAST, *extra, "trainer=gpu"])  # after FAST, whose trainer=cpu it overrides
     m = train(cfg, tmp_path / case)
     assert m["status"] == "complete" and m["iterations"] == 20 and m["nonfinite_steps"] == 0
+    assert m["device"] != "cpu", m["device"]  # ran on the GPU
     result = {k: m[k] for k in ("device", "step_time_median_s", "peak_memory_gb", "evals_per_step_mean", "wall_time_s")}
     result.update(case=case, overrides=GPU_CASES[case] + extra, steps=20, prior_dtype="bf16")
     out_dir = Path(os.environ.get("REWARDSDS_BENCH_DIR", tmp_path))

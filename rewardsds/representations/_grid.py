@@ -12,6 +12,12 @@ Three encodings of points in the unit cube [0, 1]^3 share one interface (``forwa
 - :class:`TriplaneEncoding`: three axis-aligned feature planes per level, sampled with ``grid_sample``
   and summed (EG3D-style).
 
+Analytic normals differentiate the density with respect to the points and then train through that
+gradient, which needs the derivative of ``grid_sample``'s backward: CUDA has none. Points that carry a
+gradient therefore take :func:`sample_planes` / :func:`sample_volume`, the same interpolation written with
+gathers (differentiable to any order, equal to ``grid_sample`` to rounding); all other calls take
+``grid_sample``.
+
 Levels whose resolution exceeds ``max_resolution`` passed to ``forward`` are zeroed (coarse-to-fine
 schedules), so their parameters get no gradient.
 """
@@ -140,6 +146,46 @@ class HashGridEncoding(GridEncoding):
         return self._apply_mask(out, max_resolution)
 
 
+def _corners(p: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Lower corner index (long) and fraction of coordinates in [-1, 1] (align_corners, border padding)."""
+    u = ((p + 1.0) * (0.5 * (size - 1))).clamp(0.0, size - 1)
+    i0 = u.detach().floor().clamp(max=size - 2).long()
+    return i0, u - i0
+
+
+def sample_planes(planes: Float[Tensor, "p c r r"], g: Float[Tensor, "p n 2"]) -> Float[Tensor, "p c n"]:
+    """Bilinear samples of each plane at its points, as ``grid_sample(planes, g[:, :, None], "bilinear",
+    padding_mode="border", align_corners=True)[..., 0]``; ``g[..., 0]`` indexes the width, ``g[..., 1]`` the
+    height. Written with gathers, so it is differentiable to any order."""
+    P, C, H, W = planes.shape
+    (ix, fx), (iy, fy) = _corners(g[..., 0], W), _corners(g[..., 1], H)
+    flat = planes.reshape(P, C, H * W)
+
+    def at(dy: int, dx: int) -> Tensor:
+        idx = ((iy + dy) * W + ix + dx)[:, None, :].expand(P, C, -1)
+        return flat.gather(2, idx)
+
+    fx, fy = fx[:, None, :], fy[:, None, :]
+    return (at(0, 0) * (1 - fx) + at(0, 1) * fx) * (1 - fy) + (at(1, 0) * (1 - fx) + at(1, 1) * fx) * fy
+
+
+def sample_volume(volume: Float[Tensor, "1 c d h w"], g: Float[Tensor, "n 3"]) -> Float[Tensor, "c n"]:
+    """Trilinear samples as ``grid_sample(volume, g.view(1, -1, 1, 1, 3), "bilinear", padding_mode="border",
+    align_corners=True)``; ``g[:, 0]`` indexes the width, ``g[:, 1]`` the height, ``g[:, 2]`` the depth.
+    Written with gathers, so it is differentiable to any order."""
+    _, C, D, H, W = volume.shape
+    (ix, fx), (iy, fy), (iz, fz) = _corners(g[:, 0], W), _corners(g[:, 1], H), _corners(g[:, 2], D)
+    flat = volume.reshape(C, D * H * W)
+    out = 0.0
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                idx = ((iz + dz) * H + iy + dy) * W + ix + dx
+                w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * (fz if dz else 1 - fz)
+                out = out + flat[:, idx] * w
+    return out
+
+
 class DenseGridEncoding(GridEncoding):
     """Multi-resolution dense feature volumes sampled trilinearly with ``grid_sample``.
 
@@ -169,11 +215,15 @@ class DenseGridEncoding(GridEncoding):
         )
 
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
-        g = (x.clamp(0.0, 1.0) * 2.0 - 1.0).view(1, -1, 1, 1, 3)
-        feats = [
-            F.grid_sample(v, g, mode="bilinear", padding_mode="border", align_corners=True).view(v.shape[1], -1).t()
-            for v in self.volumes
-        ]
+        p = x.clamp(0.0, 1.0) * 2.0 - 1.0
+        if x.requires_grad and torch.is_grad_enabled():  # analytic normals: differentiable twice
+            feats = [sample_volume(v, p).t() for v in self.volumes]
+        else:
+            g = p.view(1, -1, 1, 1, 3)
+            feats = [
+                F.grid_sample(v, g, mode="bilinear", padding_mode="border", align_corners=True).view(v.shape[1], -1).t()
+                for v in self.volumes
+            ]
         return self._apply_mask(torch.stack(feats, dim=1), max_resolution)
 
 
@@ -206,11 +256,14 @@ class TriplaneEncoding(GridEncoding):
 
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
         p = x.clamp(0.0, 1.0) * 2.0 - 1.0
-        g = torch.stack([p[:, [0, 1]], p[:, [0, 2]], p[:, [1, 2]]], dim=0).unsqueeze(2)  # [3, N, 1, 2]
-        feats = [
-            F.grid_sample(pl, g, mode="bilinear", padding_mode="border", align_corners=True).sum(dim=0)[..., 0].t()
-            for pl in self.planes
-        ]
+        g = torch.stack([p[:, [0, 1]], p[:, [0, 2]], p[:, [1, 2]]], dim=0)  # [3, N, 2]
+        if x.requires_grad and torch.is_grad_enabled():  # analytic normals: differentiable twice
+            feats = [sample_planes(pl, g).sum(dim=0).t() for pl in self.planes]
+        else:
+            feats = [
+                F.grid_sample(pl, g.unsqueeze(2), mode="bilinear", padding_mode="border", align_corners=True).sum(dim=0)[..., 0].t()
+                for pl in self.planes
+            ]
         return self._apply_mask(torch.stack(feats, dim=1), max_resolution)
 
 
