@@ -152,7 +152,7 @@ def run_steps(system, opt, steps: int, warmup: int, device: torch.device) -> dic
 
 
 # ----------------------------------------------------------------------------------------- sections
-def bench_fast(args, prior, reward, device, tmp, results):
+def bench_fast(args, prior, reward, device, tmp, results, save: Callable[[], None] = lambda: None):
     base = [f"prompt={PROMPT}", f"prior.pretrained={args.sd_folder}", "logger=none", "reward=image_reward", "seed=0",
             f"steps={args.warmup + args.steps}", f"chunk_size={args.chunk_size}"]
     configs = [("sds", 1, None, ["strategy=none", "n_noises=1"])]
@@ -160,8 +160,9 @@ def bench_fast(args, prior, reward, device, tmp, results):
         for k in args.k:
             configs.append((f"rewardsds_n{n}_k{k}", n, k, ["strategy=min_max", f"n_noises={n}", f"lookahead.steps={k}"]))
     n_ref = 8 if 8 in args.n else args.n[0]
-    configs.append((f"rewardsds_n{n_ref}_k15_prune{n_ref // 2}", n_ref, 15, ["strategy=min_max", f"n_noises={n_ref}", "lookahead.steps=15",
-                                                                          f"lookahead.prune_to={n_ref // 2}"]))
+    if not args.no_prune:
+        configs.append((f"rewardsds_n{n_ref}_k15_prune{n_ref // 2}", n_ref, 15, ["strategy=min_max", f"n_noises={n_ref}", "lookahead.steps=15",
+                                                                              f"lookahead.prune_to={n_ref // 2}"]))
     if args.tiny_vae:
         configs.append((f"rewardsds_n{n_ref}_k15_tinydecode", n_ref, 15, ["strategy=min_max", f"n_noises={n_ref}", "lookahead.steps=15",
                                                                           "lookahead.decode=tiny"]))
@@ -172,6 +173,7 @@ def bench_fast(args, prior, reward, device, tmp, results):
         r.update({"n_noises": n, "lookahead_steps": k, "peak_memory_gb": peak_gb(device), "chunk_size": system.engine.chunk_size(system.representation.latents)})
         results["configs"][name] = r
         print(f"{name:32s} {r['median_ms']:9.1f} ms  evals {r['evals_per_step']:6.1f}  peak {r['peak_memory_gb'] or 0:.2f} GB", flush=True)
+        save()  # partial results survive a time limit
         del system, opt
         gc.collect()
 
@@ -370,6 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode of the UNet with --compile "
                     "(reduce-overhead: CUDA graphs, one per candidate-batch shape; default; max-autotune)")
     ap.add_argument("--no-plain", action="store_true")
+    ap.add_argument("--no-prune", action="store_true", help="skip the candidate-pruning config")
     ap.add_argument("--mvdream", action="store_true")
     ap.add_argument("--tiny-vae", action="store_true", help="also time decode=tiny with a random AutoencoderTiny")
     args = ap.parse_args(argv)
@@ -399,7 +402,15 @@ def main(argv=None) -> int:
         results["compile_s_unet"] = time.perf_counter() - t0
     bench_bare_unet(prior, device, results, iters=20)
     bench_reward(reward, device, results)
-    bench_fast(args, prior, reward, device, tmp, results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        tmp_out = args.out.with_suffix(".json.partial")
+        tmp_out.write_text(json.dumps(results, indent=2) + "\n")
+        tmp_out.replace(args.out)
+
+    save()
+    bench_fast(args, prior, reward, device, tmp, results, save)
     bench_lookahead_mfu(prior, device, results)
     if not args.no_plain:
         prior32 = StableDiffusionPrior(str(args.sd_folder), dtype="fp32", channels_last=False, local_files_only=True).to(device)
