@@ -25,7 +25,7 @@ schedules), so their parameters get no gradient.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,16 @@ class GridEncoding(nn.Module):
         if mask is not None:
             feats = feats * mask.view(1, -1, 1)
         return feats.reshape(feats.shape[0], -1)
+
+    def _feature_grids(self, n_levels: int, n_features: int, base_resolution: int, per_level_scale: float, init_scale: float,
+                       shape: Callable[[int], tuple[int, ...]]) -> nn.ParameterList:
+        """Set the level bookkeeping and return one parameter of ``shape(r)`` per level (r = cells + 1 per side),
+        uniform in [-init_scale, init_scale] (the dense and triplane encodings)."""
+        self.n_features_per_level = n_features
+        self.n_output_dims = n_levels * n_features
+        self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
+        return nn.ParameterList([nn.Parameter(torch.empty(*shape(int(round(s)) + 1)).uniform_(-init_scale, init_scale))
+                                 for s in self.resolutions])
 
 
 class HashGridEncoding(GridEncoding):
@@ -146,6 +156,11 @@ class HashGridEncoding(GridEncoding):
         return self._apply_mask(out, max_resolution)
 
 
+def _second_order(x: Tensor) -> bool:
+    """Points that carry a gradient (analytic normals) need an encoding differentiable twice."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
 def _corners(p: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Lower corner index (long) and fraction of coordinates in [-1, 1] (align_corners, border padding)."""
     u = ((p + 1.0) * (0.5 * (size - 1))).clamp(0.0, size - 1)
@@ -204,19 +219,12 @@ class DenseGridEncoding(GridEncoding):
         init_scale: float = 1e-4,
     ) -> None:
         super().__init__()
-        self.n_features_per_level = n_features_per_level
-        self.n_output_dims = n_levels * n_features_per_level
-        self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
-        self.volumes = nn.ParameterList(
-            [
-                nn.Parameter(torch.empty(1, n_features_per_level, r, r, r).uniform_(-init_scale, init_scale))
-                for r in (int(round(s)) + 1 for s in self.resolutions)
-            ]
-        )
+        self.volumes = self._feature_grids(n_levels, n_features_per_level, base_resolution, per_level_scale, init_scale,
+                                           lambda r: (1, n_features_per_level, r, r, r))
 
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
         p = x.clamp(0.0, 1.0) * 2.0 - 1.0
-        if x.requires_grad and torch.is_grad_enabled():  # analytic normals: differentiable twice
+        if _second_order(x):
             feats = [sample_volume(v, p).t() for v in self.volumes]
         else:
             g = p.view(1, -1, 1, 1, 3)
@@ -244,20 +252,13 @@ class TriplaneEncoding(GridEncoding):
         init_scale: float = 1e-4,
     ) -> None:
         super().__init__()
-        self.n_features_per_level = n_features_per_level
-        self.n_output_dims = n_levels * n_features_per_level
-        self.resolutions = level_resolutions(n_levels, base_resolution, per_level_scale)
-        self.planes = nn.ParameterList(
-            [
-                nn.Parameter(torch.empty(3, n_features_per_level, r, r).uniform_(-init_scale, init_scale))
-                for r in (int(round(s)) + 1 for s in self.resolutions)
-            ]
-        )
+        self.planes = self._feature_grids(n_levels, n_features_per_level, base_resolution, per_level_scale, init_scale,
+                                          lambda r: (3, n_features_per_level, r, r))
 
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
         p = x.clamp(0.0, 1.0) * 2.0 - 1.0
         g = torch.stack([p[:, [0, 1]], p[:, [0, 2]], p[:, [1, 2]]], dim=0)  # [3, N, 2]
-        if x.requires_grad and torch.is_grad_enabled():  # analytic normals: differentiable twice
+        if _second_order(x):
             feats = [sample_planes(pl, g).sum(dim=0).t() for pl in self.planes]
         else:
             feats = [
