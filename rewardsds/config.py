@@ -111,7 +111,7 @@ class SDPriorConfig(PriorConfig):
         _check(self.scheduler in ("ddim", "ddpm"), "prior.scheduler", self.scheduler, "is not supported",
                "use ddim or ddpm (only the noise schedule is read)")
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
-        check_compile_mode(self.compile_mode)
+        check_compile_mode(self.compile_mode, self.compile)
 
 
 @dataclass
@@ -377,7 +377,7 @@ class MVDreamPriorConfig(PriorConfig):
                "prior.filename", self.filename, "is not a checkpoint file name",
                "use sd-v2.1-base-4view.pt, or null when prior.pretrained is a converted folder")
         _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
-        check_compile_mode(self.compile_mode)
+        check_compile_mode(self.compile_mode, self.compile)
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
 
 

@@ -393,7 +393,7 @@ def main(argv=None) -> int:
     results["build_s"] = time.perf_counter() - t0
     tiny_vae = build_tiny_vae(tmp / "taesd", args.preset) if args.tiny_vae else None
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    prior = StableDiffusionPrior(str(args.sd_folder), dtype=dtype, compile=args.compile, compile_mode=args.compile_mode, tiny_vae=str(tiny_vae) if tiny_vae else None,
+    prior = StableDiffusionPrior(str(args.sd_folder), dtype=dtype, compile=args.compile, compile_mode=args.compile_mode if args.compile else "default", tiny_vae=str(tiny_vae) if tiny_vae else None,
                                  local_files_only=True).to(device)
     reward = build_reward(args.preset, device, fast=True, compile=args.compile, tmp=tmp)
     if args.compile:

@@ -29,6 +29,7 @@ ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
         (["representation.init=image"], "representation.init_image", "init_image=/path"),
         (["prior=sd", "prior.compile_mode=fast"], "prior.compile_mode", "reduce-overhead"),
         (["prior=mvdream", "prior.compile_mode=cudagraphs"], "prior.compile_mode", "reduce-overhead"),
+        (["prior=sd", "prior.compile_mode=reduce-overhead"], "prior.compile_mode", "prior.compile=true"),
     ],
 )
 def test_validation_errors_name_key_value_fix(overrides, key, fix):

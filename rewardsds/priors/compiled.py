@@ -23,11 +23,15 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def check_compile_mode(mode: str) -> str:
-    """Return ``mode`` if torch.compile knows it, else a ConfigError naming ``prior.compile_mode``."""
+def check_compile_mode(mode: str, compile: bool = True) -> str:
+    """Return ``mode`` if torch.compile knows it (and, for a non-default mode, ``compile`` is on), else a
+    ConfigError naming ``prior.compile_mode``."""
     if mode not in COMPILE_MODES:
         raise ConfigError("prior.compile_mode", mode, "is not a torch.compile mode",
                           f"use one of {', '.join(COMPILE_MODES)} (reduce-overhead replays CUDA graphs)")
+    if mode != "default" and not compile:
+        raise ConfigError("prior.compile_mode", mode, "has no effect while prior.compile=false",
+                          "add prior.compile=true (or drop prior.compile_mode)")
     return mode
 
 
