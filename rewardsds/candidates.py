@@ -208,8 +208,7 @@ class Candidates:
     def scatter(self, values: Float[Tensor, "kb ..."], idx: Int[Tensor, "k"]) -> Float[Tensor, "nb ..."]:
         """Place per-row values of the candidates ``idx`` into a zero tensor of all n * b rows."""
         out = values.new_zeros((self.n * self.b, *values.shape[1:]))
-        out[self.flat_index(idx)] = values
-        return out
+        return out.index_copy_(0, self.flat_index(idx), values)
 
 
 @dataclass
@@ -570,10 +569,8 @@ class CandidateEngine:
             cands.evals += sub.evals
             sub_images = self.decode(final)
             sub_view_r, _ = self.score(sub_images, reward_prompts, len(keep))
-            view_r = view_r.clone()
-            view_r[keep] = sub_view_r
-            images = images.clone()
-            images[cands.flat_index(keep)] = sub_images
+            view_r = view_r.index_copy(0, keep, sub_view_r)
+            images = images.index_copy(0, cands.flat_index(keep), sub_images)
             cands.view_rewards = view_r
             cands.rewards = view_r.mean(1) if self.reward_views == "mean" else view_r
         else:

@@ -90,9 +90,10 @@ class MinMaxStrategy(Strategy):
             top, bottom = self.lambda_max / self.n_max, -self.lambda_min / max(1, self.n_min)
         else:
             top, bottom = self.lambda_max / n, -self.lambda_min / n
-        w[order[: self.n_max]] = top
+        # index_fill_ with a Python scalar: no host-to-device copy, so the step never waits on the GPU here
+        w.index_fill_(0, order[: self.n_max], top)
         if self.n_min:
-            w[order[n - self.n_min :]] = bottom
+            w.index_fill_(0, order[n - self.n_min :], bottom)
         return w
 
 
@@ -109,7 +110,7 @@ class BestStrategy(Strategy):
 
     def weights(self, rewards: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         w = torch.zeros_like(rewards)
-        w[_rank_desc(rewards)[: self.n_best]] = 1.0 / self.n_best
+        w.index_fill_(0, _rank_desc(rewards)[: self.n_best], 1.0 / self.n_best)
         return w
 
 

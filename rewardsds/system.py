@@ -3,7 +3,8 @@
     render(scene, cameras) -> latents (2D) or RGB views encoded by the prior (3D)
     -> loss mode: N candidates at a shared t, one batched prior call, lookahead, rewards, weights
     -> total = sum_i w_i L_i + regularisers + aux ``loss_*`` terms -> backward into the scene only
-    -> optimiser step (skipped, and counted, if the gradient is not finite)
+    -> optimiser step (skipped, and counted, if the gradient is not finite: on the device, without waiting for the
+       GPU, unless the representation's post-step hook needs a host decision)
     -> log scalars; save frames; checkpoints are written by the AtomicCheckpoint callback
 
 Manual optimisation with one AdamW whose parameter groups come from the representation and the loss
@@ -102,7 +103,12 @@ class DistillationSystem(pl.LightningModule):
         self.total_steps = int(cfg.steps)
         self.reward_steps = int(math.floor(cfg.steps * cfg.reward_duration))
         self.iteration = 0
-        self.nonfinite_steps = 0
+        self._nonfinite_host = 0  # non-finite steps already counted on the host
+        self._nonfinite_device: Optional[Tensor] = None  # skipped on the device since the last fold (0-d fp32)
+        self._nonfinite_warned = 0  # how many of them were already reported
+        self._nonfinite_checked_at = 0  # the step after the last check
+        self._step_started: Optional[float] = None  # perf_counter at the start of the running step
+        self.skip_on_device = False  # set by configure_optimizers
         self.step_times: list[float] = []
         self.evals_per_step: list[int] = []
         self.timesteps = TimestepSampler(
@@ -156,8 +162,54 @@ class DistillationSystem(pl.LightningModule):
         return torch.utils.data.DataLoader(StepIndices(self), batch_size=None, num_workers=0)
 
     def configure_optimizers(self):
+        """One AdamW over the representation's and the loss mode's groups.
+
+        Fused (one kernel per dtype and device) whenever it can be, and then a non-finite step is skipped on the
+        device: the fused kernel reads ``found_inf`` and leaves parameters, moments and step counts untouched,
+        so the training step never waits for the GPU. Representations whose post-step hook needs a host decision
+        (``host_post_step``) keep the host check and the default (foreach) implementation.
+        """
         groups = self.representation.param_groups() + self.loss_mode.param_groups()
-        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=0.0)
+        params = [p for g in groups for p in g["params"]]
+        self.skip_on_device = not self.representation.host_post_step and bool(params) and all(
+            p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params
+        ) and len({p.device for p in params}) == 1
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=0.0, fused=True if self.skip_on_device else None)
+
+    # ------------------------------------------------------------------ non-finite steps
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps skipped for a non-finite gradient so far (reading it waits for the device's count)."""
+        if self._nonfinite_device is not None:
+            self._nonfinite_host += int(self._nonfinite_device.item())
+            self._nonfinite_device = None
+        return self._nonfinite_host
+
+    @nonfinite_steps.setter
+    def nonfinite_steps(self, value: int) -> None:
+        self._nonfinite_host = self._nonfinite_warned = int(value)
+        self._nonfinite_device = None
+
+    def _nonfinite_tensor(self, device: torch.device) -> Tensor:
+        """The count as a device tensor (for logging without a sync)."""
+        pending = self._nonfinite_device if self._nonfinite_device is not None else torch.zeros((), device=device)
+        return pending + self._nonfinite_host
+
+    def check_nonfinite(self, step: int) -> None:
+        """Fold the device's count into the host's, warn about newly skipped steps, and abort past the limit."""
+        now = self.nonfinite_steps
+        if now > self._nonfinite_warned:
+            first = self._nonfinite_checked_at
+            where = f"step {step}" if first >= step else f"steps {first}..{step}"
+            log.warning("%s: %d non-finite gradient(s), step(s) skipped (%d so far)", where, now - self._nonfinite_warned, now)
+            self._nonfinite_warned = now
+        self._nonfinite_checked_at = step + 1
+        if now > self.cfg.max_nonfinite_steps:
+            raise TrainingAborted(
+                f"{now} steps had a non-finite gradient (max_nonfinite_steps = "
+                f"{self.cfg.max_nonfinite_steps}); the last checkpoint and outputs are kept in {self.run_dir}. "
+                "Lower the learning rate or the guidance scale, use prior.dtype=fp32, or raise max_nonfinite_steps"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rewardsds"] = {
@@ -202,18 +254,39 @@ class DistillationSystem(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = self.iteration
-        start = time.perf_counter()
+        # Step time is start-to-start wall time: the step never waits for the GPU itself, so the time a step
+        # really costs shows up where the next one starts (logging and checkpoints included).
+        elapsed = self._mark_step_start()
         res = self.run_step(step, self.optimizers())
-        elapsed = time.perf_counter() - start
-        self.step_times.append(elapsed)
         cands = res.loss.candidates
         self.evals_per_step.append(int(cands.evals) if cands is not None else 0)
         self._log_step(res, elapsed)
         if res.ctx.keep_images and cands is not None and cands.images is not None:
             self._log_candidates(cands, step)
         self.iteration += 1
+        # Counted on the device; read (one sync) as often as the logger writes, so the host can run ahead otherwise.
+        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1))
+        if self._nonfinite_device is not None and (self.iteration % every == 0 or self.iteration == self.total_steps):
+            self.check_nonfinite(step)
         self._maybe_save_frames(step)
         return res.total.detach()
+
+    def _mark_step_start(self) -> Optional[float]:
+        """Start the step's clock; return (and record) the previous step's start-to-start time, if one ran."""
+        now = time.perf_counter()
+        elapsed = None if self._step_started is None else now - self._step_started
+        if elapsed is not None:
+            self.step_times.append(elapsed)
+        self._step_started = now
+        return elapsed
+
+    def on_train_end(self) -> None:
+        """Close the last step's clock (once its work on the device is done)."""
+        if self._step_started is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._mark_step_start()
+            self._step_started = None
 
     def make_context(self, step: int, latents: Tensor, cameras, out: dict) -> StepContext:
         """The step's context: prompts, timestep, strategy and candidate count (reward_duration applied)."""
@@ -253,33 +326,36 @@ class DistillationSystem(pl.LightningModule):
         self.representation.on_after_backward(step, out)
         params = [p for g in raw.param_groups for p in g["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=latents.device)
-        # One host sync per step: a non-finite gradient must not reach the optimiser.
-        if bool(torch.isfinite(grad_norm)):
+        # A non-finite gradient must not reach the parameters.
+        if self.skip_on_device and getattr(raw, "defaults", {}).get("fused"):
+            # no host sync: the fused kernel skips the whole update where found_inf is 1
+            bad = (~torch.isfinite(grad_norm)).float()
+            raw.found_inf = bad
+            opt.step()
+            raw.found_inf = None
+            self._nonfinite_device = bad if self._nonfinite_device is None else self._nonfinite_device + bad
+            self.representation.on_after_optimizer_step(step, raw)
+        elif bool(torch.isfinite(grad_norm)):  # the one host sync of the step
             opt.step()
             self.representation.on_after_optimizer_step(step, raw)
         else:
             raw.zero_grad(set_to_none=True)
-            self.nonfinite_steps += 1
-            log.warning("step %d: non-finite gradient, step skipped (%d so far)", step, self.nonfinite_steps)
-            if self.nonfinite_steps > self.cfg.max_nonfinite_steps:
-                raise TrainingAborted(
-                    f"{self.nonfinite_steps} steps had a non-finite gradient (max_nonfinite_steps = "
-                    f"{self.cfg.max_nonfinite_steps}); the last checkpoint and outputs are kept in {self.run_dir}. "
-                    "Lower the learning rate or the guidance scale, use prior.dtype=fp32, or raise max_nonfinite_steps"
-                )
+            self._nonfinite_host += 1
+            self.check_nonfinite(step)
         return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
 
     # ------------------------------------------------------------------ logging
-    def _log_step(self, res: "StepResult", elapsed: float) -> None:
+    def _log_step(self, res: "StepResult", elapsed: Optional[float]) -> None:
         ctx, result, total, grad_norm, regs = res.ctx, res.loss, res.total, res.grad_norm, res.regs
         metrics: dict[str, Any] = {
             "train/loss": total.detach(),
             "train/t": float(ctx.t),
             "train/grad_norm": grad_norm.detach(),
-            "train/step_time": elapsed,
             "train/n_noises": float(ctx.n_noises),
-            "train/nonfinite_steps": float(self.nonfinite_steps),
+            "train/nonfinite_steps": self._nonfinite_tensor(total.device),
         }
+        if elapsed is not None:
+            metrics["train/step_time"] = elapsed  # of the previous step, start to start
         for k, v in result.logs.items():
             metrics[f"train/{k}" if k != "grad_norm" else "train/grad_field_norm"] = v
         for k, v in {**result.extra, **regs}.items():

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=15)
     ap.add_argument("--trace", type=Path, default=None)
     args = ap.parse_args(argv)
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.testing import build_sd_pipeline
@@ -59,23 +59,156 @@ def main(argv=None) -> int:
     for s in range(3):
         system.run_step(s, opt)
         bare()
+    # Unprofiled wall time per call (the profiler itself adds host time per operator).
+    walls = {}
+    for name, fn in (("step", lambda s: system.run_step(s, opt)), ("bare_unet_b2", lambda s: bare())):
+        times = [B.timed(lambda: fn(3 + s), device) for s in range(3 * args.steps)]
+        walls[name] = 1000 * sorted(times)[len(times) // 2]
+    print(f"unprofiled median: step {walls['step']:.2f} ms, bare UNet b2 {walls['bare_unet_b2']:.2f} ms, "
+          f"ratio {walls['step'] / walls['bare_unet_b2']:.3f}")
+    if device.type == "cuda":
+        report_syncs(lambda: system.run_step(3, opt))
+    label_stages(system, opt)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for name, fn in (("step", lambda s: system.run_step(s, opt)), ("bare_unet_b2", lambda s: bare())):
         B.sync(device)
         t0 = time.perf_counter()
         with profile(activities=activities) as prof:
             for s in range(args.steps):
-                fn(3 + s)
-            B.sync(device)
+                with record_function("call"):  # one range per call, closed after the device is done
+                    fn(3 + s)
+                    B.sync(device)
         ms = 1000 * (time.perf_counter() - t0) / args.steps
         ka = prof.key_averages()
         print(f"\n=== {name}: {ms:.1f} ms per call (profiled), {sum(e.count for e in ka) / args.steps:.0f} operator calls per call")
+        stage_table(ka, args.steps)
+        if device.type == "cuda":
+            trace = Path(tempfile.mkdtemp(prefix="rewardsds_trace_")) / f"{name}.json"
+            prof.export_chrome_trace(str(trace))
+            timeline(trace)
+            if args.trace and name == "step":
+                args.trace.write_bytes(trace.read_bytes())
         print(ka.table(sort_by="self_cpu_time_total", row_limit=args.rows))
         if device.type == "cuda":
             print(ka.table(sort_by="self_cuda_time_total", row_limit=args.rows))
-        if args.trace and name == "step":
-            prof.export_chrome_trace(str(args.trace))
     return 0
+
+
+STAGES = ("render", "context", "draw", "predict", "look_and_score", "weigh", "loss_rest", "regularizers", "backward",
+          "grad_norm", "optimizer_step")
+
+
+def label_stages(system, opt) -> None:
+    """Wrap the step's stages in profiler ranges named ``stage/<name>`` (this script only; the product is untouched)."""
+    from torch.profiler import record_function
+
+    def wrap(obj, attr: str, label: str) -> None:
+        fn = getattr(obj, attr)
+
+        def wrapped(*a, **k):
+            with record_function(f"stage/{label}"):
+                return fn(*a, **k)
+
+        setattr(obj, attr, wrapped)
+
+    engine = system.engine
+    wrap(system, "scene_latents", "render")
+    wrap(system, "make_context", "context")
+    wrap(engine, "draw", "draw")
+    wrap(engine, "predict", "predict")
+    wrap(engine, "look_and_score", "look_and_score")
+    wrap(engine, "weigh", "weigh")
+    wrap(system.representation, "regularizers", "regularizers")
+    wrap(torch.autograd, "backward", "backward")
+    wrap(torch.nn.utils, "get_total_norm", "grad_norm")
+    wrap(opt, "step", "optimizer_step")
+    forward = system.loss_mode.forward
+
+    def loss_forward(*a, **k):  # the loss mode's own arithmetic is its range minus the engine's stages inside
+        with record_function("stage/loss_rest"):
+            return forward(*a, **k)
+
+    system.loss_mode.forward = loss_forward
+
+
+def report_syncs(fn) -> None:
+    """Run ``fn`` with CUDA sync debugging on and print where it made the host wait for the device."""
+    import traceback
+    import warnings
+
+    seen: dict[str, int] = {}
+    old = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message) or "prototype" in str(message):
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "rewardsds" in f.filename or "scripts" in f.filename]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames[-3:])) or f"{filename}:{lineno}"
+        seen[where] = seen.get(where, 0) + 1
+
+    warnings.showwarning = show
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+    print(f"host syncs in one step: {sum(seen.values())}")
+    for where, count in seen.items():
+        print(f"  {count} x {where}")
+
+
+def stage_table(ka, steps: int) -> None:
+    """Host time (the CPU side of each ``stage/`` range) and device time (kernels inside it) per step."""
+    host, dev = {}, {}
+    for e in ka:
+        if e.key.startswith("stage/"):
+            name = e.key[len("stage/"):]
+            host[name] = max(host.get(name, 0.0), e.cpu_time_total)
+            dev[name] = max(dev.get(name, 0.0), getattr(e, "device_time_total", 0.0))
+    if not host:
+        return
+    print(f"{'stage':16s} {'host ms/step':>12s} {'device ms/step':>15s}  (ranges nest: loss_rest holds draw .. weigh)")
+    for name in STAGES:
+        if name in host:
+            print(f"{name:16s} {host[name] / 1000 / steps:12.2f} {dev[name] / 1000 / steps:15.2f}")
+
+
+def timeline(trace: Path, gap_us: float = 50.0) -> None:
+    """From a Chrome trace of calls wrapped in ``call`` ranges: per call, when the device was busy, and every device
+    idle gap of at least ``gap_us`` with the host range (stage or runtime call) that was running when it began."""
+    import json
+
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
+    calls = sorted((e for e in events if e.get("name") == "call" and e.get("cat") == "user_annotation"), key=lambda e: e["ts"])
+    device = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
+    host = [e for e in events if e.get("cat") in ("user_annotation", "cuda_runtime", "cuda_driver") and e.get("name") != "call"]
+    rows = []
+    for c in calls:
+        lo, hi = c["ts"], c["ts"] + c["dur"]
+        ks = [k for k in device if lo <= k["ts"] <= hi]
+        if not ks:
+            continue
+        busy, gaps, end = 0.0, [], ks[0]["ts"]
+        for k in ks:
+            if k["ts"] - end >= gap_us:
+                gaps.append((end, k["ts"] - end))
+            busy += max(0.0, k["ts"] + k["dur"] - max(end, k["ts"]))
+            end = max(end, k["ts"] + k["dur"])
+        rows.append((c["dur"], ks[0]["ts"] - lo, busy, end - lo, gaps, lo))
+    if not rows:
+        return
+    rows.sort(key=lambda r: r[0])
+    dur, first, busy, last, gaps, lo = rows[len(rows) // 2]  # the median call
+    print(f"timeline of the median call: {dur / 1000:.2f} ms; device busy {busy / 1000:.2f} ms; first kernel at "
+          f"{first / 1000:.2f} ms, last done at {last / 1000:.2f} ms; idle gaps >= {gap_us:.0f} us:")
+    for start, length in gaps:
+        active = [h for h in host if h["ts"] <= start <= h["ts"] + h["dur"]]
+        what = ", ".join(sorted({h["name"][:40] for h in active})) or "-"
+        print(f"  at {(start - lo) / 1000:7.2f} ms for {length / 1000:6.2f} ms, host in: {what}")
 
 
 if __name__ == "__main__":

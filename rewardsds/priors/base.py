@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rewardsds.utils.cache import LRUCache
+
 
 @dataclass
 class TextCond:
@@ -85,6 +87,7 @@ class Prior(abc.ABC):
 
     def __init__(self) -> None:
         self._text_cache: dict[str, Tensor] = {}
+        self._cond_cache = LRUCache(capacity=64)  # (device, prompts, negatives) -> TextCond: no stacking per step
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ required
@@ -138,10 +141,12 @@ class Prior(abc.ABC):
         negs = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
         if len(negs) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(negs)} negative prompts")
-        return TextCond(self.encode_text(list(prompts)), self.encode_text(negs))
+        key = (str(self.device), tuple(prompts), tuple(negs))
+        return self._cond_cache.get(key, lambda: TextCond(self.encode_text(list(prompts)), self.encode_text(negs)))
 
     def clear_text_cache(self) -> None:
         self._text_cache.clear()
+        self._cond_cache.clear()
 
     def alpha_sigma(self, t: Int[Tensor, "b"] | int) -> tuple[Tensor, Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) in fp32, shaped [b, 1, 1, 1] (or scalars for an int t)."""

@@ -58,6 +58,12 @@ class Representation(nn.Module):
     def on_after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         pass
 
+    #: True when ``on_after_optimizer_step`` makes host-side decisions that must follow a real update
+    #: (densification, occupancy refresh). The system then checks the gradient for finiteness on the host (one
+    #: device sync per step) and calls the hook only after an update; otherwise a non-finite step is skipped
+    #: on the device (fused AdamW's ``found_inf``) and the step never waits for the GPU.
+    host_post_step: bool = False
+
     def regularizers(self, outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """Extra losses named ``loss_*`` (summed by the system), e.g. opacity/sparsity terms."""
         return {}

@@ -498,6 +498,8 @@ class Gaussians(Representation):
         if self.strategy_kind == "default" and self._last_info is not None:
             self.strategy.step_pre_backward(self.params, {}, self.strategy_state, step, self._last_info)
 
+    host_post_step = True
+
     def on_after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Densify / prune (DefaultStrategy) or relocate (MCMC) and set the next means learning rate."""
         info, self._last_info = self._last_info, None

@@ -564,6 +564,8 @@ class NeRF(Representation):
             )
         return groups
 
+    host_post_step = True
+
     def on_after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Refresh the occupancy grid for the next step (threestudio updates every 16 steps)."""
         device = self.density_net[0].weight.device

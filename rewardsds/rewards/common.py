@@ -8,15 +8,15 @@ file or URL) so a missing file always raises the same :class:`~rewardsds.errors.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Hashable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from rewardsds.errors import ModelLoadError, model_load_message
+from rewardsds.utils.cache import LRUCache  # noqa: F401  (re-exported for the reward models)
 
 
 class AttentionImpl(str, Enum):
@@ -135,30 +135,6 @@ def load_state_dict_file(path: Path, *, what: str, key: str) -> dict[str, Tensor
         raise ModelLoadError(model_load_message(
             what, str(path), TypeError("the file does not hold a state dict of tensors"), key))
     return dict(obj)
-
-
-class LRUCache:
-    """A small least-recently-used cache (prompt -> tokens or text embedding)."""
-
-    def __init__(self, capacity: int = 1024):
-        self.capacity = capacity
-        self._data: OrderedDict[Hashable, object] = OrderedDict()
-
-    def get(self, key: Hashable, make: Callable[[], object]) -> object:
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        value = make()
-        self._data[key] = value
-        if len(self._data) > self.capacity:
-            self._data.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 class StackedLinearHead(nn.Module):
