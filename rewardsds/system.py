@@ -264,6 +264,8 @@ class DistillationSystem(pl.LightningModule):
         if res.ctx.keep_images and cands is not None and cands.images is not None:
             self._log_candidates(cands, step)
         self.iteration += 1
+        if self.iteration >= self.total_steps:
+            self._close_step_clock()  # before the final checkpoint, so it holds every step's time
         # Counted on the device; read (one sync) as often as the logger writes, so the host can run ahead otherwise.
         every = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1))
         if self._nonfinite_device is not None and (self.iteration % every == 0 or self.iteration == self.total_steps):
@@ -280,13 +282,16 @@ class DistillationSystem(pl.LightningModule):
         self._step_started = now
         return elapsed
 
-    def on_train_end(self) -> None:
-        """Close the last step's clock (once its work on the device is done)."""
+    def _close_step_clock(self) -> None:
+        """Record the running step's time once its work on the device is done (the last step of a run)."""
         if self._step_started is not None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self._mark_step_start()
             self._step_started = None
+
+    def on_train_end(self) -> None:
+        self._close_step_clock()
 
     def make_context(self, step: int, latents: Tensor, cameras, out: dict) -> StepContext:
         """The step's context: prompts, timestep, strategy and candidate count (reward_duration applied)."""

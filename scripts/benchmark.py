@@ -153,6 +153,8 @@ def run_steps(system, opt, steps: int, warmup: int, device: torch.device, paired
             if paired is not None:
                 paired_times.append(timed(paired, device))
     extra = {"paired_bare_unet_batch2": stats(paired_times)} if paired_times else {}
+    if any(evals):  # per-step time over UNet evaluations: comparable across timestep sets (K > 0 varies with t)
+        extra["ms_per_eval_median"] = statistics.median(1000 * t / e for t, e in zip(times, evals) if e)
     return {**stats(times), **extra, "warmup_ms": warm, "evals_per_step": statistics.fmean(evals), "timesteps": [system.timesteps.sample(s, system.cfg.seed) for s in range(warmup, warmup + steps)]}
 
 
@@ -276,6 +278,7 @@ def bench_plain(args, prior_fp32, reward_plain, device, results, n: int, k: int)
             times.append(dt)
             evals.append(out["evals"])
     results["configs"][f"plain_n{n}_k{k}"] = {**stats(times), "evals_per_step": statistics.fmean(evals), "n_noises": n, "lookahead_steps": k,
+                                              "ms_per_eval_median": statistics.median(1000 * t / e for t, e in zip(times, evals) if e),
                                               "precision": "fp32", "reward_preprocessing": "PIL"}
     print(f"plain_n{n}_k{k:<24d} {statistics.median(times) * 1000:9.1f} ms  evals {statistics.fmean(evals):6.1f}", flush=True)
 
@@ -362,10 +365,10 @@ def build_tiny_vae(folder: Path, preset: str) -> Path:
 def table(results: dict) -> str:
     lines = [f"device: {results['device']}; torch {results['torch']}; timesteps seeded (seed 0); {results['steps']} measured steps after "
              f"{results['warmup']} warm-up",
-             "", "| config | N | K | ms/step median (min-max) | UNet evals/step | peak GB |", "|---|---|---|---|---|---|"]
+             "", "| config | N | K | ms/step median (min-max) | UNet evals/step | ms/eval median | peak GB |", "|---|---|---|---|---|---|---|"]
     for name, r in results["configs"].items():
         lines.append(f"| {name} | {r.get('n_noises', '')} | {r.get('lookahead_steps', '')} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
-                     f"{r['evals_per_step']:.1f} | {r.get('peak_memory_gb') or 0:.2f} |")
+                     f"{r['evals_per_step']:.1f} | {r.get('ms_per_eval_median', float('nan')):.2f} | {r.get('peak_memory_gb') or 0:.2f} |")
     d = results.get("derived", {})
     if d:
         lines += ["", "| derived | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in d.items()]

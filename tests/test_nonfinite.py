@@ -113,6 +113,18 @@ def test_cli_aborts_at_the_logging_interval(tmp_path):
     assert ckpt["rewardsds"]["nonfinite_steps"] >= 3  # the checkpoints read the exact count
 
 
+def test_every_step_has_a_time_in_the_final_checkpoint(tmp_path):
+    """Step time is start-to-start (the step itself never waits for the GPU); the last step is closed before
+    the final checkpoint, so a run of k steps records k times."""
+    from rewardsds.train import train
+
+    m = train(compose([*ANALYTIC, "trainer=cpu", "steps=5", "output.image_every=0", "output.video=false", "output.checkpoint_every=0"]),
+              tmp_path / "run")
+    times = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["rewardsds"]["step_times"]
+    assert len(times) == 5 and all(t > 0 for t in times)
+    assert m["step_time_median_s"] == pytest.approx(sorted(times)[2])
+
+
 STEPS = {
     "sds_analytic": ["strategy=none", "n_noises=1"],
     "rewardsds_analytic": ["strategy=min_max", "n_noises=4", "lookahead.steps=4"],
