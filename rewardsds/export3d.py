@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from rewardsds.representations.views import render_views, save_pngs, stack_keys, to_uint8_frames, turntable_frames
+from rewardsds.representations.views import render_views, save_pngs, stack_keys, turntable_frames
 from rewardsds.utils.io import write_image
-from rewardsds.viz import Media, grid, write_video
+from rewardsds.viz import Media, grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from rewardsds.system import DistillationSystem

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import Tensor
 

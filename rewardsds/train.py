@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rewardsds.config import Config, validate
-from rewardsds.errors import ConfigError, ModelLoadError, RewardSDSError, TrainingAborted
+from rewardsds.errors import ConfigError, RewardSDSError, TrainingAborted
 from rewardsds.utils.io import command_line, git_commit, job_command, package_versions, write_json, write_text
 
 log = logging.getLogger("rewardsds")

@@ -33,8 +33,6 @@ Results go to ``--out`` (JSON) and a markdown table on stdout (and ``--out`` wit
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import gc
 import json
 import statistics
@@ -453,7 +451,7 @@ def main(argv=None) -> int:
         derived["lookahead_mfu"] = results["lookahead_mfu"]["mfu"]
     if "mvdream" in results:
         derived["mvdream_batched_speedup (target >= 3)"] = results["mvdream"]["speedup"]
-    for name in (f"rewardsds_n10_k15",):
+    for name in ("rewardsds_n10_k15",):
         if name in c and c[name].get("peak_memory_gb") is not None:
             derived["peak_gb_n10_k15_512px (target < 24)"] = c[name]["peak_memory_gb"]
     if "mvdream" in results and results["mvdream"]["batched"]["peak_memory_gb"] is not None:

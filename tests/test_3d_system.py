@@ -52,8 +52,8 @@ def test_resume_through_densification_is_exact(tmp_path):
 
     gs = [*SMALL_GS, "representation.refine_start_step=1", "representation.refine_every=2", "representation.grow_grad2d=1e-9",
           "output.checkpoint_every=2", "output.turntable_frames=0"]
-    full = train(compose([*COMMON, *gs, "steps=6"]), tmp_path / "full")
-    part = train(compose([*COMMON, *gs, "steps=3"]), tmp_path / "part")
+    train(compose([*COMMON, *gs, "steps=6"]), tmp_path / "full")
+    train(compose([*COMMON, *gs, "steps=3"]), tmp_path / "part")
     train(compose([*COMMON, *gs, "steps=6", f"resume={tmp_path / 'part'}"]), tmp_path / "ignored")
     a = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=False)["state_dict"]

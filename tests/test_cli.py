@@ -144,7 +144,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     from rewardsds.train import train
 
     base = ["experiment=analytic", "seed=5", "n_noises=4", *FAST, "output.checkpoint_every=2"]
-    full = train(compose([*base, "steps=6"]), tmp_path / "full")
+    train(compose([*base, "steps=6"]), tmp_path / "full")
     part = train(compose([*base, "steps=3"]), tmp_path / "part")
     assert part["iterations"] == 3
     resumed = train(compose([*base, "steps=6", f"resume={tmp_path / 'part'}"]), tmp_path / "ignored")

@@ -11,7 +11,7 @@ PSD's negative embedding, whose ``loss_*`` terms are built so that they never re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from jaxtyping import Float

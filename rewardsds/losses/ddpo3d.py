@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from rewardsds.candidates import ddim_transition, gaussian_log_prob, uniform_calls
 from rewardsds.errors import ConfigError
 from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
-from rewardsds.losses.sds import x0_recon_target
+from rewardsds.losses.sds import sds_fields
 from rewardsds.priors.base import guide
 
 
@@ -196,15 +196,6 @@ class DDPO3DLoss(LossMode):
                               "needs at least 2 rollouts", "set n_noises>=2 (4 or more recommended), or loss.advantage=running")
         return normalise_advantages(rewards, self.advantage_clip)
 
-    def _sds_fields(self, ctx: StepContext, cands, c: Tensor, u: Tensor) -> Tensor:
-        if self.target == "x0_recon":
-            tgt = x0_recon_target(ctx.prior, cands.noisy, ctx.t, c, u, self.guidance_scale, self.recon_std_rescale,
-                                  ctx.prior.num_frames)
-            z = ctx.latents.detach().float()[None].expand(cands.n, *ctx.latents.shape).reshape(tgt.shape)
-            return torch.nan_to_num(z - tgt)
-        w = timestep_weight(self.weighting, ctx.prior.alphas_cumprod[ctx.t])
-        return w * (guide(c, u, self.guidance_scale) - cands.flat_noise())
-
     # ------------------------------------------------------------------ the step
     def forward(self, ctx: StepContext) -> LossOutput:
         prior, engine = ctx.prior, ctx.engine
@@ -223,15 +214,14 @@ class DDPO3DLoss(LossMode):
             c, u = engine.predict(cands, ctx.text, ctx.camera)
         cands.eps_cond, cands.eps_uncond = c, u
 
-        with torch.no_grad():
-            sds_fields = self._sds_fields(ctx, cands, c, u)
-        losses, sds_fields = field_losses(ctx.latents, sds_fields, n, self.grad_clip)
+        fields_sds = sds_fields(ctx, cands, c, u, self.guidance_scale, self.weighting, self.target, self.recon_std_rescale)
+        losses, fields_sds = field_losses(ctx.latents, fields_sds, n, self.grad_clip)
         rows = 1 if self.sds_noises == "first" else n
         sds_on = self.lambda_sds > 0 and ctx.progress < self.sds_end
         weights = torch.zeros(n, device=ctx.latents.device)
         if sds_on:
             weights[:rows] = self.lambda_sds / rows
-        logs: dict[str, Tensor] = {"grad_norm": combined_field_norm(sds_fields, weights, n, b).detach(),
+        logs: dict[str, Tensor] = {"grad_norm": combined_field_norm(fields_sds, weights, n, b).detach(),
                                    "pg_active": torch.tensor(float(pg))}
         extra: dict[str, Tensor] = {}
         if pg:

@@ -50,7 +50,8 @@ from torch import Tensor, nn
 
 from rewardsds.candidates import candidate_noise
 from rewardsds.errors import ConfigError
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
+from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses
+from rewardsds.losses.sds import sds_fields
 from rewardsds.losses.dreamdpo import Pair, candidates_needed, pair_logs, preview_and_score, rank_pair
 from rewardsds.priors.base import TextCond, guide
 from rewardsds.schedules import Streams
@@ -184,9 +185,7 @@ class PSDLoss(LossMode):
         cands = engine.draw(ctx.latents, ctx.t, n, ctx.step)
         c, u = engine.predict(cands, text, ctx.camera)
         cands.eps_cond, cands.eps_uncond = c, u
-        w = timestep_weight(self.weighting, ctx.prior.alphas_cumprod[ctx.t])
-        with torch.no_grad():
-            fields = w * (guide(c, u, self.guidance_scale) - cands.flat_noise())
+        fields = sds_fields(ctx, cands, c, u, self.guidance_scale, self.weighting)
         logs: dict[str, Tensor] = {"negative_drift": self.drift()}
         extra: dict[str, Tensor] = {}
         if n == 1:
@@ -210,7 +209,7 @@ class PSDLoss(LossMode):
     def _negative_losses(self, ctx: StepContext, cands, eps_cond: Tensor, previews: Tensor, pair: Pair, active: Tensor,
                          logs: dict[str, Tensor]) -> dict[str, Tensor]:
         """e's losses on the informative views (gradient to e only: every model input here is detached)."""
-        engine, b = ctx.engine, cands.b
+        b = cands.b
         e = self.negative_embedding
         e_b = e.to(ctx.text.cond).expand(b, *e.shape[1:])
         views = torch.nonzero(active).flatten().tolist()

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, detached_target_losses, field_losses, timestep_weight
+from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
 from rewardsds.priors.base import Prior, guide
 
 
@@ -49,6 +49,23 @@ def x0_recon_target(
     return std_rescale * (factor * x0) + (1 - std_rescale) * x0
 
 
+@torch.no_grad()
+def sds_fields(ctx: StepContext, cands, eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float, weighting: str = "sds",
+               target: str = "eps", recon_std_rescale: float = 0.5) -> Tensor:
+    """The SDS gradient field of every candidate, [n * b, c, h, w] fp32 (shared by the SDS-family loss modes).
+
+    ``eps``: ``w(t) (eps_cfg - eps_i)``; ``x0_recon``: ``z - target`` with MVDream's std-rescaled x0 target
+    (NaN-free), whose gradient through the detached-target trick is the same field.
+    """
+    if target == "x0_recon":
+        tgt = x0_recon_target(ctx.prior, cands.noisy, ctx.t, eps_cond, eps_uncond, guidance_scale, recon_std_rescale,
+                              ctx.prior.num_frames)
+        z = ctx.latents.detach().float()[None].expand(cands.n, *ctx.latents.shape).reshape(tgt.shape)
+        return torch.nan_to_num(z - tgt)
+    w = timestep_weight(weighting, ctx.prior.alphas_cumprod[ctx.t])
+    return w * (guide(eps_cond, eps_uncond, guidance_scale) - cands.flat_noise())
+
+
 class SDSLoss(LossMode):
     """Score distillation sampling; with a reward strategy it is RewardSDS (paper Eq. 4).
 
@@ -87,16 +104,8 @@ class SDSLoss(LossMode):
             keep_images=ctx.keep_images,
         )
         n, b = cands.n, cands.b
-        with torch.no_grad():
-            if self.target == "x0_recon":
-                tgt = x0_recon_target(ctx.prior, cands.noisy, ctx.t, cands.eps_cond, cands.eps_uncond,
-                                      self.guidance_scale, self.recon_std_rescale, ctx.prior.num_frames)
-                z = ctx.latents.detach().float()[None].expand(n, *ctx.latents.shape).reshape(tgt.shape)
-                fields = torch.nan_to_num(z - tgt)
-            else:
-                eps = guide(cands.eps_cond, cands.eps_uncond, self.guidance_scale)
-                w = timestep_weight(self.weighting, ctx.prior.alphas_cumprod[ctx.t])
-                fields = w * (eps - cands.flat_noise())
+        fields = sds_fields(ctx, cands, cands.eps_cond, cands.eps_uncond, self.guidance_scale, self.weighting, self.target,
+                            self.recon_std_rescale)
         losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
         logs = {"grad_norm": combined_field_norm(fields, cands.weights, n, b).detach()}
         return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, candidates=cands)

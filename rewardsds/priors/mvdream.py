@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
+from rewardsds.errors import ConfigError, ModelLoadError
 from rewardsds.priors import mvdream_convert as mvc
 from rewardsds.priors.base import Prior
 from rewardsds.priors.compiled import check_compile_mode

@@ -112,7 +112,7 @@ class StableDiffusionPrior(Prior):
         self.encode_sample = bool(encode_sample)
         common = dict(revision=revision, local_files_only=local_files_only)
         hint = "prior.pretrained"
-        what = f"Stable Diffusion prior"
+        what = "Stable Diffusion prior"
         sched_cls = DDIMScheduler if scheduler == "ddim" else DDPMScheduler
         self.scheduler = _load(what, self.pretrained, hint, sched_cls.from_pretrained, self.pretrained, subfolder="scheduler", **common)
         self.tokenizer = load_clip_tokenizer(what, self.pretrained, hint, **common)

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from rewardsds.rewards.base import Reward
 from rewardsds.rewards.common import (
     AttentionImpl,
-    LRUCache,
     compile_for_scoring,
     freeze,
     load_pretrained,
@@ -28,6 +27,7 @@ from rewardsds.rewards.common import (
     resolve_file,
     unusable_file_error,
 )
+from rewardsds.utils.cache import LRUCache
 from rewardsds.rewards.preprocess import ImageTransform
 
 

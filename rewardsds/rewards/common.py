@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from rewardsds.errors import ModelLoadError, model_load_message
-from rewardsds.utils.cache import LRUCache  # noqa: F401  (re-exported for the reward models)
 
 
 class AttentionImpl(str, Enum):

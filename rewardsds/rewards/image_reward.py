@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from rewardsds.rewards.base import Reward
 from rewardsds.rewards.common import (
     AttentionImpl,
-    LRUCache,
     StackedLinearHead,
     compile_for_scoring,
     freeze,
@@ -40,6 +39,7 @@ from rewardsds.rewards.common import (
     resolve_file,
     unusable_file_error,
 )
+from rewardsds.utils.cache import LRUCache
 from rewardsds.rewards.preprocess import ImageTransform
 
 #: reward normalisation of ImageReward-v1.0 (Python attributes of the original class, not in the state dict)
