@@ -1,4 +1,4 @@
-from rewardsds.train import main
+from rewardsds.cli import main
 
 if __name__ == "__main__":
     main()

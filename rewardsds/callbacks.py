@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -10,14 +11,18 @@ from rewardsds.utils.io import atomic_path
 
 
 class AtomicCheckpoint(pl.Callback):
-    """Write ``<dir>/last.ckpt`` every ``every`` steps and at the end, via a temporary file + rename.
+    """Write ``<dir>/last.ckpt`` every ``every`` steps, at the end, and when a stop was requested, via a temporary
+    file + rename.
 
-    A crash while writing leaves the previous checkpoint intact; ``resume=<run dir or ckpt>`` continues.
+    A crash while writing leaves the previous checkpoint intact; ``resume=<run dir or ckpt>`` continues. With ``stop``
+    (:class:`rewardsds.lifecycle.StopRequests`), a signal received during a step makes this step's end write the
+    checkpoint and stop the trainer.
     """
 
-    def __init__(self, dirpath: str | Path, every: int):
+    def __init__(self, dirpath: str | Path, every: int, stop: Any = None):
         self.dirpath = Path(dirpath)
         self.every = int(every)
+        self.stop = stop
 
     @property
     def last(self) -> Path:
@@ -30,5 +35,8 @@ class AtomicCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         it = pl_module.iteration
-        if (self.every and it % self.every == 0) or it >= pl_module.total_steps:
+        stopping = self.stop is not None and self.stop.requested is not None
+        if (self.every and it % self.every == 0) or it >= pl_module.total_steps or stopping:
             self.save(trainer)
+        if stopping:
+            trainer.should_stop = True

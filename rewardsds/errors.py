@@ -25,6 +25,16 @@ class ModelLoadError(RewardSDSError, OSError):
     """A pretrained model (prior, reward head, checkpoint) could not be found or loaded."""
 
 
+class DiskFullError(RewardSDSError, OSError):
+    """The disk filled up while a run wrote one of its files (the previous version of that file is kept)."""
+
+    def __init__(self, path: Any):
+        self.path = path
+        super().__init__(f"no space left on the device while writing {path}; the previous version of that file and the "
+                         "last checkpoint are kept. Fix: free space there (or point hydra.run.dir / hydra.sweep.dir at "
+                         "another disk) and resume the run with resume=<run folder>")
+
+
 class TrainingAborted(RewardSDSError, RuntimeError):
     """The run stopped on purpose (too many non-finite gradients, ...); outputs so far are kept."""
 
@@ -69,3 +79,20 @@ def model_load_message(what: str, source: str, cause: BaseException | str, local
         f"{local_hint}=/path/to/local/folder, or fill the Hugging Face cache and set HF_HUB_OFFLINE=1. "
         f"To try the framework without any weights, run the offline demo: rewardsds experiment=demo"
     )
+
+
+class CheckpointError(RewardSDSError):
+    """A checkpoint to resume from is missing, empty, corrupt or not a rewardsds run checkpoint."""
+
+    def __init__(self, path: Any, problem: str, fix: str):
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"checkpoint {path} {problem}. Fix: {fix}")
+
+
+class RunInterrupted(RewardSDSError):
+    """A run stopped on a signal after writing its checkpoint (status ``interrupted``)."""
+
+    def __init__(self, signal_name: str, exit_code: int, step: int, total: int, run_dir: Any):
+        self.exit_code, self.step, self.run_dir = exit_code, step, run_dir
+        super().__init__(f"interrupted by {signal_name} at step {step} of {total}; the checkpoint and outputs so far are "
+                         f"in {run_dir}. Continue with: rewardsds resume={run_dir}")

@@ -53,24 +53,94 @@ def wandb_logger(
     log_model: bool = False,
     save_dir: str = ".",
     run_config: Optional[dict] = None,
+    id: Optional[str] = None,
 ):
-    """A ``WandbLogger`` writing under ``save_dir/wandb``; offline (with one notice) when it cannot go online."""
+    """A ``WandbLogger`` writing under ``save_dir/wandb``; offline (with one notice) when it cannot go online.
+
+    ``id``: continue that W&B run (a resumed run keeps one W&B run). ``log_model`` is carried out by the run itself
+    (:func:`log_checkpoint` at the end: the checkpoint as a ``model`` artifact, online or offline), not by
+    Lightning, whose checkpoint logging needs its own ModelCheckpoint callback and refuses offline mode.
+    """
     from lightning.pytorch.loggers import WandbLogger
 
     resolved, notice = resolve_wandb_mode(mode)
     if notice:
         print(notice)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    extra = {"id": id, "resume": "allow"} if id else {}
     return WandbLogger(
-        project=project, entity=entity, group=group, name=name, tags=list(tags), log_model=log_model,
-        save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous",
+        project=project, entity=entity, group=group, name=name, tags=list(tags), log_model=False,
+        save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous", **extra,
     )
 
 
-def csv_logger(name: str = "csv", save_dir: str = "."):
+def wandb_record(logger) -> Optional[dict]:
+    """What metrics.json keeps of a run's W&B run (to resume it by id and to push evaluation results to it)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return None
+    run = logger.experiment
+    return {"id": run.id, "project": run.project, "entity": getattr(run, "entity", None) or None,
+            "dir": str(Path(run.dir).parent) if getattr(run, "dir", None) else None,
+            "mode": "offline" if getattr(run, "offline", False) else "online"}
+
+
+def log_checkpoint(logger, path: Path, aliases: Sequence[str] = ("last",)) -> None:
+    """``logger.log_model=true``: the run's checkpoint as a W&B ``model`` artifact (synced later when offline)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger) or not Path(path).is_file():
+        return
+    import wandb
+
+    run = logger.experiment
+    art = wandb.Artifact(name=f"model-{run.id}", type="model", metadata={"path": str(path)})
+    art.add_file(str(path), name=Path(path).name)
+    run.log_artifact(art, aliases=list(aliases))
+
+
+def csv_logger(name: str = "csv", save_dir: str = ".", resume_step: Optional[int] = None):
+    """``<save_dir>/<name>/metrics.csv``. ``resume_step``: a resumed run keeps the rows of the steps before it (the
+    steps after the checkpoint are logged again by the resumed session) instead of Lightning's fresh file."""
     from lightning.pytorch.loggers import CSVLogger
 
-    return CSVLogger(save_dir=save_dir, name=name, version="")
+    logger = CSVLogger(save_dir=save_dir, name=name, version="")
+    if resume_step is not None:
+        _keep_history(logger, int(resume_step))
+    return logger
+
+
+def _keep_history(logger, before_step: int) -> None:
+    """Create the CSV logger's writer now, putting back the earlier rows its creation removes."""
+    import csv
+
+    path = Path(logger.log_dir) / "metrics.csv"
+    rows: list[dict] = []
+    header: list[str] = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if _row_step(r) < before_step]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted.*")
+        writer = logger.experiment  # Lightning's writer deletes an existing metrics.csv here
+    if header:
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header)
+            w.writeheader()
+            w.writerows(rows)
+        writer.metrics_keys = list(header)
+
+
+def _row_step(row: dict) -> float:
+    try:
+        return float(row.get("step") or 0)
+    except ValueError:
+        return 0.0
 
 
 def no_logger(save_dir: str = ".", **_: object):

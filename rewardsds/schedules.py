@@ -10,8 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
-
 from rewardsds.errors import ConfigError
 
 
@@ -113,6 +111,8 @@ class TimestepSampler:
         return min(lo, hi), max(lo, hi)
 
     def sample(self, step: int, seed: int) -> int:
+        import torch  # imported here: the config schemas use this module and must load without torch
+
         g = torch.Generator().manual_seed(seed_for(seed, step, Streams.TIMESTEP))
         if self.grid == "reference_2d":
             # diffusers DDIM with 500 "leading" steps + offset 1 gives {1,3,...,999}; index in [10, 490).

@@ -122,15 +122,27 @@ class DistillationSystem(pl.LightningModule):
         self.none_strategy = NoStrategy()
         n_out = max(1, cfg.steps // max(1, cfg.output.video_frames)) if cfg.output.video else 0
         self.frame_every = n_out
-        self.resume_from = Path(resume_from) if resume_from else None
+        # a checkpoint path, or a checkpoint already loaded (and checked) by rewardsds.resume.load_checkpoint
+        self.resume_from = resume_from if isinstance(resume_from, dict) else (Path(resume_from) if resume_from else None)
         self._pending_optimizer_state: Optional[dict] = None
+        self._prepared_on: Optional[torch.device] = None
+        self.start_iteration = 0  # the step this session started from (after a restore)
+        self.wall_time_before = 0.0  # training wall time of earlier sessions, up to the restored checkpoint
+        self._session_clock: Optional[float] = None
+        self._nonfinite_at_start = 0
 
     # ------------------------------------------------------------------ Lightning plumbing
     def setup(self, stage: str) -> None:
         self.prepare(self.trainer.strategy.root_device)
 
     def prepare(self, device: torch.device) -> None:
-        """Move frozen models to ``device`` and build the scene's parameters (also used without a trainer)."""
+        """Move frozen models to ``device``, build the scene's parameters and restore the checkpoint (also used
+        without a trainer). Runs once per device: the run calls it before ``fit`` (so a checkpoint that does not
+        fit the run fails before the run's files change), Lightning's ``setup`` calls it again."""
+        device = torch.device(device)
+        if self._prepared_on == device:
+            return
+        self._prepared_on = device
         self.prior.to(device)
         if self.reward is not None:
             self.reward.to(device)
@@ -139,23 +151,79 @@ class DistillationSystem(pl.LightningModule):
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
-    def _restore(self, path: Path) -> None:
-        """Load a checkpoint written by AtomicCheckpoint (a standard Lightning checkpoint).
+    def _restore(self, source) -> None:
+        """Load a checkpoint written by AtomicCheckpoint (a standard Lightning checkpoint), a path or a loaded dict.
 
         Restored here rather than through ``Trainer.fit(ckpt_path=...)``: the run's step counter is our own
         (every random draw is keyed on it) and a longer ``steps`` may continue a finished run.
         """
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        self.load_state_dict(ckpt["state_dict"])
+        from rewardsds.errors import CheckpointError
+
+        ckpt = source if isinstance(source, dict) else torch.load(source, map_location="cpu", weights_only=False)
+        try:
+            self.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            where = "the checkpoint" if isinstance(source, dict) else source
+            raise CheckpointError(where, "does not fit this run's scene and loss mode (written by another "
+                                  f"representation, loss or size: {str(err).splitlines()[0][:200]})",
+                                  "resume a checkpoint of this run (resume=<its run folder>), or start a new run") from None
         self.on_load_checkpoint(ckpt)
         states = ckpt.get("optimizer_states") or []
         self._pending_optimizer_state = states[0] if states else None
-        log.info("resumed %s at step %d", path, self.iteration)
+        log.debug("restored step %d", self.iteration)
 
     def on_train_start(self) -> None:
         if self._pending_optimizer_state is not None:
             self.optimizers().optimizer.load_state_dict(self._pending_optimizer_state)
             self._pending_optimizer_state = None
+        self.start_iteration = self.iteration
+        self._nonfinite_at_start = self.nonfinite_steps
+        self._session_clock = time.perf_counter()
+        # Logged steps continue where the restored run stopped (W&B refuses steps that go back in time).
+        loop = getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None)
+        if loop is not None and hasattr(loop, "_batches_that_stepped"):
+            loop._batches_that_stepped = self.iteration
+
+    def training_wall_time(self) -> float:
+        """Training wall time of the whole run so far: earlier sessions (from the checkpoint) plus this one."""
+        now = 0.0 if self._session_clock is None else time.perf_counter() - self._session_clock
+        return self.wall_time_before + now
+
+    def expected_evals_per_step(self) -> float:
+        """Single-sample UNet evaluations per step of the candidate engine, averaged over the run (an estimate for
+        the start-up message: loss modes with extra model calls, such as VSD's LoRA or DDS's source branch, add more).
+
+        A reward step makes a CFG pair per candidate and view at t, plus one pair per lookahead call after the first
+        (which reuses the prediction at t when the chain starts exactly at t); later steps are SDS with N = 1.
+        """
+        from rewardsds.candidates import lookahead_calls
+
+        sampler, engine = self.timesteps, self.engine
+        if sampler.grid == "reference_2d":
+            ts = [999 - 2 * i for i in range(10, 490)]
+        else:
+            lo, hi = sampler.bounds(0)
+            ts = list(range(lo, hi + 1))
+        b = self.camera_sampler.batch_size_at(0) if self.camera_sampler is not None else self.representation_batch()
+        n = self.cfg.n_noises
+        reuse = engine.lookahead_start == "exact_t" or engine.lookahead_steps == 0
+        if self.strategy.uses_reward and n > 1:
+            calls = [max(0, len(lookahead_calls(t, engine.grid, engine.lookahead_start)) - (1 if reuse else 0))
+                     if engine.lookahead_steps > 0 else 0 for t in ts]
+            per_reward_step = 2 * n * b * (1 + sum(calls) / len(calls))
+        else:
+            per_reward_step = 2 * n * b
+        frac = self.reward_steps / max(1, self.total_steps)
+        return frac * per_reward_step + (1 - frac) * 2 * b
+
+    def check_some_step_ran(self) -> None:
+        """Abort a session in which every step was skipped for a non-finite gradient or reward (nothing was trained)."""
+        ran = self.iteration - self.start_iteration
+        skipped = self.nonfinite_steps - self._nonfinite_at_start
+        if ran > 0 and skipped >= ran:
+            raise TrainingAborted(
+                f"every one of the {ran} steps had a non-finite gradient or reward and was skipped: nothing was trained. "
+                "Lower the learning rate or the guidance scales, check the reward, or use prior.dtype=fp32")
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(StepIndices(self), batch_size=None, num_workers=0)
@@ -204,15 +272,19 @@ class DistillationSystem(pl.LightningModule):
             self._nonfinite_warned = now
         self._nonfinite_checked_at = step + 1
         if now > self.cfg.max_nonfinite_steps:
+            last = self.run_dir / "checkpoints" / "last.ckpt"
+            kept = (f"the last checkpoint ({last}) and the outputs so far are kept" if last.is_file()
+                    else f"no checkpoint was written yet (output.checkpoint_every = {self.cfg.output.checkpoint_every})")
             raise TrainingAborted(
-                f"{now} steps had a non-finite gradient (max_nonfinite_steps = "
-                f"{self.cfg.max_nonfinite_steps}); the last checkpoint and outputs are kept in {self.run_dir}. "
+                f"{now} steps had a non-finite gradient or reward (max_nonfinite_steps = "
+                f"{self.cfg.max_nonfinite_steps}); {kept}. "
                 "Lower the learning rate or the guidance scale, use prior.dtype=fp32, or raise max_nonfinite_steps"
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rewardsds"] = {
             "iteration": self.iteration,
+            "wall_time_s": self.training_wall_time(),
             "nonfinite_steps": self.nonfinite_steps,
             "step_times": self.step_times[-1000:],
             "evals_per_step": self.evals_per_step[-1000:],
@@ -221,6 +293,7 @@ class DistillationSystem(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rewardsds", {})
         self.iteration = int(state.get("iteration", 0))
+        self.wall_time_before = float(state.get("wall_time_s", 0.0))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.step_times = list(state.get("step_times", []))
         self.evals_per_step = list(state.get("evals_per_step", []))
@@ -330,16 +403,21 @@ class DistillationSystem(pl.LightningModule):
         self.representation.on_after_backward(step, out)
         params = [p for g in raw.param_groups for p in g["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=latents.device)
-        # A non-finite gradient must not reach the parameters.
+        # A non-finite gradient must not reach the parameters; nor may a step whose candidates were ranked by
+        # non-finite rewards (the strategy's choice among NaNs is arbitrary even when the gradient is finite).
+        finite = torch.isfinite(grad_norm)
+        rewards = result.candidates.rewards if result.candidates is not None else None
+        if rewards is not None:
+            finite = finite & torch.isfinite(rewards).all().to(finite.device)
         if self.skip_on_device and getattr(raw, "defaults", {}).get("fused"):
             # no host sync: the fused kernel skips the whole update where found_inf is 1
-            bad = (~torch.isfinite(grad_norm)).float()
+            bad = (~finite).float()
             raw.found_inf = bad
             opt.step()
             raw.found_inf = None
             self._nonfinite_device = bad if self._nonfinite_device is None else self._nonfinite_device + bad
             self.representation.on_after_optimizer_step(step, raw)
-        elif bool(torch.isfinite(grad_norm)):  # the one host sync of the step
+        elif bool(finite):  # the one host sync of the step
             opt.step()
             self.representation.on_after_optimizer_step(step, raw)
         else:

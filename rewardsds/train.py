@@ -1,47 +1,38 @@
-"""``rewardsds``: the Hydra entry point (``python -m rewardsds`` too).
+"""One run, start to end: validate, build, fit, finalise, and keep the run's record (metrics.json) honest.
 
-    rewardsds prompt="a photo of a red fox"                       # 2D RewardSDS on SD2.1-base
-    rewardsds experiment=demo                                     # offline demo, CPU, no weights
-    rewardsds -m strategy=none,min_max n_noises=4,8 prompt=...    # a sweep, one folder per job
-    rewardsds -m prompts=drawbench25 strategy=none,min_max        # one job per prompt x strategy
-    rewardsds -m hydra/launcher=gpus trainer=gpu n_noises=4,8,16  # one job per GPU, side by side
-    rewardsds resume=outputs/runs/<date>/<time>                   # continue a run exactly
-
-Errors in user input exit with status 2 and one message naming the key, the value and the fix; in a
-multirun the failing job records ``status: failed`` in its metrics.json and the sweep goes on. Running a
-sweep again into the same ``hydra.sweep.dir`` skips complete jobs and continues interrupted ones from their
-last checkpoint.
+The Hydra entry point is :mod:`rewardsds.cli`; :func:`train` is what it calls for each run (also usable from Python
+with a composed config). A run's folder holds its resolved config, ``metrics.json`` (status ``running`` ->
+``complete`` / ``failed`` / ``interrupted``; wall time summed over every session; one entry per session), its
+checkpoint and its outputs. Nothing in the folder of a run being resumed changes until its checkpoint has been
+loaded and checked and the run's components are built.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import statistics
-import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rewardsds.config import Config, validate
-from rewardsds.errors import ConfigError, RewardSDSError, TrainingAborted
-from rewardsds.utils.io import command_line, git_commit, job_command, package_versions, write_json, write_text
+from rewardsds.errors import ConfigError, RewardSDSError, RunInterrupted, TrainingAborted
+from rewardsds.resume import check_changes, check_steps, load_checkpoint, resolve_resume, saved_config
+from rewardsds.utils.io import (command_line, git_commit, job_command, package_versions, read_json, remove_partial_files,
+                                write_json, write_text)
 
 log = logging.getLogger("rewardsds")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 #: metrics.json keys sent to the W&B run summary besides ``final/*``
 SUMMARY_COST_KEYS = ("wall_time_s", "step_time_median_s", "evals_per_step_mean", "peak_memory_gb", "iterations")
+
+__all__ = ["train", "resolve_resume", "build_components", "quiet_lightning"]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -78,68 +69,58 @@ def resolve_device(accelerator: str, gpu_index: Optional[int] = None) -> torch.d
     return torch.device("cpu")
 
 
-def resolve_resume(resume: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
-    """(checkpoint file, run folder) for ``resume=<run folder or .ckpt>``."""
-    if not resume:
-        return None, None
-    p = Path(resume).expanduser()
-    if p.is_dir():
-        ckpt = p / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise ConfigError("resume", resume, f"has no checkpoint at {ckpt}", "point resume at a run folder that saved checkpoints/last.ckpt, or at a .ckpt file")
-        return ckpt, p
-    if p.is_file():
-        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-        return p, run_dir
-    raise ConfigError("resume", resume, "does not exist", "give a run folder (outputs/runs/...) or a checkpoint file")
-
-
-def read_status(run_dir: Path) -> Optional[str]:
-    import json
-
-    try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
-def job_overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
-
-
-def is_multirun() -> bool:
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
-
-
-def job_num() -> int:
-    try:
-        return int(HydraConfig.get().job.num)
-    except (ValueError, TypeError, AttributeError):
-        return 0
-
-
 def gpu_lock_enabled(typed: Config) -> bool:
     """``gpu_lock.enabled``, where null means: on exactly when the launcher is ``hydra/launcher=gpus``."""
     if typed.gpu_lock.enabled is not None:
         return bool(typed.gpu_lock.enabled)
-    try:
-        return HydraConfig.get().runtime.choices.get("hydra/launcher") == "gpus"
-    except ValueError:
-        return False
+    return _choice("hydra/launcher") == "gpus"
 
 
-def sweep_name() -> Optional[str]:
+def job_overrides() -> list[str]:
+    from rewardsds.cli import job_overrides as overrides
+
+    return overrides()
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
     try:
-        hc = HydraConfig.get()
-        return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+        return HydraConfig.get()
     except ValueError:
         return None
+
+
+def is_multirun() -> bool:
+    from rewardsds.cli import is_multirun as multirun
+
+    return multirun()
+
+
+def job_num() -> int:
+    hc = _hydra()
+    try:
+        return int(hc.job.num) if hc is not None else 0
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
+def sweep_group() -> Optional[str]:
+    """The sweep a multirun job belongs to, as ``<date>/<time>[_name]`` (the folder under ``outputs/sweeps``)."""
+    hc = _hydra()
+    if hc is None or not is_multirun():
+        return None
+    p = Path(hc.sweep.dir)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _choice(group: str, choices: Optional[dict] = None) -> Optional[str]:
+    if choices is not None:
+        v = choices.get(group)
+    else:
+        hc = _hydra()
+        v = None if hc is None else hc.runtime.choices.get(group)
+    return None if v in (None, "null") else str(v)
 
 
 # ----------------------------------------------------------------------------------------- building
@@ -175,44 +156,63 @@ def build_components(cfg: DictConfig, typed: Config) -> dict[str, Any]:
     return dict(prior=prior, reward=reward, strategy=strategy, loss=loss, representation=representation, camera_sampler=camera_sampler)
 
 
-def build_logger(cfg: DictConfig, run_dir: Path):
+def run_tags(record: dict[str, Any]) -> list[str]:
+    """W&B tags of a run: what a dashboard filters by (experiment, loss, strategy, N, prompt set)."""
+    tags = [f"{k}:{record[k]}" for k in ("experiment", "loss", "strategy", "reward", "prior", "prompts") if record.get(k)]
+    return tags + [f"n_noises:{record['n_noises']}"]
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, record: dict[str, Any], wandb_id: Optional[str] = None,
+                 resume_step: Optional[int] = None):
+    """The Lightning logger of ``logger=...``; a W&B run is named after the job, grouped by its sweep, tagged with
+    the run's settings, and resumed by id when the run already has one."""
     kwargs: dict[str, Any] = {"save_dir": str(run_dir)}
     target = cfg.logger.get("_target_", "")
     if target.endswith("wandb_logger"):
-        overrides = ",".join(o for o in job_overrides() if not o.startswith(("logger", "resume")))
+        overrides = ",".join(o for o in job_overrides() if not o.startswith(("logger", "resume", "hydra.")))
         kwargs["run_config"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=False)
-        if cfg.logger.get("group") is None and sweep_name():
-            kwargs["group"] = sweep_name()
+        if cfg.logger.get("group") is None and sweep_group():
+            kwargs["group"] = sweep_group()
         if cfg.logger.get("name") is None:
             # multirun jobs: the job folder name (swept overrides, prompt slugs), the same on disk and in W&B
             kwargs["name"] = (cfg.get("name") or (run_dir.name if is_multirun() else overrides) or run_dir.name)[:128]
+        kwargs["tags"] = list(cfg.logger.get("tags") or []) + [t for t in run_tags(record) if t not in (cfg.logger.get("tags") or [])]
+        if wandb_id:
+            kwargs["id"] = wandb_id
+    if target.endswith("csv_logger") and resume_step is not None:
+        kwargs["resume_step"] = resume_step
     # _partial_: the run config holds _target_ keys that instantiate() must not build recursively.
     return instantiate(cfg.logger, _partial_=True)(**kwargs)
 
 
-def run_metadata(cfg: DictConfig) -> dict[str, Any]:
+# ----------------------------------------------------------------------------------------- the record
+def run_metadata(overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """Provenance of a run. ``overrides``: the run's own overrides (a resume passes those of the run it continues,
+    with its own on top), default the job's."""
+    overrides = job_overrides() if overrides is None else list(overrides)
     return {
         "command": command_line(),
-        "job_command": job_command(job_overrides()),
-        "overrides": job_overrides(),
+        "job_command": job_command(overrides),
+        "overrides": overrides,
         "git_commit": git_commit(),
         "versions": package_versions(),
         "hostname": os.uname().nodename if hasattr(os, "uname") else "",
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
 
 
-def base_metrics(cfg: DictConfig, typed: Config) -> dict[str, Any]:
+def base_metrics(cfg: DictConfig, typed: Config, choices: Optional[dict] = None) -> dict[str, Any]:
     return {
         "prompt": typed.prompt,
         "negative_prompt": typed.negative_prompt,
         "seed": typed.seed,
         "steps": typed.steps,
         "n_noises": typed.n_noises,
-        "loss": _choice("loss"),
-        "prior": _choice("prior"),
-        "reward": _choice("reward"),
-        "representation": _choice("representation"),
-        "experiment": _choice("experiment"),
+        "loss": _choice("loss", choices),
+        "prior": _choice("prior", choices),
+        "reward": _choice("reward", choices),
+        "representation": _choice("representation", choices),
+        "experiment": _choice("experiment", choices),
         "reward_duration": typed.reward_duration,
         "lookahead_steps": typed.lookahead.steps,
         "prompts": _prompt_list_name(cfg),
@@ -226,88 +226,152 @@ def _prompt_list_name(cfg: DictConfig) -> Optional[str]:
     return str(cfg.prompts_file) if cfg.get("prompts_file") else None
 
 
-def _hydra_ready() -> bool:
-    try:
-        HydraConfig.get()
-        return True
-    except ValueError:
+class _Untouched:
+    """Marks errors raised inside the block as having left the run's folder as it was (see ``cli._fail``)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None:
+            try:
+                exc.run_untouched = True  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
         return False
 
 
-def _choice(group: str) -> Optional[str]:
-    if not _hydra_ready():
-        return None
-    v = HydraConfig.get().runtime.choices.get(group)
-    return None if v in (None, "null") else str(v)
-
-
 # ----------------------------------------------------------------------------------------- one run
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None, overrides: Optional[list[str]] = None) -> dict[str, Any]:
     """Validate, build, fit and finalise one run in ``run_dir``; returns its metrics.
 
+    With ``resume`` set, the run continues in its own folder (``run_dir`` then only gets a note pointing there).
     With ``gpu_lock.enabled`` the run first locks a free GPU (:class:`rewardsds.devices.GpuLock`) and holds it
-    to the end.
+    to the end. ``choices`` are the config group choices and ``overrides`` the overrides to record (default:
+    Hydra's runtime choices and the job's overrides).
     """
-    typed = validate(cfg)
+    with _Untouched():
+        typed = validate(cfg)
     if not gpu_lock_enabled(typed):
-        return _train(cfg, typed, run_dir, None)
+        return _train(cfg, typed, Path(run_dir), None, choices=choices, overrides=overrides)
     from rewardsds.devices import GpuLock, default_lock_dir, gpu_pool
 
     lock = GpuLock(gpu_pool(typed.gpu_lock.gpus), typed.gpu_lock.dir or default_lock_dir(), start=job_num(),
                    wait_s=typed.gpu_lock.wait_s)
     with lock as gpu_index:
-        return _train(cfg, typed, run_dir, gpu_index, lock_wait_s=lock.waited_s)
+        return _train(cfg, typed, Path(run_dir), gpu_index, lock_wait_s=lock.waited_s, choices=choices, overrides=overrides)
 
 
-def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: float = 0.0) -> dict[str, Any]:
+def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: float = 0.0,
+           choices: Optional[dict] = None, overrides: Optional[list[str]] = None) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from rewardsds.callbacks import AtomicCheckpoint
-    from rewardsds.export import finalize_run
+    from rewardsds.lifecycle import ProgressReport, StopRequests, announce, auto_progress_every, has_tty, quiet_console_progress, start_block
     from rewardsds.system import DistillationSystem
     from rewardsds.viz import Media
 
+    quiet_lightning()
     started_at = time.time()
-    ckpt, resume_dir = resolve_resume(typed.resume)
-    if resume_dir is not None and resume_dir.resolve() != run_dir.resolve():
-        write_text(run_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
-        run_dir = resume_dir
-    device = resolve_device(typed.trainer.accelerator, gpu_index)
-    check_video_writer(typed.output.video)
-    pl.seed_everything(typed.seed, workers=True, verbose=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    invoked_dir = run_dir
+    with _Untouched():  # nothing of the run's folder changes until the run can start
+        ckpt_path, resume_dir = resolve_resume(typed.resume)
+        if resume_dir is not None:
+            run_dir = resume_dir
+        previous = read_json(run_dir / "metrics.json") if resume_dir is not None else {}
+        ckpt = changes = None
+        if ckpt_path is not None:
+            ckpt = load_checkpoint(ckpt_path)
+            check_steps(ckpt, ckpt_path, typed.steps)
+            saved = saved_config(run_dir)
+            changes = check_changes(saved, cfg, typed.resume_allow_changes, run_dir) if saved is not None else {}
+        device = resolve_device(typed.trainer.accelerator, gpu_index)
+        check_video_writer(typed.output.video)
+        pl.seed_everything(typed.seed, workers=True, verbose=False)
+        record = {**base_metrics(cfg, typed, choices)}
+        parts = build_components(cfg, typed)
+        record["strategy"] = parts["strategy"].name  # the built strategy (compare sub-runs override the group)
+        media = Media(run_dir)
+        system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
+        system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
+
+    # ---- from here on the run's folder is written
+    logger = build_logger(cfg, run_dir, record, wandb_id=(previous.get("wandb") or {}).get("id"),
+                          resume_step=None if ckpt is None else system.iteration)
+    media.logger = logger if logger else None
+    if resume_dir is not None and resume_dir.resolve() != invoked_dir.resolve():
+        write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
+    remove_partial_files(run_dir)
     write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = {**base_metrics(cfg, typed), **run_metadata(cfg), "status": "running", "run_dir": str(run_dir),
+    session = {"started_at": started_at, "start_step": system.iteration, "command": command_line(), "pid": os.getpid(),
+               "status": "running"}
+    if changes:
+        session["changes"] = {k: {"from": a, "to": b} for k, (a, b) in changes.items()}
+    metrics = {**previous, **record, **run_metadata(overrides), "status": "running", "run_dir": str(run_dir),
                # job timeline (overlap of side-by-side jobs can be read from the files alone)
-               "pid": os.getpid(), "started_at": started_at, "gpu_index": gpu_index, "gpu_lock_wait_s": lock_wait_s,
-               "device_index": device.index if device.type == "cuda" else None,
-               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    if ckpt is not None:
-        metrics["resumed_from"] = str(ckpt)
+               "pid": os.getpid(), "started_at": previous.get("started_at", started_at), "gpu_index": gpu_index,
+               "gpu_lock_wait_s": lock_wait_s, "device_index": device.index if device.type == "cuda" else None,
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+               "sessions": list(previous.get("sessions", [])) + [session]}
+    for stale in ("error", "finished_at", "interrupted_by"):
+        metrics.pop(stale, None)
+    if ckpt_path is not None:
+        metrics["resumed_from"] = str(ckpt_path)
+    from rewardsds.loggers import wandb_record
+
+    if wandb_record(logger):
+        metrics["wandb"] = wandb_record(logger)
     write_json(run_dir / "metrics.json", metrics)
 
-    parts = build_components(cfg, typed)
-    metrics["strategy"] = parts["strategy"].name  # the built strategy (compare sub-runs override the group)
-    logger = build_logger(cfg, run_dir)
-    media = Media(run_dir, logger if logger else None)
-    system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
-    checkpoint = AtomicCheckpoint(run_dir / "checkpoints", typed.output.checkpoint_every)
+    quiet_console_progress()
+    announce(start_block({
+        "run_dir": run_dir, "device": _device_name(device), "experiment": record.get("experiment"), "prompt": typed.prompt,
+        "prior": record.get("prior"), "dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
+        "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record["strategy"], "n_noises": typed.n_noises,
+        "lookahead": typed.lookahead.steps if typed.n_noises > 1 and record["strategy"] != "none" else None,
+        "evals_per_step": system.expected_evals_per_step(), "steps": typed.steps,
+        "resumed_at": system.iteration if ckpt is not None else None, "checkpoint": ckpt_path, "changes": list(changes or {}),
+    }))
+
+    stop = StopRequests()
+    checkpoint = AtomicCheckpoint(run_dir / "checkpoints", typed.output.checkpoint_every, stop=stop)
+    progress = ProgressReport(typed.output.progress_every or auto_progress_every(typed.steps))
     placement = {"devices": [device.index]} if device.type == "cuda" and device.index is not None else {}
+    show_bar = typed.trainer.enable_progress_bar if typed.trainer.enable_progress_bar is not None else has_tty()
     trainer = instantiate(
         cfg.trainer, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
-        logger=logger, callbacks=[checkpoint], enable_checkpointing=False, default_root_dir=str(run_dir),
-        num_sanity_val_steps=0, limit_val_batches=0,
+        logger=logger, callbacks=[checkpoint, progress], enable_checkpointing=False, default_root_dir=str(run_dir),
+        num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=show_bar,
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    trainer.fit(system)
-    wall = time.perf_counter() - start
+    with stop:
+        try:
+            trainer.fit(system)
+        except SystemExit:  # Lightning's SIGTERMException, after our handler already stopped the loop
+            if stop.requested is None:
+                raise
+    session_wall = time.perf_counter() - start
     # Lightning's teardown moves the module to the CPU after fit; the frozen prior and reward stay on the run's
     # device, so the final renders, decodes and scores need the scene back there.
     system.to(device)
+    wall = system.wall_time_before + session_wall
+    if stop.requested is not None:
+        metrics.update({"status": "interrupted", "interrupted_by": stop.name, "iterations": system.iteration,
+                        "wall_time_s": wall, "finished_at": time.time(),
+                        "checkpoint": str(checkpoint.last) if checkpoint.last.is_file() else None})
+        session.update({"status": "interrupted", "end_step": system.iteration, "wall_time_s": session_wall})
+        write_json(run_dir / "metrics.json", metrics)
+        if logger:
+            _finish_wandb(logger)
+        stop.hand_on()
+        raise RunInterrupted(stop.name, stop.exit_code(), system.iteration, system.total_steps, run_dir)
     if system.iteration < system.total_steps:
         raise TrainingAborted(f"training stopped at step {system.iteration} of {system.total_steps}; resume with resume={run_dir}")
+    system.check_some_step_ran()
+    from rewardsds.export import finalize_run
+
     final = finalize_run(system, run_dir, media)
     times = system.step_times or [float("nan")]
     metrics.update(final)
@@ -318,19 +382,29 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
         "evals_per_step_mean": (sum(system.evals_per_step) / len(system.evals_per_step)) if system.evals_per_step else 0.0,
         "nonfinite_steps": system.nonfinite_steps,
         "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": _device_name(device),
         "iterations": system.iteration,
         "finished_at": time.time(),
     })
+    session.update({"status": "complete", "end_step": system.iteration, "wall_time_s": session_wall})
     write_json(run_dir / "metrics.json", metrics)
-    from rewardsds.loggers import write_summary
+    from rewardsds.loggers import log_checkpoint, write_summary
 
     # the run summary: final metrics and the run's cost, so dashboards can plot quality against time
     write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS})
     if logger:
+        if cfg.logger.get("log_model"):
+            log_checkpoint(logger, checkpoint.last, aliases=["last", f"step-{system.iteration}"])
         logger.finalize("success")
         _finish_wandb(logger)
+    from rewardsds.lifecycle import end_block
+
+    announce(end_block(metrics, run_dir, is_3d=system.camera_sampler is not None))
     return metrics
+
+
+def _device_name(device: torch.device) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 def _finish_wandb(logger) -> None:
@@ -339,7 +413,6 @@ def _finish_wandb(logger) -> None:
     finish(logger)
 
 
-# ----------------------------------------------------------------------------------------- entry
 def quiet_lightning() -> None:
     """Lightning sets its own INFO level at import; keep only warnings (Hydra's log file has the rest)."""
     import lightning.pytorch  # noqa: F401  (import first: it resets the level)
@@ -351,74 +424,3 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
     # resume of a finished run (e.g. to re-export) has no steps left: that is intended
     warnings.filterwarnings("ignore", message=r".*Total length of `(DataLoader|CombinedLoader)` across ranks is zero.*")
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> Optional[float]:
-    """Hydra task: one run (or, with ``compare.runs``, one run per labelled variant and seed)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        if cfg.compare.runs:
-            from rewardsds.compare import run_compare
-
-            quiet_lightning()
-            run_compare(cfg, run_dir)
-            return None
-        status = read_status(run_dir)
-        if status == "complete" and not cfg.get("resume"):
-            log.info("skipping %s: metrics.json says complete", run_dir)
-            print(f"rewardsds: {run_dir} is already complete; skipped")
-            return None
-        if status == "running" and is_multirun() and not cfg.get("resume") and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            # A sweep job that was interrupted (killed, preempted, timed out) continues from its last
-            # checkpoint when the sweep is run again into the same folder (or requeued by Slurm).
-            print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
-            cfg.resume = str(run_dir)
-        quiet_lightning()
-        metrics = train(cfg, run_dir)
-        value = metrics.get("final/reward")
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-    except (RewardSDSError, ConfigError) as err:
-        return _fail(run_dir, err, user_error=True)
-    except Exception as err:  # unexpected: keep the traceback in the run folder
-        return _fail(run_dir, err, user_error=False)
-    finally:
-        _release_cuda_memory()
-
-
-def _release_cuda_memory() -> None:
-    """Give the next job of this process (sequential or joblib launchers) the GPU memory of this one."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
-    import json
-
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        metrics = {}
-    metrics.update({"status": "failed", "error": f"{type(err).__name__}: {err}", "finished_at": time.time()})
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(path, metrics)
-        write_text(run_dir / "error.txt", "".join(traceback.format_exception(type(err), err, err.__traceback__)))
-    except OSError:
-        pass
-    kind = "error" if user_error else f"unexpected error ({type(err).__name__})"
-    print(f"rewardsds: {kind}: {err}", file=sys.stderr)
-    if is_multirun():
-        # A failed job must not stop the sweep; its metrics.json says why.
-        return None
-    if not user_error and os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    sys.exit(2 if user_error else 1)
-
-
-if __name__ == "__main__":
-    main()

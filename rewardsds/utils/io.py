@@ -7,6 +7,7 @@ place, so a crash never leaves a half-written metrics.json, image or checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -19,26 +20,79 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from rewardsds.errors import DiskFullError
+
+
+#: Marks the temporary files of :func:`atomic_path` (``.<name>.partial-<random><suffix>``).
+PARTIAL_MARK = ".partial-"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once (``os.umask`` can only be read by setting it).
+UMASK = _current_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (0666 minus the umask): ``mkstemp``
+    creates it 0600, which would hide results from collaborators on shared storage. A process killed inside
+    the block leaves ``.<name>.partial-*``; :func:`remove_partial_files` clears those when the run starts again.
+    A full disk is reported as :class:`DiskFullError` naming the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(path) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left under ``folder``; returns them.
+
+    Only files of :func:`atomic_path` (``.<name>.partial-*``, and the ``.last.ckpt.*.ckpt`` pattern of earlier
+    versions) are touched. Call it when a run starts or resumes: its folder then has no other writer.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for f in folder.rglob(".*"):
+        if f.is_file() and (PARTIAL_MARK in f.name or (f.name.startswith(".last.ckpt.") and f.suffix == ".ckpt")):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from ``path``; ``{}`` when the file is missing or not valid JSON."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -1,0 +1,202 @@
+"""Honest resume: continue a run with the run's own config, refuse changes that make it another experiment.
+
+``rewardsds resume=<run folder> [overrides]`` rebuilds the run's config from the run itself (its ``.hydra/`` snapshot,
+else ``config_resolved.yaml``) and applies only what the new overrides change. Changes of operational keys (more
+``steps``, outputs, logging, compilation, export settings) are taken; a change of anything that defines the
+experiment (prompt, seed, prior, reward, strategy, N, loss, representation, lookahead, ...) is refused with a message
+naming each key, unless ``resume_allow_changes=true``, which records them in metrics.json.
+
+A checkpoint is checked before anything in the run folder changes: empty, truncated, corrupt or foreign files, and a
+``steps`` below the checkpoint's step, are errors that name the file and the fix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from rewardsds.errors import CheckpointError, ConfigError
+from rewardsds.utils.io import read_json
+
+#: Keys a resume may change without changing the experiment (fnmatch patterns on dotted keys).
+OPERATIONAL_KEYS = (
+    "steps", "resume", "resume_allow_changes", "name", "chunk_size", "max_nonfinite_steps",
+    "output.*", "logger.*", "trainer.*", "gpu_lock.*", "compare.*", "hydra.*",
+    "prior.compile", "prior.compile_mode", "prior.local_files_only", "prior.vae_slicing",
+    "reward.compile", "reward.local_files_only",
+    "representation.mesh_*", "representation.eval_*", "cameras.eval_*",
+)
+
+
+def is_operational(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pat) for pat in OPERATIONAL_KEYS)
+
+
+# ----------------------------------------------------------------------------------------- where
+def resolve_resume(resume: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
+    """(checkpoint file, run folder) for ``resume=<run folder or .ckpt>``."""
+    if not resume:
+        return None, None
+    p = Path(resume).expanduser()
+    if p.is_dir():
+        ckpt = p / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise ConfigError("resume", resume, f"has no checkpoint at {ckpt}",
+                              "point resume at a run folder that saved checkpoints/last.ckpt, or at a .ckpt file")
+        return ckpt, p
+    if p.is_file():
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return p, run_dir
+    raise ConfigError("resume", resume, "does not exist", "give a run folder (outputs/runs/...) or a checkpoint file")
+
+
+# ----------------------------------------------------------------------------------------- the checkpoint
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a run checkpoint on the CPU and check that it is one of ours; CheckpointError otherwise."""
+    import torch
+
+    fix = ("resume from a run folder whose checkpoints/last.ckpt was written by rewardsds, or start the run again "
+           "(a checkpoint is written atomically, so a file like this was not made by a run's checkpoint writer)")
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise CheckpointError(path, f"cannot be read ({err.strerror or err})", fix) from None
+    if size == 0:
+        raise CheckpointError(path, "is empty (0 bytes)", fix)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, AttributeError,
+            ModuleNotFoundError, io.UnsupportedOperation, OSError) as err:
+        raise CheckpointError(path, f"is not a readable checkpoint (truncated or corrupt: {type(err).__name__}: "
+                                    f"{str(err).splitlines()[0][:160] if str(err) else ''})", fix) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "rewardsds" not in ckpt:
+        raise CheckpointError(path, "is not a rewardsds run checkpoint (no 'rewardsds' and 'state_dict' entries)", fix)
+    return ckpt
+
+
+def checkpoint_step(ckpt: dict[str, Any]) -> int:
+    return int(ckpt.get("rewardsds", {}).get("iteration", 0))
+
+
+def check_steps(ckpt: dict[str, Any], path: Path, steps: int) -> None:
+    at = checkpoint_step(ckpt)
+    if steps < at:
+        raise ConfigError("steps", steps, f"is below the step of the checkpoint {path} ({at}): a run cannot be resumed "
+                          "into its past", f"set steps>={at} (steps={at} re-runs only the final outputs)")
+
+
+# ----------------------------------------------------------------------------------------- the config
+def saved_config(run_dir: Path, resolved: bool = True) -> Optional[DictConfig]:
+    """The run's config as it was saved: ``config_resolved.yaml`` (or Hydra's ``.hydra/config.yaml`` snapshot)."""
+    names = ("config_resolved.yaml", ".hydra/config.yaml") if resolved else (".hydra/config.yaml", "config_resolved.yaml")
+    for name in names:
+        p = run_dir / name
+        if p.is_file():
+            return OmegaConf.load(p)
+    return None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(_flat(v, key))
+            else:
+                out[key] = v
+    else:
+        out[prefix] = node
+    return out
+
+
+def _plain(cfg: Any) -> dict:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False, enum_to_str=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def config_changes(saved: Any, new: Any) -> dict[str, tuple[Any, Any]]:
+    """Leaf keys whose values differ, ``{key: (saved, new)}``.
+
+    A key only one side has is not a change (a field a newer version added with its default); a group swapped for
+    another shows as its ``_target_``, and a node that is a group on one side and a plain value (null) on the other
+    as that node.
+    """
+    a, b = _flat(_plain(saved)), _flat(_plain(new))
+    changes = {key: (a[key], b[key]) for key in sorted(set(a) & set(b)) if a[key] != b[key] and not key.startswith("hydra.")}
+    for key in sorted(set(a) ^ set(b)):
+        other = b if key in a else a
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            node = ".".join(parts[:i])
+            if node in other:  # a plain value on one side, a group on the other
+                changes.setdefault(node, (a.get(node, "<group>"), b.get(node, "<group>")))
+                break
+    return changes
+
+
+def experiment_changes(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    return {k: v for k, v in changes.items() if not is_operational(k)}
+
+
+def check_changes(saved: Any, new: Any, allow: bool, run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """The experiment-defining changes of a resume; ConfigError unless ``allow``."""
+    changed = experiment_changes(config_changes(saved, new))
+    if changed and not allow:
+        listed = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in list(changed.items())[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise ConfigError("resume", str(run_dir), f"would continue the run with another experiment: {listed}{more}",
+                          "drop those overrides to continue the run as it was, start a new run for the new setting, or add "
+                          "resume_allow_changes=true to continue with them (recorded in metrics.json)")
+    return changed
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def reconstruct_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, Optional[dict], list[str]]:
+    """The config of a resumed run, for the CLI: the run's own overrides, then the new ones, composed again.
+
+    The run's overrides come from its metrics.json (``overrides``: what every earlier session ran with) or Hydra's
+    ``.hydra/overrides.yaml`` snapshot; a new override replaces an old one of the same key. :func:`check_changes`
+    then compares the result with the run's saved ``config_resolved.yaml``, so a change, whether from an override or
+    from a default that changed since the run started, is seen. A run started from Python (no saved overrides) is
+    resumed with the overrides given now, which must then describe the whole run.
+
+    Returns (config, the group choices of the composition, the effective overrides to record).
+    """
+    from hydra import compose
+
+    _, run_dir = resolve_resume(str(cfg.resume))
+    assert run_dir is not None
+    new = [o for o in overrides if not _key(o).startswith(("resume", "hydra."))]
+    flags = [o for o in overrides if _key(o) == "resume_allow_changes"]
+    recorded = (read_json(run_dir / "metrics.json").get("overrides") or None)
+    snapshot = run_dir / ".hydra" / "overrides.yaml"
+    if recorded is None and snapshot.is_file():
+        recorded = [str(o) for o in OmegaConf.load(snapshot)]
+    if recorded is None:
+        return cfg, None, list(overrides)
+    original = [o for o in recorded if not _key(o).startswith(("resume", "hydra."))]
+    new_keys = {_key(o) for o in new}
+    effective = [o for o in original if _key(o) not in new_keys] + new
+    composed = compose(config_name="config", overrides=effective + flags, return_hydra_config=True)
+    choices = dict(composed.hydra.runtime.choices)
+    OmegaConf.set_struct(composed, False)
+    composed.pop("hydra")
+    composed.resume = str(cfg.resume)
+    OmegaConf.set_struct(composed, True)
+    return composed, choices, effective
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
