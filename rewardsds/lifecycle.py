@@ -186,12 +186,11 @@ class StopRequests:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for s, h in self.previous.items():
+        for s, h in self.previous.items():  # kept: hand_on() passes a stop on to the handler it replaced
             try:
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
             except (OSError, ValueError, TypeError):
                 pass
-        self.previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested is not None and signum == signal.SIGINT:
@@ -217,7 +216,6 @@ class StopRequests:
             return
         prev = self.previous.get(s)
         if callable(prev) and prev is not signal.default_int_handler:
-            signal.signal(s, prev)
             prev(s, None)
             return
         job = os.environ.get("SLURM_JOB_ID")

@@ -66,12 +66,13 @@ def logged_keys(path: str | Path) -> dict[str, set[str]]:
 
 
 def run_record(path: str | Path) -> dict:
-    """{'group', 'name', 'config': {key: value}, 'summary': {key: value}} of an offline run file (JSON values decoded)."""
+    """{'group', 'name', 'id', 'tags', 'config': {key: value}, 'summary': {key: value}} of an offline run file (JSON
+    values decoded)."""
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out = {"group": None, "name": None, "config": {}, "summary": {}}
+    out = {"group": None, "name": None, "id": None, "tags": [], "config": {}, "summary": {}}
 
     def items(updates):
         return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in updates}
@@ -81,7 +82,8 @@ def run_record(path: str | Path) -> dict:
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
         if kind == "run":
-            out["group"], out["name"] = rec.run.run_group, rec.run.display_name
+            out["group"], out["name"], out["id"] = rec.run.run_group, rec.run.display_name, rec.run.run_id
+            out["tags"] = list(rec.run.tags)
             out["config"].update(items(rec.run.config.update))
         elif kind == "config":
             out["config"].update(items(rec.config.update))

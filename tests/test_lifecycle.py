@@ -1,0 +1,402 @@
+"""A run's lifecycle as a user meets it: what it prints, how it stops, how it resumes, what it leaves on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, compose, run_cli
+from rewardsds.errors import CheckpointError, ConfigError, DiskFullError, RunInterrupted
+
+RUN = ["experiment=analytic", "trainer=cpu", "output.video=false", "output.image_every=0", "lookahead.steps=2"]
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _latents(folder: Path) -> torch.Tensor:
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["representation.latents"]
+
+
+def _popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), HYDRA_FULL_ERROR="0")
+    e.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "rewardsds", *args], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# ------------------------------------------------------------------ what a headless run prints
+def test_headless_run_prints_its_folder_progress_and_result(tmp_path):
+    r = run_cli([*RUN, "logger=csv", "steps=12", "output.progress_every=4"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 1 and re.fullmatch(r"\d\d-\d\d-\d\d", runs[0].name), runs  # no "None" suffix
+    run = runs[0]
+    out = r.stdout
+    assert f"rewardsds: run {run}" in out  # absolute: it can be pasted from a log anywhere
+    assert "strategy=min_max, N=8, lookahead K=2, reward=analytic" in out and "UNet evaluations per step" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["1/12", "4/12", "8/12", "12/12"], lines
+    assert all("reward mean" in ln and "t " in ln for ln in lines) and "ETA" in lines[-1] and "s/step" in lines[-1]
+    m = _metrics(run)
+    assert f"final reward  {m['final/reward']:.4f}" in out and "complete in" in out
+    assert f"rewardsds-eval {run}" in out and f"rewardsds resume={run}" in out
+    log = (run / "train.log").read_text()
+    assert "rewardsds: run" in log and "step 8/12" in log and "final reward" in log  # the same lines, time-stamped
+
+
+def test_name_is_a_suffix_of_the_run_and_sweep_folders(tmp_path):
+    r = run_cli([*RUN, *FAST, "steps=1", "name=fox"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_fox", run.name), run.name
+    r = run_cli(["-m", *RUN, *FAST, "steps=1", "name=fox", "n_noises=4"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (sweep,) = list((tmp_path / "outputs" / "sweeps").glob("*/*"))
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_fox", sweep.name) and len(list(sweep.glob("*/metrics.json"))) == 1
+    with pytest.raises(ConfigError, match=r"name = '\.\./x'.*plain name"):
+        from rewardsds.config import validate
+
+        validate(compose([*RUN, "name=../x"]))
+
+
+# ------------------------------------------------------------------ stopping on a signal, then resuming
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_checkpoint_and_resume_continues_exactly(tmp_path, sig):
+    run = tmp_path / "run"
+    args = [*RUN, "logger=csv", "seed=3", "steps=40", "output.checkpoint_every=1000", "output.progress_every=1"]
+    p = _popen([*args, f"hydra.run.dir={run}"], tmp_path)
+    for line in p.stdout:  # line-buffered without a TTY: the progress lines arrive as they happen
+        if line.startswith("step 3/"):
+            p.send_signal(sig)
+            break
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 128 + sig, err[-3000:]
+    m = _metrics(run)
+    stopped = m["iterations"]
+    assert m["status"] == "interrupted" and m["interrupted_by"] == signal.Signals(sig).name and 3 <= stopped < 40
+    assert f"interrupted by {signal.Signals(sig).name} at step {stopped} of 40" in err and f"rewardsds resume={run}" in err
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["rewardsds"]["iteration"] == stopped  # written at the step it stopped, not at checkpoint_every
+    if sig == signal.SIGINT:
+        return
+    # the README's command, in the run's own folder, with nothing but the folder
+    (tmp_path / "elsewhere").mkdir()
+    r = run_cli([f"resume={run}"], tmp_path / "elsewhere")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (tmp_path / "elsewhere" / "outputs").exists()  # no empty dated folder for the resume
+    m2 = _metrics(run)
+    assert m2["status"] == "complete" and m2["iterations"] == 40 and len(m2["sessions"]) == 2
+    assert m2["sessions"][0]["status"] == "interrupted" and m2["sessions"][1]["start_step"] == stopped
+    assert m2["wall_time_s"] > m2["sessions"][1]["wall_time_s"]  # earlier sessions count
+    import csv
+
+    with open(run / "csv" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert steps == list(range(40))  # the history is whole, each step once
+    full = tmp_path / "full"
+    from rewardsds.train import train
+
+    train(compose([*args, "logger=none"]), full)
+    assert torch.equal(_latents(full), _latents(run))  # as if it had never stopped
+
+
+class _SendAt:
+    """A callback that sends this process a signal at the end of one step."""
+
+    def __init__(self, step: int, sig: int):
+        import lightning.pytorch as pl
+
+        outer = self
+
+        class Cb(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, *args):
+                if pl_module.iteration == outer.step:
+                    os.kill(os.getpid(), outer.sig)
+
+        self.step, self.sig, self.callback = step, sig, Cb()
+
+
+def _train_with_signal(tmp_path, monkeypatch, sig: int, steps: int = 6):
+    import rewardsds.train as train_mod
+    from lightning.pytorch import Trainer
+
+    send = _SendAt(2, sig)
+    original = Trainer.__init__
+
+    def init(self, *a, callbacks=None, **kw):
+        original(self, *a, callbacks=[send.callback, *(callbacks or [])], **kw)
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    with pytest.raises(RunInterrupted) as info:
+        train_mod.train(compose([*RUN, *FAST, f"steps={steps}"]), tmp_path / "run")
+    return info.value
+
+
+def test_an_earlier_handler_of_the_signal_runs_after_the_checkpoint(tmp_path, monkeypatch):
+    """submitit installs a requeue handler for its preemption signal before the job runs: it must still run, after
+    the run saved its state."""
+    seen = []
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: seen.append((s, ckpt.is_file(), _metrics(tmp_path / "run")["status"])))
+    try:
+        err = _train_with_signal(tmp_path, monkeypatch, signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert err.exit_code == 128 + signal.SIGUSR2 and err.step == 2
+    assert seen == [(signal.SIGUSR2, True, "interrupted")]
+
+
+def test_slurm_time_limit_signal_requeues_the_job(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setattr("rewardsds.lifecycle.subprocess.call", lambda cmd: calls.append(cmd) or 0)
+    err = _train_with_signal(tmp_path, monkeypatch, signal.SIGUSR1)
+    assert calls == [["scontrol", "requeue", "4242"]] and err.step == 2
+    m = _metrics(tmp_path / "run")
+    assert m["slurm_job_id"] == "4242" and m["status"] == "interrupted"
+    # the requeued job runs the same command: it finds the run of its job id and continues it
+    from rewardsds.cli import prepare_arguments
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    runs = tmp_path / "outputs" / "runs" / "2026-01-01"
+    runs.mkdir(parents=True)
+    (tmp_path / "run").rename(runs / "10-00-00")
+    monkeypatch.chdir(tmp_path)
+    args = prepare_arguments(["experiment=analytic", "prompt=x"])
+    assert f"resume={Path('outputs/runs/2026-01-01/10-00-00')}" in args
+    assert any(a.startswith("hydra.run.dir=") and a.endswith("10-00-00") for a in args)
+
+
+# ------------------------------------------------------------------ honest resume
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finished")
+    run = root / "run"
+    r = run_cli([*RUN, "logger=csv", "steps=4", "output.checkpoint_every=2", f"hydra.run.dir={run}"], root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_changes_that_make_another_experiment(finished, tmp_path):
+    before = _snapshot(finished)
+    r = run_cli([f"resume={finished}", "strategy=best", "steps=6"], tmp_path)  # a group swapped on the command line
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "would continue the run with another experiment: strategy._target_:" in r.stderr
+    assert "resume_allow_changes=true" in r.stderr and "nothing in" in r.stderr
+    assert _snapshot(finished) == before  # the finished run is exactly as it was
+
+
+@pytest.mark.parametrize("override, key", [("prompt=a square", "prompt"), ("n_noises=4", "n_noises"), ("seed=1", "seed"),
+                                           ("loss.guidance_scale=50", "loss.guidance_scale"),
+                                           ("lookahead.steps=3", "lookahead.steps")])
+def test_resume_names_each_changed_key(finished, override, key):
+    from rewardsds.train import train
+
+    before = _snapshot(finished)
+    with pytest.raises(ConfigError, match=rf"another experiment: {re.escape(key)}: .*resume_allow_changes=true"):
+        train(compose([*RUN, "logger=csv", "steps=6", f"resume={finished}", override]), finished)
+    assert _snapshot(finished) == before
+    # operational changes are taken as they are
+    from rewardsds.resume import check_changes, saved_config
+
+    assert check_changes(saved_config(finished), compose([*RUN, "logger=none", "steps=9", "output.image_every=3"]), False,
+                         finished) == {}
+
+
+def test_resume_with_allowed_changes_records_them(tmp_path, finished):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    r = run_cli([f"resume={run}", "n_noises=4", "steps=6", "resume_allow_changes=true"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = _metrics(run)
+    assert m["n_noises"] == 4 and m["iterations"] == 6 and m["sessions"][-1]["changes"] == {"n_noises": {"from": 8, "to": 4}}
+    assert "n_noises=4" in m["overrides"] and "resume_allow_changes=true" not in m["overrides"]
+    # a later resume continues with what the run now is, without repeating the change
+    r = run_cli([f"resume={run}", "steps=7"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _metrics(run)["n_noises"] == 4 and _metrics(run)["iterations"] == 7
+
+
+def _corrupt(kind: str, ckpt: Path) -> None:
+    data = ckpt.read_bytes()
+    if kind == "empty":
+        ckpt.write_bytes(b"")
+    elif kind == "truncated":
+        ckpt.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        ckpt.write_bytes(b"not a checkpoint at all" * 100)
+    elif kind == "foreign":
+        torch.save({"state_dict": {"weight": torch.zeros(3)}, "epoch": 1}, ckpt)
+    elif kind == "other_scene":  # a rewardsds checkpoint of a different scene size
+        c = torch.load(ckpt, weights_only=False)
+        c["state_dict"]["representation.latents"] = torch.zeros(1, 3, 8, 8)
+        torch.save(c, ckpt)
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "garbage", "foreign", "other_scene"])
+def test_bad_checkpoints_are_named_and_leave_the_run_untouched(finished, tmp_path, kind):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    _corrupt(kind, run / "checkpoints" / "last.ckpt")
+    before = _snapshot(run)
+    from rewardsds.cli import _fail
+
+    cfg = compose([*RUN, *FAST, "steps=6", f"resume={run}"])
+    from rewardsds.train import train
+
+    with pytest.raises(CheckpointError) as info:
+        train(cfg, run)
+    msg = str(info.value)
+    assert str(run / "checkpoints" / "last.ckpt") in msg or "the checkpoint" in msg
+    assert "Fix:" in msg
+    with pytest.raises(SystemExit) as code:
+        _fail(run, info.value, user_error=True)
+    assert code.value.code == 2
+    assert _snapshot(run) == before and _metrics(run)["status"] == "complete" and "final/reward" in _metrics(run)
+
+
+def test_steps_below_the_checkpoint_is_an_error(finished):
+    from rewardsds.train import train
+
+    with pytest.raises(ConfigError, match=r"steps = 2: is below the step of the checkpoint .* \(4\).*steps>=4"):
+        train(compose([*RUN, *FAST, "steps=2", f"resume={finished}"]), finished)
+    assert _metrics(finished)["status"] == "complete"
+
+
+def test_resume_clears_files_a_killed_writer_left(tmp_path, finished):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    left = [run / "checkpoints" / ".last.ckpt.partial-x1y2.ckpt", run / "checkpoints" / ".last.ckpt.abc123.ckpt",
+            run / ".metrics.json.partial-zz.json"]
+    for f in left:
+        f.write_bytes(b"")
+    keep = run / "checkpoints" / "notes.txt"
+    keep.write_text("mine")
+    r = run_cli([f"resume={run}", "steps=5"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not any(f.exists() for f in left) and keep.read_text() == "mine"
+
+
+def test_wandb_run_is_resumed_by_id(tmp_path):
+    from wandb_records import run_record
+
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_DATA_DIR": str(tmp_path / "wandb_data")}
+    run = tmp_path / "run"
+    r = run_cli([*RUN, "logger=wandb", "steps=2", "output.checkpoint_every=1", f"hydra.run.dir={run}"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = _metrics(run)["wandb"]
+    r = run_cli([f"resume={run}", "steps=4"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _metrics(run)["wandb"]["id"] == first["id"] and first["mode"] == "offline"
+    files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and {run_record(f)["id"] for f in files} == {first["id"]}
+    tags = run_record(files[0])["tags"]
+    assert {"experiment:analytic", "loss:sds", "strategy:min_max", "n_noises:8"} <= set(tags)
+
+
+def test_log_model_logs_the_checkpoint_as_an_artifact_offline(tmp_path):
+    from wandb_records import artifacts
+
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_DATA_DIR": str(tmp_path / "wandb_data")}
+    run = tmp_path / "run"
+    r = run_cli([*RUN, "logger=wandb", "logger.log_model=true", "steps=2", f"hydra.run.dir={run}"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (f,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+    models = [a for a in artifacts(f) if a["type"] == "model"]
+    assert len(models) == 1 and "last.ckpt" in models[0]["files"]
+
+
+# ------------------------------------------------------------------ failures the run reports
+def test_a_sweep_whose_jobs_all_fail_exits_1(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", *RUN, *FAST, "steps=2", "n_noises=1,2", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "0 complete" not in r.stdout and "2 failed" in r.stdout and "n_noises=1" in r.stderr and "n_noises=2" in r.stderr
+
+
+def test_an_unwritable_run_folder_is_one_message(tmp_path):
+    (tmp_path / "afile").write_text("")
+    r = run_cli([*RUN, *FAST, "steps=1", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"], tmp_path)
+    assert r.returncode == 2 and "hydra.run.dir" in r.stderr and "Fix:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from rewardsds.utils import io
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(DiskFullError, match=r"no space left on the device while writing .*metrics.json.*resume=<run folder>"):
+        io.write_json(tmp_path / "metrics.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+def test_files_keep_the_umask_not_0600(tmp_path):
+    from rewardsds.utils.io import UMASK, write_json
+
+    write_json(tmp_path / "m.json", {})
+    mode = stat.S_IMODE((tmp_path / "m.json").stat().st_mode)
+    assert mode == 0o666 & ~UMASK and mode & 0o044 == 0o044 & ~UMASK
+
+
+def test_a_run_whose_every_step_had_a_nonfinite_reward_fails(tmp_path, monkeypatch):
+    from rewardsds.errors import TrainingAborted
+    from rewardsds.rewards.analytic import AnalyticReward
+    from rewardsds.train import train
+
+    monkeypatch.setattr(AnalyticReward, "_score", lambda self, images, prompts: torch.full((images.shape[0],), float("nan")))
+    with pytest.raises(TrainingAborted, match=r"every one of the 3 steps had a non-finite gradient or reward"):
+        train(compose([*RUN, *FAST, "steps=3", "max_nonfinite_steps=10"]), tmp_path / "run")
+    with pytest.raises(TrainingAborted, match=r"no checkpoint was written yet \(output.checkpoint_every = 0\)"):
+        train(compose([*RUN, *FAST, "steps=6", "max_nonfinite_steps=1"]), tmp_path / "run2")
+
+
+# ------------------------------------------------------------------ the command itself
+def test_help_does_not_import_torch(tmp_path):
+    code = ("import sys; sys.argv = ['rewardsds', '--help']\n"
+            "from rewardsds.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rewardsds experiment=demo" in r.stdout and "experiment: analytic" in r.stdout and "TORCH False" in r.stdout
+
+
+def test_config_store_is_shared_not_copied():
+    import copy
+
+    from hydra.core.config_store import ConfigStore
+
+    import rewardsds.config  # noqa: F401
+
+    cs = ConfigStore.instance()
+    assert copy.deepcopy(cs) is cs
+    node = cs.load("schema/prior/sd.yaml").node
+    node.pretrained = "changed"
+    assert cs.load("schema/prior/sd.yaml").node.pretrained != "changed"  # a load still hands out a copy
