@@ -2,7 +2,7 @@
 
 Each tile is the run's first final image (2D ``final/image_000.png``; 3D ``final/view_000.png``, else
 ``eval/view_000.png``) fitted into a ``tile`` x ``tile`` square (nearest-neighbour when enlarged, so a 16x16
-analytic image stays sharp; Lanczos when reduced) with the run's value of the chosen metric written under it.
+analytic image stays sharp; Lanczos when reduced) with the run's value of the chosen metric written under it (the sheet's title names the metric).
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ def sheet_size(n_rows: int, n_cols: int, tile: int) -> tuple[int, int]:
 
 
 def caption(run: Run, metric: Optional[str], digits: int) -> str:
-    """``final/reward=-0.0123`` (``–`` when the run has no such value)."""
+    """The run's value of ``metric`` (``-0.0123``; ``–`` when the run has none; the sheet's title names the metric)."""
     if not metric:
         return ""
     v = run.values.get(metric)
-    return f"{metric}={'–' if v is None else f'{v:.{digits}f}'}"
+    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def _seed_sort(s: str) -> tuple:
@@ -111,7 +111,8 @@ def draw_sheet(path: Path, prompt: str, cells: dict[tuple[str, str], Run], row_l
     h, w = sheet_size(len(row_labels), len(seeds), tile)
     canvas = Image.new("RGB", (w, h), WHITE)
     draw = ImageDraw.Draw(canvas)
-    draw.text((PAD, 4), _fit_text(draw, prompt, w - 2 * PAD), fill=(0, 0, 0))
+    title = f"{prompt}  ({metric} under each image)" if metric else prompt
+    draw.text((PAD, 4), _fit_text(draw, title, w - 2 * PAD), fill=(0, 0, 0))
     sheet = Sheet(path=path, prompt=prompt, rows=list(row_labels), cols=list(seeds), tile=tile)
     for c, seed in enumerate(seeds):
         draw.text((LEFT_W + c * (tile + PAD) + 2, TITLE_H + 2), f"seed {seed}", fill=(60, 60, 60))
