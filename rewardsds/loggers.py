@@ -99,6 +99,14 @@ def finish(logger) -> None:
 
 
 # ----------------------------------------------------------------------------------------- W&B with a local history
+def _is_scalar(v) -> bool:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _wandb_csv_class():
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
@@ -118,7 +126,10 @@ def _wandb_csv_class():
         @rank_zero_only
         def log_metrics(self, metrics, step=None) -> None:
             super().log_metrics(metrics, step)
-            self.csv.log_metrics(metrics, step)
+            # WandbLogger.log_image/log_table/log_video also come through here with media objects: CSV gets numbers
+            numbers = {k: v for k, v in metrics.items() if _is_scalar(v)}
+            if numbers:
+                self.csv.log_metrics(numbers, step)
 
         @rank_zero_only
         def save(self) -> None:

@@ -61,7 +61,10 @@ def read_history(run_dir: Path, keys: Optional[Sequence[str]] = None) -> dict[st
                 cell = row.get(k)
                 if cell in (None, ""):
                     continue
-                v = float(cell)
+                try:
+                    v = float(cell)
+                except ValueError:  # not a number (a media object logged under the same key): not a curve
+                    continue
                 if math.isfinite(v):
                     series.setdefault(k, {})[step] = v
     out = {}
