@@ -32,7 +32,8 @@ RECORDED_KEYS = ("experiment", "prompts", "prior", "representation", "loss", "re
 #: override keys that name a recorded setting under another name
 OVERRIDE_ALIASES = {"lookahead.steps": "lookahead_steps", "prompts_file": "prompts"}
 #: override keys that set up a run without changing its result (left out of the settings; ``x.`` = a prefix)
-SETUP_KEYS = ("debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name", "gpu_lock.")
+SETUP_KEYS = ("debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name", "gpu_lock.",
+              "hparams_search")
 #: swept keys listed first in tables (the rest follow alphabetically)
 KEY_ORDER = ("experiment", "prompts", "prior", "representation", "loss", "reward", "strategy", "n_noises",
              "lookahead_steps")
