@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import gpu_test
 from rewardsds.eval import cli
 from rewardsds.eval.evaluators import EVALUATORS, load_png
 from rewardsds.rewards.aesthetic import AestheticReward
@@ -208,3 +209,39 @@ def test_offline_model_gives_one_message_and_exit_2(setup, capsys, monkeypatch, 
     assert f"--override {key}=/path/to/local/copy" in err and "HF_HUB_OFFLINE=1" in err and "--metrics none" in err
     assert not re.search(r"(?<![\w])reward\.", err)  # no training key (reward.pretrained) in the advice
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 6
+
+
+@gpu_test
+def test_evaluators_on_cuda_match_the_cpu(setup, tmp_path):
+    """The same evaluation with --device cuda (fp32) gives the CPU's values."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(setup["sweep"], sweep)
+    argv = [str(sweep), "--metrics", "clip_score,aesthetic,image_reward", "--device", "cuda", "--sources",
+            str(setup["sources"]), "--wandb", "off", "--no-plots", *_overrides(setup)]
+    assert cli.main(argv) == 0
+    for name in PROMPTS:
+        cpu = json.loads((setup["sweep"] / name / "eval_metrics.json").read_text())["metrics"]
+        gpu = json.loads((sweep / name / "eval_metrics.json").read_text())["metrics"]
+        for metric in EVALUATORS:
+            assert gpu[metric] == pytest.approx(cpu[metric], abs=2e-3 if metric == "clip_score" else 1e-4), (name, metric)
+
+
+def test_evaluate_run_scores_a_3d_runs_views_and_records_them(setup, tmp_path):
+    """The per-run API (for the end of a 3D run): the eval/view_*.png views averaged, recorded in both files."""
+    import shutil
+
+    from rewardsds.eval.evaluators import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(setup["sweep"] / "3d" / "none_s1", run)
+    for f in ("eval_metrics.json",):
+        (run / f).unlink()
+    info = json.loads((run / "metrics.json").read_text())
+    out = evaluate_run(run, ["clip_score"], overrides={"clip_score": [f"pretrained={setup['clip']}", "local_files_only=true"]})
+    expected = json.loads((setup["sweep"] / "3d" / "none_s1" / "eval_metrics.json").read_text())["metrics"]["clip_score"]
+    assert out == {"clip_score": pytest.approx(expected, abs=1e-4)}  # batch 8 here, 2 in the sweep: fp32 rounding
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["eval/clip_score"] == out["clip_score"] and after["prompt"] == info["prompt"]
+    assert json.loads((run / "eval_metrics.json").read_text())["n_images"] == 3

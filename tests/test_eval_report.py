@@ -156,3 +156,37 @@ def test_report_links_every_figure_and_table_relatively(sweep):
     # header + one row per strategy; paired: header + min_max vs none on final/reward (the one quality metric)
     assert parser.rows["summary"] == 1 + 2 and parser.rows["paired"] == 1 + 1
     assert "a disk" in html and "percentile bootstrap" in html
+
+
+# ------------------------------------------------------------------ end to end: a real compare folder
+def test_one_command_turns_a_demo_folder_into_tables_curves_sheets_and_report(tmp_path):
+    """experiment=demo (SDS and RewardSDS on the same seeds, logger=csv) then ``rewardsds-eval --metrics none``:
+    two rows (the variants record their strategy and N), a paired row, a curve of the reward-weighted variant, one
+    sheet with 2 x 2 tiles and a report linking them."""
+    from conftest import run_cli
+
+    folder = tmp_path / "demo"
+    r = run_cli(["experiment=demo", "steps=6", "compare.seeds=[0,1]", "logger=csv", "output.video=false",
+                 "output.image_every=0", f"hydra.run.dir={folder}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert eval_cli.main([str(folder), "--metrics", "none", "--bootstrap", "500", "--tile", str(TILE)]) == 0
+    with open(folder / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["strategy"], r["n_noises"], r["runs"]) for r in rows] == [("min_max", "8", "2"), ("none", "1", "2")]
+    for row, variant in zip(rows, ("reward_sds", "sds")):
+        values = [json.loads((folder / f"{variant}_seed{s}" / "metrics.json").read_text())["final/reward"] for s in (0, 1)]
+        assert float(row["final/reward/mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+    with open(folder / "paired.csv") as f:
+        (pair,) = [p for p in csv.DictReader(f) if p["metric"] == "final/reward"]
+    assert pair["strategy"] == "min_max" and pair["baseline"] == "strategy=none, n_noises=1" and pair["pairs"] == "2"
+    with open(folder / "curves" / "train_reward_mean.csv") as f:
+        curve = list(csv.DictReader(f))
+    # strategy=none scores no candidates, so only RewardSDS has a reward curve: steps 0-5, both seeds
+    assert {c["strategy"] for c in curve} == {"min_max"} and [int(c["step"]) for c in curve] == list(range(6))
+    assert all(c["n"] == "2" for c in curve)
+    (sheet,) = (folder / "sheets").glob("*.png")
+    assert Image.open(sheet).size[::-1] == sheet_size(2, 2, TILE)
+    parser = _Collect()
+    parser.feed((folder / "report.html").read_text())
+    assert {"curves/train_reward_mean.png", f"sheets/{sheet.name}"} <= set(parser.imgs)
+    assert all((folder / ref).is_file() for ref in parser.imgs + parser.links)

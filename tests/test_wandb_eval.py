@@ -192,3 +192,10 @@ def test_candidate_rows_name_candidate_and_view():
     assert CANDIDATE_COLUMNS == ("candidate", "view", "image", "reward", "weight")
     with pytest.raises(ValueError, match="groups of 4 views"):
         candidate_rows(images, [0.0] * 6, [0.0] * 6, views=4)
+
+
+def test_sweep_group_keeps_date_and_time():
+    from rewardsds.eval.cli import sweep_group
+
+    assert sweep_group(Path("/o/sweeps/2026-01-02/03-04-05")) == "2026-01-02/03-04-05"
+    assert sweep_group(Path("/o/wandb_sweeps/abc123")) == "abc123"
