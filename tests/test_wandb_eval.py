@@ -14,7 +14,7 @@ from conftest import FAST, compose
 from rewardsds.eval import cli as eval_cli
 from rewardsds.loggers import log_exports, ply_points, push_eval_summary, run_tags
 from rewardsds.viz import CANDIDATE_COLUMNS, candidate_rows
-from wandb_records import artifacts, logged_keys, run_record
+from wandb_records import artifacts, logged_keys, run_record, wait_complete
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,8 @@ def offline_wandb(monkeypatch, tmp_path):
 
 
 def _offline_runs(folder: Path) -> list[Path]:
-    return sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    """The offline run files below ``folder``, each read only once it is complete."""
+    return [wait_complete(f) for f in sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))]
 
 
 def _train_like_run(run_dir: Path, strategy: str, seed: int, reward: float, prompt: str = "a disk") -> str:

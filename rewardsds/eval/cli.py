@@ -290,7 +290,12 @@ def _main(args: argparse.Namespace) -> int:
           + (f", {len(summary['plots'])} plots" if summary["plots"] else "")
           + (f", {len(curves)} curves" if curves else "") + (f", {len(sheets)} contact sheets" if sheets else "")
           + (f" and {report}" if report else f" in {folder}"))
-    _push_wandb(folder, loaded, summary, curves, sheets, args)
+    try:
+        _push_wandb(folder, loaded, summary, curves, sheets, args)
+    except Exception as err:  # the files are written; say what failed instead of a traceback after them
+        print(f"rewardsds-eval: pushing to W&B failed ({type(err).__name__}: {err}). The files above are written; "
+              "run again with --wandb on to retry, or --wandb off", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -178,6 +178,8 @@ def load(ev: Evaluator, cfg: Any, device: str):
         own = _unwrap(err)
         if isinstance(own, ModelLoadError):
             raise EvaluatorLoadError(load_error_message(ev, cfg, own)) from None
+        if isinstance(own, ConfigError):  # a constructor's check: name the metric's --override key
+            raise ConfigError(_cli_key(ev.name, own.key), own.value, own.problem, own.fix) from None
         if own is not err:
             raise own from None
         raise
