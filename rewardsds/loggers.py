@@ -166,3 +166,266 @@ def finish(logger) -> None:
 
     if isinstance(logger, WandbLogger) and logger._experiment is not None:
         logger.experiment.finish()
+
+
+# ----------------------------------------------------------------------------------------- W&B with a local history
+def _is_scalar(v) -> bool:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _wandb_csv_class():
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class WandbCSVLogger(WandbLogger):
+        """A ``WandbLogger`` that also writes every logged scalar to ``<save_dir>/<csv_name>/metrics.csv``.
+
+        The run keeps its per-step history on disk (what ``rewardsds-eval`` draws its curves from) while W&B gets
+        everything as usual; media, tables and the summary go to W&B only. Being a ``WandbLogger``, it is used
+        wherever one is expected (media, run summary, finishing the run).
+        """
+
+        def __init__(self, *args, csv_name: str = "csv", **kwargs):
+            super().__init__(*args, **kwargs)
+            self.csv = CSVLogger(save_dir=kwargs.get("save_dir") or ".", name=csv_name, version="")
+
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None) -> None:
+            super().log_metrics(metrics, step)
+            # WandbLogger.log_image/log_table/log_video also come through here with media objects: CSV gets numbers
+            numbers = {k: v for k, v in metrics.items() if _is_scalar(v)}
+            if numbers:
+                self.csv.log_metrics(numbers, step)
+
+        @rank_zero_only
+        def save(self) -> None:
+            super().save()
+            self.csv.save()
+
+        @rank_zero_only
+        def finalize(self, status: str) -> None:
+            super().finalize(status)
+            self.csv.finalize(status)
+
+    return WandbCSVLogger
+
+
+def csv_wandb_logger(
+    project: str = "rewardsds",
+    entity: Optional[str] = None,
+    mode: str = "auto",
+    group: Optional[str] = None,
+    name: Optional[str] = None,
+    tags: Sequence[str] = (),
+    log_model: bool = False,
+    save_dir: str = ".",
+    run_config: Optional[dict] = None,
+):
+    """``logger=wandb_csv``: W&B as :func:`wandb_logger`, plus the per-step history in ``save_dir/csv/metrics.csv``."""
+    resolved, notice = resolve_wandb_mode(mode)
+    if notice:
+        print(notice)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return _wandb_csv_class()(
+        project=project, entity=entity, group=group, name=name, tags=list(tags), log_model=log_model,
+        save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous",
+    )
+
+
+# ----------------------------------------------------------------------------------------- tags, exports, eval results
+#: metrics.json keys that become W&B tags (``<key>:<value>``), in this order; ``n_noises`` is written ``N``
+TAG_KEYS = (("experiment", "experiment"), ("loss", "loss"), ("strategy", "strategy"), ("n_noises", "N"),
+            ("prompts", "prompts"))
+
+
+def run_tags(info: dict) -> list[str]:
+    """W&B tags of a run from its recorded settings: ``experiment:paper_2d``, ``loss:sds``, ``strategy:min_max``,
+    ``N:10``, ``prompts:drawbench25`` (keys the run did not record are left out).
+
+    Args:
+        info: the run's ``metrics.json`` (or any mapping with those keys).
+    """
+    tags = []
+    for key, label in TAG_KEYS:
+        value = info.get(key)
+        if value is not None and value != "":
+            tags.append(f"{label}:{value}"[:64])  # W&B caps a tag at 64 characters
+    return tags
+
+
+def wandb_run_of(logger_or_run):
+    """The ``wandb`` run behind a ``WandbLogger`` or a run itself; None for any other logger (or none)."""
+    if not logger_or_run:
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger_or_run, WandbLogger):
+        return logger_or_run.experiment
+    return logger_or_run if hasattr(logger_or_run, "log_artifact") and hasattr(logger_or_run, "summary") else None
+
+
+#: export files W&B shows as 3D objects directly; ``.ply`` files are read and shown as point clouds
+OBJECT3D_SUFFIXES = (".obj", ".glb", ".gltf", ".stl")
+_SH_C0 = 0.28209479177387814  # degree-0 spherical-harmonic constant (3DGS colour = 0.5 + C0 * f_dc)
+
+
+def ply_points(path: Path, max_points: int = 100_000, seed: int = 0):
+    """A .ply's vertices as a W&B point cloud: [n, 6] (xyz, RGB 0-255) or [n, 3] without colour.
+
+    Colour comes from ``red/green/blue`` properties, else from 3DGS ``f_dc_*`` coefficients. More than
+    ``max_points`` vertices are subsampled uniformly with ``numpy.random.default_rng(seed)``.
+    """
+    import numpy as np
+
+    from rewardsds.representations.gaussians import read_ply
+
+    v = read_ply(path, key="export")
+    xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
+    if all(k in v for k in ("red", "green", "blue")):
+        rgb = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.float32)
+        rgb = rgb * 255.0 if rgb.max(initial=0) <= 1.0 and v["red"].dtype.kind == "f" else rgb
+    elif all(f"f_dc_{i}" in v for i in range(3)):
+        dc = np.stack([v[f"f_dc_{i}"] for i in range(3)], axis=1)
+        rgb = np.clip(0.5 + _SH_C0 * dc, 0.0, 1.0) * 255.0
+    else:
+        rgb = None
+    pts = xyz if rgb is None else np.concatenate([xyz, rgb.astype(np.float32)], axis=1)
+    if len(pts) > max_points:
+        pts = pts[np.sort(np.random.default_rng(seed).choice(len(pts), max_points, replace=False))]
+    return pts
+
+
+def log_exports(logger_or_run, run_dir: str | Path, max_points: int = 100_000) -> dict:
+    """Log a run's ``export/`` folder to W&B: all files as one artifact, meshes and point clouds as 3D objects.
+
+    Meshes (``.obj``, ``.glb``, ``.gltf``, ``.stl``) are logged as ``wandb.Object3D`` files under
+    ``export/<file stem>``; a ``.ply`` becomes a point cloud (:func:`ply_points`) unless a mesh of the same stem
+    was logged (the NeRF writes ``mesh.ply`` and ``mesh.obj``). Nothing happens without a W&B run.
+
+    Args:
+        logger_or_run: a ``WandbLogger``, a ``wandb`` run, or anything else (then nothing is logged).
+        run_dir: the run folder.
+        max_points: most points of one point cloud.
+
+    Returns:
+        ``{"artifact": name, "files": [paths in the artifact], "objects": {W&B key: file}}``; {} when nothing was
+        logged.
+    """
+    run = wandb_run_of(logger_or_run)
+    export = Path(run_dir) / "export"
+    files = sorted(p for p in export.rglob("*") if p.is_file()) if export.is_dir() else []
+    if run is None or not files:
+        return {}
+    import wandb
+
+    name = f"export-{run.id}"
+    artifact = wandb.Artifact(name, type="export", metadata={"run_dir": str(Path(run_dir).resolve())})
+    for f in files:
+        artifact.add_file(str(f), name=f.relative_to(export).as_posix())
+    run.log_artifact(artifact)
+    objects: dict[str, str] = {}
+    media = {}
+    meshes = {f.stem for f in files if f.suffix.lower() in OBJECT3D_SUFFIXES}
+    for f in files:
+        key = f"export/{f.stem}"
+        suffix = f.suffix.lower()
+        try:
+            if suffix in OBJECT3D_SUFFIXES:
+                media[key] = wandb.Object3D(str(f))
+            elif suffix == ".ply" and f.stem not in meshes:
+                media[key] = wandb.Object3D(ply_points(f, max_points))
+            else:
+                continue
+        except Exception as err:  # an unreadable asset must not lose the others (the artifact holds every file)
+            log.warning("W&B 3D object for %s failed: %s", f, err)
+            continue
+        objects[key] = f.relative_to(export).as_posix()
+    if media:
+        run.log(media)
+    return {"artifact": name, "files": [f.relative_to(export).as_posix() for f in files], "objects": objects}
+
+
+def _init_recorded_run(record: dict):
+    """``wandb.init`` continuing the run that ``metrics.json["wandb"]`` describes (same id, project, folder, mode)."""
+    import wandb
+
+    mode = record.get("mode") or "offline"
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        mode = os.environ["WANDB_MODE"]
+    kwargs = {k: record[k] for k in ("project", "entity", "group", "name") if record.get(k)}
+    return wandb.init(id=record["id"], dir=record.get("dir"), mode=mode, resume="allow", reinit="finish_previous",
+                      **kwargs)
+
+
+def push_eval_summary(run_dir: str | Path, values: Optional[dict] = None) -> Optional[str]:
+    """Put a run's evaluation results into the summary of its W&B run (found by the id its metrics.json records).
+
+    ``metrics.json["wandb"]`` = ``{"id", "project", "entity", "dir", "mode"}`` (and optionally ``group``/``name``)
+    names the run; it is continued with ``resume="allow"`` in its own mode (offline runs get a new offline
+    folder with the same id that ``wandb sync`` merges into the run).
+
+    Args:
+        run_dir: the run folder.
+        values: ``{"eval/<metric>": value}`` (default: every ``eval/*`` number of its metrics.json).
+
+    Returns:
+        the W&B run id, or None when the run has no W&B record or nothing to push.
+    """
+    import json
+
+    info = json.loads((Path(run_dir) / "metrics.json").read_text())
+    record = info.get("wandb")
+    if not isinstance(record, dict) or not record.get("id"):
+        return None
+    if values is None:
+        values = {k: v for k, v in info.items() if k.startswith("eval/") and isinstance(v, (int, float))
+                  and not isinstance(v, bool)}
+    if not values:
+        return None
+    run = _init_recorded_run(record)
+    try:
+        run.summary.update({k: float(v) for k, v in values.items()})
+    finally:
+        run.finish()
+    return record["id"]
+
+
+def log_eval_tables(tables: dict, *, project: str, entity: Optional[str], group: Optional[str], mode: str,
+                    save_dir: str | Path, name: Optional[str] = None, tags: Sequence[str] = (),
+                    images: Optional[dict] = None, config: Optional[dict] = None) -> str:
+    """Log a sweep's evaluation as one W&B run (``job_type="eval"``) in the sweep's group.
+
+    Args:
+        tables: ``{key: (columns, rows)}``; each becomes a ``wandb.Table`` under ``key`` (cells that are image
+            paths, marked as ``{"image": path}``, become ``wandb.Image``).
+        project, entity, group, mode: where the run goes (``mode`` online/offline/disabled).
+        save_dir: folder of the run's ``wandb/`` files (the sweep folder).
+        name, tags, config: of the run.
+        images: ``{key: png path}`` figures to log as ``wandb.Image``.
+
+    Returns:
+        the id of the eval run.
+    """
+    import wandb
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        mode = os.environ["WANDB_MODE"]
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, entity=entity, group=group, name=name, tags=list(tags), job_type="eval",
+                     dir=str(save_dir), mode=mode, config=config, reinit="finish_previous")
+    try:
+        payload = {}
+        for key, (columns, rows) in tables.items():
+            data = [[wandb.Image(str(c["image"])) if isinstance(c, dict) and "image" in c else c for c in row]
+                    for row in rows]
+            payload[key] = wandb.Table(columns=list(columns), data=data)
+        for key, path in (images or {}).items():
+            payload[key] = wandb.Image(str(path))
+        run.log(payload)
+        return run.id
+    finally:
+        run.finish()

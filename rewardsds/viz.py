@@ -92,6 +92,19 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray] | np.ndarray, fps
     return path
 
 
+#: columns of the candidates table
+CANDIDATE_COLUMNS = ("candidate", "view", "image", "reward", "weight")
+
+
+def candidate_rows(images: np.ndarray, rewards: Sequence[float], weights: Sequence[float], views: int = 1) -> list[tuple]:
+    """``(candidate, view, image, reward, weight)`` per image of a candidate-major batch of ``n * views`` images."""
+    if views < 1 or len(images) % views:
+        raise ValueError(f"{len(images)} candidate images are not a whole number of groups of {views} views")
+    if not len(images) == len(rewards) == len(weights):
+        raise ValueError(f"got {len(images)} images, {len(rewards)} rewards and {len(weights)} weights; need one each")
+    return [(i // views, i % views, img, float(r), float(w)) for i, (img, r, w) in enumerate(zip(images, rewards, weights))]
+
+
 class Media:
     """Writes run media to disk and mirrors it to a W&B logger when one is attached."""
 
@@ -114,15 +127,25 @@ class Media:
             except Exception as err:  # media logging must never kill a run
                 log.warning("W&B image logging failed for %s: %s", key, err)
 
-    def candidates_table(self, key: str, images: np.ndarray, rewards: Sequence[float], weights: Sequence[float], step: int) -> None:
-        """A W&B table of candidate images with their rewards and weights (which noise won)."""
+    def candidates_table(self, key: str, images: np.ndarray, rewards: Sequence[float], weights: Sequence[float], step: int,
+                         views: int = 1) -> None:
+        """A W&B table of candidate images with their rewards and weights (which noise won).
+
+        Args:
+            key: the W&B key (``train/candidates``).
+            images: [n * views, H, W, 3] uint8, candidate-major (index = candidate * views + view).
+            rewards, weights: one per image, in the same order.
+            step: the training step.
+            views: views per candidate (3D: the camera batch; 2D: 1). Rows are (candidate, view).
+        """
         if self.wandb is None:
             return
         try:
             import wandb
 
-            rows = [[i, wandb.Image(img), float(r), float(w)] for i, (img, r, w) in enumerate(zip(images, rewards, weights))]
-            self.wandb.log_table(key=key, columns=["candidate", "image", "reward", "weight"], data=rows, step=step)
+            rows = candidate_rows(images, rewards, weights, views)
+            data = [[c, v, wandb.Image(img), r, w] for c, v, img, r, w in rows]
+            self.wandb.log_table(key=key, columns=list(CANDIDATE_COLUMNS), data=data, step=step)
         except Exception as err:
             log.warning("W&B table logging failed for %s: %s", key, err)
 

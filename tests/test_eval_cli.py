@@ -1,20 +1,27 @@
-"""``rewardsds-eval`` on a fake sweep of finished 2D and 3D runs, with tiny metric models given as sources."""
+"""``rewardsds-eval`` evaluators on a fake sweep of finished 2D and 3D runs, with tiny random models given as sources:
+CLIP score against torchmetrics, ImageReward and aesthetic against the rewards, results in eval_metrics.json and
+metrics.json, and the one message (exit 2) when a model cannot be loaded offline."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import gpu_test
 from rewardsds.eval import cli
+from rewardsds.eval.evaluators import EVALUATORS, load_png
 from rewardsds.rewards.aesthetic import AestheticReward
-from rewardsds.rewards.clip import CLIPScore
 from rewardsds.rewards.image_reward import ImageReward
 from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip, save_random_image_reward
+
+#: with the tiny random CLIP (seed 0) and these images, "fox" scores a positive CLIP score, the others negative ones
+PROMPTS = {"min_max_s0": "a red fox", "3d/none_s1": "fox", "3d/best_s2": "a red car"}
 
 
 def _png(path, h, w, seed):
@@ -26,89 +33,215 @@ def _png(path, h, w, seed):
 def _run(folder, info, images):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(info))
-    for i, (sub, h, w) in enumerate(images):
-        _png(folder / sub / f"{i:03d}.png", h, w, seed=hash((str(folder), i)) % 1000)
+    for i, (sub, h, w) in enumerate(images):  # pixels seeded by the run's seed and the image index
+        _png(folder / sub / f"{'view_' if sub == 'eval' else 'image_'}{i:03d}.png", h, w, seed=100 * info["seed"] + i)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    clip = save_random_clip(root / "models" / "clip", "tiny")
-    torch.save(random_aesthetic_head("linear", dim=16), root / "models" / "head.pth")
-    ckpt, tok = save_random_image_reward(root / "models" / "ir", "tiny", words=["a", "red", "fox", "blue", "car"])
-    sweep = root / "sweep"
-    _run(sweep / "min_max_s0", {"prompt": "a red fox", "status": "complete", "strategy": "min_max", "n_noises": 4,
-                                "seed": 0, "reward_best": 0.5}, [("final", 64, 48)])
-    _run(sweep / "3d" / "none_s1", {"prompt": "a blue car", "status": "complete", "strategy": "none", "n_noises": 1,
-                                    "seed": 1}, [("eval", 40, 40), ("eval", 40, 40), ("eval", 40, 40), ("final", 40, 40)])
-    _run(sweep / "running", {"prompt": "a fox", "status": "running", "strategy": "best", "seed": 2}, [("final", 32, 32)])
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    clip = save_random_clip(root / "clip", "tiny")
+    torch.save(random_aesthetic_head("linear", dim=16), root / "head.pth")
+    ckpt, tok = save_random_image_reward(root / "ir", "tiny", words=["a", "red", "fox", "blue", "car"])
     (root / "sources.yaml").write_text(
-        f"aesthetic:\n  pretrained: {clip}\n  head: {root / 'models' / 'head.pth'}\n  local_files_only: true\n")
-    overrides = [f"clip.pretrained={clip}", "clip.local_files_only=true",
-                 f"reward.image_reward.checkpoint={ckpt}", f"image_reward.tokenizer={tok}",
-                 "image_reward.local_files_only=true"]
-    argv = [str(sweep), "--metrics", "clip,aesthetic,image_reward", "--device", "cpu", "--batch-size", "2",
-            "--sources", str(root / "sources.yaml")] + [a for o in overrides for a in ("--override", o)]
+        f"aesthetic:\n  pretrained: {clip}\n  head: {root / 'head.pth'}\n  local_files_only: true\n")
+    return {"clip": clip, "head": root / "head.pth", "ckpt": ckpt, "tok": tok, "sources": root / "sources.yaml"}
+
+
+def _overrides(models):
+    items = [f"clip_score.pretrained={models['clip']}", "clip_score.local_files_only=true",
+             f"reward.image_reward.checkpoint={models['ckpt']}", f"image_reward.tokenizer={models['tok']}",
+             "image_reward.local_files_only=true"]
+    return [a for o in items for a in ("--override", o)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, models):
+    sweep = tmp_path_factory.mktemp("eval") / "sweep"
+    _run(sweep / "min_max_s0", {"prompt": PROMPTS["min_max_s0"], "status": "complete", "strategy": "min_max", "n_noises": 4,
+                                "seed": 0, "reward_best": 0.5, "final/reward": 0.1}, [("final", 64, 48)])
+    # 3D runs: the eval/view_*.png views written at the end of training are scored (final/*.png is not)
+    _run(sweep / "3d" / "none_s1", {"prompt": PROMPTS["3d/none_s1"], "status": "complete", "strategy": "none", "n_noises": 1,
+                                    "seed": 1, "representation": "nerf"},
+         [("eval", 40, 40), ("eval", 40, 40), ("eval", 40, 40), ("final", 40, 40)])
+    _run(sweep / "3d" / "best_s2", {"prompt": PROMPTS["3d/best_s2"], "status": "complete", "strategy": "best", "n_noises": 4,
+                                    "seed": 2, "representation": "nerf"}, [("eval", 36, 44), ("eval", 36, 44)])
+    _run(sweep / "running", {"prompt": "a fox", "status": "running", "strategy": "best", "seed": 2}, [("final", 32, 32)])
+    argv = [str(sweep), "--metrics", "clip_score,aesthetic,image_reward", "--device", "cpu", "--batch-size", "2",
+            "--sources", str(models["sources"]), "--bootstrap", "200", "--wandb", "off", *_overrides(models)]
     assert cli.main(argv) == 0
-    return {"sweep": sweep, "clip": clip, "head": root / "models" / "head.pth", "ckpt": ckpt, "tok": tok}
+    return {"sweep": sweep, **models}
 
 
 def test_csv_has_one_row_per_finished_run(setup):
     with open(setup["sweep"] / "eval.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == ["3d/none_s1", "min_max_s0"]
+    assert [r["run"] for r in rows] == ["3d/best_s2", "3d/none_s1", "min_max_s0"]
     header = list(rows[0])
     assert header[:5] == ["run", "prompt", "strategy", "n_noises", "seed"]
-    assert header[-3:] == ["eval/clip", "eval/aesthetic", "eval/image_reward"]
+    assert header[-3:] == ["eval/clip_score", "eval/aesthetic", "eval/image_reward"]
     assert "reward_best" in header and "status" not in header
-    assert rows[0]["images"] == "3" and rows[1]["strategy"] == "min_max" and rows[0]["reward_best"] == ""
+    assert rows[1]["images"] == "3" and rows[2]["strategy"] == "min_max" and rows[1]["reward_best"] == ""
     assert not (setup["sweep"] / "running" / "eval_metrics.json").exists()
 
 
-def test_scores_equal_direct_evaluation(setup):
-    """Per-run values are the means of the same rewards applied directly (PIL-exact, fp32) to the PNGs."""
+class _TorchmetricsCLIP(torch.nn.Module):
+    """transformers 5's ``get_*_features`` return a ``BaseModelOutputWithPooling`` (its ``pooler_output`` is the
+    projected embedding); torchmetrics 1.9 expects the tensor. This adapter changes only that return type."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_image_features(self, *args, **kwargs):
+        return self.model.get_image_features(*args, **kwargs).pooler_output
+
+    def get_text_features(self, *args, **kwargs):
+        return self.model.get_text_features(*args, **kwargs).pooler_output
+
+
+def _torchmetrics_parts(folder):
+    """The model and processor torchmetrics' CLIPScore loads (``from_pretrained`` of the folder), with the PIL image
+    processor that transformers 4 gave by default (transformers 5 defaults to a torchvision backend, 1/255 apart)."""
+    from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+    proc = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(folder),
+                         tokenizer=CLIPTokenizer.from_pretrained(folder))
+    return _TorchmetricsCLIP(model), proc
+
+
+def test_clip_score_is_torchmetrics_clip_score(setup):
+    """Per image 100 * cos (torchmetrics' per-sample score); per run max(mean, 0) = torchmetrics' clip_score of the
+    run's images (3D: its evaluation views)."""
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update, clip_score
+
+    model, proc = _torchmetrics_parts(setup["clip"])
+    signs = set()
+    for name, prompt in PROMPTS.items():
+        run = setup["sweep"] / name
+        result = json.loads((run / "eval_metrics.json").read_text())
+        files = sorted(result["per_image"]["clip_score"])
+        assert files == sorted(f"{p.parent.name}/{p.name}" for p in (run / ("eval" if "3d" in name else "final")).glob("*.png"))
+        images = [torch.from_numpy(np.array(Image.open(run / f).convert("RGB"))).permute(2, 0, 1) for f in files]
+        with torch.no_grad():
+            per_sample, n = _clip_score_update(images, [prompt] * len(images), model, proc)
+            expected = clip_score(images, [prompt] * len(images), model_name_or_path=lambda: (model, proc))
+        assert n == len(files)
+        assert [result["per_image"]["clip_score"][f] for f in files] == pytest.approx(per_sample.tolist(), abs=2e-3)
+        assert result["metrics"]["clip_score"] == pytest.approx(float(expected), abs=2e-3)
+        signs.add(float(per_sample.mean()) > 0)
+    assert signs == {True, False}  # both a positive mean and a clamped one were compared
+
+
+def test_image_reward_and_aesthetic_equal_direct_evaluation(setup):
+    """Per-run values are the means of the same rewards applied directly (PIL-exact, fp32) to the views."""
     run = setup["sweep"] / "3d" / "none_s1"
     result = json.loads((run / "eval_metrics.json").read_text())
     assert result["images"] == "eval" and result["n_images"] == 3
-    assert sorted(result["per_image"]["clip"]) == ["eval/000.png", "eval/001.png", "eval/002.png"]
-    views = torch.cat([cli.load_png(run / "eval" / f"{i:03d}.png") for i in range(3)])
+    views = torch.cat([load_png(run / "eval" / f"view_{i:03d}.png") for i in range(3)])
     rewards = {
-        "clip": CLIPScore(pretrained=str(setup["clip"]), dtype="fp32", pil_exact=True, local_files_only=True),
         "aesthetic": AestheticReward(pretrained=str(setup["clip"]), head=str(setup["head"]), dtype="fp32",
                                      pil_exact=True, local_files_only=True),
         "image_reward": ImageReward(checkpoint=str(setup["ckpt"]), tokenizer=str(setup["tok"]), dtype="fp32",
                                     pil_exact=True, local_files_only=True),
     }
     for name, reward in rewards.items():
-        direct = reward(views, "a blue car")
+        direct = reward(views, PROMPTS["3d/none_s1"])
         assert result["metrics"][name] == pytest.approx(direct.mean().item(), abs=1e-5), name
-        assert result["per_image"][name]["eval/001.png"] == pytest.approx(direct[1].item(), abs=1e-5)
-    assert result["sources"]["clip"]["pretrained"] == str(setup["clip"])
-    assert result["sources"]["clip"]["pil_exact"] is True and result["sources"]["clip"]["dtype"] == "fp32"
+        assert result["per_image"][name]["eval/view_001.png"] == pytest.approx(direct[1].item(), abs=1e-5)
+    assert result["sources"]["clip_score"]["pretrained"] == str(setup["clip"])
+    assert result["sources"]["clip_score"]["pil_exact"] is True and result["sources"]["clip_score"]["dtype"] == "fp32"
+
+
+def test_results_are_merged_into_metrics_json(setup):
+    """eval/<metric> in metrics.json equals eval_metrics.json; every key the run wrote is kept; the tables use it."""
+    run = setup["sweep"] / "min_max_s0"
+    info = json.loads((run / "metrics.json").read_text())
+    result = json.loads((run / "eval_metrics.json").read_text())["metrics"]
+    assert {k: info[f"eval/{k}"] for k in EVALUATORS} == result
+    assert info["reward_best"] == 0.5 and info["final/reward"] == 0.1 and info["status"] == "complete"
+    with open(setup["sweep"] / "summary.csv") as f:
+        rows = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert float(rows["min_max"]["eval/clip_score/mean"]) == pytest.approx(result["clip_score"])
 
 
 def test_rerun_with_one_metric_keeps_the_others(setup):
     before = json.loads((setup["sweep"] / "min_max_s0" / "eval_metrics.json").read_text())["metrics"]
     argv = [str(setup["sweep"]), "--metrics", "clip", "--device", "cpu", "--override", f"clip.pretrained={setup['clip']}",
-            "--override", "clip.local_files_only=true"]
+            "--override", "clip.local_files_only=true", "--wandb", "off", "--no-plots"]
     assert cli.main(argv) == 0
     after = json.loads((setup["sweep"] / "min_max_s0" / "eval_metrics.json").read_text())["metrics"]
-    assert after == pytest.approx(before)
+    assert {k: after[k] for k in before} == pytest.approx(before)
+    # the raw reward option: the cosine itself, 100 times smaller than the CLIP score before its clamp
+    per = json.loads((setup["sweep"] / "min_max_s0" / "eval_metrics.json").read_text())["per_image"]
+    assert per["clip"]["final/image_000.png"] * 100 == pytest.approx(per["clip_score"]["final/image_000.png"], abs=1e-4)
 
 
 @pytest.mark.parametrize("argv_tail, match", [
     (["--metrics", "clip", "--override", "checkpoint=/x"], "expected <metric>.<field>=<value>"),
     (["--metrics", "clip", "--override", "pickscore.pretrained=/x"], "not in --metrics"),
-    (["--metrics", "sharpness"], "unknown metric 'sharpness'"),
+    (["--metrics", "sharpness"], "--metrics = 'sharpness': is not an evaluator or a reward option"),
     (["--metrics", "clip", "--batch-size", "0"], "--batch-size"),
+    (["--metrics", "clip_score", "--override", "clip_score.differentiable=true"], "clip_score.pil_exact"),
 ])
-def test_bad_arguments_say_what_to_do(setup, argv_tail, match):
-    with pytest.raises(SystemExit, match=match):
-        cli.main([str(setup["sweep"]), *argv_tail])
+def test_bad_arguments_say_what_to_do(setup, capsys, argv_tail, match):
+    assert cli.main([str(setup["sweep"]), *argv_tail]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
 
 
-def test_invalid_field_value_is_a_config_error(setup):
-    from rewardsds.errors import ConfigError
+# ------------------------------------------------------------------ offline: one message, exit 2
+@pytest.mark.parametrize("metrics, model, key", [
+    (None, "openai/clip-vit-large-patch14", "clip_score.pretrained"),  # the default metrics start with clip_score
+    ("clip_score", "openai/clip-vit-large-patch14", "clip_score.pretrained"),
+    ("image_reward", "THUDM/ImageReward", "image_reward.checkpoint"),
+    ("aesthetic", "openai/clip-vit-large-patch14", "aesthetic.pretrained"),
+])
+def test_offline_model_gives_one_message_and_exit_2(setup, capsys, monkeypatch, tmp_path, metrics, model, key):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))  # an empty cache
+    argv = [str(setup["sweep"]), "--device", "cpu", "--wandb", "off"] + (["--metrics", metrics] if metrics else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    name = key.split(".")[0]
+    assert f"metric '{name}'" in err and model in err
+    assert f"--override {key}=/path/to/local/copy" in err and "HF_HUB_OFFLINE=1" in err and "--metrics none" in err
+    assert not re.search(r"(?<![\w])reward\.", err)  # no training key (reward.pretrained) in the advice
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 6
 
-    with pytest.raises(ConfigError, match="reward.pil_exact"):
-        cli.main([str(setup["sweep"]), "--metrics", "clip", "--override", "clip.differentiable=true"])
+
+@gpu_test
+def test_evaluators_on_cuda_match_the_cpu(setup, tmp_path):
+    """The same evaluation with --device cuda (fp32) gives the CPU's values."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(setup["sweep"], sweep)
+    argv = [str(sweep), "--metrics", "clip_score,aesthetic,image_reward", "--device", "cuda", "--sources",
+            str(setup["sources"]), "--wandb", "off", "--no-plots", *_overrides(setup)]
+    assert cli.main(argv) == 0
+    for name in PROMPTS:
+        cpu = json.loads((setup["sweep"] / name / "eval_metrics.json").read_text())["metrics"]
+        gpu = json.loads((sweep / name / "eval_metrics.json").read_text())["metrics"]
+        for metric in EVALUATORS:
+            assert gpu[metric] == pytest.approx(cpu[metric], abs=2e-3 if metric == "clip_score" else 1e-4), (name, metric)
+
+
+def test_evaluate_run_scores_a_3d_runs_views_and_records_them(setup, tmp_path):
+    """The per-run API (for the end of a 3D run): the eval/view_*.png views averaged, recorded in both files."""
+    import shutil
+
+    from rewardsds.eval.evaluators import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(setup["sweep"] / "3d" / "none_s1", run)
+    for f in ("eval_metrics.json",):
+        (run / f).unlink()
+    info = json.loads((run / "metrics.json").read_text())
+    out = evaluate_run(run, ["clip_score"], overrides={"clip_score": [f"pretrained={setup['clip']}", "local_files_only=true"]})
+    expected = json.loads((setup["sweep"] / "3d" / "none_s1" / "eval_metrics.json").read_text())["metrics"]["clip_score"]
+    assert out == {"clip_score": pytest.approx(expected, abs=1e-4)}  # batch 8 here, 2 in the sweep: fp32 rounding
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["eval/clip_score"] == out["clip_score"] and after["prompt"] == info["prompt"]
+    assert json.loads((run / "eval_metrics.json").read_text())["n_images"] == 3

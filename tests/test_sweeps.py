@@ -135,10 +135,11 @@ def test_candidate_tables_show_which_noise_won(sweep):
         for p in images:
             assert Path(art["files"][p]).read_bytes()[:4] == b"\x89PNG"
         t = json.loads(Path(art["files"]["train/candidates.table.json"]).read_text())
-        assert t["columns"] == ["candidate", "image", "reward", "weight"] and len(t["data"]) == 8
-        assert {row[1]["path"] for row in t["data"]} == set(images)
-        rewards = [row[2] for row in t["data"]]
-        weights = [row[3] for row in t["data"]]
+        assert t["columns"] == ["candidate", "view", "image", "reward", "weight"] and len(t["data"]) == 8
+        assert [(row[0], row[1]) for row in t["data"]] == [(i, 0) for i in range(8)]  # 2D: one view per candidate
+        assert {row[2]["path"] for row in t["data"]} == set(images)
+        rewards = [row[3] for row in t["data"]]
+        weights = [row[4] for row in t["data"]]
         ranked = sorted(range(8), key=lambda i: rewards[i])
         # min_max: the two best noises pull (positive weight), the two worst push (negative), the rest are off
         assert all(weights[i] > 0 for i in ranked[-2:]) and all(weights[i] < 0 for i in ranked[:2])

@@ -108,3 +108,26 @@ def artifacts(path: str | Path) -> list[dict]:
             a = rec.artifact
             out.append({"name": a.name, "type": a.type, "files": {e.path: e.local_path for e in a.manifest.contents}})
     return out
+
+
+def wait_complete(path: str | Path, timeout: float = 60.0) -> Path:
+    """Wait until the run file holds its closing ``exit`` record and return its path.
+
+    ``run.finish()`` in this process returns once the run is closed, but the W&B service may still be flushing
+    the offline file; a test that reads the file right away must wait for the end of it.
+    """
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kinds = {pb.Record.FromString(p).WhichOneof("record_type") for p in iter_payloads(path)}
+        except (ValueError, OSError, struct.error):
+            kinds = set()
+        if "exit" in kinds:
+            return Path(path)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} has no exit record after {timeout} s")
+        time.sleep(0.2)

@@ -1,33 +1,49 @@
-"""Sweep tables from run folders on disk: group runs by the swept keys, mean +- std over seeds and prompts.
+"""Sweep tables from run folders on disk: group runs by what they recorded, mean, std and 95% intervals.
 
 A run is a folder with ``metrics.json`` (written by every run) and, after ``rewardsds-eval --metrics ...``,
-``eval_metrics.json``. Its settings are its command-line overrides (``metrics.json: overrides``); the keys
-whose values differ between runs are the swept keys. Rows of the table are the combinations of the swept
-keys minus the keys averaged over (``seed``, ``prompt``, ``prompt_index`` by default); each cell is the mean
-and sample standard deviation of one metric over the runs of that row. Nothing here needs W&B.
+``eval_metrics.json`` (its ``eval/*`` values are also merged into ``metrics.json``). A run's settings are what
+its ``metrics.json`` records (:data:`RECORDED_KEYS`: experiment, loss, reward, strategy, n_noises,
+lookahead_steps, seed, prompt, ...; the strategy and N of each labelled variant of a ``compare.runs`` folder
+included), completed by its command-line overrides for keys it does not record (``strategy.lambda_max=0.5``).
+The settings whose values differ between runs are the swept keys. Rows of the table are the combinations of
+the swept keys minus the keys averaged over (``seed``, ``prompt``, ``prompt_index`` by default); each cell is
+the mean, the sample standard deviation and the bootstrap interval (:mod:`rewardsds.eval.stats`) of one
+metric over the runs of that row. Nothing here needs W&B.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from rewardsds.eval.stats import Bootstrap, finite, paired, summarize as summarize_values
+from rewardsds.utils.io import write_text
 
 #: metrics.json keys aggregated besides the ``final/*`` and ``eval/*`` ones (cost of a run)
 COST_METRICS = ("wall_time_s", "step_time_median_s", "evals_per_step_mean", "peak_memory_gb")
 #: keys averaged over, not grouped by
 OVER_KEYS = ("seed", "prompt", "prompt_index")
+#: settings every run records in its metrics.json (train.base_metrics and the built strategy)
+RECORDED_KEYS = ("experiment", "prompts", "prior", "representation", "loss", "reward", "strategy", "n_noises",
+                 "lookahead_steps", "reward_duration", "steps", "prompt", "prompt_index", "seed")
+#: override keys that name a recorded setting under another name
+OVERRIDE_ALIASES = {"lookahead.steps": "lookahead_steps", "prompts_file": "prompts"}
+#: override keys that set up a run without changing its result (left out of the settings; ``x.`` = a prefix)
+SETUP_KEYS = ("debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name", "gpu_lock.",
+              "hparams_search")
 #: swept keys listed first in tables (the rest follow alphabetically)
-KEY_ORDER = ("prompts", "strategy", "n_noises", "reward")
+KEY_ORDER = ("experiment", "prompts", "prior", "representation", "loss", "reward", "strategy", "n_noises",
+             "lookahead_steps")
+#: quality metrics: higher is better for each of them (rewards and evaluators)
+QUALITY_PREFIXES = ("final/", "eval/")
 
 
 @dataclass
 class Run:
-    """One run folder: its settings (overrides), its metrics (numbers) and the rest of metrics.json."""
+    """One run folder: its settings (recorded, then overrides), its metrics (numbers) and all of metrics.json."""
 
     path: Path
     info: dict[str, Any]
@@ -37,6 +53,11 @@ class Run:
     @property
     def status(self) -> Optional[str]:
         return self.info.get("status")
+
+    def pair_key(self) -> tuple[str, str]:
+        """(prompt, seed): the runs of two variants that a paired comparison matches."""
+        return (str(self.info.get("prompt", self.settings.get("prompt", ""))),
+                str(self.info.get("seed", self.settings.get("seed", ""))))
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -49,25 +70,40 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _number(x: Any) -> Optional[float]:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return None if math.isnan(x) or math.isinf(x) else x
+def _is_setup_key(key: str) -> bool:
+    return any(key == e or (e.endswith(".") and key.startswith(e)) for e in SETUP_KEYS)
+
+
+def run_settings(info: dict[str, Any]) -> dict[str, str]:
+    """The settings of a run as strings: recorded keys first, then override keys it does not record.
+
+    A recorded value wins over an override of the same key: a ``compare.runs`` variant records its own
+    strategy and N while its overrides are those of the whole comparison.
+    """
+    settings: dict[str, str] = {}
+    for key, value in parse_overrides(info.get("overrides") or []).items():
+        key = OVERRIDE_ALIASES.get(key, key)
+        if not _is_setup_key(key):
+            settings[key] = value
+    for key in RECORDED_KEYS:
+        value = info.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            settings[key] = str(value)
+    return settings
 
 
 def load_run(path: Path) -> Run:
     """Read ``metrics.json`` (and ``eval_metrics.json`` if present) of the run folder ``path``."""
     info = json.loads((path / "metrics.json").read_text())
-    run = Run(path=path, info=info, settings=parse_overrides(info.get("overrides") or []))
+    run = Run(path=path, info=info, settings=run_settings(info))
     for key, value in info.items():
-        v = _number(value)
-        if v is not None and (key.startswith("final/") or key in COST_METRICS):
+        v = finite(value)
+        if v is not None and (key.startswith(QUALITY_PREFIXES) or key in COST_METRICS):
             run.values[key] = v
     ev = path / "eval_metrics.json"
     if ev.is_file():
         for key, value in json.loads(ev.read_text()).get("metrics", {}).items():
-            v = _number(value)
+            v = finite(value)
             if v is not None:
                 run.values[f"eval/{key}"] = v
     return run
@@ -79,7 +115,7 @@ def find_runs(folder: Path) -> list[Path]:
 
 
 def swept_keys(runs: Sequence[Run], over: Sequence[str] = OVER_KEYS) -> list[str]:
-    """Override keys whose value differs between runs (a key missing in a run counts as a value), minus ``over``."""
+    """Settings whose value differs between runs (a key missing in a run counts as a value), minus ``over``."""
     keys: set[str] = set()
     for r in runs:
         keys |= set(r.settings)
@@ -88,11 +124,11 @@ def swept_keys(runs: Sequence[Run], over: Sequence[str] = OVER_KEYS) -> list[str
 
 
 def metric_names(runs: Sequence[Run]) -> list[str]:
-    """Metrics present in any run: ``final/*`` and ``eval/*`` (sorted), then the cost metrics."""
+    """Metrics present in any run: ``eval/*`` and ``final/*`` (sorted), then the cost metrics."""
     present: set[str] = set()
     for r in runs:
         present |= set(r.values)
-    quality = sorted(k for k in present if k.startswith(("final/", "eval/")))
+    quality = sorted(k for k in present if k.startswith(QUALITY_PREFIXES))
     return quality + [k for k in COST_METRICS if k in present]
 
 
@@ -105,68 +141,202 @@ def _sort_value(v: Optional[str]) -> tuple:
         return (2, 0.0, v)
 
 
-def aggregate(runs: Sequence[Run], group_by: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per combination of ``group_by`` values: ``runs`` and ``<metric>/mean|std|n`` per metric.
-
-    Args:
-        runs: the runs to aggregate (already filtered, e.g. to complete ones).
-        group_by: override keys that define a row; a run without the key has the value None.
-        metrics: metric names (``final/reward``, ``eval/clip``, ``wall_time_s``, ...).
-
-    Returns:
-        rows sorted by their key values (numbers numerically); ``std`` is the sample standard deviation
-        (n - 1), None for fewer than two values; ``mean`` is None when no run has the metric.
-    """
+def group_runs(runs: Sequence[Run], group_by: Sequence[str]) -> list[tuple[tuple, list[Run]]]:
+    """``(key values, runs)`` per combination of ``group_by`` values, sorted (numbers numerically)."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(tuple(r.settings.get(k) for k in group_by), []).append(r)
+    return [(key, groups[key]) for key in sorted(groups, key=lambda t: tuple(_sort_value(v) for v in t))]
+
+
+def aggregate(runs: Sequence[Run], group_by: Sequence[str], metrics: Sequence[str],
+              boot: Bootstrap = Bootstrap()) -> list[dict[str, Any]]:
+    """One row per combination of ``group_by`` values: ``runs`` and ``<metric>/mean|std|ci_low|ci_high|n``.
+
+    Args:
+        runs: the runs to aggregate (already filtered, e.g. to complete ones).
+        group_by: settings that define a row; a run without the key has the value None.
+        metrics: metric names (``final/reward``, ``eval/clip_score``, ``wall_time_s``, ...).
+        boot: the bootstrap of the intervals (:class:`rewardsds.eval.stats.Bootstrap`).
+
+    Returns:
+        rows sorted by their key values (numbers numerically); ``std`` is the sample standard deviation
+        (n - 1), None for fewer than two values, as is the interval; ``mean`` is None when no run has the metric.
+        ``_runs`` holds the row's :class:`Run` objects.
+    """
     rows = []
-    for key in sorted(groups, key=lambda t: tuple(_sort_value(v) for v in t)):
-        members = groups[key]
+    for key, members in group_runs(runs, group_by):
         row: dict[str, Any] = dict(zip(group_by, key))
         row["runs"] = len(members)
+        row["_runs"] = members
         for m in metrics:
-            xs = [r.values[m] for r in members if m in r.values]
-            row[f"{m}/n"] = len(xs)
-            row[f"{m}/mean"] = statistics.fmean(xs) if xs else None
-            row[f"{m}/std"] = statistics.stdev(xs) if len(xs) > 1 else None
+            s = summarize_values([r.values[m] for r in members if m in r.values], boot)
+            row[f"{m}/n"] = s.n
+            row[f"{m}/mean"] = s.mean
+            row[f"{m}/std"] = s.std
+            row[f"{m}/ci_low"] = s.ci[0] if s.ci else None
+            row[f"{m}/ci_high"] = s.ci[1] if s.ci else None
         rows.append(row)
     return rows
 
 
+STAT_COLUMNS = ("mean", "std", "ci_low", "ci_high", "n")
+
+
+def _csv_cell(v: Any) -> Any:
+    return "" if v is None else v
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], group_by: Sequence[str], metrics: Sequence[str]) -> None:
-    """``summary.csv``: the group keys, ``runs``, then ``<metric>/mean``, ``<metric>/std``, ``<metric>/n``."""
-    columns = [*group_by, "runs"] + [f"{m}/{s}" for m in metrics for s in ("mean", "std", "n")]
+    """``summary.csv``: the group keys, ``runs``, then ``<metric>/mean|std|ci_low|ci_high|n`` per metric."""
+    columns = [*group_by, "runs"] + [f"{m}/{s}" for m in metrics for s in STAT_COLUMNS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+            writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
 
 
-def format_cell(mean: Optional[float], std: Optional[float], digits: int) -> str:
-    """``mean ± std`` with ``digits`` decimals; only the mean for one value; ``–`` for none."""
+def format_cell(mean: Optional[float], std: Optional[float], digits: int,
+                ci: Optional[tuple[Optional[float], Optional[float]]] = None) -> str:
+    """``mean ± std [low, high]`` with ``digits`` decimals; only the mean for one value; ``–`` for none."""
     if mean is None:
         return "–"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if ci is not None and ci[0] is not None and ci[1] is not None:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
+def row_label(row: dict[str, Any], keys: Sequence[str]) -> str:
+    """``strategy=min_max, n_noises=8`` (``all`` when nothing is grouped)."""
+    return ", ".join(f"{k}={'(unset)' if row[k] is None else row[k]}" for k in keys) or "all"
 
 
 def markdown(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metrics: Sequence[str], digits: int = 4,
-             over: Sequence[str] = OVER_KEYS) -> str:
-    """A markdown table of ``rows`` (mean ± std per metric), with a line saying what was averaged over."""
+             over: Sequence[str] = OVER_KEYS, boot: Bootstrap = Bootstrap()) -> str:
+    """A markdown table of ``rows`` (mean ± std [interval] per metric), with a line saying what was averaged over."""
     head = [*(group_by or ["runs of"]), "runs", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         keys = [("(unset)" if row[k] is None else str(row[k])) for k in group_by] or ["all"]
-        cells = [format_cell(row[f"{m}/mean"], row[f"{m}/std"], digits) for m in metrics]
+        cells = [format_cell(row[f"{m}/mean"], row[f"{m}/std"], digits, (row[f"{m}/ci_low"], row[f"{m}/ci_high"]))
+                 for m in metrics]
         lines.append("| " + " | ".join([*keys, str(row["runs"]), *cells]) + " |")
-    note = (f"Mean ± sample std over the runs of each row (averaged over {', '.join(over)}); "
+    note = (f"Mean ± sample std [{boot.describe()}] over the runs of each row (averaged over {', '.join(over)}); "
             "one value shows the mean of a single run.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def _label(row: dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(f"{k}={row[k]}" for k in keys) or "all"
+# ----------------------------------------------------------------------------------------- paired comparison
+def parse_baseline(text: str) -> dict[str, str]:
+    """``"strategy=none,n_noises=1"`` -> ``{"strategy": "none", "n_noises": "1"}``."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise ValueError(f"--baseline {text!r}: expected key=value[,key=value], e.g. strategy=none")
+        out[key] = value
+    return out
+
+
+def default_baseline(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> Optional[dict[str, str]]:
+    """``strategy=none`` (plain distillation) when ``strategy`` is swept and one row has it, else None."""
+    if "strategy" in group_by and any(r["strategy"] == "none" for r in rows):
+        return {"strategy": "none"}
+    return None
+
+
+def baseline_for(row: dict[str, Any], baselines: Sequence[dict[str, Any]], group_by: Sequence[str],
+                 spec: dict[str, str]) -> Optional[dict[str, Any]]:
+    """The baseline row of ``row``: the only baseline row, or the one that agrees on every key not in ``spec``."""
+    if len(baselines) == 1:
+        return baselines[0]
+    free = [k for k in group_by if k not in spec]
+    match = [b for b in baselines if all(b[k] == row[k] for k in free)]
+    return match[0] if len(match) == 1 else None
+
+
+def paired_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: dict[str, str],
+                metrics: Sequence[str], boot: Bootstrap = Bootstrap()) -> list[dict[str, Any]]:
+    """Win rate (with interval) and mean difference of every non-baseline row against its baseline row.
+
+    Runs are matched on (prompt, seed) (:meth:`Run.pair_key`); a pair counts when both runs have the metric, and a
+    metric without any pair gets no row.
+    Several runs of one row with the same pair key (only possible with a narrowed ``group_by``) are averaged.
+
+    Args:
+        rows: the rows of :func:`aggregate` (with their ``_runs``).
+        group_by: the keys of those rows.
+        spec: the baseline's key values (``{"strategy": "none"}``); every key must be in ``group_by``.
+        metrics: quality metrics to compare (higher is better).
+        boot: the bootstrap of both intervals.
+
+    Returns:
+        one row per (variant row, metric): the variant's keys, ``baseline`` (its label), ``metric``, ``pairs``,
+        ``win_rate``, ``win_ci_low``, ``win_ci_high``, ``diff_mean``, ``diff_ci_low``, ``diff_ci_high``.
+    """
+    unknown = [k for k in spec if k not in group_by]
+    if unknown:
+        raise ValueError(f"--baseline {','.join(f'{k}={v}' for k, v in spec.items())}: {unknown} are not grouped keys "
+                         f"({', '.join(group_by) or 'none'}); name keys of the table rows")
+    baselines = [r for r in rows if all(str(r[k]) == v for k, v in spec.items())]
+    if not baselines:
+        raise ValueError(f"--baseline {','.join(f'{k}={v}' for k, v in spec.items())}: no table row has these values")
+    out = []
+    for row in rows:
+        if any(row is b for b in baselines):
+            continue
+        base = baseline_for(row, baselines, group_by, spec)
+        if base is None:
+            continue
+        for m in metrics:
+            p = paired(_by_pair(row["_runs"], m), _by_pair(base["_runs"], m), boot)
+            if not p.pairs:
+                continue
+            out.append({**{k: row[k] for k in group_by}, "baseline": row_label(base, group_by), "metric": m,
+                        "pairs": p.pairs, "win_rate": p.win_rate,
+                        "win_ci_low": p.win_ci[0] if p.win_ci else None, "win_ci_high": p.win_ci[1] if p.win_ci else None,
+                        "diff_mean": p.diff_mean,
+                        "diff_ci_low": p.diff_ci[0] if p.diff_ci else None, "diff_ci_high": p.diff_ci[1] if p.diff_ci else None})
+    return out
+
+
+def _by_pair(runs: Sequence[Run], metric: str) -> dict[tuple[str, str], float]:
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        if metric in r.values:
+            acc.setdefault(r.pair_key(), []).append(r.values[metric])
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+PAIRED_COLUMNS = ("baseline", "metric", "pairs", "win_rate", "win_ci_low", "win_ci_high", "diff_mean", "diff_ci_low",
+                  "diff_ci_high")
+
+
+def write_paired_csv(path: Path, rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> None:
+    """``paired.csv``: the variant's keys, then :data:`PAIRED_COLUMNS`."""
+    columns = [*group_by, *PAIRED_COLUMNS]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
+
+
+def paired_markdown(rows: Sequence[dict[str, Any]], group_by: Sequence[str], digits: int = 4,
+                    boot: Bootstrap = Bootstrap()) -> str:
+    """Markdown of :func:`paired_rows`: win rate [interval] and mean difference [interval] per variant and metric."""
+    head = [*(group_by or ["variant"]), "vs baseline", "metric", "pairs", "win rate", "mean difference"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        keys = [("(unset)" if r[k] is None else str(r[k])) for k in group_by] or ["all"]
+        win = format_cell(r["win_rate"], None, digits, (r["win_ci_low"], r["win_ci_high"]))
+        diff = format_cell(r["diff_mean"], None, digits, (r["diff_ci_low"], r["diff_ci_high"]))
+        lines.append("| " + " | ".join([*keys, r["baseline"], r["metric"], str(r["pairs"]), win, diff]) + " |")
+    note = ("Pairs are runs with the same prompt and seed; a win is a higher value than the baseline's (ties count "
+            f"half). Intervals: {boot.describe()} over the pairs.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def plot_vs_key(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metric: str, x_key: str, path: Path) -> Optional[Path]:
@@ -189,7 +359,7 @@ def plot_vs_key(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metric:
     lines: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r[x_key] is not None and r[f"{metric}/mean"] is not None:
-            lines.setdefault(_label(r, others), []).append(r)
+            lines.setdefault(row_label(r, others), []).append(r)
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -232,7 +402,7 @@ def plot_vs_wall_time(rows: Sequence[dict[str, Any]], group_by: Sequence[str], m
         x, y = r[f"{time_metric}/mean"], r[f"{metric}/mean"]
         ax.errorbar(x, y, xerr=r[f"{time_metric}/std"] or 0.0, yerr=r[f"{metric}/std"] or 0.0, marker="o", color=c, capsize=3)
         if others:
-            ax.annotate(_label(r, others), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(row_label(r, others), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if hue:
         for value, c in colours.items():
             ax.plot([], [], "o", color=c, label=f"{hue}={value}")
@@ -253,18 +423,38 @@ def metric_slug(metric: str) -> str:
 
 
 def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[str]] = None,
-              over: Sequence[str] = OVER_KEYS, digits: int = 4, plots: bool = True) -> dict[str, Any]:
-    """Write ``summary.csv``, ``summary.md`` and ``plots/*.png`` into ``folder`` for ``runs``.
+              over: Sequence[str] = OVER_KEYS, digits: int = 4, plots: bool = True, boot: Bootstrap = Bootstrap(),
+              baseline: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Write ``summary.csv``/``.md``, ``paired.csv``/``.md`` (with a baseline) and ``plots/*.png`` into ``folder``.
+
+    Args:
+        folder: where the tables and plots go.
+        runs: the runs to aggregate.
+        group_by: row keys (default: :func:`swept_keys`).
+        over: keys averaged over (and left out of the default ``group_by``).
+        digits: decimals in the markdown tables.
+        plots: write ``plots/<metric>_vs_n_noises.png`` and ``plots/<metric>_vs_wall_time.png``.
+        boot: the bootstrap of every interval.
+        baseline: the baseline's key values for the paired table (default: :func:`default_baseline`).
 
     Returns:
-        ``{"group_by", "metrics", "rows", "markdown", "plots"}``.
+        ``{"group_by", "metrics", "rows", "markdown", "plots", "baseline", "paired", "paired_markdown"}``.
     """
     keys = list(group_by) if group_by is not None else swept_keys(runs, over)
     metrics = metric_names(runs)
-    rows = aggregate(runs, keys, metrics)
+    rows = aggregate(runs, keys, metrics, boot)
     write_csv(folder / "summary.csv", rows, keys, metrics)
-    table = markdown(rows, keys, metrics, digits, over)
-    (folder / "summary.md").write_text(table)
+    table = markdown(rows, keys, metrics, digits, over, boot)
+    write_text(folder / "summary.md", table)
+    spec = baseline if baseline is not None else default_baseline(rows, keys)
+    pairs: list[dict[str, Any]] = []
+    pairs_md = ""
+    if spec:
+        quality = [m for m in metrics if m.startswith(QUALITY_PREFIXES)]
+        pairs = paired_rows(rows, keys, spec, quality, boot)
+        write_paired_csv(folder / "paired.csv", pairs, keys)
+        pairs_md = paired_markdown(pairs, keys, digits, boot)
+        write_text(folder / "paired.md", pairs_md)
     written: list[Path] = []
     if plots:
         for m in metrics:
@@ -274,4 +464,5 @@ def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[
                       plot_vs_wall_time(rows, keys, m, folder / "plots" / f"{metric_slug(m)}_vs_wall_time.png")):
                 if p is not None:
                     written.append(p)
-    return {"group_by": keys, "metrics": metrics, "rows": rows, "markdown": table, "plots": written}
+    return {"group_by": keys, "metrics": metrics, "rows": rows, "markdown": table, "plots": written,
+            "baseline": spec, "paired": pairs, "paired_markdown": pairs_md}

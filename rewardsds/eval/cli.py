@@ -1,32 +1,41 @@
-"""``rewardsds-eval``: score finished runs with reward metrics and aggregate a sweep into tables and plots, offline.
+"""``rewardsds-eval``: turn a folder of finished runs (a sweep) into the tables, curves, sheets and report of a paper.
 
 Usage::
 
-    rewardsds-eval outputs/sweep --metrics clip,aesthetic,image_reward,pickscore [--device cuda] \\
-        [--batch-size 8] [--dtype fp32] [--override image_reward.checkpoint=/models/ImageReward] \\
-        [--sources sources.yaml]
-    rewardsds-eval outputs/sweep --metrics none        # tables of the training-time metrics only
+    rewardsds-eval outputs/sweeps/<date>/<time>                      # CLIP score, aesthetic, ImageReward
+    rewardsds-eval outputs/sweeps/<date>/<time> --metrics none       # only the metrics the runs wrote
+    rewardsds-eval <folder> --metrics clip_score,image_reward --device cuda \\
+        --override clip_score.pretrained=/models/clip-vit-large-patch14 \\
+        --override image_reward.checkpoint=/models/ImageReward --baseline strategy=none
 
-Every folder below ``outputs/sweep`` that holds a ``metrics.json`` is a run. Finished runs
-(``"status": "complete"``) are scored on ``eval/*.png`` (3D: fixed evaluation cameras, averaged per run)
-or else ``final/*.png`` (2D). Each run gets ``eval_metrics.json`` (per-run means and per-image scores,
-merged with earlier results), and the given folder gets ``eval.csv`` with one row per run: its path, its
-prompt, the scalar settings found in its ``metrics.json`` (strategy, n_noises, seed, ...) and one
-``eval/<metric>`` column per metric.
+Every folder below the given one that holds a ``metrics.json`` is a run; finished runs (``"status":
+"complete"``) are used. Evaluators (:mod:`rewardsds.eval.evaluators`) score each run's ``eval/view_*.png``
+(3D: fixed cameras around the object, averaged) or ``final/*.png`` (2D) and record the results in the run's
+``eval_metrics.json`` and, as ``eval/<metric>``, in its ``metrics.json``. Then, from disk only:
 
-Then the runs are aggregated (:mod:`rewardsds.eval.aggregate`): ``summary.csv`` and ``summary.md`` hold one row
-per combination of the swept keys (the override keys that differ between runs, or ``--group-by``), averaged over
-seeds and prompts (``--over``), with mean and sample std of every ``final/*`` and ``eval/*`` metric and of the
-cost of a run (``wall_time_s``, ``step_time_median_s``, ``evals_per_step_mean``, ``peak_memory_gb``).
-``plots/<metric>_vs_n_noises.png`` (one line per strategy) and ``plots/<metric>_vs_wall_time.png`` show the
-quality metrics. ``--metrics none`` skips scoring and aggregates what the runs (and earlier evaluations) wrote.
-Everything is read from the run folders; W&B is never needed.
+- ``eval.csv``: one row per run (its recorded settings and every ``eval/*`` value);
+- ``summary.csv`` / ``summary.md``: one row per combination of the swept settings (what the runs recorded:
+  strategy, n_noises, loss, reward, lookahead_steps, ...), averaged over seeds and prompts, with mean, sample std
+  and a 95% percentile-bootstrap interval (:mod:`rewardsds.eval.stats`) of every ``final/*``, ``eval/*`` and cost
+  metric;
+- ``paired.csv`` / ``paired.md``: each row's win rate against the baseline row (``--baseline``, default
+  ``strategy=none`` when it is swept) on runs with the same prompt and seed, with its interval, and the mean
+  paired difference;
+- ``curves/<key>.png`` / ``.csv``: reward-vs-step curves (mean ± std over each row's runs) from the runs'
+  logged history (``csv/metrics.csv``: ``logger=csv`` or ``logger=wandb_csv``);
+- ``sheets/<i>-<prompt>.png``: per prompt, variants x seeds of final images captioned with a metric;
+- ``plots/``: each quality metric against n_noises and against wall time;
+- ``report.html``: all of the above on one page that opens from disk.
 
-Metric models are the reward options of ``conf/reward/<metric>.yaml``, so their sources are set the same
-way as for training: ``--override <metric>.<field>=<value>`` (repeatable; a leading ``reward.`` is
-accepted) or a YAML mapping ``{<metric>: {<field>: <value>}}`` passed with ``--sources``. Command-line
-overrides win over the YAML file. Evaluation defaults to ``dtype=fp32`` and ``pil_exact=true`` (the
-reference evaluation scripts' PIL preprocessing); both can be overridden per metric.
+Runs that were logged to W&B (``metrics.json["wandb"]``) get their ``eval/*`` values in their run summary, and
+the sweep gets one W&B run (``job_type=eval``, in the sweep's group) with the tables and figures
+(``--wandb auto|on|off``).
+
+Evaluator models are reward options of ``conf/reward/``; their sources are set like those of a training
+reward, per metric: ``--override <metric>.<field>=<value>`` (repeatable) or a YAML mapping
+``{<metric>: {<field>: <value>}}`` given with ``--sources``; command-line overrides win. Evaluation defaults to
+``dtype=fp32`` and ``pil_exact=true``. A model that cannot be loaded stops the command with one message and
+exit status 2, as does any other usage error.
 """
 
 from __future__ import annotations
@@ -40,8 +49,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from rewardsds.errors import RewardSDSError
+from rewardsds.eval.evaluators import DEFAULT_METRICS, EvaluatorLoadError, load_png, run_images  # noqa: F401
+
 FIRST_COLUMNS = ("strategy", "n_noises", "seed")
 _SKIP_KEYS = ("prompt", "status")
+
+
+class UsageError(RewardSDSError):
+    """A command-line argument of ``rewardsds-eval`` is wrong; the message says which and what to give."""
 
 
 def default_conf_dir() -> Path:
@@ -51,7 +67,6 @@ def default_conf_dir() -> Path:
     return Path(rewardsds.__file__).resolve().parent.parent / "conf"
 
 
-# ----------------------------------------------------------------------------------------- runs
 def find_runs(folder: Path) -> list[Path]:
     """Run folders (holding ``metrics.json``) below ``folder``, sorted."""
     from rewardsds.eval.aggregate import find_runs as _find
@@ -59,26 +74,6 @@ def find_runs(folder: Path) -> list[Path]:
     return _find(folder)
 
 
-def run_images(run: Path) -> tuple[str, list[Path]]:
-    """(``"eval"`` or ``"final"``, PNG paths) of a run: evaluation views if any, else final images."""
-    for sub in ("eval", "final"):
-        files = sorted((run / sub).glob("*.png"))
-        if files:
-            return sub, files
-    return "", []
-
-
-def load_png(path: Path) -> torch.Tensor:
-    """[1, 3, H, W] float in [0, 1] (uint8 / 255, so PIL-exact metrics see the file's exact values)."""
-    from PIL import Image
-
-    from rewardsds.rewards.preprocess import from_pil
-
-    with Image.open(path) as im:
-        return from_pil([im.convert("RGB")])
-
-
-# ----------------------------------------------------------------------------------------- metric configs
 def parse_overrides(items: Sequence[str], metrics: Sequence[str]) -> dict[str, list[str]]:
     """``<metric>.<field>=<value>`` strings -> {metric: ["<field>=<value>", ...]}."""
     out: dict[str, list[str]] = {m: [] for m in metrics}
@@ -88,63 +83,21 @@ def parse_overrides(items: Sequence[str], metrics: Sequence[str]) -> dict[str, l
             key = key[len("reward."):]
         metric, dot, field = key.partition(".")
         if not sep or not dot or not field:
-            raise SystemExit(f"--override {item!r}: expected <metric>.<field>=<value>, "
+            raise UsageError(f"--override {item!r}: expected <metric>.<field>=<value>, "
                              "e.g. image_reward.checkpoint=/models/ImageReward")
         if metric not in out:
-            raise SystemExit(f"--override {item!r}: metric {metric!r} is not in --metrics {','.join(metrics)}")
+            raise UsageError(f"--override {item!r}: metric {metric!r} is not in --metrics {','.join(metrics)}")
         out[metric].append(f"{field}={value}")
     return out
 
 
-def metric_config(metric: str, conf_dir: Path, *, dtype: Optional[str], sources: dict, overrides: list[str]):
-    """Compose ``conf/reward/<metric>.yaml`` and apply evaluation defaults, YAML sources and overrides.
-
-    Returns:
-        the ``reward`` config node (typed by its schema), validated.
-    """
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    import rewardsds.config as config  # registers the schemas
-
-    if not (conf_dir / "reward" / f"{metric}.yaml").is_file():
-        options = sorted(p.stem for p in (conf_dir / "reward").glob("*.yaml"))
-        raise SystemExit(f"--metrics: unknown metric {metric!r}; options in {conf_dir / 'reward'}: {', '.join(options)}")
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name=f"reward/{metric}").reward
-    defaults: dict[str, Any] = {}
-    if "dtype" in cfg and dtype:
-        defaults["dtype"] = dtype
-    if "pil_exact" in cfg:
-        defaults["pil_exact"] = True
-    cfg = OmegaConf.merge(cfg, defaults, sources.get(metric) or {}, OmegaConf.from_dotlist(overrides))
-    config.validate(cfg)  # runs __post_init__ checks (ConfigError names the key)
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------- scoring
-def score_run(reward, prompt: str, paths: list[Path], batch_size: int) -> list[float]:
-    """Scores of the images at ``paths`` (batched by image size)."""
-    images = [load_png(p) for p in paths]
-    scores: list[Optional[float]] = [None] * len(images)
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        by_size.setdefault(tuple(im.shape[-2:]), []).append(i)
-    for idx in by_size.values():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            batch = torch.cat([images[i] for i in chunk])
-            out = reward(batch, prompt).tolist()
-            for i, s in zip(chunk, out):
-                scores[i] = float(s)
-    return scores  # type: ignore[return-value]
-
-
 def _scalar_settings(metrics: dict) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k not in _SKIP_KEYS and isinstance(v, (str, int, float, bool))}
+    return {k: v for k, v in metrics.items() if k not in _SKIP_KEYS and not k.startswith("eval/")
+            and isinstance(v, (str, int, float, bool))}
 
 
 def write_csv(path: Path, rows: list[dict], metric_names: Sequence[str]) -> None:
+    """``eval.csv``: run, prompt, its scalar settings, the number of images and ``eval/<metric>`` per metric."""
     settings: list[str] = []
     for row in rows:
         for key in row["settings"]:
@@ -164,23 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rewardsds-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="folder holding run folders (searched recursively for metrics.json)")
-    p.add_argument("--metrics", default="clip,aesthetic,image_reward",
-                   help="comma-separated reward options of conf/reward (clip, aesthetic, image_reward, pickscore, hpsv2), "
-                        "or none to only aggregate the metrics the runs wrote")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help="comma-separated evaluators: clip_score, aesthetic, image_reward, or any reward option of "
+                        "conf/reward (clip = raw cosine, pickscore, hpsv2, ...); none to only aggregate what the runs wrote")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="fp32", help="model precision for every metric (auto, fp32, fp16, bf16)")
     p.add_argument("--override", action="append", default=[], metavar="METRIC.FIELD=VALUE",
-                   help="set a metric's config field, e.g. image_reward.checkpoint=/models/ImageReward")
+                   help="set a metric's config field, e.g. clip_score.pretrained=/models/clip-vit-large-patch14")
     p.add_argument("--sources", type=Path, help="YAML mapping {metric: {field: value}} of model sources")
-    p.add_argument("--include-incomplete", action="store_true", help="also score runs whose status is not complete")
+    p.add_argument("--include-incomplete", action="store_true", help="also use runs whose status is not complete")
     p.add_argument("--conf-dir", type=Path, default=None, help="the project's conf/ folder (default: next to the package)")
     p.add_argument("--group-by", default=None, metavar="KEY,KEY",
-                   help="override keys that define a table row (default: every key whose value differs between runs)")
+                   help="settings that define a table row (default: every recorded setting whose value differs)")
     p.add_argument("--over", default="seed,prompt,prompt_index", metavar="KEY,KEY",
                    help="keys averaged over rather than grouped by (default: seed,prompt,prompt_index)")
-    p.add_argument("--digits", type=int, default=4, help="decimals in summary.md")
+    p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="the row the paired table compares against (default: strategy=none when swept); none: no table")
+    p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="bootstrap resamples of every interval")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of numpy's default_rng for the bootstrap")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals")
+    p.add_argument("--curves", default=None, metavar="KEY,KEY",
+                   help="logged keys drawn against the step (default: train/reward_mean,train/reward_selected); none")
+    p.add_argument("--sheet-metric", default=None, metavar="METRIC",
+                   help="value under each contact-sheet tile (default: the first metric scored now, else final/reward)")
+    p.add_argument("--tile", type=int, default=160, help="contact-sheet tile side in pixels")
+    p.add_argument("--no-sheets", action="store_true", help="skip sheets/*.png")
+    p.add_argument("--digits", type=int, default=4, help="decimals in the markdown and HTML tables")
     p.add_argument("--no-plots", action="store_true", help="skip plots/*.png")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--wandb", choices=("auto", "on", "off"), default="auto",
+                   help="push results to W&B: auto = when the runs were logged there (metrics.json records a run id)")
+    p.add_argument("--wandb-project", default="rewardsds", help="project of the sweep's eval run when no run records one")
     return p
 
 
@@ -189,39 +157,75 @@ def _keys(text: Optional[str]) -> Optional[list[str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from omegaconf import OmegaConf
+    """Entry point; returns the exit status (2 for usage errors and models that cannot be loaded)."""
+    try:
+        return _main(build_parser().parse_args(argv))
+    except EvaluatorLoadError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except RewardSDSError as err:
+        print(f"rewardsds-eval: error: {err}", file=sys.stderr)
+        return 2
 
-    from rewardsds.eval import aggregate
 
+def _check_args(args: argparse.Namespace) -> list[str]:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
-        raise SystemExit("--metrics is empty; e.g. --metrics clip,aesthetic,image_reward (or none)")
+        raise UsageError("--metrics is empty; e.g. --metrics clip_score,aesthetic,image_reward (or none)")
     if metrics == ["none"]:
         metrics = []
     elif "none" in metrics:
-        raise SystemExit(f"--metrics {args.metrics}: none cannot be combined with metrics")
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size = {args.batch_size}: must be >= 1")
-    if args.digits < 0:
-        raise SystemExit(f"--digits = {args.digits}: must be >= 0")
+        raise UsageError(f"--metrics {args.metrics}: none cannot be combined with metrics")
+    for name, value, ok, want in (("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+                                  ("--digits", args.digits, args.digits >= 0, ">= 0"),
+                                  ("--bootstrap", args.bootstrap, args.bootstrap >= 1, ">= 1"),
+                                  ("--confidence", args.confidence, 0 < args.confidence < 1, "in (0, 1)"),
+                                  ("--tile", args.tile, args.tile >= 8, ">= 8")):
+        if not ok:
+            raise UsageError(f"{name} = {value}: must be {want}")
+    if not args.folder.is_dir():
+        raise UsageError(f"{args.folder}: no such folder; give the folder of a run or of a sweep")
+    if not metrics and (args.override or args.sources):
+        raise UsageError("--override/--sources configure metric models; they need --metrics <names>")
+    return metrics
+
+
+def _metric_configs(args: argparse.Namespace, metrics: list[str]) -> dict[str, tuple]:
+    from omegaconf import OmegaConf
+
+    from rewardsds.eval.evaluators import evaluator, metric_config
+
+    if not metrics:
+        return {}
+    conf_dir = (args.conf_dir or default_conf_dir()).resolve()
+    if not (conf_dir / "reward").is_dir():
+        raise UsageError(f"--conf-dir {conf_dir}: has no reward/ group; pass the project's conf/ folder")
+    sources = OmegaConf.to_container(OmegaConf.load(args.sources)) if args.sources else {}
+    unknown = sorted(set(sources) - set(metrics))
+    if unknown:
+        raise UsageError(f"--sources {args.sources}: metrics {unknown} are not in --metrics {','.join(metrics)}")
+    overrides = parse_overrides(args.override, metrics)
+    out = {}
+    for m in metrics:
+        ev = evaluator(m, conf_dir)
+        out[m] = (ev, metric_config(ev, conf_dir, dtype=args.dtype, sources=sources.get(m) or {}, overrides=overrides[m]))
+    return out
+
+
+def _main(args: argparse.Namespace) -> int:
+    from rewardsds.eval import aggregate
+    from rewardsds.eval.stats import Bootstrap
+
+    metrics = _check_args(args)
     folder = args.folder.resolve()
-    if not folder.is_dir():
-        raise SystemExit(f"{args.folder}: no such folder")
-    configs = {}
-    if metrics:
-        conf_dir = (args.conf_dir or default_conf_dir()).resolve()
-        if not (conf_dir / "reward").is_dir():
-            raise SystemExit(f"--conf-dir {conf_dir}: has no reward/ group; pass the project's conf/ folder")
-        sources = OmegaConf.to_container(OmegaConf.load(args.sources)) if args.sources else {}
-        unknown = sorted(set(sources) - set(metrics))
-        if unknown:
-            raise SystemExit(f"--sources {args.sources}: metrics {unknown} are not in --metrics {','.join(metrics)}")
-        overrides = parse_overrides(args.override, metrics)
-        configs = {m: metric_config(m, conf_dir, dtype=args.dtype, sources=sources, overrides=overrides[m])
-                   for m in metrics}
-    elif args.override or args.sources:
-        raise SystemExit("--override/--sources configure metric models; they need --metrics <names>")
+    configs = _metric_configs(args, metrics)
+    boot = Bootstrap(resamples=args.bootstrap, seed=args.bootstrap_seed, confidence=args.confidence)
+    baseline = None
+    if args.baseline and args.baseline != "none":
+        try:
+            baseline = aggregate.parse_baseline(args.baseline)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
 
     runs, skipped = [], []
     for run in find_runs(folder):
@@ -234,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif metrics and not isinstance(info.get("prompt"), str):
             skipped.append((run, "metrics.json has no prompt"))
         else:
-            runs.append({"path": run, "info": info, "views": views, "paths": paths, "scores": {}})
+            runs.append({"path": run, "info": info, "views": views, "paths": paths})
     for run, why in skipped:
         print(f"skipped {run.relative_to(folder)}: {why}", file=sys.stderr)
     if not runs:
@@ -242,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
     if metrics:
-        score_runs(runs, metrics, configs, args)
+        score_runs(runs, configs, args)
 
     rows = []
     for run in runs:
@@ -261,43 +265,126 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {folder / 'eval.csv'} ({len(rows)} runs, {len(skipped)} skipped)")
 
     loaded = [aggregate.load_run(run["path"]) for run in runs]
-    summary = aggregate.summarize(folder, loaded, group_by=_keys(args.group_by), over=_keys(args.over) or [],
-                                  digits=args.digits, plots=not args.no_plots)
+    over = _keys(args.over) or []
+    try:
+        summary = aggregate.summarize(folder, loaded, group_by=_keys(args.group_by), over=over, digits=args.digits,
+                                      plots=not args.no_plots, boot=boot, baseline=baseline)
+    except ValueError as err:  # a --baseline that names no row or no grouped key
+        raise UsageError(str(err)) from None
     print()
     print(summary["markdown"])
-    print(f"wrote {folder / 'summary.csv'}, {folder / 'summary.md'}"
-          + (f" and {len(summary['plots'])} plots in {folder / 'plots'}" if summary["plots"] else ""))
+    if summary["paired"]:
+        print(summary["paired_markdown"])
+    written = [folder / "summary.csv", folder / "summary.md"] + ([folder / "paired.csv", folder / "paired.md"]
+                                                                 if summary["baseline"] else [])
+    curves = _curves(folder, summary, args, over)
+    sheets = [] if args.no_sheets else _sheets(folder, summary, args, metrics)
+    report = None
+    if not args.no_report:
+        from rewardsds.eval.report import write_report
+
+        report = write_report(folder, summary=summary, curves=curves, sheets=sheets, over=over, boot=boot,
+                              digits=args.digits, n_runs=len(loaded), skipped=len(skipped), evaluated=metrics,
+                              files=[folder / "eval.csv", *written, *(c["csv"] for c in curves)])
+    print("wrote " + ", ".join(p.name for p in written)
+          + (f", {len(summary['plots'])} plots" if summary["plots"] else "")
+          + (f", {len(curves)} curves" if curves else "") + (f", {len(sheets)} contact sheets" if sheets else "")
+          + (f" and {report}" if report else f" in {folder}"))
+    try:
+        _push_wandb(folder, loaded, summary, curves, sheets, args)
+    except Exception as err:  # the files are written; say what failed instead of a traceback after them
+        print(f"rewardsds-eval: pushing to W&B failed ({type(err).__name__}: {err}). The files above are written; "
+              "run again with --wandb on to retry, or --wandb off", file=sys.stderr)
+        return 1
     return 0
 
 
-def score_runs(runs: list[dict], metrics: Sequence[str], configs: dict, args: argparse.Namespace) -> None:
-    """Score every run's images with every metric (one model in memory at a time); write ``eval_metrics.json``."""
-    from hydra.utils import instantiate
+def _curves(folder: Path, summary: dict, args: argparse.Namespace, over: Sequence[str]) -> list[dict]:
+    from rewardsds.eval.curves import DEFAULT_CURVES, write_curves
+
+    keys = _keys(args.curves) if args.curves is not None else list(DEFAULT_CURVES)
+    if keys == ["none"]:
+        return []
+    return write_curves(folder, summary["rows"], summary["group_by"], keys, over)
+
+
+def _sheets(folder: Path, summary: dict, args: argparse.Namespace, metrics: Sequence[str]) -> list:
+    from rewardsds.eval.sheets import write_sheets
+
+    metric = args.sheet_metric
+    if metric is None:
+        metric = f"eval/{metrics[0]}" if metrics else ("final/reward" if "final/reward" in summary["metrics"] else None)
+    elif metric != "none" and metric not in summary["metrics"]:
+        raise UsageError(f"--sheet-metric {metric}: no run has it; use one of {', '.join(summary['metrics'])} or none")
+    return write_sheets(folder, summary["rows"], summary["group_by"], metric=None if metric == "none" else metric,
+                        tile=args.tile, digits=args.digits)
+
+
+def score_runs(runs: list[dict], configs: dict, args: argparse.Namespace) -> None:
+    """Score every run with every evaluator (one model in memory at a time) and record the results per run."""
     from omegaconf import OmegaConf
 
-    for metric in metrics:
-        reward = instantiate(configs[metric])
-        reward.to(args.device)
+    from rewardsds.eval.evaluators import evaluate, load, record
+
+    for name, (ev, cfg) in configs.items():
+        reward = load(ev, cfg, args.device)
+        source = OmegaConf.to_container(cfg)
         for run in runs:
-            run["scores"][metric] = score_run(reward, run["info"]["prompt"], run["paths"], args.batch_size)
+            value, values = evaluate(ev, reward, run["info"]["prompt"], run["paths"], args.batch_size)
+            per_image = {str(p.relative_to(run["path"])): v for p, v in zip(run["paths"], values)}
+            record(run["path"], ev, value, per_image, run["views"], source)
         del reward
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    for run in runs:
-        out_path = run["path"] / "eval_metrics.json"
-        previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
-        means = {m: sum(s) / len(s) for m, s in run["scores"].items()}
-        per_image = {m: {str(p.relative_to(run["path"])): s for p, s in zip(run["paths"], scores)}
-                     for m, scores in run["scores"].items()}
-        result = {
-            "metrics": {**previous.get("metrics", {}), **means},
-            "per_image": {**previous.get("per_image", {}), **per_image},
-            "images": run["views"],
-            "n_images": len(run["paths"]),
-            "sources": {**previous.get("sources", {}),
-                        **{m: OmegaConf.to_container(configs[m]) for m in metrics}},
-        }
-        out_path.write_text(json.dumps(result, indent=2, default=str))
+
+
+def sweep_group(folder: Path) -> str:
+    """The W&B group of a sweep folder: ``<date>/<time>`` for ``outputs/sweeps/<date>/<time>``, else its name."""
+    parent = folder.parent.name
+    return f"{parent}/{folder.name}" if len(parent) == 10 and parent[4] == "-" and parent[7] == "-" else folder.name
+
+
+def _push_wandb(folder: Path, runs: list, summary: dict, curves: list, sheets: list, args: argparse.Namespace) -> None:
+    """Eval results into each W&B run's summary; the sweep's tables and figures as one eval run."""
+    from rewardsds.eval.aggregate import STAT_COLUMNS, metric_slug
+    from rewardsds.eval.sheets import tile_image
+    from rewardsds.loggers import log_eval_tables, push_eval_summary, resolve_wandb_mode, run_tags
+
+    records = [r for r in runs if isinstance(r.info.get("wandb"), dict) and r.info["wandb"].get("id")]
+    if args.wandb == "off" or (args.wandb == "auto" and not records):
+        return
+    pushed = [i for i in (push_eval_summary(r.path) for r in records) if i]
+    first = records[0].info["wandb"] if records else {}
+    mode = first.get("mode") or resolve_wandb_mode("auto")[0]
+    keys, metrics = summary["group_by"], summary["metrics"]
+    run_rows = []
+    for r in runs:
+        image = tile_image(r.path)
+        record = r.info.get("wandb") if isinstance(r.info.get("wandb"), dict) else {}
+        run_rows.append([str(r.path.relative_to(folder)) or ".", record.get("id"), *(r.settings.get(k) for k in keys),
+                         r.info.get("prompt"), r.info.get("seed"), *(r.values.get(m) for m in metrics),
+                         {"image": image} if image else None])
+    tables = {
+        "eval/runs": (["run", "wandb_id", *keys, "prompt", "seed", *metrics, "image"], run_rows),
+        "eval/summary": ([*keys, "runs", *(f"{m}/{s}" for m in metrics for s in STAT_COLUMNS)],
+                         [[row[k] for k in keys] + [row["runs"]] + [row[f"{m}/{s}"] for m in metrics for s in STAT_COLUMNS]
+                          for row in summary["rows"]]),
+    }
+    if summary["paired"]:
+        from rewardsds.eval.aggregate import PAIRED_COLUMNS
+
+        tables["eval/paired"] = ([*keys, *PAIRED_COLUMNS], [[p[k] for k in keys] + [p[c] for c in PAIRED_COLUMNS]
+                                                           for p in summary["paired"]])
+    images = {f"eval/curves/{metric_slug(c['key'])}": c["png"] for c in curves}
+    images.update({f"eval/sheets/{s.path.stem}": s.path for s in sheets})
+    common = set.intersection(*(set(run_tags(r.info)) for r in runs)) if runs else set()
+    group = first.get("group") or sweep_group(folder)
+    eval_id = log_eval_tables(tables, project=first.get("project") or args.wandb_project, entity=first.get("entity"),
+                              group=group, mode=mode, save_dir=folder, name=f"eval {group}",
+                              tags=sorted(common) + ["eval"], images=images,
+                              config={"folder": str(folder), "group_by": keys, "baseline": summary["baseline"]})
+    print(f"W&B: eval results in the summaries of {len(pushed)} runs; tables of the sweep in run {eval_id} "
+          f"(group {group}, {mode})")
 
 
 if __name__ == "__main__":
