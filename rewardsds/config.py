@@ -1300,7 +1300,7 @@ def register_schemas(extra: Optional[dict[str, dict[str, type]]] = None) -> None
 #: Override keys (or prefixes ending in ".") left out of sweep job folder names: they set the run up
 #: rather than vary it, and would make every folder name long.
 JOB_NAME_EXCLUDE = ("experiment", "debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name",
-                    "prompts", "prompts_file", "gpu_lock.")
+                    "prompts", "prompts_file", "gpu_lock.", "hparams_search")
 
 
 def job_dirname(overrides: Any, max_len: int = 200, _root_: Any = None) -> str:

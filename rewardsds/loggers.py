@@ -82,6 +82,7 @@ def wandb_record(logger) -> Optional[dict]:
         return None
     run = logger.experiment
     return {"id": run.id, "project": run.project, "entity": getattr(run, "entity", None) or None,
+            "group": getattr(run, "group", None) or None, "name": getattr(run, "name", None) or None,
             "dir": str(Path(run.dir).parent) if getattr(run, "dir", None) else None,
             "mode": "offline" if getattr(run, "offline", False) else "online"}
 
@@ -169,73 +170,6 @@ def finish(logger) -> None:
 
 
 # ----------------------------------------------------------------------------------------- W&B with a local history
-def _is_scalar(v) -> bool:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return v.numel() == 1
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _wandb_csv_class():
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
-    from lightning.pytorch.utilities import rank_zero_only
-
-    class WandbCSVLogger(WandbLogger):
-        """A ``WandbLogger`` that also writes every logged scalar to ``<save_dir>/<csv_name>/metrics.csv``.
-
-        The run keeps its per-step history on disk (what ``rewardsds-eval`` draws its curves from) while W&B gets
-        everything as usual; media, tables and the summary go to W&B only. Being a ``WandbLogger``, it is used
-        wherever one is expected (media, run summary, finishing the run).
-        """
-
-        def __init__(self, *args, csv_name: str = "csv", **kwargs):
-            super().__init__(*args, **kwargs)
-            self.csv = CSVLogger(save_dir=kwargs.get("save_dir") or ".", name=csv_name, version="")
-
-        @rank_zero_only
-        def log_metrics(self, metrics, step=None) -> None:
-            super().log_metrics(metrics, step)
-            # WandbLogger.log_image/log_table/log_video also come through here with media objects: CSV gets numbers
-            numbers = {k: v for k, v in metrics.items() if _is_scalar(v)}
-            if numbers:
-                self.csv.log_metrics(numbers, step)
-
-        @rank_zero_only
-        def save(self) -> None:
-            super().save()
-            self.csv.save()
-
-        @rank_zero_only
-        def finalize(self, status: str) -> None:
-            super().finalize(status)
-            self.csv.finalize(status)
-
-    return WandbCSVLogger
-
-
-def csv_wandb_logger(
-    project: str = "rewardsds",
-    entity: Optional[str] = None,
-    mode: str = "auto",
-    group: Optional[str] = None,
-    name: Optional[str] = None,
-    tags: Sequence[str] = (),
-    log_model: bool = False,
-    save_dir: str = ".",
-    run_config: Optional[dict] = None,
-):
-    """``logger=wandb_csv``: W&B as :func:`wandb_logger`, plus the per-step history in ``save_dir/csv/metrics.csv``."""
-    resolved, notice = resolve_wandb_mode(mode)
-    if notice:
-        print(notice)
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return _wandb_csv_class()(
-        project=project, entity=entity, group=group, name=name, tags=list(tags), log_model=log_model,
-        save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous",
-    )
-
-
 # ----------------------------------------------------------------------------------------- tags, exports, eval results
 #: metrics.json keys that become W&B tags (``<key>:<value>``), in this order; ``n_noises`` is written ``N``
 TAG_KEYS = (("experiment", "experiment"), ("loss", "loss"), ("strategy", "strategy"), ("n_noises", "N"),

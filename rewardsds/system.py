@@ -463,7 +463,7 @@ class DistillationSystem(pl.LightningModule):
         imgs = to_uint8(cands.images)
         r = cands.view_rewards.reshape(-1).tolist()
         w = (cands.weights if cands.weights.dim() == 2 else cands.weights[:, None].expand(cands.n, cands.b)).reshape(-1).tolist()
-        self.media.candidates_table("train/candidates", imgs, r, w, step)
+        self.media.candidates_table("train/candidates", imgs, r, w, step, views=cands.b)
 
     # ------------------------------------------------------------------ frames and final outputs
     @torch.no_grad()

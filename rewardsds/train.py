@@ -156,16 +156,12 @@ def build_components(cfg: DictConfig, typed: Config) -> dict[str, Any]:
     return dict(prior=prior, reward=reward, strategy=strategy, loss=loss, representation=representation, camera_sampler=camera_sampler)
 
 
-def run_tags(record: dict[str, Any]) -> list[str]:
-    """W&B tags of a run: what a dashboard filters by (experiment, loss, strategy, N, prompt set)."""
-    tags = [f"{k}:{record[k]}" for k in ("experiment", "loss", "strategy", "reward", "prior", "prompts") if record.get(k)]
-    return tags + [f"n_noises:{record['n_noises']}"]
-
-
 def build_logger(cfg: DictConfig, run_dir: Path, record: dict[str, Any], wandb_id: Optional[str] = None,
                  resume_step: Optional[int] = None):
     """The Lightning logger of ``logger=...``; a W&B run is named after the job, grouped by its sweep, tagged with
     the run's settings, and resumed by id when the run already has one."""
+    from rewardsds.loggers import run_tags
+
     kwargs: dict[str, Any] = {"save_dir": str(run_dir)}
     target = cfg.logger.get("_target_", "")
     if target.endswith("wandb_logger"):
@@ -176,13 +172,26 @@ def build_logger(cfg: DictConfig, run_dir: Path, record: dict[str, Any], wandb_i
         if cfg.logger.get("name") is None:
             # multirun jobs: the job folder name (swept overrides, prompt slugs), the same on disk and in W&B
             kwargs["name"] = (cfg.get("name") or (run_dir.name if is_multirun() else overrides) or run_dir.name)[:128]
-        kwargs["tags"] = list(cfg.logger.get("tags") or []) + [t for t in run_tags(record) if t not in (cfg.logger.get("tags") or [])]
+        own = list(cfg.logger.get("tags") or [])
+        kwargs["tags"] = own + [t for t in run_tags(record) if t not in own]
         if wandb_id:
             kwargs["id"] = wandb_id
     if target.endswith("csv_logger") and resume_step is not None:
         kwargs["resume_step"] = resume_step
     # _partial_: the run config holds _target_ keys that instantiate() must not build recursively.
     return instantiate(cfg.logger, _partial_=True)(**kwargs)
+
+
+def history_logger(logger, run_dir: Path, resume_step: Optional[int]):
+    """The run's per-step history on disk (``csv/metrics.csv``, Lightning's CSV layout) beside any other logger, so
+    curves never depend on a dashboard; None when the run's logger already writes it (``logger=csv``)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from rewardsds.loggers import csv_logger
+
+    if isinstance(logger, CSVLogger):
+        return None
+    return csv_logger(name="csv", save_dir=str(run_dir), resume_step=resume_step)
 
 
 # ----------------------------------------------------------------------------------------- the record
@@ -299,6 +308,7 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     logger = build_logger(cfg, run_dir, record, wandb_id=(previous.get("wandb") or {}).get("id"),
                           resume_step=None if ckpt is None else system.iteration)
     media.logger = logger if logger else None
+    history = history_logger(logger, run_dir, None if ckpt is None else system.iteration)
     if resume_dir is not None and resume_dir.resolve() != invoked_dir.resolve():
         write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
     remove_partial_files(run_dir)
@@ -340,7 +350,8 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     show_bar = typed.trainer.enable_progress_bar if typed.trainer.enable_progress_bar is not None else has_tty()
     trainer = instantiate(
         cfg.trainer, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
-        logger=logger, callbacks=[checkpoint, progress], enable_checkpointing=False, default_root_dir=str(run_dir),
+        logger=[lg for lg in (logger, history) if lg] or False, callbacks=[checkpoint, progress], enable_checkpointing=False,
+        default_root_dir=str(run_dir),
         num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=show_bar,
     )
     if device.type == "cuda":
@@ -363,6 +374,9 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
                         "checkpoint": str(checkpoint.last) if checkpoint.last.is_file() else None})
         session.update({"status": "interrupted", "end_step": system.iteration, "wall_time_s": session_wall})
         write_json(run_dir / "metrics.json", metrics)
+        for lg in (history, logger):
+            if lg:
+                lg.finalize("interrupted")
         if logger:
             _finish_wandb(logger)
         stop.hand_on()
@@ -388,13 +402,16 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     })
     session.update({"status": "complete", "end_step": system.iteration, "wall_time_s": session_wall})
     write_json(run_dir / "metrics.json", metrics)
-    from rewardsds.loggers import log_checkpoint, write_summary
+    from rewardsds.loggers import log_checkpoint, log_exports, write_summary
 
     # the run summary: final metrics and the run's cost, so dashboards can plot quality against time
     write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS})
+    if history:
+        history.finalize("success")
     if logger:
         if cfg.logger.get("log_model"):
             log_checkpoint(logger, checkpoint.last, aliases=["last", f"step-{system.iteration}"])
+        log_exports(logger, run_dir)
         logger.finalize("success")
         _finish_wandb(logger)
     from rewardsds.lifecycle import end_block

@@ -313,7 +313,7 @@ def test_wandb_run_is_resumed_by_id(tmp_path):
     files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2 and {run_record(f)["id"] for f in files} == {first["id"]}
     tags = run_record(files[0])["tags"]
-    assert {"experiment:analytic", "loss:sds", "strategy:min_max", "n_noises:8"} <= set(tags)
+    assert {"experiment:analytic", "loss:sds", "strategy:min_max", "N:8"} <= set(tags)
 
 
 def test_log_model_logs_the_checkpoint_as_an_artifact_offline(tmp_path):

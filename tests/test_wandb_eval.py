@@ -1,5 +1,5 @@
 """W&B side of evaluation, checked in the offline run files: eval results in each run's summary (resumed by id), one
-eval run per sweep with its tables, exports as an artifact and 3D objects, tags, logger=wandb_csv, the candidates
+eval run per sweep with its tables, exports as an artifact and 3D objects, tags, the local history beside W&B, the candidates
 table's view column."""
 
 from __future__ import annotations
@@ -167,14 +167,14 @@ def test_log_exports_without_wandb_does_nothing(tmp_path):
     assert log_exports(None, tmp_path) == {} and log_exports(False, tmp_path) == {}
 
 
-# ------------------------------------------------------------------ logger=wandb_csv and the candidates table
-def test_wandb_csv_logger_keeps_a_local_history(tmp_path):
-    """logger=wandb_csv: the W&B run gets the per-step keys and csv/metrics.csv the same ones, per step."""
+# ------------------------------------------------------------------ the local history beside W&B, the candidates table
+def test_wandb_run_keeps_a_local_history(tmp_path):
+    """logger=wandb: the W&B run gets the per-step keys and csv/metrics.csv the same ones, per step."""
     from rewardsds.eval.curves import read_history
     from rewardsds.train import train
 
     overrides = [o for o in FAST if not o.startswith("logger=")]
-    cfg = compose(["experiment=analytic", *overrides, "logger=wandb_csv", "steps=3", "n_noises=4", "lookahead.steps=2"])
+    cfg = compose(["experiment=analytic", *overrides, "logger=wandb", "steps=3", "n_noises=4", "lookahead.steps=2"])
     metrics = train(cfg, tmp_path / "run")
     assert metrics["status"] == "complete"
     history = read_history(tmp_path / "run")

@@ -22,7 +22,7 @@ Every folder below the given one that holds a ``metrics.json`` is a run; finishe
   ``strategy=none`` when it is swept) on runs with the same prompt and seed, with its interval, and the mean
   paired difference;
 - ``curves/<key>.png`` / ``.csv``: reward-vs-step curves (mean ± std over each row's runs) from the runs'
-  logged history (``csv/metrics.csv``: ``logger=csv`` or ``logger=wandb_csv``);
+  logged history (``csv/metrics.csv``, which every run writes);
 - ``sheets/<i>-<prompt>.png``: per prompt, variants x seeds of final images captioned with a metric;
 - ``plots/``: each quality metric against n_noises and against wall time;
 - ``report.html``: all of the above on one page that opens from disk.
@@ -61,10 +61,10 @@ class UsageError(RewardSDSError):
 
 
 def default_conf_dir() -> Path:
-    """The project's ``conf/`` folder (next to the ``rewardsds`` package in a checkout or editable install)."""
-    import rewardsds
+    """The package's Hydra configs (``rewardsds/conf``, installed with the package)."""
+    import rewardsds.conf
 
-    return Path(rewardsds.__file__).resolve().parent.parent / "conf"
+    return Path(rewardsds.conf.__file__).resolve().parent
 
 
 def find_runs(folder: Path) -> list[Path]:

@@ -2,8 +2,8 @@
 
 A run's history is the per-step log it keeps on disk, read from the first of :data:`HISTORY_FILES` that exists:
 a CSV with a ``step`` column and one column per logged key (``train/reward_mean``, ...), one row per logged step,
-empty cells where a key was not logged at that step (Lightning's ``CSVLogger`` layout: ``logger=csv`` and
-``logger=wandb_csv`` write ``csv/metrics.csv``). A step logged twice (a resumed run) keeps its last value.
+empty cells where a key was not logged at that step (Lightning's ``CSVLogger`` layout; every run writes
+``csv/metrics.csv``, whatever its logger). A step logged twice (a resumed run) keeps its last value.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from rewardsds.eval.aggregate import Run, metric_slug, row_label
 
 #: where a run's per-step history is looked for, in order
-HISTORY_FILES = ("history.csv", "csv/metrics.csv")
+HISTORY_FILES = ("csv/metrics.csv",)
 #: curves drawn when the caller names none (those a run logged)
 DEFAULT_CURVES = ("train/reward_mean", "train/reward_selected")
 
