@@ -834,6 +834,11 @@ class PreviewKind(str, Enum):
     lookahead = "lookahead"  # the engine's DDIM lookahead (RewardSDS; lookahead.* options)
 
 
+class PairRanking(str, Enum):
+    per_view = "per_view"  # win and lose per view, each view's own pair (DreamDPO paper and code)
+    mean = "mean"  # one win and one lose per candidate, by the reward averaged over its views
+
+
 class BelowThreshold(str, Enum):
     win_sds = "win_sds"  # SDS on the win sample (DreamDPO paper)
     win_eps = "win_eps"  # w(t) eps_cfg(x_t^w) without the noise term (DreamDPO reference code)
@@ -917,10 +922,12 @@ class DreamDPOLossConfig(LossConfig):
     below_threshold: BelowThreshold = BelowThreshold.win_sds
     preview: PreviewKind = PreviewKind.one_step
     preview_guidance: Optional[float] = None  # CFG of the one-step preview (null = guidance_scale)
+    ranking: PairRanking = PairRanking.per_view  # win/lose per view (reference) or by the mean over views
     grad_clip: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (MVDream) or 100 (2D)")
+        self.ranking = _enum(PairRanking, self.ranking, "loss.ranking")
         _check(self.lose_guidance_scale >= 0, "loss.lose_guidance_scale", self.lose_guidance_scale, "must be >= 0", "use 1.0")
         _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01 (or 0 to always pull and push)")
         _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
