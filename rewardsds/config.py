@@ -62,6 +62,13 @@ class SDSWeighting(str, Enum):
     fantasia = "fantasia"  # w(t) = sqrt(abar_t) (1 - abar_t)
 
 
+class ExportFormat(str, Enum):
+    all = "all"  # every format of the representation (none for 2D runs)
+    mesh = "mesh"  # NeRF: mesh.ply + mesh.obj, marching cubes with albedo vertex colours
+    textured = "textured"  # NeRF: mesh_textured.obj/.mtl/.png + mesh.glb, xatlas UVs and a baked texture
+    gaussians = "gaussians"  # Gaussians: gaussians.ply in the 3DGS layout
+
+
 class MinMaxScale(str, Enum):
     mean = "mean"  # reference code: lambda_max * mean(top) - lambda_min * mean(bottom)
     paper = "paper"  # paper text: +lambda_max each top, -lambda_min each bottom, then / N
@@ -551,8 +558,9 @@ class NeRFConfig(RepresentationConfig):
     betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-15
     weight_decay: float = 0.0
-    mesh_resolution: int = 256
-    mesh_threshold: float = 25.0
+    mesh_resolution: int = 256  # marching-cubes grid points per axis of the exported meshes
+    mesh_threshold: float = 25.0  # density level of the exported surface
+    texture_size: int = 1024  # texels per side of the baked texture (mesh_textured.obj, mesh.glb)
     eval_chunk_rays: int = 65536
     seed: int = 0
 
@@ -1115,6 +1123,11 @@ class OutputConfig:
     eval_views: int = 8  # fixed cameras rendered at the end for 3D metrics
     turntable_frames: int = 60
     final_reward: bool = True  # score the final image(s) with the run's reward for metrics.json
+    # assets written into export/ at the end (3D runs): [all] = every format of the representation, [] = none
+    export_formats: List[ExportFormat] = field(default_factory=lambda: [ExportFormat.all])
+
+    def __post_init__(self) -> None:
+        self.export_formats = [_enum(ExportFormat, f, "output.export_formats") for f in self.export_formats]
 
 
 @dataclass
@@ -1249,6 +1262,23 @@ def _dds_edits_a_latent_image(cfg: Config) -> None:
 
 
 register_cross_check(check_reward_aligned_losses)
+
+
+@register_cross_check
+def _export_formats_of_the_representation(cfg: Config) -> None:
+    """``output.export_formats`` names only formats the representation writes (read from its class)."""
+    from hydra.utils import get_class
+
+    names = [f.value for f in cfg.output.export_formats if f != ExportFormat.all]
+    target = getattr(cfg.representation, "_target_", None)
+    if not names or not target:
+        return
+    available = tuple(getattr(get_class(target), "export_formats", ()))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ConfigError("output.export_formats", names, f"names {', '.join(unknown)}, which {target.rsplit('.', 1)[-1]} "
+                          f"does not write (it writes: {', '.join(available) or 'nothing'})",
+                          f"use [all], [] or a list of: {', '.join(available)}" if available else "use [all] or []")
 
 
 # ----------------------------------------------------------------------------------------- registry
