@@ -77,7 +77,8 @@ def write_exports(rep: Representation, out_dir: Path, options: ExportOptions) ->
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
         written = rep.export(staging, options)
-        out_dir.mkdir(exist_ok=True)
+        if written:
+            out_dir.mkdir(exist_ok=True)
         final = []
         for p in written:
             target = out_dir / Path(p).relative_to(staging)
@@ -225,9 +226,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``rewardsds export``: returns 0 on success, 2 on bad input (one message on stderr)."""
     args = build_parser().parse_args(argv)
     formats = None
-    if args.format:
-        formats = [f.strip() for item in args.format for f in item.split(",") if f.strip()]
     try:
+        if args.format is not None:
+            formats = [f.strip() for item in args.format for f in item.split(",") if f.strip()]
+            if not formats:
+                raise ConfigError("--format", ",".join(args.format), "names no format", "use e.g. --format all (the default)")
         if args.resolution is not None and args.resolution < 8:
             raise ConfigError("--resolution", args.resolution, "must be >= 8 grid points per axis", "use e.g. --resolution 256")
         if args.texture_size is not None and not 16 <= args.texture_size <= 8192:

@@ -262,6 +262,12 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["export"] and (out / "mesh.ply").read_text() == "earlier"
 
 
+def test_an_empty_format_list_writes_nothing(tmp_path):
+    for rep in (bumpy_nerf(), Gaussians(num_points=4)):
+        assert write_exports(rep, tmp_path / "export", ExportOptions(formats=())) == []
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------- Gaussians .ply
 def _viewer_load(path):
     """Read a 3DGS .ply as the reference 3DGS code loads it (plyfile, properties by name)."""
@@ -374,7 +380,8 @@ def test_gaussians_run_exports_without_its_initial_ply(tmp_path):
     assert np.array_equal(back["shN"], gs.params["shN"][:, :3].detach().numpy())
 
 
-@pytest.mark.parametrize("case", ["missing", "no_config", "no_checkpoint", "corrupt", "2d", "threshold", "format", "resolution"])
+@pytest.mark.parametrize("case", ["missing", "no_config", "no_checkpoint", "corrupt", "2d", "threshold", "format", "no_format",
+                                  "resolution"])
 def test_export_command_bad_input_exits_2_with_one_message(tmp_path, capsys, case):
     nerf_cfg = ["experiment=analytic_3d", *SMALL_NERF]
     args: list[str]
@@ -401,6 +408,7 @@ def test_export_command_bad_input_exits_2_with_one_message(tmp_path, capsys, cas
         args, expect = {
             "threshold": ([str(run), "--threshold", "1e5"], r"--threshold = 100000.0: is not crossed by the density field .*Fix: .*--threshold="),
             "format": ([str(run), "--format", "gaussians"], "--format = 'gaussians': names format.*NeRF.*Fix: use all or any of: mesh, textured"),
+            "no_format": ([str(run), "--format", ","], "--format = ',': names no format"),
             "resolution": ([str(run), "--resolution", "4"], "--resolution = 4: must be >= 8"),
         }[case]
     assert main(args) == 2

@@ -598,6 +598,8 @@ class Gaussians(Representation):
     def export(self, out_dir: Path, options: Optional[ExportOptions] = None) -> list[Path]:
         """Write ``gaussians.ply`` (3DGS layout, viewer-compatible, SH degree active at ``options.step``) into ``out_dir``."""
         opts = options or ExportOptions()
+        if opts.formats is not None and "gaussians" not in opts.formats:
+            return []
         return [write_ply(Path(out_dir) / "gaussians.ply", self.ply_fields(self.active_sh_degree(opts.step)))]
 
 

@@ -686,8 +686,10 @@ class NeRF(Representation):
         from rewardsds.representations._texture import bake_texture, write_glb, write_textured_obj
 
         opts = options or ExportOptions()
-        formats = opts.formats or self.export_formats
+        formats = self.export_formats if opts.formats is None else opts.formats
         size = self.texture_size if opts.texture_size is None else int(opts.texture_size)
+        if not formats:
+            return []
         if "textured" in formats and not 16 <= size <= 8192:
             raise ConfigError(opts.texture_key, size, "must be in [16, 8192] texels per side", f"use e.g. {opts.texture_key}=1024")
         out_dir = Path(out_dir)
