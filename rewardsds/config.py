@@ -61,6 +61,13 @@ class SDSWeighting(str, Enum):
     fantasia = "fantasia"  # w(t) = sqrt(abar_t) (1 - abar_t)
 
 
+class ExportFormat(str, Enum):
+    all = "all"  # every format of the representation (none for 2D runs)
+    mesh = "mesh"  # NeRF: mesh.ply + mesh.obj, marching cubes with albedo vertex colours
+    textured = "textured"  # NeRF: mesh_textured.obj/.mtl/.png + mesh.glb, xatlas UVs and a baked texture
+    gaussians = "gaussians"  # Gaussians: gaussians.ply in the 3DGS layout
+
+
 class MinMaxScale(str, Enum):
     mean = "mean"  # reference code: lambda_max * mean(top) - lambda_min * mean(bottom)
     paper = "paper"  # paper text: +lambda_max each top, -lambda_min each bottom, then / N
@@ -554,8 +561,9 @@ class NeRFConfig(RepresentationConfig):
     betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-15
     weight_decay: float = 0.0
-    mesh_resolution: int = 256
-    mesh_threshold: float = 25.0
+    mesh_resolution: int = 256  # marching-cubes grid points per axis of the exported meshes
+    mesh_threshold: float = 25.0  # density level of the exported surface
+    texture_size: int = 1024  # texels per side of the baked texture (mesh_textured.obj, mesh.glb)
     eval_chunk_rays: int = 65536
     seed: int = 0
 
@@ -837,6 +845,11 @@ class PreviewKind(str, Enum):
     lookahead = "lookahead"  # the engine's DDIM lookahead (RewardSDS; lookahead.* options)
 
 
+class PairRanking(str, Enum):
+    per_view = "per_view"  # win and lose per view, each view's own pair (DreamDPO paper and code)
+    mean = "mean"  # one win and one lose per candidate, by the reward averaged over its views
+
+
 class BelowThreshold(str, Enum):
     win_sds = "win_sds"  # SDS on the win sample (DreamDPO paper)
     win_eps = "win_eps"  # w(t) eps_cfg(x_t^w) without the noise term (DreamDPO reference code)
@@ -920,10 +933,12 @@ class DreamDPOLossConfig(LossConfig):
     below_threshold: BelowThreshold = BelowThreshold.win_sds
     preview: PreviewKind = PreviewKind.one_step
     preview_guidance: Optional[float] = None  # CFG of the one-step preview (null = guidance_scale)
+    ranking: PairRanking = PairRanking.per_view  # win/lose per view (reference) or by the mean over views
     grad_clip: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (MVDream) or 100 (2D)")
+        self.ranking = _enum(PairRanking, self.ranking, "loss.ranking")
         _check(self.lose_guidance_scale >= 0, "loss.lose_guidance_scale", self.lose_guidance_scale, "must be >= 0", "use 1.0")
         _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01 (or 0 to always pull and push)")
         _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
@@ -1112,6 +1127,11 @@ class OutputConfig:
     turntable_frames: int = 60
     final_reward: bool = True  # score the final image(s) with the run's reward for metrics.json
     progress_every: int = 0  # a progress line (log, and stdout without a TTY) every k steps; 0 = about 20 per run
+    # assets written into export/ at the end (3D runs): [all] = every format of the representation, [] = none
+    export_formats: List[ExportFormat] = field(default_factory=lambda: [ExportFormat.all])
+
+    def __post_init__(self) -> None:
+        self.export_formats = [_enum(ExportFormat, f, "output.export_formats") for f in self.export_formats]
 
 
 @dataclass
@@ -1252,6 +1272,23 @@ def _dds_edits_a_latent_image(cfg: Config) -> None:
 
 
 register_cross_check(check_reward_aligned_losses)
+
+
+@register_cross_check
+def _export_formats_of_the_representation(cfg: Config) -> None:
+    """``output.export_formats`` names only formats the representation writes (read from its class)."""
+    from hydra.utils import get_class
+
+    names = [f.value for f in cfg.output.export_formats if f != ExportFormat.all]
+    target = getattr(cfg.representation, "_target_", None)
+    if not names or not target:
+        return
+    available = tuple(getattr(get_class(target), "export_formats", ()))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ConfigError("output.export_formats", names, f"names {', '.join(unknown)}, which {target.rsplit('.', 1)[-1]} "
+                          f"does not write (it writes: {', '.join(available) or 'nothing'})",
+                          f"use [all], [] or a list of: {', '.join(available)}" if available else "use [all] or []")
 
 
 # ----------------------------------------------------------------------------------------- registry

@@ -31,6 +31,31 @@ def assemble_video(run_dir: Path, media: Media, fps: int, step: int) -> Path | N
 
 
 @torch.no_grad()
+def export_final_assets(system: "DistillationSystem", run_dir: Path, out: dict[str, Any]) -> list[Path]:
+    """Write ``output.export_formats`` of the final scene into ``run_dir/export`` (all or nothing).
+
+    The same code as ``rewardsds export <run>`` (:func:`rewardsds.export_assets.write_exports`), at the run's last
+    step. An export error is recorded as ``out["export_error"]`` and does not fail the run: the checkpoint holds the
+    scene, so ``rewardsds export`` can write the assets again with other settings.
+    """
+    from rewardsds.export_assets import resolve_formats, write_exports
+    from rewardsds.representations.base import ExportOptions
+
+    rep, cfg = system.representation, system.cfg
+    try:
+        formats = resolve_formats(rep, cfg.output.export_formats, "output.export_formats")
+        if not formats:
+            return []
+        return write_exports(rep, run_dir / "export", ExportOptions(formats=formats, step=system.iteration))
+    except RewardSDSError as err:
+        out["export_error"] = (f"{err} (the scene is kept in the checkpoint; export it without training: "
+                               f"rewardsds export {run_dir} [--threshold T] [--resolution N] [--texture-size S] [--format F])")
+        log.warning("export failed: %s", out["export_error"])
+        print(f"rewardsds: export failed: {out['export_error']}")
+        return []
+
+
+@torch.no_grad()
 def finalize_run(system: "DistillationSystem", run_dir: Path, media: Media) -> dict[str, Any]:
     """Write final images / eval views / video / exports and score them; returns ``final/*`` metrics."""
     cfg = system.cfg
@@ -52,14 +77,7 @@ def finalize_run(system: "DistillationSystem", run_dir: Path, media: Media) -> d
             media.image(f"final/{name}", image, None, system.iteration, caption=cfg.prompt)
     if cfg.output.video:
         assemble_video(run_dir, media, cfg.output.video_fps, system.iteration)
-    try:
-        exported = rep.export(run_dir / "export")
-    except RewardSDSError as err:
-        # The optimised scene and every other output are kept; only the asset export needs another setting.
-        out["export_error"] = f"{err} (re-export without training: rewardsds resume={run_dir} <same overrides> <the fix>)"
-        log.warning("export failed: %s", out["export_error"])
-        print(f"rewardsds: export failed: {out['export_error']}")
-        exported = []
+    exported = export_final_assets(system, run_dir, out)
     if exported:
         out["exports"] = [str(p.relative_to(run_dir)) for p in exported]
     if cfg.output.final_reward and system.reward is not None and scored is not None:

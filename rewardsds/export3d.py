@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from rewardsds.representations.views import render_views, save_pngs, stack_keys, turntable_frames
+from rewardsds.representations.views import render_views, save_pngs, turntable_video
 from rewardsds.utils.io import write_image
 from rewardsds.viz import Media, grid
 
@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 @torch.no_grad()
 def finalize_3d(system: "DistillationSystem", run_dir: Path, media: Media, out: dict[str, Any]) -> Tensor:
     """Write ``eval/view_XXX.png`` (``output.eval_views`` fixed cameras, the metric views), ``final/views.png``
-    (4 views around the object) and, with ``output.video``, ``turntable.mp4`` (RGB | normals | opacity where rendered).
+    (4 views around the object) and, with ``output.video``, ``turntable.mp4``: RGB on the left, normals on the right
+    (the NeRF's density-gradient normals, or normals from the rendered depth for representations without their own;
+    see :mod:`rewardsds.representations.views`).
 
     Returns the evaluation views [n, 3, H, W] in [0, 1] for the final reward.
     """
@@ -37,7 +39,6 @@ def finalize_3d(system: "DistillationSystem", run_dir: Path, media: Media, out: 
     media.image("final/views", tile, None, step, caption=cfg.prompt)
     if cfg.output.video and cfg.output.turntable_frames > 0:
         res = min(sampler.eval_resolution, 512)
-        frames = turntable_frames(rep, sampler.turntable(cfg.output.turntable_frames, resolution=res).to(dev), step)
-        video = stack_keys(frames, ("rgb", "normal", "opacity"))
+        video = turntable_video(rep, sampler.turntable(cfg.output.turntable_frames, resolution=res).to(dev), step)
         media.video("final/turntable", list(video), run_dir / "turntable.mp4", cfg.output.video_fps, step)
     return views["rgb"].to(dev)

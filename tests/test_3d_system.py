@@ -8,7 +8,8 @@ import torch
 
 from conftest import FAST, compose
 
-SMALL_NERF = ["representation.num_samples_per_ray=24", "representation.mesh_resolution=24", "representation.mesh_threshold=4.0"]
+SMALL_NERF = ["representation.num_samples_per_ray=24", "representation.mesh_resolution=24", "representation.mesh_threshold=4.0",
+              "representation.texture_size=64"]
 SMALL_GS = ["representation=gaussians", "representation.num_points=256"]
 COMMON = ["experiment=analytic_3d", "n_noises=4", "lookahead.steps=3", "cameras.eval_resolution=32", "output.eval_views=3",
           "output.turntable_frames=4", "output.video_frames=2", *FAST[:2]]
@@ -31,7 +32,8 @@ def test_end_to_end_on_the_analytic_prior(tmp_path, rep):
     assert (run / "video.mp4").is_file()
     assert -1.0 <= m["final/reward"] <= 0.0
     exported = m.get("exports", [])
-    assert exported == (["export/mesh.ply", "export/mesh.obj"] if rep == "nerf" else ["export/gaussians.ply"]), m.get("export_error")
+    nerf_files = ["mesh.ply", "mesh.obj", "mesh_textured.obj", "mesh_textured.mtl", "mesh_textured.png", "mesh.glb"]
+    assert exported == ([f"export/{f}" for f in nerf_files] if rep == "nerf" else ["export/gaussians.ply"]), m.get("export_error")
     # 4 candidates x 4 views per step, each a CFG pair at t plus the lookahead calls
     assert m["evals_per_step_mean"] >= 2 * 4 * 4
 

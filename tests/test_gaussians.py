@@ -456,7 +456,8 @@ def test_turntable_frames_and_final_view_pngs(tmp_path):
     gs = Gaussians(num_points=50)
     sampler = CameraSampler(eval_resolution=12)
     frames = turntable_frames(gs, sampler.turntable(4), step=0)
-    assert set(frames) == {"rgb", "opacity"} and frames["rgb"].shape == (4, 12, 12, 3)
+    # normals from the rendered depth: the Gaussians render none of their own
+    assert set(frames) == {"rgb", "normal", "opacity"} and frames["rgb"].shape == (4, 12, 12, 3)
     views = render_views(gs, sampler.eval_cameras(3), step=0)
     paths = save_pngs(views["rgb"], tmp_path / "final", prefix="eval")
     assert [p.name for p in paths] == ["eval_000.png", "eval_001.png", "eval_002.png"]

@@ -16,6 +16,7 @@ from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import (DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference, sample_planes,
                                              sample_volume)
 from rewardsds.representations._mesh import marching_tetrahedra
+from rewardsds.representations.base import ExportOptions
 from rewardsds.representations.nerf import NeRF
 from rewardsds.representations.views import render_views, turntable_frames
 from rewardsds.schedules import Schedule
@@ -361,7 +362,7 @@ def test_marching_tetrahedra_on_a_sphere():
 
 def test_mesh_export_loads_back_with_colours(tmp_path):
     nerf = small_nerf(mesh_resolution=40, mesh_threshold=5.0)
-    paths = nerf.export(tmp_path)
+    paths = nerf.export(tmp_path, ExportOptions(formats=("mesh",)))
     assert [p.name for p in paths] == ["mesh.ply", "mesh.obj"]
     meshes = [trimesh.load(p, process=False) for p in paths]
     for m in meshes:

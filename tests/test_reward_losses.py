@@ -225,6 +225,73 @@ def test_dreamdpo_gradient_matches_hand_reference(analytic_prior, threshold, bel
     assert active == (1.0 if threshold == 0.0 else 0.0)
 
 
+def _dreamdpo_field(prior, ref, win, t, scale=7.5):
+    """The DreamDPO field of every view (threshold 0: always pull and push) for given win indices [b], n = 2."""
+    w = 1 - prior.alphas_cumprod[t]
+    b = win.shape[0]
+    rows = []
+    for v in range(b):
+        ew, cw, uw, _ = ref[int(win[v])]
+        el, cl, ul, _ = ref[1 - int(win[v])]
+        rows.append(w * ((guide(cw, uw, scale)[v] - ew[v]) - (cl[v] - el[v])) / b)
+    return torch.stack(rows)
+
+
+def _views_disagree_with_the_mean(prior, t, b=4):
+    """A scene of b views and a step whose two candidates win different views, so the per-view pairs differ from
+    the pair ranked by the mean over views."""
+    for step in range(32):
+        z = _scene(b=b, seed=100 + step)
+        ref = _pair_reference(prior, z, t, 2, step, 7.5)
+        r = torch.stack([ref[i][3] for i in range(2)])  # [2, b] per-view rewards
+        per_view = (r[1] > r[0]).long()  # ties: the lower index wins
+        if 0 < int(per_view.sum()) < b:
+            return z, step, ref, r
+    raise AssertionError("no step with views won by different candidates")
+
+
+@pytest.mark.parametrize("reward_views", ["mean", "per_view"])
+def test_dreamdpo_ranks_win_and_lose_per_view(analytic_prior, reward_views):
+    """ALGORITHMS.md 8.2: each view's field pairs the candidate that wins that view with the one that loses it,
+    whatever the run's reward_views; ranking=mean takes one pair by the rewards averaged over the views."""
+    p, t = analytic_prior, 760
+    z, step, ref, r = _views_disagree_with_the_mean(p, t)
+    b = z.shape[0]
+    out = DreamDPOLoss(guidance_scale=7.5, threshold=0.0)(_ctx(p, _engine(p, reward_views=reward_views), z, t, 2, step))
+    out.total().backward()
+    win = (r[1] > r[0]).long()
+    one_hot = torch.stack([win == 0, win == 1]).float()
+    assert torch.equal(out.weights, 2 * one_hot - 1)  # +1 on each view's win, -1 on its lose
+    assert torch.allclose(out.candidates.view_rewards, r, atol=1e-6)
+    assert torch.allclose(z.grad, _dreamdpo_field(p, ref, win, t), atol=1e-5, rtol=1e-4)
+
+    z_mean = z.detach().clone().requires_grad_(True)
+    out_mean = DreamDPOLoss(guidance_scale=7.5, threshold=0.0, ranking="mean")(
+        _ctx(p, _engine(p, reward_views=reward_views), z_mean, t, 2, step))
+    out_mean.total().backward()
+    mean_win = torch.full((b,), int(r.mean(1)[1] > r.mean(1)[0]), dtype=torch.long)
+    assert (mean_win != win).any()  # the case the test is about
+    assert torch.equal(out_mean.weights, 2 * torch.stack([mean_win == 0, mean_win == 1]).float() - 1)
+    assert torch.allclose(z_mean.grad, _dreamdpo_field(p, ref, mean_win, t), atol=1e-5, rtol=1e-4)
+    differ = mean_win != win
+    assert not torch.allclose(z_mean.grad[differ], z.grad[differ], atol=1e-3)
+    assert torch.equal(z_mean.grad[~differ], z.grad[~differ])
+
+
+def test_dreamdpo_single_view_is_the_same_for_both_rankings(analytic_prior):
+    """2D (one view): per-view and mean ranking are the same algorithm, to the bit."""
+    p = analytic_prior
+    grads = []
+    for ranking in ("per_view", "mean"):
+        z = _scene(b=1, seed=4)
+        DreamDPOLoss(threshold=0.0, ranking=ranking)(_ctx(p, _engine(p), z, 700, 2, 5)).total().backward()
+        grads.append(z.grad)
+    assert torch.equal(grads[0], grads[1]) and float(grads[0].abs().sum()) > 0
+    with pytest.raises(ConfigError, match="loss.ranking = 'best'"):
+        DreamDPOLoss(ranking="best")
+    assert _validate(["loss=dreamdpo", "n_noises=2", "loss.ranking=mean"]).loss.ranking.value == "mean"
+
+
 # ============================================================================ PSD
 def test_gap_scale_and_dpo_loss():
     gap = torch.tensor([0.0, 0.005, 0.02, 0.2])

@@ -5,7 +5,9 @@
   lookahead, full-size random ImageReward): time and memory per step;
 - occupancy-grid NeRF and gsplat Gaussians, 50 steps each, with the tiny SD prior and with the full-size
   SD2.1-base architecture (DreamFusion-style single views, RewardSDS N = 4);
-- 50 steps of mvdream_nerf at 64 px (8 views = 2 groups of 4) with the full-size MVDream architecture.
+- 50 steps of mvdream_nerf at 64 px (8 views = 2 groups of 4) with the full-size MVDream architecture;
+- 50 steps of dreamdpo_mvdream_nerf (DreamDPO, win and lose per view) with the full-size MVDream architecture, its
+  assets exported at the end and again by ``rewardsds export`` from the checkpoint.
 
 Run on a CUDA machine:
 
@@ -90,3 +92,33 @@ def test_mvdream_nerf_fifty_steps_full_size(mvdream_random, image_reward_random,
     m = _run([*GPU, "experiment=mvdream_nerf", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
               *image_reward_random, "steps=50", "output.eval_views=4", "output.turntable_frames=0", "cameras.eval_resolution=256"], tmp_path / "run")
     _report("mvdream_nerf_64px_50steps", m, {"n_noises": 7, "views_per_step": 8, "reward_steps": 25})
+
+
+@gpu_test
+def test_dreamdpo_mvdream_nerf_fifty_steps_and_export(mvdream_random, image_reward_random, tmp_path):
+    """DreamDPO in 3D (per-view pairs) on the full-size MVDream architecture; the assets at the end of training
+    equal the ones ``rewardsds export`` writes from the checkpoint. The threshold is 5: the density blob of a
+    50-step NeRF peaks near 10, below the default 25 of long runs."""
+    import time
+
+    import numpy as np
+    import trimesh
+
+    from rewardsds.export_assets import main
+
+    mv, base = mvdream_random
+    run = tmp_path / "run"
+    m = _run([*GPU, "experiment=dreamdpo_mvdream_nerf", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
+              *image_reward_random, "loss.threshold=0", "steps=50", "output.eval_views=4", "output.video=true", "output.turntable_frames=8",
+              "cameras.eval_resolution=256", "output.checkpoint_every=50", "representation.mesh_threshold=5",
+              "representation.texture_size=512"], run)
+    files = ["mesh.ply", "mesh.obj", "mesh_textured.obj", "mesh_textured.mtl", "mesh_textured.png", "mesh.glb"]
+    assert m["exports"] == [f"export/{f}" for f in files], m.get("export_error")
+    assert (run / "turntable.mp4").stat().st_size > 0
+    start = time.perf_counter()
+    assert main([str(run), "--out", str(tmp_path / "again"), "--texture-size", "1024"]) == 0  # every format
+    export_s = time.perf_counter() - start
+    trained, again = (trimesh.load(p / "mesh.ply", process=False) for p in (run / "export", tmp_path / "again"))
+    assert np.array_equal(trained.faces, again.faces) and np.allclose(trained.vertices, again.vertices, atol=1e-5)
+    _report("dreamdpo_mvdream_nerf_64px_50steps", m, {"n_noises": 2, "views_per_step": 4, "export_all_formats_s": export_s,
+                                                      "mesh_faces": len(again.faces)})

@@ -2,8 +2,12 @@
 
 Per step, two noises at the same t on the same render; each gets a preview (one-step x0 with CFG, or the
 engine's DDIM lookahead), decoded and scored by the reward; the higher one is the win w, the other the
-lose l (per view when ``reward_views=per_view``, as the reference code does). With the score gap
-``gap = r_w - r_l``:
+lose l. With ``ranking: per_view`` (default) this is decided per view, as the paper and the reference code
+do (ALGORITHMS.md 8.2): view v's field pairs the candidate whose preview of view v scores highest with the
+one whose preview of view v scores lowest, so in a 3D step the views of one noise can be wins for some views
+and loses for others. ``ranking: mean`` ranks whole candidates by their reward averaged over the views
+(the run's ``reward_views`` rule does not apply to DreamDPO; this option decides). With one view (2D) both
+are the same. With the score gap ``gap = r_w - r_l`` of the view:
 
     gap >= threshold:  g = w(t) [(eps_cfg(x_t^w) - eps_w) - (eps_lose(x_t^l) - eps_l)]
     gap <  threshold:  g = w(t) (eps_cfg(x_t^w) - eps_w)        (``win_sds``: SDS on the win sample, paper)
@@ -124,6 +128,8 @@ class DreamDPOLoss(LossMode):
             ``w(t) eps_cfg`` without the noise term).
         preview: ``one_step`` (DreamDPO) or ``lookahead`` (the engine's DDIM lookahead).
         preview_guidance: CFG of the one-step preview (None = guidance_scale).
+        ranking: ``per_view`` (win and lose of each view from that view's rewards; paper and code) or
+            ``mean`` (one win and lose per step from the rewards averaged over the views).
         grad_clip: elementwise clamp of each field (None = off).
     """
 
@@ -138,9 +144,13 @@ class DreamDPOLoss(LossMode):
         below_threshold: str = "win_sds",
         preview: str = "one_step",
         preview_guidance: Optional[float] = None,
+        ranking: str = "per_view",
         grad_clip: Optional[float] = None,
     ):
         super().__init__()
+        self.ranking = getattr(ranking, "value", ranking)
+        if self.ranking not in ("per_view", "mean"):
+            raise ConfigError("loss.ranking", self.ranking, "is not a known option", "use per_view (DreamDPO) or mean")
         self.guidance_scale = float(guidance_scale)
         self.lose_guidance_scale = float(lose_guidance_scale)
         self.weighting = getattr(weighting, "value", weighting)
@@ -165,8 +175,9 @@ class DreamDPOLoss(LossMode):
         if n == 1:
             fields, weights = win_field, torch.ones(1, b, device=win_field.device)
         else:
-            rewards, _ = preview_and_score(ctx, cands, ctx.text, c, u, self.preview, self.preview_guidance)
-            pair = rank_pair(rewards, b)
+            preview_and_score(ctx, cands, ctx.text, c, u, self.preview, self.preview_guidance)
+            view_rewards = cands.view_rewards  # [n, b]
+            pair = rank_pair(view_rewards if self.ranking == "per_view" else view_rewards.mean(1), b)
             active = pair.gap >= self.threshold
             is_win, is_lose = pair.masks(n)
             with torch.no_grad():

@@ -14,8 +14,9 @@ A representation is an ``nn.Module`` whose parameters are the scene. The system 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from rewardsds.priors.base import Prior
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """Settings of one asset export (:meth:`Representation.export`); None keeps the representation's own.
+
+    Attributes:
+        formats: names from the representation's ``export_formats`` (None: all of them).
+        step: the optimisation step whose state is exported: it decides step-dependent settings such as
+            the active SH degree of Gaussians or a NeRF's coarse-to-fine grid levels.
+        mesh_resolution: grid samples per axis for marching cubes (NeRF; ``representation.mesh_resolution``).
+        mesh_threshold: density level of the surface (NeRF; ``representation.mesh_threshold``).
+        texture_size: texels per side of the baked texture (NeRF; ``representation.texture_size``).
+        resolution_key, threshold_key, texture_key: how errors name those settings (a config key, or
+            the command-line flag that set them).
+    """
+
+    formats: Optional[tuple[str, ...]] = None
+    step: int = 10**9
+    mesh_resolution: Optional[int] = None
+    mesh_threshold: Optional[float] = None
+    texture_size: Optional[int] = None
+    resolution_key: str = "representation.mesh_resolution"
+    threshold_key: str = "representation.mesh_threshold"
+    texture_key: str = "representation.texture_size"
+
+
 class Representation(nn.Module):
     """Base class of every optimised scene.
 
@@ -32,11 +58,19 @@ class Representation(nn.Module):
         needs_cameras: whether ``render`` takes sampled cameras (3D) or ignores them (2D).
         outputs_latents: whether ``render`` returns the prior's space directly.
         min_views_per_object: views the representation can render per object (multi-view priors need 4).
+        export_formats: the asset formats :meth:`export` writes (e.g. ``("mesh", "textured")``).
+        depth_along_ray: whether the rendered ``depth`` is the distance along each pixel's ray (True) or
+            the camera-space depth along the optical axis (False).
+        load_shell_overrides: constructor arguments that build a cheap shell whose every parameter a
+            checkpoint then replaces (``load_state_dict``), for loading a run without its inputs.
     """
 
     needs_cameras: bool = False
     outputs_latents: bool = False
     min_views_per_object: int = 1
+    export_formats: ClassVar[tuple[str, ...]] = ()
+    depth_along_ray: ClassVar[bool] = True
+    load_shell_overrides: ClassVar[dict[str, Any]] = {}
 
     def setup(self, prior: "Prior", device: torch.device, seed: int = 0) -> None:
         """Allocate or initialise parameters that depend on the prior (called once, before the optimiser)."""
@@ -68,8 +102,12 @@ class Representation(nn.Module):
         """Extra losses named ``loss_*`` (summed by the system), e.g. opacity/sparsity terms."""
         return {}
 
-    def export(self, out_dir: Path) -> list[Path]:
-        """Write the final asset(s) (image, mesh, .ply) into ``out_dir``; return the written paths."""
+    def export(self, out_dir: Path, options: Optional[ExportOptions] = None) -> list[Path]:
+        """Write the asset files of ``options.formats`` into the existing folder ``out_dir``; return their paths.
+
+        Callers that need an all-or-nothing export go through :func:`rewardsds.export_assets.write_exports`,
+        which gives this method an empty staging folder and moves the files into place only on success.
+        """
         return []
 
     def final_images(self, step: int) -> Optional[dict[str, Tensor]]:

@@ -21,9 +21,11 @@ colour coefficients ``sh0`` [N,1,3] and ``shN`` [N,K-1,3] (only when ``sh_degree
   opacities 5e-2, sh0 2.5e-3, shN 2.5e-3 / 20), Adam eps 1e-15 and no weight decay.
 - ``load_state_dict`` resizes the parameters to the checkpoint's Gaussian count before copying, and
   the densification statistics travel in the extra state, so a resumed run continues exactly.
-- Export: a .ply in the common 3DGS layout (``x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2
-  rot_0..3``, float32 binary little endian) that standard splat viewers open; :func:`read_ply` reads
-  it back (and plain point clouds for initialisation), naming any missing fields.
+- Export (format ``gaussians``): ``gaussians.ply`` in the common 3DGS layout (``x y z nx ny nz f_dc_0..2
+  f_rest_* opacity scale_0..2 rot_0..3``, float32 binary little endian) that standard splat viewers
+  open, with the SH degree active at the exported step (``min(sh_degree, step // sh_degree_interval)``,
+  the bands the run rendered with): ``3 * ((degree + 1)^2 - 1)`` ``f_rest_*`` fields. :func:`read_ply`
+  reads it back (and plain point clouds for initialisation), naming any missing fields.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from torch import Tensor, nn
 from rewardsds.cameras import Cameras
 from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
 from rewardsds.representations._raster import SH_C0, rasterize_dense
-from rewardsds.representations.base import Representation
+from rewardsds.representations.base import ExportOptions, Representation
 from rewardsds.schedules import Schedule, Streams, seed_for
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,7 @@ class Gaussians(Representation):
 
     needs_cameras = True
     outputs_latents = False
+    depth_along_ray = False  # the expected depth is camera z (gsplat's "ED")
 
     def __init__(
         self,
@@ -558,9 +561,20 @@ class Gaussians(Representation):
         }
 
     # ------------------------------------------------------------------ export
+    export_formats = ("gaussians",)
+    # A sphere of one Gaussian: load_state_dict resizes it to the checkpoint's count, and init=ply runs do
+    # not need their (possibly moved) initial .ply to be loaded.
+    load_shell_overrides = {"init": "sphere", "init_path": None, "num_points": 1}
+
     @torch.no_grad()
-    def ply_fields(self) -> dict[str, np.ndarray]:
-        """The parameters in the 3DGS .ply layout (pre-activation values, zero normals)."""
+    def ply_fields(self, sh_degree: Optional[int] = None) -> dict[str, np.ndarray]:
+        """The parameters in the 3DGS .ply layout (pre-activation values, zero normals).
+
+        Args:
+            sh_degree: SH bands to write, at most the model's ``sh_degree`` (None: all of them).
+        """
+        degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
+        k_rest = (degree + 1) ** 2 - 1
         p = {k: v.detach().float().cpu() for k, v in self.params.items()}
         n = p["means"].shape[0]
         fields: dict[str, np.ndarray] = {}
@@ -570,8 +584,8 @@ class Gaussians(Representation):
             fields[c] = np.zeros(n, dtype=np.float32)
         for i in range(3):
             fields[f"f_dc_{i}"] = p["sh0"][:, 0, i].numpy()
-        if "shN" in p:
-            rest = p["shN"].transpose(1, 2).reshape(n, -1)  # channel-major, as 3DGS
+        if k_rest > 0:
+            rest = p["shN"][:, :k_rest].transpose(1, 2).reshape(n, -1)  # channel-major, as 3DGS
             for i in range(rest.shape[1]):
                 fields[f"f_rest_{i}"] = rest[:, i].numpy()
         fields["opacity"] = p["opacities"].numpy()
@@ -581,9 +595,12 @@ class Gaussians(Representation):
             fields[f"rot_{i}"] = p["quats"][:, i].numpy()
         return fields
 
-    def export(self, out_dir: Path) -> list[Path]:
-        """Write ``gaussians.ply`` (3DGS layout, viewer-compatible) into ``out_dir``."""
-        return [write_ply(Path(out_dir) / "gaussians.ply", self.ply_fields())]
+    def export(self, out_dir: Path, options: Optional[ExportOptions] = None) -> list[Path]:
+        """Write ``gaussians.ply`` (3DGS layout, viewer-compatible, SH degree active at ``options.step``) into ``out_dir``."""
+        opts = options or ExportOptions()
+        if opts.formats is not None and "gaussians" not in opts.formats:
+            return []
+        return [write_ply(Path(out_dir) / "gaussians.ply", self.ply_fields(self.active_sh_degree(opts.step)))]
 
 
 def _mean_knn_distance(points: Float[Tensor, "n 3"], k: int = 3) -> Float[Tensor, "n"]:

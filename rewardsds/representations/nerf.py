@@ -26,6 +26,14 @@ Render outputs (``b`` views, H x W from the cameras): ``rgb`` [b,3,H,W] in [0,1]
 [b,3,H,W] (opacity-weighted world normals, present when normals are computed: shaded training and
 every evaluation render), plus the regulariser inputs ``orient`` (scalar) and ``z_variance``
 [b,1,H,W] when their weights are active.
+
+Export (:meth:`NeRF.export`): the density iso-surface at ``mesh_threshold`` on a ``mesh_resolution^3``
+grid by marching cubes (scikit-image, :func:`rewardsds.representations._mesh.marching_cubes`), in the
+z-up world coordinates of the scene box, as
+
+- ``mesh``: ``mesh.ply`` and ``mesh.obj`` with per-vertex albedo colours;
+- ``textured``: ``mesh_textured.obj`` + ``.mtl`` + ``.png`` and ``mesh.glb`` (y-up, texture embedded), UV
+  charts by xatlas and a ``texture_size^2`` texture baked from the albedo field at each texel's 3D point.
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ from torch import Tensor, nn
 from rewardsds.cameras import Cameras
 from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
 from rewardsds.representations._grid import DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
-from rewardsds.representations._mesh import marching_tetrahedra
-from rewardsds.representations.base import Representation
+from rewardsds.representations._mesh import marching_cubes
+from rewardsds.representations.base import ExportOptions, Representation
 from rewardsds.schedules import Schedule, Streams, seed_for
 
 log = logging.getLogger(__name__)
@@ -94,6 +102,7 @@ def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
         check(getattr(s, key) > 0, key, getattr(s, key), "must be > 0", "use 0.01 (encoding) or 0.001")
     check(len(s.betas) == 2, "betas", list(s.betas), "needs two values", "use [0.9, 0.99]")
     check(s.mesh_resolution >= 8, "mesh_resolution", s.mesh_resolution, "must be >= 8", "use 256")
+    check(16 <= s.texture_size <= 8192, "texture_size", s.texture_size, "must be in [16, 8192]", "use 1024")
     check(s.eval_chunk_rays >= 1, "eval_chunk_rays", s.eval_chunk_rays, "must be >= 1", "use 65536")
 
 
@@ -211,6 +220,7 @@ class NeRF(Representation):
         weight_decay: float = 0.0,
         mesh_resolution: int = 256,
         mesh_threshold: float = 25.0,
+        texture_size: int = 1024,
         eval_chunk_rays: int = 65536,
         seed: int = 0,
     ) -> None:
@@ -257,6 +267,7 @@ class NeRF(Representation):
         self.weight_decay = float(weight_decay)
         self.mesh_resolution = int(mesh_resolution)
         self.mesh_threshold = float(mesh_threshold)
+        self.texture_size = int(texture_size)
         self.eval_chunk_rays = int(eval_chunk_rays)
         self.seed = int(seed)
         self._notice_shown = False
@@ -598,52 +609,101 @@ class NeRF(Representation):
         return losses
 
     # ------------------------------------------------------------------ export
+    export_formats = ("mesh", "textured")
+
     @torch.no_grad()
-    def density_grid(self, resolution: Optional[int] = None, chunk: int = 262144) -> Float[Tensor, "x y z"]:
-        """Densities on a regular grid of ``resolution^3`` points spanning the scene box."""
+    def density_grid(self, resolution: Optional[int] = None, chunk: int = 262144, step: int = 10**9) -> Float[Tensor, "x y z"]:
+        """Densities on a regular grid of ``resolution^3`` points spanning the scene box (on the CPU)."""
         res = self.mesh_resolution if resolution is None else int(resolution)
         device = self.density_net[0].weight.device
         g = torch.linspace(-self.radius, self.radius, res, device=device)
         pts = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), dim=-1).reshape(-1, 3)
-        vals = torch.cat([self.density(pts[s : s + chunk]) for s in range(0, pts.shape[0], chunk)])
+        vals = torch.cat([self.density(pts[s : s + chunk], step) for s in range(0, pts.shape[0], chunk)])
         return vals.view(res, res, res).float().cpu()
 
     @torch.no_grad()
-    def extract_mesh(self, resolution: Optional[int] = None, threshold: Optional[float] = None):
-        """The density iso-surface as a ``trimesh.Trimesh`` with per-vertex albedo colours.
+    def albedo(self, points: Float[Tensor, "n 3"], step: int = 10**9, chunk: int = 65536) -> Float[Tensor, "n 3"]:
+        """Albedo colours in [0, 1] at world points (on the points' device), evaluated in chunks."""
+        device = self.density_net[0].weight.device
+        parts = [self.field(points[s : s + chunk].to(device), step)[1] for s in range(0, points.shape[0], chunk)]
+        return torch.cat(parts).to(points.device) if parts else points.new_zeros(0, 3)
+
+    @torch.no_grad()
+    def extract_surface(
+        self,
+        resolution: Optional[int] = None,
+        threshold: Optional[float] = None,
+        step: int = 10**9,
+        resolution_key: str = "representation.mesh_resolution",
+        threshold_key: str = "representation.mesh_threshold",
+    ) -> tuple[Float[Tensor, "v 3"], Tensor]:
+        """The density iso-surface by marching cubes, closed and wound outward.
 
         Args:
             resolution: grid points per axis (default ``mesh_resolution``).
             threshold: density level (default ``mesh_threshold``, threestudio's 25).
-        """
-        import trimesh
+            step: the step whose coarse-to-fine grid levels apply.
+            resolution_key, threshold_key: names of the two settings in error messages.
 
+        Returns:
+            (vertices [V, 3] float32, faces [F, 3] int64) on the CPU, in world coordinates.
+        """
+        res = self.mesh_resolution if resolution is None else int(resolution)
+        if res < 8:
+            raise ConfigError(resolution_key, res, "must be >= 8 grid points per axis", f"use e.g. {resolution_key}=256")
         level = self.mesh_threshold if threshold is None else float(threshold)
-        grid = self.density_grid(resolution)
+        grid = self.density_grid(res, step=step)
         lo, hi = float(grid.min()), float(grid.max())
         if not lo < level < hi:
             raise ConfigError(
-                "representation.mesh_threshold", level,
-                f"is not crossed by the density field (its range on the grid is [{lo:.3g}, {hi:.3g}])",
-                f"pick a level inside that range, e.g. representation.mesh_threshold={0.5 * (lo + hi):.3g}",
+                threshold_key, level,
+                f"is not crossed by the density field (its range on the {res}^3 grid is [{lo:.3g}, {hi:.3g}])",
+                f"pick a level inside that range, e.g. {threshold_key}={0.5 * (lo + hi):.3g}",
             )
         r = self.radius
-        verts, faces = marching_tetrahedra(grid, level, (-r, -r, -r), (r, r, r))
-        device = self.density_net[0].weight.device
-        colors = torch.cat(
-            [self.field(verts[s : s + 65536].to(device), 10**9)[1].cpu() for s in range(0, verts.shape[0], 65536)]
-        )
-        rgba = torch.cat([colors, torch.ones(colors.shape[0], 1)], dim=1)
+        return marching_cubes(grid, level, (-r, -r, -r), (r, r, r))
+
+    @torch.no_grad()
+    def extract_mesh(self, resolution: Optional[int] = None, threshold: Optional[float] = None, step: int = 10**9):
+        """The density iso-surface (:meth:`extract_surface`) as a ``trimesh.Trimesh`` with per-vertex albedo colours."""
+        return self._vertex_color_mesh(*self.extract_surface(resolution, threshold, step), step)
+
+    def _vertex_color_mesh(self, verts: Tensor, faces: Tensor, step: int):
+        import trimesh
+
+        rgba = torch.cat([self.albedo(verts, step), torch.ones(verts.shape[0], 1)], dim=1)
         return trimesh.Trimesh(
             vertices=verts.numpy(), faces=faces.numpy(), vertex_colors=(rgba * 255).round().byte().numpy(), process=False
         )
 
-    def export(self, out_dir: Path) -> list[Path]:
-        """Write ``mesh.ply`` and ``mesh.obj`` (z-up world units, vertex colours) into ``out_dir``."""
+    @torch.no_grad()
+    def export(self, out_dir: Path, options: Optional[ExportOptions] = None) -> list[Path]:
+        """Write the ``mesh`` and/or ``textured`` assets (module docstring) into ``out_dir``.
+
+        Returns:
+            the written paths, in the order mesh.ply, mesh.obj, mesh_textured.obj/.mtl/.png, mesh.glb.
+        """
+        from rewardsds.representations._texture import bake_texture, write_glb, write_textured_obj
+
+        opts = options or ExportOptions()
+        formats = self.export_formats if opts.formats is None else opts.formats
+        size = self.texture_size if opts.texture_size is None else int(opts.texture_size)
+        if not formats:
+            return []
+        if "textured" in formats and not 16 <= size <= 8192:
+            raise ConfigError(opts.texture_key, size, "must be in [16, 8192] texels per side", f"use e.g. {opts.texture_key}=1024")
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        mesh = self.extract_mesh()
-        paths = [out_dir / "mesh.ply", out_dir / "mesh.obj"]
-        for p in paths:
-            mesh.export(p)
+        verts, faces = self.extract_surface(opts.mesh_resolution, opts.mesh_threshold, opts.step, opts.resolution_key,
+                                            opts.threshold_key)
+        paths: list[Path] = []
+        if "mesh" in formats:
+            mesh = self._vertex_color_mesh(verts, faces, opts.step)
+            for name in ("mesh.ply", "mesh.obj"):
+                mesh.export(out_dir / name)
+                paths.append(out_dir / name)
+        if "textured" in formats:
+            device = self.density_net[0].weight.device
+            textured = bake_texture(verts.to(device), faces.to(device), lambda p: self.albedo(p, opts.step), size)
+            paths += write_textured_obj(out_dir, "mesh_textured", textured)
+            paths.append(write_glb(out_dir / "mesh.glb", textured))
         return paths
