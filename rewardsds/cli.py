@@ -66,7 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(2)
     sys.argv = [sys.argv[0]] + args
     _SWEEP.clear()
-    _hydra_entry()
+    try:
+        _hydra_entry()
+    except BrokenPipeError:  # `rewardsds --help | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     if _SWEEP.get("failed"):
         sys.exit(1)
 
