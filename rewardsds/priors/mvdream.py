@@ -353,7 +353,7 @@ class MVDreamPrior(StableDiffusionPrior):
         self.dtype = torch.float32  # resolved in to()
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
-        self.compile_mode = check_compile_mode(compile_mode, self.compile)
+        self.compile_mode = check_compile_mode(compile_mode, self.compile, default="default")
         self.vae_slicing = bool(vae_slicing)
         self.encode_sample = bool(encode_sample)
         self.encode_seed = int(encode_seed)
