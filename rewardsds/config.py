@@ -380,6 +380,7 @@ class MVDreamPriorConfig(PriorConfig):
     channels_last: bool = True
     compile: bool = False
     compile_mode: str = "default"
+    compile_cache: str = "auto"  # where compiled kernels persist (see the Stable Diffusion prior)
     tiny_vae: Optional[str] = None
     vae_slicing: bool = False
 

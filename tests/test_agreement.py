@@ -82,3 +82,6 @@ def test_engine_paths_on_the_analytic_prior(analytic_prior):
     rep1 = selection_agreement(exact, one_step, draws)
     assert 0.0 <= rep1.agreement <= 1.0 and rep1.reward_abs_err_over_spread > 0
     assert {"seed", "step", "t", "match", "exact_top", "fast_top"} <= set(rep1.per_draw[0])
+    assert rep1.by_t == {"250<=t<500": {"n": 2, "agreement": rep1.by_t["250<=t<500"]["agreement"]},
+                         "500<=t<750": {"n": 2, "agreement": rep1.by_t["500<=t<750"]["agreement"]},
+                         "750<=t<1000": {"n": 2, "agreement": rep1.by_t["750<=t<1000"]["agreement"]}}

@@ -126,6 +126,10 @@ def test_cache_is_configured_before_the_first_compile(clean_cache_env, tmp_path,
     assert isinstance(p._unet_call, CompiledUNet) and p._unet_call.cudagraphs
     assert seen[-1][0] == str((tmp_path / "c2").resolve())
     assert seen[-1][1] == {"mode": "reduce-overhead", "dynamic": False}  # static shapes under CUDA graphs
+    # the system moves the prior again in prepare(): that must not build (and compile) a second wrapper
+    call, compiles = p._unet_call, len(seen)
+    p.to("cpu")
+    assert p._unet_call is call and len(seen) == compiles
 
 
 # ----------------------------------------------------------------------------------------- float8 lookahead

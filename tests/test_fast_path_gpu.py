@@ -61,7 +61,7 @@ def parts(sd21_random, image_reward_random):
         key = ("prior", dtype, fast, compile_mode)
         if key not in cache:
             cache[key] = StableDiffusionPrior(str(sd21_random), dtype=dtype, channels_last=fast, local_files_only=True,
-                                              compile=compile_mode is not None, compile_mode=compile_mode or "default").to(DEVICE)
+                                              compile=compile_mode is not None, compile_mode=compile_mode or "reduce-overhead").to(DEVICE)
         return cache[key]
 
     def reward(dtype: str, pil: bool):

@@ -77,6 +77,8 @@ class AgreementReport:
         reward_abs_err_over_spread: median over draws of max |r_fast - r_exact| / (max r_exact - min r_exact):
             how large the fast path's reward error is against the differences that decide a selection.
         per_draw: one dict per draw (seed, step, t, both sets of both paths, matches).
+        by_t: agreement per timestep range (``t<250``, ``250<=t<500``, ...; with draws): candidates at small t
+            differ little, so near-ties flip there first.
     """
 
     agreement: float
@@ -86,10 +88,11 @@ class AgreementReport:
     rank_correlation: float
     reward_abs_err_over_spread: float
     per_draw: list[dict] = field(default_factory=list)
+    by_t: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self, per_draw: bool = True) -> dict:
         out = {k: getattr(self, k) for k in ("agreement", "top_agreement", "bottom_agreement", "n_draws", "rank_correlation",
-                                             "reward_abs_err_over_spread")}
+                                             "reward_abs_err_over_spread", "by_t")}
         if per_draw:
             out["per_draw"] = self.per_draw
         return out
@@ -137,6 +140,12 @@ def compare_selections(
         rows.append(row)
     k = len(rows)
     finite = [c for c in corr if c == c]
+    by_t: dict[str, dict] = {}
+    if draws is not None:
+        for lo in range(0, 1000, 250):
+            sel = [r for r in rows if lo <= r["t"] < lo + 250]
+            if sel:
+                by_t[f"{lo}<=t<{lo + 250}"] = {"n": len(sel), "agreement": sum(r["match"] for r in sel) / len(sel)}
     return AgreementReport(
         agreement=sum(r["match"] for r in rows) / k,
         top_agreement=sum(r["top_match"] for r in rows) / k,
@@ -145,6 +154,7 @@ def compare_selections(
         rank_correlation=sum(finite) / len(finite) if finite else float("nan"),
         reward_abs_err_over_spread=float(torch.tensor(err).median()),
         per_draw=rows,
+        by_t=by_t,
     )
 
 

@@ -91,9 +91,6 @@ class StableDiffusionPrior(Prior):
     """
 
     name = "sd"
-    #: defaults for subclasses whose constructors predate these options (MVDream)
-    compile_cache: str = "auto"
-    lookahead_quantize: str = "none"
 
     def __init__(
         self,
@@ -163,6 +160,7 @@ class StableDiffusionPrior(Prior):
         self.image_size = self.latent_size * self.vae_scale_factor
         self._unet_call = self.unet
         self._ranking: Optional["StableDiffusionPrior"] = None
+        self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
 
     def _modules(self) -> list[torch.nn.Module]:
         mods = [self.unet, self.vae, self.text_encoder]
@@ -191,8 +189,11 @@ class StableDiffusionPrior(Prior):
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._ac = self._ac.to(self.device)
-        self._unet_call = self._compiled(self.unet)
-        self._ranking = self._float8_view() if self.lookahead_quantize == "float8" else None
+        placed = (self.device, self.dtype)
+        if self._placed != placed:  # a second to() on the same device keeps the compiled graphs and the float8 view
+            self._unet_call = self._compiled(self.unet)
+            self._ranking = self._float8_view() if self.lookahead_quantize == "float8" else None
+            self._placed = placed
         return self
 
     def compiles_on(self, device: torch.device | str) -> bool:
