@@ -96,9 +96,23 @@ def main(argv=None) -> int:
     out = {"experiment": "analytic", "overrides": over, "seeds": seeds, "steps_per_seed": args.steps, "n_noises": args.n,
            "lookahead": {k: str(getattr(v, "value", v)) for k, v in base.items()}, "paths": {}}
     rows = []
+    collected = {}
     for name, (p, kw) in paths.items():
         eng = CandidateEngine(p, reward, seed=0, **kw)
-        rep = compare_selections(all_exact, collect_rewards(engine_selector(eng, text, [cfg0.prompt], args.n), all_draws), 2, 2, all_draws)
+        collected[name] = collect_rewards(engine_selector(eng, text, [cfg0.prompt], args.n), all_draws)
+    # Pruning as the engine does it mixes two estimators (full-lookahead rewards for the kept candidates, one-step
+    # rewards for the others), which are not on one scale. A proposed ranking instead: every kept candidate above
+    # every pruned one (kept by their full reward, pruned by their one-step reward), from the same two estimates.
+    keep_n = args.n // 2
+    ranked = []
+    for full, one in zip(all_exact, collected["one_step_x0 (K=0)"]):
+        keep = torch.sort(one, descending=True, stable=True).indices[:keep_n]
+        r = one.clone()
+        r[keep] = full[keep] + (one.max() - full[keep].min()).abs() + 1.0
+        ranked.append(r)
+    collected[f"prune_to_{keep_n}, kept ranked above pruned (proposed)"] = ranked
+    for name, fast in collected.items():
+        rep = compare_selections(all_exact, fast, 2, 2, all_draws)
         out["paths"][name] = rep.to_json(per_draw=False)
         low = [r["match"] for r in rep.per_draw if r["t"] < 250]
         high = [r["match"] for r in rep.per_draw if r["t"] >= 250]

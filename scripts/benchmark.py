@@ -490,7 +490,8 @@ def bench_lookahead_mfu(models: Models, flops: Flops, device, results: dict, var
     from rewardsds.candidates import CandidateEngine
 
     prior = models.prior(variant)
-    eng = CandidateEngine(prior, None, lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t")
+    eng = CandidateEngine(prior, None, lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t",
+                          chunk_size=models.args.chunk_size)
     text = prior.text_cond([PROMPT], "")
     z = torch.randn(1, *prior.latent_shape, device=device)
     cands = eng.draw(z, t, n, step=0)
@@ -639,7 +640,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="sd21_base", choices=["sd21_base", "tiny"])
-    ap.add_argument("--sd-folder", type=Path, default=None, help="an existing random (or real) SD folder to reuse")
+    ap.add_argument("--sd-folder", type=Path, default=None, help="a random (or real) SD folder to reuse; a random one is built there if missing")
     ap.add_argument("--image-reward-dir", type=Path, default=None, help="a folder for (or with) the random ImageReward files")
     ap.add_argument("--sections", default=",".join(MAIN_SECTIONS), help=f"comma list of {', '.join(ALL_SECTIONS)}")
     ap.add_argument("--quick", action="store_true", help="paper N=10 only: baseline, eager, compiled, and agreement on 8 draws")
@@ -650,11 +651,14 @@ def main(argv=None) -> int:
     ap.add_argument("--agreement-n", type=int, default=10)
     ap.add_argument("--per-draw", action="store_true", help="keep every draw's sets in the JSON")
     ap.add_argument("--mv-steps", type=int, default=3)
-    ap.add_argument("--chunk-size", type=int, default=0)
+    # 64 inputs per UNet call (N <= 32 in one call, as the automatic size gives on an H200); 0 = automatic, whose memory
+    # probe calls the UNet at batch 2 and so compiles one more CUDA graph per compiled prior (the compile_cache
+    # section runs the CLI, automatic size included)
+    ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--compile-cache", default="auto", help="prior.compile_cache of the compiled variants (auto: ~/.cache/rewardsds/torchinductor)")
     ap.add_argument("--compile-cache-probe", default=None, help="an EMPTY folder for the compile_cache section (default: a new temp folder)")
     ap.add_argument("--probe-steps", type=int, default=5)
-    ap.add_argument("--probe-timeout", type=int, default=420)
+    ap.add_argument("--probe-timeout", type=int, default=300, help="seconds per CLI run of the compile_cache section")
     ap.add_argument("--reward-compile", action="store_true", help="torch.compile the fast reward too (reward.compile=true; default off as in the config)")
     ap.add_argument("--tiny-vae", action="store_true", help="time and measure decode=tiny with a random AutoencoderTiny")
     ap.add_argument("--mvdream", action="store_true")
@@ -681,8 +685,9 @@ def main(argv=None) -> int:
                                "tf32_for_our_configs": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
     deadline = Deadline(args.time_limit, results)
     t0 = time.perf_counter()
-    if args.sd_folder is None:
-        args.sd_folder = build_sd_pipeline(tmp / "sd", args.preset, device=args.device, dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    if args.sd_folder is None or not (args.sd_folder / "unet" / "config.json").is_file():  # built once into --sd-folder
+        args.sd_folder = build_sd_pipeline(args.sd_folder or tmp / "sd", args.preset, device=args.device,
+                                           dtype=torch.float16 if device.type == "cuda" else torch.float32)
     args.image_reward = image_reward_files(args.image_reward_dir or tmp / "image_reward", args.preset)
     args.tiny_vae = build_tiny_vae(tmp / "taesd", args.preset) if (args.tiny_vae or args.full) else None
     results["build_s"] = time.perf_counter() - t0

@@ -11,6 +11,11 @@ weights, from the same latents, timestep and seeded candidate noises, with the p
 - bf16 fast vs fp32 plain: the same to bf16 tolerance;
 - the UNet compiled with ``reduce-overhead`` (CUDA graphs) vs eager in bf16: the same predictions, outputs that
   survive the next replay, and the same step.
+- the benchmark's baseline (:func:`rewardsds.reference.reference_structure_step`, the public reference code's
+  structure) vs the fast path in fp32: same rewards and selections, loss and gradient 4x the reference's;
+- ``prior.lookahead_quantize=float8``: the float8 view's linear layers are float8, the prior's own UNet is not, and
+  only the lookahead calls the view (skipped with its reason below compute capability 8.9);
+- the default CUDA prior compiles with CUDA graphs and writes its kernels into ``prior.compile_cache``.
 
 Errors are relative L2 norms ``|fast - plain| / |plain|``. The test guidance scale is 7.5: at the SDS default of
 100 the field is ``100 (c - u)``, and with random weights ``c - u`` is a small difference of two large predictions,
