@@ -434,15 +434,16 @@ class CandidateEngine:
         text_n = text.repeat(n)
         cam = None if camera is None else camera.repeat(n, 1, 1)
         chunk = self.chunk_size(x)
+        ranker = prior.ranking_prior()  # these calls only rank candidates: a cheaper view may serve them
         if self.lookahead_steps == 0:
-            c, u = first if first is not None else self._pair(x, cands.t, text_n, cam, chunk, cands)
+            c, u = first if first is not None else self._pair(x, cands.t, text_n, cam, chunk, cands, ranker)
             return prior.predict_x0(x, cands.t, guide(c, u, scale))
         calls = lookahead_calls(cands.t, self.grid, self.lookahead_start)
         for k, tau in enumerate(calls):
             if k == 0 and first is not None and tau == cands.t:
                 c, u = first
             else:
-                c, u = self._pair(x, tau, text_n, cam, chunk, cands)
+                c, u = self._pair(x, tau, text_n, cam, chunk, cands, ranker)
             eps = guide(c, u, scale)
             a_tau = ac[tau].sqrt()
             s_tau = (1 - ac[tau]).sqrt()
@@ -452,9 +453,10 @@ class CandidateEngine:
             x = a_next * x0 + s_next * eps
         return x
 
-    def _pair(self, x: Tensor, t: int, text: TextCond, cam: Optional[Tensor], chunk: int, cands: Candidates) -> tuple[Tensor, Tensor]:
+    def _pair(self, x: Tensor, t: int, text: TextCond, cam: Optional[Tensor], chunk: int, cands: Candidates,
+              prior: Optional[Prior] = None) -> tuple[Tensor, Tensor]:
         cands.evals += 2 * x.shape[0]
-        return self.prior.predict_noise_pair(x, t, text, cam, chunk)
+        return (prior or self.prior).predict_noise_pair(x, t, text, cam, chunk)
 
     @torch.no_grad()
     def rollout(

@@ -30,6 +30,11 @@ class DType(str, Enum):
     bf16 = "bf16"
 
 
+class LookaheadQuantize(str, Enum):
+    none = "none"
+    float8 = "float8"
+
+
 class LookaheadGrid(str, Enum):
     leading = "leading"  # diffusers DDIM "leading" spacing + offset 1 (2D reference: 925, 859, ..., 1)
     linspace = "linspace"  # floor(linspace(0, T-1, S)) (3D reference: 999, 927, ..., 0)
@@ -105,8 +110,14 @@ class SDPriorConfig(PriorConfig):
     scheduler: str = "ddim"  # ddim | ddpm: only the noise schedule is read from it
     local_files_only: bool = False
     channels_last: bool = True
-    compile: bool = False  # torch.compile the UNet (GPU; compile time is reported separately)
-    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    # torch.compile the UNet: auto (on for CUDA, off on CPU) | true | false
+    compile: Any = "auto"
+    compile_mode: str = "reduce-overhead"  # CUDA graphs of the candidate batches | default | max-autotune | max-autotune-no-cudagraphs
+    # where compiled kernels persist across runs and sweep jobs: auto ($TORCHINDUCTOR_CACHE_DIR or
+    # ~/.cache/rewardsds/torchinductor) | torch (torch's default under /tmp) | a folder
+    compile_cache: str = "auto"
+    # none | float8: the lookahead's ranking calls use a float8 copy of the UNet's linear layers (torchao, CUDA >= 8.9)
+    lookahead_quantize: LookaheadQuantize = LookaheadQuantize.none
     tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
     vae_slicing: bool = False
     encode_sample: bool = False  # encode renders with a posterior sample (threestudio) instead of the mean
@@ -117,9 +128,13 @@ class SDPriorConfig(PriorConfig):
         _check(self.scheduler in ("ddim", "ddpm"), "prior.scheduler", self.scheduler, "is not supported",
                "use ddim or ddpm (only the noise schedule is read)")
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
-        from rewardsds.priors.compiled import check_compile_mode
+        from rewardsds.priors.compiled import check_compile_mode, normalize_compile
 
+        self.compile = normalize_compile(self.compile)
         check_compile_mode(self.compile_mode, self.compile)
+        _check(bool(str(self.compile_cache).strip()), "prior.compile_cache", self.compile_cache, "is empty",
+               "use auto, torch or a folder")
+        self.lookahead_quantize = _enum(LookaheadQuantize, self.lookahead_quantize, "prior.lookahead_quantize")
 
 
 @dataclass
@@ -373,6 +388,7 @@ class MVDreamPriorConfig(PriorConfig):
     channels_last: bool = True
     compile: bool = False
     compile_mode: str = "default"
+    compile_cache: str = "auto"  # where compiled kernels persist (see the Stable Diffusion prior)
     tiny_vae: Optional[str] = None
     vae_slicing: bool = False
 
@@ -387,7 +403,7 @@ class MVDreamPriorConfig(PriorConfig):
         _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
         from rewardsds.priors.compiled import check_compile_mode
 
-        check_compile_mode(self.compile_mode, self.compile)
+        check_compile_mode(self.compile_mode, self.compile, default="default")
         self.dtype = _enum(DType, self.dtype, "prior.dtype")
 
 

@@ -1,41 +1,51 @@
-"""Benchmark one optimisation step of SDS and RewardSDS, against our own plain implementation, in one run.
+"""Benchmark a RewardSDS step against the structure of the public reference code, with selection agreement.
 
 Builds the full-size Stable Diffusion 2.1-base architecture and the ImageReward architecture with random
-weights (no downloads), runs a fixed seeded sequence of timesteps through the very code of a training run
-(``DistillationSystem.run_step``: render -> candidates -> lookahead -> decode -> reward -> weights -> loss ->
-backward -> AdamW), and reports per configuration the step time (median, min, max), the peak memory and the
-prior evaluations per step (single-sample UNet calls; a CFG pair counts 2):
+weights (no downloads) and reports, in one JSON:
 
-- ``sds``: strategy none, N = 1 (plain SDS), timed interleaved with a bare UNet call at batch 2 for the 1.2x target;
-- ``reward_image_reward``: ImageReward alone on a batch of 8 images of 512x512 (the 15 ms target);
-- ``rewardsds``: min_max over N in --n and lookahead grid K in --k (K = 0: one-step x0 estimate);
-- ``plain``: rewardsds.reference.plain_rewardsds_step, fp32, candidates one by one, the reward's PIL path,
-  on the same timesteps (the speed-up of the fast path is a ratio measured in the same process);
-- ``lookahead_mfu``: the lookahead's UNet calls alone at N = 8 from t = 979 (16 calls of 2N inputs), with
-  model FLOPs counted once for the SD2.1 UNet at 64x64 (torch.utils.flop_counter) and the device's peak;
-- cheaper lookaheads: tiny decode (a random AutoencoderTiny), candidate pruning;
-- ``mvdream`` (--mvdream): one RewardSDS step with N = 7, 4 views, the 15-point 3D lookahead, batched vs
-  candidates one at a time as the 3D reference does.
+- ``baseline``: THE speed baseline, :func:`rewardsds.reference.reference_structure_step`: the public RewardSDS
+  2D code's structure (fp32 with torch's default TF32 settings, all N candidates x the CFG pair in one
+  lookahead batch per DDIM step from the grid point below t, one decode, ImageReward one image per call
+  through PIL, SDS only on the 4 kept candidates, AdamW), on the same timesteps as our configurations;
+- ``configs``: our training step (``DistillationSystem.run_step``: candidates, lookahead, decode, reward,
+  weights, loss, backward, AdamW) per prior variant: ``eager`` (bf16), ``compiled`` (bf16, torch.compile
+  reduce-overhead: the default on CUDA), ``compiled_float8`` / ``eager_float8`` (the lookahead's ranking calls
+  in float8, ``prior.lookahead_quantize=float8``), plus pruning and tiny-decode variants. Per config: ms/step
+  (median, min, max, and every step's t, ms and evals), UNet evaluations per step, ms per evaluation, MFU
+  (UNet only, and UNet + decodes + rewards), peak GB, warm-up (compile) times;
+- ``speedups``: baseline median / ours median at the same N, K and timesteps, and the median of the per-step
+  ratios (paired on identical t);
+- ``agreement``: for every fast path, the fraction of draws whose min_max top-2 and bottom-2 sets equal those
+  of the exact fp32 path (eager, TF32 off, ImageReward fp32 through PIL) on the same candidate noises
+  (:mod:`rewardsds.eval.agreement`); a path on by default needs at least 95%;
+- ``compile_cache``: the user's CLI (``python -m rewardsds experiment=paper_2d ...``) run twice in fresh processes
+  against one empty compile cache folder: first-run vs second-run compile time (the first step's excess over
+  the steady step) and process wall time;
+- ``lookahead_mfu``: the lookahead's UNet calls alone (N = 10 from t = 979), eager and compiled;
+- ``mvdream`` (``--mvdream``): batched vs one-candidate-at-a-time MVDream RewardSDS step.
 
-Usage (GPU, about 6 minutes on an H100)::
+Sections run in order of importance and the JSON is rewritten after each, so ``--time-limit`` (default 480 s;
+a section that would start later is skipped and listed under ``skipped``) keeps partial results.
 
-    python scripts/benchmark.py --out bench.json [--compile [--compile-mode reduce-overhead]] [--mvdream] [--n 4,8,10] [--k 0,1,4,15]
+Usage (GPU; H200: about 8 minutes for the main set with a cold compile cache)::
 
-With ``--compile`` the UNet is ``torch.compile``-d (``--compile-mode``; reduce-overhead replays CUDA graphs of the
-fixed-shape lookahead) and so is the reward; ``compile_s_unet`` is the first call at batch 2 and every config's
-``warmup_ms`` holds its warm-up steps, where the compiles and graph captures of its own shapes happen, so the
-measured steps are steady-state.
+    python scripts/benchmark.py --out bench.json --sd-folder /tmp/sd21 --image-reward-dir /tmp/ir
+    python scripts/benchmark.py --out bench_quick.json --quick           # paper N=10 only, 8 agreement draws
+    python scripts/benchmark.py --out cache.json --sections compile_cache  # first vs second run (about 4 min)
+    python scripts/benchmark.py --preset tiny --device cpu --steps 2 --warmup 1 --draws 2   # smoke test
 
-``--preset tiny --device cpu --steps 2 --warmup 1`` runs the same code on small random models (a smoke test).
-Results go to ``--out`` (JSON) and a markdown table on stdout (and ``--out`` with ``.md``).
+Results go to ``--out`` (JSON) and a markdown summary to stdout and ``--out`` with ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +60,8 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
+MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mfu")
+ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream")
 
 
 def peak_flops(name: str) -> Optional[float]:
@@ -88,6 +100,35 @@ def stats(times: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms)}
 
 
+@contextlib.contextmanager
+def tf32(matmul: bool, cudnn: bool):
+    """Set the TF32 switches for a block (the exact path turns both off; torch's defaults are off / on)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class Deadline:
+    """Wall-clock budget of the whole benchmark; sections that would start past it are skipped and listed."""
+
+    def __init__(self, seconds: float, results: dict):
+        self.end = time.perf_counter() + seconds
+        self.results = results
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def allows(self, name: str, needs_s: float = 0.0) -> bool:
+        if self.left() > needs_s:
+            return True
+        self.results.setdefault("skipped", []).append({"what": name, "reason": f"time limit ({self.left():.0f} s left, needs ~{needs_s:.0f} s)"})
+        print(f"skipped {name}: time limit", flush=True)
+        return False
+
+
 # ----------------------------------------------------------------------------------------- building
 def compose(overrides: list[str]):
     from hydra import compose as hcompose
@@ -101,8 +142,75 @@ def compose(overrides: list[str]):
         return hcompose(config_name="config", overrides=overrides)
 
 
+def image_reward_files(folder: Path, preset: str) -> tuple[Path, Path]:
+    """A random ImageReward checkpoint + BERT vocab in the published layout (built once into ``folder``)."""
+    from rewardsds.rewards.random_init import save_random_image_reward
+
+    paths = folder / "paths.json"
+    if not paths.is_file():
+        ckpt, tok = save_random_image_reward(folder, "full" if preset == "sd21_base" else "tiny", words=PROMPT.lower().split())
+        paths.write_text(json.dumps({"ckpt": str(ckpt), "tok": str(tok)}))
+    p = json.loads(paths.read_text())
+    return Path(p["ckpt"]), Path(p["tok"])
+
+
+class Models:
+    """Priors and rewards under test, built on first use and shared by the sections.
+
+    Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``eager_float8``,
+    ``compiled_float8`` (float8 ranking view), ``fp32`` (eager, NCHW: the reference and the exact path).
+    Reward variants: ``fast`` (bf16 on CUDA, batched tensor preprocessing: the default), ``pil32`` (fp32,
+    PIL preprocessing: the reference's and the exact path's), ``tensor32`` (fp32, tensor preprocessing).
+    """
+
+    def __init__(self, args, device: torch.device):
+        self.args, self.device = args, device
+        self.priors: dict[str, Any] = {}
+        self.rewards: dict[str, Any] = {}
+        self.build_s: dict[str, float] = {}
+
+    def prior(self, variant: str):
+        if variant not in self.priors:
+            from rewardsds.priors.sd import StableDiffusionPrior
+
+            cuda = self.device.type == "cuda"
+            kw: dict[str, Any] = dict(local_files_only=True, compile_cache=self.args.compile_cache,
+                                      tiny_vae=str(self.args.tiny_vae) if self.args.tiny_vae else None)
+            if variant == "fp32":
+                kw.update(dtype="fp32", channels_last=False, compile=False)
+            else:
+                kw.update(dtype="bf16" if cuda else "fp32", compile="compiled" in variant, compile_mode="reduce-overhead",
+                          lookahead_quantize="float8" if "float8" in variant else "none")
+            t0 = time.perf_counter()
+            self.priors[variant] = StableDiffusionPrior(str(self.args.sd_folder), **kw).to(self.device)
+            self.build_s[f"prior_{variant}"] = time.perf_counter() - t0
+        return self.priors[variant]
+
+    def reward(self, variant: str = "fast"):
+        if variant not in self.rewards:
+            from rewardsds.rewards.image_reward import ImageReward
+
+            ckpt, tok = self.args.image_reward
+            dtype = "fp32" if variant in ("pil32", "tensor32") else ("bf16" if self.device.type == "cuda" else "fp32")
+            self.rewards[variant] = ImageReward(str(ckpt), tokenizer=str(tok), dtype=dtype, pil_exact=variant == "pil32",
+                                                compile=variant == "fast" and self.args.reward_compile, local_files_only=True).to(self.device)
+        return self.rewards[variant]
+
+    def float8_supported(self) -> Optional[str]:
+        """None if the float8 lookahead can run here, else why not."""
+        from rewardsds.errors import ConfigError
+        from rewardsds.priors.quantized import check_float8_support
+
+        try:
+            check_float8_support(self.device, torch.bfloat16)
+        except ConfigError as err:
+            return str(err)
+        return None
+
+
 def build_reward(preset: str, device: torch.device, fast: bool, compile: bool, tmp: Path):
-    """ImageReward at full size (or tiny) with random weights; fast = bf16 tensor path, else fp32 + PIL path."""
+    """ImageReward at full size (or tiny) with random weights; fast = bf16 tensor path, else fp32 + PIL path
+    (used by scripts/profile_step.py)."""
     from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer
     from rewardsds.rewards.random_init import build_random_image_reward_model, write_bert_vocab
 
@@ -111,8 +219,13 @@ def build_reward(preset: str, device: torch.device, fast: bool, compile: bool, t
     vocab = model.text.config.vocab_size - 2
     tok = load_image_reward_tokenizer(str(write_bert_vocab(tmp / f"bert_{size}", vocab, PROMPT.lower().split())), local_files_only=True)
     dtype = "bf16" if (fast and device.type == "cuda") else "fp32"
-    r = ImageReward.from_parts(model, tok, dtype=dtype, pil_exact=not fast, compile=compile and fast)
-    return r.to(device)
+    return ImageReward.from_parts(model, tok, dtype=dtype, pil_exact=not fast, compile=compile and fast).to(device)
+
+
+def base_overrides(args) -> list[str]:
+    ckpt, tok = args.image_reward
+    return [f"prompt={PROMPT}", f"prior.pretrained={args.sd_folder}", "logger=none", "reward=image_reward", f"reward.checkpoint={ckpt}",
+            f"reward.tokenizer={tok}", "seed=0", f"chunk_size={args.chunk_size}", "representation.weight_decay=0.0"]
 
 
 def build_system(cfg, prior, reward, device, run_dir: Path):
@@ -130,64 +243,274 @@ def build_system(cfg, prior, reward, device, run_dir: Path):
     return sys_, opt
 
 
-def run_steps(system, opt, steps: int, warmup: int, device: torch.device, paired: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
-    """Time ``steps`` training steps after ``warmup`` ones. With ``paired``, that call is timed right after each
-    step too (interleaved, so both see the same machine state; host-bound eager timings drift between runs)."""
-    times, evals, warm, paired_times = [], [], [], []
-    for step in range(warmup + steps):
-        res = None
-
-        def one():
-            nonlocal res
-            res = system.run_step(step, opt)
-
-        dt = timed(one, device)
-        if step < warmup:
-            warm.append(1000 * dt)  # the first one holds any compile / CUDA-graph capture of this config's shapes
-        else:
-            times.append(dt)
-            c = res.loss.candidates
-            evals.append(int(c.evals) if c is not None else 0)
-            if paired is not None:
-                paired_times.append(timed(paired, device))
-    extra = {"paired_bare_unet_batch2": stats(paired_times)} if paired_times else {}
-    if any(evals):  # per-step time over UNet evaluations: comparable across timestep sets (K > 0 varies with t)
-        extra["ms_per_eval_median"] = statistics.median(1000 * t / e for t, e in zip(times, evals) if e)
-    return {**stats(times), **extra, "warmup_ms": warm, "evals_per_step": statistics.fmean(evals), "timesteps": [system.timesteps.sample(s, system.cfg.seed) for s in range(warmup, warmup + steps)]}
+def measured_steps(args) -> list[int]:
+    """Step indices timed by every configuration and the baseline (so all see the same timesteps)."""
+    return list(range(args.warmup, args.warmup + args.steps))
 
 
-# ----------------------------------------------------------------------------------------- sections
-def bench_fast(args, prior, reward, device, tmp, results, save: Callable[[], None] = lambda: None):
-    base = [f"prompt={PROMPT}", f"prior.pretrained={args.sd_folder}", "logger=none", "reward=image_reward", "seed=0",
-            f"steps={args.warmup + args.steps}", f"chunk_size={args.chunk_size}"]
-    configs = [("sds", 1, None, ["strategy=none", "n_noises=1"])]
-    for n in args.n:
-        for k in args.k:
-            configs.append((f"rewardsds_n{n}_k{k}", n, k, ["strategy=min_max", f"n_noises={n}", f"lookahead.steps={k}"]))
-    n_ref = 8 if 8 in args.n else args.n[0]
-    if not args.no_prune:
-        configs.append((f"rewardsds_n{n_ref}_k15_prune{n_ref // 2}", n_ref, 15, ["strategy=min_max", f"n_noises={n_ref}", "lookahead.steps=15",
-                                                                              f"lookahead.prune_to={n_ref // 2}"]))
-    if args.tiny_vae:
-        configs.append((f"rewardsds_n{n_ref}_k15_tinydecode", n_ref, 15, ["strategy=min_max", f"n_noises={n_ref}", "lookahead.steps=15",
-                                                                          "lookahead.decode=tiny"]))
-    for name, n, k, extra in configs:
-        reset_peak(device)
-        system, opt = build_system(compose(base + extra + ([f"steps={args.warmup + 4 * args.steps}"] if name == "sds" else [])),
-                                   prior, reward, device, tmp / name)
-        # SDS against a bare UNet call at batch 2, interleaved and with more samples (both are short and host-bound in eager mode)
-        r = (run_steps(system, opt, 4 * args.steps, args.warmup, device, paired=bare_unet_call(prior, device)) if name == "sds"
-             else run_steps(system, opt, args.steps, args.warmup, device))
-        r.update({"n_noises": n, "lookahead_steps": k, "peak_memory_gb": peak_gb(device), "chunk_size": system.engine.chunk_size(system.representation.latents)})
-        results["configs"][name] = r
-        print(f"{name:32s} {r['median_ms']:9.1f} ms  evals {r['evals_per_step']:6.1f}  peak {r['peak_memory_gb'] or 0:.2f} GB", flush=True)
-        save()  # partial results survive a time limit
-        del system, opt
-        gc.collect()
+def timesteps_of(steps: list[int]) -> list[int]:
+    """The timesteps a run with seed 0 draws at ``steps`` (the config's uniform 0.02..0.98 sampler)."""
+    from rewardsds.schedules import Schedule, TimestepSampler
+
+    sampler = TimestepSampler(Schedule(0.02), Schedule(0.98), 1000)
+    return [sampler.sample(s, 0) for s in steps]
 
 
-def bare_unet_call(prior, device) -> Callable[[], Any]:
-    """One CFG-sized UNet call (batch 2, the prior's dtype and layout) with nothing around it."""
+# ----------------------------------------------------------------------------------------- FLOPs
+class Flops:
+    """Model FLOPs of one UNet evaluation (64x64), one VAE decode (512x512), one tiny decode and one reward image."""
+
+    def __init__(self):
+        self.values: dict[str, float] = {}
+
+    def get(self, name: str, fn: Callable[[], Any]) -> float:
+        if name not in self.values:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                fn()
+            self.values[name] = float(fc.get_total_flops())
+        return self.values[name]
+
+    def unet(self, prior, device) -> float:
+        x = torch.randn(1, *prior.latent_shape, device=device)
+        t = torch.full((1,), 500, device=device, dtype=torch.long)
+        emb = prior.encode_text([PROMPT])
+        return self.get("unet", lambda: prior.unet(x.to(prior.dtype), t, encoder_hidden_states=emb.to(prior.dtype)))
+
+    def decode(self, prior, device, tiny: bool = False) -> float:
+        z = torch.randn(1, *prior.latent_shape, device=device)
+        return self.get("tiny_decode" if tiny else "decode", lambda: prior.decode_latents(z, tiny=tiny) if tiny else prior.decode_latents(z))
+
+    def reward(self, reward, device, size: int) -> float:
+        x = torch.rand(1, 3, size, size, device=device)
+        return self.get("reward", lambda: reward(x, [PROMPT], check=False))
+
+
+# ----------------------------------------------------------------------------------------- our step
+def run_steps(system, opt, steps: list[int], warmup: int, device: torch.device) -> dict[str, Any]:
+    """Time ``steps`` training steps after ``warmup`` ones (step indices 0..warmup-1, where compiles and CUDA-graph
+    captures of this config's shapes happen)."""
+    warm, rows = [], []
+    for step in range(warmup):
+        warm.append(1000 * timed(lambda: system.run_step(step, opt), device))
+    for step in steps:
+        box = {}
+        dt = timed(lambda: box.setdefault("res", system.run_step(step, opt)), device)
+        c = box["res"].loss.candidates
+        rows.append({"step": step, "t": int(box["res"].ctx.t), "ms": 1000 * dt, "evals": int(c.evals) if c is not None else 0})
+    out = {**stats([r["ms"] / 1000 for r in rows]), "warmup_ms": warm, "per_step": rows,
+           "evals_per_step": statistics.fmean(r["evals"] for r in rows)}
+    if any(r["evals"] for r in rows):  # time per UNet evaluation does not depend on which timesteps were drawn
+        out["ms_per_eval_median"] = statistics.median(r["ms"] / r["evals"] for r in rows if r["evals"])
+    return out
+
+
+def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results: dict, name: str, variant: str, n: int, k: int,
+                 extra: Optional[list[str]] = None, reward_variant: str = "fast") -> Optional[dict]:
+    """One of our configurations through the training step; recorded under ``results['configs'][name]``."""
+    prior, reward = models.prior(variant), models.reward(reward_variant)
+    over = base_overrides(args) + [f"steps={args.warmup + args.steps + 1}"]
+    over += (["strategy=none", "n_noises=1"] if n == 1 else ["strategy=min_max", f"n_noises={n}", f"lookahead.steps={k}", "lookahead.guidance_scale=7.5",
+                                                              "lookahead.grid=leading", "lookahead.start=exact_t"]) + list(extra or [])
+    reset_peak(device)
+    system, opt = build_system(compose(over), prior, reward, device, tmp / name)
+    r = run_steps(system, opt, measured_steps(args), args.warmup, device)
+    decodes = 0 if n == 1 else n + next((int(o.split("=")[1]) for o in (extra or []) if o.startswith("lookahead.prune_to=")), 0)
+    tiny = any(o == "lookahead.decode=tiny" for o in (extra or []))
+    r.update({"variant": variant, "n_noises": n, "lookahead_steps": k, "overrides": extra or [], "peak_memory_gb": peak_gb(device),
+              "chunk_size": system.engine.chunk_size(system.representation.latents), "decodes_per_step": decodes,
+              "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.lookahead_quantize})
+    add_mfu(r, models, flops, device, prior, decodes, tiny)
+    results["configs"][name] = r
+    print(f"{name:36s} {r['median_ms']:9.1f} ms  evals {r['evals_per_step']:6.1f}  warm-up {['%.0f' % w for w in r['warmup_ms']]} ms", flush=True)
+    del system, opt
+    gc.collect()
+    return r
+
+
+def add_mfu(r: dict, models: Models, flops: Flops, device, prior, decodes: int, tiny: bool) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_flops(name)
+    f_unet = flops.unet(prior, device)
+    f_img = (flops.decode(prior, device, tiny) if decodes else 0.0) + (flops.reward(models.reward("fast"), device, prior.image_size) if decodes else 0.0)
+    per_step = r["evals_per_step"] * f_unet + decodes * f_img
+    r["model_tflop_per_step"] = per_step / 1e12
+    if peak:
+        sec = r["median_ms"] / 1000
+        r["mfu_unet"] = r["evals_per_step"] * f_unet / sec / peak
+        r["mfu_model"] = per_step / sec / peak
+
+
+# ----------------------------------------------------------------------------------------- the baseline
+def bench_baseline(args, models: Models, device, results: dict, n: int, k: int = 15) -> dict:
+    """The reference structure (fp32, torch's default TF32 switches: the reference code changes none) on the same
+    step indices and timesteps as our configs, with the reference's optimiser on one latent."""
+    from rewardsds.reference import reference_structure_step
+
+    prior, reward = models.prior("fp32"), models.reward("pil32")
+    steps = measured_steps(args)
+    ts = timesteps_of([0] + steps)
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.Parameter(torch.randn(1, *prior.latent_shape, generator=g).to(device))
+    opt = torch.optim.AdamW([z], lr=0.01, betas=(0.9, 0.99), eps=1e-15)  # the reference's (weight decay 0.01)
+    text = prior.text_cond([PROMPT], "")
+    rows = []
+    with tf32(matmul=False, cudnn=True):
+        for i, (step, t) in enumerate(zip([0] + steps, ts)):
+            box = {}
+
+            def one():
+                res = reference_structure_step(prior, reward, z, t, n, step, 0, text, PROMPT, guidance_scale=100.0, lookahead_steps=k,
+                                               lookahead_guidance=7.5)
+                opt.zero_grad()
+                res.loss.backward()
+                opt.step()
+                box["evals"] = res.evals
+
+            dt = timed(one, device)
+            if i > 0:  # step 0 warms up (cuDNN algorithm choice, allocator)
+                rows.append({"step": step, "t": t, "ms": 1000 * dt, "evals": box["evals"]})
+    r = {**stats([x["ms"] / 1000 for x in rows]), "per_step": rows, "evals_per_step": statistics.fmean(x["evals"] for x in rows),
+         "ms_per_eval_median": statistics.median(x["ms"] / x["evals"] for x in rows), "n_noises": n, "lookahead_steps": k,
+         "structure": "public RewardSDS 2D code: fp32, all N x CFG per lookahead call from the grid point <= t, one decode, "
+                      "ImageReward one image per call via PIL, SDS on the 4 kept, loss / 4, AdamW",
+         "tf32": {"matmul": False, "cudnn": True}}
+    results["baseline"][f"reference_n{n}_k{k}"] = r
+    print(f"{'reference_n%d_k%d (baseline)' % (n, k):36s} {r['median_ms']:9.1f} ms  evals {r['evals_per_step']:6.1f}", flush=True)
+    return r
+
+
+def speedup(results: dict, n: int, k: int = 15) -> None:
+    """Baseline over ours at the same N, K and step indices (identical timesteps)."""
+    base = results["baseline"].get(f"reference_n{n}_k{k}")
+    if base is None:
+        return
+    by_step = {r["step"]: r["ms"] for r in base["per_step"]}
+    for name, c in results["configs"].items():
+        if c.get("n_noises") != n or c.get("lookahead_steps") != k or c.get("overrides"):
+            continue
+        paired = [by_step[r["step"]] / r["ms"] for r in c["per_step"] if r["step"] in by_step]
+        results["speedups"][f"{name}_vs_reference"] = {
+            "median_ratio": base["median_ms"] / c["median_ms"], "paired_median_ratio": statistics.median(paired) if paired else None,
+            "baseline_ms": base["median_ms"], "ours_ms": c["median_ms"], "n_noises": n, "lookahead_steps": k,
+            "target": ">= 8 (issue goal, paper_2d)"}
+
+
+# ----------------------------------------------------------------------------------------- agreement
+def agreement_draws(args, prior_shape: tuple[int, ...]):
+    """``--draws`` draws: seeds 0.. x steps 0.. with the run's timesteps and a seeded randn scene (the latent-image init)."""
+    from rewardsds.eval.agreement import Draw
+    from rewardsds.schedules import Schedule, TimestepSampler
+
+    sampler = TimestepSampler(Schedule(0.02), Schedule(0.98), 1000)
+    per_seed = max(1, args.draws // 4)
+    draws = []
+    for i in range(args.draws):
+        seed, step = i // per_seed, i % per_seed
+        g = torch.Generator().manual_seed(1000 + seed)
+        draws.append(Draw(seed=seed, step=step, t=sampler.sample(step, seed), latents=torch.randn(1, *prior_shape, generator=g)))
+    return draws
+
+
+def bench_agreement(args, models: Models, device, results: dict, deadline: Deadline, variants: list[tuple[str, str, dict, str]]) -> None:
+    """Selection agreement of each fast path with the exact fp32 path (N = ``--agreement-n``, K = 15)."""
+    from rewardsds.candidates import CandidateEngine
+    from rewardsds.eval.agreement import collect_rewards, compare_selections, engine_selector
+
+    n = args.agreement_n
+    draws = agreement_draws(args, models.prior("fp32").latent_shape)
+    sec = results["agreement"]
+    sec.update({"n_noises": n, "lookahead_steps": 15, "n_max": 2, "n_min": 2, "draws": [{"seed": d.seed, "step": d.step, "t": d.t} for d in draws],
+                "exact": "fp32 prior, eager, TF32 off, full decode, 15-step lookahead from t, ImageReward fp32 via PIL"})
+
+    def path(variant: str, reward_variant: str, **engine_kw):
+        prior = models.prior(variant)
+        kw = dict(lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t", chunk_size=args.chunk_size)
+        kw.update(engine_kw)
+        eng = CandidateEngine(prior, models.reward(reward_variant), **kw)
+        return engine_selector(eng, prior.text_cond([PROMPT], ""), [PROMPT], n)
+
+    t0 = time.perf_counter()
+    with tf32(matmul=False, cudnn=False):
+        exact = collect_rewards(path("fp32", "pil32"), draws)
+    sec["exact_s"] = time.perf_counter() - t0
+    print(f"agreement: exact fp32 path on {len(draws)} draws in {sec['exact_s']:.0f} s", flush=True)
+    for name, variant, engine_kw, reward_variant in variants:
+        if not deadline.allows(f"agreement:{name}", 10):
+            continue
+        t0 = time.perf_counter()
+        fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
+        rep = compare_selections(exact, fast, 2, 2, draws)
+        sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant, "reward": reward_variant, "engine": engine_kw,
+                              "seconds": time.perf_counter() - t0, "default_ok": rep.agreement >= 0.95}
+        print(f"agreement {name:28s} {rep.agreement:6.1%}  (top {rep.top_agreement:.0%}, bottom {rep.bottom_agreement:.0%}, "
+              f"rank corr {rep.rank_correlation:.3f})", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- compile cache
+def bench_compile_cache(args, device, results: dict) -> None:
+    """Run the user's CLI twice in fresh processes against one empty compile cache: what the first run on a machine
+    pays for compiling and what a later run (or a sweep job) still pays."""
+    cache = Path(args.compile_cache_probe or tempfile.mkdtemp(prefix="rewardsds_inductor_"))
+    cache.mkdir(parents=True, exist_ok=True)
+    ckpt, tok = args.image_reward
+    out = {"cache_dir": str(cache), "cache_was_empty": not any(cache.iterdir()), "runs": []}
+    for run in (1, 2):
+        run_dir = Path(tempfile.mkdtemp(prefix=f"rewardsds_probe{run}_"))
+        cmd = [sys.executable, "-m", "rewardsds", "experiment=paper_2d", f"prompt={PROMPT}", f"prior.pretrained={args.sd_folder}",
+               "prior.local_files_only=true", f"prior.compile_cache={cache}", f"reward.checkpoint={ckpt}", f"reward.tokenizer={tok}",
+               "reward.local_files_only=true", f"steps={args.probe_steps}", "logger=none", "output.video=false", "output.image_every=0",
+               "output.candidates_every=0", f"output.checkpoint_every={args.probe_steps}", f"hydra.run.dir={run_dir}",
+               *(["trainer=gpu"] if device.type == "cuda" else ["trainer=cpu"])]
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=args.probe_timeout)
+        wall = time.perf_counter() - t0
+        row: dict[str, Any] = {"run": run, "returncode": proc.returncode, "process_wall_s": wall}
+        try:
+            times = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["rewardsds"]["step_times"]
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            steady = statistics.median(times[1:]) if len(times) > 1 else float("nan")
+            row.update({"first_step_s": times[0], "steady_step_s": steady, "compile_s": times[0] - steady,
+                        "step_times_s": times, "run_wall_time_s": metrics.get("wall_time_s")})
+        except (OSError, KeyError, ValueError) as err:
+            row["error"] = f"{type(err).__name__}: {err}"
+            row["stderr_tail"] = proc.stderr[-3000:]
+        out["runs"].append(row)
+        print(f"compile cache run {run}: process {wall:.0f} s, first step {row.get('first_step_s', float('nan')):.1f} s, "
+              f"steady {row.get('steady_step_s', float('nan')):.2f} s", flush=True)
+    out["cache_mb"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+    results["compile_cache"] = out
+
+
+# ----------------------------------------------------------------------------------------- lookahead MFU
+def bench_lookahead_mfu(models: Models, flops: Flops, device, results: dict, variant: str, n: int = 10, t: int = 979, iters: int = 3):
+    from rewardsds.candidates import CandidateEngine
+
+    prior = models.prior(variant)
+    eng = CandidateEngine(prior, None, lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t",
+                          chunk_size=models.args.chunk_size)
+    text = prior.text_cond([PROMPT], "")
+    z = torch.randn(1, *prior.latent_shape, device=device)
+    cands = eng.draw(z, t, n, step=0)
+    eng.lookahead(cands, text)  # warm-up (compile / capture)
+    before = cands.evals
+    times = [timed(lambda: eng.lookahead(cands, text), device) for _ in range(iters)]
+    evals = (cands.evals - before) // iters
+    f = flops.unet(prior, device)
+    med = statistics.median(times)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_flops(name)
+    results["lookahead_mfu"][variant] = {
+        "n_noises": n, "t": t, "unet_inputs": evals, "median_ms": 1000 * med, "unet_gflops_per_sample": f / 1e9,
+        "achieved_tflops": evals * f / med / 1e12, "peak_tflops": peak / 1e12 if peak else None, "mfu": evals * f / med / peak if peak else None}
+
+
+def bench_bare(models: Models, device, results: dict) -> None:
+    """A bare CFG-sized UNet call (batch 2) and ImageReward on 8 images of 512^2, eager bf16."""
+    prior, reward = models.prior("eager"), models.reward("fast")
     x = torch.randn(2, *prior.latent_shape, device=device)
     t = torch.full((2,), 500, device=device, dtype=torch.long)
     emb = prior.encode_text([PROMPT, ""])
@@ -196,102 +519,26 @@ def bare_unet_call(prior, device) -> Callable[[], Any]:
         with torch.no_grad():
             return prior.predict_noise(x, t, emb)
 
-    return call
-
-
-def bench_bare_unet(prior, device, results, iters: int):
-    call = bare_unet_call(prior, device)
     for _ in range(3):
         call()
-    results["bare_unet_batch2"] = stats([timed(call, device) for _ in range(iters)])
-
-
-def bench_reward(reward, device, results, batch: int = 8, size: int = 512, iters: int = 20):
-    """The reward alone: ``batch`` images of ``size``^2 scored as the training loop does (tensor path, cached prompt)."""
-    images = torch.rand(batch, 3, size, size, device=device)
-    prompts = [PROMPT] * batch
-    for _ in range(3):
-        reward(images, prompts, check=False)
-    times = [timed(lambda: reward(images, prompts, check=False), device) for _ in range(iters)]
-    results["reward_image_reward"] = {**stats(times), "batch": batch, "size": size,
-                                      "dtype": str(getattr(reward, "dtype_option", "")), "compile": bool(getattr(reward, "_forward", None) is not getattr(reward, "model", None))}
-
-
-def unet_flops_per_sample(prior, device) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.randn(1, *prior.latent_shape, device=device)
-    t = torch.full((1,), 500, device=device, dtype=torch.long)
-    emb = prior.encode_text([PROMPT])
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        prior.predict_noise(x, t, emb)
-    return float(fc.get_total_flops())
-
-
-def bench_lookahead_mfu(prior, device, results, n: int = 8, t: int = 979, iters: int = 3):
-    from rewardsds.candidates import CandidateEngine
-
-    eng = CandidateEngine(prior, None, lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t")
-    text = prior.text_cond([PROMPT], "")
-    z = torch.randn(1, *prior.latent_shape, device=device)
-    cands = eng.draw(z, t, n, step=0)
-    eng.lookahead(cands, text)  # warm-up
-    before = cands.evals
-    times = [timed(lambda: eng.lookahead(cands, text), device) for _ in range(iters)]
-    evals = (cands.evals - before) // iters
-    flops = unet_flops_per_sample(prior, device)
-    med = statistics.median(times)
-    achieved = evals * flops / med
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = peak_flops(name)
-    results["lookahead_mfu"] = {
-        "n_noises": n, "t": t, "unet_inputs": evals, "median_ms": 1000 * med, "unet_gflops_per_sample": flops / 1e9,
-        "achieved_tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None, "mfu": achieved / peak if peak else None,
-    }
-
-
-def bench_plain(args, prior_fp32, reward_plain, device, results, n: int, k: int):
-    from rewardsds.reference import plain_rewardsds_step
-    from rewardsds.schedules import Schedule, TimestepSampler
-    from rewardsds.strategies import MinMaxStrategy
-
-    sampler = TimestepSampler(Schedule(0.02), Schedule(0.98), prior_fp32.num_train_timesteps)
-    z = torch.nn.Parameter(torch.randn(1, *prior_fp32.latent_shape, device=device))
-    opt = torch.optim.AdamW([z], lr=0.01, betas=(0.9, 0.99), eps=1e-15, weight_decay=0.0)
-    text = prior_fp32.text_cond([PROMPT], "")
-    times, evals = [], []
-    for step in range(args.warmup + args.plain_steps):
-        out = {}
-
-        def one():
-            res = plain_rewardsds_step(prior_fp32, reward_plain, MinMaxStrategy(), z, sampler.sample(step, 0), n, step, 0, text, PROMPT,
-                                       guidance_scale=100.0, lookahead_steps=k, lookahead_guidance=7.5)
-            opt.zero_grad()
-            res.loss.backward()
-            opt.step()
-            out["evals"] = res.evals
-
-        dt = timed(one, device)
-        if step >= args.warmup:
-            times.append(dt)
-            evals.append(out["evals"])
-    results["configs"][f"plain_n{n}_k{k}"] = {**stats(times), "evals_per_step": statistics.fmean(evals), "n_noises": n, "lookahead_steps": k,
-                                              "ms_per_eval_median": statistics.median(1000 * t / e for t, e in zip(times, evals) if e),
-                                              "precision": "fp32", "reward_preprocessing": "PIL"}
-    print(f"plain_n{n}_k{k:<24d} {statistics.median(times) * 1000:9.1f} ms  evals {statistics.fmean(evals):6.1f}", flush=True)
+    results["bare_unet_batch2"] = stats([timed(call, device) for _ in range(10)])
+    images = torch.rand(8, 3, prior.image_size, prior.image_size, device=device)
+    for _ in range(2):
+        reward(images, [PROMPT] * 8, check=False)
+    results["reward_image_reward_batch8"] = stats([timed(lambda: reward(images, [PROMPT] * 8, check=False), device) for _ in range(10)])
 
 
 def bench_mvdream(args, device, tmp, results, reward_fast):
     """RewardSDS with MVDream: N = 7 candidates of 4 views, 15-point linspace lookahead from exactly t (CFG 50),
     rewards averaged over views; all candidates batched vs one candidate at a time (3D reference)."""
-    from rewardsds.candidates import CandidateEngine
+    import math
+
     from rewardsds.cameras import orbit_cameras
+    from rewardsds.candidates import CandidateEngine
     from rewardsds.losses.sds import x0_recon_target
     from rewardsds.priors.mvdream import MVDreamPrior
-    from rewardsds.strategies import MinMaxStrategy
+    from rewardsds.strategies import MinMaxStrategy, NoStrategy
     from rewardsds.testing import build_mvdream
-
-    import math
 
     mv, base = build_mvdream(tmp / "mvdream", args.preset)
     prior = MVDreamPrior(pretrained=str(mv), base_model=str(base), dtype="bf16" if device.type == "cuda" else "fp32",
@@ -301,7 +548,7 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
                          torch.full((views,), math.radians(40)), 256, 256).to(device)
     text = prior.text_cond([PROMPT] * views, "blurry")
     latents = torch.randn(views, *prior.latent_shape, device=device, requires_grad=True)
-    strategy = MinMaxStrategy()
+    strategy, strategy_none = MinMaxStrategy(), NoStrategy()
 
     def step(batched: bool, s: int):
         eng = CandidateEngine(prior, reward_fast, 15, 50.0, "linspace", "exact_t", chunk_size=args.chunk_size, seed=0)
@@ -325,9 +572,6 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
         loss.backward()
         return evals
 
-    from rewardsds.strategies import NoStrategy
-
-    strategy_none = NoStrategy()
     out = {}
     for mode in ("batched", "sequential"):
         reset_peak(device)
@@ -339,7 +583,7 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
                 times.append(dt)
                 evals = box["e"]
         out[mode] = {**stats(times), "evals_per_step": evals, "peak_memory_gb": peak_gb(device)}
-        print(f"mvdream_{mode:24s} {statistics.median(times) * 1000:9.1f} ms  evals {evals}", flush=True)
+        print(f"mvdream_{mode:27s} {statistics.median(times) * 1000:9.1f} ms  evals {evals}", flush=True)
     out["speedup"] = out["sequential"]["median_ms"] / out["batched"]["median_ms"]
     out.update({"n_noises": n, "views": views, "lookahead": "linspace 15 from t, CFG 50", "resolution": 256})
     results["mvdream"] = out
@@ -348,28 +592,46 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
 
 
 def build_tiny_vae(folder: Path, preset: str) -> Path:
+    """A random AutoencoderTiny (taesd architecture at full size): its cost is real, its images are not the VAE's."""
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
     kw = {} if preset == "sd21_base" else dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                                               num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
-    if preset != "sd21_base":
-        kw.update(upsampling_scaling_factor=2)
+                                               num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), upsampling_scaling_factor=2)
     AutoencoderTiny(**kw).save_pretrained(folder)
     return folder
 
 
 # ----------------------------------------------------------------------------------------- main
 def table(results: dict) -> str:
-    lines = [f"device: {results['device']}; torch {results['torch']}; timesteps seeded (seed 0); {results['steps']} measured steps after "
-             f"{results['warmup']} warm-up",
-             "", "| config | N | K | ms/step median (min-max) | UNet evals/step | ms/eval median | peak GB |", "|---|---|---|---|---|---|---|"]
-    for name, r in results["configs"].items():
-        lines.append(f"| {name} | {r.get('n_noises', '')} | {r.get('lookahead_steps', '')} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
-                     f"{r['evals_per_step']:.1f} | {r.get('ms_per_eval_median', float('nan')):.2f} | {r.get('peak_memory_gb') or 0:.2f} |")
-    d = results.get("derived", {})
-    if d:
-        lines += ["", "| derived | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in d.items()]
+    lines = [f"device: {results['device']}; torch {results['torch']}; timesteps (seed 0, steps {results['measured_steps'][0]}.."
+             f"{results['measured_steps'][-1]}): {results['timesteps']}", "",
+             "| config | prior | N | K | ms/step median (min-max) | UNet evals/step | ms/eval | MFU (UNet / all) | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in {**{f"{k} (baseline)": dict(v, variant="fp32 reference") for k, v in results["baseline"].items()}, **results["configs"]}.items():
+        mfu = f"{r['mfu_unet']:.0%} / {r['mfu_model']:.0%}" if r.get("mfu_unet") is not None else "-"
+        lines.append(f"| {name} | {r.get('variant', '')} | {r.get('n_noises', '')} | {r.get('lookahead_steps', '')} | {r['median_ms']:.1f} "
+                     f"({r['min_ms']:.1f}-{r['max_ms']:.1f}) | {r['evals_per_step']:.1f} | {r.get('ms_per_eval_median', float('nan')):.2f} | {mfu} | "
+                     f"{r.get('peak_memory_gb') or 0:.2f} |")
+    if results["speedups"]:
+        lines += ["", "| speed-up over the reference structure (same N, K, t) | median ratio | paired median |", "|---|---|---|"]
+        for k, v in results["speedups"].items():
+            lines.append(f"| {k} | {v['median_ratio']:.2f}x | {v['paired_median_ratio']:.2f}x |")
+    paths = results["agreement"].get("paths", {})
+    if paths:
+        lines += ["", f"| selection agreement with the exact fp32 path (N={results['agreement']['n_noises']}, {len(results['agreement']['draws'])} draws) "
+                  "| both sets | top | bottom | rank corr | on-by-default bar (95%) |", "|---|---|---|---|---|---|"]
+        for k, v in paths.items():
+            lines.append(f"| {k} | {v['agreement']:.1%} | {v['top_agreement']:.0%} | {v['bottom_agreement']:.0%} | {v['rank_correlation']:.3f} | "
+                         f"{'meets' if v['default_ok'] else 'misses'} |")
+    cc = results.get("compile_cache")
+    if cc:
+        lines += ["", "| compile cache | process s | first step s | steady step s | compile s |", "|---|---|---|---|---|"]
+        for r in cc["runs"]:
+            lines.append(f"| run {r['run']} | {r['process_wall_s']:.0f} | {r.get('first_step_s', float('nan')):.1f} | "
+                         f"{r.get('steady_step_s', float('nan')):.3f} | {r.get('compile_s', float('nan')):.1f} |")
+    for s in results.get("skipped", []):
+        lines.append(f"\nskipped: {s['what']} ({s['reason']})")
     return "\n".join(lines)
 
 
@@ -378,87 +640,150 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="sd21_base", choices=["sd21_base", "tiny"])
-    ap.add_argument("--sd-folder", type=Path, default=None, help="an existing random (or real) SD folder to reuse")
-    ap.add_argument("--n", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 10])
-    ap.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 4, 15])
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--sd-folder", type=Path, default=None, help="a random (or real) SD folder to reuse; a random one is built there if missing")
+    ap.add_argument("--image-reward-dir", type=Path, default=None, help="a folder for (or with) the random ImageReward files")
+    ap.add_argument("--sections", default=",".join(MAIN_SECTIONS), help=f"comma list of {', '.join(ALL_SECTIONS)}")
+    ap.add_argument("--quick", action="store_true", help="paper N=10 only: baseline, eager, compiled, and agreement on 8 draws")
+    ap.add_argument("--full", action="store_true", help="also N in 4,8,10 x K in 0,1,4,15 (compiled), SDS compiled, MVDream")
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--plain-steps", type=int, default=3)
+    ap.add_argument("--draws", type=int, default=16, help="agreement draws (4 seeds x draws/4 steps)")
+    ap.add_argument("--agreement-n", type=int, default=10)
+    ap.add_argument("--per-draw", action="store_true", help="keep every draw's sets in the JSON")
     ap.add_argument("--mv-steps", type=int, default=3)
-    ap.add_argument("--chunk-size", type=int, default=0)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet and the reward (compile time reported separately)")
-    ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode of the UNet with --compile "
-                    "(reduce-overhead: CUDA graphs, one per candidate-batch shape; default; max-autotune)")
-    ap.add_argument("--no-plain", action="store_true")
-    ap.add_argument("--no-prune", action="store_true", help="skip the candidate-pruning config")
+    # 64 inputs per UNet call (N <= 32 in one call, as the automatic size gives on an H200); 0 = automatic, whose memory
+    # probe calls the UNet at batch 2 and so compiles one more CUDA graph per compiled prior (the compile_cache
+    # section runs the CLI, automatic size included)
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--compile-cache", default="auto", help="prior.compile_cache of the compiled variants (auto: ~/.cache/rewardsds/torchinductor)")
+    ap.add_argument("--compile-cache-probe", default=None, help="an EMPTY folder for the compile_cache section (default: a new temp folder)")
+    ap.add_argument("--probe-steps", type=int, default=5)
+    ap.add_argument("--probe-timeout", type=int, default=300, help="seconds per CLI run of the compile_cache section")
+    ap.add_argument("--reward-compile", action="store_true", help="torch.compile the fast reward too (reward.compile=true; default off as in the config)")
+    ap.add_argument("--tiny-vae", action="store_true", help="time and measure decode=tiny with a random AutoencoderTiny")
     ap.add_argument("--mvdream", action="store_true")
-    ap.add_argument("--tiny-vae", action="store_true", help="also time decode=tiny with a random AutoencoderTiny")
+    ap.add_argument("--time-limit", type=float, default=480.0, help="seconds; later sections are skipped, partial JSON kept")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    from rewardsds.priors.sd import StableDiffusionPrior
+    sections = set(s.strip() for s in args.sections.split(",") if s.strip())
+    unknown = sections - set(ALL_SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; use {', '.join(ALL_SECTIONS)}")
+    if args.mvdream:
+        sections.add("mvdream")
+    if args.quick:
+        sections &= {"paper", "agreement", "compile_cache"}
+        args.draws = min(args.draws, 8)
+
     from rewardsds.testing import build_sd_pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix="rewardsds_bench_"))
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-                               "preset": args.preset, "steps": args.steps, "warmup": args.warmup, "compile": args.compile,
-                               "compile_mode": args.compile_mode if args.compile else None, "configs": {}}
+                               "preset": args.preset, "steps": args.steps, "warmup": args.warmup, "measured_steps": measured_steps(args),
+                               "timesteps": timesteps_of(measured_steps(args)), "sections": sorted(sections), "quick": args.quick,
+                               "configs": {}, "baseline": {}, "speedups": {}, "agreement": {"paths": {}}, "lookahead_mfu": {},
+                               "tf32_for_our_configs": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
+    deadline = Deadline(args.time_limit, results)
     t0 = time.perf_counter()
-    if args.sd_folder is None:
-        args.sd_folder = build_sd_pipeline(tmp / "sd", args.preset)
+    if args.sd_folder is None or not (args.sd_folder / "unet" / "config.json").is_file():  # built once into --sd-folder
+        args.sd_folder = build_sd_pipeline(args.sd_folder or tmp / "sd", args.preset, device=args.device,
+                                           dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    args.image_reward = image_reward_files(args.image_reward_dir or tmp / "image_reward", args.preset)
+    args.tiny_vae = build_tiny_vae(tmp / "taesd", args.preset) if (args.tiny_vae or args.full) else None
     results["build_s"] = time.perf_counter() - t0
-    tiny_vae = build_tiny_vae(tmp / "taesd", args.preset) if args.tiny_vae else None
-    dtype = "bf16" if device.type == "cuda" else "fp32"
-    prior = StableDiffusionPrior(str(args.sd_folder), dtype=dtype, compile=args.compile, compile_mode=args.compile_mode if args.compile else "default", tiny_vae=str(tiny_vae) if tiny_vae else None,
-                                 local_files_only=True).to(device)
-    reward = build_reward(args.preset, device, fast=True, compile=args.compile, tmp=tmp)
-    if args.compile:
-        t0 = time.perf_counter()
-        bench_bare_unet(prior, device, {}, 1)
-        results["compile_s_unet"] = time.perf_counter() - t0
-    bench_bare_unet(prior, device, results, iters=20)
-    bench_reward(reward, device, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
+        results["elapsed_s"] = time.perf_counter() - t0
         tmp_out = args.out.with_suffix(".json.partial")
-        tmp_out.write_text(json.dumps(results, indent=2) + "\n")
+        tmp_out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         tmp_out.replace(args.out)
 
+    models, flops = Models(args, device), Flops()
+    cfg = lambda *a, **k: bench_config(args, models, flops, device, tmp, results, *a, **k)  # noqa: E731
+    cuda = device.type == "cuda"
+    f8_reason = models.float8_supported()
+    results["float8_supported"] = f8_reason is None
+    if f8_reason:
+        results["float8_unsupported_reason"] = f8_reason
+
+    if "compile_cache" in sections and deadline.allows("compile_cache", 60):
+        bench_compile_cache(args, device, results)  # first: its CLI processes need the GPU to themselves
+        save()
+    if sections & set(MAIN_SECTIONS):
+        bench_bare(models, device, results)
+        save()
+    if "paper" in sections and deadline.allows("paper (N=10, K=15)", 30):
+        bench_baseline(args, models, device, results, 10)
+        save()
+        cfg("rewardsds_n10_k15_eager", "eager", 10, 15)
+        save()
+        if cuda and deadline.allows("rewardsds_n10_k15_compiled", 60):
+            cfg("rewardsds_n10_k15_compiled", "compiled", 10, 15)
+        speedup(results, 10)
+        save()
+    if "agreement" in sections and deadline.allows("agreement", 90):
+        variants = [("bf16_eager", "eager", {}, "fast")]
+        if cuda:
+            variants.append(("bf16_compiled (default on CUDA)", "compiled", {}, "fast"))
+        if not args.quick:
+            if f8_reason is None and "float8" in sections:
+                variants.append(("bf16_compiled_float8_lookahead", "compiled_float8", {}, "fast"))
+            variants += [("prune_to_5", "eager", {"prune_to": 5}, "fast"),
+                         ("lookahead_8_steps", "eager", {"lookahead_steps": 8}, "fast"),
+                         ("lookahead_4_steps", "eager", {"lookahead_steps": 4}, "fast"),
+                         ("lookahead_1_step", "eager", {"lookahead_steps": 1}, "fast"),
+                         ("one_step_x0 (K=0)", "eager", {"lookahead_steps": 0}, "fast")]
+            if args.tiny_vae:
+                variants.append(("tiny_decode (random taesd)", "eager", {"lookahead_decode": "tiny"}, "fast"))
+            if args.full:  # the reward's tensor preprocessing alone (fp32 everywhere else): one more fp32 pass
+                variants.append(("fp32_tensor_preprocessing", "fp32", {}, "tensor32"))
+        bench_agreement(args, models, device, results, deadline, variants)
+        save()
+    if "float8" in sections and f8_reason is None:
+        if deadline.allows("rewardsds_n10_k15_compiled_float8", 90):
+            cfg("rewardsds_n10_k15_compiled_float8", "compiled_float8", 10, 15)
+            save()
+        if deadline.allows("rewardsds_n10_k15_eager_float8", 30):
+            cfg("rewardsds_n10_k15_eager_float8", "eager_float8", 10, 15)
+            save()
+    elif "float8" in sections:
+        results.setdefault("skipped", []).append({"what": "float8", "reason": f8_reason})
+    if "reference_n8" in sections and deadline.allows("reference N=8 (the issue's measured reference)", 40):
+        bench_baseline(args, models, device, results, 8)
+        cfg("rewardsds_n8_k15_eager", "eager", 8, 15)
+        if cuda and deadline.allows("rewardsds_n8_k15_compiled", 60):
+            cfg("rewardsds_n8_k15_compiled", "compiled", 8, 15)
+        speedup(results, 8)
+        save()
+    if "variants" in sections:
+        if deadline.allows("sds_eager", 10):
+            cfg("sds_eager", "eager", 1, 0)
+        if deadline.allows("prune", 20):
+            cfg("rewardsds_n10_k15_prune5_eager", "eager", 10, 15, ["lookahead.prune_to=5"])
+        if args.tiny_vae and deadline.allows("tiny decode", 20):
+            cfg("rewardsds_n10_k15_tinydecode_eager", "eager", 10, 15, ["lookahead.decode=tiny"])
+        if args.full and cuda:
+            for n in (4, 8, 10):
+                for k in (0, 1, 4, 15):
+                    name = f"rewardsds_n{n}_k{k}_compiled"
+                    if name not in results["configs"] and deadline.allows(name, 60):
+                        cfg(name, "compiled", n, k)
+                        save()
+            if deadline.allows("sds_compiled", 60):
+                cfg("sds_compiled", "compiled", 1, 0)
+        save()
+    if "mfu" in sections and deadline.allows("lookahead_mfu", 20):
+        bench_lookahead_mfu(models, flops, device, results, "eager")
+        if cuda:
+            bench_lookahead_mfu(models, flops, device, results, "compiled")
+        save()
+    if "mvdream" in sections and deadline.allows("mvdream", 60):
+        bench_mvdream(args, device, tmp, results, models.reward("fast"))
+    results["flops"] = {k: v / 1e9 for k, v in flops.values.items()}
+    results["flops_unit"] = "GFLOP per sample (unet: one 64x64 evaluation; decode: one 512x512 image; reward: one image)"
+    results["model_build_s"] = models.build_s
     save()
-    bench_fast(args, prior, reward, device, tmp, results, save)
-    bench_lookahead_mfu(prior, device, results)
-    if not args.no_plain:
-        prior32 = StableDiffusionPrior(str(args.sd_folder), dtype="fp32", channels_last=False, local_files_only=True).to(device)
-        reward32 = build_reward(args.preset, device, fast=False, compile=False, tmp=tmp)
-        n_ref = 8 if 8 in args.n else args.n[0]
-        bench_plain(args, prior32, reward32, device, results, n_ref, 15)
-        del prior32, reward32
-        gc.collect()
-    if args.mvdream:
-        bench_mvdream(args, device, tmp, results, reward)
-    c = results["configs"]
-    derived = {}
-    n_ref = 8 if 8 in args.n else args.n[0]
-    if f"plain_n{n_ref}_k15" in c and f"rewardsds_n{n_ref}_k15" in c:
-        derived[f"speedup_rewardsds_n{n_ref}_k15_vs_plain (target >= 5)"] = c[f"plain_n{n_ref}_k15"]["median_ms"] / c[f"rewardsds_n{n_ref}_k15"]["median_ms"]
-    derived["image_reward_batch8_512px_ms (target < 15)"] = results["reward_image_reward"]["median_ms"]
-    bare = c["sds"].get("paired_bare_unet_batch2", results["bare_unet_batch2"])
-    derived["sds_step_over_bare_unet_batch2 (target <= 1.2)"] = c["sds"]["median_ms"] / bare["median_ms"]
-    if results["lookahead_mfu"]["mfu"] is not None:
-        derived["lookahead_mfu"] = results["lookahead_mfu"]["mfu"]
-    if "mvdream" in results:
-        derived["mvdream_batched_speedup (target >= 3)"] = results["mvdream"]["speedup"]
-    for name in ("rewardsds_n10_k15",):
-        if name in c and c[name].get("peak_memory_gb") is not None:
-            derived["peak_gb_n10_k15_512px (target < 24)"] = c[name]["peak_memory_gb"]
-    if "mvdream" in results and results["mvdream"]["batched"]["peak_memory_gb"] is not None:
-        derived["peak_gb_mvdream_n7_4views_256px (target < 40)"] = results["mvdream"]["batched"]["peak_memory_gb"]
-    results["derived"] = derived
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
     md = table(results)
     args.out.with_suffix(".md").write_text(md + "\n")
     print("\n" + md)

@@ -29,7 +29,9 @@ ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
         (["representation.init=image"], "representation.init_image", "init_image=/path"),
         (["prior=sd", "prior.compile_mode=fast"], "prior.compile_mode", "reduce-overhead"),
         (["prior=mvdream", "prior.compile_mode=cudagraphs"], "prior.compile_mode", "reduce-overhead"),
-        (["prior=sd", "prior.compile_mode=reduce-overhead"], "prior.compile_mode", "prior.compile=true"),
+        (["prior=sd", "prior.compile=false", "prior.compile_mode=max-autotune"], "prior.compile_mode", "prior.compile=auto"),
+        (["prior=mvdream", "prior.compile_mode=reduce-overhead"], "prior.compile_mode", "prior.compile=auto"),
+        (["prior=sd", "prior.compile=sometimes"], "prior.compile", "use auto"),
     ],
 )
 def test_validation_errors_name_key_value_fix(overrides, key, fix):

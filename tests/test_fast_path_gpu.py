@@ -11,6 +11,11 @@ weights, from the same latents, timestep and seeded candidate noises, with the p
 - bf16 fast vs fp32 plain: the same to bf16 tolerance;
 - the UNet compiled with ``reduce-overhead`` (CUDA graphs) vs eager in bf16: the same predictions, outputs that
   survive the next replay, and the same step.
+- the benchmark's baseline (:func:`rewardsds.reference.reference_structure_step`, the public reference code's
+  structure) vs the fast path in fp32: same rewards and selections, loss and gradient 4x the reference's;
+- ``prior.lookahead_quantize=float8``: the float8 view's linear layers are float8, the prior's own UNet is not, and
+  only the lookahead calls the view (skipped with its reason below compute capability 8.9);
+- the default CUDA prior compiles with CUDA graphs and writes its kernels into ``prior.compile_cache``.
 
 Errors are relative L2 norms ``|fast - plain| / |plain|``. The test guidance scale is 7.5: at the SDS default of
 100 the field is ``100 (c - u)``, and with random weights ``c - u`` is a small difference of two large predictions,
@@ -61,7 +66,7 @@ def parts(sd21_random, image_reward_random):
         key = ("prior", dtype, fast, compile_mode)
         if key not in cache:
             cache[key] = StableDiffusionPrior(str(sd21_random), dtype=dtype, channels_last=fast, local_files_only=True,
-                                              compile=compile_mode is not None, compile_mode=compile_mode or "default").to(DEVICE)
+                                              compile=compile_mode is not None, compile_mode=compile_mode or "reduce-overhead").to(DEVICE)
         return cache[key]
 
     def reward(dtype: str, pil: bool):
@@ -186,3 +191,107 @@ def test_cuda_graph_unet_matches_eager(parts):
     assert rep["pred_rel_err_0"] < 2e-2 and rep["pred_rel_err_1"] < 2e-2, rep
     assert rel(a, ref[1]) > 0.1  # a still holds the prediction of x[0], not the later replay's
     assert rep["step_grad_rel_err"] < 5e-2 and rep["step_loss_rel_err"] < 2e-2, rep
+
+
+# ----------------------------------------------------------------------------------------- the benchmark's baseline
+@gpu_test
+def test_reference_structure_equals_fast_path_fp32(parts):
+    """The speed baseline (the public reference code's structure) computes our step in fp32: same rewards and
+    selections, loss and gradient M = 4 times the reference's (it divides each kept candidate's loss by M)."""
+    from rewardsds.candidates import CandidateEngine
+    from rewardsds.losses.base import StepContext
+    from rewardsds.losses.sds import SDSLoss
+    from rewardsds.reference import reference_structure_step
+    from rewardsds.strategies import MinMaxStrategy
+
+    prior, reward = parts
+    p, r = prior("fp32", fast=False), reward("fp32", pil=True)
+    n = 6
+    engine = CandidateEngine(p, r, lookahead_steps=K, lookahead_guidance=7.5, lookahead_start="grid", seed=0)
+    z = _latents().requires_grad_(True)
+    text = p.text_cond([PROMPT], "")
+    ctx = StepContext(latents=z, t=T, step=5, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
+                      camera=None, n_noises=n, strategy=MinMaxStrategy(), engine=engine, prior=p)
+    out = SDSLoss(guidance_scale=GUIDANCE)(ctx)
+    loss = out.total()
+    loss.backward()
+    zr = _latents().requires_grad_(True)
+    ref = reference_structure_step(p, r, zr, T, n, step=5, seed=0, text=text, prompt=PROMPT, guidance_scale=GUIDANCE, lookahead_steps=K)
+    ref.loss.backward()
+    w = out.weights.float()
+    rep = {"rewards_fast": out.candidates.rewards.tolist(), "rewards_reference": ref.rewards.tolist(),
+           "rewards_max_abs_diff": float((out.candidates.rewards - ref.rewards).abs().max()),
+           "top_fast": sorted(torch.nonzero(w > 0).flatten().tolist()), "top_reference": sorted(ref.top.tolist()),
+           "bottom_fast": sorted(torch.nonzero(w < 0).flatten().tolist()), "bottom_reference": sorted(ref.bottom.tolist()),
+           "loss_rel_err": rel(loss, 4 * ref.loss), "grad_rel_err": rel(z.grad, 4 * zr.grad), "evals_fast": out.candidates.evals,
+           "evals_reference": ref.evals}
+    _report("reference_structure_fp32", rep)
+    assert rep["rewards_max_abs_diff"] <= 1e-3 * max(1.0, float(ref.rewards.abs().max())), rep
+    assert rep["top_fast"] == rep["top_reference"] and rep["bottom_fast"] == rep["bottom_reference"], rep
+    assert rep["loss_rel_err"] < 1e-3 and rep["grad_rel_err"] < 1e-3, rep
+
+
+# ----------------------------------------------------------------------------------------- float8 lookahead
+@gpu_test
+def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
+    """prior.lookahead_quantize=float8 (eager here; compiled in the benchmark): the view's UNet has float8 linear
+    layers, the prior's own UNet and its prediction at t are unchanged, and the lookahead's calls go to the view."""
+    from rewardsds.candidates import CandidateEngine
+    from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
+    from rewardsds.priors.sd import StableDiffusionPrior
+    from rewardsds.strategies import MinMaxStrategy
+
+    cap = torch.cuda.get_device_capability()
+    if tuple(cap) < FLOAT8_MIN_CAPABILITY:
+        pytest.skip(f"float8 needs compute capability >= 8.9, this GPU has {cap}")
+    prior, reward = parts
+    plain = prior("bf16", fast=True)
+    f8 = StableDiffusionPrior(str(sd21_random), dtype="bf16", local_files_only=True, compile=False, lookahead_quantize="float8").to(DEVICE)
+    view = f8.ranking_prior()
+    q, total = count_float8_linears(view.unet_float8)
+    assert count_float8_linears(f8.unet)[0] == 0 and q > 0.9 * total, (q, total)
+    g = torch.Generator(DEVICE).manual_seed(0)
+    x = torch.randn(2 * N, 4, 64, 64, device=DEVICE, generator=g)
+    t = torch.full((2 * N,), T, device=DEVICE, dtype=torch.long)
+    emb = plain.encode_text([PROMPT] * N + [""] * N)
+    with torch.no_grad():
+        a, b, c = plain.predict_noise(x, t, emb), f8.predict_noise(x, t, emb), view.predict_noise(x, t, emb)
+    calls = {"main": 0, "view": 0}
+    h1 = f8.unet.register_forward_hook(lambda *_: calls.__setitem__("main", calls["main"] + 1))
+    h2 = view.unet_float8.register_forward_hook(lambda *_: calls.__setitem__("view", calls["view"] + 1))
+    # an explicit chunk size: the automatic one would measure memory with one more call of the prior's UNet
+    eng = CandidateEngine(f8, reward("bf16", pil=False), lookahead_steps=K, lookahead_guidance=7.5, chunk_size=64, seed=0)
+    z = _latents()
+    cands = eng.evaluate(z, T, N, 5, f8.text_cond([PROMPT], ""), MinMaxStrategy(n_max=1, n_min=1), [PROMPT])
+    h1.remove()
+    h2.remove()
+    rep = {"float8_linears": q, "linears": total, "prior_pred_rel_err": rel(b, a), "float8_pred_rel_err": rel(c, a),
+           "unet_calls_main": calls["main"], "unet_calls_view": calls["view"], "rewards": cands.rewards.tolist()}
+    _report("float8_view", rep)
+    assert rep["prior_pred_rel_err"] < 1e-3, rep  # the prior itself (the prediction at t) is untouched
+    assert 0 < rep["float8_pred_rel_err"] < 0.2, rep
+    assert calls["main"] == 1 and calls["view"] >= 1, calls  # one shared call at t, the rest of the chain in float8
+
+
+# ----------------------------------------------------------------------------------------- compile by default
+@gpu_test
+def test_default_prior_compiles_with_cuda_graphs_into_the_persistent_cache(tiny_sd, tmp_path, monkeypatch):
+    """With the defaults (prior.compile=auto) a CUDA prior compiles its UNet with CUDA graphs, and the compiled
+    kernels land in prior.compile_cache (set before the compile)."""
+    from rewardsds.priors.compiled import CompiledUNet
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cache = tmp_path / "inductor"
+    p = StableDiffusionPrior(str(tiny_sd), local_files_only=True, compile_cache=str(cache)).to(DEVICE)
+    assert isinstance(p._unet_call, CompiledUNet) and p._unet_call.cudagraphs and p._unet_call.mode == "reduce-overhead"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
+    x = torch.randn(4, 4, 8, 8, device=DEVICE)
+    t = torch.full((4,), 500, device=DEVICE, dtype=torch.long)
+    emb = p.encode_text(["a red fox"] * 4)
+    with torch.no_grad():
+        outs = [p.predict_noise(x, t, emb) for _ in range(3)]
+    files = [str(f.relative_to(cache)) for f in cache.rglob("*") if f.is_file()]
+    _report("default_compile_cache", {"cache": str(cache), "files": len(files), "top_level": sorted({f.split("/")[0] for f in files})})
+    assert torch.allclose(outs[0], outs[2])
+    assert files, "nothing was written to the compile cache"

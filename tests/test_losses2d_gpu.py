@@ -28,7 +28,7 @@ from conftest import compose, gpu_test
 
 STEPS = 20
 PROMPT = "a photo of a red fox"
-COMMON = ["trainer=gpu", "prior.dtype=bf16", "logger=none", "output.video=false", "output.image_every=0",
+COMMON = ["trainer=gpu", "prior.dtype=bf16", "prior.compile=false", "logger=none", "output.video=false", "output.image_every=0",
           "output.checkpoint_every=0", f"steps={STEPS}", f"prompt={PROMPT}"]
 #: name -> overrides; the *_paper cases are the paper settings (N = 10, 15-step lookahead; editing N = 5, one step)
 CASES = {

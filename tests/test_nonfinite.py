@@ -131,8 +131,10 @@ STEPS = {
     "rewardsds_pruned_analytic": ["strategy=min_max", "n_noises=4", "lookahead.steps=4", "lookahead.prune_to=2"],
     "best_analytic": ["strategy=best", "n_noises=4", "lookahead.steps=0"],
     "weighted_analytic": ["strategy=weighted", "n_noises=4", "lookahead.steps=0"],
-    "sds_tiny_sd": ["prior=sd", "strategy=none", "n_noises=1", "prompt=a red square"],
-    "rewardsds_tiny_sd": ["prior=sd", "strategy=min_max", "n_noises=4", "lookahead.steps=4", "prompt=a red square"],
+    "sds_tiny_sd": ["prior=sd", "prior.compile=false", "strategy=none", "n_noises=1", "prompt=a red square"],
+    "rewardsds_tiny_sd": ["prior=sd", "prior.compile=false", "strategy=min_max", "n_noises=4", "lookahead.steps=4", "prompt=a red square"],
+    # the CUDA default: the UNet compiled into CUDA graphs (captured during the warm-up step)
+    "rewardsds_tiny_sd_compiled": ["prior=sd", "strategy=min_max", "n_noises=4", "lookahead.steps=4", "prompt=a red square"],
 }
 
 
@@ -144,11 +146,13 @@ def test_a_step_never_waits_for_the_gpu(tmp_path, tiny_sd, case):
     extra = [*STEPS[case], *([f"prior.pretrained={tiny_sd}"] if "tiny_sd" in case else [])]
     system, opt = make_system(tmp_path, extra, device="cuda")
     assert system.skip_on_device
-    system.run_step(0, opt)  # warm-up: lazy CUDA init, the chunk size read from free memory
+    warm = 2 if "compiled" in case else 1  # compiled: Dynamo, Inductor and the CUDA-graph capture happen here
+    for step in range(warm):
+        system.run_step(step, opt)  # warm-up: lazy CUDA init, the chunk size read from free memory
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        res = system.run_step(1, opt)
+        res = system.run_step(warm, opt)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(res.grad_norm) and system.nonfinite_steps == 0

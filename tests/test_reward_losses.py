@@ -566,7 +566,7 @@ def test_full_size_sd21_base_twenty_steps(case, sd21_random, image_reward_random
     extra = {"ddpo3d": ["loss.pg_start=0"], "dreamdpo": ["loss.threshold=0"],
              "psd": ["loss.negative_start=0", "loss.threshold=0"]}[case.split("_")[0]]
     reward = [] if any(o.startswith("reward=") for o in GPU_CASES[case]) else image_reward_random
-    cfg = compose([*GPU_CASES[case], *reward, "prompt=a photo of a red fox", f"prior.pretrained={sd21_random}", "prior.dtype=bf16",
+    cfg = compose([*GPU_CASES[case], *reward, "prompt=a photo of a red fox", f"prior.pretrained={sd21_random}", "prior.dtype=bf16", "prior.compile=false",
                    "steps=20", *FAST, *extra, "trainer=gpu"])  # after FAST, whose trainer=cpu it overrides
     m = train(cfg, tmp_path / case)
     assert m["status"] == "complete" and m["iterations"] == 20 and m["nonfinite_steps"] == 0

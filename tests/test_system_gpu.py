@@ -30,7 +30,7 @@ import torch
 from conftest import compose, gpu_test
 
 PROMPT = "a photo of a red fox"
-GPU = ["trainer=gpu", "prior.dtype=bf16", "logger=none", "output.video=false", "output.image_every=0", "output.checkpoint_every=0",
+GPU = ["trainer=gpu", "prior.dtype=bf16", "prior.compile=false", "logger=none", "output.video=false", "output.image_every=0", "output.checkpoint_every=0",
        f"prompt={PROMPT}"]
 
 

@@ -223,6 +223,15 @@ class Prior(abc.ABC):
         c, u = self.predict_noise_pair(x_t, t, text, camera, chunk_size)
         return guide(c, u, scale)
 
+    def ranking_prior(self) -> "Prior":
+        """The prior the lookahead calls to rank candidates (this one, unless a cheaper view is configured).
+
+        A ranking prior may trade precision for speed (the Stable Diffusion prior's float8 view,
+        ``prior.lookahead_quantize``); its predictions only decide which candidates are selected and never
+        enter a loss. The prediction at t that a loss mode uses always comes from the prior itself.
+        """
+        return self
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.latent_channels, self.latent_size, self.latent_size)

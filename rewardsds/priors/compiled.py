@@ -1,4 +1,4 @@
-"""``torch.compile`` of a frozen UNet, with CUDA graphs for the fixed-shape lookahead when asked.
+"""``torch.compile`` of a frozen UNet, with CUDA graphs for the fixed-shape lookahead, and its persistent cache.
 
 ``mode`` is torch.compile's: ``default`` (Inductor kernels), ``reduce-overhead`` (Inductor kernels replayed
 as CUDA graphs, one graph per input shape: the lookahead calls the UNet with the same candidate batch K
@@ -7,11 +7,18 @@ times per step, so the launch overhead of every kernel is paid once per shape in
 
 CUDA-graph outputs live in memory the next replay overwrites, so :class:`CompiledUNet` marks a new step
 before each call and hands back a copy: a caller may keep the prediction at t while the lookahead runs.
+
+``prior.compile`` is ``auto`` (on for CUDA, off elsewhere), ``true`` or ``false``. Compiling the full SD UNet
+takes minutes on a fresh machine, so the Inductor FX-graph and AOTAutograd caches are pointed at a persistent
+per-user folder before the first compile (``prior.compile_cache``, default ``~/.cache/rewardsds/torchinductor``):
+the first run on a machine pays the compile, later runs and the jobs of a sweep load the compiled kernels.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -21,18 +28,89 @@ from rewardsds.errors import ConfigError
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: the modes that replay CUDA graphs
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: ``prior.compile_mode`` of the Stable Diffusion prior when nothing is set: CUDA graphs of the candidate batches
+DEFAULT_COMPILE_MODE = "reduce-overhead"
+#: accepted spellings of ``prior.compile``
+_COMPILE_WORDS = {"auto": "auto", "true": True, "on": True, "yes": True, "false": False, "off": False, "no": False}
 
 
-def check_compile_mode(mode: str, compile: bool = True) -> str:
-    """Return ``mode`` if torch.compile knows it (and, for a non-default mode, ``compile`` is on), else a
-    ConfigError naming ``prior.compile_mode``."""
+def normalize_compile(value: Any, key: str = "prior.compile") -> bool | str:
+    """``prior.compile`` as ``True``, ``False`` or ``"auto"``; anything else is a ConfigError naming ``key``."""
+    if isinstance(value, bool):
+        return value
+    word = str(getattr(value, "value", value)).strip().lower()
+    if word in _COMPILE_WORDS:
+        return _COMPILE_WORDS[word]
+    raise ConfigError(key, value, "is not a compile setting", "use auto (on for CUDA, off on CPU), true or false")
+
+
+def resolve_compile(value: Any, device: torch.device | str) -> bool:
+    """Whether to compile on ``device``: ``auto`` compiles on CUDA only (CPU runs stay eager and start at once)."""
+    v = normalize_compile(value)
+    if v == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(v)
+
+
+def check_compile_mode(mode: str, compile: Any = True, default: str = DEFAULT_COMPILE_MODE) -> str:
+    """Return ``mode`` if torch.compile knows it, else a ConfigError naming ``prior.compile_mode``.
+
+    A mode other than the schema's ``default`` together with ``prior.compile=false`` is an error too: the
+    mode would silently do nothing (with ``auto`` it applies whenever the device compiles).
+    """
     if mode not in COMPILE_MODES:
         raise ConfigError("prior.compile_mode", mode, "is not a torch.compile mode",
                           f"use one of {', '.join(COMPILE_MODES)} (reduce-overhead replays CUDA graphs)")
-    if mode != "default" and not compile:
+    if mode != default and normalize_compile(compile) is False:
         raise ConfigError("prior.compile_mode", mode, "has no effect while prior.compile=false",
-                          "add prior.compile=true (or drop prior.compile_mode)")
+                          "set prior.compile=auto or true (or drop prior.compile_mode)")
     return mode
+
+
+# ----------------------------------------------------------------------------------------- persistent cache
+def default_compile_cache() -> Path:
+    """``$XDG_CACHE_HOME/rewardsds/torchinductor`` (``~/.cache/rewardsds/torchinductor``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rewardsds" / "torchinductor"
+
+
+def configure_compile_cache(setting: Optional[str] = "auto") -> Optional[Path]:
+    """Point torch's compile caches at a persistent folder; call before the first compile.
+
+    Inductor keeps compiled graphs (FX-graph cache, with the Triton kernels under ``<dir>/triton``) and
+    AOTAutograd keeps traced joint graphs (autograd cache) under ``$TORCHINDUCTOR_CACHE_DIR``, default
+    ``/tmp/torchinductor_<user>``, which a reboot or a tmp cleaner empties. Both caches are switched on
+    explicitly (they are on by default in torch >= 2.5, but a user's config may have turned them off in code;
+    the ``TORCHINDUCTOR_FX_GRAPH_CACHE`` / ``TORCHINDUCTOR_AUTOGRAD_CACHE`` environment variables still win,
+    as torch reads them as overrides).
+
+    Args:
+        setting: ``auto``: ``$TORCHINDUCTOR_CACHE_DIR`` if the user set it, else :func:`default_compile_cache`;
+            ``torch``: leave torch's own default; any other string: that folder (``~`` expanded).
+
+    Returns:
+        the folder now in ``$TORCHINDUCTOR_CACHE_DIR`` (created), or None for ``torch``.
+    """
+    setting = "auto" if setting is None else str(setting)
+    if setting == "torch":
+        return None
+    if setting == "auto":
+        folder = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) if os.environ.get("TORCHINDUCTOR_CACHE_DIR") else default_compile_cache()
+    else:
+        folder = Path(setting).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError("prior.compile_cache", setting, f"cannot be created ({err})",
+                          "give a writable folder, or prior.compile_cache=torch for torch's default") from err
+    # Inductor reads the variable whenever it needs the folder, so setting it before the first compile suffices.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder.resolve())
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return folder
 
 
 def _own(out: Any) -> Any:
@@ -52,12 +130,14 @@ class CompiledUNet:
     Args:
         module: the frozen UNet (weights already on the GPU in their final dtype and memory format).
         mode: one of :data:`COMPILE_MODES`.
+        cache: the compile cache setting (:func:`configure_compile_cache`), applied before compiling.
     """
 
-    def __init__(self, module: torch.nn.Module, mode: str = "default"):
+    def __init__(self, module: torch.nn.Module, mode: str = DEFAULT_COMPILE_MODE, cache: Optional[str] = "auto"):
         self.module = module
         self.mode = check_compile_mode(mode)
         self.cudagraphs = mode in CUDAGRAPH_MODES
+        self.cache_dir = configure_compile_cache(cache)
         # CUDA graphs need static shapes: one graph per (batch, size) seen, never a dynamic-shape kernel
         self._fn = torch.compile(module, mode=None if mode == "default" else mode, dynamic=False if self.cudagraphs else None)
 
@@ -68,4 +148,4 @@ class CompiledUNet:
         return _own(self._fn(*args, **kwargs))
 
     def __repr__(self) -> str:
-        return f"CompiledUNet(mode={self.mode!r}, module={type(self.module).__name__})"
+        return f"CompiledUNet(mode={self.mode!r}, module={type(self.module).__name__}, cache={str(self.cache_dir) if self.cache_dir else 'torch'!r})"

@@ -317,7 +317,7 @@ class MVDreamPrior(StableDiffusionPrior):
             draw does not depend on how much of the global RNG other components consumed: strategies
             compared on the same seed see the same latents.
         local_files_only: never touch the network.
-        channels_last, compile, compile_mode, tiny_vae, vae_slicing: as for the Stable Diffusion prior.
+        channels_last, compile, compile_mode, compile_cache, tiny_vae, vae_slicing: as for the Stable Diffusion prior.
     """
 
     name = "mvdream"
@@ -340,6 +340,7 @@ class MVDreamPrior(StableDiffusionPrior):
         tiny_vae: Optional[str] = None,
         vae_slicing: bool = False,
         compile_mode: str = "default",
+        compile_cache: str = "auto",
     ):
         Prior.__init__(self)  # the Stable Diffusion constructor would load an SD UNet from base_model
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -353,7 +354,9 @@ class MVDreamPrior(StableDiffusionPrior):
         self.dtype = torch.float32  # resolved in to()
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
-        self.compile_mode = check_compile_mode(compile_mode, self.compile)
+        self.compile_mode = check_compile_mode(compile_mode, self.compile, default="default")
+        self.compile_cache = str(compile_cache)
+        self.lookahead_quantize = "none"  # the float8 ranking view is built for the Stable Diffusion prior only
         self.vae_slicing = bool(vae_slicing)
         self.encode_sample = bool(encode_sample)
         self.encode_seed = int(encode_seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from typing import Any, Optional, Sequence
 
 import torch
@@ -19,7 +20,10 @@ from torch import Tensor
 
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
-from rewardsds.priors.compiled import CompiledUNet, check_compile_mode
+from rewardsds.priors.compiled import DEFAULT_COMPILE_MODE, CompiledUNet, check_compile_mode, normalize_compile, resolve_compile
+from rewardsds.priors.quantized import check_float8_support, check_lookahead_quantize, float8_copy
+
+log = logging.getLogger(__name__)
 
 
 def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
@@ -73,9 +77,14 @@ class StableDiffusionPrior(Prior):
         scheduler: ``ddim`` or ``ddpm``; only the training noise schedule is read from it.
         local_files_only: never touch the network (a filled cache or local folder is required).
         channels_last: use channels-last memory format for the UNet and VAE on CUDA.
-        compile: ``torch.compile`` the UNet on first use (CUDA).
-        compile_mode: torch.compile mode: default | reduce-overhead (CUDA graphs for the fixed-shape lookahead) |
-            max-autotune | max-autotune-no-cudagraphs (see :mod:`rewardsds.priors.compiled`).
+        compile: ``torch.compile`` the UNet on first use: ``auto`` (on for CUDA, off on CPU), true or false.
+        compile_mode: torch.compile mode: reduce-overhead (CUDA graphs for the fixed-shape candidate batches) |
+            default | max-autotune | max-autotune-no-cudagraphs (see :mod:`rewardsds.priors.compiled`).
+        compile_cache: where compiled kernels persist across runs: ``auto`` ($TORCHINDUCTOR_CACHE_DIR or
+            ~/.cache/rewardsds/torchinductor), ``torch`` (torch's default under /tmp) or a folder.
+        lookahead_quantize: ``none`` or ``float8``: the lookahead's ranking calls use a float8 copy of the UNet's
+            linear layers (torchao; CUDA compute capability >= 8.9); the prediction at t stays in ``dtype``
+            (see :mod:`rewardsds.priors.quantized`).
         tiny_vae: optional AutoencoderTiny (taesd) id/path for cheap lookahead decodes.
         vae_slicing: decode one image at a time (bounds VAE memory for large candidate batches).
         encode_sample: encode renders with a posterior sample (threestudio) instead of the mean.
@@ -92,11 +101,13 @@ class StableDiffusionPrior(Prior):
         scheduler: str = "ddim",
         local_files_only: bool = False,
         channels_last: bool = True,
-        compile: bool = False,
+        compile: Any = "auto",
         tiny_vae: Optional[str] = None,
         vae_slicing: bool = False,
         encode_sample: bool = False,
-        compile_mode: str = "default",
+        compile_mode: str = DEFAULT_COMPILE_MODE,
+        compile_cache: str = "auto",
+        lookahead_quantize: str = "none",
     ):
         super().__init__()
         from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
@@ -106,8 +117,10 @@ class StableDiffusionPrior(Prior):
         self.dtype_request = getattr(dtype, "value", dtype)
         self.dtype = torch.float32  # resolved in to()
         self.channels_last = bool(channels_last)
-        self.compile = bool(compile)
+        self.compile = normalize_compile(compile)
         self.compile_mode = check_compile_mode(compile_mode, self.compile)
+        self.compile_cache = str(compile_cache)
+        self.lookahead_quantize = check_lookahead_quantize(lookahead_quantize)
         self.vae_slicing = bool(vae_slicing)
         self.encode_sample = bool(encode_sample)
         common = dict(revision=revision, local_files_only=local_files_only)
@@ -146,6 +159,8 @@ class StableDiffusionPrior(Prior):
         self.latent_size = int(self.unet.config.sample_size)
         self.image_size = self.latent_size * self.vae_scale_factor
         self._unet_call = self.unet
+        self._ranking: Optional["StableDiffusionPrior"] = None
+        self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
 
     def _modules(self) -> list[torch.nn.Module]:
         mods = [self.unet, self.vae, self.text_encoder]
@@ -174,8 +189,38 @@ class StableDiffusionPrior(Prior):
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._ac = self._ac.to(self.device)
-        self._unet_call = CompiledUNet(self.unet, self.compile_mode) if (self.compile and self.device.type == "cuda") else self.unet
+        placed = (self.device, self.dtype)
+        if self._placed != placed:  # a second to() on the same device keeps the compiled graphs and the float8 view
+            self._unet_call = self._compiled(self.unet)
+            self._ranking = self._float8_view() if self.lookahead_quantize == "float8" else None
+            self._placed = placed
         return self
+
+    def compiles_on(self, device: torch.device | str) -> bool:
+        """Whether the UNet is compiled on ``device`` (``auto``: CUDA only; the compiled path is CUDA graphs)."""
+        device = torch.device(device)
+        on = resolve_compile(self.compile, device)
+        if on and device.type != "cuda":
+            log.warning("prior.compile=true on %s: the UNet stays eager (compiling is for CUDA); use prior.compile=auto", device.type)
+            return False
+        return on
+
+    def _compiled(self, module: torch.nn.Module):
+        """``module`` itself, or its :class:`CompiledUNet` when this prior compiles on its device."""
+        return CompiledUNet(module, self.compile_mode, self.compile_cache) if self.compiles_on(self.device) else module
+
+    def _float8_view(self) -> "StableDiffusionPrior":
+        """A shallow copy of this prior whose UNet calls go to a float8 copy of the UNet (lookahead ranking only)."""
+        check_float8_support(self.device, self.dtype)
+        view = copy.copy(self)  # shares the text caches, the VAE, the schedule: only the UNet call differs
+        view.unet_float8 = float8_copy(self.unet)
+        view._unet_call = self._compiled(view.unet_float8)
+        view._ranking = None
+        return view
+
+    def ranking_prior(self) -> "StableDiffusionPrior":
+        """The prior whose predictions the lookahead uses to rank candidates: the float8 view or this prior."""
+        return self if self._ranking is None else self._ranking
 
     def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:
         ids = self.tokenizer(

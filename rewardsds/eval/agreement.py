@@ -1,0 +1,196 @@
+"""Selection agreement: how often a faster candidate path selects the same noises as the exact one.
+
+RewardSDS uses rewards only to decide which candidates enter the update (min_max: the top n_max get a
+positive weight, the bottom n_min a negative one). A faster path (bf16 instead of fp32, a compiled UNet,
+a float8 lookahead, a tiny decoder, pruning, fewer lookahead steps) changes the step exactly when it
+changes one of those two sets. For draws ``(seed, step, t, latents)`` both paths score the SAME candidate
+noises (keyed on seed and step); a draw agrees when the fast path's top-n_max set equals the exact path's
+and its bottom-n_min set does too. Orders inside a set do not matter (min_max weighs a set uniformly).
+
+    exact = collect_rewards(engine_selector(exact_engine, text, prompts, n), draws)
+    fast = collect_rewards(engine_selector(fast_engine, text, prompts, n), draws)
+    report = compare_selections(exact, fast, n_max=2, n_min=2, draws=draws)
+    report.agreement        # fraction of draws whose both sets match
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from rewardsds.strategies import MinMaxStrategy
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One candidate evaluation: the noises are keyed on (seed, step), the timestep is t.
+
+    Attributes:
+        seed: run seed (keys the candidate noises with ``step``).
+        step: optimisation step.
+        t: diffusion timestep.
+        latents: the scene latents [b, c, h, w] the candidates are drawn around.
+    """
+
+    seed: int
+    step: int
+    t: int
+    latents: Tensor
+
+
+#: a path: draw -> rewards [n] of the draw's candidates
+Selector = Callable[[Draw], Tensor]
+
+
+def selection_sets(rewards: Tensor, n_max: int = 2, n_min: int = 2) -> tuple[frozenset[int], frozenset[int]]:
+    """(top, bottom) candidate index sets that ``min_max`` selects from ``rewards`` [n] (its own ranking, ties
+    to the lower index), so agreement is measured on exactly what training would use."""
+    w = MinMaxStrategy(n_max=n_max, n_min=n_min)(rewards.detach().float().cpu())
+    top = frozenset(torch.nonzero(w > 0).flatten().tolist())
+    bottom = frozenset(torch.nonzero(w < 0).flatten().tolist())
+    return top, bottom
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    """Rank correlation of two reward vectors (1 = same order); NaN for fewer than 2 candidates."""
+    if a.numel() < 2:
+        return float("nan")
+    ra = torch.argsort(torch.argsort(a, stable=True), stable=True).double()
+    rb = torch.argsort(torch.argsort(b, stable=True), stable=True).double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+
+
+@dataclass
+class AgreementReport:
+    """Per-draw matches of a fast path's selections with the exact path's, and their rates.
+
+    Attributes:
+        agreement: fraction of draws whose top AND bottom sets both match.
+        top_agreement, bottom_agreement: the same for each set alone.
+        n_draws: number of draws.
+        rank_correlation: mean Spearman correlation of the two reward vectors.
+        reward_abs_err_over_spread: median over draws of max |r_fast - r_exact| / (max r_exact - min r_exact):
+            how large the fast path's reward error is against the differences that decide a selection.
+        per_draw: one dict per draw (seed, step, t, both sets of both paths, matches).
+        by_t: agreement per timestep range (``t<250``, ``250<=t<500``, ...; with draws): candidates at small t
+            differ little, so near-ties flip there first.
+    """
+
+    agreement: float
+    top_agreement: float
+    bottom_agreement: float
+    n_draws: int
+    rank_correlation: float
+    reward_abs_err_over_spread: float
+    per_draw: list[dict] = field(default_factory=list)
+    by_t: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self, per_draw: bool = True) -> dict:
+        out = {k: getattr(self, k) for k in ("agreement", "top_agreement", "bottom_agreement", "n_draws", "rank_correlation",
+                                             "reward_abs_err_over_spread", "by_t")}
+        if per_draw:
+            out["per_draw"] = self.per_draw
+        return out
+
+
+def compare_selections(
+    exact: Sequence[Tensor],
+    fast: Sequence[Tensor],
+    n_max: int = 2,
+    n_min: int = 2,
+    draws: Optional[Sequence[Draw]] = None,
+) -> AgreementReport:
+    """Compare the selections two paths make from their rewards on the same draws.
+
+    Args:
+        exact: rewards [n] per draw of the exact path.
+        fast: rewards [n] per draw of the fast path (same draws, same order).
+        n_max, n_min: the min_max set sizes (2, 2 in the paper).
+        draws: the draws (only their seed, step and t are reported).
+
+    Returns:
+        :class:`AgreementReport`.
+    """
+    if len(exact) != len(fast):
+        raise ValueError(f"{len(exact)} exact and {len(fast)} fast reward vectors: compare the same draws")
+    if not exact:
+        raise ValueError("no draws to compare")
+    rows, corr, err = [], [], []
+    for i, (re_, rf) in enumerate(zip(exact, fast)):
+        re_, rf = re_.detach().float().cpu().flatten(), rf.detach().float().cpu().flatten()
+        if re_.shape != rf.shape:
+            raise ValueError(f"draw {i}: exact rewards {tuple(re_.shape)} but fast rewards {tuple(rf.shape)}")
+        te, be = selection_sets(re_, n_max, n_min)
+        tf, bf = selection_sets(rf, n_max, n_min)
+        spread = float(re_.max() - re_.min())
+        e = float((rf - re_).abs().max())
+        corr.append(_spearman(re_, rf))
+        err.append(e / spread if spread > 0 else float("inf") if e > 0 else 0.0)
+        row = {"top_match": te == tf, "bottom_match": be == bf, "exact_top": sorted(te), "fast_top": sorted(tf),
+               "exact_bottom": sorted(be), "fast_bottom": sorted(bf), "reward_spread": spread, "reward_max_abs_err": e}
+        row["match"] = row["top_match"] and row["bottom_match"]
+        if draws is not None:
+            d = draws[i]
+            row = {"seed": d.seed, "step": d.step, "t": d.t, **row}
+        rows.append(row)
+    k = len(rows)
+    finite = [c for c in corr if c == c]
+    by_t: dict[str, dict] = {}
+    if draws is not None:
+        for lo in range(0, 1000, 250):
+            sel = [r for r in rows if lo <= r["t"] < lo + 250]
+            if sel:
+                by_t[f"{lo}<=t<{lo + 250}"] = {"n": len(sel), "agreement": sum(r["match"] for r in sel) / len(sel)}
+    return AgreementReport(
+        agreement=sum(r["match"] for r in rows) / k,
+        top_agreement=sum(r["top_match"] for r in rows) / k,
+        bottom_agreement=sum(r["bottom_match"] for r in rows) / k,
+        n_draws=k,
+        rank_correlation=sum(finite) / len(finite) if finite else float("nan"),
+        reward_abs_err_over_spread=float(torch.tensor(err).median()),
+        per_draw=rows,
+        by_t=by_t,
+    )
+
+
+def collect_rewards(selector: Selector, draws: Sequence[Draw]) -> list[Tensor]:
+    """Rewards [n] (CPU, fp32) of every draw under one path."""
+    return [selector(d).detach().float().cpu() for d in draws]
+
+
+def selection_agreement(exact: Selector, fast: Selector, draws: Sequence[Draw], n_max: int = 2, n_min: int = 2) -> AgreementReport:
+    """Run both paths on ``draws`` and compare their selections (see :func:`compare_selections`)."""
+    return compare_selections(collect_rewards(exact, draws), collect_rewards(fast, draws), n_max, n_min, draws)
+
+
+def engine_selector(engine, text, reward_prompts: Sequence[str], n: int, strategy=None) -> Selector:
+    """A path through a :class:`~rewardsds.candidates.CandidateEngine`: its full ``evaluate`` (prediction at t,
+    lookahead, decode, reward, pruning) on the draw's candidates.
+
+    Args:
+        engine: the configured engine (its prior, reward, lookahead, decode and prune settings are the path).
+        text: conditioning of the draw's views (from the engine's own prior: dtype and all).
+        reward_prompts: one prompt per view.
+        n: candidates per draw.
+        strategy: a strategy that uses rewards (default ``min_max``); only its need for a lookahead matters.
+
+    Returns:
+        draw -> rewards [n] (views averaged as the engine is configured).
+    """
+    strategy = strategy or MinMaxStrategy()
+
+    def select(d: Draw) -> Tensor:
+        latents = d.latents.to(engine.prior.device)
+        engine.chunk_size(latents)  # settle an automatic chunk size once, on the engine the copies share it from
+        e = copy.copy(engine)  # shares prior, reward and chunk size; only the seed that keys the noises differs
+        e.seed = int(d.seed)
+        cands = e.evaluate(latents, int(d.t), n, int(d.step), text, strategy, list(reward_prompts))
+        r = cands.rewards
+        return r if r.dim() == 1 else r.mean(1)
+
+    return select

@@ -1,0 +1,87 @@
+"""Selection agreement (rewardsds.eval.agreement): identical paths agree, permuted rewards give the expected rate."""
+
+import pytest
+import torch
+
+from rewardsds.candidates import CandidateEngine
+from rewardsds.eval.agreement import Draw, collect_rewards, compare_selections, engine_selector, selection_agreement, selection_sets
+
+
+def _rewards(k: int = 8, n: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g).float() + 0.01 * torch.rand(n, generator=g) for _ in range(k)]
+
+
+def _swap(r: torch.Tensor, rank_a: int, rank_b: int) -> torch.Tensor:
+    """Exchange the rewards of the candidates ranked ``rank_a`` and ``rank_b`` (0 = best)."""
+    order = torch.argsort(r, descending=True)
+    out = r.clone()
+    out[order[rank_a]], out[order[rank_b]] = r[order[rank_b]], r[order[rank_a]]
+    return out
+
+
+def test_selection_sets_follow_min_max():
+    top, bottom = selection_sets(torch.tensor([0.3, 0.9, -1.0, 0.5, 0.0, 2.0]), n_max=2, n_min=2)
+    assert top == {5, 1} and bottom == {2, 4}
+
+
+def test_identical_paths_agree_everywhere():
+    r = _rewards()
+    rep = compare_selections(r, [x.clone() for x in r])
+    assert rep.agreement == rep.top_agreement == rep.bottom_agreement == 1.0
+    assert rep.n_draws == 8 and rep.rank_correlation == pytest.approx(1.0) and rep.reward_abs_err_over_spread == 0.0
+
+
+def test_swapping_best_and_worst_in_half_the_draws_halves_the_rate():
+    r = _rewards()
+    fast = [_swap(x, 0, 7) if i % 2 == 0 else x for i, x in enumerate(r)]
+    rep = compare_selections(r, fast)
+    assert rep.agreement == 0.5 and rep.top_agreement == 0.5 and rep.bottom_agreement == 0.5
+    assert [row["match"] for row in rep.per_draw] == [False, True] * 4
+
+
+def test_orders_inside_a_set_do_not_matter_but_crossing_a_boundary_does():
+    r = _rewards()
+    inside = [_swap(x, 0, 1) for x in r]  # best and second best exchange: the same top set
+    rep = compare_selections(r, inside)
+    assert rep.agreement == 1.0 and rep.rank_correlation < 1.0
+    across = [_swap(x, 1, 2) if i < 3 else x for i, x in enumerate(r)]  # second and third exchange in 3 of 8 draws
+    rep = compare_selections(r, across)
+    assert rep.top_agreement == pytest.approx(5 / 8) and rep.bottom_agreement == 1.0 and rep.agreement == pytest.approx(5 / 8)
+
+
+def test_mismatched_inputs_are_errors():
+    with pytest.raises(ValueError, match="same draws"):
+        compare_selections(_rewards(3), _rewards(2))
+    with pytest.raises(ValueError, match="no draws"):
+        compare_selections([], [])
+
+
+def test_engine_paths_on_the_analytic_prior(analytic_prior):
+    """Two engines that compute the same thing (one chunked) agree on every draw; the selector keys noises on the
+    draw's seed, so different seeds give different candidates."""
+    from rewardsds.rewards.analytic import AnalyticReward
+
+    p = analytic_prior
+    reward = AnalyticReward(["blue"])
+    text = p.text_cond(["a disk"], "")
+    g = torch.Generator().manual_seed(0)
+    draws = [Draw(seed=s, step=k, t=int(t), latents=torch.randn(1, 3, 16, 16, generator=g) * 0.5)
+             for s in range(2) for k, t in enumerate([900, 600, 300])]
+    exact = engine_selector(CandidateEngine(p, reward, 15, 7.5, seed=99), text, ["a disk"], 8)
+    chunked = engine_selector(CandidateEngine(p, reward, 15, 7.5, chunk_size=4, seed=5), text, ["a disk"], 8)
+    rep = selection_agreement(exact, chunked, draws)
+    assert rep.agreement == 1.0 and rep.n_draws == 6
+    a = collect_rewards(exact, draws)
+    b = collect_rewards(chunked, draws)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+    other_seed = [Draw(seed=d.seed + 10, step=d.step, t=d.t, latents=d.latents) for d in draws]
+    assert not torch.allclose(collect_rewards(exact, other_seed)[0], a[0])
+    # a one-step lookahead is a different path: its report is well-formed and its rewards differ
+    one_step = engine_selector(CandidateEngine(p, reward, 0, 7.5), text, ["a disk"], 8)
+    rep1 = selection_agreement(exact, one_step, draws)
+    assert 0.0 <= rep1.agreement <= 1.0 and rep1.reward_abs_err_over_spread > 0
+    assert {"seed", "step", "t", "match", "exact_top", "fast_top"} <= set(rep1.per_draw[0])
+    assert rep1.by_t == {"250<=t<500": {"n": 2, "agreement": rep1.by_t["250<=t<500"]["agreement"]},
+                         "500<=t<750": {"n": 2, "agreement": rep1.by_t["500<=t<750"]["agreement"]},
+                         "750<=t<1000": {"n": 2, "agreement": rep1.by_t["750<=t<1000"]["agreement"]}}
