@@ -37,7 +37,6 @@ Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on CP
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,7 +45,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass
@@ -105,6 +103,9 @@ class HashGridLayout:
 
 
 # ----------------------------------------------------------------------------------------- device code
+# Every tensor is 1D over a block of points (one point per lane): features are handled in pairs by
+# separate scalar operations, because [points, features] tiles make Triton spread one point's features
+# over two lanes and shuffle every per-point value through shared memory.
 @triton.jit
 def _load_points(x_ptr, rows, rmask, stride_xn, stride_xd):
     """The three coordinates of a block of points, in fp32 and clamped to [0, 1] (NaN becomes 0 or 1, so
@@ -165,17 +166,60 @@ def _corner_weights(f0, f1, f2, C: tl.constexpr):
 
 
 @triton.jit
+def _load_pair(ptr, row, m, F: tl.constexpr, FB: tl.constexpr, PACKED: tl.constexpr):
+    """Features FB and FB + 1 of table rows in fp32 (the second is 0 when FB + 1 == F). PACKED: ``ptr`` is an
+    fp32 table viewed as int64, so that the two features come in one 8-byte load."""
+    if PACKED:
+        v = tl.load(ptr + row * (F // 2) + FB // 2, mask=m, other=0)
+        a = v.to(tl.int32).to(tl.float32, bitcast=True)  # little-endian: feature FB in the low half
+        b = (v >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        a = tl.load(ptr + row * F + FB, mask=m, other=0.0).to(tl.float32)
+        if FB + 1 < F:
+            b = tl.load(ptr + row * F + FB + 1, mask=m, other=0.0).to(tl.float32)
+        else:
+            b = tl.zeros_like(a)
+    return a, b
+
+
+@triton.jit
+def _load_grad_pair(g_ptr, rows, m, level, stride_gn, stride_gd, F: tl.constexpr, FB: tl.constexpr):
+    """Gradient of the encoding at features FB, FB + 1 of ``level`` (the second 0 past the last feature)."""
+    base = g_ptr + rows * stride_gn + (level * F + FB) * stride_gd
+    a = tl.load(base, mask=m, other=0.0).to(tl.float32)
+    if FB + 1 < F:
+        b = tl.load(base + stride_gd, mask=m, other=0.0).to(tl.float32)
+    else:
+        b = tl.zeros_like(a)
+    return a, b
+
+
+@triton.jit
+def _store_pair(ptr, rows, m, level, stride_n, a, b, F: tl.constexpr, FB: tl.constexpr):
+    base = ptr + rows * stride_n + level * F + FB
+    tl.store(base, a.to(ptr.dtype.element_ty), mask=m)
+    if FB + 1 < F:
+        tl.store(base + 1, b.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _add_pair(ptr, row, m, a, b, F: tl.constexpr, FB: tl.constexpr):
+    """Atomic fp32 additions of (a, b) to features FB, FB + 1 of table rows."""
+    tl.atomic_add(ptr + row * F + FB, a, mask=m, sem="relaxed")
+    if FB + 1 < F:
+        tl.atomic_add(ptr + row * F + FB + 1, b, mask=m, sem="relaxed")
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, table_ptr, out_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, n_levels, hash_mask,
     stride_xn, stride_xd, stride_on,
-    F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
+    F: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
     rows = rows.to(tl.int64)
-    fo = tl.arange(0, FP)
-    fmask = fo < F
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
     if LEVEL_LOOP:
         lo = 0
@@ -188,21 +232,21 @@ def _forward_kernel(
         offset = tl.load(offsets_ptr + level)
         side = tl.load(sides_ptr + level)
         dense = level < n_dense
-        # Levels above the coarse-to-fine limit: no loads, zeros stored.
-        lmask = rmask & (level < n_active)
-        m2 = lmask[:, None] & fmask[None, :]
+        lmask = rmask & (level < n_active)  # levels above the coarse-to-fine limit: no loads, zeros stored
         g0, f0 = _cell(x0, scale)
         g1, f1 = _cell(x1, scale)
         g2, f2 = _cell(x2, scale)
-        acc = tl.zeros((BLOCK, FP), dtype=tl.float32)
-        for C in tl.static_range(8):
-            row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
-            w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
-            w = w2 * w1 * w0
-            t = tl.load(table_ptr + row[:, None] * F + fo[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc += w[:, None] * t
-        out = out_ptr + rows[:, None] * stride_on + level * F + fo[None, :]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & fmask[None, :])
+        for FB in tl.static_range(0, F, 2):
+            acc_a = tl.zeros((BLOCK,), dtype=tl.float32)
+            acc_b = tl.zeros((BLOCK,), dtype=tl.float32)
+            for C in tl.static_range(8):
+                row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
+                w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
+                w = w2 * w1 * w0
+                a, b = _load_pair(table_ptr, row, lmask, F, FB, PACKED)
+                acc_a += w * a
+                acc_b += w * b
+            _store_pair(out_ptr, rows, rmask, level, stride_on, acc_a, acc_b, F, FB)
 
 
 @triton.jit
@@ -210,15 +254,12 @@ def _backward_kernel(
     x_ptr, table_ptr, g_ptr, dtable_ptr, dx_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, hash_mask,
     stride_xn, stride_xd, stride_gn, stride_gd,
-    F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
+    F: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
     NEED_DT: tl.constexpr, NEED_DX: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
     rows = rows.to(tl.int64)
-    fo = tl.arange(0, FP)
-    fmask = fo < F
-    m2 = rmask[:, None] & fmask[None, :]
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
     if LEVEL_LOOP:
         lo = 0
@@ -234,26 +275,26 @@ def _backward_kernel(
         offset = tl.load(offsets_ptr + level)
         side = tl.load(sides_ptr + level)
         dense = level < n_dense
-        gv = tl.load(g_ptr + rows[:, None] * stride_gn + (level * F + fo)[None, :] * stride_gd, mask=m2, other=0.0).to(tl.float32)
         g0, f0 = _cell(x0, scale)
         g1, f1 = _cell(x1, scale)
         g2, f2 = _cell(x2, scale)
         l0 = tl.zeros((BLOCK,), dtype=tl.float32)
         l1 = tl.zeros((BLOCK,), dtype=tl.float32)
         l2 = tl.zeros((BLOCK,), dtype=tl.float32)
-        for C in tl.static_range(8):
-            row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
-            w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
-            ptrs = row[:, None] * F + fo[None, :]
-            if NEED_DT:
-                w = w2 * w1 * w0
-                tl.atomic_add(dtable_ptr + ptrs, w[:, None] * gv, mask=m2, sem="relaxed")
-            if NEED_DX:
-                t = tl.load(table_ptr + ptrs, mask=m2, other=0.0).to(tl.float32)
-                dot = tl.sum(gv * t, axis=1)
-                l0 += s0 * (w2 * w1) * dot
-                l1 += s1 * (w2 * w0) * dot
-                l2 += s2 * (w1 * w0) * dot
+        for FB in tl.static_range(0, F, 2):
+            ga, gb = _load_grad_pair(g_ptr, rows, rmask, level, stride_gn, stride_gd, F, FB)
+            for C in tl.static_range(8):
+                row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
+                w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
+                if NEED_DT:
+                    w = w2 * w1 * w0
+                    _add_pair(dtable_ptr, row, rmask, w * ga, w * gb, F, FB)
+                if NEED_DX:
+                    a, b = _load_pair(table_ptr, row, rmask, F, FB, PACKED)
+                    dot = ga * a + gb * b
+                    l0 += s0 * (w2 * w1) * dot
+                    l1 += s1 * (w2 * w0) * dot
+                    l2 += s2 * (w1 * w0) * dot
         if NEED_DX:
             dx0 += scale * l0
             dx1 += scale * l1
@@ -274,15 +315,12 @@ def _double_backward_kernel(
     x_ptr, table_ptr, g_ptr, u_ptr, v_ptr, gg_ptr, gt_ptr, gx_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, hash_mask,
     stride_xn, stride_xd, stride_gn, stride_gd, stride_un, stride_ud, stride_ggn,
-    F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
+    F: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
     HAS_U: tl.constexpr, HAS_V: tl.constexpr, NEED_GG: tl.constexpr, NEED_GT: tl.constexpr, NEED_GX: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
     rows = rows.to(tl.int64)
-    fo = tl.arange(0, FP)
-    fmask = fo < F
-    m2 = rmask[:, None] & fmask[None, :]
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
     if HAS_U:
         u0 = tl.load(u_ptr + rows * stride_un, mask=rmask, other=0.0).to(tl.float32)
@@ -302,54 +340,56 @@ def _double_backward_kernel(
         offset = tl.load(offsets_ptr + level)
         side = tl.load(sides_ptr + level)
         dense = level < n_dense
-        gv = tl.load(g_ptr + rows[:, None] * stride_gn + (level * F + fo)[None, :] * stride_gd, mask=m2, other=0.0).to(tl.float32)
         g0, f0 = _cell(x0, scale)
         g1, f1 = _cell(x1, scale)
         g2, f2 = _cell(x2, scale)
-        acc = tl.zeros((BLOCK, FP), dtype=tl.float32)
         l0 = tl.zeros((BLOCK,), dtype=tl.float32)  # first-order terms of dx (times scale)
         l1 = tl.zeros((BLOCK,), dtype=tl.float32)
         l2 = tl.zeros((BLOCK,), dtype=tl.float32)
         h0 = tl.zeros((BLOCK,), dtype=tl.float32)  # Hessian terms of dx (times scale^2)
         h1 = tl.zeros((BLOCK,), dtype=tl.float32)
         h2 = tl.zeros((BLOCK,), dtype=tl.float32)
-        for C in tl.static_range(8):
-            row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
-            w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
-            ptrs = row[:, None] * F + fo[None, :]
-            d0 = s0 * (w2 * w1)
-            d1 = s1 * (w2 * w0)
-            d2 = s2 * (w1 * w0)
-            if HAS_V:
-                vv = tl.load(v_ptr + ptrs, mask=m2, other=0.0).to(tl.float32)
-                if NEED_GG:
-                    w = w2 * w1 * w0
-                    acc += w[:, None] * vv
-                if NEED_GX:
-                    dv = tl.sum(gv * vv, axis=1)
-                    l0 += d0 * dv
-                    l1 += d1 * dv
-                    l2 += d2 * dv
-            if HAS_U:
-                a = scale * (u0 * d0 + u1 * d1 + u2 * d2)
-                if NEED_GT:
-                    tl.atomic_add(gt_ptr + ptrs, a[:, None] * gv, mask=m2, sem="relaxed")
-                if NEED_GG or NEED_GX:
-                    t = tl.load(table_ptr + ptrs, mask=m2, other=0.0).to(tl.float32)
+        for FB in tl.static_range(0, F, 2):
+            ga, gb = _load_grad_pair(g_ptr, rows, rmask, level, stride_gn, stride_gd, F, FB)
+            acc_a = tl.zeros((BLOCK,), dtype=tl.float32)
+            acc_b = tl.zeros((BLOCK,), dtype=tl.float32)
+            for C in tl.static_range(8):
+                row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
+                w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
+                d0 = s0 * (w2 * w1)
+                d1 = s1 * (w2 * w0)
+                d2 = s2 * (w1 * w0)
+                if HAS_V:
+                    va, vb = _load_pair(v_ptr, row, rmask, F, FB, False)
                     if NEED_GG:
-                        acc += a[:, None] * t
+                        w = w2 * w1 * w0
+                        acc_a += w * va
+                        acc_b += w * vb
                     if NEED_GX:
-                        dt = tl.sum(gv * t, axis=1)
-                        # d_j d_k w for j != k: the sign product times the third axis factor.
-                        e01 = (s0 * s1) * w2
-                        e02 = (s0 * s2) * w1
-                        e12 = (s1 * s2) * w0
-                        h0 += (u1 * e01 + u2 * e02) * dt
-                        h1 += (u0 * e01 + u2 * e12) * dt
-                        h2 += (u0 * e02 + u1 * e12) * dt
-        if NEED_GG:
-            out = gg_ptr + rows[:, None] * stride_ggn + level * F + fo[None, :]
-            tl.store(out, acc.to(gg_ptr.dtype.element_ty), mask=m2)
+                        dv = ga * va + gb * vb
+                        l0 += d0 * dv
+                        l1 += d1 * dv
+                        l2 += d2 * dv
+                if HAS_U:
+                    a_c = scale * (u0 * d0 + u1 * d1 + u2 * d2)
+                    if NEED_GT:
+                        _add_pair(gt_ptr, row, rmask, a_c * ga, a_c * gb, F, FB)
+                    if NEED_GG or NEED_GX:
+                        ta, tb = _load_pair(table_ptr, row, rmask, F, FB, PACKED)
+                        if NEED_GG:
+                            acc_a += a_c * ta
+                            acc_b += a_c * tb
+                        if NEED_GX:
+                            dt = ga * ta + gb * tb
+                            # d_j d_k w for j != k: the sign product times the third axis factor.
+                            e01 = (s0 * s1) * w2
+                            e02 = (s0 * s2) * w1
+                            e12 = (s1 * s2) * w0
+                            h0 += (u1 * e01 + u2 * e02) * dt
+                            h1 += (u0 * e01 + u2 * e12) * dt
+                            h2 += (u0 * e02 + u1 * e12) * dt
+            if NEED_GG:
+                _store_pair(gg_ptr, rows, rmask, level, stride_ggn, acc_a, acc_b, F, FB)
         if NEED_GX:
             gx0 += scale * (l0 + scale * h0)
             gx1 += scale * (l1 + scale * h1)
@@ -376,8 +416,12 @@ def _launch(kernel, kind: str, n: int, n_levels: int, args: tuple, **constexprs)
                  **constexprs)
 
 
-def _pad(f: int) -> int:
-    return 1 << (f - 1).bit_length()
+def _table_arg(table: Tensor) -> tuple[Tensor, bool]:
+    """The table as the kernels read it: an fp32 table with an even feature count viewed as int64 (two
+    features per 8-byte load), anything else as it is."""
+    if table.dtype == torch.float32 and table.shape[1] % 2 == 0:
+        return table.view(torch.int64), True
+    return table, False
 
 
 def _device_guard(t: Tensor):
@@ -408,12 +452,13 @@ def hash_forward(x: Tensor, table: Tensor, layout: HashGridLayout, n_active: int
     out = torch.empty(n, L * F, device=x.device, dtype=table.dtype)
     if n == 0:
         return out
+    tab, packed = _table_arg(table)
     with _device_guard(x):
         _launch(_forward_kernel, "forward", n, L, (
-            x, table, out, layout.scales, layout.offsets, layout.sides,
+            x, tab, out, layout.scales, layout.offsets, layout.sides,
             n, layout.n_dense, n_active, L, layout.table_size - 1,
             x.stride(0), x.stride(1), out.stride(0),
-        ), F=F, FP=_pad(F))
+        ), F=F, PACKED=packed)
     return out
 
 
@@ -435,13 +480,14 @@ def hash_backward(x: Tensor, table: Tensor, grad: Tensor, layout: HashGridLayout
     dtable = torch.zeros(table.shape, device=table.device, dtype=torch.float32) if need_table else None
     dx = torch.zeros(n, 3, device=x.device, dtype=torch.float32) if need_x else None
     if n > 0 and (need_x or need_table) and n_active > 0:
+        tab, packed = _table_arg(table)
         with _device_guard(x):
             _launch(_backward_kernel, "backward" if need_table else "backward_x", n, n_active, (
-                x, table, grad, dtable if need_table else table, dx if need_x else x,
+                x, tab, grad, dtable if need_table else table, dx if need_x else x,
                 layout.scales, layout.offsets, layout.sides,
                 n, layout.n_dense, n_active, layout.table_size - 1,
                 x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-            ), F=F, FP=_pad(F), NEED_DT=need_table, NEED_DX=need_x)
+            ), F=F, PACKED=packed, NEED_DT=need_table, NEED_DX=need_x)
     if dtable is not None and dtable.dtype != table.dtype:
         dtable = dtable.to(table.dtype)
     if dx is not None and dx.dtype != x.dtype:
@@ -475,15 +521,16 @@ def hash_double_backward(x: Tensor, table: Tensor, grad: Tensor, u: Optional[Ten
     if v is not None:
         v = v.contiguous()
     if n > 0 and n_active > 0 and (has_u or has_v) and (need_x or need_table or need_grad):
+        tab, packed = _table_arg(table)
         with _device_guard(x):
             _launch(_double_backward_kernel, "double_backward", n, n_active, (
-                x, table, grad, u if has_u else x, v if has_v else table, gg if need_grad else grad,
+                x, tab, grad, u if has_u else x, v if has_v else table, gg if need_grad else grad,
                 gt if need_table else table, gx if need_x else x,
                 layout.scales, layout.offsets, layout.sides,
                 n, layout.n_dense, n_active, layout.table_size - 1,
                 x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
                 u.stride(0) if has_u else 0, u.stride(1) if has_u else 0, gg.stride(0) if need_grad else 0,
-            ), F=F, FP=_pad(F), HAS_U=has_u, HAS_V=has_v, NEED_GG=need_grad, NEED_GT=need_table, NEED_GX=need_x)
+            ), F=F, PACKED=packed, HAS_U=has_u, HAS_V=has_v, NEED_GG=need_grad, NEED_GT=need_table, NEED_GX=need_x)
     if gt is not None and gt.dtype != table.dtype:
         gt = gt.to(table.dtype)
     if gx is not None and gx.dtype != x.dtype:
