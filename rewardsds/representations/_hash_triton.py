@@ -10,8 +10,10 @@ hash ``x * 1 xor y * 2654435761 xor z * 805459861 mod T`` above, both in wrappin
 Three kernels, each run as one program per block of ``block`` points and one level (``level_loop``
 false: levels on the second grid axis, so the programs in flight share one level's table in L2) or per
 block of points looping over the levels (``level_loop`` true: per-point sums over levels stay in
-registers). Nothing of size [N, 8, L, F] is ever materialised; the backward passes recompute corner
-indices and weights from the saved points instead of storing them.
+registers). One point per lane; features go in pairs, and an fp32 table (and fp32 output) with an even
+feature count is read (written) as int64, so a corner's two features are one 8-byte access. Nothing of
+size [N, 8, L, F] is ever materialised; the backward passes recompute corner indices and weights from the
+saved points instead of storing them.
 
 - ``_forward_kernel``: y [N, L*F] (levels above ``n_active`` written as zeros: coarse-to-fine masks).
 - ``_backward_kernel``: dL/dT (fp32 atomics, relaxed) and/or dL/dx = sum_l s_l sum_c grad w_c <G, T[i_c]>.
@@ -195,11 +197,18 @@ def _load_grad_pair(g_ptr, rows, m, level, stride_gn, stride_gd, F: tl.constexpr
 
 
 @triton.jit
-def _store_pair(ptr, rows, m, level, stride_n, a, b, F: tl.constexpr, FB: tl.constexpr):
-    base = ptr + rows * stride_n + level * F + FB
-    tl.store(base, a.to(ptr.dtype.element_ty), mask=m)
-    if FB + 1 < F:
-        tl.store(base + 1, b.to(ptr.dtype.element_ty), mask=m)
+def _store_pair(ptr, rows, m, level, stride_n, a, b, F: tl.constexpr, FB: tl.constexpr, PACKED: tl.constexpr):
+    """Store features FB, FB + 1 of ``level``; PACKED: ``ptr`` is an fp32 [N, L * F] (F even) viewed as int64 with
+    row stride ``stride_n`` in int64 elements, so that the pair is one 8-byte store."""
+    if PACKED:
+        lo = a.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        hi = b.to(tl.int32, bitcast=True).to(tl.int64) << 32
+        tl.store(ptr + rows * stride_n + (level * F + FB) // 2, hi | lo, mask=m)
+    else:
+        base = ptr + rows * stride_n + level * F + FB
+        tl.store(base, a.to(ptr.dtype.element_ty), mask=m)
+        if FB + 1 < F:
+            tl.store(base + 1, b.to(ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -215,7 +224,7 @@ def _forward_kernel(
     x_ptr, table_ptr, out_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, n_levels, hash_mask,
     stride_xn, stride_xd, stride_on,
-    F: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
+    F: tl.constexpr, PACKED: tl.constexpr, PACKED_OUT: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
@@ -246,7 +255,7 @@ def _forward_kernel(
                 a, b = _load_pair(table_ptr, row, lmask, F, FB, PACKED)
                 acc_a += w * a
                 acc_b += w * b
-            _store_pair(out_ptr, rows, rmask, level, stride_on, acc_a, acc_b, F, FB)
+            _store_pair(out_ptr, rows, rmask, level, stride_on, acc_a, acc_b, F, FB, PACKED_OUT)
 
 
 @triton.jit
@@ -315,7 +324,7 @@ def _double_backward_kernel(
     x_ptr, table_ptr, g_ptr, u_ptr, v_ptr, gg_ptr, gt_ptr, gx_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, hash_mask,
     stride_xn, stride_xd, stride_gn, stride_gd, stride_un, stride_ud, stride_ggn,
-    F: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
+    F: tl.constexpr, PACKED: tl.constexpr, PACKED_OUT: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
     HAS_U: tl.constexpr, HAS_V: tl.constexpr, NEED_GG: tl.constexpr, NEED_GT: tl.constexpr, NEED_GX: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -389,7 +398,7 @@ def _double_backward_kernel(
                             h1 += (u0 * e01 + u2 * e12) * dt
                             h2 += (u0 * e02 + u1 * e12) * dt
             if NEED_GG:
-                _store_pair(gg_ptr, rows, rmask, level, stride_ggn, acc_a, acc_b, F, FB)
+                _store_pair(gg_ptr, rows, rmask, level, stride_ggn, acc_a, acc_b, F, FB, PACKED_OUT)
         if NEED_GX:
             gx0 += scale * (l0 + scale * h0)
             gx1 += scale * (l1 + scale * h1)
@@ -424,6 +433,14 @@ def _table_arg(table: Tensor) -> tuple[Tensor, bool]:
     return table, False
 
 
+def _out_arg(out: Tensor, n_features: int) -> tuple[Tensor, int, bool]:
+    """An [N, L * F] output as the kernels write it: (tensor, row stride in its elements, packed). fp32 with an
+    even F is viewed as int64 (one 8-byte store per feature pair)."""
+    if out.dtype == torch.float32 and n_features % 2 == 0 and out.is_contiguous():
+        return out.view(torch.int64), out.stride(0) // 2, True
+    return out, out.stride(0), False
+
+
 def _device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else _NullContext()
 
@@ -453,12 +470,13 @@ def hash_forward(x: Tensor, table: Tensor, layout: HashGridLayout, n_active: int
     if n == 0:
         return out
     tab, packed = _table_arg(table)
+    dst, stride_on, packed_out = _out_arg(out, F)
     with _device_guard(x):
         _launch(_forward_kernel, "forward", n, L, (
-            x, tab, out, layout.scales, layout.offsets, layout.sides,
+            x, tab, dst, layout.scales, layout.offsets, layout.sides,
             n, layout.n_dense, n_active, L, layout.table_size - 1,
-            x.stride(0), x.stride(1), out.stride(0),
-        ), F=F, PACKED=packed)
+            x.stride(0), x.stride(1), stride_on,
+        ), F=F, PACKED=packed, PACKED_OUT=packed_out)
     return out
 
 
@@ -522,15 +540,17 @@ def hash_double_backward(x: Tensor, table: Tensor, grad: Tensor, u: Optional[Ten
         v = v.contiguous()
     if n > 0 and n_active > 0 and (has_u or has_v) and (need_x or need_table or need_grad):
         tab, packed = _table_arg(table)
+        dst, stride_ggn, packed_out = _out_arg(gg, F) if need_grad else (grad, 0, False)
         with _device_guard(x):
             _launch(_double_backward_kernel, "double_backward", n, n_active, (
-                x, tab, grad, u if has_u else x, v if has_v else table, gg if need_grad else grad,
+                x, tab, grad, u if has_u else x, v if has_v else table, dst,
                 gt if need_table else table, gx if need_x else x,
                 layout.scales, layout.offsets, layout.sides,
                 n, layout.n_dense, n_active, layout.table_size - 1,
                 x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-                u.stride(0) if has_u else 0, u.stride(1) if has_u else 0, gg.stride(0) if need_grad else 0,
-            ), F=F, PACKED=packed, HAS_U=has_u, HAS_V=has_v, NEED_GG=need_grad, NEED_GT=need_table, NEED_GX=need_x)
+                u.stride(0) if has_u else 0, u.stride(1) if has_u else 0, stride_ggn,
+            ), F=F, PACKED=packed, PACKED_OUT=packed_out, HAS_U=has_u, HAS_V=has_v, NEED_GG=need_grad, NEED_GT=need_table,
+            NEED_GX=need_x)
     if gt is not None and gt.dtype != table.dtype:
         gt = gt.to(table.dtype)
     if gx is not None and gx.dtype != x.dtype:
