@@ -85,21 +85,27 @@ def ray_points(n: int, device: torch.device, seed: int = 0) -> torch.Tensor:
     return ((o[:, None] + d[:, None] * t[None, :, None]).reshape(-1, 3)[:n] + 0.5).to(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median / min ms of ``fn`` after ``warmup`` calls, and the peak memory above the starting point."""
-    times = []
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, slow_ms: float = 150.0) -> dict:
+    """Median / min ms of ``fn`` after ``warmup`` calls, and the peak memory above the starting point. Calls
+    slower than ``slow_ms`` (after the first, which compiles) are repeated 3 times only, to keep the run short."""
+    times, warm = [], []
     sync(device)
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + repeats):
+    for i in range(max(warmup, 2)):
         sync(device)
         t0 = time.perf_counter()
         fn()
         sync(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    out = {"ms_median": statistics.median(times), "ms_min": min(times)}
+        warm.append((time.perf_counter() - t0) * 1e3)
+    for _ in range(repeats if warm[-1] < slow_ms else min(repeats, 3)):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    out = {"ms_median": statistics.median(times), "ms_min": min(times), "repeats": len(times)}
     if device.type == "cuda":
         out["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return out
@@ -222,7 +228,9 @@ def nerf_rows(cases: list[str], resolutions: list[int], device: torch.device, wa
         case, _, only = spec.partition("@")
         for res in ([int(only)] if only else resolutions):
             label = f"{case}{suffix} 4x{res}^2"
-            r = guarded(label, lambda: bench_case(case, res, device, warmup, repeats))
+            # The PyTorch hash grid takes about a second per call at 256 px: fewer calls.
+            w, n = (min(warmup, 2), min(repeats, 4)) if "torch" in case and res > 128 else (warmup, repeats)
+            r = guarded(label, lambda: bench_case(case, res, device, w, n))
             r.update({"case": case + suffix, "resolution": res})
             rows.append(r)
             if "ms_median" in r:
@@ -280,7 +288,7 @@ def main() -> None:
     ap.add_argument("--nerf-cases", nargs="+", default=NERF_DEFAULT, help="bench_3d.py cases; case@RES runs one resolution")
     ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--profile", nargs="+", default=["nerf-hash@256"], help="cases of the profile section (case@RES)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="at least 2 (the first call compiles)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--nerf-warmup", type=int, default=3)
     ap.add_argument("--nerf-repeats", type=int, default=10)

@@ -31,6 +31,15 @@ NERF_RES, NERF_SAMPLES = 32, 96  # 4 views x 32^2 rays x 96 uniform samples
 FWD_TOL, GRAD_TOL = 1e-5, 1e-4
 
 
+@pytest.fixture(autouse=True)
+def full_fp32_matmuls():
+    """The PyTorch reference sums corners with a batched matmul: TF32 would make it the less exact side."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def _report(name: str, **vals) -> None:
     print("HASH_GPU", json.dumps({"test": name, **vals}))
 

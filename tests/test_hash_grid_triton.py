@@ -116,3 +116,22 @@ def test_nerf_encoding_sizes_default_per_encoding_and_backend_reaches_the_grid()
     assert (len(t.encoding.planes), t.encoding.n_features_per_level, t.encoding.resolutions[0]) == (8, 4, 32)
     small = NeRF(encoding="hash", n_levels=3, base_resolution=8, estimator="uniform")
     assert small.encoding.n_levels == 3 and small.encoding.resolutions[0] == 8 and small.encoding.n_features_per_level == 2
+
+
+def test_paper_experiments_use_the_paper_hash_grid_and_the_cpu_demo_the_triplane():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from rewardsds.representations.nerf import encoding_sizes
+
+    for exp in ("mvdream_nerf", "dreamfusion_nerf"):
+        rep = OmegaConf.to_object(compose([f"experiment={exp}", "prompt=a cat"]).representation)
+        assert rep.encoding.value == "hash" and rep.hash_backend.value == "auto" and rep.log2_hashmap_size == 19, exp
+        assert encoding_sizes(rep) == {"n_levels": 16, "n_features_per_level": 2, "base_resolution": 16,
+                                       "per_level_scale": 1.447269237440378}, exp
+    tri = compose(["experiment=mvdream_nerf", "prompt=a cat", "representation.encoding=triplane"]).representation
+    assert encoding_sizes(OmegaConf.to_object(tri))["n_levels"] == 8  # one override: the triplane's own sizes
+    assert compose(["experiment=analytic_3d"]).representation.encoding == "triplane"
+    tri.num_samples_per_ray = 8
+    assert isinstance(instantiate(tri).encoding, type(NeRF(estimator="uniform").encoding))

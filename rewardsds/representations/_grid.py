@@ -163,11 +163,9 @@ class HashGridEncoding(GridEncoding):
         """The Triton kernels' view of this grid (cached per device)."""
         key = str(device)
         if self._layouts.get(key) is None:
-            from rewardsds.representations._hash_triton import HashGridLayout
-
             rows = self.params.shape[0]
             wide = rows * self.n_features_per_level >= 2**31
-            self._layouts[key] = HashGridLayout(
+            self._layouts[key] = _triton_module().HashGridLayout(
                 scales=self._scales.to(device, torch.float32), offsets=self._offsets.to(device, torch.int64 if wide else torch.int32),
                 sides=self._strides.to(device), n_dense=self.n_dense_levels, table_size=self.table_size,
                 n_levels=self.n_levels, n_features=self.n_features_per_level,
@@ -181,9 +179,7 @@ class HashGridEncoding(GridEncoding):
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
         """Encode points in [0, 1]^3 (clamped) into [N, L * F] features (levels above ``max_resolution`` are zeros)."""
         if self.uses_triton(x):
-            from rewardsds.representations._hash_triton import hash_grid_triton
-
-            return hash_grid_triton(x, self.params, self.layout(x.device), self.n_active_levels(max_resolution))
+            return _triton_module().hash_grid_triton(x, self.params, self.layout(x.device), self.n_active_levels(max_resolution))
         return self.forward_torch(x, max_resolution)
 
     def forward_torch(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
@@ -217,6 +213,16 @@ class HashGridEncoding(GridEncoding):
         w = (wk[:, :, 2, :, None, None] * wk[:, :, 1, None, :, None] * wk[:, :, 0, None, None, :]).reshape(n, L, 8)
         out = torch.einsum("nlc,nlcf->nlf", w, feats)  # [N, L, F]
         return self._apply_mask(out, max_resolution)
+
+
+def _triton_module():
+    """rewardsds.representations._hash_triton, imported on first use (Triton is only needed on CUDA)."""
+    try:
+        from rewardsds.representations import _hash_triton
+    except ImportError as e:
+        raise ConfigError("representation.hash_backend", "auto/triton", f"needs Triton for CUDA tensors ({e})",
+                          "install triton (Linux wheels of torch bring it) or use representation.hash_backend=torch") from e
+    return _hash_triton
 
 
 def _second_order(x: Tensor) -> bool:

@@ -39,6 +39,7 @@ Set ``TRITON_INTERPRET=1`` before importing this module to run the kernels on CP
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -64,8 +65,8 @@ class KernelConfig:
     level_loop: bool = False
 
 
-# Launch shapes per kernel. scripts/bench_grid_encoding.py --sweep times the alternatives on the device
-# and prints the fastest; edit these defaults to its choice.
+# Launch shapes per kernel. scripts/bench_grid_encoding.py (section "sweep") times the alternatives on the
+# device and prints the fastest; edit these defaults to its choice.
 # "backward" computes the table gradient (and the points' one when also needed), "backward_x" the points'
 # gradient alone (the first pass of analytic normals).
 KERNEL_CONFIGS: dict[str, KernelConfig] = {
@@ -78,7 +79,8 @@ KERNEL_CONFIGS: dict[str, KernelConfig] = {
 
 def sweep_configs() -> list[KernelConfig]:
     """The launch shapes scripts/bench_grid_encoding.py times (tests/test_hash_grid_gpu.py checks each)."""
-    return [KernelConfig(block, warps, loop) for loop in (False, True) for block, warps in ((64, 2), (128, 4), (256, 4), (512, 8))]
+    shapes = ((64, 2), (128, 4), (256, 4), (256, 8), (512, 8))  # one or two points per lane
+    return [KernelConfig(block, warps, loop) for loop in (False, True) for block, warps in shapes]
 
 
 @dataclass
@@ -442,15 +444,8 @@ def _out_arg(out: Tensor, n_features: int) -> tuple[Tensor, int, bool]:
 
 
 def _device_guard(t: Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
+    """Launch on the tensors' device (Triton launches on the current one)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def hash_forward(x: Tensor, table: Tensor, layout: HashGridLayout, n_active: int) -> Tensor:
