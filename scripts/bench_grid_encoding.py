@@ -14,7 +14,7 @@ Sections (``--sections``; all of them by default on CUDA, ``encoding`` alone on 
   (64 and 256 px) for the triplane, the hash grid through PyTorch and through Triton, and the Triton
   hash grid with analytic normals (``--nerf-cases``; ``case@64`` restricts a case to one resolution).
 
-- ``profile`` (CUDA): one render + backward of each ``--profile`` case (default ``nerf-hash@256``) under
+- ``profile`` (CUDA): one render + backward of each ``--profile`` case (``nerf-hash`` at 64 and 256 px) under
   torch.profiler: the kernels that take the GPU time (printed, and the top rows in the JSON).
 
 When the sweep finds shapes faster than the defaults (``_hash_triton.KERNEL_CONFIGS``), the Triton rows
@@ -264,8 +264,10 @@ def profile_rows(spec: str, device: torch.device, warmup: int, top: int = 25) ->
         step(i)
     sync(device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         step(warmup)
         sync(device)
+        wall_ms = (time.perf_counter() - t0) * 1e3
     events = prof.key_averages()
     key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     print(f"profile {spec}: GPU time per kernel / op (self), top {top}")
@@ -274,7 +276,9 @@ def profile_rows(spec: str, device: torch.device, warmup: int, top: int = 25) ->
                    for e in events), key=lambda r: -r["self_gpu_ms"])
     del rep
     torch.cuda.empty_cache()
-    return {"case": spec, "gpu_ms_total": sum(r["self_gpu_ms"] for r in rows), "top": rows[:top]}
+    gpu_ms = sum(r["self_gpu_ms"] for r in rows)
+    print(f"profile {spec}: {wall_ms:.1f} ms wall under the profiler, {gpu_ms:.1f} ms of GPU time", flush=True)
+    return {"case": spec, "wall_ms_profiled": wall_ms, "gpu_ms_total": gpu_ms, "top": rows[:top]}
 
 
 def main() -> None:
@@ -287,7 +291,7 @@ def main() -> None:
     ap.add_argument("--sweep-points", type=int, default=1 << 21)
     ap.add_argument("--nerf-cases", nargs="+", default=NERF_DEFAULT, help="bench_3d.py cases; case@RES runs one resolution")
     ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
-    ap.add_argument("--profile", nargs="+", default=["nerf-hash@256"], help="cases of the profile section (case@RES)")
+    ap.add_argument("--profile", nargs="+", default=["nerf-hash@64", "nerf-hash@256"], help="cases of the profile section (case@RES)")
     ap.add_argument("--warmup", type=int, default=2, help="at least 2 (the first call compiles)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--nerf-warmup", type=int, default=3)
