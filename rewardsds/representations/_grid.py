@@ -166,20 +166,22 @@ class HashGridEncoding(GridEncoding):
             rows = self.params.shape[0]
             wide = rows * self.n_features_per_level >= 2**31
             self._layouts[key] = _triton_module().HashGridLayout(
-                scales=self._scales.to(device, torch.float32), offsets=self._offsets.to(device, torch.int64 if wide else torch.int32),
+                scales=self._scales.to(device, torch.float32),
+                offsets=self._offsets.to(device, torch.int64 if wide else torch.int32),
                 sides=self._strides.to(device), n_dense=self.n_dense_levels, table_size=self.table_size,
                 n_levels=self.n_levels, n_features=self.n_features_per_level,
             )
         return self._layouts[key]
 
-    def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half() move the buffers: rebuild the layouts lazily
-        self._layouts = {}
+    def _apply(self, fn, recurse=True):
+        self._layouts = {}  # .to() / .cuda() / .double() change the buffers: rebuild the layouts on next use
         return super()._apply(fn, recurse)
 
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
         """Encode points in [0, 1]^3 (clamped) into [N, L * F] features (levels above ``max_resolution`` are zeros)."""
         if self.uses_triton(x):
-            return _triton_module().hash_grid_triton(x, self.params, self.layout(x.device), self.n_active_levels(max_resolution))
+            n_active = self.n_active_levels(max_resolution)
+            return _triton_module().hash_grid_triton(x, self.params, self.layout(x.device), n_active)
         return self.forward_torch(x, max_resolution)
 
     def forward_torch(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:

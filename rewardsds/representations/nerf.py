@@ -84,7 +84,8 @@ def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
     check_choices(s, _CHOICES, check)
     check(s.radius > 0, "radius", s.radius, "must be > 0 (half the side of the scene box)", "use e.g. 1.0")
     z = encoding_sizes(s)
-    check(z["n_levels"] >= 1, "n_levels", z["n_levels"], "must be >= 1", "use 16 (hash) or 8 (dense/triplane), or null for the encoding's default")
+    check(z["n_levels"] >= 1, "n_levels", z["n_levels"], "must be >= 1",
+          "use 16 (hash) or 8 (dense/triplane), or null for the encoding's default")
     check(z["n_features_per_level"] >= 1, "n_features_per_level", z["n_features_per_level"], "must be >= 1",
           "use 2 (hash) or 4, or null for the encoding's default")
     check(10 <= s.log2_hashmap_size <= 24, "log2_hashmap_size", s.log2_hashmap_size, "must be in [10, 24]", "use 19")
@@ -94,7 +95,7 @@ def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
           "use e.g. 1.447 (hash) or 1.5, or null for the encoding's default")
     if option_value(s.encoding) == "dense":
         finest = z["base_resolution"] * z["per_level_scale"] ** (z["n_levels"] - 1)
-        check(finest <= 512, "per_level_scale", s.per_level_scale,
+        check(finest <= 512, "per_level_scale", z["per_level_scale"],
               f"makes the finest dense level {finest:.0f}^3 cells, too large for memory",
               "keep base_resolution * per_level_scale^(n_levels-1) <= 512, or use encoding=hash/triplane")
     check(s.hidden_dim >= 1, "hidden_dim", s.hidden_dim, "must be >= 1", "use 64")
@@ -289,8 +290,8 @@ class NeRF(Representation):
         sizes = (z["n_levels"], z["n_features_per_level"], z["base_resolution"], z["per_level_scale"])
         self.encoding: GridEncoding
         if self.encoding_type == "hash":
-            L, F, base, scale = sizes
-            self.encoding = HashGridEncoding(L, F, log2_hashmap_size, base, scale, backend=option_value(hash_backend))
+            levels, features, base, growth = sizes
+            self.encoding = HashGridEncoding(levels, features, log2_hashmap_size, base, growth, backend=option_value(hash_backend))
         elif self.encoding_type == "dense":
             self.encoding = DenseGridEncoding(*sizes)
         else:
