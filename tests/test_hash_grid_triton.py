@@ -114,6 +114,10 @@ def test_nerf_encoding_sizes_default_per_encoding_and_backend_reaches_the_grid()
     assert h.encoding.resolutions[0] == 16 and abs(h.encoding.resolutions[-1] - 4096) < 1e-3
     t = NeRF(estimator="uniform")
     assert (len(t.encoding.planes), t.encoding.n_features_per_level, t.encoding.resolutions[0]) == (8, 4, 32)
+    from rewardsds.representations.nerf import encoding_sizes
+
+    # encoding=dense alone took the triplane's sizes before (32 -> 546 per axis), which its own check refused
+    assert encoding_sizes(NeRFConfig(encoding="dense"))["base_resolution"] == 16
     small = NeRF(encoding="hash", n_levels=3, base_resolution=8, estimator="uniform")
     assert small.encoding.n_levels == 3 and small.encoding.resolutions[0] == 8 and small.encoding.n_features_per_level == 2
 
