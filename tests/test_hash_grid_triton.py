@@ -139,3 +139,31 @@ def test_paper_experiments_use_the_paper_hash_grid_and_the_cpu_demo_the_triplane
     assert compose(["experiment=analytic_3d"]).representation.encoding == "triplane"
     tri.num_samples_per_ray = 8
     assert isinstance(instantiate(tri).encoding, type(NeRF(estimator="uniform").encoding))
+
+
+# ----------------------------------------------------------------------------------------- compiled for a GPU
+@pytest.mark.parametrize("kernel", ["forward", "backward", "double_backward"])
+def test_kernels_compile_for_hopper_with_no_shared_memory(kernel):
+    """The interpreter never runs Triton's compiler: compile each kernel's most general variant for sm_90 here
+    (no GPU needed). A kernel with one point per lane needs no shared memory; a [points, features] tile made
+    Triton shuffle every per-point value through it."""
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rewardsds.representations import _hash_triton as H
+
+    fn = {"forward": H._forward_kernel, "backward": H._backward_kernel, "double_backward": H._double_backward_kernel}[kernel]
+    flags = {"forward": {"PACKED_OUT": True}, "backward": {"NEED_DT": True, "NEED_DX": True},
+             "double_backward": {"PACKED_OUT": True, "HAS_U": True, "HAS_V": True, "NEED_GG": True, "NEED_GT": True,
+                                 "NEED_GX": True}}[kernel]
+    constexprs = {"F": 2, "PACKED": True, "BLOCK": 256, "LEVEL_LOOP": False, **flags}
+    pointers = {"table_ptr": "*i64", "out_ptr": "*i64", "gg_ptr": "*i64", "offsets_ptr": "*i32", "sides_ptr": "*i32"}
+    signature = {a: "constexpr" if a in constexprs else pointers.get(a, "*fp32" if a.endswith("_ptr") else "i32")
+                 for a in fn.arg_names}
+    compiled = triton_compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 4, "enable_fp_fusion": False})
+    assert compiled.metadata.shared == 0
+    ptx = compiled.asm["ptx"]
+    assert "fma.rn.f32" not in ptx  # no contraction: x * s + 0.5 rounds as the PyTorch reference's two operations
+    assert "ld.global.b64" in ptx  # a corner's two fp32 features in one load
