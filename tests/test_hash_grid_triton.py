@@ -5,7 +5,8 @@ The interpreter needs TRITON_INTERPRET=1 before Triton is imported, so the kerne
 Covered: forward, backward to the table and to the points, the double backward of analytic normals (normals,
 and the gradients of a loss on them with respect to the points, the table and an MLP on top), both launch
 layouts (levels on the grid / looped per program), dense and hashed levels with collisions, 3 features
-(padded lanes), a coarse-to-fine level mask, bf16 points and an fp16 table.
+(an odd feature), a coarse-to-fine level mask, bf16 points and an fp16 table. The interpreter does not run
+Triton's compiler, so each kernel is also compiled for sm_90 here (no GPU needed).
 """
 
 from __future__ import annotations
