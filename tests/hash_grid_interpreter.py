@@ -27,7 +27,7 @@ from rewardsds.representations._grid import HashGridEncoding  # noqa: E402
 torch.set_num_threads(1)
 
 # Grids: (levels, features, log2 table size, base resolution, per-level scale). "mixed": 2 dense levels and
-# 2 hashed ones whose 35^3 corners collide in 1024 rows; "f3": 3 features (padded to 4 lanes) and hashed
+# 2 hashed ones whose 35^3 corners collide in 1024 rows; "f3": 3 features (a pair and a single one) and hashed
 # levels from the second one on.
 GRIDS = {
     "mixed": (4, 2, 10, 4, 2.0),
