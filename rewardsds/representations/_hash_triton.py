@@ -558,7 +558,7 @@ def _gradient_will_be_used(t: Tensor) -> bool:
     """Whether the running backward pass will use a gradient for ``t``.
 
     ``ctx.needs_input_grad`` says only whether ``t`` requires grad; ``torch.autograd.grad(y, x)`` on analytic
-    normals needs dL/dx but not dL/dtable, and skipping the table's atomics halves that backward. The engine
+    normals needs dL/dx but not dL/dtable, and then the table's atomic scatter is skipped. The engine
     knows which nodes it will run; where it cannot answer (outside an engine pass, or ``t`` is itself an
     ``inputs=`` leaf of ``autograd.grad``) the gradient is computed.
     """
@@ -623,8 +623,8 @@ def hash_grid_triton(x: Tensor, table: Tensor, layout: HashGridLayout, n_active:
         from rewardsds.errors import ConfigError
 
         raise ConfigError("representation.hash_backend", "triton",
-                          f"supports float32, float16 and bfloat16 points and tables, got {x.dtype} points and a {table.dtype} table",
-                          "use representation.hash_backend=torch for other dtypes")
+                          "supports float32, float16 and bfloat16 points and tables, "
+                          f"got {x.dtype} points and a {table.dtype} table", "use representation.hash_backend=torch for other dtypes")
     if x.requires_grad and torch.is_grad_enabled():
         # torch's clamp gives the reference's gradient mask at and beyond the faces of the cube.
         x = x.clamp(0.0, 1.0)
