@@ -100,6 +100,14 @@ def test_unknown_backend_and_shrinking_levels_are_config_errors():
         NeRFConfig(encoding="hash", hash_backend="cuda")
 
 
+def test_float64_on_the_triton_path_is_a_config_error():
+    from rewardsds.representations._hash_triton import hash_grid_triton
+
+    enc = HashGridEncoding(2, 2, 10, 4, 2.0)
+    with pytest.raises(ConfigError, match="hash_backend=torch"):
+        hash_grid_triton(torch.rand(4, 3, dtype=torch.float64), enc.params, enc.layout(torch.device("cpu")), 2)
+
+
 def test_active_levels_are_the_prefix_the_mask_keeps():
     enc = HashGridEncoding(4, 2, 10, 4, 2.0)  # resolutions 4, 8, 16, 32
     for max_res, n in [(None, 4), (100.0, 4), (16.0, 3), (8.0, 2), (1.0, 1)]:
