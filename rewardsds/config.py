@@ -420,9 +420,15 @@ class LightSampling(str, Enum):
 
 
 class GridEncodingType(str, Enum):
-    hash = "hash"  # Instant-NGP hash grid (threestudio default; gather/scatter in PyTorch)
+    hash = "hash"  # Instant-NGP hash grid (threestudio default): Triton kernels on CUDA, PyTorch on the CPU
     dense = "dense"  # multi-resolution dense volumes (grid_sample)
     triplane = "triplane"  # multi-resolution triplanes (grid_sample); fastest measured on the CPU
+
+
+class HashBackend(str, Enum):
+    auto = "auto"  # Triton kernels for CUDA tensors, the PyTorch gathers on the CPU
+    triton = "triton"  # Triton kernels (CUDA tensors only)
+    torch = "torch"  # the PyTorch gathers everywhere (the reference; slower, far more memory on CUDA)
 
 
 class DensityActivation(str, Enum):
@@ -534,11 +540,14 @@ class NeRFConfig(RepresentationConfig):
     _target_: str = "rewardsds.representations.nerf.NeRF"
     radius: float = 1.0  # scene box [-radius, radius]^3
     encoding: GridEncodingType = GridEncodingType.triplane
-    n_levels: int = 8
-    n_features_per_level: int = 4
+    # null: the encoding's default (hash 16 / 2 / 16 / 1.447269237440378, dense 8 / 4 / 16 / 1.4859,
+    # triplane 8 / 4 / 32 / 1.5; rewardsds.representations.nerf.ENCODING_DEFAULTS)
+    n_levels: Optional[int] = None
+    n_features_per_level: Optional[int] = None
     log2_hashmap_size: int = 19  # hash only
-    base_resolution: int = 32
-    per_level_scale: float = 1.5
+    base_resolution: Optional[int] = None
+    per_level_scale: Optional[float] = None
+    hash_backend: HashBackend = HashBackend.auto  # hash only
     grid_resolution: Optional[Schedule] = None  # coarse-to-fine: finest active level resolution; null = all
     hidden_dim: int = 64
     hidden_layers: int = 1
@@ -587,7 +596,8 @@ class NeRFConfig(RepresentationConfig):
         from rewardsds.representations.nerf import check_nerf_settings
 
         for key, enum_cls in (
-            ("encoding", GridEncodingType), ("density_activation", DensityActivation), ("density_bias", DensityBias),
+            ("encoding", GridEncodingType), ("hash_backend", HashBackend), ("density_activation", DensityActivation),
+            ("density_bias", DensityBias),
             ("estimator", NeRFEstimator), ("background", NeRFBackground), ("normal", NormalType), ("shading", ShadingType),
         ):
             setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))

@@ -2,15 +2,20 @@
 
 Cases (all on one CUDA device, fp32):
 
-- ``nerf-<encoding>``: the NeRF with nerfacc's occupancy grid (filled once from the initial density
-  blob, as at the start of a run), training mode (stratified samples, random background), for the
-  default triplane encoding and the reference's hash grid;
+- ``nerf-triplane``, ``nerf-hash`` (the reference's grid, Triton kernels), ``nerf-hash-torch`` (the same
+  grid through the PyTorch gathers): the NeRF with nerfacc's occupancy grid (filled once from the
+  initial density blob, as at the start of a run), training mode (stratified samples, random background);
+- ``nerf-hash-normals``, ``nerf-hash-torch-normals``: the hash grid with analytic normals, diffuse
+  shading and the orientation loss (the double backward through the encoding);
 - ``gaussians-200k``: 200k Gaussians initialised in a ball of radius 0.5, gsplat rasterisation.
 
 For each case: median and min wall time of ``render`` + ``backward`` over ``--repeats`` calls after
 ``--warmup`` calls (the cameras are redrawn every call), and the peak allocated CUDA memory. Also a
-full step (render + backward + AdamW step + hooks) median. Targets on H100/H200: NeRF 4 x 64^2 under
-30 ms, Gaussians (200k) 4 x 256^2 under 10 ms.
+full step (render + backward + AdamW step + hooks) median, and for the NeRF the points encoded in the
+last call (all, and those with gradient). Targets on H100/H200: NeRF 4 x 64^2 under 30 ms, Gaussians
+(200k) 4 x 256^2 under 10 ms; on an H200 the hash-grid NeRF (Triton) at most 15 ms at 4 x 64^2 and
+100 ms / 8 GB at 4 x 256^2. scripts/bench_grid_encoding.py runs the NeRF cases next to the encodings
+alone and the kernels' launch-shape sweep.
 
     python scripts/bench_3d.py --out bench_3d.json
 """
@@ -31,17 +36,24 @@ from rewardsds.representations.nerf import NeRF
 
 HASH = dict(encoding="hash", n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16,
             per_level_scale=1.447269237440378)
+NORMALS = dict(normal="analytic", shading="diffuse", ambient_only_steps=0, lambda_orient=10.0)
+NERF_CASES = {
+    "nerf-triplane": dict(encoding="triplane"),
+    "nerf-hash": dict(**HASH, hash_backend="triton"),
+    "nerf-hash-torch": dict(**HASH, hash_backend="torch"),
+    "nerf-hash-normals": dict(**HASH, hash_backend="triton", **NORMALS),
+    "nerf-hash-torch-normals": dict(**HASH, hash_backend="torch", **NORMALS),
+}
+CASES = [*NERF_CASES, "gaussians-200k"]
 
 
 def build(case: str, device: torch.device):
-    if case == "nerf-triplane":
-        rep = NeRF(estimator="occgrid")
-    elif case == "nerf-hash":
-        rep = NeRF(estimator="occgrid", **HASH)
+    if case in NERF_CASES:
+        rep = NeRF(estimator="occgrid", **NERF_CASES[case])
     elif case == "gaussians-200k":
         rep = Gaussians(num_points=200_000, strategy="none")
     else:
-        raise ValueError(case)
+        raise ValueError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
     return rep.to(device).train()
 
 
@@ -51,15 +63,20 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
     opt = torch.optim.AdamW(rep.param_groups())
     sampler = CameraSampler(resolution=res, batch_size=4, views_per_object=4)
     gen = torch.Generator().manual_seed(0)
+    encoded: list[tuple[int, bool]] = []  # (points, with gradient) per encoding call
     if isinstance(rep, NeRF):
         rep.update_occupancy(0, force=True)
+        rep.encoding.register_forward_hook(lambda m, args, out: encoded.append((args[0].shape[0], out.requires_grad)))
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
 
     def render_backward(step: int):
         cams = sampler.sample(gen, step).to(device)
+        encoded.clear()
         out = rep.render(cams, step)
         loss = out["rgb"].square().mean() + out["opacity"].mean()
+        if isinstance(rep, NeRF):
+            loss = loss + sum(rep.regularizers(out, step).values())  # the orientation loss of the normals cases
         rep.on_before_backward(step, out)
         loss.backward()
         return out
@@ -93,6 +110,8 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
         result["gaussians"] = rep.num_gaussians
     if isinstance(rep, NeRF):
         result["occupied_cells"] = int(rep.estimator.binaries.sum())
+        result["points_encoded_last_step"] = sum(n for n, _ in encoded)
+        result["points_with_grad_last_step"] = sum(n for n, g in encoded if g)
     del rep, opt
     torch.cuda.empty_cache()
     return result
@@ -100,7 +119,7 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["nerf-triplane", "nerf-hash", "gaussians-200k"])
+    ap.add_argument("--cases", nargs="+", default=["nerf-triplane", "nerf-hash", "gaussians-200k"], choices=CASES)
     ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)

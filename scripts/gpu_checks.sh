@@ -6,10 +6,11 @@
 #
 # Random full-size models (SD2.1-base, MVDream, ImageReward) are built once into $REWARDSDS_CACHE
 # (default /tmp/rewardsds_random) and shared by the benchmark and the tests. Per-section time limits:
-# BENCH_S (default 180), TESTS_S (240), BENCH3D_S (45), TEST_TIMEOUT_S per test (150); SKIP_BENCH=1 runs the
+# BENCH_S (default 180), TESTS_S (240), BENCH3D_S (45), BENCHGRID_S (240), TEST_TIMEOUT_S per test (150); SKIP_BENCH=1 runs the
 # tests only; GROUP_A (the whole-loop tests, started once gsplat/nerfacc are built) and GROUP_B (the rest) replace the
 # default test lists, GROUP_B_EXTRA adds files to B (e.g. tests/test_rewards_gpu.py tests/test_image_reward_parity.py);
-# BENCH3D_CASES picks scripts/bench_3d.py cases (BENCH3D=1 runs it even with SKIP_BENCH). The ImageReward parity test needs the bert-base-uncased
+# BENCH3D_CASES picks scripts/bench_3d.py cases (BENCH3D=1 runs it even with SKIP_BENCH, BENCHGRID=1 likewise
+# scripts/bench_grid_encoding.py). The ImageReward parity test needs the bert-base-uncased
 # vocab: the dev extra's package, or REWARDSDS_BERT_VOCAB=/path/vocab.txt. Intermediate files go to $REWARDSDS_WORK (a temp dir).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_checks.sh OUTDIR [workers]}
@@ -77,7 +78,7 @@ fi
 # the ones to quote.
 stamp "gpu tests: two groups in parallel"
 PYT="python3 -m pytest -m gpu -p no:cacheprovider -q -rfE --tb=short -s --timeout=${TEST_TIMEOUT_S:-150}"
-timeout "${TESTS_S:-240}" $PYT ${GROUP_B:-tests/test_losses2d_gpu.py tests/test_reward_losses.py tests/test_mvdream.py tests/test_fast_path_gpu.py} ${GROUP_B_EXTRA:-} \
+timeout "${TESTS_S:-240}" $PYT ${GROUP_B:-tests/test_losses2d_gpu.py tests/test_reward_losses.py tests/test_mvdream.py tests/test_fast_path_gpu.py tests/test_hash_grid_gpu.py} ${GROUP_B_EXTRA:-} \
   > "$OUT/gpu_tests_b.log" 2>&1 &
 B=$!
 wait $JIT; stamp "kernels: $(tr '\n' ' ' < "$OUT/jit.log" | tail -c 120)"
@@ -91,6 +92,12 @@ if [ -z "${SKIP_BENCH:-}" ] || [ -n "${BENCH3D:-}" ]; then
 stamp "3D render benchmark"
 timeout "${BENCH3D_S:-45}" python3 scripts/bench_3d.py --out "$OUT/bench_3d.json" ${BENCH3D_CASES:+--cases $BENCH3D_CASES} > "$WORK/bench_3d.log" 2>&1
 stamp "bench_3d exit $?"
+fi
+
+if [ -z "${SKIP_BENCH:-}" ] || [ -n "${BENCHGRID:-}" ]; then
+stamp "grid encoding benchmark (kernel sweep, encodings, NeRF with triplane / PyTorch hash / Triton hash)"
+timeout "${BENCHGRID_S:-240}" python3 scripts/bench_grid_encoding.py --out "$OUT/bench_grid.json" > "$OUT/bench_grid.log" 2>&1
+stamp "bench_grid_encoding exit $?"
 fi
 
 python3 - "$WORK" "$OUT" <<'PY'

@@ -5,9 +5,12 @@ Three encodings of points in the unit cube [0, 1]^3 share one interface (``forwa
 - :class:`HashGridEncoding`: Instant-NGP's multi-resolution hash grid (Mueller et al. 2022, Sec. 3):
   per level a table of ``F``-dim features, trilinear interpolation of the 8 cell corners, corners
   indexed densely while the level fits the table and by the spatial hash
-  ``(x * 1) xor (y * 2654435761) xor (z * 805459861) mod T`` above. All levels are gathered in one
-  ``index_select`` on one flat table (int32 arithmetic: the table size is a power of two, so the low
-  bits of the wrapped products equal tcnn's uint32 ones).
+  ``(x * 1) xor (y * 2654435761) xor (z * 805459861) mod T`` above. Two backends compute it: Triton
+  kernels (:mod:`rewardsds.representations._hash_triton`: forward, backward and double backward, no
+  per-corner intermediates) for CUDA tensors, and this module's PyTorch version, which gathers all levels
+  in one ``index_select`` on one flat table (int32 arithmetic: the table size is a power of two, so the
+  low bits of the wrapped products equal tcnn's uint32 ones). The PyTorch version runs on the CPU and
+  is the reference the kernels are tested against.
 - :class:`DenseGridEncoding`: one dense 3D feature volume per level, sampled with ``grid_sample``.
 - :class:`TriplaneEncoding`: three axis-aligned feature planes per level, sampled with ``grid_sample``
   and summed (EG3D-style).
@@ -25,12 +28,17 @@ schedules), so their parameters get no gradient.
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from rewardsds.errors import ConfigError
+
+HASH_BACKENDS = ("auto", "triton", "torch")
 
 # tcnn's primes; 2654435761 does not fit int32, so it is stored as its two's-complement wrap.
 _PRIMES = (1, 2654435761 - (1 << 32), 805459861)
@@ -81,8 +89,10 @@ class HashGridEncoding(GridEncoding):
         n_features_per_level: features per level F.
         log2_hashmap_size: log2 of the per-level table size T.
         base_resolution: coarsest grid scale.
-        per_level_scale: growth factor between levels (1.447... gives 4096 at 16 levels from 16).
+        per_level_scale: growth factor between levels, >= 1 (1.447... gives 4096 at 16 levels from 16).
         init_scale: features start uniform in [-init_scale, init_scale] (tcnn: 1e-4).
+        backend: ``auto`` (Triton kernels for CUDA tensors, PyTorch on the CPU), ``triton`` (CUDA tensors,
+            or CPU tensors under ``TRITON_INTERPRET=1``) or ``torch`` (the PyTorch version everywhere).
     """
 
     def __init__(
@@ -93,8 +103,15 @@ class HashGridEncoding(GridEncoding):
         base_resolution: int = 16,
         per_level_scale: float = 1.447269237440378,
         init_scale: float = 1e-4,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        if backend not in HASH_BACKENDS:
+            raise ConfigError("representation.hash_backend", backend, "is not a known option", "use one of: " + ", ".join(HASH_BACKENDS))
+        if per_level_scale < 1.0:
+            # Coarse-to-fine masks then keep a prefix of the levels (what the kernels assume).
+            raise ConfigError("representation.per_level_scale", per_level_scale, "must be >= 1", "use e.g. 1.447")
+        self.backend = backend
         self.n_levels = n_levels
         self.n_features_per_level = n_features_per_level
         self.n_output_dims = n_levels * n_features_per_level
@@ -122,9 +139,53 @@ class HashGridEncoding(GridEncoding):
         self.register_buffer("_dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
         self.register_buffer("_strides", torch.tensor(strides, dtype=torch.int32), persistent=False)
         self.register_buffer("_primes", torch.tensor(_PRIMES, dtype=torch.int32), persistent=False)
+        self._layouts: dict = {}
+
+    def n_active_levels(self, max_resolution: Optional[float]) -> int:
+        """How many levels (a prefix: resolutions grow with the level) ``max_resolution`` keeps on."""
+        if max_resolution is None:
+            return self.n_levels
+        return max(1, sum(1 for r in self.resolutions if r <= max_resolution + 1e-6))
+
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether ``forward(x)`` runs the Triton kernels (see ``backend``)."""
+        if self.backend == "torch":
+            return False
+        if self.backend == "auto":
+            return x.is_cuda
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise ConfigError("representation.hash_backend", "triton",
+                              f"runs Triton kernels on CUDA tensors, but the points are on {x.device}",
+                              "use representation.hash_backend=auto (Triton on CUDA, PyTorch on the CPU) or torch, or run on a GPU")
+        return True
+
+    def layout(self, device: torch.device):
+        """The Triton kernels' view of this grid (cached per device)."""
+        key = str(device)
+        if self._layouts.get(key) is None:
+            rows = self.params.shape[0]
+            wide = rows * self.n_features_per_level >= 2**31
+            self._layouts[key] = _triton_module().HashGridLayout(
+                scales=self._scales.to(device, torch.float32),
+                offsets=self._offsets.to(device, torch.int64 if wide else torch.int32),
+                sides=self._strides.to(device), n_dense=self.n_dense_levels, table_size=self.table_size,
+                n_levels=self.n_levels, n_features=self.n_features_per_level,
+            )
+        return self._layouts[key]
+
+    def _apply(self, fn, recurse=True):
+        self._layouts = {}  # .to() / .cuda() / .double() change the buffers: rebuild the layouts on next use
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
-        """Encode points in [0, 1]^3 (clamped) into [N, L * F] features."""
+        """Encode points in [0, 1]^3 (clamped) into [N, L * F] features (levels above ``max_resolution`` are zeros)."""
+        if self.uses_triton(x):
+            n_active = self.n_active_levels(max_resolution)
+            return _triton_module().hash_grid_triton(x, self.params, self.layout(x.device), n_active)
+        return self.forward_torch(x, max_resolution)
+
+    def forward_torch(self, x: Float[Tensor, "n 3"], max_resolution: Optional[float] = None) -> Float[Tensor, "n d"]:
+        """The PyTorch version of :meth:`forward` (gathers of all corners; the reference of the Triton kernels)."""
         n, L = x.shape[0], self.n_levels
         x = x.clamp(0.0, 1.0)
         pos = x[:, None, :] * self._scales.view(1, -1, 1) + 0.5  # [N, L, 3]
@@ -154,6 +215,16 @@ class HashGridEncoding(GridEncoding):
         w = (wk[:, :, 2, :, None, None] * wk[:, :, 1, None, :, None] * wk[:, :, 0, None, None, :]).reshape(n, L, 8)
         out = torch.einsum("nlc,nlcf->nlf", w, feats)  # [N, L, F]
         return self._apply_mask(out, max_resolution)
+
+
+def _triton_module():
+    """rewardsds.representations._hash_triton, imported on first use (Triton is only needed on CUDA)."""
+    try:
+        from rewardsds.representations import _hash_triton
+    except ImportError as e:
+        raise ConfigError("representation.hash_backend", "auto/triton", f"needs Triton for CUDA tensors ({e})",
+                          "install triton (Linux wheels of torch bring it) or use representation.hash_backend=torch") from e
+    return _hash_triton
 
 
 def _second_order(x: Tensor) -> bool:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
 from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
-from rewardsds.representations._grid import DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
+from rewardsds.representations._grid import HASH_BACKENDS, DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_cubes
 from rewardsds.representations.base import ExportOptions, Representation
 from rewardsds.schedules import Schedule, Streams, seed_for
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _CHOICES = {
     "encoding": ("hash", "dense", "triplane"),
+    "hash_backend": HASH_BACKENDS,
     "density_activation": ("softplus", "exp"),
     "density_bias": ("blob_magic3d", "blob_dreamfusion", "none"),
     "estimator": ("auto", "occgrid", "uniform"),
@@ -67,20 +68,42 @@ _CHOICES = {
 }
 
 
+# Level count, features per level, coarsest resolution and growth per encoding, used where the settings
+# leave them null. hash: threestudio's implicit-volume grid (the RewardSDS 3D reference, 16 -> 4096);
+# dense: 16 -> 256 volumes; triplane: 32 -> 546 planes.
+ENCODING_DEFAULTS = {
+    "hash": {"n_levels": 16, "n_features_per_level": 2, "base_resolution": 16, "per_level_scale": 1.447269237440378},
+    "dense": {"n_levels": 8, "n_features_per_level": 4, "base_resolution": 16, "per_level_scale": 1.4859},
+    "triplane": {"n_levels": 8, "n_features_per_level": 4, "base_resolution": 32, "per_level_scale": 1.5},
+}
+
+
+def encoding_sizes(s: Any) -> dict[str, Any]:
+    """``n_levels``, ``n_features_per_level``, ``base_resolution``, ``per_level_scale`` of settings ``s``, each
+    null one replaced by the encoding's default (:data:`ENCODING_DEFAULTS`)."""
+    defaults = ENCODING_DEFAULTS[option_value(s.encoding)]
+    return {k: d if getattr(s, k) is None else getattr(s, k) for k, d in defaults.items()}
+
+
 def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
     """Raise ConfigError for impossible NeRF settings (used by the schema and the constructor)."""
 
     check = settings_checker(prefix)
     check_choices(s, _CHOICES, check)
     check(s.radius > 0, "radius", s.radius, "must be > 0 (half the side of the scene box)", "use e.g. 1.0")
-    check(s.n_levels >= 1, "n_levels", s.n_levels, "must be >= 1", "use 16 (hash) or 8 (dense/triplane)")
-    check(s.n_features_per_level >= 1, "n_features_per_level", s.n_features_per_level, "must be >= 1", "use 2 (hash) or 4")
+    z = encoding_sizes(s)
+    check(z["n_levels"] >= 1, "n_levels", z["n_levels"], "must be >= 1",
+          "use 16 (hash) or 8 (dense/triplane), or null for the encoding's default")
+    check(z["n_features_per_level"] >= 1, "n_features_per_level", z["n_features_per_level"], "must be >= 1",
+          "use 2 (hash) or 4, or null for the encoding's default")
     check(10 <= s.log2_hashmap_size <= 24, "log2_hashmap_size", s.log2_hashmap_size, "must be in [10, 24]", "use 19")
-    check(s.base_resolution >= 2, "base_resolution", s.base_resolution, "must be >= 2", "use 16 (hash/dense) or 32 (triplane)")
-    check(s.per_level_scale >= 1.0, "per_level_scale", s.per_level_scale, "must be >= 1", "use e.g. 1.447 (hash) or 1.5")
+    check(z["base_resolution"] >= 2, "base_resolution", z["base_resolution"], "must be >= 2",
+          "use 16 (hash/dense) or 32 (triplane), or null for the encoding's default")
+    check(z["per_level_scale"] >= 1.0, "per_level_scale", z["per_level_scale"], "must be >= 1",
+          "use e.g. 1.447 (hash) or 1.5, or null for the encoding's default")
     if option_value(s.encoding) == "dense":
-        finest = s.base_resolution * s.per_level_scale ** (s.n_levels - 1)
-        check(finest <= 512, "per_level_scale", s.per_level_scale,
+        finest = z["base_resolution"] * z["per_level_scale"] ** (z["n_levels"] - 1)
+        check(finest <= 512, "per_level_scale", z["per_level_scale"],
               f"makes the finest dense level {finest:.0f}^3 cells, too large for memory",
               "keep base_resolution * per_level_scale^(n_levels-1) <= 512, or use encoding=hash/triplane")
     check(s.hidden_dim >= 1, "hidden_dim", s.hidden_dim, "must be >= 1", "use 64")
@@ -175,11 +198,12 @@ class NeRF(Representation):
         self,
         radius: float = 1.0,
         encoding: Any = "triplane",
-        n_levels: int = 8,
-        n_features_per_level: int = 4,
+        n_levels: Optional[int] = None,
+        n_features_per_level: Optional[int] = None,
         log2_hashmap_size: int = 19,
-        base_resolution: int = 32,
-        per_level_scale: float = 1.5,
+        base_resolution: Optional[int] = None,
+        per_level_scale: Optional[float] = None,
+        hash_backend: Any = "auto",
         grid_resolution: Any = None,
         hidden_dim: int = 64,
         hidden_layers: int = 1,
@@ -273,13 +297,16 @@ class NeRF(Representation):
         self._notice_shown = False
         self._occ_checked = False  # occ_ready read once (it lives on the device)
 
+        z = encoding_sizes(ns)
+        sizes = (z["n_levels"], z["n_features_per_level"], z["base_resolution"], z["per_level_scale"])
         self.encoding: GridEncoding
         if self.encoding_type == "hash":
-            self.encoding = HashGridEncoding(n_levels, n_features_per_level, log2_hashmap_size, base_resolution, per_level_scale)
+            levels, features, base, growth = sizes
+            self.encoding = HashGridEncoding(levels, features, log2_hashmap_size, base, growth, backend=option_value(hash_backend))
         elif self.encoding_type == "dense":
-            self.encoding = DenseGridEncoding(n_levels, n_features_per_level, base_resolution, per_level_scale)
+            self.encoding = DenseGridEncoding(*sizes)
         else:
-            self.encoding = TriplaneEncoding(n_levels, n_features_per_level, base_resolution, per_level_scale)
+            self.encoding = TriplaneEncoding(*sizes)
         self.density_net = _mlp(self.encoding.n_output_dims, 1, hidden_dim, hidden_layers)
         self.feature_net = _mlp(self.encoding.n_output_dims, 3, hidden_dim, hidden_layers)
         self.background_net = EnvironmentBackground() if self.background_type == "neural" else None
