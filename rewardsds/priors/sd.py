@@ -20,6 +20,7 @@ from torch import Tensor
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
 from rewardsds.priors.compiled import CompiledUNet, check_compile_mode
+from rewardsds.utils.text import report_truncation
 
 
 def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
@@ -178,6 +179,8 @@ class StableDiffusionPrior(Prior):
         return self
 
     def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:
+        for p in prompts:
+            report_truncation(self.tokenizer, p, self.tokenizer.model_max_length, "the prior's text encoder")
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",
