@@ -170,7 +170,7 @@ def bench_fast(args, prior, reward, device, tmp, results, save: Callable[[], Non
                                                                               f"lookahead.prune_to={n_ref // 2}"]))
     if args.tiny_vae:
         configs.append((f"rewardsds_n{n_ref}_k15_tinydecode", n_ref, 15, ["strategy=min_max", f"n_noises={n_ref}", "lookahead.steps=15",
-                                                                          "lookahead.decode=tiny"]))
+                                                                          "lookahead.decode=tiny", f"prior.tiny_vae={args.tiny_vae_path}"]))
     for name, n, k, extra in configs:
         reset_peak(device)
         system, opt = build_system(compose(base + extra + ([f"steps={args.warmup + 4 * args.steps}"] if name == "sds" else [])),
@@ -410,6 +410,7 @@ def main(argv=None) -> int:
         args.sd_folder = build_sd_pipeline(tmp / "sd", args.preset)
     results["build_s"] = time.perf_counter() - t0
     tiny_vae = build_tiny_vae(tmp / "taesd", args.preset) if args.tiny_vae else None
+    args.tiny_vae_path = tiny_vae  # the config of the tiny-decode run names it (lookahead.decode=tiny needs prior.tiny_vae)
     dtype = "bf16" if device.type == "cuda" else "fp32"
     prior = StableDiffusionPrior(str(args.sd_folder), dtype=dtype, compile=args.compile, compile_mode=args.compile_mode if args.compile else "default", tiny_vae=str(tiny_vae) if tiny_vae else None,
                                  local_files_only=True).to(device)

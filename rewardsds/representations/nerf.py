@@ -40,7 +40,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
+from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed, option_value, settings_checker
 from rewardsds.representations._grid import DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_tetrahedra
 from rewardsds.representations.base import Representation
@@ -92,7 +92,23 @@ def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
         check(0 <= getattr(s, key) <= 1, key, getattr(s, key), "must be in [0, 1]", "use 0.75 / 0.5")
     for key in ("lr_encoding", "lr_network", "lr_background"):
         check(getattr(s, key) > 0, key, getattr(s, key), "must be > 0", "use 0.01 (encoding) or 0.001")
-    check(len(s.betas) == 2, "betas", list(s.betas), "needs two values", "use [0.9, 0.99]")
+    check_betas(check, "betas", s.betas, "use [0.9, 0.99]")
+    check(s.eps > 0, "eps", s.eps, "must be > 0", "use 1e-15")
+    check(s.weight_decay >= 0, "weight_decay", s.weight_decay, "must be >= 0", "use 0")
+    check(s.density_blob_scale >= 0, "density_blob_scale", s.density_blob_scale, "must be >= 0", "use 10 (Magic3D)")
+    for key in ("occ_warmup_steps", "ambient_only_steps"):
+        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0 (a number of steps)", "use the default")
+    for key in ("ambient_light", "diffuse_light"):
+        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0", "use 0.1 (ambient) and 0.9 (diffuse)")
+    for key in ("lambda_sparsity", "lambda_opaque", "lambda_orient", "lambda_z_variance"):
+        sched = Schedule.from_any(getattr(s, key))
+        for v in (sched.start, sched.end):
+            check(v is None or v >= 0, key, v, "must be >= 0 (a regulariser weight)", "use 0 (off) or a positive weight")
+    if s.grid_resolution is not None:
+        sched = Schedule.from_any(s.grid_resolution)
+        for v in (sched.start, sched.end):
+            check(v is None or v >= 1, "grid_resolution", v, "must be >= 1 (cells of the finest active level)", "use null (all levels)")
+    check_seed(check, "seed", s.seed)
     check(s.mesh_resolution >= 8, "mesh_resolution", s.mesh_resolution, "must be >= 8", "use 256")
     check(s.eval_chunk_rays >= 1, "eval_chunk_rays", s.eval_chunk_rays, "must be >= 1", "use 65536")
 
