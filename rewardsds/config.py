@@ -626,7 +626,7 @@ class NeRFConfig(RepresentationConfig):
     weight_decay: float = 0.0
     mesh_resolution: int = 256
     mesh_threshold: float = 25.0
-    eval_chunk_rays: int = 65536
+    eval_chunk_samples: int = 262144  # evaluation renders: most ray samples evaluated at once (bounds memory)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -1481,7 +1481,7 @@ def _check_keys(node: Any, path: str) -> None:
             for key in node.keys():
                 if key in fields or (path == "" and key == "hydra"):
                     continue
-                where = f"{path[:-1]} ({schema.__name__})" if path else "the root config"
+                where = f"{path[:-1]} ({schema.__name__})" if path else ("the root config" if schema is Config else schema.__name__)
                 close = difflib.get_close_matches(str(key), fields, n=1)
                 fix = (f"did you mean {path}{close[0]}?" if close else f"remove it; the settings of {where} are: "
                        + ", ".join(f for f in fields if not f.startswith("_")))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
 import torch
@@ -439,8 +439,8 @@ class Gaussians(Representation):
         return "dense"
 
     # ------------------------------------------------------------------ rendering
-    def render(self, cameras: Optional[Cameras], step: int) -> dict[str, Tensor]:
-        """Render the views of ``cameras``.
+    def render(self, cameras: Optional[Cameras], step: int, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
+        """Render the views of ``cameras`` (every output costs the same rasterisation, so ``outputs`` is not read).
 
         Returns:
             ``rgb`` [b,3,H,W] in [0,1] (composited over the background), ``opacity`` [b,1,H,W] and

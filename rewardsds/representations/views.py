@@ -8,7 +8,7 @@ videos (mp4 through imageio) belongs to the visualisation module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,14 +20,17 @@ from rewardsds.representations.base import Representation
 
 
 @torch.no_grad()
-def render_views(rep: Representation, cameras: Cameras, step: int, views_per_call: int = 4) -> dict[str, Tensor]:
+def render_views(rep: Representation, cameras: Cameras, step: int, views_per_call: int = 4,
+                 outputs: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
     """Render every view of ``cameras`` in eval mode and gather the image outputs on the CPU.
 
     Args:
         rep: a 3D representation (``needs_cameras``).
         cameras: the fixed cameras (e.g. ``CameraSampler.eval_cameras(n)``).
         step: the optimisation step (for step-dependent settings such as the SH degree or shading).
-        views_per_call: views rendered together (bounds memory at high resolution).
+        views_per_call: views rendered together (the representation chunks each call further: the NeRF by
+            ``eval_chunk_samples``).
+        outputs: the outputs needed (None: all); the representation may skip the others (the NeRF's normals).
 
     Returns:
         Each [b, c, H, W] output of ``rep.render`` (``rgb``, ``opacity``, ``depth``, ``normal``...),
@@ -38,7 +41,7 @@ def render_views(rep: Representation, cameras: Cameras, step: int, views_per_cal
     try:
         parts: list[dict[str, Tensor]] = []
         for s in range(0, len(cameras), views_per_call):
-            out = rep.render(cameras.index(slice(s, s + views_per_call)), step)
+            out = rep.render(cameras.index(slice(s, s + views_per_call)), step, outputs=outputs)
             parts.append({k: v.detach().float().cpu() for k, v in out.items() if v.dim() == 4})
     finally:
         rep.train(was_training)
@@ -79,7 +82,7 @@ def turntable_frames(
     Returns:
         ``{key: frames}`` for the requested keys that the representation renders.
     """
-    out = render_views(rep, cameras, step, views_per_call)
+    out = render_views(rep, cameras, step, views_per_call, outputs=[*keys, "opacity"])
     frames = {}
     for key in keys:
         if key not in out:
