@@ -400,16 +400,58 @@ class CandidateEngine:
         return self.prior.add_noise(flat, noise.reshape(k * b, *z.shape[1:]), cands.t)
 
     @torch.no_grad()
-    def predict_branch(
+    def predict_with_branch(
         self,
         cands: Candidates,
-        latents: Float[Tensor, "b c h w"],
         text: TextCond,
+        latents: Float[Tensor, "b c h w"],
+        branch_text: TextCond,
         camera: Optional[Tensor] = None,
         idx: Optional[Tensor] = None,
-    ) -> tuple[Tensor, Tensor]:
-        """(eps_cond, eps_uncond) of a second branch (:meth:`renoise`) for the candidates ``idx``, [k * b, c, h, w] each."""
-        return self.predict(cands, text, camera, x_t=self.renoise(cands, latents, idx))
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Predictions at t of the candidates ``idx`` and of a second branch (:meth:`renoise`), from shared calls.
+
+        A mode that subtracts two branches (DDS) needs each row and its partner in the other branch to go
+        through the same computation: with equal inputs (same latents, same prompt) the difference is then
+        exactly zero. Predicted in separate calls of different batch sizes, the two can differ by rounding
+        (the kernels' blocking depends on the batch), and Adam with a tiny eps turns that noise into
+        full-size steps. So every call holds the same candidate rows of both branches side by side,
+        ``[x_a[s:e]; x_b[s:e]]`` (and CFG doubles it), never one branch alone.
+
+        Args:
+            cands: the step's candidates; the first branch's x_t is ``cands.noisy``.
+            text: conditioning of the first branch's b views.
+            latents: the second branch's clean latents, [b, c, h, w] or [1, c, h, w].
+            branch_text: conditioning of the second branch's b views.
+            camera: c2w [b, 4, 4] for camera-conditioned priors (shared by both branches).
+            idx: candidate indices [k] (default: all n), in the returned order.
+
+        Returns:
+            ((eps_cond, eps_uncond) of the first branch, (eps_cond, eps_uncond) of the second), fp32
+            [k * b, c, h, w] each. Counts 4 k b evaluations.
+        """
+        if idx is None:
+            idx = torch.arange(cands.n, device=cands.noise.device)
+        x_a = cands.noisy[cands.flat_index(idx)]
+        x_b = self.renoise(cands, latents, idx)
+        k = int(idx.numel())
+        text_a, text_b = text.repeat(k), branch_text.repeat(k)
+        cam = None if camera is None else camera.repeat(k, 1, 1)
+        m = x_a.shape[0]
+        chunk = self.chunk_size(x_a)
+        frames = self.prior.num_frames
+        # a row costs four inputs per call: two branches, each a CFG pair
+        per_call = m if chunk <= 0 else max(frames, (chunk // 4) // frames * frames)
+        outs: list[tuple[Tensor, ...]] = []
+        for s in range(0, m, per_call):
+            e = min(m, s + per_call)
+            pair_text = TextCond(torch.cat([text_a.cond[s:e], text_b.cond[s:e]]), torch.cat([text_a.uncond[s:e], text_b.uncond[s:e]]))
+            pair_cam = None if cam is None else torch.cat([cam[s:e], cam[s:e]])
+            c, u = self.prior.predict_noise_pair(torch.cat([x_a[s:e], x_b[s:e]]), cands.t, pair_text, pair_cam)
+            outs.append((*c.chunk(2), *u.chunk(2)))
+        cands.evals += 4 * m
+        c_a, c_b, u_a, u_b = (torch.cat(parts) for parts in zip(*outs))
+        return (c_a, u_a), (c_b, u_b)
 
     @torch.no_grad()
     def lookahead(
@@ -594,11 +636,18 @@ class CandidateEngine:
         reward_prompts: Sequence[str],
         camera: Optional[Tensor] = None,
         keep_images: bool = False,
+        predict: bool = True,
     ) -> Candidates:
         """Draw n candidates, predict at t (shared), run the lookahead and reward if the strategy needs
-        them, and attach strategy weights. Returns the filled :class:`Candidates`."""
+        them, and attach strategy weights. Returns the filled :class:`Candidates`.
+
+        ``predict=False`` skips the prediction at t unless the strategy's lookahead needs it (``eps_cond`` and
+        ``eps_uncond`` are then None): for modes that predict the weighted candidates themselves, e.g. DDS
+        together with its source branch (:meth:`predict_with_branch`).
+        """
         cands = self.draw(latents, t, n, step)
-        cands.eps_cond, cands.eps_uncond = self.predict(cands, text, camera)
+        if predict or strategy.uses_reward:
+            cands.eps_cond, cands.eps_uncond = self.predict(cands, text, camera)
         if strategy.uses_reward:
             self.look_and_score(cands, text, reward_prompts, camera, keep_images)
             cands.weights = self.weigh(cands.rewards, strategy, step)

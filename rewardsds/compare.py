@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 from hydra import compose
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from rewardsds.errors import ConfigError
 from rewardsds.utils.io import write_image, write_json, write_text
 from rewardsds.viz import side_by_side, upscale
 
@@ -26,15 +27,43 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: ``strategy`` for ``strategy=none``, ``n_noises`` for ``+n_noises=2``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_variant_overrides(base: list[str], variants: dict[str, list[str]]) -> None:
+    """Raise ConfigError where a command-line override sets a key that a compare variant also sets.
+
+    Each variant's overrides come after the command line's, so the variant's value would win and the user's
+    setting would be dropped without a word (``experiment=demo n_noises=2`` would still run N = 1 and N = 8).
+    """
+    for override in base:
+        key = override_key(override)
+        for label, variant in variants.items():
+            clash = next((o for o in variant if override_key(o) == key), None)
+            if clash is None:
+                continue
+            edited = " ".join(override.lstrip("+~") if override_key(o) == key else o for o in variant)
+            raise ConfigError(
+                key, override.split("=", 1)[1] if "=" in override else None,
+                f"is set on the command line and by the compare variant {label} ({clash}), whose value would replace it",
+                f"drop {override} from the command line; to change the variant, set compare.runs.{label}=\"{edited}\"; "
+                "or run one configuration without variants (compare.runs={})",
+            )
+
+
 def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from PIL import Image
 
     from rewardsds.train import job_overrides, train
 
+    OmegaConf.to_object(cfg.compare)  # the variant labels and seeds (each sub-run validates the rest)
     variants = {str(k): str(v).split() for k, v in cfg.compare.runs.items()}
     strategies = list(variants)
     seeds = list(cfg.compare.seeds) or [int(cfg.seed)]
     base = [o for o in job_overrides() if not o.startswith(("compare.", "seed=", "hydra."))]
+    check_variant_overrides(base, variants)
     rows: list[dict[str, Any]] = []
     images: dict[tuple[str, int], np.ndarray] = {}
     for strategy in strategies:

@@ -11,15 +11,18 @@ Choices are ``str`` Enums (hydra-core 1.3 has no ``Literal`` support in schemas)
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from rewardsds.errors import ConfigError
-from rewardsds.schedules import Schedule
+from rewardsds.errors import ConfigError, check_betas, check_grad_clip, check_seed
+from rewardsds.schedules import Schedule, check_timestep_range
 
 
 # ----------------------------------------------------------------------------------------- enums
@@ -82,6 +85,30 @@ class MinMaxScale(str, Enum):
 def _check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
     if not cond:
         raise ConfigError(key, value, problem, fix)
+
+
+def _check_name(key: str, value: Optional[str], fix: str) -> None:
+    """A name that becomes part of a file or folder path must stay one path component (no '/', '\\', '.' or '..'),
+    so that nothing is written outside the folder it names a child of."""
+    if value is None:
+        return
+    v = str(value)
+    _check(v.strip() != "", key, value, "is empty", fix)
+    _check(not any(sep in v for sep in ("/", "\\")) and v.strip() not in (".", ".."), key, value,
+           "is used as a file or folder name and would write outside its folder (no path separators, '.' or '..')", fix)
+
+
+def _check_modes(key: str, modes: List[Any]) -> None:
+    from rewardsds.priors.analytic import PATTERNS
+
+    names = [m.name for m in modes]
+    _check(len(set(names)) == len(names), key, names, "has duplicate names", "give each mode a unique name")
+    for m in modes:
+        for part in ("color", "background"):
+            rgb = list(getattr(m, part))
+            _check(len(rgb) == 3 and all(0.0 <= c <= 1.0 for c in rgb), f"{key}[{m.name}].{part}", rgb,
+                   "needs 3 values in [0, 1] (red, green, blue)", "use e.g. [0.1, 0.2, 0.9]")
+        _check(m.pattern in PATTERNS, f"{key}[{m.name}].pattern", m.pattern, "is not a known pattern", "use one of: " + ", ".join(PATTERNS))
 
 
 def _enum(enum_cls, value, key: str):
@@ -164,8 +191,12 @@ class AnalyticPriorConfig(PriorConfig):
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, "prior.image_size", self.image_size, "is too small", "use 8, 16 or 32")
         _check(self.component_std > 0, "prior.component_std", self.component_std, "must be > 0", "use e.g. 0.15")
-        names = [m.name for m in self.modes]
-        _check(len(set(names)) == len(names), "prior.modes", names, "has duplicate names", "give each mode a unique name")
+        _check(self.prompt_sharpness >= 0, "prior.prompt_sharpness", self.prompt_sharpness,
+               "must be >= 0 (log-weight added per matched keyword)", "use 4.0")
+        _check(0 < self.beta_start < self.beta_end < 1, "prior.beta_start", self.beta_start,
+               f"must satisfy 0 < beta_start < prior.beta_end = {self.beta_end} < 1", "use 0.00085 and 0.012 (SD 2.1)")
+        _check(self.num_train_timesteps >= 2, "prior.num_train_timesteps", self.num_train_timesteps, "must be >= 2", "use 1000")
+        _check_modes("prior.modes", self.modes)
 
 
 # ----------------------------------------------------------------------------------------- representations
@@ -193,8 +224,11 @@ class LatentImageConfig(RepresentationConfig):
                "use randn, zeros or image")
         _check(self.init != "image" or bool(self.init_image), "representation.init_image", self.init_image,
                "is required when representation.init=image", "set representation.init_image=/path/to/image.png")
+        _check(self.init_std >= 0, "representation.init_std", self.init_std, "must be >= 0 (std of the randn init)", "use 1.0")
         _check(self.lr > 0, "representation.lr", self.lr, "must be > 0", "use e.g. 0.01")
-        _check(len(self.betas) == 2, "representation.betas", list(self.betas), "needs two values", "use [0.9, 0.99]")
+        check_betas(_check, "representation.betas", self.betas, "use [0.9, 0.99]")
+        _check(self.eps > 0, "representation.eps", self.eps, "must be > 0", "use 1e-15")
+        _check(self.weight_decay >= 0, "representation.weight_decay", self.weight_decay, "must be >= 0", "use 0")
         _check(self.batch_size >= 1, "representation.batch_size", self.batch_size, "must be >= 1", "use 1")
 
 
@@ -220,6 +254,7 @@ class SDSLossConfig(LossConfig):
         self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
         self.target = _enum(SDSTarget, self.target, "loss.target")
         _check(0 <= self.recon_std_rescale <= 1, "loss.recon_std_rescale", self.recon_std_rescale, "must be in [0, 1]", "use 0.5")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
 
 
 # ----------------------------------------------------------------------------------------- rewards
@@ -253,6 +288,8 @@ class AnalyticRewardConfig(RewardConfig):
     def __post_init__(self) -> None:
         _check(len(self.preferred) >= 1, "reward.preferred", list(self.preferred), "is empty",
                "name at least one mode or keyword, e.g. reward.preferred=[blue]")
+        _check(self.image_size >= 1, "reward.image_size", self.image_size, "must be >= 1", "use the prior's image size, e.g. 16")
+        _check_modes("reward.modes", self.modes)
 
 
 # ----------------------------------------------------------------------------------------- strategies
@@ -280,6 +317,10 @@ class MinMaxStrategyConfig(StrategyConfig):
     scale: MinMaxScale = MinMaxScale.mean
 
     def __post_init__(self) -> None:
+        _check(self.lambda_max >= 0, "strategy.lambda_max", self.lambda_max, "must be >= 0 (the pull towards the best candidates)",
+               "use 0.9")
+        _check(self.lambda_min >= 0, "strategy.lambda_min", self.lambda_min,
+               "must be >= 0 (the push away from the worst candidates; the sign is applied by the strategy)", "use 0.1")
         _check(self.n_max >= 1, "strategy.n_max", self.n_max, "must be >= 1", "use 2")
         _check(self.n_min >= 0, "strategy.n_min", self.n_min, "must be >= 0", "use 2 (0 disables the push-away term)")
         self.scale = _enum(MinMaxScale, self.scale, "strategy.scale")
@@ -340,7 +381,10 @@ class WandbLoggerConfig(LoggerConfig):
 @dataclass
 class CSVLoggerConfig(LoggerConfig):
     _target_: str = "rewardsds.loggers.csv_logger"
-    name: str = "csv"
+    name: str = "csv"  # the folder of metrics.csv inside the run folder
+
+    def __post_init__(self) -> None:
+        _check_name("logger.name", self.name, "use a plain folder name such as csv")
 
 
 @dataclass
@@ -367,6 +411,34 @@ class TrainerConfig:
         _check(self.precision in ("32-true", "32"), "trainer.precision", self.precision,
                "must be 32: the scene is optimised in fp32 and the prior's precision is prior.dtype",
                "set prior.dtype=bf16 (or fp16) for a half-precision prior")
+        check_devices(self.devices, self.accelerator)
+        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "must be >= 1", "use 1")
+
+
+def check_devices(devices: Any, accelerator: str = "auto") -> None:
+    """``trainer.devices`` must name one device: a run is one process (a multirun spreads jobs over GPUs).
+
+    Valid: ``1``, ``[i]`` (GPU index i) or ``auto`` where it means one device (the CPU, or a machine with at
+    most one visible GPU); Lightning would start one process per device for anything else.
+    """
+    fix = ("use trainer.devices=1 (or trainer.devices=[i] for GPU i): a run is one process; to use several GPUs, run a "
+           "multirun with one job per GPU: rewardsds -m hydra/launcher=gpus trainer=gpu ...")
+    value = list(devices) if isinstance(devices, (list, tuple, ListConfig)) else devices
+    if isinstance(value, list):
+        _check(len(value) == 1 and isinstance(value[0], int) and not isinstance(value[0], bool) and value[0] >= 0,
+               "trainer.devices", value, "must list exactly one device index >= 0", fix)
+        return
+    if value == "auto":
+        if accelerator != "cpu":
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            _check(count <= 1, "trainer.devices", value,
+                   f"would start one process per visible GPU ({count}), but a run is one process", fix)
+        return
+    many = f"would start {value} processes (one per device)" if isinstance(value, int) and value > 1 else "does not name one device"
+    _check(value == 1 and not isinstance(value, bool) or value == "1", "trainer.devices", value,
+           f"{many}, but a run is one process", fix)
 
 
 # ----------------------------------------------------------------------------------------- MVDream prior
@@ -401,6 +473,7 @@ class MVDreamPriorConfig(PriorConfig):
                "prior.filename", self.filename, "is not a checkpoint file name",
                "use sd-v2.1-base-4view.pt, or null when prior.pretrained is a converted folder")
         _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
+        check_seed(_check, "prior.encode_seed", self.encode_seed)
         from rewardsds.priors.compiled import check_compile_mode
 
         check_compile_mode(self.compile_mode, self.compile, default="default")
@@ -589,7 +662,7 @@ class NeRFConfig(RepresentationConfig):
     mesh_resolution: int = 256  # marching-cubes grid points per axis of the exported meshes
     mesh_threshold: float = 25.0  # density level of the exported surface
     texture_size: int = 1024  # texels per side of the baked texture (mesh_textured.obj, mesh.glb)
-    eval_chunk_rays: int = 65536
+    eval_chunk_samples: int = 262144  # evaluation renders: most ray samples evaluated at once (bounds memory)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -801,8 +874,11 @@ class VSDLossConfig(LossConfig):
         _check(self.lora_rank >= 1, "loss.lora_rank", self.lora_rank, "must be >= 1", "use 4 (reference)")
         _check(self.lora_lr > 0, "loss.lora_lr", self.lora_lr, "must be > 0", "use 3e-4 (2D reference) or 1e-4 (threestudio)")
         _check(self.lora_weight_decay >= 0, "loss.lora_weight_decay", self.lora_weight_decay, "must be >= 0", "use 0")
-        _check(len(self.lora_betas) == 2, "loss.lora_betas", list(self.lora_betas), "needs two values", "use [0.9, 0.999]")
+        check_betas(_check, "loss.lora_betas", self.lora_betas, "use [0.9, 0.999]")
         _check(self.lora_eps > 0, "loss.lora_eps", self.lora_eps, "must be > 0", "use 1e-8")
+        _check(self.lora_guidance_scale >= 0, "loss.lora_guidance_scale", self.lora_guidance_scale, "must be >= 0",
+               "use 1.0 (one call with the camera)")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
         _check(0.0 <= self.camera_dropout <= 1.0, "loss.camera_dropout", self.camera_dropout, "must be in [0, 1]", "use 0.1")
         _check(self.lora_base is None or bool(str(self.lora_base).strip()), "loss.lora_base", self.lora_base, "is empty",
                "leave it unset (null) for the single-model path, or give a Hub id or folder")
@@ -825,6 +901,9 @@ class SDSBridgeLossConfig(LossConfig):
         _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 40 (2D reference)")
         _check(0.0 <= self.stage_two_start <= 1.0, "loss.stage_two_start", self.stage_two_start,
                "is a fraction of the steps and must be in [0, 1]", "use 0.5 (2D reference)")
+        _check(self.stage_two_scale is None or self.stage_two_scale >= 0, "loss.stage_two_scale", self.stage_two_scale,
+               "must be >= 0 or null", "use null (= loss.guidance_scale, 2D reference) or 1 (3D reference)")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
         self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
         _check(self.source_suffix != self.target_suffix, "loss.source_suffix", self.source_suffix,
                "equals loss.target_suffix, so stage two has no direction", "describe the current (source) images differently")
@@ -847,6 +926,7 @@ class DDSLossConfig(LossConfig):
         _check(bool(self.source_prompt and str(self.source_prompt).strip()), "loss.source_prompt", self.source_prompt,
                "DDS needs a description of the input image", 'set loss.source_prompt="a photo of a cat" (the run\'s prompt is the edit target)')
         _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (official notebook)")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
         self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
 
 
@@ -930,6 +1010,7 @@ class DDPO3DLossConfig(LossConfig):
         self.estimator = _enum(PGEstimator, self.estimator, "loss.estimator")
         self.advantage = _enum(AdvantageNorm, self.advantage, "loss.advantage")
         _check(0 <= self.recon_std_rescale <= 1, "loss.recon_std_rescale", self.recon_std_rescale, "must be in [0, 1]", "use 0.5")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
         _check(self.lambda_sds >= 0, "loss.lambda_sds", self.lambda_sds, "must be >= 0", "use 1.0")
         _check(self.lambda_pg >= 0, "loss.lambda_pg", self.lambda_pg, "must be >= 0", "use 0.1")
         _check_fraction("loss.pg_start", self.pg_start, "use 0.3 (after an SDS warm-up) or 0 (from the start)")
@@ -969,6 +1050,7 @@ class DreamDPOLossConfig(LossConfig):
         _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01 (or 0 to always pull and push)")
         _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
                "must be >= 0", "use 7.5 or null")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
         self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
         self.below_threshold = _enum(BelowThreshold, self.below_threshold, "loss.below_threshold")
         self.preview = _enum(PreviewKind, self.preview, "loss.preview")
@@ -1011,7 +1093,9 @@ class PSDLossConfig(LossConfig):
         self.negative_update = _enum(NegativeUpdate, self.negative_update, "loss.negative_update")
         self.dpo_pairs = _enum(DPOPairs, self.dpo_pairs, "loss.dpo_pairs")
         _check(self.negative_lr > 0, "loss.negative_lr", self.negative_lr, "must be > 0", "use 1e-3")
-        _check(len(self.negative_betas) == 2, "loss.negative_betas", list(self.negative_betas), "needs two values", "use [0.9, 0.999]")
+        check_betas(_check, "loss.negative_betas", self.negative_betas, "use [0.9, 0.999]")
+        _check(self.negative_eps > 0, "loss.negative_eps", self.negative_eps, "must be > 0", "use 1e-8")
+        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
         _check(self.negative_weight_decay >= 0, "loss.negative_weight_decay", self.negative_weight_decay, "must be >= 0", "use 0")
         _check_fraction("loss.negative_start", self.negative_start, "use 0.1 (a 10% warm-up)")
         _check(self.dpo_beta > 0, "loss.dpo_beta", self.dpo_beta, "must be > 0", "use 2500 (Diffusion-DPO's 5000 with its factor 1/2)")
@@ -1116,9 +1200,7 @@ class TimestepConfig:
 
     def __post_init__(self) -> None:
         self.grid = _enum(TimestepGrid, self.grid, "timesteps.grid")
-        for key, sched in (("timesteps.t_min", self.t_min), ("timesteps.t_max", self.t_max)):
-            for v in (sched.start, sched.end):
-                _check(v is None or 0.0 <= v <= 1.0, key, v, "is a fraction of T and must be in [0, 1]", "use e.g. 0.02 / 0.98")
+        check_timestep_range(self.t_min, self.t_max)
 
 
 @dataclass
@@ -1150,7 +1232,7 @@ class OutputConfig:
     video_frames: int = 100  # frames of the optimisation video (one every steps // video_frames steps)
     checkpoint_every: int = 100  # write last.ckpt every k steps (atomically); 0 = only at the end
     eval_views: int = 8  # fixed cameras rendered at the end for 3D metrics
-    turntable_frames: int = 60
+    turntable_frames: int = 60  # frames of the 3D turntable video; 0 = none
     final_reward: bool = True  # score the final image(s) with the run's reward for metrics.json
     progress_every: int = 0  # a progress line (log, and stdout without a TTY) every k steps; 0 = about 20 per run
     # assets written into export/ at the end (3D runs): [all] = every format of the representation, [] = none
@@ -1158,6 +1240,14 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         self.export_formats = [_enum(ExportFormat, f, "output.export_formats") for f in self.export_formats]
+
+    def __post_init__(self) -> None:
+        for key, fix in (("image_every", "use e.g. 100, or 0 for never"), ("candidates_every", "use 0 (never) or e.g. 50"),
+                         ("checkpoint_every", "use e.g. 100, or 0 for only at the end"),
+                         ("turntable_frames", "use e.g. 60, or 0 for no turntable")):
+            _check(getattr(self, key) >= 0, f"output.{key}", getattr(self, key), "must be >= 0 (a count of steps or frames)", fix)
+        for key, fix in (("video_fps", "use 20"), ("video_frames", "use e.g. 100"), ("eval_views", "use e.g. 8")):
+            _check(getattr(self, key) >= 1, f"output.{key}", getattr(self, key), "must be >= 1", fix)
 
 
 @dataclass
@@ -1169,6 +1259,13 @@ class CompareConfig:
 
     runs: Dict[str, str] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for label in self.runs:
+            # each variant writes <run folder>/<label>_seed<seed>
+            _check_name(f"compare.runs.{label}", label, "use a plain label such as sds or reward_sds")
+        for seed in self.seeds:
+            check_seed(_check, "compare.seeds", seed)
 
 
 @dataclass
@@ -1209,6 +1306,8 @@ class Config:
     def __post_init__(self) -> None:
         _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt, "is missing or empty",
                'pass a prompt, e.g. prompt="a photo of a red fox"')
+        check_seed(_check, "seed", self.seed)
+        _check_name("name", self.name, "use a short label such as fox_test (it is appended to the run folder's name)")
         _check(self.steps >= 1, "steps", self.steps, "must be >= 1", "use e.g. 1000")
         _check(self.n_noises >= 1, "n_noises", self.n_noises, "must be >= 1", "use e.g. 4, 8 or 10")
         _check(0.0 <= self.reward_duration <= 1.0, "reward_duration", self.reward_duration, "must be in [0, 1]",
@@ -1315,6 +1414,18 @@ def _export_formats_of_the_representation(cfg: Config) -> None:
         raise ConfigError("output.export_formats", names, f"names {', '.join(unknown)}, which {target.rsplit('.', 1)[-1]} "
                           f"does not write (it writes: {', '.join(available) or 'nothing'})",
                           f"use [all], [] or a list of: {', '.join(available)}" if available else "use [all] or []")
+
+
+def _tiny_decode_needs_a_tiny_autoencoder(cfg: Config) -> None:
+    if cfg.lookahead.decode != "tiny":
+        return
+    prior = next((k for k, v in SCHEMAS["prior"].items() if type(cfg.prior) is v), type(cfg.prior).__name__)
+    if not hasattr(cfg.prior, "tiny_vae"):
+        raise ConfigError("lookahead.decode", "tiny", f"asks for the prior's tiny autoencoder, and prior={prior} has none "
+                          "(its decode is already exact and cheap)", "use lookahead.decode=full")
+    if not cfg.prior.tiny_vae:
+        raise ConfigError("lookahead.decode", "tiny", f"needs a tiny autoencoder, and prior.tiny_vae is not set (prior={prior})",
+                          "set prior.tiny_vae=madebyollin/taesd (or a local folder), or use lookahead.decode=full")
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -1442,13 +1553,100 @@ if not OmegaConf.has_resolver("rewardsds_if_set"):
     OmegaConf.register_new_resolver("rewardsds_if_set", if_set)
 
 
+def check_known_keys(cfg: DictConfig) -> None:
+    """Raise ConfigError for a key that no schema declares, naming the closest real key.
+
+    Hydra's struct mode rejects unknown keys at composition, but ``+key=value`` adds them past it, and
+    ``OmegaConf.to_object`` keeps them as plain attributes that nothing reads: ``+n_noise=8`` would be ignored
+    without a word. Every node typed by a schema (the root, each group option, nested settings) is compared
+    with its dataclass's fields; free-form mappings (``compare.runs``, ``reward.weights``) are not.
+    """
+    _check_keys(cfg, "")
+
+
+def _check_keys(node: Any, path: str) -> None:
+    if isinstance(node, DictConfig):
+        if node._is_none() or node._is_missing() or node._is_interpolation():
+            return
+        schema = OmegaConf.get_type(node)
+        if dataclasses.is_dataclass(schema):
+            fields = [f.name for f in dataclasses.fields(schema)]
+            for key in node.keys():
+                if key in fields or (path == "" and key == "hydra"):
+                    continue
+                where = f"{path[:-1]} ({schema.__name__})" if path else ("the root config" if schema is Config else schema.__name__)
+                close = difflib.get_close_matches(str(key), fields, n=1)
+                fix = (f"did you mean {path}{close[0]}?" if close else f"remove it; the settings of {where} are: "
+                       + ", ".join(f for f in fields if not f.startswith("_")))
+                raise ConfigError(f"{path}{key}", _raw_value(node, key), f"is not a setting of {where}, so nothing would read it",
+                                  fix + " (a leading + adds a new key; without it Hydra checks the name)")
+        for key in node.keys():
+            _check_keys(node._get_node(key), f"{path}{key}.")
+    elif isinstance(node, ListConfig):
+        if node._is_none() or node._is_missing() or node._is_interpolation():
+            return
+        for i in range(len(node)):
+            _check_keys(node._get_node(i), f"{path[:-1]}[{i}].")
+
+
+def _raw_value(node: DictConfig, key: Any) -> Any:
+    child = node._get_node(key)
+    if isinstance(child, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(child, resolve=False)
+    return child._value() if child is not None else None
+
+
+def check_finite_numbers(cfg: DictConfig) -> None:
+    """Raise ConfigError for a number that is inf or nan anywhere in the config.
+
+    No setting of this framework means anything at inf or nan (a learning rate, a guidance scale, a weight, a
+    threshold, a fraction), yet range checks such as ``lr > 0`` accept inf. Checked on the composed tree before
+    the schemas' own checks run, so that those only ever see finite numbers.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    for key, value in _leaves(tree, ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            default = _schema_default(cfg, key)
+            fix = f"give a finite number (default: {default})" if default is not None else "give a finite number"
+            raise ConfigError(key, value, "is not a finite number", fix)
+
+
+def _leaves(tree: Any, path: str):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, tree
+
+
+def _schema_default(cfg: DictConfig, key: str) -> Any:
+    """The schema default of the scalar setting ``key`` (a dotted path) where one exists, else None."""
+    if "[" in key:
+        return None
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    schema = OmegaConf.get_type(parent) if isinstance(parent, DictConfig) else None
+    if not dataclasses.is_dataclass(schema) or schema in (Schedule, Range):
+        return None  # a schedule's or range's own defaults are not the setting's default
+    f = {f.name: f for f in dataclasses.fields(schema)}.get(name)
+    default = None if f is None else f.default
+    return default if isinstance(default, (int, float)) and not isinstance(default, bool) else None
+
+
 def validate(cfg: DictConfig) -> Config:
     """Build the typed config (runs every ``__post_init__``); raise ConfigError on the first problem.
 
-    A prompt list (``prompts=<set>`` or ``prompts_file=<path>``) with ``prompt_index`` first sets ``cfg.prompt``.
+    Before the schemas' own checks: keys that no schema declares (added with ``+``) and numbers that are inf or
+    nan. A prompt list (``prompts=<set>`` or ``prompts_file=<path>``) with ``prompt_index`` first sets
+    ``cfg.prompt``.
     """
     from rewardsds.prompts import select_prompt
 
+    check_known_keys(cfg)
+    check_finite_numbers(cfg)
     select_prompt(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 

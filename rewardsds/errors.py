@@ -64,6 +64,30 @@ def check_choices(settings: Any, choices: dict, check) -> None:
         check(v in options, key, v, "is not a known option", "use one of: " + ", ".join(options))
 
 
+#: Seeds reach numpy (``lightning.seed_everything``), which takes 32-bit unsigned values only.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(check, key: str, seed: Any) -> None:
+    """``check`` that ``seed`` is an integer in [0, 2**32 - 1] (numpy's range; Lightning replaces others with 0)."""
+    check(isinstance(seed, int) and 0 <= seed <= SEED_MAX, key, seed, f"must be an integer in [0, 2**32 - 1 = {SEED_MAX}]",
+          "use e.g. 0, 1, 2, ...")
+
+
+def check_betas(check, key: str, betas: Any, fix: str) -> None:
+    """``check`` that ``betas`` are Adam's two moment decay rates, each in [0, 1)."""
+    values = list(betas)
+    check(len(values) == 2, key, values, "needs two values", fix)
+    check(all(0.0 <= float(b) < 1.0 for b in values), key, values,
+          "must both be in [0, 1) (Adam's decay rates of the gradient's moments)", fix)
+
+
+def check_grad_clip(check, key: str, value: Any) -> None:
+    """``check`` that an elementwise gradient clamp is off (None) or a positive bound."""
+    check(value is None or value > 0, key, value, "must be > 0 (the field is clamped to [-grad_clip, grad_clip]) or null",
+          "use null (off) or e.g. 1.0")
+
+
 def model_load_message(what: str, source: str, cause: BaseException | str, local_hint: str) -> str:
     """The one wording used for every model that cannot be loaded.
 

@@ -29,10 +29,10 @@ def finalize_3d(system: "DistillationSystem", run_dir: Path, media: Media, out: 
     step = system.iteration
     dev = system.device
     eval_cams = sampler.eval_cameras(max(1, cfg.output.eval_views)).to(dev)
-    views = render_views(rep, eval_cams, step)
+    views = render_views(rep, eval_cams, step, outputs=["rgb"])
     save_pngs(views["rgb"], run_dir / "eval", "view")
     out["eval_views"] = int(views["rgb"].shape[0])
-    four = render_views(rep, sampler.orbit(4).to(dev), step)
+    four = render_views(rep, sampler.orbit(4).to(dev), step, outputs=["rgb"])
     save_pngs(four["rgb"], run_dir / "final", "view")
     tile = grid(four["rgb"], cols=4)
     write_image(run_dir / "final" / "views.png", tile)

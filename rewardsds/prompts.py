@@ -52,10 +52,22 @@ class PromptSet:
     def from_file(cls, path: str | Path) -> "PromptSet":
         """A file of prompts: one a line; blank lines and lines starting with ``#`` are skipped."""
         p = Path(path)
+        fix = "give a UTF-8 text file with one prompt a line (a relative path is taken from the launch folder)"
+        if p.is_dir():
+            raise ConfigError("prompts_file", str(path), "is a folder, not a file", fix)
         if not p.is_file():
-            raise ConfigError("prompts_file", str(path), "does not exist",
-                              "give a text file with one prompt a line (a relative path is taken from the launch folder)")
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+            raise ConfigError("prompts_file", str(path), "does not exist", fix)
+        try:
+            data = p.read_bytes()
+        except OSError as err:
+            raise ConfigError("prompts_file", str(path), f"cannot be read ({err.strerror or err})", fix) from None
+        try:
+            text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the first prompt
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise ConfigError("prompts_file", str(path), f"is not UTF-8 text (byte {data[err.start]:#04x} on line {line})",
+                              "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.txt > out.txt)") from None
+        lines = [ln.strip() for ln in text.splitlines()]
         items = [ln for ln in lines if ln and not ln.startswith("#")]
         if not items:
             raise ConfigError("prompts_file", str(path), "holds no prompts", "write one prompt a line ('#' starts a comment line)")

@@ -90,6 +90,35 @@ class Streams:
     PREFERENCE = 8  # the shared noise of a re-noised win/lose preview pair (PSD's DPO loss)
 
 
+def breakpoints(*schedules: Schedule) -> list[int]:
+    """The steps where any of ``schedules`` changes slope; between them all are linear, after the last constant."""
+    steps = {0}
+    for sched in schedules:
+        if sched.end is not None:
+            steps.update((sched.start_step, sched.end_step))
+    return sorted(steps)
+
+
+def check_timestep_range(t_min: Schedule, t_max: Schedule, prefix: str = "timesteps") -> None:
+    """Raise ConfigError where ``t_min`` exceeds ``t_max`` at any step (both as fractions of T in [0, 1]).
+
+    Both schedules are piecewise linear with the same kind of pieces, so their difference is too: checking it at
+    every breakpoint of either schedule checks every step.
+    """
+    for key, sched in ((f"{prefix}.t_min", t_min), (f"{prefix}.t_max", t_max)):
+        for v in (sched.start, sched.end):
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(key, v, "is a fraction of T and must be in [0, 1]", "use e.g. 0.02 / 0.98")
+    for step in breakpoints(t_min, t_max):
+        lo, hi = t_min.value(step), t_max.value(step)
+        if lo > hi:
+            raise ConfigError(
+                f"{prefix}.t_min", lo, f"is above {prefix}.t_max = {hi} at step {step}: the range of timesteps is empty",
+                f"set {prefix}.t_min <= {prefix}.t_max at every step (both are fractions of T, e.g. {prefix}.t_min.start=0.02 "
+                f"{prefix}.t_max.start=0.98)",
+            )
+
+
 @dataclass
 class TimestepSampler:
     """Samples one integer diffusion timestep per step, shared by every candidate and view.
@@ -103,12 +132,15 @@ class TimestepSampler:
     num_train_timesteps: int = 1000
     grid: str = "uniform"
 
+    def __post_init__(self) -> None:
+        check_timestep_range(self.t_min, self.t_max)
+
     def bounds(self, step: int) -> tuple[int, int]:
+        """Inclusive integer range of t at ``step``, clamped to [1, T - 1] (t_min <= t_max is checked at construction)."""
         T = self.num_train_timesteps
         lo = int(math.floor(T * self.t_min.value(step)))
         hi = int(math.floor(T * self.t_max.value(step)))
-        lo, hi = max(1, min(lo, T - 1)), max(1, min(hi, T - 1))
-        return min(lo, hi), max(lo, hi)
+        return max(1, min(lo, T - 1)), max(1, min(hi, T - 1))
 
     def sample(self, step: int, seed: int) -> int:
         import torch  # imported here: the config schemas use this module and must load without torch

@@ -762,7 +762,7 @@ def main(argv=None) -> int:
         if deadline.allows("prune", 20):
             cfg("rewardsds_n10_k15_prune5_eager", "eager", 10, 15, ["lookahead.prune_to=5"])
         if args.tiny_vae and deadline.allows("tiny decode", 20):
-            cfg("rewardsds_n10_k15_tinydecode_eager", "eager", 10, 15, ["lookahead.decode=tiny"])
+            cfg("rewardsds_n10_k15_tinydecode_eager", "eager", 10, 15, ["lookahead.decode=tiny", f"prior.tiny_vae={args.tiny_vae}"])
         if args.full and cuda:
             for n in (4, 8, 10):
                 for k in (0, 1, 4, 15):

@@ -89,7 +89,9 @@ def test_cli_cuda_requested_but_absent(tmp_path):
 
 
 def test_cli_nonfinite_gradients_stop_with_message(tmp_path):
-    r = run_cli(["experiment=analytic", "steps=20", "representation.init_std=nan", "max_nonfinite_steps=2", "output.checkpoint_every=1",
+    # a latent of ~1e30 (finite: init_std=nan is refused at validation) overflows fp32 when squared: the rewards
+    # are NaN, and so are the softmax weights and the gradient
+    r = run_cli(["experiment=analytic", "steps=20", "representation.init_std=1e30", "strategy=weighted", "max_nonfinite_steps=2", "output.checkpoint_every=1",
                  f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert "non-finite gradient" in r.stderr and "max_nonfinite_steps" in r.stderr
@@ -205,3 +207,26 @@ def test_videos_without_imageio_ffmpeg_fail_before_training(tmp_path, monkeypatc
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
     m = train(compose(["experiment=analytic", "steps=2", *FAST]), tmp_path / "run2")  # output.video=false needs no ffmpeg
     assert m["status"] == "complete"
+
+
+# ------------------------------------------------------------------ compare variants vs the command line
+def test_compare_variant_clash_names_key_variant_and_fix():
+    from rewardsds.compare import check_variant_overrides
+
+    variants = {"sds": ["strategy=none", "n_noises=1"], "reward_sds": ["strategy=min_max", "n_noises=8"]}
+    check_variant_overrides(["experiment=demo", "steps=10", "strategy.lambda_max=0.8"], variants)  # no shared key
+    with pytest.raises(ConfigError) as err:
+        check_variant_overrides(["experiment=demo", "n_noises=2"], variants)
+    msg = str(err.value)
+    assert msg.startswith("n_noises = '2'") and "compare variant sds (n_noises=1)" in msg, msg
+    assert 'compare.runs.sds="strategy=none n_noises=2"' in msg and "compare.runs={}" in msg, msg
+    with pytest.raises(ConfigError, match=r"^strategy = 'best'.*compare variant sds \(strategy=none\)"):
+        check_variant_overrides(["+strategy=best"], variants)
+
+
+def test_cli_compare_refuses_an_override_its_variants_replace(tmp_path):
+    """`experiment=demo n_noises=2` used to run N = 1 and N = 8 regardless; now it stops before any sub-run."""
+    r = run_cli(["experiment=demo", "n_noises=2", "steps=1", *FAST, f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "n_noises = '2'" in r.stderr and "compare variant sds" in r.stderr and "compare.runs.sds=" in r.stderr
+    assert not list((tmp_path / "run").glob("*_seed*")), "no variant may start"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import get_object
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from conftest import CONF_DIR, FAST, compose, run_cli
 from rewardsds.config import SCHEMAS, validate
@@ -100,7 +100,12 @@ def test_every_conf_file_maps_to_its_schema():
     for group, module in plural.items():
         for yaml in (CONF_DIR / group).glob("*.yaml"):
             text = yaml.read_text()
-            assert f"/schema/{group}/" in text, yaml
+            # an option may extend another option of its group (representation/nerf_small: nerf with other sizes)
+            while f"/schema/{group}/" not in text:
+                parent = OmegaConf.load(yaml).defaults[0]
+                assert isinstance(parent, str) and (CONF_DIR / group / f"{parent}.yaml").is_file(), yaml
+                yaml = CONF_DIR / group / f"{parent}.yaml"
+                text = yaml.read_text()
             schema_name = text.split(f"/schema/{group}/")[1].split("@")[0]
             target = SCHEMAS[group][schema_name]._target_
             assert target.startswith(f"rewardsds.{module}"), (yaml, target)
@@ -137,3 +142,132 @@ def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
 
     statuses = [json.loads(p.read_text()).get("status") for p in tmp_path.rglob("metrics.json")]
     assert statuses and all(s == "complete" for s in statuses), statuses
+
+
+# ------------------------------------------------------------------ bad values: refused at validation, naming key, value and fix
+@pytest.mark.parametrize(
+    "overrides, key, says",
+    [
+        # learning rates (every representation's and the loss modes' own) and other numbers that must be finite
+        (["representation.lr=inf"], "representation.lr", "finite"),
+        (["representation=nerf", "representation.lr_encoding=inf"], "representation.lr_encoding", "finite"),
+        (["representation=gaussians", "representation.lr_opacities=nan"], "representation.lr_opacities", "finite"),
+        (["representation=gaussians", "representation.lr_means.start=inf"], "representation.lr_means.start", "finite"),
+        (["loss=vsd", "loss.lora_lr=inf"], "loss.lora_lr", "finite"),
+        (["loss=psd", "strategy=none", "loss.negative_lr=inf"], "loss.negative_lr", "finite"),
+        (["representation.init_std=nan"], "representation.init_std", "finite"),
+        (["representation.init_std=-1"], "representation.init_std", ">= 0"),
+        (["strategy.lambda_max=nan"], "strategy.lambda_max", "finite"),
+        (["strategy.lambda_max=-5"], "strategy.lambda_max", ">= 0"),
+        (["strategy.lambda_min=-5"], "strategy.lambda_min", ">= 0"),
+        (["strategy.lambda_min=inf"], "strategy.lambda_min", "finite"),
+        (["strategy=weighted", "strategy.temperature=nan"], "strategy.temperature", "finite"),
+        (["strategy=weighted", "strategy.temperature=inf"], "strategy.temperature", "finite"),
+        (["lookahead.guidance_scale=inf"], "lookahead.guidance_scale", "finite"),
+        (["loss.guidance_scale=inf"], "loss.guidance_scale", "finite"),
+        (["loss=vsd", "loss.lora_guidance_scale=-1"], "loss.lora_guidance_scale", ">= 0"),
+        (["loss=sds_bridge", "loss.stage_two_scale=-1"], "loss.stage_two_scale", ">= 0"),
+        (["loss.grad_clip=-1"], "loss.grad_clip", "> 0"),
+        (["reward_duration=nan"], "reward_duration", "finite"),
+        # Adam's betas
+        (["representation.betas=[0.9,1.0]"], "representation.betas", "[0, 1)"),
+        (["representation.betas=[-0.1,0.99]"], "representation.betas", "[0, 1)"),
+        (["representation=nerf", "representation.betas=[0.9,1.5]"], "representation.betas", "[0, 1)"),
+        (["representation=gaussians", "representation.betas=[1.0,0.999]"], "representation.betas", "[0, 1)"),
+        (["loss=vsd", "loss.lora_betas=[0.9,1.0]"], "loss.lora_betas", "[0, 1)"),
+        (["loss=psd", "strategy=none", "loss.negative_betas=[1.2,0.999]"], "loss.negative_betas", "[0, 1)"),
+        # the timestep range: an error naming both keys, not a silent swap (start and scheduled end values)
+        (["timesteps.t_min.start=0.9", "timesteps.t_max.start=0.5"], "timesteps.t_min", "timesteps.t_max"),
+        (["timesteps.t_min.start=0.5", "timesteps.t_max.end=0.3", "timesteps.t_max.end_step=100"], "timesteps.t_min", "step 100"),
+        (["timesteps.t_min.start=0.1", "timesteps.t_min.end=0.99", "timesteps.t_min.end_step=50"], "timesteps.t_min", "step 50"),
+        # output counters
+        (["output.checkpoint_every=-1"], "output.checkpoint_every", ">= 0"),
+        (["output.image_every=-5"], "output.image_every", ">= 0"),
+        (["output.candidates_every=-1"], "output.candidates_every", ">= 0"),
+        (["output.turntable_frames=-1"], "output.turntable_frames", ">= 0"),
+        (["output.video_frames=0"], "output.video_frames", ">= 1"),
+        (["output.video_fps=0"], "output.video_fps", ">= 1"),
+        (["output.eval_views=0"], "output.eval_views", ">= 1"),
+        # file and folder names
+        (["logger=csv", "logger.name=../../x"], "logger.name", "outside"),
+        (["logger=csv", "logger.name=.."], "logger.name", "outside"),
+        (["name=../x"], "name", "outside"),
+        # one process per run
+        (["trainer.devices=4"], "trainer.devices", "hydra/launcher=gpus"),
+        (["trainer.devices=[0,1]"], "trainer.devices", "hydra/launcher=gpus"),
+        (["trainer.devices=-1"], "trainer.devices", "hydra/launcher=gpus"),
+        # seeds reach numpy
+        (["seed=-1"], "seed", "2**32 - 1"),
+        (["seed=99999999999"], "seed", "2**32 - 1"),
+        (["compare.seeds=[0,-3]"], "compare.seeds", "2**32 - 1"),
+        (["representation=nerf", "representation.seed=-1"], "representation.seed", "2**32 - 1"),
+        # a tiny decoder the prior does not have
+        (["prior=analytic", "reward=analytic", "lookahead.decode=tiny"], "lookahead.decode", "prior=analytic"),
+        (["lookahead.decode=tiny"], "lookahead.decode", "prior.tiny_vae="),
+        # settings found by the audit of every schema
+        (["prior=analytic", "prior.beta_start=0.5"], "prior.beta_start", "beta_end"),
+        (["prior=analytic", "prior.modes=[{name: a, color: [1, 0]}]"], "prior.modes[a].color", "3 values"),
+        (["prior=analytic", "prior.prompt_sharpness=-1"], "prior.prompt_sharpness", ">= 0"),
+        (["representation.eps=0"], "representation.eps", "> 0"),
+        (["representation=nerf", "representation.lambda_opaque.start=-1"], "representation.lambda_opaque", ">= 0"),
+        (["representation=gaussians", "representation.refine_stop_step=10"], "representation.refine_stop_step", "refine_start_step"),
+        (["representation=gaussians", "representation.prune_opacity=1.5"], "representation.prune_opacity", "[0, 1)"),
+        (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps", ">= 1"),
+    ],
+)
+def test_bad_values_are_refused_at_validation(overrides, key, says):
+    cfg = compose(["prompt=a cat", *overrides])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{key} = ") and "Fix:" in msg and says in msg, msg
+
+
+@pytest.mark.parametrize("devices", ["1", "[0]", "auto"])
+def test_one_device_is_accepted(devices):
+    assert validate(compose(["prompt=a cat", "trainer=cpu", f"trainer.devices={devices}"])) is not None
+
+
+@pytest.mark.parametrize(
+    "override, key, hint",
+    [
+        ("+n_noise=8", "n_noise", "did you mean n_noises?"),
+        ("+foo=1", "foo", "the settings of the root config are: representation, prior"),
+        ("+lookahead.step=3", "lookahead.step", "did you mean lookahead.steps?"),
+        ("+strategy.lambda_mx=0.5", "strategy.lambda_mx", "did you mean strategy.lambda_max?"),
+        ("+timesteps.t_min.stat=0.1", "timesteps.t_min.stat", "did you mean timesteps.t_min.start?"),
+        ("+cameras.elevation.lo=1", "cameras.elevation.lo", "did you mean cameras.elevation.low?"),
+    ],
+)
+def test_keys_added_with_plus_must_exist(override, key, hint):
+    """``+key=value`` passes Hydra's struct check; validation names the key and the closest real one."""
+    cfg = compose(["prompt=a cat", override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{key} = ") and "is not a setting" in msg and hint in msg, msg
+
+
+def test_free_form_mappings_take_new_keys():
+    """compare.runs and reward.weights are mappings whose keys are the user's own names."""
+    typed = validate(compose(["prompt=a cat", "+compare.runs.mine='n_noises=4'"]))
+    assert typed.compare.runs == {"mine": "n_noises=4"}
+
+
+def test_compare_labels_are_folder_names():
+    """Each variant writes <run folder>/<label>_seed<seed> (labels come from YAML files, where any key is possible)."""
+    from rewardsds.config import CompareConfig
+
+    with pytest.raises(ConfigError, match=r"compare\.runs\.\.\./x = '\.\./x'.*outside"):
+        CompareConfig(runs={"../x": "n_noises=1"})
+    assert CompareConfig(runs={"reward_sds": "n_noises=8"}).runs == {"reward_sds": "n_noises=8"}
+
+
+def test_timestep_sampler_refuses_an_empty_range():
+    """The sampler used to swap t_min and t_max silently."""
+    from rewardsds.schedules import Schedule, TimestepSampler
+
+    with pytest.raises(ConfigError, match=r"timesteps\.t_min = 0\.9: is above timesteps\.t_max = 0\.5"):
+        TimestepSampler(Schedule(start=0.9), Schedule(start=0.5))
+    s = TimestepSampler(Schedule(start=0.3), Schedule(start=0.3))
+    assert s.bounds(0) == (300, 300) and s.sample(0, seed=0) == 300

@@ -96,6 +96,17 @@ def test_tokenizer_adds_blip_tokens_and_caches(reward):
     assert "a photo of a red fox" in reward._tokens._data
 
 
+def test_long_prompt_truncation_is_reported(reward, caplog):
+    import logging
+
+    prompt = " ".join(["a red fox in the snow"] * 8)  # 48 words; ImageReward reads 33 tokens
+    with caplog.at_level(logging.WARNING, logger="rewardsds"):
+        reward.tokenize([prompt, prompt])
+    notes = [r.getMessage() for r in caplog.records if "tokens long" in r.getMessage()]
+    assert len(notes) == 1 and "is 48 tokens long" in notes[0] and "reads 33 (35 with its start and end tokens)" in notes[0], notes
+    assert "drops 'in the snow a red fox in the snow a red fox in the snow'" in notes[0], notes[0]
+
+
 def test_sdpa_equals_eager(reward):
     x = _images()
     set_blip_attention(reward.model, "eager")

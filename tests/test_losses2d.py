@@ -55,17 +55,40 @@ def test_second_branch_shares_noise_t_and_skips_zero_weights(tiny_sd_prior):
     assert idx.tolist() == [0, 2] and cands.flat_index(idx).tolist() == [0, 1, 4, 5]
     assert torch.equal(eng.renoise(cands, src, idx), x[[0, 1, 4, 5]])
     text = p.text_cond(["a dog"] * 2, "")
+    tgt_text = p.text_cond(["a cat"] * 2, "")
     evals = cands.evals
-    c, u = eng.predict_branch(cands, src, text, idx=idx)
+    (ct, ut), (c, u) = eng.predict_with_branch(cands, tgt_text, src, text, idx=idx)
     rc, ru = p.predict_noise_pair(x[[0, 1, 4, 5]], 400, p.text_cond(["a dog"] * 4, ""))
     assert torch.allclose(c, rc, atol=1e-5) and torch.allclose(u, ru, atol=1e-5)
-    assert cands.evals - evals == 2 * 4
+    rct, rut = p.predict_noise_pair(cands.noisy[[0, 1, 4, 5]], 400, p.text_cond(["a cat"] * 4, ""))
+    assert torch.allclose(ct, rct, atol=1e-5) and torch.allclose(ut, rut, atol=1e-5)
+    assert cands.evals - evals == 4 * 4  # both branches of 2 candidates x 2 views, each a CFG pair
     full = cands.scatter(c, idx)
     assert full.shape == (6, 4, 8, 8) and torch.equal(full[[2, 3]], torch.zeros(2, 4, 8, 8)) and torch.equal(full[[4, 5]], c[2:])
     cands.weights = torch.tensor([[0.0, 0.0], [0.0, 0.3], [0.2, 0.0]])  # per view: a candidate is active if any view is
     assert cands.active().tolist() == [1, 2]
     with pytest.raises(ValueError, match="do not match"):
         eng.renoise(cands, torch.randn(3, 4, 8, 8))
+
+
+@pytest.mark.parametrize("prior_name", ["tiny_sd_prior", "analytic_prior"])
+@pytest.mark.parametrize("chunk", [0, 4, 12])
+def test_equal_branches_give_bit_identical_predictions(prior_name, chunk, request):
+    """The two branches of a step are predicted in the same calls, so equal latents and text give equal outputs.
+
+    Separate calls of different batch sizes differ by rounding, which DDS with Adam (eps 1e-15) turns into
+    full-size steps on an image that should not move.
+    """
+    p = request.getfixturevalue(prior_name)
+    c_, s_ = p.latent_channels, p.latent_size
+    eng = CandidateEngine(p, None, seed=3, chunk_size=chunk)
+    z = torch.randn(1, c_, s_, s_, generator=torch.Generator().manual_seed(0))
+    cands = eng.draw(z, 500, 5, step=2)
+    text = p.text_cond(["a blue disk"], "")
+    for idx in (None, torch.tensor([0, 2, 3, 4])):
+        (ct, ut), (cs, us) = eng.predict_with_branch(cands, text, z, p.text_cond(["a blue disk"], ""), idx=idx)
+        assert torch.equal(ct, cs) and torch.equal(ut, us)
+        assert torch.equal(guide(ct, ut, 7.5) - guide(cs, us, 7.5), torch.zeros_like(ct))
 
 
 # ------------------------------------------------------------------ VSD

@@ -678,6 +678,36 @@ def test_missing_base_model_is_named(reduced_ckpt, tmp_path, monkeypatch):
         mv.MVDreamPrior(pretrained=str(reduced_ckpt), local_files_only=True)
 
 
+@pytest.mark.parametrize("from_checkpoint", [False, True])
+def test_text_encoder_narrower_than_the_unets_context_is_refused_at_load(tmp_path, from_checkpoint):
+    """A base model of another family (text width != the UNet's cross_attention_dim) fails at load, not at step 1."""
+    import shutil
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from rewardsds.testing import build_mvdream
+
+    mv_dir, base = build_mvdream(tmp_path / "mv", "tiny")  # UNet cross_attention_dim 32, text encoder 32 wide
+    mv.MVDreamPrior(pretrained=str(mv_dir), base_model=str(base), dtype="fp32", local_files_only=True)  # matching widths load
+    cfg = CLIPTextConfig.from_pretrained(base / "text_encoder").to_dict()
+    cfg.update(hidden_size=48, projection_dim=48)
+    torch.manual_seed(0)
+    wide = CLIPTextModel(CLIPTextConfig(**cfg))
+    if from_checkpoint:  # the text encoder and VAE stored with a converted checkpoint
+        wide.save_pretrained(mv_dir / "text_encoder")
+        shutil.copytree(base / "vae", mv_dir / "vae")
+    else:
+        wide.save_pretrained(base / "text_encoder")
+    with pytest.raises(ConfigError) as err:
+        mv.MVDreamPrior(pretrained=str(mv_dir), base_model=str(base), vae_text_from_checkpoint=from_checkpoint, dtype="fp32",
+                        local_files_only=True)
+    msg = str(err.value)
+    key = "prior.pretrained" if from_checkpoint else "prior.base_model"
+    assert msg.startswith(f"{key} = "), msg
+    assert "text encoder 48 wide" in msg and "32 wide" in msg and "prior.vae_text_from_checkpoint=true" in msg, msg
+    assert "stable-diffusion-2-1-base" in msg and "1024" in msg, msg
+
+
 def test_schema_matches_constructor_and_yaml():
     import inspect
 

@@ -378,6 +378,78 @@ def test_mesh_export_loads_back_with_colours(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------------- evaluation memory
+def test_ray_chunks_bound_the_samples_and_cover_every_ray():
+    from rewardsds.representations.nerf import max_samples_per_ray, ray_chunks
+
+    assert max_samples_per_ray(512) == 513
+    for n_rays, per_ray, bound in ((16384, 513, 262144), (10, 65, 64 * 65), (7, 33, 33), (1, 513, 10**9)):
+        chunks = ray_chunks(n_rays, per_ray, bound)
+        assert chunks[0][0] == 0 and chunks[-1][1] == n_rays and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        assert all((e - s) * per_ray <= bound for s, e in chunks), chunks
+
+
+def test_eval_render_is_split_into_chunks_of_bounded_samples():
+    """Memory of an evaluation render grows with the samples evaluated at once: each chunk holds at most
+    eval_chunk_samples of them, whatever the resolution (a chunk of rays alone allowed rays x 512 samples).
+    The chunked render equals the one-chunk render."""
+    nerf = small_nerf(num_samples_per_ray=16, eval_chunk_samples=1000, background="solid", random_background_prob=0.0)
+    nerf.eval()
+    seen: list[int] = []
+    original = nerf._render_rays
+
+    def spy(origins, *args, **kwargs):
+        out = original(origins, *args, **kwargs)
+        seen.append(origins.shape[0] * nerf.num_samples_per_ray)  # uniform: every ray gets num_samples_per_ray samples
+        return out
+
+    c = cams(2, 12)
+    with torch.no_grad():
+        nerf._render_rays = spy
+        chunked = nerf.render(c, 0)
+        del nerf._render_rays
+        assert sum(seen) == 2 * 12 * 12 * 16 and len(seen) == math.ceil(2 * 12 * 12 / (1000 // 17))
+        assert max(seen) <= 1000
+        nerf.eval_chunk_samples = 10**9
+        whole = nerf.render(c, 0)
+    for key in ("rgb", "opacity", "depth", "normal"):
+        torch.testing.assert_close(chunked[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["triplane", "dense", "hash"])
+def test_first_order_normals_equal_the_twice_differentiable_path(encoding):
+    """Evaluation normals sample with grid_sample (first order, fused backward); training keeps the gather path
+    whose normals can be differentiated again. Both give the same normals."""
+    nerf = small_nerf(encoding=encoding, density_blob_scale=1.0)
+    x = torch.rand(500, 3, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    nerf.eval()
+    with torch.no_grad():
+        sigma_e, color_e, normal_e = nerf._normals(x, 0, "analytic")
+    nerf.train()
+    sigma_t, color_t, normal_t = nerf._normals(x, 0, "analytic")
+    assert normal_t.requires_grad and not normal_e.requires_grad
+    torch.testing.assert_close(normal_e, normal_t.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sigma_e, sigma_t.detach())
+
+
+def test_eval_render_skips_normals_it_is_not_asked_for():
+    nerf = small_nerf(background="solid", random_background_prob=0.0).eval()
+    c = cams(2, 12)
+    with torch.no_grad():
+        full = nerf.render(c, 0)
+        rgb_only = nerf.render(c, 0, outputs=["rgb"])
+    assert "normal" in full and "normal" not in rgb_only
+    torch.testing.assert_close(rgb_only["rgb"], full["rgb"])
+    shaded = small_nerf(normal="analytic", shading="diffuse", ambient_only_steps=0).eval()
+    with torch.no_grad():  # diffuse shading needs the normals for the colour itself
+        assert "normal" in shaded.render(c, 5, outputs=["rgb"])
+
+
+def test_eval_chunk_must_hold_one_ray():
+    with pytest.raises(ConfigError, match=r"representation\.eval_chunk_samples = 100: must hold the samples of at least one ray \(513"):
+        NeRFConfig(eval_chunk_samples=100)
+
+
 def test_schema_fields_equal_constructor_arguments_and_defaults():
     assert_schema_matches_constructor(NeRFConfig, NeRF)
 

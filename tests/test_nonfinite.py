@@ -102,7 +102,8 @@ def test_representations_with_host_post_step_keep_the_host_check(tmp_path):
 
 def test_cli_aborts_at_the_logging_interval(tmp_path):
     """With the count read every 5 steps, a run of NaN gradients stops at the first read past the limit."""
-    r = run_cli(["experiment=analytic", "steps=20", "representation.init_std=nan", "max_nonfinite_steps=2", "trainer.log_every_n_steps=5",
+    # latents of ~1e30 overflow fp32 when squared: NaN rewards, NaN softmax weights, a NaN gradient every step
+    r = run_cli(["experiment=analytic", "steps=20", "representation.init_std=1e30", "strategy=weighted", "max_nonfinite_steps=2", "trainer.log_every_n_steps=5",
                  "output.checkpoint_every=1", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert "steps 0..4: 5 non-finite gradient(s)" in r.stdout + r.stderr

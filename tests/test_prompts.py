@@ -102,6 +102,24 @@ def test_empty_prompts_file_is_an_error(tmp_path):
         validate(compose(["experiment=analytic", f"prompts_file={f}", "prompt_index=0"]))
 
 
+def test_prompts_file_that_is_a_folder_or_not_utf8(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["experiment=analytic", f"prompts_file={tmp_path}", "prompt_index=0"]))
+    assert str(err.value).startswith("prompts_file = ") and "is a folder, not a file" in str(err.value), str(err.value)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a red fox\na cr\u00e8me br\u00fbl\u00e9e\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["experiment=analytic", f"prompts_file={latin1}", "prompt_index=0"]))
+    msg = str(err.value)
+    assert msg.startswith("prompts_file = ") and "is not UTF-8 text (byte 0xe8 on line 2)" in msg and "save it as UTF-8" in msg, msg
+
+
+def test_prompts_file_with_a_byte_order_mark(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_text("a red fox\na blue car\n", encoding="utf-8-sig")
+    assert validate(compose(["experiment=analytic", f"prompts_file={f}", "prompt_index=0"])).prompt == "a red fox"
+
+
 def test_sweep_params_expand_a_list_into_one_job_per_prompt(tmp_path):
     assert sweep_params(compose(["experiment=analytic", "prompts=drawbench25"])) == {"prompt_index": "range(0,25)"}
     f = tmp_path / "p.txt"

@@ -1,5 +1,7 @@
 """The Stable Diffusion prior through the real from_pretrained path, with tiny random-init weights."""
 
+import logging
+
 import pytest
 import torch
 
@@ -75,3 +77,21 @@ def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):
     keys = list(ckpt["state_dict"])
     assert keys == ["representation.latents"], keys  # frozen prior weights never enter checkpoints
     assert ckpt["rewardsds"]["iteration"] == 3
+
+
+def test_long_prompt_truncation_is_reported_once(tiny_sd_prior, caplog):
+    """The text encoder reads model_max_length tokens; the rest is dropped (as the reference does), with one warning."""
+    p = tiny_sd_prior
+    kept = p.tokenizer.model_max_length - 2  # start and end tokens
+    prompt = "a zebra crossing a river at dawn"
+    ids = p.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert len(ids) > kept
+    dropped = p.tokenizer.decode(ids[kept:]).strip()
+    with caplog.at_level(logging.WARNING, logger="rewardsds"):
+        p.text_cond([prompt] * 2, "")
+        p.encode_text([prompt, "a zebra"])
+        p._encode_text_uncached([prompt])  # a second encoder call (e.g. after the cache was cleared) is not reported again
+    notes = [r.getMessage() for r in caplog.records if "tokens long" in r.getMessage()]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(f"prompt {prompt!r} is {len(ids)} tokens long") and f"keeps the first {kept}" in notes[0], notes[0]
+    assert f"drops {dropped!r}" in notes[0], notes[0]

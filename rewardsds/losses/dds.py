@@ -78,18 +78,22 @@ class DDSLoss(LossMode):
         if self.source_latents is None:
             raise RuntimeError("DDSLoss.setup(prior, ...) must run before the first step")
         b = ctx.latents.shape[0]
+        # The target's prediction at t is computed here only when the strategy's lookahead needs it; the field
+        # takes both branches from the same calls, so equal prompts and images cancel exactly (no rounding noise).
         cands = ctx.engine.evaluate(
             ctx.latents, ctx.t, ctx.n_noises, ctx.step, ctx.text, ctx.strategy, ctx.reward_prompts, ctx.camera,
-            keep_images=ctx.keep_images,
+            keep_images=ctx.keep_images, predict=False,
         )
         n = cands.n
         idx = cands.active()
         rows = cands.flat_index(idx)
         source_text = ctx.prior.text_cond([self.source_prompt] * b, ctx.negative_prompt)
-        c_src, u_src = ctx.engine.predict_branch(cands, self.source_latents, source_text, ctx.camera, idx)
+        (c_tgt, u_tgt), (c_src, u_src) = ctx.engine.predict_with_branch(
+            cands, ctx.text, self.source_latents, source_text, ctx.camera, idx
+        )
         with torch.no_grad():
             w = timestep_weight(self.weighting, ctx.prior.alphas_cumprod[ctx.t])
-            eps_tgt = guide(cands.eps_cond[rows], cands.eps_uncond[rows], self.guidance_scale)
+            eps_tgt = guide(c_tgt, u_tgt, self.guidance_scale)
             eps_src = guide(c_src, u_src, self.guidance_scale)
             fields = cands.scatter(w * (eps_tgt - eps_src), idx)
         losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)

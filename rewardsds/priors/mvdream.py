@@ -403,6 +403,7 @@ class MVDreamPrior(StableDiffusionPrior):
             self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **base)
             self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **base)
         del state_dict
+        self._check_text_width(vae_text_from_checkpoint)
 
         # MVDream ships no scheduler: the ldm training schedule (linear 0.00085..0.012, eps-prediction).
         self.scheduler = DDIMScheduler(
@@ -422,6 +423,28 @@ class MVDreamPrior(StableDiffusionPrior):
                                              self.num_train_timesteps)
         set_multiview_attention(self.unet, self.num_frames)
         self._encode_generator = torch.Generator("cpu").manual_seed(self.encode_seed)
+
+    def _check_text_width(self, from_checkpoint: bool) -> None:
+        """The text encoder's width must be the UNet's cross-attention width, or the first step fails in a matmul.
+
+        Tokenizer and text encoder come from ``base_model`` (or the checkpoint), the UNet from ``pretrained``, so a
+        base model of another family (SD 1.5: 768 wide; MVDream's UNet attends to 1024) is only caught here.
+        """
+        text = int(self.text_encoder.config.hidden_size)
+        cross = self.unet.config.cross_attention_dim
+        widths = {int(c) for c in cross} if isinstance(cross, (list, tuple)) else {int(cross)}
+        if widths == {text}:
+            return
+        unet = "/".join(str(w) for w in sorted(widths))
+        key, value = ("prior.pretrained", self.pretrained) if from_checkpoint else ("prior.base_model", self.base_model)
+        raise ConfigError(
+            key, value,
+            f"gives a text encoder {text} wide, but the MVDream UNet from prior.pretrained = {self.pretrained!r} attends to "
+            f"text embeddings {unet} wide",
+            f"use the SD 2.1-base text encoder ({unet} wide for this UNet; 1024 for sd-v2.1-base-4view): "
+            "prior.base_model=stabilityai/stable-diffusion-2-1-base (or its local folder), or take the checkpoint's own with "
+            "prior.vae_text_from_checkpoint=true",
+        )
 
     def to(self, device: torch.device | str) -> "MVDreamPrior":
         super().to(device)

@@ -22,6 +22,7 @@ from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
 from rewardsds.priors.compiled import DEFAULT_COMPILE_MODE, CompiledUNet, check_compile_mode, normalize_compile, resolve_compile
 from rewardsds.priors.quantized import check_float8_support, check_lookahead_quantize, float8_copy
+from rewardsds.utils.text import report_truncation
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ class StableDiffusionPrior(Prior):
         return self if self._ranking is None else self._ranking
 
     def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:
+        for p in prompts:
+            report_truncation(self.tokenizer, p, self.tokenizer.model_max_length, "the prior's text encoder")
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",

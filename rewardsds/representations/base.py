@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Optional
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +75,9 @@ class Representation(nn.Module):
     def setup(self, prior: "Prior", device: torch.device, seed: int = 0) -> None:
         """Allocate or initialise parameters that depend on the prior (called once, before the optimiser)."""
 
-    def render(self, cameras: Optional["Cameras"], step: int) -> dict[str, Tensor]:
+    def render(self, cameras: Optional["Cameras"], step: int, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
+        """Named outputs for ``cameras`` at ``step``; ``outputs`` names those the caller uses (None: all), so a
+        representation may skip the work of the others (it may still return them)."""
         raise NotImplementedError
 
     def param_groups(self) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
+from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed, option_value, settings_checker
 from rewardsds.representations._raster import SH_C0, rasterize_dense
 from rewardsds.representations.base import ExportOptions, Representation
 from rewardsds.schedules import Schedule, Streams, seed_for
@@ -66,7 +66,8 @@ def check_gaussians_settings(s: Any, prefix: str = "representation") -> None:
           f"is required when {prefix}.init={option_value(s.init)}", f"set {prefix}.init_path=/path/to/points.ply")
     check(s.init_radius > 0, "init_radius", s.init_radius, "must be > 0", "use e.g. 0.5")
     check(0 < s.init_opacity < 1, "init_opacity", s.init_opacity, "must be in (0, 1)", "use 0.1")
-    check(len(s.init_color) == 3, "init_color", list(s.init_color), "needs 3 values in [0, 1]", "use [0.5, 0.5, 0.5]")
+    check(len(s.init_color) == 3 and all(0 <= c <= 1 for c in s.init_color), "init_color", list(s.init_color),
+          "needs 3 values in [0, 1]", "use [0.5, 0.5, 0.5]")
     check(s.init_scale is None or s.init_scale > 0, "init_scale", s.init_scale, "must be > 0 or null",
           "use null (mean distance to the 3 nearest neighbours, as 3DGS)")
     check(0 <= s.sh_degree <= 3, "sh_degree", s.sh_degree, "must be in [0, 3]", "use 0 (view-independent colour) to 3")
@@ -74,7 +75,22 @@ def check_gaussians_settings(s: Any, prefix: str = "representation") -> None:
     check(s.scene_extent > 0, "scene_extent", s.scene_extent, "must be > 0", "use 1.0 for objects in the unit sphere")
     for key in ("lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
         check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0", "use the 3DGS value")
-    check(len(s.betas) == 2, "betas", list(s.betas), "needs two values", "use [0.9, 0.999]")
+    lr_means = Schedule.from_any(s.lr_means)
+    for v in (lr_means.start, lr_means.end):
+        check(v is None or v >= 0, "lr_means", v, "must be >= 0", "use 1.6e-4 (3DGS, times scene_extent)")
+    check_betas(check, "betas", s.betas, "use [0.9, 0.999]")
+    check(s.eps > 0, "eps", s.eps, "must be > 0", "use 1e-15")
+    check(s.refine_start_step >= 0, "refine_start_step", s.refine_start_step, "must be >= 0", "use 500")
+    check(s.refine_stop_step >= s.refine_start_step, "refine_stop_step", s.refine_stop_step,
+          f"is before {prefix}.refine_start_step = {s.refine_start_step}", "use 15000 (3DGS)")
+    for key, fix in (("grow_grad2d", "use 2e-4"), ("grow_scale3d", "use 0.01"), ("prune_scale3d", "use 0.1")):
+        check(getattr(s, key) > 0, key, getattr(s, key), "must be > 0", fix)
+    check(0 <= s.prune_opacity < 1, "prune_opacity", s.prune_opacity, "must be in [0, 1)", "use 0.005")
+    check(s.noise_lr >= 0, "noise_lr", s.noise_lr, "must be >= 0", "use 5e5 (3DGS as MCMC)")
+    for key in ("opacity_reg", "scale_reg"):
+        sched = Schedule.from_any(getattr(s, key))
+        for v in (sched.start, sched.end):
+            check(v is None or v >= 0, key, v, "must be >= 0 (a regulariser weight)", "use 0 (off) or a positive weight")
     check(s.refine_every >= 1, "refine_every", s.refine_every, "must be >= 1", "use 100")
     check(s.reset_every >= 1, "reset_every", s.reset_every, "must be >= 1", "use 3000")
     check(s.cap_max >= 1, "cap_max", s.cap_max, "must be >= 1", "use e.g. 1000000")
@@ -82,6 +98,7 @@ def check_gaussians_settings(s: Any, prefix: str = "representation") -> None:
     check(0 <= s.random_background_prob <= 1, "random_background_prob", s.random_background_prob, "must be in [0, 1]", "use 0.5")
     check(0 < s.near_plane < s.far_plane, "near_plane", s.near_plane, f"must be in (0, far_plane = {s.far_plane})", "use 0.01")
     check(s.eps2d >= 0, "eps2d", s.eps2d, "must be >= 0", "use 0.3 (gsplat)")
+    check_seed(check, "seed", s.seed)
 
 
 # ----------------------------------------------------------------------------------------- .ply io
@@ -425,8 +442,8 @@ class Gaussians(Representation):
         return "dense"
 
     # ------------------------------------------------------------------ rendering
-    def render(self, cameras: Optional[Cameras], step: int) -> dict[str, Tensor]:
-        """Render the views of ``cameras``.
+    def render(self, cameras: Optional[Cameras], step: int, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
+        """Render the views of ``cameras`` (every output costs the same rasterisation, so ``outputs`` is not read).
 
         Returns:
             ``rgb`` [b,3,H,W] in [0,1] (composited over the background), ``opacity`` [b,1,H,W] and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class LatentImage(Representation):
                 z = prior.encode_images(img).float().cpu().repeat(self.batch_size, 1, 1, 1)
         self.latents = nn.Parameter(z.to(device))
 
-    def render(self, cameras=None, step: int = 0) -> dict[str, Tensor]:
+    def render(self, cameras=None, step: int = 0, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
         if self.latents is None:
             raise RuntimeError("LatentImage.setup(prior, device) must run before render()")
         return {"latents": self.latents}

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError, check_choices, option_value, settings_checker
+from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed, option_value, settings_checker
 from rewardsds.representations._grid import HASH_BACKENDS, DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_cubes
 from rewardsds.representations.base import ExportOptions, Representation
@@ -123,10 +123,53 @@ def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
         check(0 <= getattr(s, key) <= 1, key, getattr(s, key), "must be in [0, 1]", "use 0.75 / 0.5")
     for key in ("lr_encoding", "lr_network", "lr_background"):
         check(getattr(s, key) > 0, key, getattr(s, key), "must be > 0", "use 0.01 (encoding) or 0.001")
-    check(len(s.betas) == 2, "betas", list(s.betas), "needs two values", "use [0.9, 0.99]")
+    check_betas(check, "betas", s.betas, "use [0.9, 0.99]")
+    check(s.eps > 0, "eps", s.eps, "must be > 0", "use 1e-15")
+    check(s.weight_decay >= 0, "weight_decay", s.weight_decay, "must be >= 0", "use 0")
+    check(s.density_blob_scale >= 0, "density_blob_scale", s.density_blob_scale, "must be >= 0", "use 10 (Magic3D)")
+    for key in ("occ_warmup_steps", "ambient_only_steps"):
+        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0 (a number of steps)", "use the default")
+    for key in ("ambient_light", "diffuse_light"):
+        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0", "use 0.1 (ambient) and 0.9 (diffuse)")
+    for key in ("lambda_sparsity", "lambda_opaque", "lambda_orient", "lambda_z_variance"):
+        sched = Schedule.from_any(getattr(s, key))
+        for v in (sched.start, sched.end):
+            check(v is None or v >= 0, key, v, "must be >= 0 (a regulariser weight)", "use 0 (off) or a positive weight")
+    if s.grid_resolution is not None:
+        sched = Schedule.from_any(s.grid_resolution)
+        for v in (sched.start, sched.end):
+            check(v is None or v >= 1, "grid_resolution", v, "must be >= 1 (cells of the finest active level)", "use null (all levels)")
+    check_seed(check, "seed", s.seed)
     check(s.mesh_resolution >= 8, "mesh_resolution", s.mesh_resolution, "must be >= 8", "use 256")
     check(16 <= s.texture_size <= 8192, "texture_size", s.texture_size, "must be in [16, 8192]", "use 1024")
-    check(s.eval_chunk_rays >= 1, "eval_chunk_rays", s.eval_chunk_rays, "must be >= 1", "use 65536")
+    check(s.eval_chunk_samples >= max_samples_per_ray(s.num_samples_per_ray), "eval_chunk_samples", s.eval_chunk_samples,
+          f"must hold the samples of at least one ray ({max_samples_per_ray(s.num_samples_per_ray)} with "
+          f"{prefix}.num_samples_per_ray = {s.num_samples_per_ray})", "use 262144")
+
+
+def max_samples_per_ray(num_samples_per_ray: int) -> int:
+    """The most samples one ray can get (``n`` = ``num_samples_per_ray``): ``n + 1`` bounds both estimators.
+
+    Uniform sampling takes exactly ``n``. The occupancy-grid step is ``1.732 * 2 * radius / n``, so a ray through
+    the box diagonal (the longest chord, ``2 sqrt(3) radius``) takes at most ``n`` whole steps and one partial step.
+    """
+    return int(num_samples_per_ray) + 1
+
+
+def ray_chunks(n_rays: int, samples_per_ray: int, max_samples: int) -> list[tuple[int, int]]:
+    """Split ``n_rays`` into consecutive ``(start, end)`` ranges of at most ``max_samples // samples_per_ray`` rays.
+
+    Rendering memory grows with the samples evaluated at once (field, normals and their autograd graph per
+    sample), not with the rays, so evaluation renders are chunked by samples: each chunk holds at most
+    ``max_samples`` samples whatever the resolution and ``num_samples_per_ray``.
+
+    Args:
+        n_rays: rays of the render (views x height x width).
+        samples_per_ray: the most samples one ray can take (:func:`max_samples_per_ray`).
+        max_samples: the bound per chunk (``representation.eval_chunk_samples``), >= ``samples_per_ray``.
+    """
+    per_chunk = max(1, int(max_samples) // max(1, int(samples_per_ray)))
+    return [(s, min(s + per_chunk, n_rays)) for s in range(0, n_rays, per_chunk)]
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
@@ -245,7 +288,7 @@ class NeRF(Representation):
         mesh_resolution: int = 256,
         mesh_threshold: float = 25.0,
         texture_size: int = 1024,
-        eval_chunk_rays: int = 65536,
+        eval_chunk_samples: int = 262144,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -292,7 +335,7 @@ class NeRF(Representation):
         self.mesh_resolution = int(mesh_resolution)
         self.mesh_threshold = float(mesh_threshold)
         self.texture_size = int(texture_size)
-        self.eval_chunk_rays = int(eval_chunk_rays)
+        self.eval_chunk_samples = int(eval_chunk_samples)
         self.seed = int(seed)
         self._notice_shown = False
         self._occ_checked = False  # occ_ready read once (it lives on the device)
@@ -337,17 +380,17 @@ class NeRF(Representation):
             return torch.exp(raw.clamp(max=15.0))
         return F.softplus(raw)
 
-    def _encode(self, x: Tensor, step: int) -> Tensor:
-        return self.encoding((x / self.radius + 1.0) * 0.5, self._max_grid_resolution(step))
+    def _encode(self, x: Tensor, step: int, second_order: Optional[bool] = None) -> Tensor:
+        return self.encoding((x / self.radius + 1.0) * 0.5, self._max_grid_resolution(step), second_order)
 
     def density(self, x: Float[Tensor, "n 3"], step: int = 10**9) -> Float[Tensor, "n"]:
         """Activated density at world points [N, 3] (the blob bias included)."""
         h = self.density_net(self._encode(x, step))[..., 0]
         return self._activate(h + self._bias(x))
 
-    def field(self, x: Float[Tensor, "n 3"], step: int) -> tuple[Tensor, Tensor]:
-        """(density [N], albedo/colour in [0,1] [N, 3]) at world points."""
-        enc = self._encode(x, step)
+    def field(self, x: Float[Tensor, "n 3"], step: int, second_order: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+        """(density [N], albedo/colour in [0,1] [N, 3]) at world points (``second_order``: see the grid encodings)."""
+        enc = self._encode(x, step, second_order)
         sigma = self._activate(self.density_net(enc)[..., 0] + self._bias(x))
         return sigma, torch.sigmoid(self.feature_net(enc))
 
@@ -361,10 +404,12 @@ class NeRF(Representation):
             d = self.density(pts.reshape(-1, 3), step).view(-1, 6)
             grad = (d[:, :3] - d[:, 3:]) / (2 * e)
         else:
+            # the normals' own graph is kept (and differentiated again) only for a training loss on them
+            create_graph = torch.is_grad_enabled() and self.training
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
-                sigma, color = self.field(xg, step)
-                (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=torch.is_grad_enabled() and self.training)
+                sigma, color = self.field(xg, step, second_order=create_graph)
+                (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=create_graph)
         return sigma, color, F.normalize(-grad, dim=-1)
 
     # ------------------------------------------------------------------ rendering
@@ -432,8 +477,14 @@ class NeRF(Representation):
             return "albedo", ambient, diffuse
         return ("textureless" if u2 < self.textureless_prob else "diffuse"), ambient, diffuse
 
-    def render(self, cameras: Optional[Cameras], step: int) -> dict[str, Tensor]:
+    def render(self, cameras: Optional[Cameras], step: int, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
         """Render the views of ``cameras`` at their resolution.
+
+        Args:
+            cameras: the views to render.
+            step: the optimisation step (schedules, shading phase, render randomness).
+            outputs: the outputs the caller uses (None: all). An evaluation render without ``normal`` skips the
+                normals, most of its cost, unless the shading needs them.
 
         Returns:
             ``rgb`` [b,3,H,W] in [0,1], ``opacity`` [b,1,H,W], ``depth`` [b,1,H,W], and ``normal``
@@ -457,15 +508,15 @@ class NeRF(Representation):
         shading = self._shading_mode(step, gen)
         jitter = torch.rand(n_rays, generator=gen).to(device) if (self.training and self.stratified) else None
         background = self._background(dirs, gen)
-        need_normals = (self.shading != "none" and shading[0] != "albedo") or not self.training
+        need_normals = (self.shading != "none" and shading[0] != "albedo") or (
+            not self.training and (outputs is None or "normal" in outputs))
         need_normals = need_normals or (self.training and self.normal_type != "none" and self.lambda_orient.value(step) > 0)
         want_zvar = self.training and self.lambda_z_variance.value(step) > 0
 
         if self.training:
-            chunks = [(0, n_rays)]
+            chunks = [(0, n_rays)]  # one graph for the backward pass
         else:
-            c = self.eval_chunk_rays
-            chunks = [(s, min(s + c, n_rays)) for s in range(0, n_rays, c)]
+            chunks = ray_chunks(n_rays, max_samples_per_ray(self.num_samples_per_ray), self.eval_chunk_samples)
         parts = [
             self._render_rays(
                 origins[s:e], dirs[s:e], light, (torch.arange(s, e, device=device) // (H * W)),

@@ -14,7 +14,7 @@ the normal is the cross product of central differences between neighbouring pixe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,14 +26,17 @@ from rewardsds.representations.base import Representation
 
 
 @torch.no_grad()
-def render_views(rep: Representation, cameras: Cameras, step: int, views_per_call: int = 4) -> dict[str, Tensor]:
+def render_views(rep: Representation, cameras: Cameras, step: int, views_per_call: int = 4,
+                 outputs: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
     """Render every view of ``cameras`` in eval mode and gather the image outputs on the CPU.
 
     Args:
         rep: a 3D representation (``needs_cameras``).
         cameras: the fixed cameras (e.g. ``CameraSampler.eval_cameras(n)``).
         step: the optimisation step (for step-dependent settings such as the SH degree or shading).
-        views_per_call: views rendered together (bounds memory at high resolution).
+        views_per_call: views rendered together (the representation chunks each call further: the NeRF by
+            ``eval_chunk_samples``).
+        outputs: the outputs needed (None: all); the representation may skip the others (the NeRF's normals).
 
     Returns:
         Each [b, c, H, W] output of ``rep.render`` (``rgb``, ``opacity``, ``depth``, ``normal``...),
@@ -44,7 +47,7 @@ def render_views(rep: Representation, cameras: Cameras, step: int, views_per_cal
     try:
         parts: list[dict[str, Tensor]] = []
         for s in range(0, len(cameras), views_per_call):
-            out = rep.render(cameras.index(slice(s, s + views_per_call)), step)
+            out = rep.render(cameras.index(slice(s, s + views_per_call)), step, outputs=outputs)
             parts.append({k: v.detach().float().cpu() for k, v in out.items() if v.dim() == 4})
     finally:
         rep.train(was_training)
@@ -116,7 +119,8 @@ def turntable_frames(
     Returns:
         ``{key: frames}`` for the requested keys that the representation renders.
     """
-    out = render_views(rep, cameras, step, views_per_call)
+    wanted = [*keys, "opacity"] + (["depth"] if "normal" in keys else [])
+    out = render_views(rep, cameras, step, views_per_call, outputs=wanted)
     if "normal" in keys and "normal" not in out and "depth" in out:
         out["normal"] = normals_from_depth(out["depth"], cameras, rep.depth_along_ray)
     frames = {}

@@ -28,6 +28,7 @@ from rewardsds.rewards.common import (
     unusable_file_error,
 )
 from rewardsds.utils.cache import LRUCache
+from rewardsds.utils.text import report_truncation
 from rewardsds.rewards.preprocess import ImageTransform
 
 
@@ -121,6 +122,7 @@ class ClipReward(Reward):
 
         def make(p: str) -> Tensor:
             max_len = self.model.config.text_config.max_position_embeddings
+            report_truncation(self.tokenizer, p, max_len, f"the reward's text encoder ({type(self).__name__})")
             enc = self.tokenizer([p], padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
             with torch.no_grad():
                 out = self.model.text_model(input_ids=enc["input_ids"].to(self.device),

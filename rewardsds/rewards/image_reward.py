@@ -40,6 +40,7 @@ from rewardsds.rewards.common import (
     unusable_file_error,
 )
 from rewardsds.utils.cache import LRUCache
+from rewardsds.utils.text import report_truncation
 from rewardsds.rewards.preprocess import ImageTransform
 
 #: reward normalisation of ImageReward-v1.0 (Python attributes of the original class, not in the state dict)
@@ -423,6 +424,7 @@ class ImageReward(Reward):
         """Token ids and attention masks exactly as ``score()`` makes them (cached per prompt)."""
 
         def make(p: str):
+            report_truncation(self.tokenizer, p, MAX_TEXT_LENGTH, "the reward's text encoder (ImageReward)")
             enc = self.tokenizer(p, padding="max_length", truncation=True, max_length=MAX_TEXT_LENGTH,
                                  return_tensors="pt")
             return enc["input_ids"][0].to(self.device), enc["attention_mask"][0].to(self.device)
