@@ -19,23 +19,21 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
-from rewardsds.errors import ConfigError, check_betas, check_grad_clip, check_seed
+from rewardsds.errors import ConfigError, check_seed
 from rewardsds.schedules import Schedule, check_timestep_range
+from rewardsds.schema import check, check_name, enum_option
+from rewardsds.priors.config import AnalyticPriorConfig, MVDreamPriorConfig, SDPriorConfig
+from rewardsds.rewards.config import (AestheticRewardConfig, AnalyticRewardConfig, CLIPScoreConfig, ComboRewardConfig,
+                                      HPSv2Config, ImageRewardConfig, JPEGRewardConfig, PickScoreConfig)
+from rewardsds.losses.config import (AdvantageNorm, DDPO3DLossConfig, DDSLossConfig, DreamDPOLossConfig, NegativeUpdate, PSDLossConfig,
+                                     SDSBridgeLossConfig, SDSLossConfig, VSDLossConfig)
+from rewardsds.representations.config import ExportFormat, GaussiansConfig, LatentImageConfig, NeRFConfig
+from rewardsds.strategies.config import BestStrategyConfig, MinMaxStrategyConfig, NoStrategyConfig, RandomStrategyConfig, WeightedStrategyConfig
 
 
 # ----------------------------------------------------------------------------------------- enums
-class DType(str, Enum):
-    auto = "auto"  # bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class LookaheadQuantize(str, Enum):
-    none = "none"
-    float8 = "float8"
 
 
 class LookaheadGrid(str, Enum):
@@ -58,302 +56,22 @@ class ViewAggregation(str, Enum):
     per_view = "per_view"  # weights per (candidate, view)
 
 
-class SDSTarget(str, Enum):
-    eps = "eps"  # g = w(t) (eps_hat - eps)
-    x0_recon = "x0_recon"  # MVDream x0-reconstruction target with std rescale
-
-
-class SDSWeighting(str, Enum):
-    sds = "sds"  # w(t) = 1 - abar_t
-    uniform = "uniform"  # w(t) = 1
-    fantasia = "fantasia"  # w(t) = sqrt(abar_t) (1 - abar_t)
-
-
-class ExportFormat(str, Enum):
-    all = "all"  # every format of the representation (none for 2D runs)
-    mesh = "mesh"  # NeRF: mesh.ply + mesh.obj, marching cubes with albedo vertex colours
-    textured = "textured"  # NeRF: mesh_textured.obj/.mtl/.png + mesh.glb, xatlas UVs and a baked texture
-    gaussians = "gaussians"  # Gaussians: gaussians.ply in the 3DGS layout
-
-
-class MinMaxScale(str, Enum):
-    mean = "mean"  # reference code: lambda_max * mean(top) - lambda_min * mean(bottom)
-    paper = "paper"  # paper text: +lambda_max each top, -lambda_min each bottom, then / N
-
-
 # ----------------------------------------------------------------------------------------- helpers
-def _check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
-    if not cond:
-        raise ConfigError(key, value, problem, fix)
-
-
-def _check_name(key: str, value: Optional[str], fix: str) -> None:
-    """A name that becomes part of a file or folder path must stay one path component (no '/', '\\', '.' or '..'),
-    so that nothing is written outside the folder it names a child of."""
-    if value is None:
-        return
-    v = str(value)
-    _check(v.strip() != "", key, value, "is empty", fix)
-    _check(not any(sep in v for sep in ("/", "\\")) and v.strip() not in (".", ".."), key, value,
-           "is used as a file or folder name and would write outside its folder (no path separators, '.' or '..')", fix)
-
-
-def _check_modes(key: str, modes: List[Any]) -> None:
-    from rewardsds.priors.analytic import PATTERNS
-
-    names = [m.name for m in modes]
-    _check(len(set(names)) == len(names), key, names, "has duplicate names", "give each mode a unique name")
-    for m in modes:
-        for part in ("color", "background"):
-            rgb = list(getattr(m, part))
-            _check(len(rgb) == 3 and all(0.0 <= c <= 1.0 for c in rgb), f"{key}[{m.name}].{part}", rgb,
-                   "needs 3 values in [0, 1] (red, green, blue)", "use e.g. [0.1, 0.2, 0.9]")
-        _check(m.pattern in PATTERNS, f"{key}[{m.name}].pattern", m.pattern, "is not a known pattern", "use one of: " + ", ".join(PATTERNS))
-
-
-def _enum(enum_cls, value, key: str):
-    try:
-        return enum_cls(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        options = ", ".join(e.value for e in enum_cls)
-        raise ConfigError(key, value, "is not a known option", f"use one of: {options}") from None
 
 
 # ----------------------------------------------------------------------------------------- priors
-@dataclass
-class PriorConfig:
-    _target_: str = MISSING
-
-
-@dataclass
-class SDPriorConfig(PriorConfig):
-    """Stable Diffusion family through diffusers (SD 1.x/2.x; v- or epsilon-prediction)."""
-
-    _target_: str = "rewardsds.priors.sd.StableDiffusionPrior"
-    pretrained: str = "stabilityai/stable-diffusion-2-1-base"
-    revision: Optional[str] = None
-    variant: Optional[str] = None  # e.g. "fp16" to download the half-precision files
-    dtype: DType = DType.auto
-    scheduler: str = "ddim"  # ddim | ddpm: only the noise schedule is read from it
-    local_files_only: bool = False
-    channels_last: bool = True
-    # torch.compile the UNet: auto (on for CUDA, off on CPU) | true | false
-    compile: Any = "auto"
-    compile_mode: str = "reduce-overhead"  # CUDA graphs of the candidate batches | default | max-autotune | max-autotune-no-cudagraphs
-    # where compiled kernels persist across runs and sweep jobs: auto ($TORCHINDUCTOR_CACHE_DIR or
-    # ~/.cache/rewardsds/torchinductor) | torch (torch's default under /tmp) | a folder
-    compile_cache: str = "auto"
-    # none | float8: the lookahead's ranking calls use a float8 copy of the UNet's linear layers (torchao, CUDA >= 8.9)
-    lookahead_quantize: LookaheadQuantize = LookaheadQuantize.none
-    tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
-    vae_slicing: bool = False
-    encode_sample: bool = False  # encode renders with a posterior sample (threestudio) instead of the mean
-
-    def __post_init__(self) -> None:
-        _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
-               "give a Hub id such as stabilityai/stable-diffusion-2-1-base or a local folder")
-        _check(self.scheduler in ("ddim", "ddpm"), "prior.scheduler", self.scheduler, "is not supported",
-               "use ddim or ddpm (only the noise schedule is read)")
-        self.dtype = _enum(DType, self.dtype, "prior.dtype")
-        from rewardsds.priors.compiled import check_compile_mode, normalize_compile
-
-        self.compile = normalize_compile(self.compile)
-        check_compile_mode(self.compile_mode, self.compile)
-        _check(bool(str(self.compile_cache).strip()), "prior.compile_cache", self.compile_cache, "is empty",
-               "use auto, torch or a folder")
-        self.lookahead_quantize = _enum(LookaheadQuantize, self.lookahead_quantize, "prior.lookahead_quantize")
-
-
-@dataclass
-class AnalyticMode:
-    """One named mode of the analytic Gaussian-mixture prior: a mean image built from colour + pattern."""
-
-    name: str = MISSING
-    keywords: List[str] = field(default_factory=list)
-    color: List[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])
-    background: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    pattern: str = "solid"  # solid | disk | square | stripes | checker
-
-
-@dataclass
-class AnalyticPriorConfig(PriorConfig):
-    """Gaussian mixture over small images with an exact noise prediction (offline demo, algorithm tests)."""
-
-    _target_: str = "rewardsds.priors.analytic.AnalyticPrior"
-    image_size: int = 16
-    component_std: float = 0.15
-    prompt_sharpness: float = 4.0
-    modes: List[AnalyticMode] = field(default_factory=list)  # empty = the built-in modes (DEFAULT_MODES)
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    num_train_timesteps: int = 1000
-
-    def __post_init__(self) -> None:
-        _check(self.image_size >= 4, "prior.image_size", self.image_size, "is too small", "use 8, 16 or 32")
-        _check(self.component_std > 0, "prior.component_std", self.component_std, "must be > 0", "use e.g. 0.15")
-        _check(self.prompt_sharpness >= 0, "prior.prompt_sharpness", self.prompt_sharpness,
-               "must be >= 0 (log-weight added per matched keyword)", "use 4.0")
-        _check(0 < self.beta_start < self.beta_end < 1, "prior.beta_start", self.beta_start,
-               f"must satisfy 0 < beta_start < prior.beta_end = {self.beta_end} < 1", "use 0.00085 and 0.012 (SD 2.1)")
-        _check(self.num_train_timesteps >= 2, "prior.num_train_timesteps", self.num_train_timesteps, "must be >= 2", "use 1000")
-        _check_modes("prior.modes", self.modes)
 
 
 # ----------------------------------------------------------------------------------------- representations
-@dataclass
-class RepresentationConfig:
-    _target_: str = MISSING
-
-
-@dataclass
-class LatentImageConfig(RepresentationConfig):
-    """The 2D case: the prior-space latent itself is the parameter."""
-
-    _target_: str = "rewardsds.representations.latent_image.LatentImage"
-    init: str = "randn"  # randn | zeros | image
-    init_image: Optional[str] = None  # path of an RGB image (init: image)
-    init_std: float = 1.0
-    lr: float = 0.01
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-15
-    weight_decay: float = 0.0
-    batch_size: int = 1  # independent images optimised side by side (particles)
-
-    def __post_init__(self) -> None:
-        _check(self.init in ("randn", "zeros", "image"), "representation.init", self.init, "is not a known init",
-               "use randn, zeros or image")
-        _check(self.init != "image" or bool(self.init_image), "representation.init_image", self.init_image,
-               "is required when representation.init=image", "set representation.init_image=/path/to/image.png")
-        _check(self.init_std >= 0, "representation.init_std", self.init_std, "must be >= 0 (std of the randn init)", "use 1.0")
-        _check(self.lr > 0, "representation.lr", self.lr, "must be > 0", "use e.g. 0.01")
-        check_betas(_check, "representation.betas", self.betas, "use [0.9, 0.99]")
-        _check(self.eps > 0, "representation.eps", self.eps, "must be > 0", "use 1e-15")
-        _check(self.weight_decay >= 0, "representation.weight_decay", self.weight_decay, "must be >= 0", "use 0")
-        _check(self.batch_size >= 1, "representation.batch_size", self.batch_size, "must be >= 1", "use 1")
 
 
 # ----------------------------------------------------------------------------------------- losses
-@dataclass
-class LossConfig:
-    _target_: str = MISSING
-
-
-@dataclass
-class SDSLossConfig(LossConfig):
-    """Score distillation sampling (DreamFusion), optionally with MVDream's x0-reconstruction target."""
-
-    _target_: str = "rewardsds.losses.sds.SDSLoss"
-    guidance_scale: float = 100.0
-    weighting: SDSWeighting = SDSWeighting.sds
-    target: SDSTarget = SDSTarget.eps
-    recon_std_rescale: float = 0.5
-    grad_clip: Optional[float] = None  # clamp the gradient field elementwise (threestudio grad_clip)
-
-    def __post_init__(self) -> None:
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use e.g. 100 (2D) or 50 (MVDream)")
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
-        self.target = _enum(SDSTarget, self.target, "loss.target")
-        _check(0 <= self.recon_std_rescale <= 1, "loss.recon_std_rescale", self.recon_std_rescale, "must be in [0, 1]", "use 0.5")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
 
 
 # ----------------------------------------------------------------------------------------- rewards
-@dataclass
-class RewardConfig:
-    _target_: str = MISSING
-
-
-@dataclass
-class JPEGRewardConfig(RewardConfig):
-    """DDPO's JPEG (in)compressibility: -/+ JPEG size in kB at quality 95."""
-
-    _target_: str = "rewardsds.rewards.jpeg.JPEGCompressibility"
-    quality: int = 95
-    sign: float = -1.0  # -1: compressibility (smaller file is better), +1: incompressibility
-
-    def __post_init__(self) -> None:
-        _check(1 <= self.quality <= 100, "reward.quality", self.quality, "must be in [1, 100]", "use 95 (DDPO)")
-        _check(self.sign in (-1.0, 1.0), "reward.sign", self.sign, "must be -1 or +1", "use -1 (compressibility) or +1")
-
-
-@dataclass
-class AnalyticRewardConfig(RewardConfig):
-    """Closeness to preferred modes of the analytic prior (negative mean squared distance in [0,1])."""
-
-    _target_: str = "rewardsds.rewards.analytic.AnalyticReward"
-    preferred: List[str] = field(default_factory=lambda: ["blue"])
-    modes: List[AnalyticMode] = field(default_factory=list)
-    image_size: int = 16
-
-    def __post_init__(self) -> None:
-        _check(len(self.preferred) >= 1, "reward.preferred", list(self.preferred), "is empty",
-               "name at least one mode or keyword, e.g. reward.preferred=[blue]")
-        _check(self.image_size >= 1, "reward.image_size", self.image_size, "must be >= 1", "use the prior's image size, e.g. 16")
-        _check_modes("reward.modes", self.modes)
 
 
 # ----------------------------------------------------------------------------------------- strategies
-@dataclass
-class StrategyConfig:
-    _target_: str = MISSING
-
-
-@dataclass
-class NoStrategyConfig(StrategyConfig):
-    """Plain distillation: every candidate weighted 1/N, no lookahead or reward."""
-
-    _target_: str = "rewardsds.strategies.NoStrategy"
-
-
-@dataclass
-class MinMaxStrategyConfig(StrategyConfig):
-    """RewardSDS default: +lambda_max on the top n_max, -lambda_min on the bottom n_min candidates."""
-
-    _target_: str = "rewardsds.strategies.MinMaxStrategy"
-    lambda_max: float = 0.9
-    lambda_min: float = 0.1
-    n_max: int = 2
-    n_min: int = 2
-    scale: MinMaxScale = MinMaxScale.mean
-
-    def __post_init__(self) -> None:
-        _check(self.lambda_max >= 0, "strategy.lambda_max", self.lambda_max, "must be >= 0 (the pull towards the best candidates)",
-               "use 0.9")
-        _check(self.lambda_min >= 0, "strategy.lambda_min", self.lambda_min,
-               "must be >= 0 (the push away from the worst candidates; the sign is applied by the strategy)", "use 0.1")
-        _check(self.n_max >= 1, "strategy.n_max", self.n_max, "must be >= 1", "use 2")
-        _check(self.n_min >= 0, "strategy.n_min", self.n_min, "must be >= 0", "use 2 (0 disables the push-away term)")
-        self.scale = _enum(MinMaxScale, self.scale, "strategy.scale")
-
-
-@dataclass
-class BestStrategyConfig(StrategyConfig):
-    """Winner(s) take all: weight 1/n_best on the n_best highest rewards."""
-
-    _target_: str = "rewardsds.strategies.BestStrategy"
-    n_best: int = 1
-
-    def __post_init__(self) -> None:
-        _check(self.n_best >= 1, "strategy.n_best", self.n_best, "must be >= 1", "use 1 or 2")
-
-
-@dataclass
-class WeightedStrategyConfig(StrategyConfig):
-    """Softmax of rewards with a temperature (reference: temperature 1 on raw scores)."""
-
-    _target_: str = "rewardsds.strategies.WeightedStrategy"
-    temperature: float = 1.0
-    standardize: bool = False  # z-score rewards within the candidate set before the softmax
-
-    def __post_init__(self) -> None:
-        _check(self.temperature > 0, "strategy.temperature", self.temperature, "must be > 0", "use 1.0")
-
-
-@dataclass
-class RandomStrategyConfig(StrategyConfig):
-    """Paper ablation (i): one candidate chosen uniformly at random (ignores rewards)."""
-
-    _target_: str = "rewardsds.strategies.RandomStrategy"
 
 
 # ----------------------------------------------------------------------------------------- logger / trainer
@@ -364,7 +82,6 @@ class LoggerConfig:
 
 @dataclass
 class WandbLoggerConfig(LoggerConfig):
-    _target_: str = "rewardsds.loggers.wandb_logger"
     project: str = "rewardsds"
     entity: Optional[str] = None
     mode: str = "auto"  # auto (online if a key and network exist, else offline) | online | offline
@@ -374,29 +91,28 @@ class WandbLoggerConfig(LoggerConfig):
     log_model: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("auto", "online", "offline"), "logger.mode", self.mode, "is not a known mode",
+        check(self.mode in ("auto", "online", "offline"), "logger.mode", self.mode, "is not a known mode",
                "use auto, online or offline")
 
 
 @dataclass
 class CSVLoggerConfig(LoggerConfig):
-    _target_: str = "rewardsds.loggers.csv_logger"
     name: str = "csv"  # the folder of metrics.csv inside the run folder
 
     def __post_init__(self) -> None:
-        _check_name("logger.name", self.name, "use a plain folder name such as csv")
+        check_name("logger.name", self.name, "use a plain folder name such as csv")
 
 
 @dataclass
 class NoLoggerConfig(LoggerConfig):
-    _target_: str = "rewardsds.loggers.no_logger"
+    """No logger: the run's own files only (metrics.json, csv/metrics.csv, images)."""
 
 
 @dataclass
 class TrainerConfig:
     """Keyword arguments of ``lightning.Trainer`` that users set (the system adds the rest)."""
 
-    _target_: str = "lightning.pytorch.Trainer"
+    _target_: str = MISSING
     accelerator: str = "auto"  # auto | cpu | gpu | cuda
     devices: Any = 1
     precision: str = "32-true"  # the scene is fp32; the prior's dtype is prior.dtype
@@ -406,13 +122,13 @@ class TrainerConfig:
     enable_model_summary: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda"), "trainer.accelerator", self.accelerator,
+        check(self.accelerator in ("auto", "cpu", "gpu", "cuda"), "trainer.accelerator", self.accelerator,
                "is not supported", "use auto, cpu or gpu")
-        _check(self.precision in ("32-true", "32"), "trainer.precision", self.precision,
+        check(self.precision in ("32-true", "32"), "trainer.precision", self.precision,
                "must be 32: the scene is optimised in fp32 and the prior's precision is prior.dtype",
                "set prior.dtype=bf16 (or fp16) for a half-precision prior")
         check_devices(self.devices, self.accelerator)
-        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "must be >= 1", "use 1")
+        check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "must be >= 1", "use 1")
 
 
 def check_devices(devices: Any, accelerator: str = "auto") -> None:
@@ -425,7 +141,7 @@ def check_devices(devices: Any, accelerator: str = "auto") -> None:
            "multirun with one job per GPU: rewardsds -m hydra/launcher=gpus trainer=gpu ...")
     value = list(devices) if isinstance(devices, (list, tuple, ListConfig)) else devices
     if isinstance(value, list):
-        _check(len(value) == 1 and isinstance(value[0], int) and not isinstance(value[0], bool) and value[0] >= 0,
+        check(len(value) == 1 and isinstance(value[0], int) and not isinstance(value[0], bool) and value[0] >= 0,
                "trainer.devices", value, "must list exactly one device index >= 0", fix)
         return
     if value == "auto":
@@ -433,51 +149,15 @@ def check_devices(devices: Any, accelerator: str = "auto") -> None:
             import torch
 
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            _check(count <= 1, "trainer.devices", value,
+            check(count <= 1, "trainer.devices", value,
                    f"would start one process per visible GPU ({count}), but a run is one process", fix)
         return
     many = f"would start {value} processes (one per device)" if isinstance(value, int) and value > 1 else "does not name one device"
-    _check(value == 1 and not isinstance(value, bool) or value == "1", "trainer.devices", value,
+    check(value == 1 and not isinstance(value, bool) or value == "1", "trainer.devices", value,
            f"{many}, but a run is one process", fix)
 
 
 # ----------------------------------------------------------------------------------------- MVDream prior
-@dataclass
-class MVDreamPriorConfig(PriorConfig):
-    """MVDream sd-v2.1-base-4view: multi-view, camera-conditioned SD 2.1 on diffusers (needs 3D views)."""
-
-    _target_: str = "rewardsds.priors.mvdream.MVDreamPrior"
-    pretrained: str = "MVDream/MVDream"  # Hub repo, checkpoint file, folder with `filename`, or a converted folder
-    filename: Optional[str] = "sd-v2.1-base-4view.pt"  # ignored for converted folders; null: a diffusers-layout Hub repo
-    original_config: Optional[str] = None  # ldm yaml of a non-default checkpoint (null: sd-v2.1-base-4view)
-    base_model: str = "stabilityai/stable-diffusion-2-1-base"  # tokenizer, text encoder and VAE
-    vae_text_from_checkpoint: bool = False  # take text encoder + VAE weights from the MVDream checkpoint instead
-    num_frames: int = 4
-    dtype: DType = DType.auto
-    encode_sample: bool = True  # VAE posterior sample (threestudio-mvdream) instead of the mean
-    encode_seed: int = 0  # seed of the prior's own generator for that sample
-    local_files_only: bool = False
-    channels_last: bool = True
-    compile: bool = False
-    compile_mode: str = "default"
-    compile_cache: str = "auto"  # where compiled kernels persist (see the Stable Diffusion prior)
-    tiny_vae: Optional[str] = None
-    vae_slicing: bool = False
-
-    def __post_init__(self) -> None:
-        _check(bool(self.pretrained), "prior.pretrained", self.pretrained, "is empty",
-               "give MVDream/MVDream, a checkpoint file, or a folder written by scripts/convert_mvdream.py")
-        _check(bool(self.base_model), "prior.base_model", self.base_model, "is empty",
-               "give stabilityai/stable-diffusion-2-1-base or a local SD 2.1-base diffusers folder")
-        _check(self.filename is None or self.filename.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")),
-               "prior.filename", self.filename, "is not a checkpoint file name",
-               "use sd-v2.1-base-4view.pt, or null when prior.pretrained is a converted folder")
-        _check(self.num_frames >= 1, "prior.num_frames", self.num_frames, "must be >= 1", "use 4 (the released model)")
-        check_seed(_check, "prior.encode_seed", self.encode_seed)
-        from rewardsds.priors.compiled import check_compile_mode
-
-        check_compile_mode(self.compile_mode, self.compile, default="default")
-        self.dtype = _enum(DType, self.dtype, "prior.dtype")
 
 
 # ----------------------------------------------------------------------------------------- 3D: cameras, NeRF, Gaussians
@@ -490,69 +170,6 @@ class ElevationSampling(str, Enum):
 class LightSampling(str, Enum):
     dreamfusion = "dreamfusion"  # light direction ~ camera direction + N(0, light_position_perturb)
     magic3d = "magic3d"  # 30..90 degrees above the camera's horizon
-
-
-class GridEncodingType(str, Enum):
-    hash = "hash"  # Instant-NGP hash grid (threestudio default): Triton kernels on CUDA, PyTorch on the CPU
-    dense = "dense"  # multi-resolution dense volumes (grid_sample)
-    triplane = "triplane"  # multi-resolution triplanes (grid_sample); fastest measured on the CPU
-
-
-class HashBackend(str, Enum):
-    auto = "auto"  # Triton kernels for CUDA tensors, the PyTorch gathers on the CPU
-    triton = "triton"  # Triton kernels (CUDA tensors only)
-    torch = "torch"  # the PyTorch gathers everywhere (the reference; slower, far more memory on CUDA)
-
-
-class DensityActivation(str, Enum):
-    softplus = "softplus"
-    exp = "exp"
-
-
-class DensityBias(str, Enum):
-    blob_magic3d = "blob_magic3d"  # scale * (1 - |x| / std)
-    blob_dreamfusion = "blob_dreamfusion"  # scale * exp(-|x|^2 / (2 std^2))
-    none = "none"
-
-
-class NeRFEstimator(str, Enum):
-    auto = "auto"  # occupancy grid on CUDA, uniform samples on the CPU
-    occgrid = "occgrid"  # nerfacc OccGridEstimator (CUDA only)
-    uniform = "uniform"  # num_samples_per_ray evenly spaced samples in the scene box
-
-
-class NeRFBackground(str, Enum):
-    neural = "neural"  # MLP on the view direction (threestudio neural environment map)
-    solid = "solid"  # background_color
-
-
-class NormalType(str, Enum):
-    none = "none"
-    analytic = "analytic"  # -grad(density) by autograd
-    finite_difference = "finite_difference"  # central differences of the density
-
-
-class ShadingType(str, Enum):
-    none = "none"  # colour = albedo
-    diffuse = "diffuse"  # threestudio diffuse-with-point-light: albedo / textureless / lambertian
-
-
-class GaussianInit(str, Enum):
-    sphere = "sphere"  # num_points uniform in a ball of radius init_radius
-    ply = "ply"  # a 3DGS .ply (all parameters)
-    points = "points"  # a point cloud .ply (x y z, optional red green blue)
-
-
-class DensifyStrategy(str, Enum):
-    default = "default"  # gsplat DefaultStrategy (3DGS clone / split / prune)
-    mcmc = "mcmc"  # gsplat MCMCStrategy (3DGS as MCMC; CUDA only)
-    none = "none"
-
-
-class Rasterizer(str, Enum):
-    auto = "auto"  # gsplat on CUDA, the dense PyTorch rasteriser on the CPU
-    gsplat = "gsplat"
-    dense = "dense"
 
 
 @dataclass
@@ -573,7 +190,8 @@ class CameraConfig:
     views at 256 px from step 5000).
     """
 
-    _target_: str = "rewardsds.cameras.CameraSampler"
+    _target_: str = MISSING
+
     resolution: Schedule = field(default_factory=lambda: Schedule(start=64))
     batch_size: Schedule = field(default_factory=lambda: Schedule(start=4))
     views_per_object: int = 4
@@ -601,556 +219,18 @@ class CameraConfig:
     def __post_init__(self) -> None:
         from rewardsds.cameras import check_camera_settings
 
-        self.elevation_sampling = _enum(ElevationSampling, self.elevation_sampling, "cameras.elevation_sampling")
-        self.light_sampling = _enum(LightSampling, self.light_sampling, "cameras.light_sampling")
+        self.elevation_sampling = enum_option(ElevationSampling, self.elevation_sampling, "cameras.elevation_sampling")
+        self.light_sampling = enum_option(LightSampling, self.light_sampling, "cameras.light_sampling")
         check_camera_settings(self)
 
 
-@dataclass
-class NeRFConfig(RepresentationConfig):
-    """Grid-encoded NeRF rendered with nerfacc (threestudio implicit-volume + nerf-volume-renderer)."""
-
-    _target_: str = "rewardsds.representations.nerf.NeRF"
-    radius: float = 1.0  # scene box [-radius, radius]^3
-    encoding: GridEncodingType = GridEncodingType.triplane
-    # null: the encoding's default (hash 16 / 2 / 16 / 1.447269237440378, dense 8 / 4 / 16 / 1.4859,
-    # triplane 8 / 4 / 32 / 1.5; rewardsds.representations.nerf.ENCODING_DEFAULTS)
-    n_levels: Optional[int] = None
-    n_features_per_level: Optional[int] = None
-    log2_hashmap_size: int = 19  # hash only
-    base_resolution: Optional[int] = None
-    per_level_scale: Optional[float] = None
-    hash_backend: HashBackend = HashBackend.auto  # hash only
-    grid_resolution: Optional[Schedule] = None  # coarse-to-fine: finest active level resolution; null = all
-    hidden_dim: int = 64
-    hidden_layers: int = 1
-    density_activation: DensityActivation = DensityActivation.softplus
-    density_bias: DensityBias = DensityBias.blob_magic3d
-    density_blob_scale: float = 10.0
-    density_blob_std: float = 0.5
-    estimator: NeRFEstimator = NeRFEstimator.auto
-    num_samples_per_ray: int = 512  # occgrid: step 1.732 * 2 * radius / n; uniform: samples per ray
-    occ_grid_resolution: int = 32
-    occ_update_every: int = 16
-    occ_threshold: float = 0.01
-    occ_ema_decay: float = 0.95
-    occ_warmup_steps: int = 256
-    alpha_threshold: float = 0.01
-    stratified: bool = True
-    background: NeRFBackground = NeRFBackground.neural
-    background_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    random_background_prob: float = 0.5
-    normal: NormalType = NormalType.none
-    finite_difference_eps: float = 0.01
-    shading: ShadingType = ShadingType.none
-    ambient_only_steps: int = 1000
-    diffuse_prob: float = 0.75
-    textureless_prob: float = 0.5
-    ambient_light: float = 0.1
-    diffuse_light: float = 0.9
-    soft_shading: bool = False
-    lambda_sparsity: Schedule = field(default_factory=lambda: Schedule(start=0.0))
-    lambda_opaque: Schedule = field(default_factory=lambda: Schedule(start=0.0))
-    lambda_orient: Schedule = field(default_factory=lambda: Schedule(start=0.0))
-    lambda_z_variance: Schedule = field(default_factory=lambda: Schedule(start=0.0))
-    lr_encoding: float = 0.01
-    lr_network: float = 0.001
-    lr_background: float = 0.001
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-15
-    weight_decay: float = 0.0
-    mesh_resolution: int = 256  # marching-cubes grid points per axis of the exported meshes
-    mesh_threshold: float = 25.0  # density level of the exported surface
-    texture_size: int = 1024  # texels per side of the baked texture (mesh_textured.obj, mesh.glb)
-    eval_chunk_samples: int = 262144  # evaluation renders: most ray samples evaluated at once (bounds memory)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from rewardsds.representations.nerf import check_nerf_settings
-
-        for key, enum_cls in (
-            ("encoding", GridEncodingType), ("hash_backend", HashBackend), ("density_activation", DensityActivation),
-            ("density_bias", DensityBias),
-            ("estimator", NeRFEstimator), ("background", NeRFBackground), ("normal", NormalType), ("shading", ShadingType),
-        ):
-            setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))
-        check_nerf_settings(self)
-
-
-@dataclass
-class GaussiansConfig(RepresentationConfig):
-    """3D Gaussians rendered with gsplat, densified by gsplat's strategies."""
-
-    _target_: str = "rewardsds.representations.gaussians.Gaussians"
-    num_points: int = 4096  # init=sphere only (a .ply decides its own count)
-    init: GaussianInit = GaussianInit.sphere
-    init_path: Optional[str] = None
-    init_radius: float = 0.5
-    init_opacity: float = 0.1
-    init_color: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    init_scale: Optional[float] = None  # null: mean distance to the 3 nearest neighbours (3DGS)
-    sh_degree: int = 0
-    sh_degree_interval: int = 1000
-    scene_extent: float = 1.0
-    lr_means: Schedule = field(default_factory=lambda: Schedule(start=1.6e-4))  # times scene_extent
-    lr_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacities: float = 5e-2
-    lr_sh0: float = 2.5e-3
-    lr_shN: float = 1.25e-4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-15
-    strategy: DensifyStrategy = DensifyStrategy.default
-    refine_start_step: int = 500
-    refine_stop_step: int = 15000
-    refine_every: int = 100
-    reset_every: int = 3000
-    grow_grad2d: float = 2e-4
-    grow_scale3d: float = 0.01
-    prune_opacity: float = 0.005
-    prune_scale3d: float = 0.1
-    absgrad: bool = False
-    cap_max: int = 1_000_000
-    noise_lr: float = 5e5
-    opacity_reg: Schedule = field(default_factory=lambda: Schedule(start=0.0))
-    scale_reg: Schedule = field(default_factory=lambda: Schedule(start=0.0))
-    rasterizer: Rasterizer = Rasterizer.auto
-    background_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    random_background_prob: float = 0.0
-    near_plane: float = 0.01
-    far_plane: float = 1e10
-    eps2d: float = 0.3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from rewardsds.representations.gaussians import check_gaussians_settings
-
-        for key, enum_cls in (("init", GaussianInit), ("strategy", DensifyStrategy), ("rasterizer", Rasterizer)):
-            setattr(self, key, _enum(enum_cls, getattr(self, key), f"representation.{key}"))
-        check_gaussians_settings(self)
-
-
 # ----------------------------------------------------------------------------------------- learned rewards
-class AttentionKernel(str, Enum):
-    sdpa = "sdpa"  # torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)
-    eager = "eager"  # the plain matmul-softmax reference
-
-
-class AestheticHeadType(str, Enum):
-    linear = "linear"  # LAION aesthetic predictor v1, sa_0_4_vit_l_14_linear.pth (RewardSDS reference)
-    mlp = "mlp"  # improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth (DDPO)
-
-
-def _learned_reward_checks(cfg: Any) -> None:
-    cfg.dtype = _enum(DType, cfg.dtype, "reward.dtype")
-    cfg.attention = _enum(AttentionKernel, cfg.attention, "reward.attention")
-    _check(not (cfg.pil_exact and cfg.differentiable), "reward.pil_exact", cfg.pil_exact,
-           "quantises images to uint8 through PIL, which has no gradient, but reward.differentiable=true",
-           "set reward.pil_exact=false (the tensor path is differentiable)")
-
-
-@dataclass
-class LearnedRewardConfig(RewardConfig):
-    """Options every learned reward model takes (the subclasses add where its weights come from).
-
-    dtype: auto = bf16 on CUDA, fp32 on CPU (heads and similarities stay fp32). differentiable: allow gradients
-    to the images (reward-feedback methods). pil_exact: the reference code's uint8 PIL preprocessing instead
-    of the tensor path (not differentiable). attention: sdpa or eager. compile: torch.compile with CUDA graphs
-    on the scoring path.
-    """
-
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False
-    local_files_only: bool = False
-    attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        _learned_reward_checks(self)
-
-
-@dataclass
-class ImageRewardConfig(LearnedRewardConfig):
-    """ImageReward-v1.0 on transformers' BLIP modules (checkpoint: Hub repo, folder or ImageReward.pt)."""
-
-    _target_: str = "rewardsds.rewards.image_reward.ImageReward"
-    checkpoint: str = "THUDM/ImageReward"
-    med_config: Optional[str] = None  # default: med_config.json next to the checkpoint
-    tokenizer: str = "bert-base-uncased"  # Hub id or a folder with vocab.txt
-
-
-@dataclass
-class AestheticRewardConfig(LearnedRewardConfig):
-    """LAION aesthetic predictor on L2-normalised CLIP ViT-L/14 image embeddings (prompt-free)."""
-
-    _target_: str = "rewardsds.rewards.aesthetic.AestheticReward"
-    pretrained: str = "openai/clip-vit-large-patch14"
-    head_type: AestheticHeadType = AestheticHeadType.linear
-    head: Optional[str] = None  # head file: local path or URL; None = the published URL of head_type
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.head_type = _enum(AestheticHeadType, self.head_type, "reward.head_type")
-
-
-@dataclass
-class CLIPScoreConfig(LearnedRewardConfig):
-    """Cosine similarity of CLIP image and prompt embeddings (any transformers CLIP checkpoint)."""
-
-    _target_: str = "rewardsds.rewards.clip.CLIPScore"
-    pretrained: str = "openai/clip-vit-large-patch14"
-    processor: Optional[str] = None  # tokenizer + image processor source; default: pretrained
-
-
-@dataclass
-class PickScoreConfig(LearnedRewardConfig):
-    """PickScore: exp(logit_scale) * cosine of a CLIP-H/14 fine-tuned on Pick-a-Pic."""
-
-    _target_: str = "rewardsds.rewards.pickscore.PickScore"
-    pretrained: str = "yuvalkirstain/PickScore_v1"
-    processor: Optional[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-
-
-@dataclass
-class HPSv2Config(LearnedRewardConfig):
-    """HPSv2.1 (open_clip ViT-H-14 checkpoint converted to transformers' CLIPModel): cosine score."""
-
-    _target_: str = "rewardsds.rewards.hpsv2.HPSv2"
-    checkpoint: str = "xswu/HPSv2"  # Hub repo with HPS_v2.1_compressed.pt, a folder, or the .pt file
-    processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # config, tokenizer, image processor
-
-
-@dataclass
-class ComboRewardConfig(RewardConfig):
-    """Weighted sum of rewards; each component is a full reward config under components.<name>."""
-
-    _target_: str = "rewardsds.rewards.combo.ComboReward"
-    components: Dict[str, Any] = field(default_factory=dict)
-    weights: Dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        names = sorted(self.components)
-        _check(len(names) >= 1, "reward.components", names, "is empty",
-               "nest at least one reward config, e.g. - /reward@components.image_reward: image_reward")
-        _check(sorted(self.weights) == names, "reward.weights", dict(self.weights),
-               f"must have one weight per component {names}", "set reward.weights.<name>=<float> for each")
-        for name in names:
-            _check(name.isidentifier() and name.islower() and not name.startswith("_"), f"reward.components.{name}", name,
-                   "is not a log-friendly name", "use a lowercase identifier such as image_reward")
-
-
-REWARD_MODEL_SCHEMAS: dict[str, type] = {
-    "image_reward": ImageRewardConfig,
-    "aesthetic": AestheticRewardConfig,
-    "clip": CLIPScoreConfig,
-    "pickscore": PickScoreConfig,
-    "hpsv2": HPSv2Config,
-    "combo": ComboRewardConfig,
-}
 
 
 # ----------------------------------------------------------------------------------------- 2D loss modes
-@dataclass
-class VSDLossConfig(LossConfig):
-    """Variational score distillation (ProlificDreamer) with a LoRA copy of the prior's UNet; RewardVSD with a strategy."""
-
-    _target_: str = "rewardsds.losses.vsd.VSDLoss"
-    guidance_scale: float = 7.5
-    weighting: SDSWeighting = SDSWeighting.sds
-    lora_rank: int = 4
-    lora_lr: float = 3e-4
-    lora_weight_decay: float = 0.0
-    lora_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    lora_eps: float = 1e-8
-    lora_guidance_scale: float = 1.0  # CFG over the LoRA's camera condition (1 = one call with the camera)
-    camera_dropout: float = 0.1  # probability of a zero camera in a LoRA training step
-    lora_base: Optional[str] = None  # None: LoRA on a copy of the prior's UNet; or a Hub id / folder (e.g. SD 2.1 768 v)
-    grad_clip: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (VSD)")
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
-        _check(self.lora_rank >= 1, "loss.lora_rank", self.lora_rank, "must be >= 1", "use 4 (reference)")
-        _check(self.lora_lr > 0, "loss.lora_lr", self.lora_lr, "must be > 0", "use 3e-4 (2D reference) or 1e-4 (threestudio)")
-        _check(self.lora_weight_decay >= 0, "loss.lora_weight_decay", self.lora_weight_decay, "must be >= 0", "use 0")
-        check_betas(_check, "loss.lora_betas", self.lora_betas, "use [0.9, 0.999]")
-        _check(self.lora_eps > 0, "loss.lora_eps", self.lora_eps, "must be > 0", "use 1e-8")
-        _check(self.lora_guidance_scale >= 0, "loss.lora_guidance_scale", self.lora_guidance_scale, "must be >= 0",
-               "use 1.0 (one call with the camera)")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
-        _check(0.0 <= self.camera_dropout <= 1.0, "loss.camera_dropout", self.camera_dropout, "must be in [0, 1]", "use 0.1")
-        _check(self.lora_base is None or bool(str(self.lora_base).strip()), "loss.lora_base", self.lora_base, "is empty",
-               "leave it unset (null) for the single-model path, or give a Hub id or folder")
-
-
-@dataclass
-class SDSBridgeLossConfig(LossConfig):
-    """SDS-Bridge: SDS, then from stage_two_start the bridge eps(y + target_suffix) - eps(y + source_suffix)."""
-
-    _target_: str = "rewardsds.losses.bridge.SDSBridgeLoss"
-    guidance_scale: float = 40.0
-    stage_two_start: float = 0.5  # fraction of the steps
-    stage_two_scale: Optional[float] = None  # lambda_2; null = guidance_scale (2D reference); 3D reference uses 1
-    weighting: SDSWeighting = SDSWeighting.sds
-    source_suffix: str = ", oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"
-    target_suffix: str = ", detailed high resolution, high quality, sharp"
-    grad_clip: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 40 (2D reference)")
-        _check(0.0 <= self.stage_two_start <= 1.0, "loss.stage_two_start", self.stage_two_start,
-               "is a fraction of the steps and must be in [0, 1]", "use 0.5 (2D reference)")
-        _check(self.stage_two_scale is None or self.stage_two_scale >= 0, "loss.stage_two_scale", self.stage_two_scale,
-               "must be >= 0 or null", "use null (= loss.guidance_scale, 2D reference) or 1 (3D reference)")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
-        _check(self.source_suffix != self.target_suffix, "loss.source_suffix", self.source_suffix,
-               "equals loss.target_suffix, so stage two has no direction", "describe the current (source) images differently")
-
-
-@dataclass
-class DDSLossConfig(LossConfig):
-    """Delta Denoising Score image editing (source image + source prompt -> the run's prompt); RewardDDS with a strategy."""
-
-    _target_: str = "rewardsds.losses.dds.DDSLoss"
-    image: Optional[str] = None  # the input image to edit (also the target's init in experiment=edit_dds)
-    source_prompt: Optional[str] = None  # describes the input image; the run's `prompt` is the target
-    guidance_scale: float = 7.5  # CFG of both branches
-    weighting: SDSWeighting = SDSWeighting.uniform  # w(t) = 1 (official notebook)
-    grad_clip: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        _check(bool(self.image), "loss.image", self.image, "DDS edits an input image and none is given",
-               "set loss.image=/path/to/photo.png (experiment=edit_dds also starts the target from it)")
-        _check(bool(self.source_prompt and str(self.source_prompt).strip()), "loss.source_prompt", self.source_prompt,
-               "DDS needs a description of the input image", 'set loss.source_prompt="a photo of a cat" (the run\'s prompt is the edit target)')
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (official notebook)")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
 
 
 # ----------------------------------------------------------------------------------------- reward-aligned losses
-class PGEstimator(str, Enum):
-    noising = "noising"  # (a) REINFORCE on the forward noising q(x_t | z): field -A (a_t / s_t) eps, no model backward
-    first_transition = "first_transition"  # (b) log-prob of the rollout's first transition, backward through the model input
-
-
-class AdvantageNorm(str, Enum):
-    batch = "batch"  # over the N rollouts of the step
-    running = "running"  # DDPO's per-prompt buffer (batch statistics until min_count rewards are held)
-
-
-class SDSNoises(str, Enum):
-    all = "all"  # SDS averaged over the N start noises (predictions shared with the rollouts: free)
-    first = "first"  # SDS on candidate 0 only (the same noise as plain SDS)
-
-
-class PreviewKind(str, Enum):
-    one_step = "one_step"  # x0 = (x_t - s_t eps_cfg) / a_t (DreamDPO)
-    lookahead = "lookahead"  # the engine's DDIM lookahead (RewardSDS; lookahead.* options)
-
-
-class PairRanking(str, Enum):
-    per_view = "per_view"  # win and lose per view, each view's own pair (DreamDPO paper and code)
-    mean = "mean"  # one win and one lose per candidate, by the reward averaged over its views
-
-
-class BelowThreshold(str, Enum):
-    win_sds = "win_sds"  # SDS on the win sample (DreamDPO paper)
-    win_eps = "win_eps"  # w(t) eps_cfg(x_t^w) without the noise term (DreamDPO reference code)
-
-
-class DPOPairs(str, Enum):
-    previews = "previews"  # the win/lose previews re-noised at t with one shared noise (Diffusion-DPO's image pair)
-    candidates = "candidates"  # the noisy candidates x_t^w, x_t^l with their own noises (ALGORITHMS.md 7.2 literally)
-
-
-class NegativeUpdate(str, Enum):
-    dpo = "dpo"  # Diffusion-DPO on the guided denoising errors of the win/lose pair (any reward)
-    reward_feedback = "reward_feedback"  # back-propagate a differentiable reward of the win preview into e
-    frozen = "frozen"  # keep the negative embedding fixed (ablation)
-
-
-def _check_fraction(key: str, value: float, fix: str) -> None:
-    _check(0.0 <= value <= 1.0, key, value, "is a fraction of the steps and must be in [0, 1]", fix)
-
-
-@dataclass
-class DDPO3DLossConfig(LossConfig):
-    """DDPO3D as interpreted here (ALGORITHMS.md 6.3): SDS plus a policy gradient on stochastic DDIM rollouts."""
-
-    _target_: str = "rewardsds.losses.ddpo3d.DDPO3DLoss"
-    guidance_scale: float = 100.0  # CFG of the SDS term
-    weighting: SDSWeighting = SDSWeighting.sds
-    target: SDSTarget = SDSTarget.eps
-    recon_std_rescale: float = 0.5
-    grad_clip: Optional[float] = None
-    lambda_sds: float = 1.0
-    lambda_pg: float = 0.1
-    pg_weighting: SDSWeighting = SDSWeighting.sds  # timestep weight of the PG term (uniform = plain REINFORCE)
-    pg_start: float = 0.3  # PG term on from this fraction of the steps (until reward_duration ends)
-    sds_end: float = 1.0  # SDS off from this fraction of the steps (1.0: kept to the end)
-    sds_noises: SDSNoises = SDSNoises.all
-    estimator: PGEstimator = PGEstimator.noising
-    rollout_steps: int = 10  # K
-    rollout_guidance: float = 7.5
-    eta: float = 1.0
-    advantage: AdvantageNorm = AdvantageNorm.batch
-    advantage_clip: float = 5.0
-    buffer_size: int = 16
-    min_count: int = 16
-
-    def __post_init__(self) -> None:
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 100 (2D) or 50 (MVDream)")
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
-        self.target = _enum(SDSTarget, self.target, "loss.target")
-        self.pg_weighting = _enum(SDSWeighting, self.pg_weighting, "loss.pg_weighting")
-        self.sds_noises = _enum(SDSNoises, self.sds_noises, "loss.sds_noises")
-        self.estimator = _enum(PGEstimator, self.estimator, "loss.estimator")
-        self.advantage = _enum(AdvantageNorm, self.advantage, "loss.advantage")
-        _check(0 <= self.recon_std_rescale <= 1, "loss.recon_std_rescale", self.recon_std_rescale, "must be in [0, 1]", "use 0.5")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
-        _check(self.lambda_sds >= 0, "loss.lambda_sds", self.lambda_sds, "must be >= 0", "use 1.0")
-        _check(self.lambda_pg >= 0, "loss.lambda_pg", self.lambda_pg, "must be >= 0", "use 0.1")
-        _check_fraction("loss.pg_start", self.pg_start, "use 0.3 (after an SDS warm-up) or 0 (from the start)")
-        _check_fraction("loss.sds_end", self.sds_end, "use 1.0 (keep SDS to the end)")
-        _check(self.rollout_steps >= 1, "loss.rollout_steps", self.rollout_steps,
-               "must be >= 1: the policy gradient scores the end of a rollout of at least one DDIM step", "use 10 (DDPO's default)")
-        _check(self.rollout_guidance >= 0, "loss.rollout_guidance", self.rollout_guidance, "must be >= 0", "use 7.5")
-        _check(0 <= self.eta <= 1, "loss.eta", self.eta, "must be in [0, 1]", "use 1.0 (DDPO)")
-        _check(self.estimator is not PGEstimator.first_transition or self.eta > 0, "loss.eta", self.eta,
-               "must be > 0 with loss.estimator=first_transition (a deterministic transition has no log-density)",
-               "use loss.eta=1.0, or loss.estimator=noising")
-        _check(self.advantage_clip > 0, "loss.advantage_clip", self.advantage_clip, "must be > 0", "use 5.0")
-        _check(self.buffer_size >= 2, "loss.buffer_size", self.buffer_size, "must be >= 2", "use 16 (DDPO)")
-        _check(1 <= self.min_count <= self.buffer_size, "loss.min_count", self.min_count,
-               f"must be in [1, loss.buffer_size = {self.buffer_size}]", "use 16 with buffer_size 16 (DDPO)")
-
-
-@dataclass
-class DreamDPOLossConfig(LossConfig):
-    """DreamDPO (ALGORITHMS.md 8.2): win/lose residual difference with a reward-gap threshold."""
-
-    _target_: str = "rewardsds.losses.dreamdpo.DreamDPOLoss"
-    guidance_scale: float = 7.5
-    lose_guidance_scale: float = 1.0  # 1 = the conditional prediction (reference code)
-    weighting: SDSWeighting = SDSWeighting.sds
-    threshold: float = 0.01
-    below_threshold: BelowThreshold = BelowThreshold.win_sds
-    preview: PreviewKind = PreviewKind.one_step
-    preview_guidance: Optional[float] = None  # CFG of the one-step preview (null = guidance_scale)
-    ranking: PairRanking = PairRanking.per_view  # win/lose per view (reference) or by the mean over views
-    grad_clip: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (MVDream) or 100 (2D)")
-        self.ranking = _enum(PairRanking, self.ranking, "loss.ranking")
-        _check(self.lose_guidance_scale >= 0, "loss.lose_guidance_scale", self.lose_guidance_scale, "must be >= 0", "use 1.0")
-        _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01 (or 0 to always pull and push)")
-        _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
-               "must be >= 0", "use 7.5 or null")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
-        self.below_threshold = _enum(BelowThreshold, self.below_threshold, "loss.below_threshold")
-        self.preview = _enum(PreviewKind, self.preview, "loss.preview")
-
-
-@dataclass
-class PSDLossConfig(LossConfig):
-    """PSD as interpreted here (ALGORITHMS.md 7.2): preference guidance with a co-optimised negative embedding."""
-
-    _target_: str = "rewardsds.losses.psd.PSDLoss"
-    guidance_scale: float = 7.5
-    weighting: SDSWeighting = SDSWeighting.sds
-    threshold: float = 0.01
-    lose_scale: float = 1.0
-    gap_ref: Optional[float] = 0.05
-    preview: PreviewKind = PreviewKind.one_step
-    preview_guidance: Optional[float] = None
-    negative_update: NegativeUpdate = NegativeUpdate.dpo
-    negative_init: str = ""  # conf/loss/psd.yaml sets ${negative_prompt}
-    negative_lr: float = 1e-3
-    negative_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    negative_eps: float = 1e-8
-    negative_weight_decay: float = 0.0
-    negative_start: float = 0.1
-    dpo_beta: float = 2500.0
-    dpo_pairs: DPOPairs = DPOPairs.previews
-    feedback_weight: float = 1.0
-    anchor_weight: float = 1.0
-    grad_clip: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        _check(self.guidance_scale >= 0, "loss.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5")
-        _check(self.threshold >= 0, "loss.threshold", self.threshold, "must be >= 0", "use 0.01")
-        _check(self.lose_scale >= 0, "loss.lose_scale", self.lose_scale, "must be >= 0", "use 1.0")
-        _check(self.gap_ref is None or self.gap_ref > 0, "loss.gap_ref", self.gap_ref, "must be > 0 or null", "use 0.05 or null")
-        _check(self.preview_guidance is None or self.preview_guidance >= 0, "loss.preview_guidance", self.preview_guidance,
-               "must be >= 0", "use 7.5 or null")
-        self.weighting = _enum(SDSWeighting, self.weighting, "loss.weighting")
-        self.preview = _enum(PreviewKind, self.preview, "loss.preview")
-        self.negative_update = _enum(NegativeUpdate, self.negative_update, "loss.negative_update")
-        self.dpo_pairs = _enum(DPOPairs, self.dpo_pairs, "loss.dpo_pairs")
-        _check(self.negative_lr > 0, "loss.negative_lr", self.negative_lr, "must be > 0", "use 1e-3")
-        check_betas(_check, "loss.negative_betas", self.negative_betas, "use [0.9, 0.999]")
-        _check(self.negative_eps > 0, "loss.negative_eps", self.negative_eps, "must be > 0", "use 1e-8")
-        check_grad_clip(_check, "loss.grad_clip", self.grad_clip)
-        _check(self.negative_weight_decay >= 0, "loss.negative_weight_decay", self.negative_weight_decay, "must be >= 0", "use 0")
-        _check_fraction("loss.negative_start", self.negative_start, "use 0.1 (a 10% warm-up)")
-        _check(self.dpo_beta > 0, "loss.dpo_beta", self.dpo_beta, "must be > 0", "use 2500 (Diffusion-DPO's 5000 with its factor 1/2)")
-        _check(self.feedback_weight > 0, "loss.feedback_weight", self.feedback_weight, "must be > 0", "use 1.0")
-        _check(self.anchor_weight >= 0, "loss.anchor_weight", self.anchor_weight, "must be >= 0", "use 1.0 (0 disables the anchor)")
-
-
-REWARD_ALIGNED_LOSSES = (DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig)
-
-
-def _loss_option(cfg_loss: Any) -> str:
-    return {DDPO3DLossConfig: "ddpo3d", DreamDPOLossConfig: "dreamdpo", PSDLossConfig: "psd"}.get(type(cfg_loss), "?")
-
-
-def _reward_is_differentiable(reward: Any) -> Optional[bool]:
-    """The reward config's ``differentiable`` field if it has one, else its class's flag (None if unknown)."""
-    if reward is None:
-        return None
-    if hasattr(reward, "differentiable"):
-        return bool(reward.differentiable)
-    try:
-        from hydra.utils import get_class
-
-        return bool(get_class(reward._target_).differentiable)
-    except Exception:  # an unknown target fails later, at instantiation, with its own error
-        return None
-
-
-def check_reward_aligned_losses(cfg: Any) -> None:
-    """DDPO3D, DreamDPO and PSD rank or normalise their own candidates' rewards: they need a reward, no
-    strategy weights, enough candidates, and (PSD reward feedback) a differentiable reward. Registered as
-    a cross-group check of the root config below."""
-    loss = cfg.loss
-    if not isinstance(loss, REWARD_ALIGNED_LOSSES):
-        return
-    option = _loss_option(loss)
-    strategy = next((k for k, v in SCHEMAS["strategy"].items() if isinstance(cfg.strategy, v)), type(cfg.strategy).__name__)
-    if not isinstance(cfg.strategy, NoStrategyConfig):
-        raise ConfigError("strategy", strategy, f"does not apply to loss={option}, which weighs its own candidates "
-                          "from their rewards", "set strategy=none")
-    if cfg.reward is None:
-        raise ConfigError("reward", None, f"is required by loss={option}", "choose a reward, e.g. reward=jpeg_compressibility")
-    if isinstance(loss, (DreamDPOLossConfig, PSDLossConfig)) and cfg.n_noises < 2:
-        raise ConfigError("n_noises", cfg.n_noises, f"loss={option} compares a win and a lose candidate and needs at least 2",
-                          "set n_noises=2")
-    if isinstance(loss, DDPO3DLossConfig) and loss.advantage is AdvantageNorm.batch and cfg.n_noises < 2:
-        raise ConfigError("n_noises", cfg.n_noises, "loss.advantage=batch normalises rewards over the rollouts of one step "
-                          "and needs at least 2", "set n_noises>=2 (4 or more recommended), or loss.advantage=running")
-    if isinstance(loss, PSDLossConfig) and loss.negative_update is NegativeUpdate.reward_feedback:
-        if _reward_is_differentiable(cfg.reward) is False:
-            name = getattr(cfg.reward, "_target_", "?").rsplit(".", 1)[-1]
-            raise ConfigError("loss.negative_update", "reward_feedback",
-                              f"back-propagates the reward into the negative embedding, but the reward ({name}) is not "
-                              "differentiable", "use loss.negative_update=dpo (works with any reward: it only uses the "
-                              "win/lose ranking) or a differentiable reward")
 
 
 # ----------------------------------------------------------------------------------------- prompt sets, GPU locks
@@ -1158,13 +238,12 @@ def check_reward_aligned_losses(cfg: Any) -> None:
 class PromptSetConfig:
     """A named list of prompts (``conf/prompts/<name>.yaml``); a multirun runs one job per prompt."""
 
-    _target_: str = "rewardsds.prompts.PromptSet"
     name: str = MISSING
     items: List[str] = field(default_factory=list)
     source: str = ""  # one-line citation, logged with the run (full provenance: the YAML header)
 
     def __post_init__(self) -> None:
-        _check(len(self.items) > 0, "prompts.items", list(self.items), f"is empty in prompts={self.name}",
+        check(len(self.items) > 0, "prompts.items", list(self.items), f"is empty in prompts={self.name}",
                "list at least one prompt under items:")
 
 
@@ -1184,9 +263,9 @@ class GpuLockConfig:
     def __post_init__(self) -> None:
         if self.gpus is not None:
             gpus = list(self.gpus)
-            _check(len(gpus) > 0 and all(int(g) >= 0 for g in gpus) and len(set(gpus)) == len(gpus), "gpu_lock.gpus", gpus,
+            check(len(gpus) > 0 and all(int(g) >= 0 for g in gpus) and len(set(gpus)) == len(gpus), "gpu_lock.gpus", gpus,
                    "must list distinct device indices >= 0", "use e.g. gpu_lock.gpus=[0,1], or null for every visible GPU")
-        _check(self.wait_s > 0, "gpu_lock.wait_s", self.wait_s, "must be > 0", "use 2.0")
+        check(self.wait_s > 0, "gpu_lock.wait_s", self.wait_s, "must be > 0", "use 2.0")
 
 
 # ----------------------------------------------------------------------------------------- root nodes
@@ -1199,7 +278,7 @@ class TimestepConfig:
     grid: TimestepGrid = TimestepGrid.uniform
 
     def __post_init__(self) -> None:
-        self.grid = _enum(TimestepGrid, self.grid, "timesteps.grid")
+        self.grid = enum_option(TimestepGrid, self.grid, "timesteps.grid")
         check_timestep_range(self.t_min, self.t_max)
 
 
@@ -1215,12 +294,12 @@ class LookaheadConfig:
     prune_to: int = 0  # 0 = off; else full lookahead only for the prune_to best candidates by one-step reward
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
-        _check(self.guidance_scale >= 0, "lookahead.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (2D) or 50 (MVDream)")
-        self.grid = _enum(LookaheadGrid, self.grid, "lookahead.grid")
-        self.start = _enum(LookaheadStart, self.start, "lookahead.start")
-        _check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
-        _check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off) or fewer than n_noises")
+        check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
+        check(self.guidance_scale >= 0, "lookahead.guidance_scale", self.guidance_scale, "must be >= 0", "use 7.5 (2D) or 50 (MVDream)")
+        self.grid = enum_option(LookaheadGrid, self.grid, "lookahead.grid")
+        self.start = enum_option(LookaheadStart, self.start, "lookahead.start")
+        check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
+        check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off) or fewer than n_noises")
 
 
 @dataclass
@@ -1239,15 +318,13 @@ class OutputConfig:
     export_formats: List[ExportFormat] = field(default_factory=lambda: [ExportFormat.all])
 
     def __post_init__(self) -> None:
-        self.export_formats = [_enum(ExportFormat, f, "output.export_formats") for f in self.export_formats]
-
-    def __post_init__(self) -> None:
+        self.export_formats = [enum_option(ExportFormat, f, "output.export_formats") for f in self.export_formats]
         for key, fix in (("image_every", "use e.g. 100, or 0 for never"), ("candidates_every", "use 0 (never) or e.g. 50"),
                          ("checkpoint_every", "use e.g. 100, or 0 for only at the end"),
                          ("turntable_frames", "use e.g. 60, or 0 for no turntable")):
-            _check(getattr(self, key) >= 0, f"output.{key}", getattr(self, key), "must be >= 0 (a count of steps or frames)", fix)
+            check(getattr(self, key) >= 0, f"output.{key}", getattr(self, key), "must be >= 0 (a count of steps or frames)", fix)
         for key, fix in (("video_fps", "use 20"), ("video_frames", "use e.g. 100"), ("eval_views", "use e.g. 8")):
-            _check(getattr(self, key) >= 1, f"output.{key}", getattr(self, key), "must be >= 1", fix)
+            check(getattr(self, key) >= 1, f"output.{key}", getattr(self, key), "must be >= 1", fix)
 
 
 @dataclass
@@ -1263,9 +340,9 @@ class CompareConfig:
     def __post_init__(self) -> None:
         for label in self.runs:
             # each variant writes <run folder>/<label>_seed<seed>
-            _check_name(f"compare.runs.{label}", label, "use a plain label such as sds or reward_sds")
+            check_name(f"compare.runs.{label}", label, "use a plain label such as sds or reward_sds")
         for seed in self.seeds:
-            check_seed(_check, "compare.seeds", seed)
+            check_seed(check, "compare.seeds", seed)
 
 
 @dataclass
@@ -1304,53 +381,59 @@ class Config:
     gpu_lock: GpuLockConfig = field(default_factory=GpuLockConfig)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt, "is missing or empty",
+        check(isinstance(self.prompt, str) and self.prompt.strip() != "", "prompt", self.prompt, "is missing or empty",
                'pass a prompt, e.g. prompt="a photo of a red fox"')
-        check_seed(_check, "seed", self.seed)
-        _check_name("name", self.name, "use a short label such as fox_test (it is appended to the run folder's name)")
-        _check(self.steps >= 1, "steps", self.steps, "must be >= 1", "use e.g. 1000")
-        _check(self.n_noises >= 1, "n_noises", self.n_noises, "must be >= 1", "use e.g. 4, 8 or 10")
-        _check(0.0 <= self.reward_duration <= 1.0, "reward_duration", self.reward_duration, "must be in [0, 1]",
+        check_seed(check, "seed", self.seed)
+        check_name("name", self.name, "use a short label such as fox_test (it is appended to the run folder's name)")
+        check(self.steps >= 1, "steps", self.steps, "must be >= 1", "use e.g. 1000")
+        check(self.n_noises >= 1, "n_noises", self.n_noises, "must be >= 1", "use e.g. 4, 8 or 10")
+        check(0.0 <= self.reward_duration <= 1.0, "reward_duration", self.reward_duration, "must be in [0, 1]",
                "use 1.0 (2D), 0.5 (paper 3D) or 0.7 (reference 3D)")
-        _check(self.chunk_size >= 0, "chunk_size", self.chunk_size, "must be >= 0", "use 0 (automatic)")
-        _check(self.max_nonfinite_steps >= 0, "max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0", "use 10")
-        _check(self.name is None or (self.name.strip() != "" and not any(c in self.name for c in "/\\") and ".." not in self.name),
-               "name", self.name, "becomes part of the run folder's name and must be a plain name",
-               "use letters, digits, '-' and '_' (e.g. name=fox_sweep)")
-        _check(self.output.progress_every >= 0, "output.progress_every", self.output.progress_every, "must be >= 0",
+        check(self.chunk_size >= 0, "chunk_size", self.chunk_size, "must be >= 0", "use 0 (automatic)")
+        check(self.max_nonfinite_steps >= 0, "max_nonfinite_steps", self.max_nonfinite_steps, "must be >= 0", "use 10")
+        check(self.output.progress_every >= 0, "output.progress_every", self.output.progress_every, "must be >= 0",
                "use 0 (about 20 lines per run) or a number of steps")
-        self.reward_views = _enum(ViewAggregation, self.reward_views, "reward_views")
-        s = self.strategy
-        if isinstance(s, MinMaxStrategyConfig):
-            _check(self.n_noises >= s.n_max + s.n_min, "n_noises", self.n_noises,
-                   f"is smaller than strategy.n_max + strategy.n_min = {s.n_max} + {s.n_min} = {s.n_max + s.n_min}",
-                   f"set n_noises>={s.n_max + s.n_min} or lower strategy.n_max / strategy.n_min")
-        _check(self.lookahead.prune_to < self.n_noises or self.lookahead.prune_to == 0, "lookahead.prune_to", self.lookahead.prune_to,
-               f"must be smaller than n_noises = {self.n_noises} to prune anything", "use 0 (off) or a value below n_noises")
-        if isinstance(s, BestStrategyConfig):
-            _check(self.n_noises >= s.n_best, "n_noises", self.n_noises, f"is smaller than strategy.n_best = {s.n_best}",
-                   f"set n_noises>={s.n_best} or lower strategy.n_best")
-        _cross_group_checks(self)
+        self.reward_views = enum_option(ViewAggregation, self.reward_views, "reward_views")
+        check(self.lookahead.prune_to < self.n_noises or self.lookahead.prune_to == 0, "lookahead.prune_to", self.lookahead.prune_to,
+              f"must be smaller than n_noises = {self.n_noises} to prune anything", "use 0 (off) or a value below n_noises")
 
 
-# Checks between groups that are added by later modules (3D, MVDream, loss modes) register here, so
-# the root schema stays one place that calls them all.
-_CROSS_CHECKS: list = []
+# ----------------------------------------------------------------------------------------- checks across groups
+class Choices(dict):
+    """The option chosen in each config group, as Hydra recorded it (``hydra.runtime.choices``).
+
+    Error messages and a run's record name options the way the user chose them (``loss=psd``); a group Hydra did
+    not record (a config built in Python) reads as its schema class.
+    """
+
+    def of(self, group: str, node: Any) -> str:
+        value = self.get(group)
+        return str(value) if value not in (None, "null") else type(node).__name__
 
 
-def register_cross_check(fn):
-    """Decorator: ``fn(cfg: Config)`` raises ConfigError for an incompatible combination."""
-    _CROSS_CHECKS.append(fn)
-    return fn
+def hydra_choices(cfg: Optional[DictConfig] = None) -> Choices:
+    """The group choices of the running Hydra job, else those a composed config carries (``compose(...,
+    return_hydra_config=True)``), else none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Choices(HydraConfig.get().runtime.choices)
+    node = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) if cfg is not None else None
+    return Choices(OmegaConf.to_container(node) if node is not None else {})
 
 
-def _cross_group_checks(cfg: Config) -> None:
-    for fn in _CROSS_CHECKS:
-        fn(cfg)
+def _strategy_needs_enough_candidates(cfg: Config, choices: Choices) -> None:
+    s = cfg.strategy
+    if isinstance(s, MinMaxStrategyConfig):
+        check(cfg.n_noises >= s.n_max + s.n_min, "n_noises", cfg.n_noises,
+              f"is smaller than strategy.n_max + strategy.n_min = {s.n_max} + {s.n_min} = {s.n_max + s.n_min}",
+              f"set n_noises>={s.n_max + s.n_min} or lower strategy.n_max / strategy.n_min")
+    if isinstance(s, BestStrategyConfig):
+        check(cfg.n_noises >= s.n_best, "n_noises", cfg.n_noises, f"is smaller than strategy.n_best = {s.n_best}",
+              f"set n_noises>={s.n_best} or lower strategy.n_best")
 
 
-@register_cross_check
-def _multiview_view_groups(cfg: Config) -> None:
+def _multiview_view_groups(cfg: Config, choices: Choices) -> None:
     frames = getattr(cfg.prior, "num_frames", 1) or 1
     cams = cfg.cameras
     if frames > 1 and isinstance(cams, CameraConfig) and not isinstance(cfg.representation, LatentImageConfig):
@@ -1364,26 +447,22 @@ def _multiview_view_groups(cfg: Config) -> None:
                                   f"use a multiple of {frames} views per step, e.g. {{start: 8, end: 4}}")
 
 
-@register_cross_check
-def _multiview_needs_views(cfg: Config) -> None:
-    prior_target = getattr(cfg.prior, "_target_", "")
-    rep = cfg.representation
-    if "mvdream" in prior_target and isinstance(rep, LatentImageConfig):
+def _multiview_needs_views(cfg: Config, choices: Choices) -> None:
+    if isinstance(cfg.prior, MVDreamPriorConfig) and isinstance(cfg.representation, LatentImageConfig):
         raise ConfigError(
-            "representation", "latent_image",
-            "cannot give the 4 camera-posed views per object that the multi-view prior (prior=mvdream) needs",
+            "representation", choices.of("representation", cfg.representation),
+            f"cannot give the 4 camera-posed views per object that the multi-view prior (prior={choices.of('prior', cfg.prior)}) needs",
             "use representation=nerf or representation=gaussians with prior=mvdream",
         )
 
 
-@register_cross_check
-def _dds_edits_a_latent_image(cfg: Config) -> None:
+def _dds_edits_a_latent_image(cfg: Config, choices: Choices) -> None:
     """DDS is a 2D editing method: the target is a latent image started from the source image (ALGORITHMS.md 4.1)."""
     loss, rep = cfg.loss, cfg.representation
     if not isinstance(loss, DDSLossConfig):
         return
     if not isinstance(rep, LatentImageConfig):
-        raise ConfigError("representation", type(rep).__name__, "cannot be edited by loss=dds, an image-editing method",
+        raise ConfigError("representation", choices.of("representation", rep), "cannot be edited by loss=dds, an image-editing method",
                           "use representation=latent_image (experiment=edit_dds)")
     fix = f"set representation.init=image representation.init_image={loss.image} (experiment=edit_dds does both)"
     if rep.init != "image":
@@ -1396,11 +475,46 @@ def _dds_edits_a_latent_image(cfg: Config) -> None:
                           "and target start equal", "set prior.encode_sample=false")
 
 
-register_cross_check(check_reward_aligned_losses)
+def _reward_is_differentiable(reward: Any) -> Optional[bool]:
+    """The reward config's ``differentiable`` field if it has one, else its class's flag (None if unknown)."""
+    if reward is None:
+        return None
+    if hasattr(reward, "differentiable"):
+        return bool(reward.differentiable)
+    try:
+        from hydra.utils import get_class
+
+        return bool(get_class(reward._target_).differentiable)
+    except Exception:  # an unknown target fails later, at instantiation, with its own error
+        return None
 
 
-@register_cross_check
-def _export_formats_of_the_representation(cfg: Config) -> None:
+def _reward_aligned_losses(cfg: Config, choices: Choices) -> None:
+    """DDPO3D, DreamDPO and PSD rank or normalise their own candidates' rewards: they need a reward, no
+    strategy weights, enough candidates, and (PSD reward feedback) a differentiable reward."""
+    loss = cfg.loss
+    if not isinstance(loss, (DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig)):
+        return
+    option = choices.of("loss", loss)
+    if not isinstance(cfg.strategy, NoStrategyConfig):
+        raise ConfigError("strategy", choices.of("strategy", cfg.strategy), f"does not apply to loss={option}, which weighs "
+                          "its own candidates from their rewards", "set strategy=none")
+    if cfg.reward is None:
+        raise ConfigError("reward", None, f"is required by loss={option}", "choose a reward, e.g. reward=jpeg_compressibility")
+    if isinstance(loss, (DreamDPOLossConfig, PSDLossConfig)) and cfg.n_noises < 2:
+        raise ConfigError("n_noises", cfg.n_noises, f"loss={option} compares a win and a lose candidate and needs at least 2",
+                          "set n_noises=2")
+    if isinstance(loss, DDPO3DLossConfig) and loss.advantage is AdvantageNorm.batch and cfg.n_noises < 2:
+        raise ConfigError("n_noises", cfg.n_noises, "loss.advantage=batch normalises rewards over the rollouts of one step "
+                          "and needs at least 2", "set n_noises>=2 (4 or more recommended), or loss.advantage=running")
+    if isinstance(loss, PSDLossConfig) and loss.negative_update is NegativeUpdate.reward_feedback:
+        if _reward_is_differentiable(cfg.reward) is False:
+            name = choices.of("reward", cfg.reward)
+            raise ConfigError("loss.negative_update", "reward_feedback", f"needs a differentiable reward (reward={name} is not)",
+                              "use loss.negative_update=dpo, or a differentiable reward with reward.differentiable=true")
+
+
+def _export_formats_of_the_representation(cfg: Config, choices: Choices) -> None:
     """``output.export_formats`` names only formats the representation writes (read from its class)."""
     from hydra.utils import get_class
 
@@ -1411,15 +525,16 @@ def _export_formats_of_the_representation(cfg: Config) -> None:
     available = tuple(getattr(get_class(target), "export_formats", ()))
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ConfigError("output.export_formats", names, f"names {', '.join(unknown)}, which {target.rsplit('.', 1)[-1]} "
-                          f"does not write (it writes: {', '.join(available) or 'nothing'})",
+        raise ConfigError("output.export_formats", names, f"names {', '.join(unknown)}, which "
+                          f"representation={choices.of('representation', cfg.representation)} does not write (it writes: "
+                          f"{', '.join(available) or 'nothing'})",
                           f"use [all], [] or a list of: {', '.join(available)}" if available else "use [all] or []")
 
 
-def _tiny_decode_needs_a_tiny_autoencoder(cfg: Config) -> None:
+def _tiny_decode_needs_a_tiny_autoencoder(cfg: Config, choices: Choices) -> None:
     if cfg.lookahead.decode != "tiny":
         return
-    prior = next((k for k, v in SCHEMAS["prior"].items() if type(cfg.prior) is v), type(cfg.prior).__name__)
+    prior = choices.of("prior", cfg.prior)
     if not hasattr(cfg.prior, "tiny_vae"):
         raise ConfigError("lookahead.decode", "tiny", f"asks for the prior's tiny autoencoder, and prior={prior} has none "
                           "(its decode is already exact and cheap)", "use lookahead.decode=full")
@@ -1428,24 +543,25 @@ def _tiny_decode_needs_a_tiny_autoencoder(cfg: Config) -> None:
                           "set prior.tiny_vae=madebyollin/taesd (or a local folder), or use lookahead.decode=full")
 
 
-# ----------------------------------------------------------------------------------------- registry
-SCHEMAS: dict[str, dict[str, type]] = {
-    "prior": {"sd": SDPriorConfig, "analytic": AnalyticPriorConfig, "mvdream": MVDreamPriorConfig},
-    "representation": {"latent_image": LatentImageConfig, "nerf": NeRFConfig, "gaussians": GaussiansConfig},
-    "loss": {"sds": SDSLossConfig, "vsd": VSDLossConfig, "sds_bridge": SDSBridgeLossConfig, "dds": DDSLossConfig,
-             "ddpo3d": DDPO3DLossConfig, "dreamdpo": DreamDPOLossConfig, "psd": PSDLossConfig},
-    "reward": {"jpeg": JPEGRewardConfig, "analytic": AnalyticRewardConfig, **REWARD_MODEL_SCHEMAS},
-    "strategy": {
-        "none": NoStrategyConfig,
-        "min_max": MinMaxStrategyConfig,
-        "best": BestStrategyConfig,
-        "weighted": WeightedStrategyConfig,
-        "random": RandomStrategyConfig,
-    },
-    "logger": {"wandb": WandbLoggerConfig, "csv": CSVLoggerConfig, "none": NoLoggerConfig},
-    "trainer": {"default": TrainerConfig},
-    "cameras": {"orbit": CameraConfig},
-    "prompts": {"set": PromptSetConfig},
+#: Checks of combinations of groups, run in this order by :func:`validate` after every schema's own checks.
+CROSS_CHECKS = (_strategy_needs_enough_candidates, _multiview_view_groups, _multiview_needs_views, _dds_edits_a_latent_image,
+                _reward_aligned_losses, _export_formats_of_the_representation, _tiny_decode_needs_a_tiny_autoencoder)
+
+
+# ----------------------------------------------------------------------------------------- registration
+#: The schemas of each config group; an option YAML extends one by its class name
+#: (``defaults: [/schema/<group>/<ClassName>@_here_, _self_]``) and names the class it builds in ``_target_``.
+GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
+    "prior": (SDPriorConfig, MVDreamPriorConfig, AnalyticPriorConfig),
+    "representation": (LatentImageConfig, NeRFConfig, GaussiansConfig),
+    "loss": (SDSLossConfig, VSDLossConfig, SDSBridgeLossConfig, DDSLossConfig, DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig),
+    "reward": (ImageRewardConfig, AestheticRewardConfig, CLIPScoreConfig, PickScoreConfig, HPSv2Config, ComboRewardConfig,
+               JPEGRewardConfig, AnalyticRewardConfig),
+    "strategy": (NoStrategyConfig, MinMaxStrategyConfig, BestStrategyConfig, WeightedStrategyConfig, RandomStrategyConfig),
+    "logger": (WandbLoggerConfig, CSVLoggerConfig, NoLoggerConfig),
+    "trainer": (TrainerConfig,),
+    "cameras": (CameraConfig,),
+    "prompts": (PromptSetConfig,),
 }
 
 
@@ -1461,14 +577,14 @@ def _share_config_store() -> None:
         ConfigStore.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
 
 
-def register_schemas(extra: Optional[dict[str, dict[str, type]]] = None) -> None:
-    """Store every schema as ``schema/<group>/<name>`` and the root as ``root_schema``."""
+def register_schemas() -> None:
+    """Store every schema as ``schema/<group>/<ClassName>`` and the root as ``root_schema``."""
     _share_config_store()
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=Config)
-    for group, options in {**SCHEMAS, **(extra or {})}.items():
-        for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for schema in schemas:
+            cs.store(group=f"schema/{group}", name=schema.__name__, node=schema)
 
 
 #: Override keys (or prefixes ending in ".") left out of sweep job folder names: they set the run up
@@ -1636,19 +752,35 @@ def _schema_default(cfg: DictConfig, key: str) -> Any:
     return default if isinstance(default, (int, float)) and not isinstance(default, bool) else None
 
 
-def validate(cfg: DictConfig) -> Config:
-    """Build the typed config (runs every ``__post_init__``); raise ConfigError on the first problem.
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without the ``hydra`` node a composed config may carry (``compose(..., return_hydra_config=True)``)."""
+    if "hydra" not in cfg:
+        return cfg
+    out = cfg.copy()
+    with open_dict(out):
+        out.pop("hydra")
+    return out
 
-    Before the schemas' own checks: keys that no schema declares (added with ``+``) and numbers that are inf or
-    nan. A prompt list (``prompts=<set>`` or ``prompts_file=<path>``) with ``prompt_index`` first sets
-    ``cfg.prompt``.
+
+def validate(cfg: DictConfig) -> Config:
+    """Build the typed config; raise ConfigError on the first problem.
+
+    In order: keys that no schema declares (added with ``+``) and numbers that are inf or nan; the prompt of a prompt
+    list (``prompts=<set>`` or ``prompts_file=<path>`` with ``prompt_index`` sets ``cfg.prompt``); every schema's own
+    checks (``__post_init__``, through ``OmegaConf.to_object``); then :data:`CROSS_CHECKS`, whose messages name
+    options as Hydra recorded the choices (:func:`hydra_choices`).
     """
     from rewardsds.prompts import select_prompt
 
+    choices = hydra_choices(cfg)
+    cfg = without_hydra(cfg)
     check_known_keys(cfg)
     check_finite_numbers(cfg)
     select_prompt(cfg)
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    for fn in CROSS_CHECKS:
+        fn(typed, choices)
+    return typed
 
 
 register_schemas()

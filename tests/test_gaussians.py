@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rewardsds.cameras import CameraSampler, orbit_cameras
-from rewardsds.config import GaussiansConfig
+from rewardsds.representations.config import GaussiansConfig
 from rewardsds.errors import ConfigError
 from rewardsds.representations._raster import (
     ALPHA_THRESHOLD,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewardsds.config import NeRFConfig
+from rewardsds.representations.config import NeRFConfig
 from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import HashGridEncoding
 from rewardsds.representations.nerf import NeRF

@@ -713,7 +713,7 @@ def test_schema_matches_constructor_and_yaml():
 
     import yaml
 
-    from rewardsds.config import MVDreamPriorConfig
+    from rewardsds.priors.config import MVDreamPriorConfig
 
     fields = {f: getattr(MVDreamPriorConfig(), f) for f in MVDreamPriorConfig.__dataclass_fields__ if f != "_target_"}
     sig = inspect.signature(mv.MVDreamPrior.__init__).parameters
@@ -734,7 +734,7 @@ def test_schema_matches_constructor_and_yaml():
     (dict(dtype="fp64"), "prior.dtype"),
 ])
 def test_schema_rejects_bad_values(kwargs, key):
-    from rewardsds.config import MVDreamPriorConfig
+    from rewardsds.priors.config import MVDreamPriorConfig
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         MVDreamPriorConfig(**kwargs)

@@ -11,7 +11,7 @@ import trimesh
 from omegaconf import OmegaConf
 
 from rewardsds.cameras import CameraSampler, orbit_cameras
-from rewardsds.config import NeRFConfig
+from rewardsds.representations.config import NeRFConfig
 from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import (DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference, sample_planes,
                                              sample_volume)
