@@ -1,22 +1,23 @@
-"""Candidate machinery shared by every loss mode: noises, the prediction at t, lookahead, rewards, weights.
+"""The candidates of one step, and the engine that draws, predicts, looks ahead, scores and weighs them.
 
-One step of RewardSDS (paper Eq. 4, ALGORITHMS.md 5) on ``b`` views of the current scene:
+RewardSDS (paper Eq. 4, ALGORITHMS.md 5) on ``b`` views of the current scene:
 
-    noises eps_i ~ N(0, I), i = 1..N               (explicit per-step generator: strategies see equal noises)
+    noises eps_i ~ N(0, I), i = 1..N               (rewardsds.rng: strategies compared with one seed see equal noises)
     x_t^i = a_t z + s_t eps_i                      (no grad)
     (eps_c, eps_u)(x_t^i) in ONE batched call      (chunked; reused by the loss AND the lookahead's first step)
-    x_0^i = DDIM_lookahead(x_t^i)                  (deterministic, its own guidance scale, batched over i)
+    x_0^i = DDIM_lookahead(x_t^i)                  (rewardsds.ddim at eta 0, its own guidance scale, batched over i)
     r_i = reward(decode(x_0^i), prompt)            (views of a candidate averaged, or kept per view)
     w = strategy(r)                                (none / min_max / best / weighted / random)
 
-Candidates are laid out candidate-major: flat index = i * b + view, so multi-view priors see whole
-view groups in every chunk.
+The system's training step calls these stages in this order (``DistillationSystem.run_step``); loss modes with
+their own candidate machinery (DDPO3D's rollouts, the preference pairs of DreamDPO and PSD) call them too.
+Candidates are laid out candidate-major: flat index = i * b + view, so multi-view priors see whole view groups in
+every chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -24,117 +25,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rewardsds import ddim
 from rewardsds.priors.base import Prior, TextCond, guide
 from rewardsds.rewards.base import Reward, aggregate_views
-from rewardsds.schedules import Streams, seed_for
+from rewardsds.rng import Streams, candidate_noise, seed_for
 from rewardsds.strategies import Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
-
-
-# ----------------------------------------------------------------------------------------- noise
-_GENERATORS: dict[str, torch.Generator] = {}
-
-
-def seeded_randn(shape: Sequence[int], seed: int, device: torch.device | str, dtype=torch.float32) -> Tensor:
-    """Standard normal draw from a generator seeded with ``seed`` on ``device`` (one cached generator per device)."""
-    device = torch.device(device)
-    key = str(device)
-    g = _GENERATORS.get(key)
-    if g is None:
-        g = _GENERATORS[key] = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return torch.randn(tuple(shape), generator=g, device=device, dtype=dtype)
-
-
-def candidate_noise(n: int, shape: Sequence[int], seed: int, step: int, device, stream: int = Streams.NOISE) -> Tensor:
-    """Noises [n, *shape]; candidate i's noise depends only on (seed, step, i), never on n.
-
-    So ``n_noises=4`` and ``n_noises=8`` share their first four candidates, and any two strategies run with
-    the same seed see identical noises.
-    """
-    return torch.stack([seeded_randn(shape, seed_for(seed, step, stream, i), device) for i in range(n)])
-
-
-# ----------------------------------------------------------------------------------------- lookahead schedule
-def ddim_grid(kind: str, steps: int, T: int = 1000) -> list[int]:
-    """The full DDIM grid, descending.
-
-    ``leading``: diffusers DDIM "leading" spacing with steps_offset 1 (2D reference, 15 steps:
-    925, 859, ..., 67, 1). ``linspace``: floor(linspace(0, T-1, steps)) (3D reference: 999, 927, ..., 71, 0).
-    """
-    kind = getattr(kind, "value", kind)
-    if steps <= 0:
-        return []
-    if kind == "leading":
-        ratio = T // steps
-        return sorted({i * ratio + 1 for i in range(steps)}, reverse=True)
-    if kind == "linspace":
-        return sorted({int(math.floor(v)) for v in torch.linspace(0, T - 1, steps, dtype=torch.float64).tolist()}, reverse=True)
-    raise ValueError(f"unknown lookahead grid {kind!r}; use leading or linspace")
-
-
-def lookahead_calls(t: int, grid: list[int], start: str = "exact_t") -> list[int]:
-    """Timesteps at which the lookahead calls the model, descending; the last call steps to abar_0.
-
-    ``exact_t`` starts at t itself (then visits the grid points below t); ``grid`` starts at the largest
-    grid point <= t without re-noising (2D reference; the latent is at level t but is treated as tau).
-    Grid point 0 is only a target, never a call.
-    """
-    start = getattr(start, "value", start)
-    pts = [g for g in grid if g > 0]
-    if start == "exact_t":
-        return [t] + [g for g in pts if g < t]
-    if start == "grid":
-        calls = [g for g in pts if g <= t]
-        return calls if calls else [t]
-    raise ValueError(f"unknown lookahead start {start!r}; use exact_t or grid")
-
-
-def uniform_calls(t: int, steps: int) -> list[int]:
-    """Model-call timesteps of a ``steps``-step chain from t to 0 on an even grid, descending and distinct.
-
-    ``[round(t (steps - k) / steps) for k < steps]`` without repeats or zeros: the chain starts exactly at t
-    and its last transition targets abar_0. Fewer calls than ``steps`` only when t < steps.
-    """
-    if steps < 1:
-        raise ValueError(f"a rollout needs at least one step, got {steps}")
-    calls = [int(round(t * (steps - k) / steps)) for k in range(steps)]
-    return [c for c in dict.fromkeys(calls) if c > 0] or [max(1, int(t))]
-
-
-def ddim_transition(
-    x: Tensor, eps: Tensor, abar_from: Tensor, abar_to: Tensor, eta: float
-) -> tuple[Tensor, Tensor]:
-    """One DDIM step from level tau to tau' < tau as a Gaussian (Song et al. 2021, Eq. 12).
-
-    ``x0 = (x - sqrt(1 - a) eps) / sqrt(a)``, ``s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')``,
-    ``mean = sqrt(a') x0 + sqrt(1 - a' - s^2) eps`` with a = abar_tau, a' = abar_tau'. eta = 0 is the
-    deterministic DDIM step, eta = 1 the DDPM posterior variance (DDPO's policy, Black et al. 2023).
-
-    Args:
-        x: the sample at tau [m, c, h, w].
-        eps: the (guided) noise prediction at (x, tau) [m, c, h, w].
-        abar_from, abar_to: scalar tensors abar_tau, abar_tau'.
-        eta: stochasticity in [0, 1].
-
-    Returns:
-        (mean [m, c, h, w], std as a scalar tensor); differentiable in x and eps.
-    """
-    a, a_next = abar_from.to(x.dtype), abar_to.to(x.dtype)
-    var = (1 - a_next) / (1 - a) * (1 - a / a_next)
-    std = eta * var.clamp_min(0).sqrt()
-    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-    mean = a_next.sqrt() * x0 + (1 - a_next - std**2).clamp_min(0).sqrt() * eps
-    return mean, std
-
-
-def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """log N(x; mean, std^2 I) summed over all but the first axis, [m] (needs std > 0)."""
-    d = (x.float() - mean.float()) / std
-    per_elem = -0.5 * d**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-    return per_elem.flatten(1).sum(1)
+    from rewardsds.config import LookaheadConfig
 
 
 # ----------------------------------------------------------------------------------------- containers
@@ -235,54 +133,45 @@ class Rollout:
 
 # ----------------------------------------------------------------------------------------- engine
 class CandidateEngine:
-    """Draws, predicts, looks ahead, scores and weights candidates for every loss mode.
+    """Draws, predicts, looks ahead, scores and weighs the candidates of a step.
 
     Args:
         prior: the frozen prior.
-        reward: the reward model (may be unused when the strategy ignores rewards).
-        lookahead_steps: points of the DDIM grid (0 = one-step x0 estimate).
-        lookahead_guidance: CFG scale of the lookahead (2D reference 7.5; 3D reference 50).
-        lookahead_grid: ``leading`` or ``linspace``.
-        lookahead_start: ``exact_t`` or ``grid``.
-        lookahead_decode: ``full`` or ``tiny`` (prior's tiny autoencoder).
-        chunk_size: most model inputs per call (0 = automatic: all on CPU, from free memory on CUDA).
-        reward_views: ``mean`` or ``per_view``.
-        seed: run seed (noises are drawn from ``seed_for(seed, step, NOISE, i)``).
+        reward: the reward model (None when nothing is scored).
+        lookahead: the run's ``lookahead`` settings: ``steps`` (points of the DDIM grid; 0 = one-step x0 estimate),
+            ``guidance_scale``, ``grid``, ``start``, ``decode`` (full, or the prior's tiny autoencoder) and
+            ``prune_to`` (0 = off; else every candidate is scored on its one-step x0 estimate, free from the
+            prediction at t, and only the ``prune_to`` best run the full lookahead: an explicit approximation).
+        chunk_size: most model inputs per call (0 = automatic: all on the CPU, from free memory on CUDA).
+        reward_views: ``mean`` (one reward per candidate, averaged over its views) or ``per_view``.
+        seed: run seed (noises from ``seed_for(seed, step, NOISE, i)``).
         decode_chunk: most images per VAE decode / reward call (0 = all at once).
-        prune_to: 0 = off; else score all candidates on their one-step x0 estimate (free: the prediction at t)
-            and run the full lookahead only for the ``prune_to`` best; pruned candidates keep their one-step
-            reward (an explicit approximation that trades reward accuracy for lookahead cost).
     """
 
-    def __init__(
-        self,
-        prior: Prior,
-        reward: Optional[Reward],
-        lookahead_steps: int = 15,
-        lookahead_guidance: float = 7.5,
-        lookahead_grid: str = "leading",
-        lookahead_start: str = "exact_t",
-        lookahead_decode: str = "full",
-        chunk_size: int = 0,
-        reward_views: str = "mean",
-        seed: int = 0,
-        decode_chunk: int = 0,
-        prune_to: int = 0,
-    ):
+    def __init__(self, prior: Prior, reward: Optional[Reward], lookahead: "LookaheadConfig", chunk_size: int = 0,
+                 reward_views: str = "mean", seed: int = 0, decode_chunk: int = 0):
         self.prior = prior
         self.reward = reward
-        self.lookahead_steps = int(lookahead_steps)
-        self.lookahead_guidance = float(lookahead_guidance)
-        self.lookahead_grid = getattr(lookahead_grid, "value", lookahead_grid)
-        self.lookahead_start = getattr(lookahead_start, "value", lookahead_start)
-        self.lookahead_decode = getattr(lookahead_decode, "value", lookahead_decode)
-        self.requested_chunk = int(chunk_size)
-        self.reward_views = getattr(reward_views, "value", reward_views)
-        self.seed = int(seed)
-        self.decode_chunk = int(decode_chunk)
-        self.prune_to = int(prune_to)
+        self.lookahead_cfg = lookahead
+        self.requested_chunk = chunk_size
+        self.reward_views = reward_views.value if hasattr(reward_views, "value") else reward_views
+        self.seed = seed
+        self.decode_chunk = decode_chunk
         self._auto_chunk: Optional[int] = None
-        self.grid = ddim_grid(self.lookahead_grid, self.lookahead_steps, prior.num_train_timesteps)
+        self.grid = ddim.grid(lookahead.grid, lookahead.steps, prior.num_train_timesteps)
+
+    @property
+    def lookahead_steps(self) -> int:
+        return self.lookahead_cfg.steps
+
+    @property
+    def lookahead_guidance(self) -> float:
+        return self.lookahead_cfg.guidance_scale
+
+    @property
+    def reuses_prediction_at_t(self) -> bool:
+        """Whether the lookahead's first call is the prediction at t (then it is not made twice)."""
+        return self.lookahead_cfg.start.value == "exact_t" or self.lookahead_cfg.steps == 0
 
     # ------------------------------------------------------------------ chunking
     def chunk_size(self, example: Tensor) -> int:
@@ -295,7 +184,7 @@ class CandidateEngine:
             self._auto_chunk = auto_chunk_size(self.prior, example)
         return self._auto_chunk
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ draw and predict
     def draw(self, latents: Float[Tensor, "b c h w"], t: int, n: int, step: int) -> Candidates:
         """N noises for the b views at t and the noisy inputs (no grad)."""
         noise = candidate_noise(n, latents.shape, self.seed, step, latents.device)
@@ -311,6 +200,8 @@ class CandidateEngine:
         camera: Optional[Tensor] = None,
         x_t: Optional[Tensor] = None,
         grad: bool = False,
+        t: Optional[int] = None,
+        prior: Optional[Prior] = None,
     ) -> tuple[Tensor, Tensor]:
         """(eps_cond, eps_uncond) at (x_t, t) for all candidates in batched, chunked calls.
 
@@ -320,186 +211,21 @@ class CandidateEngine:
             camera: c2w [b, 4, 4] for camera-conditioned priors.
             grad: keep the graph to ``x_t`` and the text embeddings (policy gradients through the model
                 input, DDPO3D's first-transition estimator). Chunking then bounds only the forward peak.
+            t: the timestep of the inputs (default the candidates' t; a chain's later calls pass theirs).
+            prior: the model to call (default the run's prior; the lookahead may rank with a cheaper view).
+
+        Returns:
+            fp32 predictions, each [m, c, h, w] (m rows of ``x_t``); counts 2 m evaluations.
         """
         x = cands.noisy if x_t is None else x_t
         n = x.shape[0] // len(text)
         cam = None if camera is None else camera.repeat(n, 1, 1)
         with _grad_mode(grad):
-            c, u = self.prior.predict_noise_pair(x, cands.t, text.repeat(n), cam, self.chunk_size(x))
+            c, u = (prior or self.prior).predict_noise_pair(x, cands.t if t is None else t, text.repeat(n), cam, self.chunk_size(x))
         cands.evals += 2 * x.shape[0]
         return c, u
 
-    def predict_unguided(
-        self,
-        cands: Candidates,
-        emb: Float[Tensor, "b l d"],
-        camera: Optional[Tensor] = None,
-        which: Optional[Sequence[int]] = None,
-        x_t: Optional[Tensor] = None,
-        grad: bool = False,
-    ) -> Tensor:
-        """One unguided prediction eps(x_t; emb) for all candidates (or the candidates ``which``), chunked.
-
-        Used where one branch of CFG needs its own pass, e.g. with gradient to a learnable negative text
-        embedding (PSD). Chunks hold whole view groups of whole candidates.
-
-        Args:
-            emb: embeddings of the b views [b, l, d] (tiled over candidates here; may require grad).
-            camera: c2w [b, 4, 4] for camera-conditioned priors.
-            which: candidate indices to predict (default all), in the returned order.
-            x_t: inputs [n * b, c, h, w] (default ``cands.noisy``).
-            grad: keep the graph to ``emb`` and ``x_t``.
-
-        Returns:
-            fp32 predictions [len(which) * b, c, h, w].
-        """
-        x = cands.noisy if x_t is None else x_t
-        b = emb.shape[0]
-        idx = list(range(x.shape[0] // b)) if which is None else [int(i) for i in which]
-        if which is not None:
-            x = x.view(-1, b, *x.shape[1:])[idx].reshape(len(idx) * b, *x.shape[1:])
-        k = len(idx)
-        cam = None if camera is None else camera.repeat(k, 1, 1)
-        text = emb.repeat(k, 1, 1)
-        t = torch.full((x.shape[0],), cands.t, dtype=torch.long, device=x.device)
-        chunk = self.chunk_size(x)
-        frames = self.prior.num_frames
-        per_call = x.shape[0] if chunk <= 0 else max(frames, chunk // frames * frames)
-        outs = []
-        with _grad_mode(grad):
-            for s in range(0, x.shape[0], per_call):
-                e = min(x.shape[0], s + per_call)
-                outs.append(self.prior.predict_noise(x[s:e], t[s:e], text[s:e], None if cam is None else cam[s:e]))
-        cands.evals += x.shape[0]
-        return torch.cat(outs).float()
-
-    @torch.no_grad()
-    def renoise(
-        self, cands: Candidates, latents: Float[Tensor, "b c h w"], idx: Optional[Tensor] = None
-    ) -> Float[Tensor, "kb c h w"]:
-        """Other clean latents noised with the candidates' noises at their t: a second branch of the same step.
-
-        DDS (ALGORITHMS.md 4.1) needs the source image at exactly the noise and t of the target branch, so the
-        eps terms cancel; any mode that compares two branches uses this instead of drawing new noise.
-
-        Args:
-            cands: the step's candidates.
-            latents: the second branch's clean latents, [b, c, h, w] or [1, c, h, w] (shared by the b views).
-            idx: candidate indices [k] to noise (default: all n).
-
-        Returns:
-            x_t of the branch, flat candidate-major [k * b, c, h, w], fp32, no grad.
-        """
-        noise = cands.noise if idx is None else cands.noise[idx.to(cands.noise.device)]
-        k, b = noise.shape[0], cands.b
-        z = latents.detach().float()
-        if z.shape[0] not in (1, b) or z.shape[1:] != noise.shape[2:]:
-            raise ValueError(f"branch latents {tuple(z.shape)} do not match the candidates' views {(b, *noise.shape[2:])}")
-        z = z.expand(b, *z.shape[1:])
-        flat = z[None].expand(k, *z.shape).reshape(k * b, *z.shape[1:])
-        return self.prior.add_noise(flat, noise.reshape(k * b, *z.shape[1:]), cands.t)
-
-    @torch.no_grad()
-    def predict_with_branch(
-        self,
-        cands: Candidates,
-        text: TextCond,
-        latents: Float[Tensor, "b c h w"],
-        branch_text: TextCond,
-        camera: Optional[Tensor] = None,
-        idx: Optional[Tensor] = None,
-    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """Predictions at t of the candidates ``idx`` and of a second branch (:meth:`renoise`), from shared calls.
-
-        A mode that subtracts two branches (DDS) needs each row and its partner in the other branch to go
-        through the same computation: with equal inputs (same latents, same prompt) the difference is then
-        exactly zero. Predicted in separate calls of different batch sizes, the two can differ by rounding
-        (the kernels' blocking depends on the batch), and Adam with a tiny eps turns that noise into
-        full-size steps. So every call holds the same candidate rows of both branches side by side,
-        ``[x_a[s:e]; x_b[s:e]]`` (and CFG doubles it), never one branch alone.
-
-        Args:
-            cands: the step's candidates; the first branch's x_t is ``cands.noisy``.
-            text: conditioning of the first branch's b views.
-            latents: the second branch's clean latents, [b, c, h, w] or [1, c, h, w].
-            branch_text: conditioning of the second branch's b views.
-            camera: c2w [b, 4, 4] for camera-conditioned priors (shared by both branches).
-            idx: candidate indices [k] (default: all n), in the returned order.
-
-        Returns:
-            ((eps_cond, eps_uncond) of the first branch, (eps_cond, eps_uncond) of the second), fp32
-            [k * b, c, h, w] each. Counts 4 k b evaluations.
-        """
-        if idx is None:
-            idx = torch.arange(cands.n, device=cands.noise.device)
-        x_a = cands.noisy[cands.flat_index(idx)]
-        x_b = self.renoise(cands, latents, idx)
-        k = int(idx.numel())
-        text_a, text_b = text.repeat(k), branch_text.repeat(k)
-        cam = None if camera is None else camera.repeat(k, 1, 1)
-        m = x_a.shape[0]
-        chunk = self.chunk_size(x_a)
-        frames = self.prior.num_frames
-        # a row costs four inputs per call: two branches, each a CFG pair
-        per_call = m if chunk <= 0 else max(frames, (chunk // 4) // frames * frames)
-        outs: list[tuple[Tensor, ...]] = []
-        for s in range(0, m, per_call):
-            e = min(m, s + per_call)
-            pair_text = TextCond(torch.cat([text_a.cond[s:e], text_b.cond[s:e]]), torch.cat([text_a.uncond[s:e], text_b.uncond[s:e]]))
-            pair_cam = None if cam is None else torch.cat([cam[s:e], cam[s:e]])
-            c, u = self.prior.predict_noise_pair(torch.cat([x_a[s:e], x_b[s:e]]), cands.t, pair_text, pair_cam)
-            outs.append((*c.chunk(2), *u.chunk(2)))
-        cands.evals += 4 * m
-        c_a, c_b, u_a, u_b = (torch.cat(parts) for parts in zip(*outs))
-        return (c_a, u_a), (c_b, u_b)
-
-    @torch.no_grad()
-    def lookahead(
-        self,
-        cands: Candidates,
-        text: TextCond,
-        camera: Optional[Tensor] = None,
-        guidance: Optional[float] = None,
-        first: Optional[tuple[Tensor, Tensor]] = None,
-    ) -> Tensor:
-        """Deterministic DDIM (eta = 0) from x_t to abar_0 for every candidate, batched; fp32 [n * b, c, h, w].
-
-        Args:
-            first: (eps_cond, eps_uncond) already computed at (x_t, t), reused for the first call when the
-                chain starts exactly at t (saves N model evaluations).
-            guidance: CFG scale (default: the engine's lookahead guidance).
-        """
-        scale = self.lookahead_guidance if guidance is None else float(guidance)
-        prior, ac = self.prior, self.prior.alphas_cumprod
-        x = cands.noisy
-        n = x.shape[0] // len(text)
-        text_n = text.repeat(n)
-        cam = None if camera is None else camera.repeat(n, 1, 1)
-        chunk = self.chunk_size(x)
-        ranker = prior.ranking_prior()  # these calls only rank candidates: a cheaper view may serve them
-        if self.lookahead_steps == 0:
-            c, u = first if first is not None else self._pair(x, cands.t, text_n, cam, chunk, cands, ranker)
-            return prior.predict_x0(x, cands.t, guide(c, u, scale))
-        calls = lookahead_calls(cands.t, self.grid, self.lookahead_start)
-        for k, tau in enumerate(calls):
-            if k == 0 and first is not None and tau == cands.t:
-                c, u = first
-            else:
-                c, u = self._pair(x, tau, text_n, cam, chunk, cands, ranker)
-            eps = guide(c, u, scale)
-            a_tau = ac[tau].sqrt()
-            s_tau = (1 - ac[tau]).sqrt()
-            nxt = calls[k + 1] if k + 1 < len(calls) else 0
-            a_next, s_next = ac[nxt].sqrt(), (1 - ac[nxt]).sqrt()
-            x0 = (x - s_tau * eps) / a_tau
-            x = a_next * x0 + s_next * eps
-        return x
-
-    def _pair(self, x: Tensor, t: int, text: TextCond, cam: Optional[Tensor], chunk: int, cands: Candidates,
-              prior: Optional[Prior] = None) -> tuple[Tensor, Tensor]:
-        cands.evals += 2 * x.shape[0]
-        return (prior or self.prior).predict_noise_pair(x, t, text, cam, chunk)
-
+    # ------------------------------------------------------------------ DDIM chains
     @torch.no_grad()
     def rollout(
         self,
@@ -511,40 +237,40 @@ class CandidateEngine:
         eta: float = 1.0,
         camera: Optional[Tensor] = None,
         first: Optional[tuple[Tensor, Tensor]] = None,
+        prior: Optional[Prior] = None,
     ) -> Rollout:
-        """Stochastic DDIM chain (eta in [0, 1]) from every candidate's x_t to abar_0, batched and chunked.
+        """DDIM chain (eta in [0, 1]) from every candidate's x_t to abar_0, batched and chunked.
 
-        The policy of DDPO (Black et al. 2023): each transition is Gaussian (:func:`ddim_transition`); the
-        first one's mean, std and sample are recorded so a policy gradient can reach the scene through
-        the chain's start. Transition k's noise for candidate i at optimisation step s depends only on
-        (seed, s, k, i), so runs with different N share their first candidates' chains.
+        Each transition is Gaussian (:func:`rewardsds.ddim.step`); eta = 0 is the deterministic lookahead, eta = 1
+        DDPO's policy, whose first transition's mean, std and sample are recorded so that a policy gradient reaches
+        the scene through the chain's start. Transition k's noise for candidate i at optimisation step s depends
+        only on (seed, s, k, i), so runs with different N share their first candidates' chains.
 
         Args:
-            calls: model-call timesteps, descending, ``calls[0] == cands.t`` (e.g. :func:`uniform_calls`).
+            calls: model-call timesteps, descending (:func:`rewardsds.ddim.lookahead_calls`, ``uniform_calls``).
             step: optimisation step (keys the transition noises).
             guidance: CFG scale of the chain.
             eta: 0 deterministic DDIM, 1 DDPM-like variance.
-            first: (eps_cond, eps_uncond) already computed at (x_t, t), reused for the first call.
+            first: (eps_cond, eps_uncond) already computed at (x_t, t), reused as the first call, which must then be
+                at t (saves N model evaluations).
+            prior: the model to call (default the run's prior).
         """
         calls = [int(c) for c in calls]
-        if not calls or calls[0] != cands.t:
-            raise ValueError(f"rollout calls must start at t = {cands.t}, got {calls[:3]}")
+        if not calls or (first is not None and calls[0] != cands.t):
+            raise ValueError(f"a chain reusing the prediction at t = {cands.t} must start there, got {calls[:3]}")
         ac = self.prior.alphas_cumprod
         x = cands.noisy
         n, b = cands.n, cands.b
-        text_n = text.repeat(n)
-        cam = None if camera is None else camera.repeat(n, 1, 1)
-        chunk = self.chunk_size(x)
         log_probs = []
         first_mean = first_std = first_sample = None
         for k, tau in enumerate(calls):
-            c, u = first if (k == 0 and first is not None) else self._pair(x, tau, text_n, cam, chunk, cands)
+            c, u = first if (k == 0 and first is not None) else self.predict(cands, text, camera, x_t=x, t=tau, prior=prior)
             nxt = calls[k + 1] if k + 1 < len(calls) else 0
-            mean, std = ddim_transition(x, guide(c, u, guidance), ac[tau], ac[nxt], eta)
+            mean, std = ddim.step(x, guide(c, u, guidance), ac[tau], ac[nxt], eta)
             if eta > 0:
                 z = candidate_noise(n, (b, *x.shape[1:]), seed_for(self.seed, k, Streams.LOOKAHEAD), step, x.device)
                 x_next = mean + std * z.reshape(x.shape)
-                log_probs.append(gaussian_log_prob(x_next, mean, std))
+                log_probs.append(ddim.gaussian_log_prob(x_next, mean, std))
             else:
                 x_next = mean
             if k == 0:
@@ -553,10 +279,30 @@ class CandidateEngine:
         return Rollout(final=x, calls=calls, first_mean=first_mean, first_std=first_std, first_sample=first_sample,
                        log_probs=torch.stack(log_probs) if log_probs else None)
 
+    @torch.no_grad()
+    def lookahead(self, cands: Candidates, text: TextCond, camera: Optional[Tensor] = None,
+                  first: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """The paper's lookahead: the deterministic DDIM chain (eta = 0) from x_t to abar_0 on the lookahead grid
+        (K = 0: the one-step x0 estimate), at the lookahead's guidance scale; fp32 [n * b, c, h, w].
+
+        Its calls only rank candidates, so they go to the prior's ranking view (``Prior.ranking_prior``).
+
+        Args:
+            first: (eps_cond, eps_uncond) at (x_t, t), reused for the first call where the chain starts exactly at t.
+        """
+        scale, ranker = self.lookahead_guidance, self.prior.ranking_prior()
+        if self.lookahead_steps == 0:
+            c, u = first if first is not None else self.predict(cands, text, camera, prior=ranker)
+            return self.prior.predict_x0(cands.noisy, cands.t, guide(c, u, scale))
+        calls = ddim.lookahead_calls(cands.t, self.grid, self.lookahead_cfg.start)
+        reuse = first if (first is not None and calls[0] == cands.t) else None
+        return self.rollout(cands, text, calls, 0, scale, eta=0.0, camera=camera, first=reuse, prior=ranker).final
+
+    # ------------------------------------------------------------------ decode, score, weigh
     def decode(self, latents: Tensor, grad: bool = False) -> Tensor:
         """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1], in chunks (``grad``: keep the graph)."""
         chunk = self.decode_chunk or max(1, latents.shape[0])
-        tiny = self.lookahead_decode == "tiny"
+        tiny = self.lookahead_cfg.decode == "tiny"
         outs = []
         with _grad_mode(grad):
             for s in range(0, latents.shape[0], chunk):
@@ -577,7 +323,7 @@ class CandidateEngine:
             (view_rewards [n, b], strategy rewards [n] (mean) or [n, b] (per_view)).
         """
         if self.reward is None:
-            raise RuntimeError("this strategy needs a reward model, but none is configured")
+            raise RuntimeError("this step scores candidates, but no reward model is configured")
         b = images.shape[0] // n
         every = [prompts[j % b] for j in range(images.shape[0])]
         chunk = self.decode_chunk or images.shape[0]
@@ -596,64 +342,52 @@ class CandidateEngine:
             return strategy(rewards, g)
         return torch.stack([strategy(rewards[:, v], g) for v in range(rewards.shape[1])], dim=1)
 
-    def look_and_score(self, cands: Candidates, text: TextCond, reward_prompts: Sequence[str], camera: Optional[Tensor], keep_images: bool) -> None:
-        """Lookahead, decode and reward for ``cands`` (with eps at t predicted); fills rewards (and images)."""
-        n = cands.n
-        shared = (cands.eps_cond, cands.eps_uncond)
-        reuse = shared if (self.lookahead_start == "exact_t" or self.lookahead_steps == 0) else None
-        if self.prune_to and self.prune_to < n and self.lookahead_steps > 0:
-            # one-step rewards for all (from the shared prediction), the full lookahead for the best prune_to
-            x0 = self.prior.predict_x0(cands.noisy, cands.t, guide(*shared, self.lookahead_guidance))
-            images = self.decode(x0)
-            view_r, r = self.score(images, reward_prompts, n)
-            r_rank = r if r.dim() == 1 else r.mean(1)
-            keep = torch.sort(r_rank, descending=True, stable=True).indices[: self.prune_to]
-            sub = cands.subset(keep)
-            final = self.lookahead(sub, text, camera, first=(sub.eps_cond, sub.eps_uncond) if reuse is not None else None)
-            cands.evals += sub.evals
-            sub_images = self.decode(final)
-            sub_view_r, _ = self.score(sub_images, reward_prompts, len(keep))
-            view_r = view_r.index_copy(0, keep, sub_view_r)
-            images = images.index_copy(0, cands.flat_index(keep), sub_images)
-            cands.view_rewards = view_r
-            cands.rewards = view_r.mean(1) if self.reward_views == "mean" else view_r
-        else:
-            final = self.lookahead(cands, text, camera, first=reuse)
-            images = self.decode(final)
-            cands.view_rewards, cands.rewards = self.score(images, reward_prompts, n)
-        if keep_images:
-            cands.images = images
+    # ------------------------------------------------------------------ the reward of every candidate
+    def look_ahead_and_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str],
+                             camera: Optional[Tensor] = None) -> Tensor:
+        """Lookahead -> decode -> reward for every candidate (the prediction at t already made); sets
+        ``view_rewards`` and ``rewards`` and returns the decoded images [n * b, 3, H, W].
 
-    # ------------------------------------------------------------------ the whole pipeline
-    def evaluate(
-        self,
-        latents: Float[Tensor, "b c h w"],
-        t: int,
-        n: int,
-        step: int,
-        text: TextCond,
-        strategy: Strategy,
-        reward_prompts: Sequence[str],
-        camera: Optional[Tensor] = None,
-        keep_images: bool = False,
-        predict: bool = True,
-    ) -> Candidates:
-        """Draw n candidates, predict at t (shared), run the lookahead and reward if the strategy needs
-        them, and attach strategy weights. Returns the filled :class:`Candidates`.
-
-        ``predict=False`` skips the prediction at t unless the strategy's lookahead needs it (``eps_cond`` and
-        ``eps_uncond`` are then None): for modes that predict the weighted candidates themselves, e.g. DDS
-        together with its source branch (:meth:`predict_with_branch`).
+        With ``lookahead.prune_to``, every candidate is first scored on its one-step x0 estimate and only the best
+        ``prune_to`` run the full lookahead; in the strategy's rewards each of those ranks above every pruned one
+        (their rewards are on different scales: a one-step image can score higher at small t), while
+        ``view_rewards`` keep what each candidate scored.
         """
-        cands = self.draw(latents, t, n, step)
-        if predict or strategy.uses_reward:
-            cands.eps_cond, cands.eps_uncond = self.predict(cands, text, camera)
-        if strategy.uses_reward:
-            self.look_and_score(cands, text, reward_prompts, camera, keep_images)
-            cands.weights = self.weigh(cands.rewards, strategy, step)
-        else:
-            cands.weights = self.weigh(torch.zeros(n, device=latents.device), strategy, step)
-        return cands
+        first = (cands.eps_cond, cands.eps_uncond) if self.reuses_prediction_at_t else None
+        prune = self.lookahead_cfg.prune_to
+        if not (prune and prune < cands.n and self.lookahead_steps > 0):
+            images = self.decode(self.lookahead(cands, text, camera, first=first))
+            cands.view_rewards, cands.rewards = self.score(images, prompts, cands.n)
+            return images
+        one_step = self.prior.predict_x0(cands.noisy, cands.t, guide(cands.eps_cond, cands.eps_uncond, self.lookahead_guidance))
+        images = self.decode(one_step)
+        view_r, r = self.score(images, prompts, cands.n)
+        keep = torch.sort(r if r.dim() == 1 else r.mean(1), descending=True, stable=True).indices[:prune]
+        sub = cands.subset(keep)
+        sub_images = self.decode(self.lookahead(sub, text, camera, first=(sub.eps_cond, sub.eps_uncond) if first else None))
+        cands.evals += sub.evals
+        sub_view_r, _ = self.score(sub_images, prompts, len(keep))
+        cands.view_rewards = view_r.index_copy(0, keep, sub_view_r)
+        cands.rewards = aggregate_views(band_above(sub_view_r, view_r, keep).reshape(-1), cands.n, self.reward_views)
+        return images.index_copy(0, cands.flat_index(keep), sub_images)
+
+
+def band_above(kept: Tensor, all_rows: Tensor, keep: Tensor) -> Tensor:
+    """Rewards [n, b] where the rows ``keep`` (values ``kept``) rank above every other row, each group in its own order.
+
+    The other rows are shifted down by a constant so that the best of them sits just below the worst kept one; the
+    order inside each group, and the kept rewards themselves, are unchanged.
+    """
+    mask = torch.zeros(all_rows.shape[0], dtype=torch.bool, device=all_rows.device)
+    mask[keep.to(all_rows.device)] = True
+    out = all_rows.clone()
+    out[keep.to(all_rows.device)] = kept
+    if bool(mask.all()):
+        return out
+    rest = out[~mask]
+    gap = (rest.max() - kept.min()).clamp_min(0) + (kept.max() - kept.min()).abs().clamp_min(1e-6) * 1e-3 + 1e-6
+    out[~mask] = rest - gap
+    return out
 
 
 def _grad_mode(grad: bool):

@@ -68,7 +68,8 @@ def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     images: dict[tuple[str, int], np.ndarray] = {}
     for strategy in strategies:
         for seed in seeds:
-            sub = compose(config_name="config", overrides=base + variants[strategy] + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"])
+            sub = compose(config_name="config", overrides=base + variants[strategy] + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"],
+                          return_hydra_config=True)  # its choices name the variant's options in its record
             sub_dir = run_dir / f"{strategy}_seed{seed}"
             print(f"rewardsds compare: {strategy} ({' '.join(variants[strategy])}) seed={seed} -> {sub_dir}")
             m = train(sub, sub_dir)

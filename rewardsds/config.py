@@ -412,14 +412,16 @@ class Choices(dict):
 
 
 def hydra_choices(cfg: Optional[DictConfig] = None) -> Choices:
-    """The group choices of the running Hydra job, else those a composed config carries (``compose(...,
-    return_hydra_config=True)``), else none."""
+    """The group choices a composed config carries (``compose(..., return_hydra_config=True)``, e.g. a compare
+    variant), else those of the running Hydra job, else none."""
     from hydra.core.hydra_config import HydraConfig
 
+    node = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) if cfg is not None else None
+    if node is not None:
+        return Choices(OmegaConf.to_container(node))
     if HydraConfig.initialized():
         return Choices(HydraConfig.get().runtime.choices)
-    node = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) if cfg is not None else None
-    return Choices(OmegaConf.to_container(node) if node is not None else {})
+    return Choices()
 
 
 def _strategy_needs_enough_candidates(cfg: Config, choices: Choices) -> None:

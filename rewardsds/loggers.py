@@ -6,7 +6,10 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rewardsds.config import CSVLoggerConfig, NoLoggerConfig, WandbLoggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +47,33 @@ def resolve_wandb_mode(mode: str) -> tuple[str, Optional[str]]:
 
 
 def wandb_logger(
-    project: str = "rewardsds",
-    entity: Optional[str] = None,
-    mode: str = "auto",
-    group: Optional[str] = None,
-    name: Optional[str] = None,
-    tags: Sequence[str] = (),
-    log_model: bool = False,
+    cfg: "WandbLoggerConfig",
     save_dir: str = ".",
     run_config: Optional[dict] = None,
+    name: Optional[str] = None,
+    group: Optional[str] = None,
+    tags: Sequence[str] = (),
     id: Optional[str] = None,
 ):
-    """A ``WandbLogger`` writing under ``save_dir/wandb``; offline (with one notice) when it cannot go online.
+    """``logger=wandb``: a ``WandbLogger`` writing under ``save_dir/wandb``; offline (with one notice) when it cannot go
+    online.
 
-    ``id``: continue that W&B run (a resumed run keeps one W&B run). ``log_model`` is carried out by the run itself
-    (:func:`log_checkpoint` at the end: the checkpoint as a ``model`` artifact, online or offline), not by
-    Lightning, whose checkpoint logging needs its own ModelCheckpoint callback and refuses offline mode.
+    Args:
+        cfg: the logger's settings (project, entity, mode; ``log_model`` is carried out by the run itself,
+            :func:`log_checkpoint`, since Lightning's checkpoint logging needs its own ModelCheckpoint callback and
+            refuses offline mode).
+        run_config, name, group, tags: what the run adds (its settings, job name, sweep, tags).
+        id: continue that W&B run (a resumed run keeps one W&B run).
     """
     from lightning.pytorch.loggers import WandbLogger
 
-    resolved, notice = resolve_wandb_mode(mode)
+    resolved, notice = resolve_wandb_mode(cfg.mode)
     if notice:
         print(notice)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     extra = {"id": id, "resume": "allow"} if id else {}
     return WandbLogger(
-        project=project, entity=entity, group=group, name=name, tags=list(tags), log_model=False,
+        project=cfg.project, entity=cfg.entity, group=group, name=name, tags=list(tags), log_model=False,
         save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous", **extra,
     )
 
@@ -101,12 +105,13 @@ def log_checkpoint(logger, path: Path, aliases: Sequence[str] = ("last",)) -> No
     run.log_artifact(art, aliases=list(aliases))
 
 
-def csv_logger(name: str = "csv", save_dir: str = ".", resume_step: Optional[int] = None):
-    """``<save_dir>/<name>/metrics.csv``. ``resume_step``: a resumed run keeps the rows of the steps before it (the
-    steps after the checkpoint are logged again by the resumed session) instead of Lightning's fresh file."""
+def csv_logger(cfg: "CSVLoggerConfig", save_dir: str = ".", resume_step: Optional[int] = None):
+    """``logger=csv``: ``<save_dir>/<cfg.name>/metrics.csv``. ``resume_step``: a resumed run keeps the rows of the
+    steps before it (the steps after the checkpoint are logged again by the resumed session) instead of Lightning's
+    fresh file."""
     from lightning.pytorch.loggers import CSVLogger
 
-    logger = CSVLogger(save_dir=save_dir, name=name, version="")
+    logger = CSVLogger(save_dir=save_dir, name=cfg.name, version="")
     if resume_step is not None:
         _keep_history(logger, int(resume_step))
     return logger
@@ -144,7 +149,8 @@ def _row_step(row: dict) -> float:
         return 0.0
 
 
-def no_logger(save_dir: str = ".", **_: object):
+def no_logger(cfg: "NoLoggerConfig", save_dir: str = "."):
+    """``logger=none``: nothing beyond the run's own files."""
     return False
 
 

@@ -23,8 +23,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from rewardsds.candidates import candidate_noise, ddim_grid, lookahead_calls
+from rewardsds import ddim
 from rewardsds.priors.base import Prior, TextCond, guide
+from rewardsds.rng import candidate_noise
 from rewardsds.strategies import Strategy
 
 RewardFn = Callable[..., Tensor]
@@ -63,7 +64,7 @@ def plain_rewardsds_step(
     """
     ac = prior.alphas_cumprod
     noise = candidate_noise(n, latents.shape, seed, step, latents.device)
-    grid = ddim_grid(lookahead_grid, lookahead_steps, prior.num_train_timesteps)
+    grid = ddim.grid(lookahead_grid, lookahead_steps, prior.num_train_timesteps)
     rewards, fields, evals = [], [], 0
     for i in range(n):
         with torch.no_grad():
@@ -76,14 +77,13 @@ def plain_rewardsds_step(
                 if lookahead_steps == 0:
                     x = prior.predict_x0(x_t, t, guide(c, u, lookahead_guidance))
                 else:
-                    calls = lookahead_calls(t, grid, lookahead_start)
+                    calls = ddim.lookahead_calls(t, grid, lookahead_start)
                     for k, tau in enumerate(calls):
                         cc, uu = prior.predict_noise_pair(x, tau, text)
                         evals += 2 * x.shape[0]
                         eps = guide(cc, uu, lookahead_guidance)
                         nxt = calls[k + 1] if k + 1 < len(calls) else 0
-                        x0 = (x - (1 - ac[tau]).sqrt() * eps) / ac[tau].sqrt()
-                        x = ac[nxt].sqrt() * x0 + (1 - ac[nxt]).sqrt() * eps
+                        x, _ = ddim.step(x, eps, ac[tau], ac[nxt])
                 image = prior.decode_latents(x)
                 rewards.append(reward(image, [prompt])[0].float())
     r = torch.stack(rewards) if rewards else torch.zeros(n, device=latents.device)
@@ -177,7 +177,7 @@ def reference_structure_step(
     ac = prior.alphas_cumprod
     dev = latents.device
     noise = candidate_noise(n, latents.shape, seed, step, dev).reshape(n, *latents.shape[1:])
-    calls = lookahead_calls(t, ddim_grid(lookahead_grid, lookahead_steps, prior.num_train_timesteps), lookahead_start)
+    calls = ddim.lookahead_calls(t, ddim.grid(lookahead_grid, lookahead_steps, prior.num_train_timesteps), lookahead_start)
     evals = 0
     with torch.no_grad():
         z = latents.detach().float().expand(n, *latents.shape[1:])
@@ -191,8 +191,7 @@ def reference_structure_step(
             eps = guide(eps_c, eps_u, lookahead_guidance)
             nxt = calls[k + 1] if k + 1 < len(calls) else 0
             # DDIM, eta = 0 (diffusers DDIMScheduler.step with set_alpha_to_one=False: the last step targets abar_0)
-            x0 = (x - (1 - ac[tau]).sqrt() * eps) / ac[tau].sqrt()
-            x = ac[nxt].sqrt() * x0 + (1 - ac[nxt]).sqrt() * eps
+            x, _ = ddim.step(x, eps, ac[tau], ac[nxt])
         images = prior.decode_latents(x)
         rewards = torch.stack([reward(images[i : i + 1], [prompt], check=False).reshape(()).float() for i in range(n)])
         top = torch.topk(rewards, k=n_max, largest=True).indices

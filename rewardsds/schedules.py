@@ -63,33 +63,6 @@ def constant(value: float) -> Schedule:
     return Schedule(start=value)
 
 
-def seed_for(seed: int, step: int, stream: int, index: int = 0) -> int:
-    """A 63-bit seed for (run seed, step, stream, index), stable across processes and devices.
-
-    Per-step seeding makes a resumed run draw exactly the noises and timesteps of an uninterrupted one,
-    and lets strategies that differ only in weighting see identical candidates for the same seed.
-    """
-    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB + index * 0x2545F4914F6CDD1D)
-    x &= (1 << 64) - 1
-    x ^= x >> 31
-    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
-    x ^= x >> 32
-    return x & ((1 << 63) - 1)
-
-
-class Streams:
-    """Stream ids for :func:`seed_for`: each random quantity has its own stream."""
-
-    TIMESTEP = 1
-    NOISE = 2
-    CAMERA = 3
-    LORA = 4
-    AUX = 5
-    LOOKAHEAD = 6
-    STRATEGY = 7
-    PREFERENCE = 8  # the shared noise of a re-noised win/lose preview pair (PSD's DPO loss)
-
-
 def breakpoints(*schedules: Schedule) -> list[int]:
     """The steps where any of ``schedules`` changes slope; between them all are linear, after the last constant."""
     steps = {0}
@@ -144,6 +117,8 @@ class TimestepSampler:
 
     def sample(self, step: int, seed: int) -> int:
         import torch  # imported here: the config schemas use this module and must load without torch
+
+        from rewardsds.rng import Streams, seed_for
 
         g = torch.Generator().manual_seed(seed_for(seed, step, Streams.TIMESTEP))
         if self.grid == "reference_2d":

@@ -1,7 +1,8 @@
 """The LightningModule: one optimisation step of reward-weighted score distillation, top to bottom.
 
     render(scene, cameras) -> latents (2D) or RGB views encoded by the prior (3D)
-    -> loss mode: N candidates at a shared t, one batched prior call, lookahead, rewards, weights
+    -> :func:`distill`: N candidates at a shared t, the prediction at t (one batched call), the lookahead, decode,
+       rewards, strategy weights, the loss mode's gradient fields -> sum_i w_i L_i
     -> total = sum_i w_i L_i + regularisers + aux ``loss_*`` terms -> backward into the scene only
     -> optimiser step (skipped, and counted, if the gradient is not finite: on the device, without waiting for the
        GPU, unless the representation's post-step hook needs a host decision)
@@ -27,11 +28,12 @@ from torch import Tensor
 
 from rewardsds.candidates import CandidateEngine
 from rewardsds.errors import TrainingAborted
-from rewardsds.losses.base import LossMode, LossOutput, StepContext
+from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses
 from rewardsds.priors.base import Prior
 from rewardsds.representations.base import Representation
 from rewardsds.rewards.base import Reward
-from rewardsds.schedules import Schedule, Streams, TimestepSampler, seed_for
+from rewardsds.rng import Streams, seed_for
+from rewardsds.schedules import Schedule, TimestepSampler
 from rewardsds.strategies import NoStrategy, Strategy, weight_entropy
 from rewardsds.viz import Media, to_uint8, upscale
 from rewardsds.utils.io import write_image
@@ -62,6 +64,43 @@ class StepIndices(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         return max(0, self.system.total_steps - self.system.iteration)
+
+
+def distill(ctx: StepContext, mode: LossMode, engine: CandidateEngine, strategy: Strategy) -> LossOutput:
+    """The loss of one step of reward-weighted score distillation, top to bottom.
+
+    Args:
+        ctx: the step's data (scene latents with gradient, t, prompts, the reward window).
+        mode: the loss mode (set up with the run's prior, reward and ``engine``).
+        engine: the candidate engine.
+        strategy: turns rewards into weights (the run's strategy inside the reward window, ``none`` after it).
+
+    Returns:
+        per-candidate losses, their weights, the mode's auxiliary ``loss_*`` terms and the logs of the step.
+    """
+    logs: dict[str, Tensor] = {}
+    cands = mode.candidates(ctx)                                             # N noises at t, the prediction at t
+    if mode.weighs_own_candidates:
+        cands.weights = mode.weigh(ctx, cands, logs)                          # DDPO3D rows, DreamDPO / PSD pairs
+    elif ctx.ranked:
+        text = mode.conditioning(ctx)
+        if engine.lookahead_cfg.prune_to:                                     # one-step rewards for all, the lookahead for the best
+            images = engine.look_ahead_and_score(cands, text, ctx.reward_prompts, ctx.camera)
+        else:
+            first = (cands.eps_cond, cands.eps_uncond) if engine.reuses_prediction_at_t else None
+            x0 = engine.lookahead(cands, text, ctx.camera, first=first)       # K-step DDIM from x_t to x_0
+            images = engine.decode(x0)                                        # decode
+            cands.view_rewards, cands.rewards = engine.score(images, ctx.reward_prompts, cands.n)   # reward
+        if ctx.keep_images:
+            cands.images = images
+        cands.weights = engine.weigh(cands.rewards, strategy, ctx.step)       # strategy weights
+    else:
+        cands.weights = engine.weigh(torch.zeros(cands.n, device=ctx.latents.device), strategy, ctx.step)  # 1/N (or random)
+    fields = mode.field(ctx, cands, logs)                                     # each candidate's gradient field
+    losses, fields = field_losses(ctx.latents, fields, cands.n, mode.grad_clip)
+    logs["grad_norm"] = combined_field_norm(fields, cands.weights, cands.n, cands.b).detach()
+    extra = mode.aux_losses(ctx, cands, logs)                                 # VSD's LoRA, DDPO3D's PG, PSD's embedding
+    return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, extra=extra, candidates=cands)
 
 
 class DistillationSystem(pl.LightningModule):
@@ -110,16 +149,10 @@ class DistillationSystem(pl.LightningModule):
         self.skip_on_device = False  # set by configure_optimizers
         self.step_times: list[float] = []
         self.evals_per_step: list[int] = []
-        self.timesteps = TimestepSampler(
-            Schedule.from_any(cfg.timesteps.t_min), Schedule.from_any(cfg.timesteps.t_max),
-            prior.num_train_timesteps, getattr(cfg.timesteps.grid, "value", cfg.timesteps.grid),
-        )
-        la = cfg.lookahead
-        self.engine = CandidateEngine(
-            prior, reward, la.steps, la.guidance_scale, la.grid, la.start, la.decode, cfg.chunk_size,
-            cfg.reward_views, cfg.seed, prune_to=la.prune_to,
-        )
-        self.none_strategy = NoStrategy()
+        self.timesteps = TimestepSampler(Schedule.from_any(cfg.timesteps.t_min), Schedule.from_any(cfg.timesteps.t_max),
+                                         prior.num_train_timesteps, cfg.timesteps.grid.value)
+        self.engine = CandidateEngine(prior, reward, cfg.lookahead, cfg.chunk_size, cfg.reward_views, cfg.seed)
+        self.plain_strategy = NoStrategy()  # outside the reward window: 1/N, no lookahead
         n_out = max(1, cfg.steps // max(1, cfg.output.video_frames)) if cfg.output.video else 0
         self.frame_every = n_out
         # a checkpoint path, or a checkpoint already loaded (and checked) by rewardsds.resume.load_checkpoint
@@ -147,7 +180,7 @@ class DistillationSystem(pl.LightningModule):
         if self.reward is not None:
             self.reward.to(device)
         self.representation.setup(self.prior, device, self.cfg.seed)
-        self.loss_mode.setup(self.prior, self.reward, device, self.total_steps)
+        self.loss_mode.setup(self.prior, self.reward, self.engine, device, self.total_steps)
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
@@ -365,21 +398,28 @@ class DistillationSystem(pl.LightningModule):
     def on_train_end(self) -> None:
         self._close_step_clock()
 
+    def reward_active(self, step: int) -> bool:
+        """Whether ``step`` is inside the reward window (the first ``reward_duration`` of the run): the one place that
+        decides it. Outside it a step is plain distillation with one candidate."""
+        return step < self.reward_steps
+
     def make_context(self, step: int, latents: Tensor, cameras, out: dict) -> StepContext:
-        """The step's context: prompts, timestep, strategy and candidate count (reward_duration applied)."""
+        """The data of the step: timestep, prompts and conditioning, and what the reward window decides."""
         prompts = self.prompts_for(cameras)
-        use_reward = step < self.reward_steps
-        keep = bool(self.cfg.output.candidates_every) and step % self.cfg.output.candidates_every == 0
+        active = self.reward_active(step)
+        n = self.cfg.n_noises if active else 1
+        every = self.cfg.output.candidates_every
         return StepContext(
             latents=latents, t=self.timesteps.sample(step, self.cfg.seed), step=step, progress=step / self.total_steps,
             text=self.prior.text_cond(prompts, self.cfg.negative_prompt), prompts=prompts, base_prompt=self.cfg.prompt,
             negative_prompt=self.cfg.negative_prompt, camera=None if cameras is None else cameras.c2w,
-            n_noises=self.cfg.n_noises if use_reward else 1, strategy=self.strategy if use_reward else self.none_strategy,
-            engine=self.engine, prior=self.prior, reward=self.reward, keep_images=keep, rgb=out.get("rgb"), reward_active=use_reward,
+            reward_active=active, n_noises=n,
+            ranked=active and self.strategy.uses_reward and not self.loss_mode.weighs_own_candidates,
+            keep_images=bool(every) and step % every == 0, rgb=out.get("rgb"),
         )
 
     def run_step(self, step: int, opt) -> "StepResult":
-        """Render, distil, back-propagate and step the optimiser once (no logging).
+        """Render, distil (:func:`distill`), back-propagate and step the optimiser once (no logging).
 
         ``opt`` is the LightningOptimizer in training, or a plain torch optimiser (benchmarks run the very
         same code without a trainer).
@@ -388,12 +428,19 @@ class DistillationSystem(pl.LightningModule):
         # Libraries that draw from the global RNG (gsplat's splits, nerfacc's occupancy-grid sampling) see a
         # per-step seed too, so a resumed run continues exactly like an uninterrupted one.
         torch.manual_seed(seed_for(self.cfg.seed, step, Streams.AUX, 2))
-        cameras, out, latents = self.scene_latents(step)
-        ctx = self.make_context(step, latents, cameras, out)
-        result: LossOutput = self.loss_mode(ctx)
+        cameras, out, latents = self.scene_latents(step)          # render the scene (prior space, with gradient)
+        ctx = self.make_context(step, latents, cameras, out)       # t, prompts, the reward window
+        strategy = self.strategy if ctx.reward_active else self.plain_strategy
+        result = distill(ctx, self.loss_mode, self.engine, strategy)
         regs = self.representation.regularizers(out, step)
         total = result.total() + sum(regs.values(), torch.zeros((), device=latents.device))
+        cands = result.candidates
+        grad_norm = self._backward_and_step(total, raw, opt, step, out, cands.rewards if cands is not None else None)
+        return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
 
+    def _backward_and_step(self, total: Tensor, raw, opt, step: int, out: dict, rewards: Optional[Tensor]) -> Tensor:
+        """Back-propagate and step the optimiser, unless the gradient (or the rewards that chose the candidates) is
+        not finite: then the update is skipped and counted, on the device without waiting for it where possible."""
         raw.zero_grad(set_to_none=True)
         self.representation.on_before_backward(step, out)
         if self._trainer is not None:
@@ -402,11 +449,10 @@ class DistillationSystem(pl.LightningModule):
             total.backward()
         self.representation.on_after_backward(step, out)
         params = [p for g in raw.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=latents.device)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=total.device)
         # A non-finite gradient must not reach the parameters; nor may a step whose candidates were ranked by
         # non-finite rewards (the strategy's choice among NaNs is arbitrary even when the gradient is finite).
         finite = torch.isfinite(grad_norm)
-        rewards = result.candidates.rewards if result.candidates is not None else None
         if rewards is not None:
             finite = finite & torch.isfinite(rewards).all().to(finite.device)
         if self.skip_on_device and getattr(raw, "defaults", {}).get("fused"):
@@ -424,7 +470,7 @@ class DistillationSystem(pl.LightningModule):
             raw.zero_grad(set_to_none=True)
             self._nonfinite_host += 1
             self.check_nonfinite(step)
-        return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
+        return grad_norm
 
     # ------------------------------------------------------------------ logging
     def _log_step(self, res: "StepResult", elapsed: Optional[float]) -> None:

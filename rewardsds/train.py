@@ -9,6 +9,7 @@ loaded and checked and the run's components are built.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import statistics
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rewardsds.config import Config, validate
-from rewardsds.errors import ConfigError, RewardSDSError, RunInterrupted, TrainingAborted
+from rewardsds.config import Choices, Config, hydra_choices, validate
+from rewardsds.errors import ConfigError, RunInterrupted, TrainingAborted
+from rewardsds.schema import build
 from rewardsds.resume import check_changes, check_steps, load_checkpoint, resolve_resume, saved_config
 from rewardsds.utils.io import (command_line, git_commit, job_command, package_versions, read_json, remove_partial_files,
                                 write_json, write_text)
@@ -67,6 +68,13 @@ def resolve_device(accelerator: str, gpu_index: Optional[int] = None) -> torch.d
         torch.cuda.set_device(gpu_index)
         return torch.device("cuda", gpu_index)
     return torch.device("cpu")
+
+
+def _device_index(devices: Any) -> Optional[int]:
+    """The GPU index of ``trainer.devices=[i]`` (None for ``1`` or ``auto``: the current device)."""
+    if isinstance(devices, (list, tuple)) and len(devices) == 1 and isinstance(devices[0], int):
+        return int(devices[0])
+    return None
 
 
 def gpu_lock_enabled(typed: Config) -> bool:
@@ -114,72 +122,57 @@ def sweep_group() -> Optional[str]:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def _choice(group: str, choices: Optional[dict] = None) -> Optional[str]:
-    if choices is not None:
-        v = choices.get(group)
-    else:
-        hc = _hydra()
-        v = None if hc is None else hc.runtime.choices.get(group)
+def _choice(group: str, choices: Choices) -> Optional[str]:
+    v = choices.get(group)
     return None if v in (None, "null") else str(v)
 
 
 # ----------------------------------------------------------------------------------------- building
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that re-raises our own errors unwrapped (Hydra wraps them), so users see
-    the message about their key/value/fix instead of an instantiation traceback."""
-    from hydra.errors import InstantiationException
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, RewardSDSError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, RewardSDSError):
-            raise cause from None
-        raise
-
-
-def build_components(cfg: DictConfig, typed: Config) -> dict[str, Any]:
-    """Instantiate prior, reward, strategy, loss and representation from their groups."""
-    prior = build(cfg.prior)
-    needs_reward = bool(getattr(typed, "reward", None))
-    reward = build(cfg.reward) if needs_reward else None
-    strategy = build(cfg.strategy)
-    loss = build(cfg.loss)
-    representation = build(cfg.representation)
+def build_components(typed: Config) -> dict[str, Any]:
+    """Prior, reward, strategy, loss mode, representation and (3D) camera sampler, each ``Class(its schema)``."""
+    representation = build(typed.representation)
     camera_sampler = None
-    if getattr(representation, "needs_cameras", False):
-        if "cameras" not in cfg or cfg.cameras is None:
+    if representation.needs_cameras:
+        if typed.cameras is None:
             raise ConfigError("cameras", None, "is required by a 3D representation", "add a cameras: node (see conf/experiment/dreamfusion_nerf.yaml)")
-        camera_sampler = build(cfg.cameras)
-    return dict(prior=prior, reward=reward, strategy=strategy, loss=loss, representation=representation, camera_sampler=camera_sampler)
+        camera_sampler = build(typed.cameras)
+    return dict(prior=build(typed.prior), reward=build(typed.reward) if typed.reward else None, strategy=build(typed.strategy),
+                loss=build(typed.loss), representation=representation, camera_sampler=camera_sampler)
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, record: dict[str, Any], wandb_id: Optional[str] = None,
+def config_tree(typed: Config) -> dict:
+    """The run's settings as plain data (enums as their names): the W&B run config and ``config_resolved.yaml``."""
+    return OmegaConf.to_container(OmegaConf.structured(typed), resolve=True, enum_to_str=True, throw_on_missing=False)
+
+
+def build_logger(typed: Config, run_dir: Path, record: dict[str, Any], wandb_id: Optional[str] = None,
                  resume_step: Optional[int] = None):
     """The Lightning logger of ``logger=...``; a W&B run is named after the job, grouped by its sweep, tagged with
     the run's settings, and resumed by id when the run already has one."""
+    from rewardsds.config import CSVLoggerConfig, WandbLoggerConfig
     from rewardsds.loggers import run_tags
 
+    cfg = typed.logger
     kwargs: dict[str, Any] = {"save_dir": str(run_dir)}
-    target = cfg.logger.get("_target_", "")
-    if target.endswith("wandb_logger"):
+    if isinstance(cfg, WandbLoggerConfig):
         overrides = ",".join(o for o in job_overrides() if not o.startswith(("logger", "resume", "hydra.")))
-        kwargs["run_config"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=False)
-        if cfg.logger.get("group") is None and sweep_group():
-            kwargs["group"] = sweep_group()
-        if cfg.logger.get("name") is None:
-            # multirun jobs: the job folder name (swept overrides, prompt slugs), the same on disk and in W&B
-            kwargs["name"] = (cfg.get("name") or (run_dir.name if is_multirun() else overrides) or run_dir.name)[:128]
-        own = list(cfg.logger.get("tags") or [])
-        kwargs["tags"] = own + [t for t in run_tags(record) if t not in own]
-        if wandb_id:
-            kwargs["id"] = wandb_id
-    if target.endswith("csv_logger") and resume_step is not None:
+        kwargs["run_config"] = config_tree(typed)
+        # multirun jobs: the job folder name (swept overrides, prompt slugs), the same on disk and in W&B
+        kwargs["name"] = cfg.name or (typed.name or (run_dir.name if is_multirun() else overrides) or run_dir.name)[:128]
+        kwargs["group"] = cfg.group or sweep_group()
+        kwargs["tags"] = list(cfg.tags) + [t for t in run_tags(record) if t not in cfg.tags]
+        kwargs["id"] = wandb_id
+    if isinstance(cfg, CSVLoggerConfig):
         kwargs["resume_step"] = resume_step
-    # _partial_: the run config holds _target_ keys that instantiate() must not build recursively.
-    return instantiate(cfg.logger, _partial_=True)(**kwargs)
+    return build(cfg, **kwargs)
+
+
+def build_trainer(typed: Config, **runtime: Any):
+    """``lightning.Trainer`` with the user's ``trainer.*`` settings and what the run adds (``runtime``)."""
+    from hydra.utils import get_class
+
+    settings = {f.name: getattr(typed.trainer, f.name) for f in dataclasses.fields(typed.trainer) if f.name != "_target_"}
+    return get_class(typed.trainer._target_)(**{**settings, **runtime})
 
 
 def history_logger(logger, run_dir: Path, resume_step: Optional[int]):
@@ -187,11 +180,12 @@ def history_logger(logger, run_dir: Path, resume_step: Optional[int]):
     curves never depend on a dashboard; None when the run's logger already writes it (``logger=csv``)."""
     from lightning.pytorch.loggers import CSVLogger
 
+    from rewardsds.config import CSVLoggerConfig
     from rewardsds.loggers import csv_logger
 
     if isinstance(logger, CSVLogger):
         return None
-    return csv_logger(name="csv", save_dir=str(run_dir), resume_step=resume_step)
+    return csv_logger(CSVLoggerConfig(name="csv"), save_dir=str(run_dir), resume_step=resume_step)
 
 
 # ----------------------------------------------------------------------------------------- the record
@@ -210,7 +204,7 @@ def run_metadata(overrides: Optional[list[str]] = None) -> dict[str, Any]:
     }
 
 
-def base_metrics(cfg: DictConfig, typed: Config, choices: Optional[dict] = None) -> dict[str, Any]:
+def base_metrics(typed: Config, choices: Choices) -> dict[str, Any]:
     return {
         "prompt": typed.prompt,
         "negative_prompt": typed.negative_prompt,
@@ -220,19 +214,14 @@ def base_metrics(cfg: DictConfig, typed: Config, choices: Optional[dict] = None)
         "loss": _choice("loss", choices),
         "prior": _choice("prior", choices),
         "reward": _choice("reward", choices),
+        "strategy": _choice("strategy", choices),
         "representation": _choice("representation", choices),
         "experiment": _choice("experiment", choices),
         "reward_duration": typed.reward_duration,
         "lookahead_steps": typed.lookahead.steps,
-        "prompts": _prompt_list_name(cfg),
+        "prompts": typed.prompts.name if typed.prompts is not None else typed.prompts_file,
         "prompt_index": typed.prompt_index,
     }
-
-
-def _prompt_list_name(cfg: DictConfig) -> Optional[str]:
-    if cfg.get("prompts") is not None:
-        return str(cfg.prompts.name)
-    return str(cfg.prompts_file) if cfg.get("prompts_file") else None
 
 
 class _Untouched:
@@ -251,28 +240,30 @@ class _Untouched:
 
 
 # ----------------------------------------------------------------------------------------- one run
-def train(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+def train(cfg: Config | DictConfig, run_dir: Path, choices: Optional[dict] = None, overrides: Optional[list[str]] = None) -> dict[str, Any]:
     """Validate, build, fit and finalise one run in ``run_dir``; returns its metrics.
 
     With ``resume`` set, the run continues in its own folder (``run_dir`` then only gets a note pointing there).
     With ``gpu_lock.enabled`` the run first locks a free GPU (:class:`rewardsds.devices.GpuLock`) and holds it
     to the end. ``choices`` are the config group choices and ``overrides`` the overrides to record (default:
-    Hydra's runtime choices and the job's overrides).
+    Hydra's runtime choices and the job's overrides). ``cfg`` may be a composed config (validated here) or an already
+    validated :class:`~rewardsds.config.Config`; from there on the run sees only the typed config.
     """
     with _Untouched():
-        typed = validate(cfg)
+        choices = Choices(choices if choices is not None else (hydra_choices(cfg) if isinstance(cfg, DictConfig) else {}))
+        typed = cfg if isinstance(cfg, Config) else validate(cfg)
     if not gpu_lock_enabled(typed):
-        return _train(cfg, typed, Path(run_dir), None, choices=choices, overrides=overrides)
+        return _train(typed, Path(run_dir), None, choices=choices, overrides=overrides)
     from rewardsds.devices import GpuLock, default_lock_dir, gpu_pool
 
     lock = GpuLock(gpu_pool(typed.gpu_lock.gpus), typed.gpu_lock.dir or default_lock_dir(), start=job_num(),
                    wait_s=typed.gpu_lock.wait_s)
     with lock as gpu_index:
-        return _train(cfg, typed, Path(run_dir), gpu_index, lock_wait_s=lock.waited_s, choices=choices, overrides=overrides)
+        return _train(typed, Path(run_dir), gpu_index, lock_wait_s=lock.waited_s, choices=choices, overrides=overrides)
 
 
-def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: float = 0.0,
-           choices: Optional[dict] = None, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: float = 0.0,
+           choices: Choices = Choices(), overrides: Optional[list[str]] = None) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from rewardsds.callbacks import AtomicCheckpoint
@@ -293,26 +284,25 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
             ckpt = load_checkpoint(ckpt_path)
             check_steps(ckpt, ckpt_path, typed.steps)
             saved = saved_config(run_dir)
-            changes = check_changes(saved, cfg, typed.resume_allow_changes, run_dir) if saved is not None else {}
-        device = resolve_device(typed.trainer.accelerator, gpu_index)
+            changes = check_changes(saved, config_tree(typed), typed.resume_allow_changes, run_dir) if saved is not None else {}
+        device = resolve_device(typed.trainer.accelerator, gpu_index if gpu_index is not None else _device_index(typed.trainer.devices))
         check_video_writer(typed.output.video)
         pl.seed_everything(typed.seed, workers=True, verbose=False)
-        record = {**base_metrics(cfg, typed, choices)}
-        parts = build_components(cfg, typed)
-        record["strategy"] = parts["strategy"].name  # the built strategy (compare sub-runs override the group)
+        record = base_metrics(typed, choices)
+        parts = build_components(typed)
         media = Media(run_dir)
         system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
         system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
 
     # ---- from here on the run's folder is written
-    logger = build_logger(cfg, run_dir, record, wandb_id=(previous.get("wandb") or {}).get("id"),
+    logger = build_logger(typed, run_dir, record, wandb_id=(previous.get("wandb") or {}).get("id"),
                           resume_step=None if ckpt is None else system.iteration)
     media.logger = logger if logger else None
     history = history_logger(logger, run_dir, None if ckpt is None else system.iteration)
     if resume_dir is not None and resume_dir.resolve() != invoked_dir.resolve():
         write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
     remove_partial_files(run_dir)
-    write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config_tree(typed)))
     session = {"started_at": started_at, "start_step": system.iteration, "command": command_line(), "pid": os.getpid(),
                "status": "running"}
     if changes:
@@ -337,8 +327,8 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     announce(start_block({
         "run_dir": run_dir, "device": _device_name(device), "experiment": record.get("experiment"), "prompt": typed.prompt,
         "prior": record.get("prior"), "dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
-        "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record["strategy"], "n_noises": typed.n_noises,
-        "lookahead": typed.lookahead.steps if typed.n_noises > 1 and record["strategy"] != "none" else None,
+        "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record.get("strategy"), "n_noises": typed.n_noises,
+        "lookahead": typed.lookahead.steps if typed.n_noises > 1 and parts["strategy"].uses_reward else None,
         "evals_per_step": system.expected_evals_per_step(), "steps": typed.steps,
         "resumed_at": system.iteration if ckpt is not None else None, "checkpoint": ckpt_path, "changes": list(changes or {}),
     }))
@@ -348,8 +338,8 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     progress = ProgressReport(typed.output.progress_every or auto_progress_every(typed.steps))
     placement = {"devices": [device.index]} if device.type == "cuda" and device.index is not None else {}
     show_bar = typed.trainer.enable_progress_bar if typed.trainer.enable_progress_bar is not None else has_tty()
-    trainer = instantiate(
-        cfg.trainer, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
+    trainer = build_trainer(
+        typed, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
         logger=[lg for lg in (logger, history) if lg] or False, callbacks=[checkpoint, progress], enable_checkpointing=False,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=show_bar,
@@ -409,7 +399,7 @@ def _train(cfg: DictConfig, typed: Config, run_dir: Path, gpu_index: Optional[in
     if history:
         history.finalize("success")
     if logger:
-        if cfg.logger.get("log_model"):
+        if getattr(typed.logger, "log_model", False):
             log_checkpoint(logger, checkpoint.last, aliases=["last", f"step-{system.iteration}"])
         log_exports(logger, run_dir)
         logger.finalize("success")

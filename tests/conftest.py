@@ -46,14 +46,15 @@ def gpu_test(fn):
 
 
 def compose(overrides: list[str]):
-    """Compose the project config with ``overrides`` (no Hydra runtime node)."""
+    """Compose the project config with ``overrides``, keeping Hydra's node (its ``runtime.choices`` name the options
+    in messages and records, as in a run; ``validate`` and ``train`` drop the node)."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=overrides)
+        return hcompose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rewardsds.candidates import CandidateEngine
 from rewardsds.eval.agreement import Draw, collect_rewards, compare_selections, engine_selector, selection_agreement, selection_sets
+from step_helpers import make_engine
 
 
 def _rewards(k: int = 8, n: int = 8, seed: int = 0) -> list[torch.Tensor]:
@@ -68,8 +68,8 @@ def test_engine_paths_on_the_analytic_prior(analytic_prior):
     g = torch.Generator().manual_seed(0)
     draws = [Draw(seed=s, step=k, t=int(t), latents=torch.randn(1, 3, 16, 16, generator=g) * 0.5)
              for s in range(2) for k, t in enumerate([900, 600, 300])]
-    exact = engine_selector(CandidateEngine(p, reward, 15, 7.5, seed=99), text, ["a disk"], 8)
-    chunked = engine_selector(CandidateEngine(p, reward, 15, 7.5, chunk_size=4, seed=5), text, ["a disk"], 8)
+    exact = engine_selector(make_engine(p, reward, 15, 7.5, seed=99), text, ["a disk"], 8)
+    chunked = engine_selector(make_engine(p, reward, 15, 7.5, chunk_size=4, seed=5), text, ["a disk"], 8)
     rep = selection_agreement(exact, chunked, draws)
     assert rep.agreement == 1.0 and rep.n_draws == 6
     a = collect_rewards(exact, draws)
@@ -78,7 +78,7 @@ def test_engine_paths_on_the_analytic_prior(analytic_prior):
     other_seed = [Draw(seed=d.seed + 10, step=d.step, t=d.t, latents=d.latents) for d in draws]
     assert not torch.allclose(collect_rewards(exact, other_seed)[0], a[0])
     # a one-step lookahead is a different path: its report is well-formed and its rewards differ
-    one_step = engine_selector(CandidateEngine(p, reward, 0, 7.5), text, ["a disk"], 8)
+    one_step = engine_selector(make_engine(p, reward, 0, 7.5), text, ["a disk"], 8)
     rep1 = selection_agreement(exact, one_step, draws)
     assert 0.0 <= rep1.agreement <= 1.0 and rep1.reward_abs_err_over_spread > 0
     assert {"seed", "step", "t", "match", "exact_top", "fast_top"} <= set(rep1.per_draw[0])

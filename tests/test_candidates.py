@@ -3,13 +3,16 @@
 import pytest
 import torch
 
-from rewardsds.candidates import CandidateEngine, candidate_noise
+from rewardsds.rng import candidate_noise
 from rewardsds.losses.base import StepContext
 from rewardsds.losses.sds import SDSLoss
 from rewardsds.priors.base import guide
 from rewardsds.reference import plain_rewardsds_step
 from rewardsds.rewards.analytic import AnalyticReward
 from rewardsds.strategies import MinMaxStrategy, WeightedStrategy
+from rewardsds.losses.config import SDSLossConfig
+from rewardsds.strategies.config import MinMaxStrategyConfig, WeightedStrategyConfig
+from step_helpers import make_engine, step_loss
 
 
 def test_candidate_noise_does_not_depend_on_n():
@@ -26,17 +29,17 @@ def _ctx(prior, engine, z, t, n, strategy, step=5):
                        negative_prompt="", camera=None, n_noises=n, strategy=strategy, engine=engine, prior=prior)
 
 
-@pytest.mark.parametrize("strategy", [MinMaxStrategy(), WeightedStrategy()])
+@pytest.mark.parametrize("strategy", [MinMaxStrategy(MinMaxStrategyConfig()), WeightedStrategy(WeightedStrategyConfig())])
 @pytest.mark.parametrize("chunk", [0, 4])
 def test_batched_equals_loop(tiny_sd_prior, strategy, chunk):
     p = tiny_sd_prior
     reward = AnalyticReward(["red"], image_size=16)
-    eng = CandidateEngine(p, reward, lookahead_steps=6, lookahead_guidance=7.5, lookahead_grid="leading",
+    eng = make_engine(p, reward, steps=6, guidance=7.5, grid="leading",
                           lookahead_start="exact_t", chunk_size=chunk, seed=0)
     z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     z = z0.clone().requires_grad_(True)
     n, t = 5, 700
-    out = SDSLoss(guidance_scale=20.0)(_ctx(p, eng, z, t, n, strategy))
+    out = SDSLoss(SDSLossConfig(guidance_scale=20.0))(_ctx(p, eng, z, t, n, strategy))
     loss = out.total()
     loss.backward()
     zr = z0.clone().requires_grad_(True)
@@ -57,9 +60,9 @@ def test_strategy_none_skips_lookahead_and_reward(tiny_sd_prior):
     from rewardsds.strategies import NoStrategy
 
     p = tiny_sd_prior
-    eng = CandidateEngine(p, None, lookahead_steps=15)
+    eng = make_engine(p, None, steps=15)
     z = torch.randn(1, 4, 8, 8, requires_grad=True)
-    out = SDSLoss()(_ctx(p, eng, z, 500, 3, NoStrategy()))
+    out = SDSLoss(SDSLossConfig())(_ctx(p, eng, z, 500, 3, NoStrategy()))
     assert out.candidates.rewards is None
     assert out.candidates.evals == 2 * 3  # only the CFG pair at t
     assert torch.allclose(out.weights, torch.full((3,), 1 / 3))
@@ -70,13 +73,13 @@ def test_sds_gradient_formula(tiny_sd_prior):
     from rewardsds.strategies import NoStrategy
 
     p = tiny_sd_prior
-    eng = CandidateEngine(p, None, seed=9)
+    eng = make_engine(p, None, seed=9)
     z = torch.randn(2, 4, 8, 8, requires_grad=True)
     t = 321
     text = p.text_cond(["the cat"] * 2, "")
     ctx = StepContext(latents=z, t=t, step=3, progress=0.0, text=text, prompts=["the cat"] * 2, base_prompt="the cat", negative_prompt="",
                       camera=None, n_noises=1, strategy=NoStrategy(), engine=eng, prior=p)
-    out = SDSLoss(guidance_scale=100.0)(ctx)
+    out = SDSLoss(SDSLossConfig(guidance_scale=100.0))(ctx)
     out.total().backward()
     noise = candidate_noise(1, z.shape, 9, 3, "cpu")[0]
     x_t = p.add_noise(z.detach(), noise, t)
@@ -90,17 +93,23 @@ def test_pruning_runs_the_lookahead_for_the_best_one_step_candidates_only(tiny_s
     reward = AnalyticReward(["red"], image_size=16)
     z = torch.randn(1, 4, 8, 8)
     text = p.text_cond(["a photo of the cat"], "")
-    full = CandidateEngine(p, reward, lookahead_steps=6, seed=0)
-    pruned = CandidateEngine(p, reward, lookahead_steps=6, seed=0, prune_to=2)
-    a = full.evaluate(z, 700, 5, 3, text, MinMaxStrategy(n_max=1, n_min=1), ["a photo of the cat"])
-    b = pruned.evaluate(z, 700, 5, 3, text, MinMaxStrategy(n_max=1, n_min=1), ["a photo of the cat"])
+    full = make_engine(p, reward, steps=6, seed=0)
+    pruned = make_engine(p, reward, steps=6, seed=0, prune_to=2)
+    strategy = MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1))
+    a = step_loss(SDSLoss(SDSLossConfig()), p, full, z, 700, 5, strategy, step=3, prompt="a photo of the cat").candidates
+    b = step_loss(SDSLoss(SDSLossConfig()), p, pruned, z, 700, 5, strategy, step=3, prompt="a photo of the cat").candidates
     # one-step rewards decide which 2 candidates get the full lookahead; those get exactly the full rewards
     x0 = p.predict_x0(a.noisy, 700, guide(a.eps_cond, a.eps_uncond, 7.5))
     one_step = reward(p.decode_latents(x0), ["a photo of the cat"] * 5)
     keep = torch.sort(one_step, descending=True, stable=True).indices[:2]
     rest = torch.tensor([i for i in range(5) if i not in keep.tolist()])
+    assert torch.allclose(b.view_rewards[keep, 0], a.rewards[keep], atol=1e-5)
+    assert torch.allclose(b.view_rewards[rest, 0], one_step[rest], atol=1e-5)
+    # the strategy ranks every candidate that ran the lookahead above every pruned one (their rewards are on
+    # different scales), each group in its own order
+    assert b.rewards[keep].min() > b.rewards[rest].max()
+    assert torch.equal(torch.argsort(b.rewards[rest]), torch.argsort(one_step[rest]))
     assert torch.allclose(b.rewards[keep], a.rewards[keep], atol=1e-5)
-    assert torch.allclose(b.rewards[rest], one_step[rest], atol=1e-5)
     # leading 6-point grid {831, 665, 499, 333, 167, 1}: the chain from t = 700 calls at 700 and 5 grid points
     assert a.evals == 2 * 5 * 6
     assert b.evals == 2 * 5 + 2 * 2 * 5  # the shared pair at t for all 5, the rest of the chain for 2

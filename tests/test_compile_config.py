@@ -25,6 +25,8 @@ from rewardsds.priors.compiled import (
     resolve_compile,
 )
 from rewardsds.priors.quantized import check_float8_support, check_lookahead_quantize
+from rewardsds.strategies.config import MinMaxStrategyConfig
+from step_helpers import make_engine
 
 
 @pytest.fixture
@@ -158,8 +160,7 @@ def test_lookahead_quantize_option_checks(tiny_sd, monkeypatch):
 def test_lookahead_ranking_calls_go_to_the_ranking_view_only(tiny_sd, monkeypatch):
     """Routing, on CPU: with the float8 view replaced by a plain copy of the UNet (float8 needs sm89), the
     lookahead's calls after the shared first one use the view; the prediction at t uses the prior's UNet."""
-    from rewardsds.candidates import CandidateEngine
-    from rewardsds.priors import sd as sd_module
+        from rewardsds.priors import sd as sd_module
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.rewards.analytic import AnalyticReward
     from rewardsds.strategies import MinMaxStrategy
@@ -173,9 +174,9 @@ def test_lookahead_ranking_calls_go_to_the_ranking_view_only(tiny_sd, monkeypatc
     calls = {"main": [], "view": []}
     p.unet.register_forward_hook(lambda m, a, k: calls["main"].append(a[0].shape[0]))
     view.unet_float8.register_forward_hook(lambda m, a, k: calls["view"].append(a[0].shape[0]))
-    eng = CandidateEngine(p, AnalyticReward(["red"], image_size=16), lookahead_steps=6, lookahead_start="exact_t", seed=0)
+    eng = make_engine(p, AnalyticReward(["red"], image_size=16), steps=6, start="exact_t", seed=0)
     text = p.text_cond(["a red disk"], "")
-    c = eng.evaluate(torch.randn(1, 4, 8, 8), 700, 4, 0, text, MinMaxStrategy(n_max=1, n_min=1), ["a red disk"])
+    c = eng.evaluate(torch.randn(1, 4, 8, 8), 700, 4, 0, text, MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), ["a red disk"])
     # t = 700 on the 6-point leading grid {831, 665, 499, 333, 167, 1}: the call at t (shared, the prior's
     # UNet) then 5 lookahead calls, each on 4 candidates x the CFG pair, on the ranking view
     assert calls["main"] == [8] and calls["view"] == [8] * 5

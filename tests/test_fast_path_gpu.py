@@ -35,6 +35,9 @@ import pytest
 import torch
 
 from conftest import gpu_test
+from rewardsds.losses.config import SDSLossConfig
+from rewardsds.strategies.config import MinMaxStrategyConfig, WeightedStrategyConfig
+from step_helpers import make_engine
 
 PROMPT = "a photo of a red fox"
 T, N, K, GUIDANCE = 600, 4, 15, 7.5
@@ -93,16 +96,15 @@ def _latents() -> torch.Tensor:
 
 
 def fast_step(prior, reward, strategy) -> dict:
-    from rewardsds.candidates import CandidateEngine
-    from rewardsds.losses.base import StepContext
+        from rewardsds.losses.base import StepContext
     from rewardsds.losses.sds import SDSLoss
 
-    engine = CandidateEngine(prior, reward, lookahead_steps=K, lookahead_guidance=7.5, seed=0)
+    engine = make_engine(prior, reward, steps=K, guidance=7.5, seed=0)
     z = _latents().requires_grad_(True)
     text = prior.text_cond([PROMPT], "")
     ctx = StepContext(latents=z, t=T, step=5, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
                       camera=None, n_noises=N, strategy=strategy, engine=engine, prior=prior)
-    out = SDSLoss(guidance_scale=GUIDANCE)(ctx)
+    out = SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE))(ctx)
     loss = out.total()
     loss.backward()
     return {"loss": loss.detach(), "grad": z.grad.detach(), "rewards": out.candidates.rewards.detach().float(),
@@ -136,7 +138,7 @@ def compare(fast: dict, plain: dict) -> dict:
 def _strategies():
     from rewardsds.strategies import MinMaxStrategy, WeightedStrategy
 
-    return {"min_max": MinMaxStrategy(n_max=1, n_min=1), "weighted": WeightedStrategy()}
+    return {"min_max": MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), "weighted": WeightedStrategy(WeightedStrategyConfig())}
 
 
 @gpu_test
@@ -198,8 +200,7 @@ def test_cuda_graph_unet_matches_eager(parts):
 def test_reference_structure_equals_fast_path_fp32(parts):
     """The speed baseline (the public reference code's structure) computes our step in fp32: same rewards and
     selections, loss and gradient M = 4 times the reference's (it divides each kept candidate's loss by M)."""
-    from rewardsds.candidates import CandidateEngine
-    from rewardsds.losses.base import StepContext
+        from rewardsds.losses.base import StepContext
     from rewardsds.losses.sds import SDSLoss
     from rewardsds.reference import reference_structure_step
     from rewardsds.strategies import MinMaxStrategy
@@ -207,12 +208,12 @@ def test_reference_structure_equals_fast_path_fp32(parts):
     prior, reward = parts
     p, r = prior("fp32", fast=False), reward("fp32", pil=True)
     n = 6
-    engine = CandidateEngine(p, r, lookahead_steps=K, lookahead_guidance=7.5, lookahead_start="grid", seed=0)
+    engine = make_engine(p, r, steps=K, guidance=7.5, start="grid", seed=0)
     z = _latents().requires_grad_(True)
     text = p.text_cond([PROMPT], "")
     ctx = StepContext(latents=z, t=T, step=5, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
-                      camera=None, n_noises=n, strategy=MinMaxStrategy(), engine=engine, prior=p)
-    out = SDSLoss(guidance_scale=GUIDANCE)(ctx)
+                      camera=None, n_noises=n, strategy=MinMaxStrategy(MinMaxStrategyConfig()), engine=engine, prior=p)
+    out = SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE))(ctx)
     loss = out.total()
     loss.backward()
     zr = _latents().requires_grad_(True)
@@ -236,8 +237,7 @@ def test_reference_structure_equals_fast_path_fp32(parts):
 def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
     """prior.lookahead_quantize=float8 (eager here; compiled in the benchmark): the view's UNet has float8 linear
     layers, the prior's own UNet and its prediction at t are unchanged, and the lookahead's calls go to the view."""
-    from rewardsds.candidates import CandidateEngine
-    from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
+        from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.strategies import MinMaxStrategy
 
@@ -260,9 +260,9 @@ def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
     h1 = f8.unet.register_forward_hook(lambda *_: calls.__setitem__("main", calls["main"] + 1))
     h2 = view.unet_float8.register_forward_hook(lambda *_: calls.__setitem__("view", calls["view"] + 1))
     # an explicit chunk size: the automatic one would measure memory with one more call of the prior's UNet
-    eng = CandidateEngine(f8, reward("bf16", pil=False), lookahead_steps=K, lookahead_guidance=7.5, chunk_size=64, seed=0)
+    eng = make_engine(f8, reward("bf16", pil=False), steps=K, guidance=7.5, chunk_size=64, seed=0)
     z = _latents()
-    cands = eng.evaluate(z, T, N, 5, f8.text_cond([PROMPT], ""), MinMaxStrategy(n_max=1, n_min=1), [PROMPT])
+    cands = eng.evaluate(z, T, N, 5, f8.text_cond([PROMPT], ""), MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), [PROMPT])
     h1.remove()
     h2.remove()
     rep = {"float8_linears": q, "linears": total, "prior_pred_rel_err": rel(b, a), "float8_pred_rel_err": rel(c, a),

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import FAST, compose
-from rewardsds.candidates import CandidateEngine, candidate_noise
+from rewardsds.rng import candidate_noise
 from rewardsds.config import validate
 from rewardsds.errors import ConfigError, ModelLoadError
 from rewardsds.losses.base import StepContext
@@ -22,6 +22,9 @@ from rewardsds.losses.vsd import VSDLoss, lora_training_draws
 from rewardsds.priors.base import TextCond, guide
 from rewardsds.rewards.analytic import AnalyticReward
 from rewardsds.strategies import MinMaxStrategy, NoStrategy
+from rewardsds.losses.config import DDSLossConfig, SDSBridgeLossConfig, VSDLossConfig
+from rewardsds.strategies.config import MinMaxStrategyConfig
+from step_helpers import make_engine
 
 PROMPT = "the cat"
 CPU = torch.device("cpu")
@@ -43,7 +46,7 @@ def _write_png(path: Path, h: int = 16, w: int = 16, seed: int = 0) -> Path:
 # ------------------------------------------------------------------ candidate engine: a second branch at the same noises
 def test_second_branch_shares_noise_t_and_skips_zero_weights(tiny_sd_prior):
     p = tiny_sd_prior
-    eng = CandidateEngine(p, None, seed=2)
+    eng = make_engine(p, None, seed=2)
     z = torch.randn(2, 4, 8, 8)
     cands = eng.draw(z, 400, 3, step=1)
     src = torch.randn(1, 4, 8, 8)
@@ -81,7 +84,7 @@ def test_equal_branches_give_bit_identical_predictions(prior_name, chunk, reques
     """
     p = request.getfixturevalue(prior_name)
     c_, s_ = p.latent_channels, p.latent_size
-    eng = CandidateEngine(p, None, seed=3, chunk_size=chunk)
+    eng = make_engine(p, None, seed=3, chunk_size=chunk)
     z = torch.randn(1, c_, s_, s_, generator=torch.Generator().manual_seed(0))
     cands = eng.draw(z, 500, 5, step=2)
     text = p.text_cond(["a blue disk"], "")
@@ -95,7 +98,7 @@ def test_equal_branches_give_bit_identical_predictions(prior_name, chunk, reques
 @pytest.fixture
 def vsd(tiny_sd_prior):
     """A VSD mode whose LoRA is perturbed so that it changes the copy's prediction (B starts at zero)."""
-    loss = VSDLoss(guidance_scale=7.5)
+    loss = VSDLoss(VSDLossConfig(guidance_scale=7.5))
     loss.setup(tiny_sd_prior, None, CPU, 10)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -118,7 +121,7 @@ def test_vsd_gradient_and_lora_loss_by_hand(tiny_sd_prior, vsd):
     # the LoRA's base is a copy: no tensor shared with the prior, and the prior's UNet got no adapter
     assert not {q.data_ptr() for q in p.unet.parameters()} & {q.data_ptr() for q in vsd.model.base.parameters()}
     assert not any("lora" in name for name, _ in p.unet.named_modules())
-    eng = CandidateEngine(p, None, seed=9)
+    eng = make_engine(p, None, seed=9)
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     t, step = 321, 3
     out = vsd(_ctx(p, eng, z, t, 1, NoStrategy(), step=step))
@@ -150,10 +153,10 @@ def test_vsd_gradient_and_lora_loss_by_hand(tiny_sd_prior, vsd):
 def test_reward_vsd_evaluates_the_lora_only_where_weights_are_nonzero(tiny_sd_prior, vsd):
     p = tiny_sd_prior
     reward = AnalyticReward(["red"], image_size=16)
-    eng = CandidateEngine(p, reward, lookahead_steps=0, seed=4)
+    eng = make_engine(p, reward, steps=0, seed=4)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     t, n = 600, 6
-    out = vsd(_ctx(p, eng, z, t, n, MinMaxStrategy()))
+    out = vsd(_ctx(p, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig())))
     (out.weights[:, None] * out.candidate_losses).sum().backward()
     w = out.weights
     assert int((w != 0).sum()) == 4 and float(out.logs["lora_evals"]) == 4
@@ -172,7 +175,7 @@ def test_reward_vsd_evaluates_the_lora_only_where_weights_are_nonzero(tiny_sd_pr
 def test_vsd_separate_v_prediction_lora_base(tiny_sd_prior, tiny_sd_v, tmp_path):
     """loss.lora_base: the LoRA's v-prediction is converted to eps, and the LoRA learns the v target."""
     p = tiny_sd_prior
-    loss = VSDLoss(lora_base=str(tiny_sd_v))
+    loss = VSDLoss(VSDLossConfig(lora_base=str(tiny_sd_v)))
     loss.setup(p, None, CPU, 10)
     assert loss.model.prediction_type == "v_prediction"
     x = torch.randn(2, 4, 8, 8)
@@ -182,14 +185,14 @@ def test_vsd_separate_v_prediction_lora_base(tiny_sd_prior, tiny_sd_v, tmp_path)
     a = p.alphas_cumprod[t].view(-1, 1, 1, 1)
     assert torch.allclose(loss.model.eps(x, t, text, cam, p.alphas_cumprod), a.sqrt() * v + (1 - a).sqrt() * x, atol=1e-6)
     z = torch.randn(1, 4, 8, 8)
-    ctx = _ctx(p, CandidateEngine(p, None, seed=1), z, 500, 1, NoStrategy(), step=7)
+    ctx = _ctx(p, make_engine(p, None, seed=1), z, 500, 1, NoStrategy(), step=7)
     tl, eps, drop = lora_training_draws(1, 7, 1, (4, 8, 8), 1000, 0.1, "cpu")
     al, sl = p.alpha_sigma(tl)
     pred = loss.model.raw(p.add_noise(z, eps, tl), tl, p.encode_text([PROMPT]), torch.zeros(1, 16))
     assert torch.allclose(loss.lora_loss(ctx, p.encode_text([PROMPT]), torch.zeros(1, 16)),
                           torch.nn.functional.mse_loss(pred, al * eps - sl * z), rtol=1e-5)
     with pytest.raises(ModelLoadError, match="loss.lora_base"):
-        VSDLoss(lora_base=str(tmp_path / "missing")).setup(p, None, CPU, 10)
+        VSDLoss(VSDLossConfig(lora_base=str(tmp_path / "missing"))).setup(p, None, CPU, 10)
 
 
 def test_vsd_on_the_analytic_prior_names_the_fix(tmp_path):
@@ -230,8 +233,8 @@ def test_vsd_resume_reproduces_an_uninterrupted_run_and_saves_only_lora(tiny_sd,
 # ------------------------------------------------------------------ SDS-Bridge
 def test_bridge_stage_one_is_sds_and_stage_two_is_the_bridge(tiny_sd_prior):
     p = tiny_sd_prior
-    loss = SDSBridgeLoss(guidance_scale=40.0, stage_two_start=0.5)
-    eng = CandidateEngine(p, None, seed=5)
+    loss = SDSBridgeLoss(SDSBridgeLossConfig(guidance_scale=40.0, stage_two_start=0.5))
+    eng = make_engine(p, None, seed=5)
     t, step = 450, 2
     ac = p.alphas_cumprod[t]
     noise = candidate_noise(1, (2, 4, 8, 8), 5, step, "cpu")[0]
@@ -259,23 +262,23 @@ def test_reward_bridge_lookahead_uses_target_and_source_prompts(tiny_sd_prior):
     """Stage two ranks candidates by the lookahead with (y + m_tgt) as cond and (y + m_src) as uncond, scored on y."""
     p = tiny_sd_prior
     reward = AnalyticReward(["red"], image_size=16)
-    eng = CandidateEngine(p, reward, lookahead_steps=1, lookahead_guidance=7.5, seed=6)
-    loss = SDSBridgeLoss(stage_two_start=0.0)
+    eng = make_engine(p, reward, steps=1, guidance=7.5, seed=6)
+    loss = SDSBridgeLoss(SDSBridgeLossConfig(stage_two_start=0.0))
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
     t, n = 700, 4
-    out = loss(_ctx(p, eng, z, t, n, MinMaxStrategy(), step=1, progress=0.0))
+    out = loss(_ctx(p, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig()), step=1, progress=0.0))
     ref = eng.draw(z, t, n, step=1)
     bridge = TextCond(p.encode_text([PROMPT + loss.target_suffix]), p.encode_text([PROMPT + loss.source_suffix]))
     expected = reward(p.decode_latents(eng.lookahead(ref, bridge)), [PROMPT] * n)
     plain = reward(p.decode_latents(eng.lookahead(ref, p.text_cond([PROMPT], ""))), [PROMPT] * n)
     assert not torch.allclose(expected, plain)
     assert torch.allclose(out.candidates.rewards, expected, atol=1e-6)
-    assert torch.equal(out.weights, MinMaxStrategy()(expected))
+    assert torch.equal(out.weights, MinMaxStrategy(MinMaxStrategyConfig())(expected))
 
 
 # ------------------------------------------------------------------ DDS
 def _dds(prior, tmp_path, source_prompt="a dog"):
-    loss = DDSLoss(image=str(_write_png(tmp_path / "in.png")), source_prompt=source_prompt)
+    loss = DDSLoss(DDSLossConfig(image=str(_write_png(tmp_path / "in.png")), source_prompt=source_prompt))
     loss.setup(prior, None, CPU, 10)
     return loss
 
@@ -288,8 +291,8 @@ def test_dds_and_reward_dds_gradients_by_hand(tiny_sd_prior, tmp_path):
     assert src.shape == (1, 4, 8, 8)
     z0 = src + 0.3 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     reward = AnalyticReward(["red"], image_size=16)
-    for strategy, n in ((NoStrategy(), 1), (MinMaxStrategy(), 5)):
-        eng = CandidateEngine(p, reward, lookahead_steps=0, seed=7)
+    for strategy, n in ((NoStrategy(), 1), (MinMaxStrategy(MinMaxStrategyConfig()), 5)):
+        eng = make_engine(p, reward, steps=0, seed=7)
         z = z0.clone().requires_grad_(True)
         out = loss(_ctx(p, eng, z, 300, n, strategy, step=4))
         out.total().backward()
@@ -363,18 +366,18 @@ def test_dds_image_errors(analytic_prior, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     with pytest.raises(ConfigError, match=r"loss.image = .*could not be read"):
-        DDSLoss(image=str(bad), source_prompt="a").setup(analytic_prior, None, CPU, 1)
+        DDSLoss(DDSLossConfig(image=str(bad), source_prompt="a")).setup(analytic_prior, None, CPU, 1)
     with pytest.raises(ConfigError, match=r"loss.image = .*is not a file"):
-        DDSLoss(image=str(tmp_path / "nope.png"), source_prompt="a").setup(analytic_prior, None, CPU, 1)
+        DDSLoss(DDSLossConfig(image=str(tmp_path / "nope.png"), source_prompt="a")).setup(analytic_prior, None, CPU, 1)
     with pytest.raises(ConfigError, match=r"loss.image = '3x3'.*too small"):
-        DDSLoss(image=str(_write_png(tmp_path / "tiny.png", 3, 3)), source_prompt="a").setup(analytic_prior, None, CPU, 1)
-    wide = DDSLoss(image=str(_write_png(tmp_path / "wide.png", 12, 20)), source_prompt="a")
+        DDSLoss(DDSLossConfig(image=str(_write_png(tmp_path / "tiny.png", 3, 3)), source_prompt="a")).setup(analytic_prior, None, CPU, 1)
+    wide = DDSLoss(DDSLossConfig(image=str(_write_png(tmp_path / "wide.png", 12, 20)), source_prompt="a"))
     with pytest.warns(UserWarning, match="loss.image: 20x12 image centre-cropped to 12x12"):
         wide.setup(analytic_prior, None, CPU, 1)
     assert wide.source_latents.shape == (1, 3, 16, 16)
     with pytest.raises(ConfigError, match="loss.source_prompt"):
-        DDSLoss(image="x.png", source_prompt="  ")
-    eng = CandidateEngine(analytic_prior, None)
+        DDSLoss(DDSLossConfig(image="x.png", source_prompt="  "))
+    eng = make_engine(analytic_prior, None)
     z = wide.source_latents.clone().requires_grad_(True)
     with pytest.raises(ConfigError, match="does not support 3D"):
         wide(_ctx(analytic_prior, eng, z, 500, 1, NoStrategy(), camera=torch.eye(4)[None]))

@@ -9,11 +9,14 @@ each kept candidate's loss by the number kept, our min_max strategy does not.
 import pytest
 import torch
 
-from rewardsds.candidates import CandidateEngine, ddim_grid
+from rewardsds import ddim
 from rewardsds.losses.base import StepContext
 from rewardsds.losses.sds import SDSLoss
 from rewardsds.reference import reference_structure_step
 from rewardsds.strategies import MinMaxStrategy
+from rewardsds.losses.config import SDSLossConfig
+from rewardsds.strategies.config import MinMaxStrategyConfig
+from step_helpers import make_engine
 
 PROMPT = "a photo of a red fox"
 
@@ -41,12 +44,12 @@ class CountingReward:
 
 
 def _fast(prior, reward, z0, t, n, step, guidance, k):
-    eng = CandidateEngine(prior, reward, lookahead_steps=k, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="grid", seed=0)
+    eng = make_engine(prior, reward, steps=k, guidance=7.5, grid="leading", start="grid", seed=0)
     z = z0.clone().requires_grad_(True)
     text = prior.text_cond([PROMPT], "")
     ctx = StepContext(latents=z, t=t, step=step, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
-                      camera=None, n_noises=n, strategy=MinMaxStrategy(), engine=eng, prior=prior)
-    out = SDSLoss(guidance_scale=guidance)(ctx)
+                      camera=None, n_noises=n, strategy=MinMaxStrategy(MinMaxStrategyConfig()), engine=eng, prior=prior)
+    out = SDSLoss(SDSLossConfig(guidance_scale=guidance))(ctx)
     loss = out.total()
     loss.backward()
     return out, loss, z.grad
@@ -66,7 +69,7 @@ def test_reference_structure_equals_fast_path_in_fp32(tiny_sd_prior, tiny_image_
 
     # structure: one image per reward call; the lookahead visits the grid points <= t; SDS only for the M kept
     assert counting.batches == [1] * n
-    assert ref.lookahead_calls == [g for g in ddim_grid("leading", 15) if g <= t]
+    assert ref.lookahead_calls == [g for g in ddim.grid("leading", 15) if g <= t]
     m = 4
     assert ref.evals == 2 * n * len(ref.lookahead_calls) + 2 * m
     # same rewards and selections

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import FAST, compose, gpu_test
-from rewardsds.candidates import CandidateEngine, candidate_noise, ddim_transition, uniform_calls
+from rewardsds import ddim
+from rewardsds.rng import candidate_noise
 from rewardsds.config import validate
 from rewardsds.errors import ConfigError
 from rewardsds.losses.base import StepContext
@@ -22,6 +23,8 @@ from rewardsds.priors.base import guide
 from rewardsds.rewards.analytic import AnalyticReward
 from rewardsds.rewards.jpeg import JPEGCompressibility
 from rewardsds.strategies import NoStrategy
+from rewardsds.losses.config import DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig
+from step_helpers import make_engine
 
 PROMPT = "a disk"
 
@@ -40,7 +43,7 @@ def _scene(b=2, seed=0, scale=0.5):
 
 
 def _engine(prior, seed=0, reward_views="mean"):
-    return CandidateEngine(prior, AnalyticReward(["blue"]), seed=seed, reward_views=reward_views)
+    return make_engine(prior, AnalyticReward(["blue"]), seed=seed, reward_views=reward_views)
 
 
 # ============================================================================ DDPO3D
@@ -87,7 +90,7 @@ def test_advantage_normalisation_and_running_statistics():
     mean, std = stats.update(torch.tensor([3.0, 4.0, 5.0]))  # 5 values into a ring of 4: [5, 2, 3, 4]
     assert math.isclose(float(mean), 3.5) and math.isclose(float(std), math.sqrt(1.25), rel_tol=1e-6)
     assert set(stats.state_dict()) == {"values", "count"} and int(stats.count) == 5
-    running = DDPO3DLoss(advantage="running", buffer_size=4, min_count=3)
+    running = DDPO3DLoss(DDPO3DLossConfig(advantage="running", buffer_size=4, min_count=3))
     assert torch.equal(running.advantages(torch.tensor([0.7])), torch.zeros(1))  # one rollout, buffer warming up
     running.advantages(torch.tensor([0.1])), running.advantages(torch.tensor([0.4]))
     assert torch.allclose(running.advantages(torch.tensor([0.7])), torch.tensor([(0.7 - 0.475) / 0.248747]), atol=1e-4)
@@ -109,10 +112,10 @@ def test_ddpo3d_noising_gradient_matches_hand_reference(analytic_prior, weightin
     p = analytic_prior
     z = _scene()
     t, n, step, lam = 820, 4, 9, 0.7
-    loss = DDPO3DLoss(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=3, pg_weighting=weighting)
+    loss = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=3, pg_weighting=weighting))
     out = loss(_ctx(p, _engine(p), z, t, n, step))
     out.total().backward()
-    cands, _, adv = _pg_reference_advantages(p, _engine(p), z, t, n, step, uniform_calls(t, 3))
+    cands, _, adv = _pg_reference_advantages(p, _engine(p), z, t, n, step, ddim.uniform_calls(t, 3))
     a, s = p.alpha_sigma(t)
     w = float(1 - p.alphas_cumprod[t]) if weighting == "sds" else 1.0
     expected = -(lam * w / n) * (adv.view(n, 1, 1, 1, 1) * (a / s) * cands.noise).sum(0) / z.shape[0]
@@ -126,9 +129,9 @@ def test_ddpo3d_first_transition_gradient_matches_per_candidate_normal_log_densi
     p = analytic_prior
     z = _scene(seed=1)
     t, n, step, lam = 700, 3, 4, 0.5
-    calls = uniform_calls(t, 4)
-    loss = DDPO3DLoss(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=4,
-                      estimator="first_transition")
+    calls = ddim.uniform_calls(t, 4)
+    loss = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=4,
+                      estimator="first_transition"))
     out = loss(_ctx(p, _engine(p), z, t, n, step))
     out.total().backward()
 
@@ -142,7 +145,7 @@ def test_ddpo3d_first_transition_gradient_matches_per_candidate_normal_log_densi
         for i in range(n):
             x = p.add_noise(zz, cands.noise[i], t)
             c, u = p.predict_noise_pair(x if through_model else x.detach(), t, text)
-            mean, std = ddim_transition(x, guide(c, u, 7.5), ac[t], ac[calls[1]], 1.0)
+            mean, std = ddim.step(x, guide(c, u, 7.5), ac[t], ac[calls[1]], 1.0)
             lp = torch.distributions.Normal(mean, std).log_prob(cands.per_candidate(roll.first_sample)[i]).flatten(1).sum(1)
             total = total - lam * (1 - ac[t]) / (n * 2) * adv[i] * lp.sum()
         total.backward()
@@ -157,17 +160,17 @@ def test_ddpo3d_first_transition_gradient_matches_per_candidate_normal_log_densi
 def test_ddpo3d_schedule_sds_noises_and_reward_window(analytic_prior):
     p = analytic_prior
     z = _scene()
-    loss = DDPO3DLoss(guidance_scale=7.5, pg_start=0.3, rollout_steps=2)
+    loss = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.3, rollout_steps=2))
     before = loss(_ctx(p, _engine(p), z, 500, 4, progress=0.2))
     assert "loss_pg" not in before.extra and before.candidates.n == 1 and before.candidates.evals == 2 * 2  # one CFG pair per view
     assert torch.equal(before.weights, torch.tensor([1.0]))
     during = loss(_ctx(p, _engine(p), z, 500, 4, progress=0.5))
     assert "loss_pg" in during.extra and torch.allclose(during.weights, torch.full((4,), 0.25))
-    first = DDPO3DLoss(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, sds_noises="first")
+    first = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, sds_noises="first"))
     assert torch.equal(first(_ctx(p, _engine(p), z, 500, 4)).weights, torch.tensor([1.0, 0.0, 0.0, 0.0]))
     after_window = loss(_ctx(p, _engine(p), z, 500, 1, progress=0.9, reward_active=False))
     assert "loss_pg" not in after_window.extra and after_window.candidates.n == 1
-    no_sds = DDPO3DLoss(guidance_scale=7.5, pg_start=0.0, sds_end=0.5, rollout_steps=2)
+    no_sds = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.0, sds_end=0.5, rollout_steps=2))
     assert float(no_sds(_ctx(p, _engine(p), z, 500, 4, progress=0.6)).weights.abs().sum()) == 0.0
 
 
@@ -201,7 +204,7 @@ def test_dreamdpo_gradient_matches_hand_reference(analytic_prior, threshold, bel
     p = analytic_prior
     z = _scene(seed=3)
     t, step, b = 760, 6, 2
-    loss = DreamDPOLoss(guidance_scale=7.5, lose_guidance_scale=1.0, threshold=threshold, below_threshold=below)
+    loss = DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, lose_guidance_scale=1.0, threshold=threshold, below_threshold=below))
     out = loss(_ctx(p, _engine(p, reward_views="per_view"), z, t, 2, step))
     out.total().backward()
     ref = _pair_reference(p, z, t, 2, step, 7.5)
@@ -257,7 +260,7 @@ def test_dreamdpo_ranks_win_and_lose_per_view(analytic_prior, reward_views):
     p, t = analytic_prior, 760
     z, step, ref, r = _views_disagree_with_the_mean(p, t)
     b = z.shape[0]
-    out = DreamDPOLoss(guidance_scale=7.5, threshold=0.0)(_ctx(p, _engine(p, reward_views=reward_views), z, t, 2, step))
+    out = DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, threshold=0.0))(_ctx(p, _engine(p, reward_views=reward_views), z, t, 2, step))
     out.total().backward()
     win = (r[1] > r[0]).long()
     one_hot = torch.stack([win == 0, win == 1]).float()
@@ -266,7 +269,7 @@ def test_dreamdpo_ranks_win_and_lose_per_view(analytic_prior, reward_views):
     assert torch.allclose(z.grad, _dreamdpo_field(p, ref, win, t), atol=1e-5, rtol=1e-4)
 
     z_mean = z.detach().clone().requires_grad_(True)
-    out_mean = DreamDPOLoss(guidance_scale=7.5, threshold=0.0, ranking="mean")(
+    out_mean = DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, threshold=0.0, ranking="mean"))(
         _ctx(p, _engine(p, reward_views=reward_views), z_mean, t, 2, step))
     out_mean.total().backward()
     mean_win = torch.full((b,), int(r.mean(1)[1] > r.mean(1)[0]), dtype=torch.long)
@@ -284,11 +287,11 @@ def test_dreamdpo_single_view_is_the_same_for_both_rankings(analytic_prior):
     grads = []
     for ranking in ("per_view", "mean"):
         z = _scene(b=1, seed=4)
-        DreamDPOLoss(threshold=0.0, ranking=ranking)(_ctx(p, _engine(p), z, 700, 2, 5)).total().backward()
+        DreamDPOLoss(DreamDPOLossConfig(threshold=0.0, ranking=ranking))(_ctx(p, _engine(p), z, 700, 2, 5)).total().backward()
         grads.append(z.grad)
     assert torch.equal(grads[0], grads[1]) and float(grads[0].abs().sum()) > 0
     with pytest.raises(ConfigError, match="loss.ranking = 'best'"):
-        DreamDPOLoss(ranking="best")
+        DreamDPOLoss(DreamDPOLossConfig(ranking="best"))
     assert _validate(["loss=dreamdpo", "n_noises=2", "loss.ranking=mean"]).loss.ranking.value == "mean"
 
 
@@ -304,7 +307,7 @@ def test_gap_scale_and_dpo_loss():
 
 
 def _psd(prior, reward=None, **kw):
-    loss = PSDLoss(**{"guidance_scale": 7.5, "negative_start": 0.0, **kw})
+    loss = PSDLoss(PSDLossConfig(**{"guidance_scale": 7.5, "negative_start": 0.0, **kw}))
     loss.setup(prior, reward or AnalyticReward(["blue"]), torch.device("cpu"), 100)
     return loss
 
@@ -415,10 +418,10 @@ def test_negative_embedding_moves_only_above_the_threshold_and_is_checkpointed(t
 
 # ============================================================================ multi-view
 @pytest.mark.parametrize("loss", [
-    DDPO3DLoss(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, estimator="first_transition"),
-    DreamDPOLoss(threshold=0.0),
-    PSDLoss(guidance_scale=7.5, threshold=0.0, negative_start=0.0),
-    PSDLoss(guidance_scale=7.5, threshold=0.0, negative_start=0.0, negative_update="reward_feedback"),
+    DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, estimator="first_transition")),
+    DreamDPOLoss(DreamDPOLossConfig(threshold=0.0)),
+    PSDLoss(PSDLossConfig(guidance_scale=7.5, threshold=0.0, negative_start=0.0)),
+    PSDLoss(PSDLossConfig(guidance_scale=7.5, threshold=0.0, negative_start=0.0, negative_update="reward_feedback")),
 ], ids=["ddpo3d_b", "dreamdpo", "psd_dpo", "psd_feedback"])
 def test_every_model_call_sees_whole_view_groups(analytic_prior, monkeypatch, loss):
     """A prior that denoises views jointly in groups of 2 (like MVDream's 4), 4 views = 2 objects, and a
@@ -434,7 +437,7 @@ def test_every_model_call_sees_whole_view_groups(analytic_prior, monkeypatch, lo
 
     monkeypatch.setattr(p, "predict_noise", recording)
     loss.setup(p, AnalyticReward(["blue"]), torch.device("cpu"), 10)
-    eng = CandidateEngine(p, AnalyticReward(["blue"]), seed=0, chunk_size=3, reward_views="per_view")
+    eng = make_engine(p, AnalyticReward(["blue"]), seed=0, chunk_size=3, reward_views="per_view")
     z = _scene(b=4, seed=6)
     out = loss(_ctx(p, eng, z, 850, 2, 1))
     out.total().backward()
@@ -443,10 +446,10 @@ def test_every_model_call_sees_whole_view_groups(analytic_prior, monkeypatch, lo
 
 
 @pytest.mark.parametrize("make", [
-    lambda: DDPO3DLoss(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, estimator="first_transition"),
-    lambda: DreamDPOLoss(threshold=0.0),
-    lambda: PSDLoss(guidance_scale=7.5, threshold=0.0, negative_start=0.0),
-    lambda: PSDLoss(guidance_scale=7.5, threshold=0.0, negative_start=0.0, negative_update="reward_feedback"),
+    lambda: DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, estimator="first_transition")),
+    lambda: DreamDPOLoss(DreamDPOLossConfig(threshold=0.0)),
+    lambda: PSDLoss(PSDLossConfig(guidance_scale=7.5, threshold=0.0, negative_start=0.0)),
+    lambda: PSDLoss(PSDLossConfig(guidance_scale=7.5, threshold=0.0, negative_start=0.0, negative_update="reward_feedback")),
 ], ids=["ddpo3d_b", "dreamdpo", "psd_dpo", "psd_feedback"])
 def test_gradients_flow_through_a_diffusers_unet(tiny_sd_prior, make):
     """On the (tiny, random) Stable Diffusion prior: the scene gets a finite gradient, and the gradients that
@@ -454,7 +457,7 @@ def test_gradients_flow_through_a_diffusers_unet(tiny_sd_prior, make):
     p = tiny_sd_prior
     loss = make()
     loss.setup(p, AnalyticReward(["blue"]), torch.device("cpu"), 10)
-    eng = CandidateEngine(p, AnalyticReward(["blue"]), seed=0)
+    eng = make_engine(p, AnalyticReward(["blue"]), seed=0)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     text = p.text_cond(["a photo of a cat"], "")
     ctx = StepContext(latents=z, t=700, step=0, progress=0.5, text=text, prompts=["a photo of a cat"], base_prompt="a photo of a cat",
@@ -495,14 +498,14 @@ def test_config_errors_name_key_value_and_fix():
 
 def test_runtime_errors_without_the_schema(analytic_prior):
     with pytest.raises(ConfigError, match=r"negative_update.*not differentiable.*negative_update=dpo"):
-        PSDLoss(negative_update="reward_feedback").setup(analytic_prior, JPEGCompressibility(), torch.device("cpu"), 10)
+        PSDLoss(PSDLossConfig(negative_update="reward_feedback")).setup(analytic_prior, JPEGCompressibility(), torch.device("cpu"), 10)
     with pytest.raises(ConfigError, match=r"n_noises = 1: normalising advantages"):
-        DDPO3DLoss().advantages(torch.tensor([0.3]))
+        DDPO3DLoss(DDPO3DLossConfig()).advantages(torch.tensor([0.3]))
     with pytest.raises(ConfigError, match="loss.rollout_steps"):
-        DDPO3DLoss(rollout_steps=0)
+        DDPO3DLoss(DDPO3DLossConfig(rollout_steps=0))
     z = _scene()
     with pytest.raises(ConfigError, match="n_noises = 1: loss=dreamdpo"):
-        DreamDPOLoss()(_ctx(analytic_prior, _engine(analytic_prior), z, 500, 1))
+        DreamDPOLoss(DreamDPOLossConfig())(_ctx(analytic_prior, _engine(analytic_prior), z, 500, 1))
 
 
 # ============================================================================ on the analytic prior

@@ -5,18 +5,12 @@ torch.distributions, a plain per-candidate loop, the engine's own deterministic 
 import pytest
 import torch
 
-from rewardsds.candidates import (
-    CandidateEngine,
-    candidate_noise,
-    ddim_grid,
-    ddim_transition,
-    gaussian_log_prob,
-    lookahead_calls,
-    uniform_calls,
-)
+from rewardsds import ddim
+from rewardsds.losses.preference import predict_unguided
 from rewardsds.priors.base import guide
 from rewardsds.rewards.analytic import AnalyticReward
-from rewardsds.schedules import Streams, seed_for
+from rewardsds.rng import Streams, candidate_noise, seed_for
+from step_helpers import make_engine
 
 
 def _sd_scheduler():
@@ -35,7 +29,7 @@ def test_ddim_transition_matches_diffusers(eta, t):
     g = torch.Generator().manual_seed(0)
     x, eps, z = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
     ref = sched.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
-    mean, std = ddim_transition(x, eps, ac[t], ac[max(t - 100, 0)], eta)
+    mean, std = ddim.step(x, eps, ac[t], ac[max(t - 100, 0)], eta)
     assert torch.allclose(mean + std * z, ref, atol=1e-5)
     assert (float(std) > 0) == (eta > 0)
 
@@ -45,19 +39,19 @@ def test_gaussian_log_prob_matches_normal_density():
     x, mean = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
     std = torch.tensor(0.37)
     ref = torch.distributions.Normal(mean, std).log_prob(x).flatten(1).sum(1)
-    assert torch.allclose(gaussian_log_prob(x, mean, std), ref, rtol=1e-6)
+    assert torch.allclose(ddim.gaussian_log_prob(x, mean, std), ref, rtol=1e-6)
 
 
 def test_uniform_calls():
-    assert uniform_calls(980, 10) == [980, 882, 784, 686, 588, 490, 392, 294, 196, 98]
-    assert uniform_calls(500, 1) == [500]
-    assert uniform_calls(3, 10) == [3, 2, 1]  # fewer calls than steps only when t < steps
+    assert ddim.uniform_calls(980, 10) == [980, 882, 784, 686, 588, 490, 392, 294, 196, 98]
+    assert ddim.uniform_calls(500, 1) == [500]
+    assert ddim.uniform_calls(3, 10) == [3, 2, 1]  # fewer calls than steps only when t < steps
     with pytest.raises(ValueError):
-        uniform_calls(500, 0)
+        ddim.uniform_calls(500, 0)
 
 
 def _engine(prior, **kw):
-    return CandidateEngine(prior, AnalyticReward(["blue"]), lookahead_steps=15, lookahead_guidance=7.5, seed=3, **kw)
+    return make_engine(prior, AnalyticReward(["blue"]), steps=15, guidance=7.5, seed=3, **kw)
 
 
 def test_rollout_with_eta_zero_is_the_deterministic_lookahead(analytic_prior):
@@ -66,7 +60,7 @@ def test_rollout_with_eta_zero_is_the_deterministic_lookahead(analytic_prior):
     z = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     text = p.text_cond(["a disk", "a disk"], "")
     cands = eng.draw(z, 640, 3, step=7)
-    calls = lookahead_calls(640, ddim_grid("leading", 15), "exact_t")
+    calls = ddim.lookahead_calls(640, ddim.grid("leading", 15), "exact_t")
     roll = eng.rollout(cands, text, calls, step=7, guidance=7.5, eta=0.0)
     assert torch.allclose(roll.final, eng.lookahead(cands, text), atol=1e-6)
     assert roll.log_probs is None and float(roll.first_std) == 0.0
@@ -81,7 +75,7 @@ def _plain_rollout(prior, z, noise, t, calls, text, guidance, eta, seed, step):
         for k, tau in enumerate(calls):
             c, u = prior.predict_noise_pair(x, tau, text)
             nxt = calls[k + 1] if k + 1 < len(calls) else 0
-            mean, std = ddim_transition(x, guide(c, u, guidance), ac[tau], ac[nxt], eta)
+            mean, std = ddim.step(x, guide(c, u, guidance), ac[tau], ac[nxt], eta)
             xi = candidate_noise(noise.shape[0], z.shape, seed_for(seed, k, Streams.LOOKAHEAD), step, "cpu")[i]
             x = mean + std * xi
             if k == 0:
@@ -98,7 +92,7 @@ def test_rollout_batched_equals_plain_loop(analytic_prior, chunk):
     text = p.text_cond(["a disk", "a blue disk"], "")
     t, step, n = 700, 11, 3
     cands = eng.draw(z, t, n, step)
-    calls = uniform_calls(t, 4)
+    calls = ddim.uniform_calls(t, 4)
     first = eng.predict(cands, text)
     roll = eng.rollout(cands, text, calls, step, guidance=7.5, eta=1.0, first=first)
     finals, firsts = _plain_rollout(p, z, cands.noise, t, calls, text, 7.5, 1.0, seed=3, step=step)
@@ -106,7 +100,7 @@ def test_rollout_batched_equals_plain_loop(analytic_prior, chunk):
     assert torch.allclose(cands.per_candidate(roll.first_mean), torch.stack([m for m, _ in firsts]), atol=1e-5)
     assert torch.allclose(cands.per_candidate(roll.first_sample), torch.stack([s for _, s in firsts]), atol=1e-5)
     assert roll.log_probs.shape == (len(calls), n * 2)
-    assert torch.allclose(roll.log_probs[0], gaussian_log_prob(roll.first_sample, roll.first_mean, roll.first_std))
+    assert torch.allclose(roll.log_probs[0], ddim.gaussian_log_prob(roll.first_sample, roll.first_mean, roll.first_std))
     # 2 model evaluations per input at t (reused) + per later transition
     assert cands.evals == 2 * n * 2 * len(calls)
 
@@ -119,29 +113,29 @@ def test_rollout_noise_depends_only_on_seed_step_transition_candidate(analytic_p
     for n in (2, 4):
         eng = _engine(p)
         c = eng.draw(z, 900, n, 5)
-        rolls[n] = eng.rollout(c, text, uniform_calls(900, 3), 5, 7.5, 1.0)
+        rolls[n] = eng.rollout(c, text, ddim.uniform_calls(900, 3), 5, 7.5, 1.0)
     assert torch.equal(rolls[4].final[:2], rolls[2].final)
     eng = _engine(p)
-    other = eng.rollout(eng.draw(z, 900, 2, 6), text, uniform_calls(900, 3), 6, 7.5, 1.0)
+    other = eng.rollout(eng.draw(z, 900, 2, 6), text, ddim.uniform_calls(900, 3), 6, 7.5, 1.0)
     assert not torch.allclose(other.final, rolls[2].final)
 
 
 def test_predict_unguided_matches_the_pair_and_keeps_gradients(tiny_sd_prior):
     p = tiny_sd_prior
-    eng = CandidateEngine(p, None, chunk_size=2, seed=0)
+    eng = make_engine(p, None, chunk_size=2, seed=0)
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     text = p.text_cond(["a cat", "a dog"], "blurry")
     cands = eng.draw(z, 400, 3, 0)
     c, u = eng.predict(cands, text)
-    assert torch.allclose(eng.predict_unguided(cands, text.uncond), u, atol=1e-5)
-    sub = eng.predict_unguided(cands, text.cond, which=[2, 0])
+    assert torch.allclose(predict_unguided(eng, cands, text.uncond), u, atol=1e-5)
+    sub = predict_unguided(eng, cands, text.cond, which=[2, 0])
     assert torch.allclose(sub, torch.cat([cands.per_candidate(c)[2], cands.per_candidate(c)[0]]), atol=1e-5)
     emb = text.uncond.clone().requires_grad_(True)
-    out = eng.predict_unguided(cands, emb, which=[1], grad=True)
+    out = predict_unguided(eng, cands, emb, which=[1], grad=True)
     out.square().sum().backward()
     assert emb.grad is not None and float(emb.grad.abs().sum()) > 0
     # the default stays gradient-free
-    assert not eng.predict_unguided(cands, emb, which=[1]).requires_grad
+    assert not predict_unguided(eng, cands, emb, which=[1]).requires_grad
     x = cands.noisy.clone().requires_grad_(True)
     cg, _ = eng.predict(cands, text, x_t=x, grad=True)
     assert cg.requires_grad and torch.allclose(cg.detach(), c, atol=1e-5)

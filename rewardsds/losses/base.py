@@ -1,11 +1,15 @@
-"""The loss-mode interface and the helpers every mode shares.
+"""The loss-mode interface: the hooks the training step calls, and the helpers every mode shares.
 
-A loss mode turns one step's context into per-candidate losses and their weights. The system forms
+The system's step (``DistillationSystem.run_step``) is the algorithm; a loss mode fills in its parts:
 
-    total = sum_{i,v} weights[i(,v)] * candidate_losses[i, v] + sum of extra ``loss_*`` terms
+    cands = mode.candidates(step)            N noises at t and the prediction at t (under mode.conditioning(step))
+    weights: the strategy on the lookahead rewards (``step.ranked``), or mode.weigh(step, cands) for modes that
+             weigh their own candidates (DDPO3D, DreamDPO, PSD), else 1/N
+    fields = mode.field(step, cands)         per-candidate gradient fields [n * b, c, h, w]
+    total  = sum_{i,v} w[i(,v)] * 0.5 |z - sg(z - g_i)|^2 / b  +  mode.aux_losses(step, cands)  (named ``loss_*``)
 
-and back-propagates it into the scene (and into the mode's own trainable state, such as VSD's LoRA or
-PSD's negative embedding, whose ``loss_*`` terms are built so that they never reach the scene).
+The aux losses carry the mode's own trainable state (VSD's LoRA, PSD's negative embedding) or terms that are not a
+field on the scene (DDPO3D's policy gradient); those built on the mode's state never reach the scene.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from rewardsds.losses.config import SDSWeighting
 from rewardsds.priors.base import Prior, TextCond
-from rewardsds.strategies import Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     from rewardsds.candidates import CandidateEngine, Candidates
@@ -27,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class StepContext:
-    """Everything a loss mode may read in one step (components never read the trainer or global config).
+    """The data of one step (what a loss mode may read; the services it uses were given to it at setup).
 
     Attributes:
         latents: the scene in the prior's space, [b, c, h, w], with gradient to the scene.
@@ -37,12 +41,13 @@ class StepContext:
         prompts: the b (view-dependent) prompts; base_prompt: the user's prompt (rewards score it).
         negative_prompt: the unconditional branch's prompt.
         camera: c2w [b, 4, 4] or None.
-        n_noises: candidates this step (1 after reward_duration).
-        strategy: the strategy this step (``none`` after reward_duration).
-        engine, prior, reward: shared machinery.
+        reward_active: whether this step is inside the reward window (``reward_duration``): the one place that says
+            so. Outside it a step is plain distillation with one candidate.
+        n_noises: candidates this step (the run's N inside the reward window, else 1).
+        ranked: whether the candidates get strategy weights from lookahead rewards this step (reward window, a
+            strategy that uses rewards, a loss mode that does not weigh its own candidates).
         keep_images: keep decoded candidate images for logging this step.
-        reward_active: whether this step is inside the reward window (``reward_duration``); after it the
-            system passes n_noises = 1 and strategy ``none``, and reward-driven terms switch off.
+        rgb: the rendered views [b, 3, H, W] when the scene renders RGB.
     """
 
     latents: Float[Tensor, "b c h w"]
@@ -54,27 +59,28 @@ class StepContext:
     base_prompt: str
     negative_prompt: str
     camera: Optional[Tensor]
+    reward_active: bool
     n_noises: int
-    strategy: Strategy
-    engine: "CandidateEngine"
-    prior: Prior
-    reward: Optional["Reward"] = None
+    ranked: bool
     keep_images: bool = False
-    rgb: Optional[Tensor] = None  # the rendered views [b, 3, H, W] when the scene renders RGB
-    reward_active: bool = True
+    rgb: Optional[Tensor] = None
 
     @property
     def reward_prompts(self) -> list[str]:
         return [self.base_prompt] * self.latents.shape[0]
 
+    @property
+    def b(self) -> int:
+        return self.latents.shape[0]
+
 
 @dataclass
 class LossOutput:
-    """What a loss mode returns.
+    """What one step's loss is made of (for the backward pass and for logging).
 
     Attributes:
         candidate_losses: differentiable per-candidate (per-view) losses [n, b].
-        weights: strategy weights [n] or [n, b] (constants).
+        weights: candidate weights [n] or [n, b] (constants).
         logs: named scalars (tensors) for ``train/<name>``.
         extra: differentiable auxiliary losses named ``loss_*`` (summed into the total).
         candidates: the evaluated candidates (rewards, images) for logging.
@@ -99,22 +105,62 @@ class LossOutput:
 
 
 class LossMode(nn.Module):
-    """Base class. Trainable state (LoRA, embeddings) lives in submodules/parameters of the mode, so it
-    is checkpointed with the system; frozen models stay in the prior."""
+    """Base class of the loss modes. Trainable state (LoRA, embeddings) lives in submodules/parameters of the mode,
+    so it is checkpointed with the system; the frozen prior, the reward and the candidate engine are set by
+    :meth:`setup` as plain attributes (never registered, never checkpointed).
 
-    name: str = "loss"
-    #: whether the mode supports 3D representations (DDS is an image-editing method)
+    Attributes:
+        weighs_own_candidates: the mode decides its candidates' weights itself (:meth:`weigh`); no strategy applies.
+        supports_3d: whether the mode supports 3D representations (DDS is an image-editing method).
+    """
+
+    weighs_own_candidates: bool = False
     supports_3d: bool = True
 
-    def setup(self, prior: Prior, reward: Optional["Reward"], device: torch.device, total_steps: int) -> None:
-        """Build trainable state that depends on the prior (called once before optimisers exist)."""
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.prior: Optional[Prior] = None
+        self.reward: Optional["Reward"] = None
+        self.engine: Optional["CandidateEngine"] = None
+
+    def setup(self, prior: Prior, reward: Optional["Reward"], engine: "CandidateEngine", device: torch.device,
+              total_steps: int) -> None:
+        """Keep the run's services and build trainable state that depends on the prior (once, before the optimiser)."""
+        object.__setattr__(self, "prior", prior)  # plain attributes, not submodules: frozen models stay out of state
+        object.__setattr__(self, "reward", reward)
+        object.__setattr__(self, "engine", engine)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Extra optimiser groups for the mode's own parameters (empty for SDS)."""
         return []
 
-    def forward(self, ctx: StepContext) -> LossOutput:  # pragma: no cover - abstract
+    @property
+    def grad_clip(self) -> Optional[float]:
+        return getattr(self.cfg, "grad_clip", None)
+
+    # ------------------------------------------------------------------ the hooks of a step
+    def conditioning(self, step: StepContext) -> TextCond:
+        """The (cond, uncond) text of the prediction at t and of the lookahead (default: the step's prompts)."""
+        return step.text
+
+    def candidates(self, step: StepContext) -> "Candidates":
+        """The step's N candidates: noises at t and the prediction at t (one batched call)."""
+        cands = self.engine.draw(step.latents, step.t, step.n_noises, step.step)
+        cands.eps_cond, cands.eps_uncond = self.engine.predict(cands, self.conditioning(step), step.camera)
+        return cands
+
+    def weigh(self, step: StepContext, cands: "Candidates", logs: dict[str, Tensor]) -> Tensor:
+        """Weights of a mode that weighs its own candidates (``weighs_own_candidates``), [n] or [n, b]."""
+        raise NotImplementedError(f"{type(self).__name__} does not weigh its own candidates")
+
+    def field(self, step: StepContext, cands: "Candidates", logs: dict[str, Tensor]) -> Tensor:  # pragma: no cover
+        """Each candidate's gradient field on the scene's latents, [n * b, c, h, w] (no graph)."""
         raise NotImplementedError
+
+    def aux_losses(self, step: StepContext, cands: "Candidates", logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Differentiable auxiliary losses named ``loss_*``, summed into the step's total."""
+        return {}
 
     def final_outputs(self, prior: Prior, images: Tensor) -> dict[str, Any]:
         """Extra final images of the mode, ``{name: HxWx3 uint8}``, written to ``final/<name>.png`` (DDS: before/after).
@@ -125,16 +171,19 @@ class LossMode(nn.Module):
         return {}
 
 
-def timestep_weight(kind: str, abar: Tensor) -> Tensor:
+def timestep_weight(kind: SDSWeighting, abar: Tensor) -> Tensor:
     """w(t) of the SDS family: ``sds`` 1 - abar (DreamFusion), ``uniform`` 1, ``fantasia`` sqrt(abar)(1 - abar)."""
-    kind = getattr(kind, "value", kind)
-    if kind == "sds":
+    kind = SDSWeighting(kind)
+    if kind is SDSWeighting.sds:
         return 1 - abar
-    if kind == "uniform":
+    if kind is SDSWeighting.uniform:
         return torch.ones_like(abar)
-    if kind == "fantasia":
-        return abar.sqrt() * (1 - abar)
-    raise ValueError(f"unknown weighting {kind!r}")
+    return abar.sqrt() * (1 - abar)
+
+
+def uniform_weights(n: int, device: torch.device) -> Tensor:
+    """1/n for each of n candidates (plain distillation; n = 1 is SDS)."""
+    return torch.full((n,), 1.0 / n, device=device)
 
 
 def detached_target_losses(latents: Tensor, targets: Tensor, n: int) -> Tensor:

@@ -45,9 +45,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from rewardsds.candidates import ddim_transition, gaussian_log_prob, uniform_calls
+from rewardsds import ddim
+from rewardsds.candidates import Candidates
 from rewardsds.errors import ConfigError
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
+from rewardsds.losses.base import LossMode, StepContext, combined_field_norm, field_losses, timestep_weight
+from rewardsds.losses.config import AdvantageNorm, DDPO3DLossConfig, PGEstimator, SDSNoises
 from rewardsds.losses.sds import sds_fields
 from rewardsds.priors.base import guide
 
@@ -104,80 +106,28 @@ class RunningRewardStats(nn.Module):
 class DDPO3DLoss(LossMode):
     """SDS plus a DDPO-style policy gradient that reaches the scene through the rollout's start.
 
-    Args:
-        guidance_scale: CFG of the SDS term (100 for 2D SD, 50 for MVDream with ``x0_recon``).
-        weighting: w(t) of the SDS term (``sds``, ``uniform``, ``fantasia``).
-        target: SDS target ``eps`` or ``x0_recon`` (MVDream).
-        recon_std_rescale: MVDream's std rescale (``x0_recon`` only).
-        grad_clip: elementwise clamp of the SDS field (None = off).
-        lambda_sds, lambda_pg: weights of the two terms.
-        pg_weighting: timestep weight w_pg(t) of the PG term: ``sds`` (1 - abar_t, as SDS weighs its own
-            field), ``uniform`` (1: the plain REINFORCE estimate), ``fantasia``.
-        pg_start: fraction of the steps after which the PG term is on (ALGORITHMS.md 6.3 proposes 0.3).
-        sds_end: fraction of the steps after which SDS is off (1.0 keeps SDS to the end, against reward hacking).
-        sds_noises: ``all`` (SDS averaged over the N start noises: their predictions at t are shared with the
-            rollouts, so the lower-variance SDS costs nothing) or ``first`` (candidate 0 only: exactly plain
-            SDS's noise). Outside the PG window SDS uses one noise either way.
-        estimator: ``noising`` (a) or ``first_transition`` (b).
-        rollout_steps: K, DDIM steps of each rollout from t to 0.
-        rollout_guidance: CFG of the rollouts (DDPO samples with 5.0; 7.5 proposed).
-        eta: rollout stochasticity (1 = DDPO; 0 allowed for ``noising`` only).
-        advantage: ``batch`` (over the N rollouts of the step) or ``running`` (DDPO's per-prompt buffer).
-        advantage_clip: clip of the normalised advantages.
-        buffer_size, min_count: the running buffer (DDPO: 16 and 16).
+    Settings (:class:`~rewardsds.losses.config.DDPO3DLossConfig`): ``guidance_scale``, ``weighting``, ``target``,
+    ``recon_std_rescale``, ``grad_clip`` (the SDS term, as :class:`~rewardsds.losses.sds.SDSLoss`); ``lambda_sds``,
+    ``lambda_pg`` (the two terms' weights); ``pg_weighting`` (timestep weight w_pg(t) of the PG term: ``sds`` =
+    1 - abar_t as SDS weighs its own field, ``uniform`` = the plain REINFORCE estimate); ``pg_start`` (fraction of the
+    steps after which the PG term is on, ALGORITHMS.md 6.3 proposes 0.3); ``sds_end`` (fraction after which SDS is
+    off; 1.0 keeps it, against reward hacking); ``sds_noises`` (``all``: SDS averaged over the N start noises, whose
+    predictions at t the rollouts share, so it costs nothing; ``first``: candidate 0 only, exactly plain SDS's noise;
+    outside the PG window SDS uses one noise either way); ``estimator`` (``noising`` (a) or ``first_transition``
+    (b)); ``rollout_steps`` (K); ``rollout_guidance`` (DDPO samples with 5.0; 7.5 proposed); ``eta`` (1 = DDPO);
+    ``advantage`` (``batch`` over the step's N rollouts, or ``running``: DDPO's per-prompt buffer of
+    ``buffer_size`` rewards, used once it holds ``min_count``); ``advantage_clip``.
     """
 
-    name = "ddpo3d"
+    weighs_own_candidates = True
 
-    def __init__(
-        self,
-        guidance_scale: float = 100.0,
-        weighting: str = "sds",
-        target: str = "eps",
-        recon_std_rescale: float = 0.5,
-        grad_clip: Optional[float] = None,
-        lambda_sds: float = 1.0,
-        lambda_pg: float = 0.1,
-        pg_weighting: str = "sds",
-        pg_start: float = 0.3,
-        sds_end: float = 1.0,
-        sds_noises: str = "all",
-        estimator: str = "noising",
-        rollout_steps: int = 10,
-        rollout_guidance: float = 7.5,
-        eta: float = 1.0,
-        advantage: str = "batch",
-        advantage_clip: float = 5.0,
-        buffer_size: int = 16,
-        min_count: int = 16,
-    ):
-        super().__init__()
-        self.guidance_scale = float(guidance_scale)
-        self.weighting = getattr(weighting, "value", weighting)
-        self.target = getattr(target, "value", target)
-        self.recon_std_rescale = float(recon_std_rescale)
-        self.grad_clip = grad_clip
-        self.lambda_sds, self.lambda_pg = float(lambda_sds), float(lambda_pg)
-        self.pg_weighting = getattr(pg_weighting, "value", pg_weighting)
-        self.pg_start, self.sds_end = float(pg_start), float(sds_end)
-        self.sds_noises = getattr(sds_noises, "value", sds_noises)
-        self.estimator = getattr(estimator, "value", estimator)
-        self.rollout_steps = int(rollout_steps)
-        self.rollout_guidance = float(rollout_guidance)
-        self.eta = float(eta)
-        self.advantage = getattr(advantage, "value", advantage)
-        self.advantage_clip = float(advantage_clip)
-        if self.rollout_steps < 1:
-            raise ConfigError("loss.rollout_steps", rollout_steps, "must be >= 1: the policy gradient needs a rollout",
-                              "use 10 (DDPO's default)")
-        if self.estimator == "first_transition" and self.eta <= 0:
-            raise ConfigError("loss.eta", eta, "must be > 0 with loss.estimator=first_transition (a deterministic "
-                              "transition has no log-density)", "use loss.eta=1.0 or loss.estimator=noising")
-        self.stats = RunningRewardStats(buffer_size, min_count) if self.advantage == "running" else None
+    def __init__(self, cfg: DDPO3DLossConfig):
+        super().__init__(cfg)
+        self.stats = RunningRewardStats(cfg.buffer_size, cfg.min_count) if cfg.advantage is AdvantageNorm.running else None
 
     # ------------------------------------------------------------------ pieces
-    def pg_active(self, ctx: StepContext) -> bool:
-        return bool(ctx.reward_active and self.lambda_pg > 0 and ctx.progress >= self.pg_start)
+    def pg_active(self, step: StepContext) -> bool:
+        return bool(step.reward_active and self.cfg.lambda_pg > 0 and step.progress >= self.cfg.pg_start)
 
     def advantages(self, rewards: Tensor) -> Tensor:
         """Normalised, clipped advantages of rewards [n] or [n, b].
@@ -185,81 +135,87 @@ class DDPO3DLoss(LossMode):
         ``running`` falls back to the batch until the buffer holds ``min_count`` rewards (DDPO); with a single
         rollout that gives zero advantages (no policy gradient) for those first steps.
         """
+        clip = self.cfg.advantage_clip
         if self.stats is not None:
             stats = self.stats.update(rewards)
             if stats is not None:
-                return normalise_advantages(rewards, self.advantage_clip, *stats)
+                return normalise_advantages(rewards, clip, *stats)
             if rewards.shape[0] < 2:
                 return torch.zeros_like(rewards, dtype=torch.float32)
         if rewards.shape[0] < 2:
             raise ConfigError("n_noises", rewards.shape[0], "normalising advantages over the rollouts of one step "
                               "needs at least 2 rollouts", "set n_noises>=2 (4 or more recommended), or loss.advantage=running")
-        return normalise_advantages(rewards, self.advantage_clip)
+        return normalise_advantages(rewards, clip)
 
     # ------------------------------------------------------------------ the step
-    def forward(self, ctx: StepContext) -> LossOutput:
-        prior, engine = ctx.prior, ctx.engine
-        pg = self.pg_active(ctx)
-        n = ctx.n_noises if pg else 1
-        cands = engine.draw(ctx.latents, ctx.t, n, ctx.step)
-        b = cands.b
-        x_grad, grad_pair = None, None
-        if pg and self.estimator == "first_transition":
+    def candidates(self, step: StepContext) -> Candidates:
+        """N start noises inside the PG window (one outside it) and their prediction at t; with the first-transition
+        estimator that prediction is made with gradient to its input x_t(z) (kept for the PG term)."""
+        engine = self.engine
+        n = step.n_noises if self.pg_active(step) else 1
+        cands = engine.draw(step.latents, step.t, n, step.step)
+        if self.pg_active(step) and self.cfg.estimator is PGEstimator.first_transition:
             # One pass with gradient to the model input serves the PG term, SDS and the rollout's first step.
-            z = ctx.latents.float()[None].expand(n, *ctx.latents.shape).reshape(cands.noisy.shape)
-            x_grad = prior.add_noise(z, cands.flat_noise(), ctx.t)
-            grad_pair = engine.predict(cands, ctx.text, ctx.camera, x_t=x_grad, grad=True)
-            c, u = grad_pair[0].detach(), grad_pair[1].detach()
+            z = step.latents.float()[None].expand(n, *step.latents.shape).reshape(cands.noisy.shape)
+            x_grad = self.prior.add_noise(z, cands.flat_noise(), step.t)
+            grad_pair = engine.predict(cands, step.text, step.camera, x_t=x_grad, grad=True)
+            cands.extras.update(x_grad=x_grad, grad_pair=grad_pair)
+            cands.eps_cond, cands.eps_uncond = grad_pair[0].detach(), grad_pair[1].detach()
         else:
-            c, u = engine.predict(cands, ctx.text, ctx.camera)
-        cands.eps_cond, cands.eps_uncond = c, u
+            cands.eps_cond, cands.eps_uncond = engine.predict(cands, step.text, step.camera)
+        return cands
 
-        fields_sds = sds_fields(ctx, cands, c, u, self.guidance_scale, self.weighting, self.target, self.recon_std_rescale)
-        losses, fields_sds = field_losses(ctx.latents, fields_sds, n, self.grad_clip)
-        rows = 1 if self.sds_noises == "first" else n
-        sds_on = self.lambda_sds > 0 and ctx.progress < self.sds_end
-        weights = torch.zeros(n, device=ctx.latents.device)
-        if sds_on:
-            weights[:rows] = self.lambda_sds / rows
-        logs: dict[str, Tensor] = {"grad_norm": combined_field_norm(fields_sds, weights, n, b).detach(),
-                                   "pg_active": torch.tensor(float(pg))}
-        extra: dict[str, Tensor] = {}
-        if pg:
-            extra["loss_pg"] = self._policy_gradient(ctx, cands, c, u, x_grad, grad_pair, logs)
-        cands.weights = weights
-        return LossOutput(candidate_losses=losses, weights=weights, logs=logs, extra=extra, candidates=cands)
+    def weigh(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        """``lambda_sds`` spread over the SDS rows (all N, or the first), zero once SDS is off."""
+        n = cands.n
+        rows = 1 if self.cfg.sds_noises is SDSNoises.first else n
+        weights = torch.zeros(n, device=step.latents.device)
+        if self.cfg.lambda_sds > 0 and step.progress < self.cfg.sds_end:
+            weights[:rows] = self.cfg.lambda_sds / rows
+        logs["pg_active"] = torch.tensor(float(self.pg_active(step)))
+        return weights
 
-    def _policy_gradient(self, ctx: StepContext, cands, c: Tensor, u: Tensor, x_grad: Optional[Tensor],
-                         grad_pair: Optional[tuple[Tensor, Tensor]], logs: dict[str, Tensor]) -> Tensor:
-        prior, engine = ctx.prior, ctx.engine
+    def field(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        c = self.cfg
+        return sds_fields(self.prior, step, cands, cands.eps_cond, cands.eps_uncond, c.guidance_scale, c.weighting, c.target,
+                          c.recon_std_rescale)
+
+    def aux_losses(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if not self.pg_active(step):
+            return {}
+        return {"loss_pg": self._policy_gradient(step, cands, logs)}
+
+    def _policy_gradient(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        prior, engine, c = self.prior, self.engine, self.cfg
         n, b = cands.n, cands.b
-        calls = uniform_calls(ctx.t, self.rollout_steps)
-        roll = engine.rollout(cands, ctx.text, calls, ctx.step, self.rollout_guidance, self.eta, ctx.camera, first=(c, u))
+        calls = ddim.uniform_calls(step.t, c.rollout_steps)
+        roll = engine.rollout(cands, step.text, calls, step.step, c.rollout_guidance, c.eta, step.camera,
+                              first=(cands.eps_cond, cands.eps_uncond))
         images = engine.decode(roll.final)
-        cands.view_rewards, cands.rewards = engine.score(images, ctx.reward_prompts, n)
-        if ctx.keep_images:
+        cands.view_rewards, cands.rewards = engine.score(images, step.reward_prompts, n)
+        if step.keep_images:
             cands.images = images
-        raw = cands.rewards
-        adv = self.advantages(raw)
+        adv = self.advantages(cands.rewards)
         adv_nb = adv if adv.dim() == 2 else adv[:, None].expand(n, b)
         logs.update({
             "adv_mean": adv.mean().detach(), "adv_std": adv.std(unbiased=False).detach(),
             "adv_abs_max": adv.abs().max().detach(),
-            "adv_clip_frac": (adv.abs() >= self.advantage_clip).float().mean().detach(),
+            "adv_clip_frac": (adv.abs() >= c.advantage_clip).float().mean().detach(),
             "rollout_steps": torch.tensor(float(len(calls))),
         })
         ac = prior.alphas_cumprod
-        scale = self.lambda_pg * timestep_weight(self.pg_weighting, ac[ctx.t])
-        if self.estimator == "noising":
-            a_t, s_t = prior.alpha_sigma(ctx.t)
+        scale = c.lambda_pg * timestep_weight(c.pg_weighting, ac[step.t])
+        if c.estimator is PGEstimator.noising:
+            a_t, s_t = prior.alpha_sigma(step.t)
             fields = noising_reinforce_field(cands.noise.float(), adv_nb.to(cands.noise.device), a_t, s_t)
-            pg_losses, fields = field_losses(ctx.latents, fields.reshape(n * b, *fields.shape[2:]), n)
+            pg_losses, fields = field_losses(step.latents, fields.reshape(n * b, *fields.shape[2:]), n)
             uniform = torch.full((n,), 1.0 / n, device=fields.device)
             logs["pg_field_norm"] = combined_field_norm(fields, uniform, n, b).detach()
             return scale / n * pg_losses.sum()
         # (b): the first transition's Gaussian with its mean differentiable in x_t(z)
+        x_grad, grad_pair = cands.extras["x_grad"], cands.extras["grad_pair"]
         nxt = calls[1] if len(calls) > 1 else 0
-        mean, _ = ddim_transition(x_grad, guide(*grad_pair, self.rollout_guidance), ac[ctx.t], ac[nxt], self.eta)
-        logp = gaussian_log_prob(roll.first_sample, mean, roll.first_std)  # [n * b]
+        mean, _ = ddim.step(x_grad, guide(*grad_pair, c.rollout_guidance), ac[step.t], ac[nxt], c.eta)
+        logp = ddim.gaussian_log_prob(roll.first_sample, mean, roll.first_std)  # [n * b]
         logs["pg_log_prob"] = (logp.detach() / roll.first_sample[0].numel()).mean()
         return -scale / (n * b) * (adv_nb.reshape(-1).to(logp) * logp).sum()

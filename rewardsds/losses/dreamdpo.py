@@ -17,181 +17,75 @@ are the same. With the score gap ``gap = r_w - r_l`` of the view:
 prediction of the reference code. Non-differentiable rewards are fine: the reward only ranks.
 
 With N = 2 this is the closest published relative of RewardSDS; for N > 2 the win is the best and the
-lose the worst candidate (this project's generalisation). The pair helpers here are shared with PSD.
+lose the worst candidate (this project's generalisation). The pair helpers are shared with PSD (:mod:`rewardsds.losses.preference`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from rewardsds.candidates import Candidates
-from rewardsds.errors import ConfigError
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
-from rewardsds.priors.base import TextCond, guide
-
-
-@dataclass
-class Pair:
-    """The win and lose candidate of each view.
-
-    Attributes:
-        win, lose: candidate indices [b] (long).
-        gap: reward gap r_win - r_lose >= 0, [b].
-        reward_win, reward_lose: [b].
-    """
-
-    win: Tensor
-    lose: Tensor
-    gap: Tensor
-    reward_win: Tensor
-    reward_lose: Tensor
-
-    def masks(self, n: int) -> tuple[Tensor, Tensor]:
-        """Boolean [n, b] masks of the (candidate, view) cells that are the win and the lose."""
-        idx = torch.arange(n, device=self.win.device)[:, None]
-        return idx == self.win[None], idx == self.lose[None]
-
-
-def rank_pair(rewards: Float[Tensor, "n *v"], b: int) -> Pair:
-    """Win = highest, lose = lowest reward per view (ties: lower index wins, the other loses).
-
-    Args:
-        rewards: [n] (one per candidate, shared by its views) or [n, b] (per view), n >= 2.
-        b: views per candidate.
-    """
-    r = (rewards if rewards.dim() == 2 else rewards[:, None].expand(-1, b)).float()
-    order = torch.sort(r, dim=0, descending=True, stable=True).indices
-    win, lose = order[0], order[-1]
-    rw, rl = r.gather(0, win[None])[0], r.gather(0, lose[None])[0]
-    return Pair(win=win, lose=lose, gap=rw - rl, reward_win=rw, reward_lose=rl)
-
-
-def preview_and_score(
-    ctx: StepContext, cands: Candidates, text: TextCond, eps_cond: Tensor, eps_uncond: Tensor, preview: str,
-    guidance: float,
-) -> tuple[Tensor, Tensor]:
-    """Score every candidate's preview of x0 and attach rewards (and images) to ``cands``.
-
-    ``one_step``: ``x0 = (x_t - s_t eps_cfg) / a_t`` with CFG ``guidance`` (DreamDPO); ``lookahead``: the
-    engine's DDIM lookahead (RewardSDS; its own steps and guidance), reusing the predictions at t.
-
-    Returns:
-        (the rewards used for ranking, [n] or [n, b] by the engine's ``reward_views`` rule; the previews
-        x0 [n * b, c, h, w]).
-    """
-    engine = ctx.engine
-    with torch.no_grad():
-        if preview == "one_step":
-            x0 = ctx.prior.predict_x0(cands.noisy, cands.t, guide(eps_cond, eps_uncond, guidance))
-        else:
-            x0 = engine.lookahead(cands, text, ctx.camera, first=(eps_cond, eps_uncond))
-    images = engine.decode(x0)
-    cands.view_rewards, cands.rewards = engine.score(images, ctx.reward_prompts, cands.n)
-    if ctx.keep_images:
-        cands.images = images
-    return cands.rewards, x0
-
-
-def pair_logs(pair: Pair, active: Tensor) -> dict[str, Tensor]:
-    return {
-        "pair_gap": pair.gap.mean().detach(),
-        "pair_active": active.float().mean().detach(),
-        "reward_win": pair.reward_win.mean().detach(),
-        "reward_lose": pair.reward_lose.mean().detach(),
-    }
-
-
-def candidates_needed(ctx: StepContext, min_pairs: int, loss: str) -> int:
-    """Candidates this step: the run's n_noises inside the reward window (checked >= 2), else 1 (plain SDS)."""
-    if not ctx.reward_active:
-        return 1
-    if ctx.n_noises < min_pairs:
-        raise ConfigError("n_noises", ctx.n_noises, f"loss={loss} compares a win and a lose candidate and needs at least 2",
-                          "set n_noises=2")
-    return ctx.n_noises
+from rewardsds.losses.base import LossMode, StepContext, timestep_weight
+from rewardsds.losses.config import BelowThreshold, DreamDPOLossConfig, PairRanking
+from rewardsds.losses.preference import candidates_needed, pair_logs, preview_and_score, rank_pair
+from rewardsds.priors.base import guide
 
 
 class DreamDPOLoss(LossMode):
     """Pairwise win/lose distillation with a reward-gap threshold (DreamDPO).
 
-    Args:
-        guidance_scale: CFG of the win branch (reference: 7.5 with MVDream; 100 for 2D SD).
-        lose_guidance_scale: CFG of the lose branch (1.0 = the conditional prediction, as the reference code).
-        weighting: w(t): ``sds`` (1 - abar_t, reference), ``uniform``, ``fantasia``.
-        threshold: tau; pull/push only where the gap is >= tau (reference README 0.01; 0 = always).
-        below_threshold: ``win_sds`` (SDS on the win sample, paper) or ``win_eps`` (reference code's
-            ``w(t) eps_cfg`` without the noise term).
-        preview: ``one_step`` (DreamDPO) or ``lookahead`` (the engine's DDIM lookahead).
-        preview_guidance: CFG of the one-step preview (None = guidance_scale).
-        ranking: ``per_view`` (win and lose of each view from that view's rewards; paper and code) or
-            ``mean`` (one win and lose per step from the rewards averaged over the views).
-        grad_clip: elementwise clamp of each field (None = off).
+    Settings (:class:`~rewardsds.losses.config.DreamDPOLossConfig`): ``guidance_scale`` (CFG of the win branch;
+    reference 7.5 with MVDream, 100 for 2D SD), ``lose_guidance_scale`` (1 = the conditional prediction, as the
+    reference code), ``weighting`` (w(t)), ``threshold`` (tau; pull/push only where the gap is >= tau, reference
+    README 0.01), ``below_threshold`` (``win_sds``: SDS on the win sample, paper; ``win_eps``: the reference code's
+    ``w(t) eps_cfg`` without the noise term), ``preview`` (``one_step`` or ``lookahead``), ``preview_guidance`` (CFG
+    of the one-step preview; null = guidance_scale), ``ranking`` (``per_view``: each view's own pair, paper and code;
+    ``mean``: one pair per step from the rewards averaged over the views), ``grad_clip``.
     """
 
-    name = "dreamdpo"
+    weighs_own_candidates = True
 
-    def __init__(
-        self,
-        guidance_scale: float = 7.5,
-        lose_guidance_scale: float = 1.0,
-        weighting: str = "sds",
-        threshold: float = 0.01,
-        below_threshold: str = "win_sds",
-        preview: str = "one_step",
-        preview_guidance: Optional[float] = None,
-        ranking: str = "per_view",
-        grad_clip: Optional[float] = None,
-    ):
-        super().__init__()
-        self.ranking = getattr(ranking, "value", ranking)
-        if self.ranking not in ("per_view", "mean"):
-            raise ConfigError("loss.ranking", self.ranking, "is not a known option", "use per_view (DreamDPO) or mean")
-        self.guidance_scale = float(guidance_scale)
-        self.lose_guidance_scale = float(lose_guidance_scale)
-        self.weighting = getattr(weighting, "value", weighting)
-        self.threshold = float(threshold)
-        self.below_threshold = getattr(below_threshold, "value", below_threshold)
-        self.preview = getattr(preview, "value", preview)
-        self.preview_guidance = self.guidance_scale if preview_guidance is None else float(preview_guidance)
-        self.grad_clip = grad_clip
+    def __init__(self, cfg: DreamDPOLossConfig):
+        super().__init__(cfg)
 
-    def forward(self, ctx: StepContext) -> LossOutput:
-        n = candidates_needed(ctx, 2, self.name)
-        engine = ctx.engine
-        cands = engine.draw(ctx.latents, ctx.t, n, ctx.step)
-        b = cands.b
-        c, u = engine.predict(cands, ctx.text, ctx.camera)
-        cands.eps_cond, cands.eps_uncond = c, u
-        w = timestep_weight(self.weighting, ctx.prior.alphas_cumprod[ctx.t])
+    def candidates(self, step: StepContext) -> Candidates:
+        cands = self.engine.draw(step.latents, step.t, candidates_needed(step, "dreamdpo"), step.step)
+        cands.eps_cond, cands.eps_uncond = self.engine.predict(cands, step.text, step.camera)
+        return cands
+
+    def weigh(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        """+1 on each view's win; -1 on its lose where the gap reaches the threshold (1 for a single candidate)."""
+        c, n, b = self.cfg, cands.n, cands.b
+        if n == 1:
+            return torch.ones(1, b, device=step.latents.device)
+        preview_guidance = c.guidance_scale if c.preview_guidance is None else c.preview_guidance
+        preview_and_score(self.engine, step, cands, step.text, c.preview, preview_guidance)
+        view_rewards = cands.view_rewards  # [n, b]
+        pair = rank_pair(view_rewards if c.ranking is PairRanking.per_view else view_rewards.mean(1), b)
+        active = pair.gap >= c.threshold
+        is_win, is_lose = pair.masks(n)
+        cands.extras.update(is_win=is_win, active=active)
+        logs.update(pair_logs(pair, active))
+        return is_win.float() - (is_lose & active[None]).float()
+
+    def field(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        """The win residual on win cells (or the below-threshold field where the gap is small), the lose residual
+        (with ``lose_guidance_scale``) elsewhere; weights say which cells count and with which sign."""
+        c = self.cfg
+        eps_c, eps_u = cands.eps_cond, cands.eps_uncond
+        w = timestep_weight(c.weighting, self.prior.alphas_cumprod[step.t])
         eps = cands.flat_noise()
         with torch.no_grad():
-            win_field = w * (guide(c, u, self.guidance_scale) - eps)
-        logs: dict[str, Tensor] = {}
-        if n == 1:
-            fields, weights = win_field, torch.ones(1, b, device=win_field.device)
-        else:
-            preview_and_score(ctx, cands, ctx.text, c, u, self.preview, self.preview_guidance)
-            view_rewards = cands.view_rewards  # [n, b]
-            pair = rank_pair(view_rewards if self.ranking == "per_view" else view_rewards.mean(1), b)
-            active = pair.gap >= self.threshold
-            is_win, is_lose = pair.masks(n)
-            with torch.no_grad():
-                lose_field = w * (guide(c, u, self.lose_guidance_scale) - eps)
-                below = win_field if self.below_threshold == "win_sds" else w * guide(c, u, self.guidance_scale)
-            shape = (n, b) + (1,) * (win_field.dim() - 1)
+            win_field = w * (guide(eps_c, eps_u, c.guidance_scale) - eps)
+            if cands.n == 1:
+                return win_field
+            is_win, active = cands.extras["is_win"], cands.extras["active"]
+            lose_field = w * (guide(eps_c, eps_u, c.lose_guidance_scale) - eps)
+            below = win_field if c.below_threshold is BelowThreshold.win_sds else w * guide(eps_c, eps_u, c.guidance_scale)
+            shape = (cands.n, cands.b) + (1,) * (win_field.dim() - 1)
             win_cells = (is_win & active[None]).view(shape)
             below_cells = (is_win & ~active[None]).view(shape)
             fields = torch.where(win_cells, cands.per_candidate(win_field),
                                  torch.where(below_cells, cands.per_candidate(below), cands.per_candidate(lose_field)))
-            fields = fields.reshape(win_field.shape)
-            weights = is_win.float() - (is_lose & active[None]).float()
-            logs.update(pair_logs(pair, active))
-        losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
-        logs["grad_norm"] = combined_field_norm(fields, weights, n, b).detach()
-        cands.weights = weights
-        return LossOutput(candidate_losses=losses, weights=weights, logs=logs, candidates=cands)
+            return fields.reshape(win_field.shape)

@@ -41,20 +41,21 @@ AdamW then skips e entirely: e moves only on steps with an informative pair.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from rewardsds.candidates import candidate_noise
+from rewardsds.candidates import Candidates
 from rewardsds.errors import ConfigError
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses
+from rewardsds.losses.base import LossMode, StepContext
+from rewardsds.losses.config import DPOPairs, NegativeUpdate, PSDLossConfig
+from rewardsds.losses.preference import Pair, candidates_needed, pair_logs, predict_unguided, preview_and_score, rank_pair
 from rewardsds.losses.sds import sds_fields
-from rewardsds.losses.dreamdpo import Pair, candidates_needed, pair_logs, preview_and_score, rank_pair
 from rewardsds.priors.base import TextCond, guide
-from rewardsds.schedules import Streams
+from rewardsds.rng import Streams, candidate_noise
 
 
 def gap_scale(gap: Float[Tensor, "b"], threshold: float, lose_scale: float, gap_ref: Optional[float]) -> Float[Tensor, "b"]:
@@ -79,93 +80,46 @@ def dpo_loss(
 class PSDLoss(LossMode):
     """Preference score distillation: win/lose guidance with a co-optimised negative embedding.
 
-    Args:
-        guidance_scale: CFG scale w_cfg with the learnable negative (7.5 proposed; 100 for 2D SD).
-        weighting: w(t) of the scene field.
-        threshold: tau; a pair is informative where gap > tau.
-        lose_scale: gamma_0.
-        gap_ref: gap at which gamma reaches gamma_0 (None: gamma_0 for every informative pair).
-        preview: ``one_step`` or ``lookahead`` (ranking previews, see DreamDPO).
-        preview_guidance: CFG of the one-step preview (None = guidance_scale).
-        negative_update: ``dpo`` (default), ``reward_feedback`` (differentiable reward) or ``frozen``.
-        negative_init: prompt that initialises e (the config sets it to the run's negative_prompt).
-        negative_lr, negative_betas, negative_eps, negative_weight_decay: AdamW settings of e's group.
-        negative_start: fraction of the steps before which e is not updated (warm-up).
-        dpo_beta: beta of the DPO loss.
-        dpo_pairs: ``previews`` (the win/lose previews re-noised with one shared noise, as Diffusion-DPO
-            pairs two images) or ``candidates`` (the noisy candidates x_t^w, x_t^l with their own noises).
-        feedback_weight: scale of the reward-feedback loss.
-        anchor_weight: weight of mean((e - e0)^2).
-        grad_clip: elementwise clamp of each scene field (None = off).
+    Settings (:class:`~rewardsds.losses.config.PSDLossConfig`): ``guidance_scale`` (w_cfg with the learnable negative;
+    7.5 proposed, 100 for 2D SD), ``weighting`` (w(t) of the scene field), ``threshold`` (tau; a pair is informative
+    where gap > tau), ``lose_scale`` (gamma_0), ``gap_ref`` (gap at which gamma reaches gamma_0; null: gamma_0 for
+    every informative pair), ``preview`` / ``preview_guidance`` (ranking previews, as DreamDPO), ``negative_update``
+    (``dpo``, ``reward_feedback`` with a differentiable reward, or ``frozen``), ``negative_init`` (the prompt that
+    initialises e; the config sets the run's negative_prompt), ``negative_lr`` / ``negative_betas`` /
+    ``negative_eps`` / ``negative_weight_decay`` (e's AdamW group), ``negative_start`` (fraction of the steps before
+    which e is not updated), ``dpo_beta``, ``dpo_pairs`` (``previews``: the win/lose previews re-noised with one shared
+    noise, as Diffusion-DPO pairs two images; ``candidates``: x_t^w, x_t^l with their own noises), ``feedback_weight``,
+    ``anchor_weight`` (of mean((e - e0)^2)), ``grad_clip``.
     """
 
-    name = "psd"
+    weighs_own_candidates = True
 
-    def __init__(
-        self,
-        guidance_scale: float = 7.5,
-        weighting: str = "sds",
-        threshold: float = 0.01,
-        lose_scale: float = 1.0,
-        gap_ref: Optional[float] = 0.05,
-        preview: str = "one_step",
-        preview_guidance: Optional[float] = None,
-        negative_update: str = "dpo",
-        negative_init: str = "",
-        negative_lr: float = 1e-3,
-        negative_betas: List[float] = (0.9, 0.999),
-        negative_eps: float = 1e-8,
-        negative_weight_decay: float = 0.0,
-        negative_start: float = 0.1,
-        dpo_beta: float = 2500.0,
-        dpo_pairs: str = "previews",
-        feedback_weight: float = 1.0,
-        anchor_weight: float = 1.0,
-        grad_clip: Optional[float] = None,
-    ):
-        super().__init__()
-        self.guidance_scale = float(guidance_scale)
-        self.weighting = getattr(weighting, "value", weighting)
-        self.threshold = float(threshold)
-        self.lose_scale = float(lose_scale)
-        self.gap_ref = None if gap_ref is None else float(gap_ref)
-        self.preview = getattr(preview, "value", preview)
-        self.preview_guidance = self.guidance_scale if preview_guidance is None else float(preview_guidance)
-        self.negative_update = getattr(negative_update, "value", negative_update)
-        self.negative_init = str(negative_init)
-        self.negative_lr = float(negative_lr)
-        self.negative_betas = tuple(float(x) for x in negative_betas)
-        self.negative_eps = float(negative_eps)
-        self.negative_weight_decay = float(negative_weight_decay)
-        self.negative_start = float(negative_start)
-        self.dpo_beta = float(dpo_beta)
-        self.dpo_pairs = getattr(dpo_pairs, "value", dpo_pairs)
-        self.feedback_weight = float(feedback_weight)
-        self.anchor_weight = float(anchor_weight)
-        self.grad_clip = grad_clip
+    def __init__(self, cfg: PSDLossConfig):
+        super().__init__(cfg)
         # Created in setup() from the prior's text encoder, before the optimiser and any checkpoint restore.
         self.register_parameter("negative_embedding", None)
         self.register_buffer("negative_reference", None)
 
     # ------------------------------------------------------------------ trainable state
-    def setup(self, prior, reward, device, total_steps: int) -> None:
-        if self.negative_update == "reward_feedback" and (reward is None or not reward.differentiable):
-            name = getattr(reward, "name", None)
+    def setup(self, prior, reward, engine, device, total_steps: int) -> None:
+        super().setup(prior, reward, engine, device, total_steps)
+        if self.cfg.negative_update is NegativeUpdate.reward_feedback and (reward is None or not reward.differentiable):
             raise ConfigError("loss.negative_update", "reward_feedback",
-                              f"back-propagates the reward into the negative embedding, but reward {name!r} is not differentiable",
-                              "use loss.negative_update=dpo (works with any reward: it only uses the win/lose ranking) "
-                              "or a differentiable reward")
+                              f"back-propagates the reward into the negative embedding, but {type(reward).__name__} is not "
+                              "differentiable", "use loss.negative_update=dpo (works with any reward: it only uses the "
+                              "win/lose ranking) or a differentiable reward")
         if self.negative_embedding is not None:
             return
-        e0 = prior.encode_text([self.negative_init]).detach().float().to(device)  # [1, l, d]
+        e0 = prior.encode_text([self.cfg.negative_init]).detach().float().to(device)  # [1, l, d]
         self.negative_reference = e0.clone()
-        self.negative_embedding = nn.Parameter(e0.clone(), requires_grad=self.negative_update != "frozen")
+        self.negative_embedding = nn.Parameter(e0.clone(), requires_grad=self.cfg.negative_update is not NegativeUpdate.frozen)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        if self.negative_embedding is None or self.negative_update == "frozen":
+        c = self.cfg
+        if self.negative_embedding is None or c.negative_update is NegativeUpdate.frozen:
             return []
-        return [{"params": [self.negative_embedding], "lr": self.negative_lr, "betas": self.negative_betas,
-                 "eps": self.negative_eps, "weight_decay": self.negative_weight_decay, "name": "negative_embedding"}]
+        return [{"params": [self.negative_embedding], "lr": c.negative_lr, "betas": tuple(c.negative_betas),
+                 "eps": c.negative_eps, "weight_decay": c.negative_weight_decay, "name": "negative_embedding"}]
 
     def drift(self) -> Tensor:
         """Relative distance ||e - e0|| / ||e0|| (absolute when e0 = 0)."""
@@ -174,84 +128,92 @@ class PSDLoss(LossMode):
         return torch.where(ref > 0, d / ref.clamp_min(1e-12), d)
 
     # ------------------------------------------------------------------ the step
-    def forward(self, ctx: StepContext) -> LossOutput:
+    def conditioning(self, step: StepContext) -> TextCond:
+        """The step's prompts as cond, the (detached) learnable negative embedding as uncond."""
         if self.negative_embedding is None:
             raise RuntimeError("PSDLoss.setup() must run before the first step (the system calls it)")
-        n = candidates_needed(ctx, 2, self.name)
-        engine = ctx.engine
-        b = ctx.latents.shape[0]
         e = self.negative_embedding
-        text = TextCond(ctx.text.cond, e.detach().to(ctx.text.cond).expand(b, *e.shape[1:]))
-        cands = engine.draw(ctx.latents, ctx.t, n, ctx.step)
-        c, u = engine.predict(cands, text, ctx.camera)
-        cands.eps_cond, cands.eps_uncond = c, u
-        fields = sds_fields(ctx, cands, c, u, self.guidance_scale, self.weighting)
-        logs: dict[str, Tensor] = {"negative_drift": self.drift()}
-        extra: dict[str, Tensor] = {}
-        if n == 1:
-            weights = torch.ones(1, b, device=fields.device)
-        else:
-            rewards, previews = preview_and_score(ctx, cands, text, c, u, self.preview, self.preview_guidance)
-            pair = rank_pair(rewards, b)
-            gamma = gap_scale(pair.gap, self.threshold, self.lose_scale, self.gap_ref)
-            is_win, is_lose = pair.masks(n)
-            weights = is_win.float() - is_lose.float() * gamma[None]
-            active = pair.gap > self.threshold
-            logs.update(pair_logs(pair, active))
-            logs["gamma"] = gamma.mean().detach()
-            if self.negative_update != "frozen" and ctx.progress >= self.negative_start and bool(active.any()):
-                extra.update(self._negative_losses(ctx, cands, c, previews, pair, active, logs))
-        losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
-        logs["grad_norm"] = combined_field_norm(fields, weights, n, b).detach()
-        cands.weights = weights
-        return LossOutput(candidate_losses=losses, weights=weights, logs=logs, extra=extra, candidates=cands)
+        return TextCond(step.text.cond, e.detach().to(step.text.cond).expand(step.b, *e.shape[1:]))
 
-    def _negative_losses(self, ctx: StepContext, cands, eps_cond: Tensor, previews: Tensor, pair: Pair, active: Tensor,
-                         logs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def candidates(self, step: StepContext) -> Candidates:
+        cands = self.engine.draw(step.latents, step.t, candidates_needed(step, "psd"), step.step)
+        cands.eps_cond, cands.eps_uncond = self.engine.predict(cands, self.conditioning(step), step.camera)
+        return cands
+
+    def weigh(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        """+1 on each view's win, -gamma(gap) on its lose (1 for a single candidate)."""
+        c, n, b = self.cfg, cands.n, cands.b
+        logs["negative_drift"] = self.drift()
+        if n == 1:
+            return torch.ones(1, b, device=step.latents.device)
+        preview_guidance = c.guidance_scale if c.preview_guidance is None else c.preview_guidance
+        _, previews = preview_and_score(self.engine, step, cands, self.conditioning(step), c.preview, preview_guidance)
+        pair = rank_pair(cands.rewards, b)
+        gamma = gap_scale(pair.gap, c.threshold, c.lose_scale, c.gap_ref)
+        is_win, is_lose = pair.masks(n)
+        active = pair.gap > c.threshold
+        cands.extras.update(pair=pair, previews=previews, active=active)
+        logs.update(pair_logs(pair, active))
+        logs["gamma"] = gamma.mean().detach()
+        return is_win.float() - is_lose.float() * gamma[None]
+
+    def field(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> Tensor:
+        return sds_fields(self.prior, step, cands, cands.eps_cond, cands.eps_uncond, self.cfg.guidance_scale,
+                          self.cfg.weighting)
+
+    def aux_losses(self, step: StepContext, cands: Candidates, logs: dict[str, Tensor]) -> dict[str, Tensor]:
         """e's losses on the informative views (gradient to e only: every model input here is detached)."""
+        c = self.cfg
+        active = cands.extras.get("active")
+        if (cands.n == 1 or c.negative_update is NegativeUpdate.frozen or step.progress < c.negative_start
+                or not bool(active.any())):
+            return {}
+        pair, previews = cands.extras["pair"], cands.extras["previews"]
         b = cands.b
         e = self.negative_embedding
-        e_b = e.to(ctx.text.cond).expand(b, *e.shape[1:])
+        e_b = e.to(step.text.cond).expand(b, *e.shape[1:])
         views = torch.nonzero(active).flatten().tolist()
-        if self.negative_update == "reward_feedback":
-            loss = self._feedback_loss(ctx, cands, eps_cond, pair, views, e_b, logs)
+        if c.negative_update is NegativeUpdate.reward_feedback:
+            loss = self._feedback_loss(step, cands, pair, views, e_b, logs)
         else:
-            loss = self._dpo_loss(ctx, cands, eps_cond, previews, pair, active, views, e_b, logs)
+            loss = self._dpo_loss(step, cands, previews, pair, active, views, e_b, logs)
         out = {"loss_negative": loss}
-        if self.anchor_weight > 0:
-            out["loss_negative_anchor"] = self.anchor_weight * (e - self.negative_reference).pow(2).mean()
+        if c.anchor_weight > 0:
+            out["loss_negative_anchor"] = c.anchor_weight * (e - self.negative_reference).pow(2).mean()
         return out
 
-    def _feedback_loss(self, ctx, cands, eps_cond, pair: Pair, views: list[int], e_b: Tensor, logs) -> Tensor:
+    def _feedback_loss(self, step: StepContext, cands: Candidates, pair: Pair, views: list[int], e_b: Tensor, logs) -> Tensor:
         """-R(decode(x0(x_t^w, eps~(x_t^w; e)))) on the win candidates, back-propagated to e."""
-        engine, b = ctx.engine, cands.b
+        engine, b = self.engine, cands.b
         needed = sorted(set(int(pair.win[v]) for v in views))
         pos = {i: k for k, i in enumerate(needed)}
-        eps_e = engine.predict_unguided(cands, e_b, ctx.camera, which=needed, grad=True)  # [k * b]
-        cond = cands.per_candidate(eps_cond)[needed].reshape(eps_e.shape)
+        eps_e = predict_unguided(engine, cands, e_b, step.camera, which=needed, grad=True)  # [k * b]
+        cond = cands.per_candidate(cands.eps_cond)[needed].reshape(eps_e.shape)
         x_t = cands.per_candidate(cands.noisy)[needed].reshape(eps_e.shape)
-        x0 = ctx.prior.predict_x0(x_t, cands.t, guide(cond, eps_e, self.guidance_scale))
+        x0 = self.prior.predict_x0(x_t, cands.t, guide(cond, eps_e, self.cfg.guidance_scale))
         rows = [pos[int(pair.win[v])] * b + v for v in views]
         images = engine.decode(x0[rows], grad=True)
-        scores, _ = engine.score(images, [ctx.reward_prompts[v] for v in views], 1, grad=True)
+        scores, _ = engine.score(images, [step.reward_prompts[v] for v in views], 1, grad=True)
         logs["feedback_reward"] = scores.detach().mean()
-        return -self.feedback_weight * scores.mean()
+        return -self.cfg.feedback_weight * scores.mean()
 
-    def _dpo_loss(self, ctx, cands, eps_cond, previews, pair: Pair, active, views: list[int], e_b: Tensor, logs) -> Tensor:
+    def _dpo_loss(self, step: StepContext, cands: Candidates, previews: Tensor, pair: Pair, active: Tensor, views: list[int],
+                  e_b: Tensor, logs) -> Tensor:
         """Diffusion-DPO of the guided prediction with e against the same with e0, per informative view."""
-        engine, prior, b = ctx.engine, ctx.prior, cands.b
-        if self.dpo_pairs == "previews":
+        engine, prior, b, c = self.engine, self.prior, cands.b, self.cfg
+        eps_cond = cands.eps_cond
+        if c.dpo_pairs is DPOPairs.previews:
             # Diffusion-DPO's pair: two clean images (the win and lose previews) noised at the same t with one
             # shared noise; whole view groups are kept so multi-view priors see complete objects.
             shape = previews.shape[1:]
-            noise = candidate_noise(1, (b, *shape), engine.seed, ctx.step, previews.device, Streams.PREFERENCE)[0]
+            noise = candidate_noise(1, (b, *shape), engine.seed, step.step, previews.device, Streams.PREFERENCE)[0]
             pv = cands.per_candidate(previews)
             v_idx = torch.arange(b, device=pv.device)
             x0_pair = torch.cat([pv[pair.win.to(pv.device), v_idx], pv[pair.lose.to(pv.device), v_idx]])  # [2b]
             target = noise.float().repeat(2, *([1] * len(shape)))
             x_in = prior.add_noise(x0_pair, target, cands.t)
             which = None
-            cond = engine.predict_unguided(cands, ctx.text.cond, ctx.camera, x_t=x_in)
+            cond = predict_unguided(engine, cands, step.text.cond, step.camera, x_t=x_in)
             rows_w, rows_l = views, [b + v for v in views]
         else:
             # ALGORITHMS.md 7.2 literally: the noisy candidates themselves, each with its own noise.
@@ -262,13 +224,13 @@ class PSDLoss(LossMode):
             target = cands.per_candidate(cands.flat_noise())[which].reshape(cond.shape)
             rows_w = [pos[int(pair.win[v])] * b + v for v in views]
             rows_l = [pos[int(pair.lose[v])] * b + v for v in views]
-        eps_e = engine.predict_unguided(cands, e_b, ctx.camera, which=which, x_t=x_in, grad=True)
-        err = (target.float() - guide(cond, eps_e, self.guidance_scale)).pow(2).flatten(1).mean(1)
+        eps_e = predict_unguided(engine, cands, e_b, step.camera, which=which, x_t=x_in, grad=True)
+        err = (target.float() - guide(cond, eps_e, c.guidance_scale)).pow(2).flatten(1).mean(1)
         with torch.no_grad():
-            e0_b = self.negative_reference.to(ctx.text.cond).expand(b, *e_b.shape[1:])
-            ref_u = engine.predict_unguided(cands, e0_b, ctx.camera, which=which, x_t=x_in)
-            ref_err = (target.float() - guide(cond, ref_u, self.guidance_scale)).pow(2).flatten(1).mean(1)
-        per_pair = dpo_loss(err[rows_w], err[rows_l], ref_err[rows_w], ref_err[rows_l], self.dpo_beta)
+            e0_b = self.negative_reference.to(step.text.cond).expand(b, *e_b.shape[1:])
+            ref_u = predict_unguided(engine, cands, e0_b, step.camera, which=which, x_t=x_in)
+            ref_err = (target.float() - guide(cond, ref_u, c.guidance_scale)).pow(2).flatten(1).mean(1)
+        per_pair = dpo_loss(err[rows_w], err[rows_l], ref_err[rows_w], ref_err[rows_l], c.dpo_beta)
         margin = (err[rows_w] - ref_err[rows_w]) - (err[rows_l] - ref_err[rows_l])
         logs["dpo_margin"] = margin.detach().mean()
         return per_pair.mean()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
+from rewardsds.losses.base import LossMode, StepContext, timestep_weight
+from rewardsds.losses.config import SDSLossConfig, SDSTarget, SDSWeighting
 from rewardsds.priors.base import Prior, guide
 
 
@@ -50,62 +49,36 @@ def x0_recon_target(
 
 
 @torch.no_grad()
-def sds_fields(ctx: StepContext, cands, eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float, weighting: str = "sds",
-               target: str = "eps", recon_std_rescale: float = 0.5) -> Tensor:
+def sds_fields(prior: Prior, step: StepContext, cands, eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float,
+               weighting: SDSWeighting = SDSWeighting.sds, target: SDSTarget = SDSTarget.eps,
+               recon_std_rescale: float = 0.5) -> Tensor:
     """The SDS gradient field of every candidate, [n * b, c, h, w] fp32 (shared by the SDS-family loss modes).
 
     ``eps``: ``w(t) (eps_cfg - eps_i)``; ``x0_recon``: ``z - target`` with MVDream's std-rescaled x0 target
     (NaN-free), whose gradient through the detached-target trick is the same field.
     """
-    if target == "x0_recon":
-        tgt = x0_recon_target(ctx.prior, cands.noisy, ctx.t, eps_cond, eps_uncond, guidance_scale, recon_std_rescale,
-                              ctx.prior.num_frames)
-        z = ctx.latents.detach().float()[None].expand(cands.n, *ctx.latents.shape).reshape(tgt.shape)
+    if SDSTarget(target) is SDSTarget.x0_recon:
+        tgt = x0_recon_target(prior, cands.noisy, step.t, eps_cond, eps_uncond, guidance_scale, recon_std_rescale,
+                              prior.num_frames)
+        z = step.latents.detach().float()[None].expand(cands.n, *step.latents.shape).reshape(tgt.shape)
         return torch.nan_to_num(z - tgt)
-    w = timestep_weight(weighting, ctx.prior.alphas_cumprod[ctx.t])
+    w = timestep_weight(weighting, prior.alphas_cumprod[step.t])
     return w * (guide(eps_cond, eps_uncond, guidance_scale) - cands.flat_noise())
 
 
 class SDSLoss(LossMode):
     """Score distillation sampling; with a reward strategy it is RewardSDS (paper Eq. 4).
 
-    Per candidate i: ``g_i = w(t) (eps_cfg(x_t^i) - eps_i)`` (target ``eps``) or the MVDream target
-    (``x0_recon``), applied with the detached-target trick; the candidates' weights come from the
-    strategy on their lookahead rewards.
-
-    Args:
-        guidance_scale: CFG scale (100 for 2D SDS, 50 for MVDream).
-        weighting: w(t): ``sds`` (1 - abar_t), ``uniform``, ``fantasia``.
-        target: ``eps`` or ``x0_recon``.
-        recon_std_rescale: MVDream's std rescale r (x0_recon only).
-        grad_clip: clamp each field elementwise (None = off).
+    Per candidate i: ``g_i = w(t) (eps_cfg(x_t^i) - eps_i)`` (target ``eps``) or the MVDream target (``x0_recon``),
+    applied with the detached-target trick; the candidates' weights come from the strategy on their lookahead
+    rewards. Settings (:class:`~rewardsds.losses.config.SDSLossConfig`): ``guidance_scale`` (100 for 2D SDS, 50 for
+    MVDream), ``weighting`` (w(t)), ``target``, ``recon_std_rescale`` (x0_recon only), ``grad_clip``.
     """
 
-    name = "sds"
+    def __init__(self, cfg: SDSLossConfig):
+        super().__init__(cfg)
 
-    def __init__(
-        self,
-        guidance_scale: float = 100.0,
-        weighting: str = "sds",
-        target: str = "eps",
-        recon_std_rescale: float = 0.5,
-        grad_clip: Optional[float] = None,
-    ):
-        super().__init__()
-        self.guidance_scale = float(guidance_scale)
-        self.weighting = getattr(weighting, "value", weighting)
-        self.target = getattr(target, "value", target)
-        self.recon_std_rescale = float(recon_std_rescale)
-        self.grad_clip = grad_clip
-
-    def forward(self, ctx: StepContext) -> LossOutput:
-        cands = ctx.engine.evaluate(
-            ctx.latents, ctx.t, ctx.n_noises, ctx.step, ctx.text, ctx.strategy, ctx.reward_prompts, ctx.camera,
-            keep_images=ctx.keep_images,
-        )
-        n, b = cands.n, cands.b
-        fields = sds_fields(ctx, cands, cands.eps_cond, cands.eps_uncond, self.guidance_scale, self.weighting, self.target,
-                            self.recon_std_rescale)
-        losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
-        logs = {"grad_norm": combined_field_norm(fields, cands.weights, n, b).detach()}
-        return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, candidates=cands)
+    def field(self, step: StepContext, cands, logs: dict[str, Tensor]) -> Tensor:
+        c = self.cfg
+        return sds_fields(self.prior, step, cands, cands.eps_cond, cands.eps_uncond, c.guidance_scale, c.weighting, c.target,
+                          c.recon_std_rescale)

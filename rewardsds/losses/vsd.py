@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from rewardsds import ddim
 from rewardsds.errors import ConfigError
-from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
+from rewardsds.losses.base import LossMode, StepContext, timestep_weight
+from rewardsds.losses.config import VSDLossConfig
 from rewardsds.priors.base import Prior, guide
-from rewardsds.schedules import Streams, seed_for
+from rewardsds.rng import Streams, seed_for, seeded_randn
+from rewardsds.utils.chunks import call_ranges, rows_per_call
 
 #: Attention projections that get LoRA layers: every attention processor, as the reference's LoRAAttnProcessor.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -108,8 +111,7 @@ class LoRAUNet(nn.Module):
         """Epsilon prediction in fp32 (v converted: eps = a v + s x_t)."""
         out = self.raw(x_t, t, text, camera)
         if self.prediction_type == "v_prediction":
-            a = alphas_cumprod[t.to(alphas_cumprod.device).long()].view(-1, 1, 1, 1)
-            out = a.sqrt() * out + (1 - a).sqrt() * x_t.float()
+            out = ddim.eps_from_v(out, x_t.float(), alphas_cumprod[t.to(alphas_cumprod.device).long()].view(-1, 1, 1, 1))
         return out
 
 
@@ -125,8 +127,6 @@ def lora_training_draws(seed: int, step: int, b: int, shape: Sequence[int], T: i
 
     Keyed on (seed, step) so a resumed run trains the LoRA on exactly the draws of an uninterrupted one.
     """
-    from rewardsds.candidates import seeded_randn
-
     g = torch.Generator().manual_seed(seed_for(seed, step, Streams.LORA, 0))
     t = torch.randint(0, T, (b,), generator=g)
     drop = bool(torch.rand((), generator=g) < drop_p)
@@ -137,81 +137,54 @@ def lora_training_draws(seed: int, step: int, b: int, shape: Sequence[int], T: i
 class VSDLoss(LossMode):
     """VSD with a LoRA-adapted copy of the prior's UNet; with a reward strategy it is RewardVSD.
 
-    Args:
-        guidance_scale: CFG scale of the pretrained prediction (7.5; VSD breaks with SDS's 100).
-        weighting: w(t) (``sds``: 1 - abar_t).
-        lora_rank: LoRA rank on every attention projection of the copy.
-        lora_lr, lora_weight_decay, lora_betas, lora_eps: AdamW settings of the LoRA group (reference
-            2D: a separate ``AdamW(lr=3e-4, weight_decay=0)`` with torch's default betas and eps; one AdamW with
-            per-group settings is the same update, since AdamW's state and step are per parameter).
-        lora_guidance_scale: CFG over the camera condition of the LoRA estimate (threestudio's
-            guidance_scale_lora); 1 = a single call with the camera.
-        camera_dropout: probability of zeroing the camera condition in a LoRA training step (0.1).
-        lora_base: None = LoRA on a copy of the prior's own UNet (single-model path, default); or a Hub id /
-            diffusers folder whose ``unet/`` (and ``scheduler/`` for its prediction type) is the LoRA's base,
-            e.g. ``stabilityai/stable-diffusion-2-1`` (the 768-px v-prediction model of the 2D reference).
-        grad_clip: clamp each field elementwise (None = off).
+    Settings (:class:`~rewardsds.losses.config.VSDLossConfig`): ``guidance_scale`` (CFG of the pretrained prediction,
+    7.5; VSD breaks with SDS's 100), ``weighting`` (w(t)), ``lora_rank`` (on every attention projection of the copy),
+    ``lora_lr``, ``lora_weight_decay``, ``lora_betas``, ``lora_eps`` (AdamW settings of the LoRA group; the 2D
+    reference's separate ``AdamW(lr=3e-4, weight_decay=0)`` with torch's default betas and eps is the same update,
+    since AdamW's state and step are per parameter), ``lora_guidance_scale`` (CFG over the camera condition of the
+    LoRA estimate, threestudio's guidance_scale_lora; 1 = a single call with the camera), ``camera_dropout``
+    (probability of a zero camera in a LoRA training step), ``lora_base`` (None = LoRA on a copy of the prior's own
+    UNet; or a Hub id / diffusers folder whose ``unet/`` and ``scheduler/`` are the LoRA's base, e.g.
+    ``stabilityai/stable-diffusion-2-1``, the 768-px v-prediction model of the 2D reference), ``grad_clip``.
     """
 
-    name = "vsd"
-
-    def __init__(
-        self,
-        guidance_scale: float = 7.5,
-        weighting: str = "sds",
-        lora_rank: int = 4,
-        lora_lr: float = 3e-4,
-        lora_weight_decay: float = 0.0,
-        lora_betas: Sequence[float] = (0.9, 0.999),
-        lora_eps: float = 1e-8,
-        lora_guidance_scale: float = 1.0,
-        camera_dropout: float = 0.1,
-        lora_base: Optional[str] = None,
-        grad_clip: Optional[float] = None,
-    ):
-        super().__init__()
-        self.guidance_scale = float(guidance_scale)
-        self.weighting = getattr(weighting, "value", weighting)
-        self.lora_rank = int(lora_rank)
-        self.lora_lr, self.lora_weight_decay = float(lora_lr), float(lora_weight_decay)
-        self.lora_betas, self.lora_eps = tuple(float(x) for x in lora_betas), float(lora_eps)
-        self.lora_guidance_scale = float(lora_guidance_scale)
-        self.camera_dropout = float(camera_dropout)
-        self.lora_base = lora_base
-        self.grad_clip = grad_clip
+    def __init__(self, cfg: VSDLossConfig):
+        super().__init__(cfg)
         self.model: Optional[LoRAUNet] = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self, prior: Prior, reward, device: torch.device, total_steps: int) -> None:
+    def setup(self, prior: Prior, reward, engine, device: torch.device, total_steps: int) -> None:
         """Build the LoRA model on ``device`` (once; a resumed run then loads its weights from the checkpoint)."""
+        super().setup(prior, reward, engine, device, total_steps)
         if self.model is not None:
             return
         if prior.num_frames != 1 or prior.uses_camera:
-            raise ConfigError("loss", "vsd", f"needs a single-view Stable Diffusion prior, but prior={prior.name!r} is multi-view",
+            raise ConfigError("loss", "vsd", f"needs a single-view Stable Diffusion prior, but {type(prior).__name__} is multi-view",
                               "use prior=sd")
-        if self.lora_base is None:
+        if self.cfg.lora_base is None:
             try:
                 unet = prior.trainable_copy()
             except NotImplementedError:
                 raise ConfigError(
                     "loss", "vsd",
-                    f"needs a trainable copy of the prior's UNet for its LoRA, and prior={prior.name!r} ({type(prior).__name__}) "
-                    "has none (Prior.trainable_copy)",
+                    f"needs a trainable copy of the prior's UNet for its LoRA, and {type(prior).__name__} has none "
+                    "(Prior.trainable_copy)",
                     "use prior=sd (any Stable Diffusion 1.x/2.x checkpoint), or another loss such as loss=sds",
                 ) from None
             prediction_type = getattr(prior, "prediction_type", "epsilon")
         else:
-            unet, prediction_type = load_lora_base(self.lora_base, prior, device)
+            unet, prediction_type = load_lora_base(self.cfg.lora_base, prior, device)
         # Seeded from the run seed (seed_everything) but independent of any other draw before setup.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(torch.initial_seed(), 0, Streams.LORA))
-            self.model = LoRAUNet(unet, self.lora_rank, prediction_type, getattr(prior, "channels_last", True))
+            self.model = LoRAUNet(unet, self.cfg.lora_rank, prediction_type, getattr(prior, "channels_last", True))
 
     def param_groups(self) -> list[dict[str, Any]]:
         if self.model is None:
             raise RuntimeError("VSDLoss.setup(prior, ...) must run before the optimiser is built")
-        return [{"params": self.model.lora_parameters(), "lr": self.lora_lr, "betas": self.lora_betas, "eps": self.lora_eps,
-                 "weight_decay": self.lora_weight_decay, "name": "lora"}]
+        c = self.cfg
+        return [{"params": self.model.lora_parameters(), "lr": c.lora_lr, "betas": tuple(c.lora_betas), "eps": c.lora_eps,
+                 "weight_decay": c.lora_weight_decay, "name": "lora"}]
 
     # ------------------------------------------------------------------ LoRA estimate and training
     @torch.no_grad()
@@ -225,26 +198,26 @@ class VSDLoss(LossMode):
         """
         m = x_t.shape[0]
         tt = torch.full((m,), t, dtype=torch.long, device=x_t.device)
-        per_call = m if chunk <= 0 else max(1, chunk)
+        scale = self.cfg.lora_guidance_scale
         outs, evals = [], 0
-        for s in range(0, m, per_call):
-            sl = slice(s, min(m, s + per_call))
+        for s, e_ in call_ranges(m, rows_per_call(m, chunk)):
+            sl = slice(s, e_)
             e = self.model.eps(x_t[sl], tt[sl], text[sl], camera[sl], alphas_cumprod)
             evals += e.shape[0]
-            if self.lora_guidance_scale != 1.0:
+            if scale != 1.0:
                 e0 = self.model.eps(x_t[sl], tt[sl], text[sl], torch.zeros_like(camera[sl]), alphas_cumprod)
-                e = e0 + self.lora_guidance_scale * (e - e0)
+                e = e0 + scale * (e - e0)
                 evals += e.shape[0]
             outs.append(e)
         return torch.cat(outs), evals
 
-    def lora_loss(self, ctx: StepContext, text: Tensor, camera: Tensor) -> Tensor:
+    def lora_loss(self, step: StepContext, text: Tensor, camera: Tensor) -> Tensor:
         """The LoRA's diffusion loss on the detached latents (ALGORITHMS.md 2.1), differentiable in the LoRA only."""
-        prior = ctx.prior
-        z = ctx.latents.detach().float()
+        prior = self.prior
+        z = step.latents.detach().float()
         b = z.shape[0]
-        t, eps, drop = lora_training_draws(ctx.engine.seed, ctx.step, b, z.shape[1:], prior.num_train_timesteps,
-                                           self.camera_dropout, z.device)
+        t, eps, drop = lora_training_draws(self.engine.seed, step.step, b, z.shape[1:], prior.num_train_timesteps,
+                                           self.cfg.camera_dropout, z.device)
         cam = torch.zeros_like(camera) if drop else camera
         x_t = prior.add_noise(z, eps, t)
         pred = self.model.raw(x_t, t, text, cam)
@@ -256,38 +229,33 @@ class VSDLoss(LossMode):
         return F.mse_loss(pred, target)
 
     # ------------------------------------------------------------------ the step
-    def forward(self, ctx: StepContext) -> LossOutput:
+    def _lora_inputs(self, step: StepContext) -> tuple[Tensor, Tensor]:
+        """The LoRA models the renders of the prompt, conditioned on the camera (threestudio: base prompt, c2w)."""
+        b = step.b
+        return self.prior.encode_text([step.base_prompt] * b), camera_condition(step.camera, b, step.latents.device)
+
+    def field(self, step: StepContext, cands, logs: dict[str, Tensor]) -> Tensor:
         if self.model is None:
             raise RuntimeError("VSDLoss.setup(prior, ...) must run before the first step")
-        prior, b = ctx.prior, ctx.latents.shape[0]
-        cands = ctx.engine.evaluate(
-            ctx.latents, ctx.t, ctx.n_noises, ctx.step, ctx.text, ctx.strategy, ctx.reward_prompts, ctx.camera,
-            keep_images=ctx.keep_images,
-        )
-        n = cands.n
-        # The LoRA models the renders of the prompt, conditioned on the camera (threestudio: base prompt, c2w).
-        text = prior.encode_text([ctx.base_prompt] * b)
-        camera = camera_condition(ctx.camera, b, ctx.latents.device)
+        prior = self.prior
+        text, camera = self._lora_inputs(step)
         idx = cands.active()
         rows = cands.flat_index(idx)
         k = idx.numel()
         eps_lora, lora_evals = self.lora_prediction(
-            cands.noisy[rows], ctx.t, text.repeat(k, 1, 1), camera.repeat(k, 1), prior.alphas_cumprod,
-            ctx.engine.chunk_size(cands.noisy),
+            cands.noisy[rows], step.t, text.repeat(k, 1, 1), camera.repeat(k, 1), prior.alphas_cumprod,
+            self.engine.chunk_size(cands.noisy),
         )
+        cands.evals += lora_evals + step.b  # the estimate, and the LoRA's training call (aux_losses)
+        logs["lora_evals"] = torch.tensor(float(lora_evals), device=step.latents.device)
         with torch.no_grad():
-            w = timestep_weight(self.weighting, prior.alphas_cumprod[ctx.t])
-            eps_pre = guide(cands.eps_cond[rows], cands.eps_uncond[rows], self.guidance_scale)
-            fields = cands.scatter(w * (eps_pre - eps_lora), idx)
-        losses, fields = field_losses(ctx.latents, fields, n, self.grad_clip)
-        loss_lora = self.lora_loss(ctx, text, camera)
-        cands.evals += lora_evals + b
-        logs = {
-            "grad_norm": combined_field_norm(fields, cands.weights, n, b).detach(),
-            "lora_evals": torch.tensor(float(lora_evals), device=ctx.latents.device),
-        }
-        return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, extra={"loss_lora": loss_lora},
-                          candidates=cands)
+            w = timestep_weight(self.cfg.weighting, prior.alphas_cumprod[step.t])
+            eps_pre = guide(cands.eps_cond[rows], cands.eps_uncond[rows], self.cfg.guidance_scale)
+            return cands.scatter(w * (eps_pre - eps_lora), idx)
+
+    def aux_losses(self, step: StepContext, cands, logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        text, camera = self._lora_inputs(step)
+        return {"loss_lora": self.lora_loss(step, text, camera)}
 
 
 def load_lora_base(source: str, prior: Prior, device: torch.device) -> tuple[nn.Module, str]:

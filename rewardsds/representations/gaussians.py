@@ -44,7 +44,8 @@ from rewardsds.cameras import Cameras
 from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed, option_value, settings_checker
 from rewardsds.representations._raster import SH_C0, rasterize_dense
 from rewardsds.representations.base import ExportOptions, Representation
-from rewardsds.schedules import Schedule, Streams, seed_for
+from rewardsds.rng import Streams, seed_for
+from rewardsds.schedules import Schedule
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from rewardsds.errors import ConfigError
 from rewardsds.representations.base import Representation
-from rewardsds.schedules import Streams, seed_for
+from rewardsds.rng import Streams, seed_for
 
 
 def load_image(path: str | Path, key: str = "representation.init_image") -> Tensor:

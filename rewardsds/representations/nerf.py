@@ -52,7 +52,8 @@ from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed
 from rewardsds.representations._grid import HASH_BACKENDS, DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_cubes
 from rewardsds.representations.base import ExportOptions, Representation
-from rewardsds.schedules import Schedule, Streams, seed_for
+from rewardsds.rng import Streams, seed_for
+from rewardsds.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
