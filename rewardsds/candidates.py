@@ -342,6 +342,18 @@ class CandidateEngine:
             return strategy(rewards, g)
         return torch.stack([strategy(rewards[:, v], g) for v in range(rewards.shape[1])], dim=1)
 
+    def expected_evals(self, ts: Sequence[int], n: int, b: int, ranked: bool) -> float:
+        """Single-sample UNet evaluations of a step of n candidates of b views, averaged over the timesteps ``ts``:
+        a CFG pair per candidate and view at t, plus (``ranked``, n > 1) one pair per lookahead call after the first
+        where the chain reuses the prediction at t. Loss modes with extra model calls (VSD's LoRA, DDS's source
+        branch) add theirs."""
+        per_t = 2 * n * b
+        if not (ranked and n > 1) or self.lookahead_steps == 0:
+            return float(per_t)
+        reuse = 1 if self.reuses_prediction_at_t else 0
+        calls = [max(0, len(ddim.lookahead_calls(t, self.grid, self.lookahead_cfg.start)) - reuse) for t in ts]
+        return per_t * (1 + sum(calls) / len(calls))
+
     # ------------------------------------------------------------------ the reward of every candidate
     def look_ahead_and_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str],
                              camera: Optional[Tensor] = None) -> Tensor:

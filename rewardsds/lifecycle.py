@@ -175,6 +175,7 @@ class StopRequests:
         self.signals = tuple(signals)
         self.requested: Optional[int] = None
         self.previous: dict[int, Any] = {}
+        self.trainer: Any = None  # set once the trainer exists (see _handle)
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -199,6 +200,11 @@ class StopRequests:
             self.requested = signum
             log.warning("received %s: stopping after this step and writing a checkpoint (Ctrl-C again to stop at once)",
                         signal.Signals(signum).name)
+        # Lightning notes SIGTERM too (its handler runs before this one) and would end the epoch with an exception at
+        # the next batch boundary, possibly before the checkpoint callback of the running step: the stop is ours.
+        connector = getattr(self.trainer, "_signal_connector", None)
+        if connector is not None and hasattr(connector, "received_sigterm"):
+            connector.received_sigterm = False
 
     @property
     def name(self) -> str:

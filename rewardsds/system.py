@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from rewardsds.candidates import CandidateEngine
-from rewardsds.errors import TrainingAborted
+from rewardsds.nonfinite import NonFiniteGuard
 from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses
 from rewardsds.priors.base import Prior
 from rewardsds.representations.base import Representation
@@ -103,7 +103,7 @@ def distill(ctx: StepContext, mode: LossMode, engine: CandidateEngine, strategy:
     return LossOutput(candidate_losses=losses, weights=cands.weights, logs=logs, extra=extra, candidates=cands)
 
 
-class DistillationSystem(pl.LightningModule):
+class DistillationSystem(NonFiniteGuard, pl.LightningModule):
     """Optimises one scene with a frozen prior, a reward, a strategy and a loss mode.
 
     Args:
@@ -141,10 +141,7 @@ class DistillationSystem(pl.LightningModule):
         self.total_steps = int(cfg.steps)
         self.reward_steps = int(math.floor(cfg.steps * cfg.reward_duration))
         self.iteration = 0
-        self._nonfinite_host = 0  # non-finite steps already counted on the host
-        self._nonfinite_device: Optional[Tensor] = None  # skipped on the device since the last fold (0-d fp32)
-        self._nonfinite_warned = 0  # how many of them were already reported
-        self._nonfinite_checked_at = 0  # the step after the last check
+        self._init_nonfinite()
         self._step_started: Optional[float] = None  # perf_counter at the start of the running step
         self.skip_on_device = False  # set by configure_optimizers
         self.step_times: list[float] = []
@@ -162,7 +159,6 @@ class DistillationSystem(pl.LightningModule):
         self.start_iteration = 0  # the step this session started from (after a restore)
         self.wall_time_before = 0.0  # training wall time of earlier sessions, up to the restored checkpoint
         self._session_clock: Optional[float] = None
-        self._nonfinite_at_start = 0
 
     # ------------------------------------------------------------------ Lightning plumbing
     def setup(self, stage: str) -> None:
@@ -223,40 +219,18 @@ class DistillationSystem(pl.LightningModule):
         return self.wall_time_before + now
 
     def expected_evals_per_step(self) -> float:
-        """Single-sample UNet evaluations per step of the candidate engine, averaged over the run (an estimate for
-        the start-up message: loss modes with extra model calls, such as VSD's LoRA or DDS's source branch, add more).
-
-        A reward step makes a CFG pair per candidate and view at t, plus one pair per lookahead call after the first
-        (which reuses the prediction at t when the chain starts exactly at t); later steps are SDS with N = 1.
-        """
-        from rewardsds.candidates import lookahead_calls
-
-        sampler, engine = self.timesteps, self.engine
+        """UNet evaluations per step averaged over the run (the start-up message's estimate): the engine's per reward
+        step over the first step's timestep range, and one CFG pair per view after the reward window."""
+        sampler = self.timesteps
         if sampler.grid == "reference_2d":
             ts = [999 - 2 * i for i in range(10, 490)]
         else:
             lo, hi = sampler.bounds(0)
             ts = list(range(lo, hi + 1))
         b = self.camera_sampler.batch_size_at(0) if self.camera_sampler is not None else self.representation_batch()
-        n = self.cfg.n_noises
-        reuse = engine.lookahead_start == "exact_t" or engine.lookahead_steps == 0
-        if self.strategy.uses_reward and n > 1:
-            calls = [max(0, len(lookahead_calls(t, engine.grid, engine.lookahead_start)) - (1 if reuse else 0))
-                     if engine.lookahead_steps > 0 else 0 for t in ts]
-            per_reward_step = 2 * n * b * (1 + sum(calls) / len(calls))
-        else:
-            per_reward_step = 2 * n * b
+        per_reward_step = self.engine.expected_evals(ts, self.cfg.n_noises, b, self.strategy.uses_reward)
         frac = self.reward_steps / max(1, self.total_steps)
         return frac * per_reward_step + (1 - frac) * 2 * b
-
-    def check_some_step_ran(self) -> None:
-        """Abort a session in which every step was skipped for a non-finite gradient or reward (nothing was trained)."""
-        ran = self.iteration - self.start_iteration
-        skipped = self.nonfinite_steps - self._nonfinite_at_start
-        if ran > 0 and skipped >= ran:
-            raise TrainingAborted(
-                f"every one of the {ran} steps had a non-finite gradient or reward and was skipped: nothing was trained. "
-                "Lower the learning rate or the guidance scales, check the reward, or use prior.dtype=fp32")
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(StepIndices(self), batch_size=None, num_workers=0)
@@ -275,44 +249,6 @@ class DistillationSystem(pl.LightningModule):
             p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params
         ) and len({p.device for p in params}) == 1
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=0.0, fused=True if self.skip_on_device else None)
-
-    # ------------------------------------------------------------------ non-finite steps
-    @property
-    def nonfinite_steps(self) -> int:
-        """Steps skipped for a non-finite gradient so far (reading it waits for the device's count)."""
-        if self._nonfinite_device is not None:
-            self._nonfinite_host += int(self._nonfinite_device.item())
-            self._nonfinite_device = None
-        return self._nonfinite_host
-
-    @nonfinite_steps.setter
-    def nonfinite_steps(self, value: int) -> None:
-        self._nonfinite_host = self._nonfinite_warned = int(value)
-        self._nonfinite_device = None
-
-    def _nonfinite_tensor(self, device: torch.device) -> Tensor:
-        """The count as a device tensor (for logging without a sync)."""
-        pending = self._nonfinite_device if self._nonfinite_device is not None else torch.zeros((), device=device)
-        return pending + self._nonfinite_host
-
-    def check_nonfinite(self, step: int) -> None:
-        """Fold the device's count into the host's, warn about newly skipped steps, and abort past the limit."""
-        now = self.nonfinite_steps
-        if now > self._nonfinite_warned:
-            first = self._nonfinite_checked_at
-            where = f"step {step}" if first >= step else f"steps {first}..{step}"
-            log.warning("%s: %d non-finite gradient(s), step(s) skipped (%d so far)", where, now - self._nonfinite_warned, now)
-            self._nonfinite_warned = now
-        self._nonfinite_checked_at = step + 1
-        if now > self.cfg.max_nonfinite_steps:
-            last = self.run_dir / "checkpoints" / "last.ckpt"
-            kept = (f"the last checkpoint ({last}) and the outputs so far are kept" if last.is_file()
-                    else f"no checkpoint was written yet (output.checkpoint_every = {self.cfg.output.checkpoint_every})")
-            raise TrainingAborted(
-                f"{now} steps had a non-finite gradient or reward (max_nonfinite_steps = "
-                f"{self.cfg.max_nonfinite_steps}); {kept}. "
-                "Lower the learning rate or the guidance scale, use prior.dtype=fp32, or raise max_nonfinite_steps"
-            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rewardsds"] = {
@@ -437,40 +373,6 @@ class DistillationSystem(pl.LightningModule):
         cands = result.candidates
         grad_norm = self._backward_and_step(total, raw, opt, step, out, cands.rewards if cands is not None else None)
         return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
-
-    def _backward_and_step(self, total: Tensor, raw, opt, step: int, out: dict, rewards: Optional[Tensor]) -> Tensor:
-        """Back-propagate and step the optimiser, unless the gradient (or the rewards that chose the candidates) is
-        not finite: then the update is skipped and counted, on the device without waiting for it where possible."""
-        raw.zero_grad(set_to_none=True)
-        self.representation.on_before_backward(step, out)
-        if self._trainer is not None:
-            self.manual_backward(total)
-        else:
-            total.backward()
-        self.representation.on_after_backward(step, out)
-        params = [p for g in raw.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=total.device)
-        # A non-finite gradient must not reach the parameters; nor may a step whose candidates were ranked by
-        # non-finite rewards (the strategy's choice among NaNs is arbitrary even when the gradient is finite).
-        finite = torch.isfinite(grad_norm)
-        if rewards is not None:
-            finite = finite & torch.isfinite(rewards).all().to(finite.device)
-        if self.skip_on_device and getattr(raw, "defaults", {}).get("fused"):
-            # no host sync: the fused kernel skips the whole update where found_inf is 1
-            bad = (~finite).float()
-            raw.found_inf = bad
-            opt.step()
-            raw.found_inf = None
-            self._nonfinite_device = bad if self._nonfinite_device is None else self._nonfinite_device + bad
-            self.representation.on_after_optimizer_step(step, raw)
-        elif bool(finite):  # the one host sync of the step
-            opt.step()
-            self.representation.on_after_optimizer_step(step, raw)
-        else:
-            raw.zero_grad(set_to_none=True)
-            self._nonfinite_host += 1
-            self.check_nonfinite(step)
-        return grad_norm
 
     # ------------------------------------------------------------------ logging
     def _log_step(self, res: "StepResult", elapsed: Optional[float]) -> None:

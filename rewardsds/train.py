@@ -344,6 +344,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=show_bar,
     )
+    stop.trainer = trainer
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -358,7 +359,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
     # device, so the final renders, decodes and scores need the scene back there.
     system.to(device)
     wall = system.wall_time_before + session_wall
-    if stop.requested is not None:
+    if stop.requested is not None and system.iteration < system.total_steps:
         metrics.update({"status": "interrupted", "interrupted_by": stop.name, "iterations": system.iteration,
                         "wall_time_s": wall, "finished_at": time.time(),
                         "checkpoint": str(checkpoint.last) if checkpoint.last.is_file() else None})

@@ -113,3 +113,17 @@ def test_pruning_runs_the_lookahead_for_the_best_one_step_candidates_only(tiny_s
     # leading 6-point grid {831, 665, 499, 333, 167, 1}: the chain from t = 700 calls at 700 and 5 grid points
     assert a.evals == 2 * 5 * 6
     assert b.evals == 2 * 5 + 2 * 2 * 5  # the shared pair at t for all 5, the rest of the chain for 2
+
+
+def test_band_above_puts_the_kept_rows_above_the_rest_in_their_own_orders():
+    from rewardsds.candidates import band_above
+
+    all_rows = torch.tensor([[0.9], [0.1], [0.5], [0.7], [0.3]])  # one-step rewards
+    keep = torch.tensor([2, 4])
+    kept = torch.tensor([[0.2], [0.25]])  # the lookahead's rewards of rows 2 and 4: lower than some one-step ones
+    out = band_above(kept, all_rows, keep)
+    assert torch.equal(out[keep], kept)
+    rest = torch.tensor([0, 1, 3])
+    assert out[rest].max() < kept.min()
+    assert torch.argsort(out[rest, 0]).tolist() == torch.argsort(all_rows[rest, 0]).tolist()
+    assert torch.equal(band_above(all_rows, all_rows, torch.arange(5)), all_rows)  # nothing pruned: unchanged

@@ -64,7 +64,7 @@ def test_name_is_a_suffix_of_the_run_and_sweep_folders(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (sweep,) = list((tmp_path / "outputs" / "sweeps").glob("*/*"))
     assert re.fullmatch(r"\d\d-\d\d-\d\d_fox", sweep.name) and len(list(sweep.glob("*/metrics.json"))) == 1
-    with pytest.raises(ConfigError, match=r"name = '\.\./x'.*plain name"):
+    with pytest.raises(ConfigError, match=r"name = '\.\./x'.*would write outside its folder"):
         from rewardsds.config import validate
 
         validate(compose([*RUN, "name=../x"]))

@@ -107,7 +107,7 @@ def test_cli_aborts_at_the_logging_interval(tmp_path):
                  "output.checkpoint_every=1", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert "steps 0..4: 5 non-finite gradient(s)" in r.stdout + r.stderr
-    assert "5 steps had a non-finite gradient (max_nonfinite_steps = 2)" in r.stderr
+    assert "5 steps had a non-finite gradient or reward (max_nonfinite_steps = 2)" in r.stderr
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["status"] == "failed" and "TrainingAborted" in m["error"]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
