@@ -22,7 +22,7 @@ from torch import Tensor
 from rewardsds.errors import ConfigError
 from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses, timestep_weight
 from rewardsds.priors.base import Prior, guide
-from rewardsds.representations.latent_image import fit_image, load_image
+from rewardsds.utils.images import fit_image, load_image
 
 
 class DDSLoss(LossMode):

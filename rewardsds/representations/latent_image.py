@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Any, Collection, Optional, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from rewardsds.errors import ConfigError
 from rewardsds.representations.base import Representation
 from rewardsds.schedules import Streams, seed_for
-
-
-def load_image(path: str | Path, key: str = "representation.init_image") -> Tensor:
-    """Read an RGB image file as [1, 3, H, W] float in [0, 1]; clear errors for missing/unreadable files."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(key, str(path), "is not a file", "give the path of an existing RGB image (PNG/JPEG)")
-    try:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise ConfigError(key, str(path), f"could not be read as an image ({err})", "give a PNG or JPEG file") from err
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-
-
-def fit_image(image: Tensor, size: int, key: str = "representation.init_image") -> Tensor:
-    """Resize [1, 3, H, W] to size x size: a square image is resized; others are centre-cropped first, with a warning."""
-    _, _, h, w = image.shape
-    if min(h, w) < 8:
-        raise ConfigError(key, f"{w}x{h}", "is too small to encode", f"use an image of at least {size}x{size} pixels")
-    if (h, w) == (size, size):
-        return image
-    if h != w:
-        s = min(h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        image = image[:, :, top : top + s, left : left + s]
-        warnings.warn(f"{key}: {w}x{h} image centre-cropped to {s}x{s} and resized to {size}x{size}", stacklevel=2)
-    elif h != size:
-        warnings.warn(f"{key}: {w}x{h} image resized to {size}x{size}", stacklevel=2)
-    return F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+from rewardsds.utils.images import fit_image, load_image
 
 
 class LatentImage(Representation):
