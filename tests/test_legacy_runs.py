@@ -201,3 +201,21 @@ def test_a_legacy_run_config_builds_todays_components(name):
     rep = build(typed["representation"])
     assert isinstance(rep, NeRF if name == "nerf" else Gaussians) and rep.cfg is typed["representation"]
     assert len(build(typed["cameras"]).sample(torch.Generator().manual_seed(0))) == 4
+
+
+def test_a_setting_added_after_the_run_takes_its_default_and_an_unknown_one_is_refused(tmp_path, capsys):
+    """A saved config lacks the settings added since the run (their defaults apply); a setting no schema knows (a run of
+    another version) is refused with the run folder and the fix, exit 2."""
+    run = tmp_path / "nerf"
+    shutil.copytree(LEGACY / "nerf", run)
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    del cfg.representation["eval_chunk_samples"]
+    OmegaConf.save(cfg, run / "config_resolved.yaml")
+    assert main([str(run), "--format", "mesh", "--out", str(tmp_path / "out")]) == 0
+    assert len(trimesh.load(tmp_path / "out" / "mesh.ply", process=False).vertices) > 50
+    cfg.representation["marching_speed"] = 2
+    OmegaConf.save(cfg, run / "config_resolved.yaml")
+    assert main([str(run), "--format", "mesh", "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "has representation settings that NeRFConfig does not accept" in err and "marching_speed" in err
+    assert "Fix: export with the rewardsds version the run was trained with" in err and not (tmp_path / "again").exists()

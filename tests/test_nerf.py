@@ -465,6 +465,8 @@ def test_the_schema_is_the_constructor_argument():
         ({"encoding": "tcnn"}, "representation.encoding"),
         ({"encoding": "dense", "n_levels": 16, "per_level_scale": 1.5}, "representation.per_level_scale"),
         ({"density_blob_std": 0.0}, "representation.density_blob_std"),
+        ({"lambda_orient": "strong"}, "representation.lambda_orient"),
+        ({"grid_resolution": Schedule(start=0.0)}, "representation.grid_resolution"),
     ],
 )
 def test_impossible_nerf_settings_raise_config_error(override, key):
