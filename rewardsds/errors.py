@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 
@@ -13,12 +14,13 @@ class ConfigError(RewardSDSError, ValueError):
     """A configuration value is invalid.
 
     The message always has the form ``<key> = <value>: <problem>. Fix: <fix>`` so a user can act on
-    it without reading code.
+    it without reading code. A choice (an Enum member) shows as the value the user wrote (``'randn'``).
     """
 
     def __init__(self, key: str, value: Any, problem: str, fix: str):
         self.key, self.value, self.problem, self.fix = key, value, problem, fix
-        super().__init__(f"{key} = {value!r}: {problem}. Fix: {fix}")
+        shown = value.value if isinstance(value, Enum) else value
+        super().__init__(f"{key} = {shown!r}: {problem}. Fix: {fix}")
 
 
 class ModelLoadError(RewardSDSError, OSError):

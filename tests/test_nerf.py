@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from rewardsds.cameras import CameraSampler, orbit_cameras
 from rewardsds.config import CameraConfig
-from rewardsds.representations.config import NeRFConfig, NormalType
+from rewardsds.representations.config import GridEncodingType, NeRFConfig, NormalType
 from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import (DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference, sample_planes,
                                              sample_volume)
@@ -450,6 +450,11 @@ def test_eval_render_skips_normals_it_is_not_asked_for():
 def test_eval_chunk_must_hold_one_ray():
     with pytest.raises(ConfigError, match=r"representation\.eval_chunk_samples = 100: must hold the samples of at least one ray \(513"):
         NeRFConfig(eval_chunk_samples=100)
+
+
+def test_a_choice_in_an_error_reads_as_the_user_wrote_it():
+    err = ConfigError("representation.encoding", GridEncodingType.hash, "is wrong here", "use triplane")
+    assert str(err) == "representation.encoding = 'hash': is wrong here. Fix: use triplane" and err.value is GridEncodingType.hash
 
 
 def test_the_schema_is_the_constructor_argument():
