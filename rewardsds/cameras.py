@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from rewardsds.errors import ConfigError, option_value, settings_checker
-from rewardsds.schedules import Schedule
+from rewardsds.config import CameraConfig, ElevationSampling, LightSampling
+from rewardsds.errors import ConfigError
 
 
 @dataclass
@@ -241,24 +241,6 @@ def view_prompts(prompt: str, names: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- sampling
-def _as_range(x: Any, key: str) -> tuple[float, float]:
-    """(low, high) from a Range-like object (``.low``/``.high``), a mapping, or a 2-sequence."""
-    if hasattr(x, "low") and hasattr(x, "high"):
-        lo, hi = x.low, x.high
-    elif hasattr(x, "items"):
-        lo, hi = x["low"], x["high"]
-    else:
-        lo, hi = x
-    lo, hi = float(lo), float(hi)
-    if not lo <= hi:
-        raise ConfigError(key, {"low": lo, "high": hi}, "has low > high", f"swap them: {key}={{low: {hi}, high: {lo}}}")
-    return lo, hi
-
-
-def _enum_value(x: Any) -> str:
-    return str(option_value(x))
-
-
 class CameraSampler:
     """Random orbit cameras for score distillation, fixed evaluation orbits, and view names.
 
@@ -269,88 +251,23 @@ class CameraSampler:
     All randomness comes from the generator passed in, and the number of draws does not depend on
     the options, so a seed gives the same cameras whatever else changes.
 
-    Args (mirroring :class:`rewardsds.config.CameraConfig`):
-        resolution: square render size in pixels per step (a Schedule; a jump 64 -> 256 at step 5000
-            is ``{start: 64, end: 256, start_step: 5000, end_step: 5000}``).
-        batch_size: views rendered per step (all objects), a Schedule; a multiple of views_per_object.
-        views_per_object: views per group (4 for MVDream's orthogonal views, 1 otherwise).
-        elevation, azimuth: ranges in degrees.
-        elevation_sampling: ``mixed`` (threestudio: per group, with probability 0.5 uniform in degrees,
-            else uniform in area on the band), ``uniform`` (degrees) or ``area``.
-        distance: camera distance range; with ``relative_distance`` it is divided by tan(fovy / 2)
-            (MVDream: U(0.8, 1.0) / tan(fovy / 2) keeps the object's image size fixed).
-        fovy: vertical field of view range in degrees.
-        batch_uniform_azimuth: stratify azimuths over the batch when views_per_object == 1.
-        camera_perturb: uniform [-p, p]^3 offset of the camera position.
-        center_perturb: std of a normal offset of the look-at target.
-        up_perturb: std of a normal offset of the up vector.
-        light_sampling: ``dreamfusion`` (light direction ~ camera direction + N(0, light_position_perturb))
-            or ``magic3d`` (within 30..90 degrees above the camera's horizon).
-        light_position_perturb, light_distance: see light_sampling.
-        eval_elevation, eval_distance, eval_fovy, eval_resolution: the fixed orbit of evaluation views
-            and turntables (degrees/units/degrees/pixels).
-        front_threshold, back_threshold, overhead_threshold: view-name thresholds in degrees.
+    Args:
+        cfg: the validated settings (:class:`rewardsds.config.CameraConfig`, which documents each: schedules of the
+            resolution and batch size, the ranges of elevation, azimuth, distance and field of view, perturbations,
+            light sampling, the evaluation orbit and the view-name thresholds); kept as ``self.cfg``.
     """
 
-    def __init__(
-        self,
-        resolution: Any = 64,
-        batch_size: Any = 4,
-        views_per_object: int = 4,
-        elevation: Any = (0.0, 30.0),
-        elevation_sampling: Any = "mixed",
-        azimuth: Any = (-180.0, 180.0),
-        distance: Any = (0.8, 1.0),
-        relative_distance: bool = True,
-        fovy: Any = (15.0, 60.0),
-        batch_uniform_azimuth: bool = True,
-        camera_perturb: float = 0.0,
-        center_perturb: float = 0.0,
-        up_perturb: float = 0.0,
-        light_sampling: Any = "dreamfusion",
-        light_position_perturb: float = 1.0,
-        light_distance: Any = (0.8, 1.5),
-        eval_elevation: float = 15.0,
-        eval_distance: float = 3.0,
-        eval_fovy: float = 40.0,
-        eval_resolution: int = 512,
-        front_threshold: float = 45.0,
-        back_threshold: float = 45.0,
-        overhead_threshold: float = 60.0,
-    ) -> None:
-        self.resolution = Schedule.from_any(resolution)
-        self.batch_size = Schedule.from_any(batch_size)
-        self.views_per_object = int(views_per_object)
-        self.elevation = _as_range(elevation, "cameras.elevation")
-        self.elevation_sampling = _enum_value(elevation_sampling)
-        self.azimuth = _as_range(azimuth, "cameras.azimuth")
-        self.distance = _as_range(distance, "cameras.distance")
-        self.relative_distance = bool(relative_distance)
-        self.fovy = _as_range(fovy, "cameras.fovy")
-        self.batch_uniform_azimuth = bool(batch_uniform_azimuth)
-        self.camera_perturb = float(camera_perturb)
-        self.center_perturb = float(center_perturb)
-        self.up_perturb = float(up_perturb)
-        self.light_sampling = _enum_value(light_sampling)
-        self.light_position_perturb = float(light_position_perturb)
-        self.light_distance = _as_range(light_distance, "cameras.light_distance")
-        self.eval_elevation = float(eval_elevation)
-        self.eval_distance = float(eval_distance)
-        self.eval_fovy = float(eval_fovy)
-        self.eval_resolution = int(eval_resolution)
-        self.front_threshold = float(front_threshold)
-        self.back_threshold = float(back_threshold)
-        self.overhead_threshold = float(overhead_threshold)
-        check_camera_settings(self)
+    def __init__(self, cfg: CameraConfig) -> None:
+        self.cfg = cfg
 
     # -- schedules
     def resolution_at(self, step: int) -> int:
         """Square render size in pixels at ``step``."""
-        return int(round(self.resolution.value(step)))
+        return int(round(self.cfg.resolution.value(step)))
 
     def batch_size_at(self, step: int) -> int:
         """Views per step at ``step`` (a multiple of views_per_object)."""
-        return int(round(self.batch_size.value(step)))
+        return int(round(self.cfg.batch_size.value(step)))
 
     # -- training views
     def sample(self, generator: torch.Generator, step: int = 0) -> Cameras:
@@ -364,7 +281,8 @@ class CameraSampler:
             Cameras with ``batch_size_at(step)`` views, object-major (``extras["views_per_object"]``).
         """
         b = self.batch_size_at(step)
-        v = self.views_per_object
+        c = self.cfg
+        v = c.views_per_object
         if b % v != 0 or b < v:
             raise ConfigError(
                 "cameras.batch_size", b, f"is not a positive multiple of cameras.views_per_object = {v} at step {step}",
@@ -389,42 +307,42 @@ class CameraSampler:
         u_cam, n_center, n_up = u(g, 3), n(g, 3), n(g, 3)
         u_ldist, n_light, u_laz, u_lel = u(g), n(g, 3), u(g), u(g)
 
-        lo, hi = self.elevation
+        lo, hi = c.elevation.low, c.elevation.high
         el_deg = lo + (hi - lo) * u_el_deg
         s0, s1 = math.sin(math.radians(lo)), math.sin(math.radians(hi))
         el_area = torch.rad2deg(torch.asin((s0 + (s1 - s0) * u_el_area).clamp(-1.0, 1.0)))
-        if self.elevation_sampling == "uniform":
+        if c.elevation_sampling is ElevationSampling.uniform:
             elevation = el_deg
-        elif self.elevation_sampling == "area":
+        elif c.elevation_sampling is ElevationSampling.area:
             elevation = el_area
         else:  # mixed: threestudio draws uniform degrees with probability 0.5, else uniform area
             elevation = torch.where(coin < 0.5, el_deg, el_area)
 
-        a0, a1 = self.azimuth
+        a0, a1 = c.azimuth.low, c.azimuth.high
         if v > 1:
             azimuth = ((u_az[:, None] + torch.arange(v)[None, :]) / v).reshape(-1) * (a1 - a0) + a0
-        elif self.batch_uniform_azimuth:
+        elif c.batch_uniform_azimuth:
             azimuth = (u_az + torch.arange(b)) / b * (a1 - a0) + a0
         else:
             azimuth = u_az * (a1 - a0) + a0
 
-        f0, f1 = self.fovy
+        f0, f1 = c.fovy.low, c.fovy.high
         fovy = torch.deg2rad(f0 + (f1 - f0) * u_fov)
-        d0, d1 = self.distance
+        d0, d1 = c.distance.low, c.distance.high
         distance = d0 + (d1 - d0) * u_dist
-        if self.relative_distance:
+        if c.relative_distance:
             distance = distance / torch.tan(0.5 * fovy)
 
         elevation, fovy, distance = per_view(elevation), per_view(fovy), per_view(distance)
         position = spherical_to_position(elevation, azimuth, distance)
-        position = position + per_view((2.0 * u_cam - 1.0) * self.camera_perturb)
-        center = per_view(n_center * self.center_perturb)
-        up = torch.tensor([0.0, 0.0, 1.0]) + per_view(n_up * self.up_perturb)
+        position = position + per_view((2.0 * u_cam - 1.0) * c.camera_perturb)
+        center = per_view(n_center * c.center_perturb)
+        up = torch.tensor([0.0, 0.0, 1.0]) + per_view(n_up * c.up_perturb)
         c2w = look_at_c2w(position, center, up)
 
-        l0, l1 = self.light_distance
+        l0, l1 = c.light_distance.low, c.light_distance.high
         light_distance = per_view(l0 + (l1 - l0) * u_ldist)
-        if self.light_sampling == "magic3d":
+        if c.light_sampling is LightSampling.magic3d:
             # Light within 30..90 degrees above the camera's local horizon (Magic3D / threestudio).
             z = F.normalize(position, dim=-1)
             x = F.normalize(torch.stack([z[:, 1], -z[:, 0], torch.zeros_like(z[:, 0])], -1) + 1e-12, dim=-1)
@@ -435,7 +353,7 @@ class CameraSampler:
             local = torch.stack([torch.cos(lel) * torch.cos(laz), torch.cos(lel) * torch.sin(laz), torch.sin(lel)], -1)
             light = (rot @ local[:, :, None])[:, :, 0] * light_distance[:, None]
         else:  # dreamfusion: around the camera direction
-            direction = F.normalize(position + per_view(n_light) * self.light_position_perturb, dim=-1)
+            direction = F.normalize(position + per_view(n_light) * c.light_position_perturb, dim=-1)
             light = direction * light_distance[:, None]
 
         return Cameras(
@@ -450,11 +368,11 @@ class CameraSampler:
         """
         if n < 1:
             raise ConfigError("views", n, "must be >= 1", "ask for at least one view")
-        res = self.eval_resolution if resolution is None else int(resolution)
+        res = self.cfg.eval_resolution if resolution is None else int(resolution)
         azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n) + azimuth_offset
-        elevation = torch.full((n,), self.eval_elevation)
-        distance = torch.full((n,), self.eval_distance)
-        fovy = torch.full((n,), math.radians(self.eval_fovy))
+        elevation = torch.full((n,), float(self.cfg.eval_elevation))
+        distance = torch.full((n,), float(self.cfg.eval_distance))
+        fovy = torch.full((n,), math.radians(self.cfg.eval_fovy))
         cams = orbit_cameras(elevation, azimuth, distance, fovy, res, res)
         cams.light_position = cams.position.clone()
         return cams
@@ -471,47 +389,10 @@ class CameraSampler:
     def view_names(self, cameras: Cameras) -> list[str]:
         """front/side/back/overhead per view with this sampler's thresholds."""
         return view_directions(
-            cameras.elevation, cameras.azimuth, self.front_threshold, self.back_threshold, self.overhead_threshold
+            cameras.elevation, cameras.azimuth, self.cfg.front_threshold, self.cfg.back_threshold, self.cfg.overhead_threshold
         )
 
     def view_suffixes(self, cameras: Cameras) -> list[str]:
         """threestudio's prompt suffix per view (", front view", ...)."""
         return [VIEW_SUFFIXES[n] for n in self.view_names(cameras)]
 
-
-def check_camera_settings(s: Any, prefix: str = "cameras") -> None:
-    """Raise ConfigError for impossible camera settings (shared by the schema and the sampler)."""
-
-    def rng(name: str) -> tuple[float, float]:
-        return _as_range(getattr(s, name), f"{prefix}.{name}")
-
-    check = settings_checker(prefix)
-    e0, e1 = rng("elevation")
-    check(-90.0 <= e0 and e1 <= 90.0, "elevation", [e0, e1], "must lie within [-90, 90] degrees", "use e.g. {low: 0, high: 30}")
-    d0, _ = rng("distance")
-    check(d0 > 0, "distance", d0, "must be > 0", "use e.g. {low: 0.8, high: 1.0} with relative_distance, or {low: 1.5, high: 2.0}")
-    f0, f1 = rng("fovy")
-    check(0 < f0 and f1 < 180, "fovy", [f0, f1], "must lie within (0, 180) degrees", "use e.g. {low: 15, high: 60}")
-    l0, _ = rng("light_distance")
-    check(l0 > 0, "light_distance", l0, "must be > 0", "use e.g. {low: 0.8, high: 1.5}")
-    v = int(s.views_per_object)
-    check(v >= 1, "views_per_object", v, "must be >= 1", "use 1, or 4 for MVDream")
-    for key in ("resolution", "batch_size"):
-        sched = Schedule.from_any(getattr(s, key))
-        for val in (sched.start, sched.end):
-            if val is None:
-                continue
-            check(val >= 1, key, val, "must be >= 1", "use e.g. 64 (resolution) or 4 (batch_size)")
-            if key == "batch_size":
-                check(int(round(val)) % v == 0, key, val, f"is not a multiple of {prefix}.views_per_object = {v}",
-                      f"use a multiple of {v}, e.g. {v * max(1, int(round(val)) // v)}")
-    for key in ("camera_perturb", "center_perturb", "up_perturb", "light_position_perturb"):
-        check(float(getattr(s, key)) >= 0, key, getattr(s, key), "must be >= 0", "use 0 to switch it off")
-    check(float(s.eval_distance) > 0, "eval_distance", s.eval_distance, "must be > 0", "use e.g. 3.0 with eval_fovy 40")
-    check(0 < float(s.eval_fovy) < 180, "eval_fovy", s.eval_fovy, "must lie within (0, 180) degrees", "use e.g. 40")
-    check(-90 <= float(s.eval_elevation) <= 90, "eval_elevation", s.eval_elevation, "must lie within [-90, 90]", "use 15")
-    check(int(s.eval_resolution) >= 1, "eval_resolution", s.eval_resolution, "must be >= 1", "use e.g. 256 or 512")
-    sampling = _enum_value(s.elevation_sampling)
-    check(sampling in ("mixed", "uniform", "area"), "elevation_sampling", sampling, "is not a known option", "use mixed, uniform or area")
-    light = _enum_value(s.light_sampling)
-    check(light in ("dreamfusion", "magic3d"), "light_sampling", light, "is not a known option", "use dreamfusion or magic3d")

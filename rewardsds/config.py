@@ -160,7 +160,10 @@ def check_devices(devices: Any, accelerator: str = "auto") -> None:
 # ----------------------------------------------------------------------------------------- MVDream prior
 
 
-# ----------------------------------------------------------------------------------------- 3D: cameras, NeRF, Gaussians
+# ----------------------------------------------------------------------------------------- 3D cameras
+# The cameras' schema stays here rather than beside rewardsds/cameras.py: that module is the project's camera
+# convention (priors, representations and exports use it) and needs torch, while schemas must load without torch;
+# and its class path rewardsds.cameras.CameraSampler is recorded in every 3D run's config, which resume compares.
 class ElevationSampling(str, Enum):
     mixed = "mixed"  # threestudio: per group, p=0.5 uniform in degrees, else uniform in area on the band
     uniform = "uniform"  # uniform in degrees
@@ -179,6 +182,20 @@ class Range:
     low: float = 0.0
     high: float = 1.0
 
+    @classmethod
+    def of(cls, value: Any, key: str) -> "Range":
+        """``value`` (a Range, a mapping with ``low``/``high`` or a (low, high) pair) as a Range; ConfigError naming
+        ``key`` unless low <= high."""
+        if isinstance(value, Range):
+            lo, hi = value.low, value.high
+        elif hasattr(value, "items"):
+            lo, hi = value["low"], value["high"]
+        else:
+            lo, hi = value
+        lo, hi = float(lo), float(hi)
+        check(lo <= hi, key, {"low": lo, "high": hi}, "has low > high", f"swap them: {key}={{low: {hi}, high: {lo}}}")
+        return cls(lo, hi)
+
 
 @dataclass
 class CameraConfig:
@@ -187,41 +204,72 @@ class CameraConfig:
     Views are object-major groups of ``views_per_object`` views sharing elevation, distance, field of
     view, perturbations and light; their azimuths are 360 / views_per_object apart with a random
     offset. ``resolution`` and ``batch_size`` are schedules (the reference: 8 views at 64 px, then 4
-    views at 256 px from step 5000).
+    views at 256 px from step 5000: ``{start: 64, end: 256, start_step: 5000, end_step: 5000}``).
     """
 
     _target_: str = MISSING
 
-    resolution: Schedule = field(default_factory=lambda: Schedule(start=64))
-    batch_size: Schedule = field(default_factory=lambda: Schedule(start=4))
-    views_per_object: int = 4
-    elevation: Range = field(default_factory=lambda: Range(0.0, 30.0))
+    resolution: Schedule = field(default_factory=lambda: Schedule(start=64))  # square render size in pixels
+    batch_size: Schedule = field(default_factory=lambda: Schedule(start=4))  # views per step, a multiple of views_per_object
+    views_per_object: int = 4  # 4 orthogonal views for MVDream, 1 for a single-view prior
+    elevation: Range = field(default_factory=lambda: Range(0.0, 30.0))  # degrees
     elevation_sampling: ElevationSampling = ElevationSampling.mixed
-    azimuth: Range = field(default_factory=lambda: Range(-180.0, 180.0))
+    azimuth: Range = field(default_factory=lambda: Range(-180.0, 180.0))  # degrees
     distance: Range = field(default_factory=lambda: Range(0.8, 1.0))
-    relative_distance: bool = True  # distance / tan(fovy / 2) (MVDream)
+    relative_distance: bool = True  # distance / tan(fovy / 2): the object's image size stays fixed (MVDream)
     fovy: Range = field(default_factory=lambda: Range(15.0, 60.0))  # degrees
     batch_uniform_azimuth: bool = True  # stratified azimuths when views_per_object == 1
-    camera_perturb: float = 0.0
-    center_perturb: float = 0.0
-    up_perturb: float = 0.0
+    camera_perturb: float = 0.0  # uniform [-p, p]^3 offset of the camera position
+    center_perturb: float = 0.0  # std of a normal offset of the look-at target
+    up_perturb: float = 0.0  # std of a normal offset of the up vector
     light_sampling: LightSampling = LightSampling.dreamfusion
     light_position_perturb: float = 1.0
     light_distance: Range = field(default_factory=lambda: Range(0.8, 1.5))
-    eval_elevation: float = 15.0
+    # the fixed orbit of evaluation views and turntables
+    eval_elevation: float = 15.0  # degrees
     eval_distance: float = 3.0
     eval_fovy: float = 40.0  # degrees
     eval_resolution: int = 512
-    front_threshold: float = 45.0  # view-dependent prompts (threestudio prompt processor)
+    front_threshold: float = 45.0  # view-dependent prompts (threestudio prompt processor), degrees
     back_threshold: float = 45.0
     overhead_threshold: float = 60.0
 
     def __post_init__(self) -> None:
-        from rewardsds.cameras import check_camera_settings
-
         self.elevation_sampling = enum_option(ElevationSampling, self.elevation_sampling, "cameras.elevation_sampling")
         self.light_sampling = enum_option(LightSampling, self.light_sampling, "cameras.light_sampling")
-        check_camera_settings(self)
+        for key in ("elevation", "azimuth", "distance", "fovy", "light_distance"):
+            setattr(self, key, Range.of(getattr(self, key), f"cameras.{key}"))
+        for key in ("resolution", "batch_size"):
+            setattr(self, key, Schedule.from_any(getattr(self, key)))
+        self._check()
+
+    def _check(self) -> None:
+        e, d, f, light = self.elevation, self.distance, self.fovy, self.light_distance
+        check(-90.0 <= e.low and e.high <= 90.0, "cameras.elevation", [e.low, e.high], "must lie within [-90, 90] degrees",
+              "use e.g. {low: 0, high: 30}")
+        check(d.low > 0, "cameras.distance", d.low, "must be > 0",
+              "use e.g. {low: 0.8, high: 1.0} with relative_distance, or {low: 1.5, high: 2.0}")
+        check(0 < f.low and f.high < 180, "cameras.fovy", [f.low, f.high], "must lie within (0, 180) degrees",
+              "use e.g. {low: 15, high: 60}")
+        check(light.low > 0, "cameras.light_distance", light.low, "must be > 0", "use e.g. {low: 0.8, high: 1.5}")
+        v = int(self.views_per_object)
+        check(v >= 1, "cameras.views_per_object", v, "must be >= 1", "use 1, or 4 for MVDream")
+        for key in ("resolution", "batch_size"):
+            sched = getattr(self, key)
+            for val in (sched.start, sched.end):
+                if val is None:
+                    continue
+                check(val >= 1, f"cameras.{key}", val, "must be >= 1", "use e.g. 64 (resolution) or 4 (batch_size)")
+                if key == "batch_size":
+                    check(int(round(val)) % v == 0, "cameras.batch_size", val, f"is not a multiple of cameras.views_per_object = {v}",
+                          f"use a multiple of {v}, e.g. {v * max(1, int(round(val)) // v)}")
+        for key in ("camera_perturb", "center_perturb", "up_perturb", "light_position_perturb"):
+            check(float(getattr(self, key)) >= 0, f"cameras.{key}", getattr(self, key), "must be >= 0", "use 0 to switch it off")
+        check(float(self.eval_distance) > 0, "cameras.eval_distance", self.eval_distance, "must be > 0", "use e.g. 3.0 with eval_fovy 40")
+        check(0 < float(self.eval_fovy) < 180, "cameras.eval_fovy", self.eval_fovy, "must lie within (0, 180) degrees", "use e.g. 40")
+        check(-90 <= float(self.eval_elevation) <= 90, "cameras.eval_elevation", self.eval_elevation, "must lie within [-90, 90]",
+              "use 15")
+        check(int(self.eval_resolution) >= 1, "cameras.eval_resolution", self.eval_resolution, "must be >= 1", "use e.g. 256 or 512")
 
 
 # ----------------------------------------------------------------------------------------- learned rewards

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 
@@ -13,12 +14,13 @@ class ConfigError(RewardSDSError, ValueError):
     """A configuration value is invalid.
 
     The message always has the form ``<key> = <value>: <problem>. Fix: <fix>`` so a user can act on
-    it without reading code.
+    it without reading code. A choice (an Enum member) shows as the value the user wrote (``'randn'``).
     """
 
     def __init__(self, key: str, value: Any, problem: str, fix: str):
         self.key, self.value, self.problem, self.fix = key, value, problem, fix
-        super().__init__(f"{key} = {value!r}: {problem}. Fix: {fix}")
+        shown = value.value if isinstance(value, Enum) else value
+        super().__init__(f"{key} = {shown!r}: {problem}. Fix: {fix}")
 
 
 class ModelLoadError(RewardSDSError, OSError):
@@ -37,31 +39,6 @@ class DiskFullError(RewardSDSError, OSError):
 
 class TrainingAborted(RewardSDSError, RuntimeError):
     """The run stopped on purpose (too many non-finite gradients, ...); outputs so far are kept."""
-
-
-def option_value(x: Any) -> Any:
-    """The plain value of a config choice (a str Enum member or the string itself)."""
-    return x.value if hasattr(x, "value") else x
-
-
-def settings_checker(prefix: str):
-    """A ``check(cond, key, value, problem, fix)`` that raises ConfigError for ``<prefix>.<key>``.
-
-    Shared by the settings checks that both a schema's ``__post_init__`` and its class's constructor run.
-    """
-
-    def check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:
-        if not cond:
-            raise ConfigError(f"{prefix}.{key}", value, problem, fix)
-
-    return check
-
-
-def check_choices(settings: Any, choices: dict, check) -> None:
-    """``check`` that every ``settings.<key>`` is one of ``choices[key]``."""
-    for key, options in choices.items():
-        v = option_value(getattr(settings, key))
-        check(v in options, key, v, "is not a known option", "use one of: " + ", ".join(options))
 
 
 #: Seeds reach numpy (``lightning.seed_everything``), which takes 32-bit unsigned values only.

@@ -38,7 +38,7 @@ def finalize_3d(system: "DistillationSystem", run_dir: Path, media: Media, out: 
     write_image(run_dir / "final" / "views.png", tile)
     media.image("final/views", tile, None, step, caption=cfg.prompt)
     if cfg.output.video and cfg.output.turntable_frames > 0:
-        res = min(sampler.eval_resolution, 512)
+        res = min(sampler.cfg.eval_resolution, 512)
         video = turntable_video(rep, sampler.turntable(cfg.output.turntable_frames, resolution=res).to(dev), step)
         media.video("final/turntable", list(video), run_dir / "turntable.mp4", cfg.output.video_fps, step)
     return views["rgb"].to(dev)

@@ -35,13 +35,14 @@ import torch
 
 from rewardsds.errors import ConfigError, RewardSDSError
 from rewardsds.representations.base import ExportOptions, Representation
+from rewardsds.representations.config import ExportFormat
 
 log = logging.getLogger(__name__)
 
 #: The run's config files, in the order they are tried.
 CONFIG_FILES = ("config_resolved.yaml", ".hydra/config.yaml")
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-ALL = "all"
+ALL = ExportFormat.all.value
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -50,11 +51,11 @@ def resolve_formats(rep: Representation, formats: Optional[Sequence[str]], key: 
 
     Args:
         rep: the representation.
-        formats: requested names (``all`` allowed).
+        formats: requested formats (``output.export_formats``) or names (``--format``); ``all`` allowed.
         key: the option that named them, for the error message.
     """
     available = tuple(rep.export_formats)
-    names = [str(getattr(f, "value", f)) for f in (formats if formats is not None else [ALL])]
+    names = [f.value if isinstance(f, ExportFormat) else str(f) for f in (formats if formats is not None else [ALL])]
     if ALL in names:
         return available
     unknown = [f for f in names if f not in available]
@@ -114,12 +115,29 @@ def representation_node(run_dir: Path) -> Any:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
 
 
-def build_representation(node: dict, run_dir: Path) -> Representation:
-    """A shell of the run's representation (``load_shell_overrides`` applied), parameters not yet loaded."""
-    from hydra.utils import get_class
+def settings_schema(cls: type) -> type:
+    """The schema a component class is built from: the annotation of its constructor's ``cfg`` argument."""
+    import dataclasses
+    import typing
 
-    kwargs = dict(node)
-    target = kwargs.pop("_target_")
+    schema = typing.get_type_hints(cls.__init__).get("cfg")
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise TypeError(f"{cls.__name__}.__init__ takes no cfg: <schema dataclass> argument")
+    return schema
+
+
+def build_representation(node: dict, run_dir: Path) -> Representation:
+    """A shell of the run's representation (``load_shell_overrides`` applied), parameters not yet loaded.
+
+    The saved settings go through the representation's schema, as at the start of a run: each is checked, and a
+    setting added after the run was written takes its default.
+    """
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    settings = dict(node)
+    target = settings.get("_target_")
     try:
         cls = get_class(target)
     except (ImportError, ValueError) as err:
@@ -131,7 +149,13 @@ def build_representation(node: dict, run_dir: Path) -> Representation:
     if not cls.needs_cameras or not cls.export_formats:
         raise ConfigError("run", str(run_dir), f"is a 2D run ({cls.__name__}): it has no 3D scene to export",
                           "its images are in final/; export applies to runs with representation=nerf or representation=gaussians")
-    return cls(**{**kwargs, **cls.load_shell_overrides})
+    schema = settings_schema(cls)
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), {**settings, **cls.load_shell_overrides}))
+    except OmegaConfBaseException as err:
+        raise ConfigError("run", str(run_dir), f"has representation settings that {schema.__name__} does not accept "
+                          f"({str(err).splitlines()[0]})", "export with the rewardsds version the run was trained with") from None
+    return cls(cfg)
 
 
 def load_checkpoint_into(rep: Representation, ckpt_path: Path, run_dir: Path) -> int:
@@ -151,7 +175,7 @@ def load_checkpoint_into(rep: Representation, ckpt_path: Path, run_dir: Path) ->
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise ConfigError("run", str(run_dir), f"has an unreadable checkpoint {ckpt_path} ({type(err).__name__}: {err})",
-                          f"continue the run from an earlier checkpoint, or train it again") from None
+                          "continue the run from an earlier checkpoint, or train it again") from None
     prefix = "representation."
     state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
     if not state:

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 from rewardsds.cameras import CameraSampler
+from rewardsds.config import CameraConfig
+from rewardsds.representations.config import GaussiansConfig, NeRFConfig
 from rewardsds.representations.gaussians import Gaussians
 from rewardsds.representations.nerf import NeRF
 
@@ -49,9 +51,9 @@ CASES = [*NERF_CASES, "gaussians-200k"]
 
 def build(case: str, device: torch.device):
     if case in NERF_CASES:
-        rep = NeRF(estimator="occgrid", **NERF_CASES[case])
+        rep = NeRF(NeRFConfig(estimator="occgrid", **NERF_CASES[case]))
     elif case == "gaussians-200k":
-        rep = Gaussians(num_points=200_000, strategy="none")
+        rep = Gaussians(GaussiansConfig(num_points=200_000, strategy="none"))
     else:
         raise ValueError(f"unknown case {case!r}; cases: {', '.join(CASES)}")
     return rep.to(device).train()
@@ -61,7 +63,7 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
     torch.manual_seed(0)
     rep = build(case, device)
     opt = torch.optim.AdamW(rep.param_groups())
-    sampler = CameraSampler(resolution=res, batch_size=4, views_per_object=4)
+    sampler = CameraSampler(CameraConfig(resolution=res, batch_size=4, views_per_object=4))
     gen = torch.Generator().manual_seed(0)
     encoded: list[tuple[int, bool]] = []  # (points, with gradient) per encoding call
     if isinstance(rep, NeRF):

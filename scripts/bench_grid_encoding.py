@@ -247,12 +247,13 @@ def profile_rows(spec: str, device: torch.device, warmup: int, top: int = 25) ->
 
     from bench_3d import build
     from rewardsds.cameras import CameraSampler
+    from rewardsds.config import CameraConfig
 
     case, _, res = spec.partition("@")
     torch.manual_seed(0)
     rep = build(case, device)
     rep.update_occupancy(0, force=True)
-    sampler = CameraSampler(resolution=int(res or 256), batch_size=4, views_per_object=4)
+    sampler = CameraSampler(CameraConfig(resolution=int(res or 256), batch_size=4, views_per_object=4))
     gen = torch.Generator().manual_seed(0)
 
     def step(i: int) -> None:

@@ -232,11 +232,12 @@ def build_system(cfg, prior, reward, device, run_dir: Path):
     from hydra.utils import instantiate
 
     from rewardsds.config import validate
+    from rewardsds.schema import build
     from rewardsds.system import DistillationSystem
 
     typed = validate(cfg)
     sys_ = DistillationSystem(typed, prior=prior, reward=reward, strategy=instantiate(cfg.strategy), loss=instantiate(cfg.loss),
-                              representation=instantiate(cfg.representation), run_dir=run_dir)
+                              representation=build(typed.representation), run_dir=run_dir)
     sys_.prepare(device)
     sys_.to(device)
     opt = sys_.configure_optimizers()

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from rewardsds.cameras import CameraSampler
+from rewardsds.config import CameraConfig
 from rewardsds.representations._raster import rasterize_dense
+from rewardsds.representations.config import GaussiansConfig, NeRFConfig
 from rewardsds.representations.gaussians import Gaussians
 from rewardsds.representations.nerf import NeRF
 from tests.threed_helpers import requires_cuda
@@ -25,7 +27,7 @@ HASH = dict(encoding="hash", n_levels=16, n_features_per_level=2, log2_hashmap_s
 
 
 def cams(n: int, res: int, seed: int = 0, views_per_object: int = 4):
-    s = CameraSampler(resolution=res, batch_size=n, views_per_object=views_per_object)
+    s = CameraSampler(CameraConfig(resolution=res, batch_size=n, views_per_object=views_per_object))
     return s.sample(torch.Generator().manual_seed(seed)).to("cuda")
 
 
@@ -33,7 +35,7 @@ def cams(n: int, res: int, seed: int = 0, views_per_object: int = 4):
 def test_occgrid_nerf_renders_and_backpropagates(encoding):
     """Occupancy-grid marching on CUDA: shapes, ranges, a non-empty grid, gradients into the grid."""
     torch.manual_seed(0)
-    nerf = NeRF(estimator="occgrid", **(HASH if encoding == "hash" else {})).cuda().train()
+    nerf = NeRF(NeRFConfig(estimator="occgrid", **(HASH if encoding == "hash" else {}))).cuda().train()
     out = nerf.render(cams(4, 64), step=0)
     assert bool(nerf.occ_ready) and 0 < int(nerf.estimator.binaries.sum()) < nerf.estimator.binaries.numel()
     assert out["rgb"].shape == (4, 3, 64, 64) and out["opacity"].shape == (4, 1, 64, 64)
@@ -58,12 +60,12 @@ def test_occgrid_render_matches_uniform_sampling(culling):
     2.6e-6 mean opacity difference; culling 0.0095 mean, 0.109 max)."""
     torch.manual_seed(1)
     thresholds = {} if culling else dict(alpha_threshold=0.0, occ_threshold=0.0)
-    occ = NeRF(estimator="occgrid", background="solid", random_background_prob=0.0, **thresholds).cuda()
-    uni = NeRF(estimator="uniform", background="solid", random_background_prob=0.0).cuda()
+    occ = NeRF(NeRFConfig(estimator="occgrid", background="solid", random_background_prob=0.0, **thresholds)).cuda()
+    uni = NeRF(NeRFConfig(estimator="uniform", background="solid", random_background_prob=0.0)).cuda()
     uni.load_state_dict(occ.state_dict(), strict=False)
     occ.update_occupancy(0, force=True)
     occ.eval(), uni.eval()
-    c = CameraSampler(eval_resolution=64).eval_cameras(4).to("cuda")
+    c = CameraSampler(CameraConfig(eval_resolution=64)).eval_cameras(4).to("cuda")
     with torch.no_grad():
         a, b = occ.render(c, 0), uni.render(c, 0)
     mean_tol, max_tol = (2e-2, 0.15) if culling else (5e-3, 0.05)
@@ -120,7 +122,8 @@ def test_gsplat_matches_the_dense_twin_images_and_gradients():
 def test_gaussians_200k_render_backward_and_densify_through_the_shared_optimizer():
     """200k Gaussians at 4 x 256^2 on gsplat, then one DefaultStrategy refinement on the shared optimiser."""
     torch.manual_seed(5)
-    gs = Gaussians(num_points=200_000, refine_start_step=0, refine_every=2, grow_grad2d=1e-7, prune_opacity=0.05).cuda().train()
+    cfg = GaussiansConfig(num_points=200_000, refine_start_step=0, refine_every=2, grow_grad2d=1e-7, prune_opacity=0.05)
+    gs = Gaussians(cfg).cuda().train()
     opt = torch.optim.Adam(gs.param_groups())
     c = cams(4, 256, seed=5)
     target = torch.rand(4, 3, 256, 256, device="cuda")
@@ -143,8 +146,8 @@ def test_gaussians_200k_render_backward_and_densify_through_the_shared_optimizer
 
 def test_mcmc_strategy_relocates_and_adds_through_the_shared_optimizer():
     torch.manual_seed(6)
-    gs = Gaussians(num_points=5000, strategy="mcmc", refine_start_step=0, refine_every=2, cap_max=6000,
-                   opacity_reg=0.01, scale_reg=0.01).cuda().train()
+    gs = Gaussians(GaussiansConfig(num_points=5000, strategy="mcmc", refine_start_step=0, refine_every=2, cap_max=6000,
+                                   opacity_reg=0.01, scale_reg=0.01)).cuda().train()
     with torch.no_grad():
         gs.params["opacities"][:500] = -10.0  # dead: relocated
     opt = torch.optim.Adam(gs.param_groups())

@@ -23,6 +23,7 @@ from rewardsds.cameras import (
 from rewardsds.config import CameraConfig, Range
 from rewardsds.errors import ConfigError
 from rewardsds.schedules import Schedule
+from rewardsds.schema import build
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -68,7 +69,7 @@ def test_spherical_round_trip():
 
 
 def test_opencv_projection_hits_the_pixel_whose_ray_passes_through_the_point():
-    sampler = CameraSampler(resolution=24, batch_size=4, camera_perturb=0.1, center_perturb=0.1, up_perturb=0.05)
+    sampler = CameraSampler(CameraConfig(resolution=24, batch_size=4, camera_perturb=0.1, center_perturb=0.1, up_perturb=0.05))
     cams = sampler.sample(gen(3)).with_resolution(24, 16)
     origins, dirs = cams.rays()
     assert origins.shape == dirs.shape == (4, 16, 24, 3)
@@ -86,7 +87,7 @@ def test_opencv_projection_hits_the_pixel_whose_ray_passes_through_the_point():
 
 # ------------------------------------------------------------------------------------- sampling
 def test_multiview_groups_share_everything_but_azimuth():
-    s = CameraSampler(batch_size=16, views_per_object=4, resolution=32)
+    s = CameraSampler(CameraConfig(batch_size=16, views_per_object=4, resolution=32))
     cams = s.sample(gen(4))
     assert len(cams) == 16 and cams.width == cams.height == 32 and cams.extras["views_per_object"] == 4
     for key in ("elevation", "distance", "fovy"):
@@ -107,7 +108,7 @@ def test_multiview_groups_share_everything_but_azimuth():
 
 
 def test_ranges_are_respected_and_relative_distance_keeps_the_object_size():
-    s = CameraSampler(batch_size=4000, views_per_object=4)
+    s = CameraSampler(CameraConfig(batch_size=4000, views_per_object=4))
     cams = s.sample(gen(5))
     assert cams.elevation.min() >= 0.0 and cams.elevation.max() <= 30.0
     fov = torch.rad2deg(cams.fovy)
@@ -118,8 +119,8 @@ def test_ranges_are_respected_and_relative_distance_keeps_the_object_size():
     # The whole ranges are used.
     assert fov.max() - fov.min() > 40.0 and cams.elevation.max() - cams.elevation.min() > 25.0
 
-    s1 = CameraSampler(batch_size=3000, views_per_object=1, elevation=(-10, 45), distance=(1.5, 2.0),
-                       relative_distance=False, fovy=(40, 70))
+    s1 = CameraSampler(CameraConfig(batch_size=3000, views_per_object=1, elevation=(-10, 45), distance=(1.5, 2.0),
+                                    relative_distance=False, fovy=(40, 70)))
     c1 = s1.sample(gen(6))
     assert c1.distance.min() >= 1.5 and c1.distance.max() <= 2.0
     assert c1.elevation.min() >= -10 and c1.elevation.max() <= 45
@@ -131,14 +132,14 @@ def test_ranges_are_respected_and_relative_distance_keeps_the_object_size():
 @pytest.mark.parametrize("mode,expected", [("uniform", 1 / 3), ("area", 0.5), ("mixed", 0.5 * (1 / 3 + 0.5))])
 def test_elevation_sampling_modes(mode, expected):
     # On [0, 90]: P(elevation < 30) is 1/3 uniform in degrees, sin(30) = 1/2 uniform in area.
-    s = CameraSampler(batch_size=8000, views_per_object=1, elevation=(0, 90), elevation_sampling=mode)
+    s = CameraSampler(CameraConfig(batch_size=8000, views_per_object=1, elevation=(0, 90), elevation_sampling=mode))
     el = s.sample(gen(7)).elevation
     frac = (el < 30).float().mean().item()
     assert frac == pytest.approx(expected, abs=0.025)
 
 
 def test_sampling_is_reproducible_with_the_generator():
-    s = CameraSampler(batch_size=8, camera_perturb=0.1, center_perturb=0.2, up_perturb=0.02)
+    s = CameraSampler(CameraConfig(batch_size=8, camera_perturb=0.1, center_perturb=0.2, up_perturb=0.02))
     a, b, c = s.sample(gen(11)), s.sample(gen(11)), s.sample(gen(12))
     for key in ("c2w", "fovy", "elevation", "azimuth", "distance", "light_position"):
         assert torch.equal(getattr(a, key), getattr(b, key)), key
@@ -151,13 +152,14 @@ def test_sampling_is_reproducible_with_the_generator():
 
 def test_draws_do_not_depend_on_options():
     # The same seed gives the same azimuths whatever the perturbation / elevation options.
-    base = CameraSampler(batch_size=8).sample(gen(13))
-    other = CameraSampler(batch_size=8, camera_perturb=0.3, elevation_sampling="area", light_sampling="magic3d").sample(gen(13))
+    base = CameraSampler(CameraConfig(batch_size=8)).sample(gen(13))
+    other = CameraSampler(CameraConfig(batch_size=8, camera_perturb=0.3, elevation_sampling="area", light_sampling="magic3d"))
+    other = other.sample(gen(13))
     assert torch.equal(base.azimuth, other.azimuth) and torch.equal(base.fovy, other.fovy)
 
 
 def test_perturbations_move_cameras_off_the_orbit():
-    s = CameraSampler(batch_size=64, views_per_object=1, camera_perturb=0.1, center_perturb=0.2, up_perturb=0.02)
+    s = CameraSampler(CameraConfig(batch_size=64, views_per_object=1, camera_perturb=0.1, center_perturb=0.2, up_perturb=0.02))
     cams = s.sample(gen(14))
     on_orbit = spherical_to_position(cams.elevation, cams.azimuth, cams.distance)
     offset = cams.position - on_orbit
@@ -168,28 +170,28 @@ def test_perturbations_move_cameras_off_the_orbit():
 
 
 def test_light_sampling():
-    s = CameraSampler(batch_size=400, views_per_object=4, light_sampling="magic3d")
+    s = CameraSampler(CameraConfig(batch_size=400, views_per_object=4, light_sampling="magic3d"))
     cams = s.sample(gen(15))
     dist = cams.light_position.norm(dim=-1)
     assert dist.min() >= 0.8 - 1e-5 and dist.max() <= 1.5 + 1e-5
     # Magic3D: 30..90 degrees above the camera's horizon.
     cos_to_cam = (torch.nn.functional.normalize(cams.light_position, dim=-1) * torch.nn.functional.normalize(cams.position, dim=-1)).sum(-1)
     assert cos_to_cam.min() >= 0.5 - 1e-4
-    s2 = CameraSampler(batch_size=400, views_per_object=4, light_sampling="dreamfusion", light_position_perturb=0.0)
+    s2 = CameraSampler(CameraConfig(batch_size=400, views_per_object=4, light_sampling="dreamfusion", light_position_perturb=0.0))
     c2 = s2.sample(gen(15))
     assert torch.allclose(torch.nn.functional.normalize(c2.light_position, dim=-1), torch.nn.functional.normalize(c2.position, dim=-1), atol=1e-5)
 
 
 def test_resolution_and_batch_schedules():
-    s = CameraSampler(resolution=Schedule(start=64, end=256, start_step=5000, end_step=5000),
-                      batch_size={"start": 8, "end": 4, "start_step": 5000, "end_step": 5000})
+    s = CameraSampler(CameraConfig(resolution=Schedule(start=64, end=256, start_step=5000, end_step=5000),
+                                   batch_size={"start": 8, "end": 4, "start_step": 5000, "end_step": 5000}))
     early, late = s.sample(gen(0), step=4999), s.sample(gen(0), step=5000)
     assert (early.width, early.height, len(early)) == (64, 64, 8)
     assert (late.width, late.height, len(late)) == (256, 256, 4)
 
 
 def test_eval_and_turntable_orbits():
-    s = CameraSampler(eval_elevation=15, eval_distance=3.0, eval_fovy=40, eval_resolution=128)
+    s = CameraSampler(CameraConfig(eval_elevation=15, eval_distance=3.0, eval_fovy=40, eval_resolution=128))
     cams = s.eval_cameras(8)
     assert len(cams) == 8 and cams.width == 128
     assert torch.allclose(cams.azimuth, torch.arange(8) * 45.0)
@@ -221,22 +223,23 @@ def test_view_suffixes_and_custom_thresholds():
     names = view_directions(torch.tensor([0.0, 0.0]), torch.tensor([35.0, 160.0]), front_threshold=30, back_threshold=30)
     assert names == ["side", "back"]
     assert view_prompts("a fox", ["front", "overhead"]) == ["a fox, front view", "a fox, overhead view"]
-    s = CameraSampler()
+    s = CameraSampler(CameraConfig())
     cams = s.eval_cameras(4)  # azimuths 0, 90, 180, 270
     assert s.view_suffixes(cams) == [", front view", ", side view", ", back view", ", side view"]
 
 
 # ------------------------------------------------------------------------------------- config
-def test_config_schema_matches_the_sampler_and_builds_it():
-    fields = {f.name: f for f in dataclasses.fields(CameraConfig) if f.name != "_target_"}
-    params = inspect.signature(CameraSampler.__init__).parameters
-    assert set(fields) == set(params) - {"self"}
-    cfg = OmegaConf.to_object(OmegaConf.structured(CameraConfig))
-    kwargs = {k: getattr(cfg, k) for k in fields}
-    built = CameraSampler(**kwargs)
-    default = CameraSampler()
-    for k in fields:
-        assert getattr(built, k) == getattr(default, k), k
+def test_config_schema_is_the_sampler_setting_and_builds_it():
+    params = [k for k in inspect.signature(CameraSampler.__init__).parameters if k != "self"]
+    assert params == ["cfg"]  # every setting is a field of the schema, with its default there only
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CameraConfig), {"_target_": "rewardsds.cameras.CameraSampler"}))
+    built = build(cfg)
+    default = CameraSampler(CameraConfig())
+    assert isinstance(built, CameraSampler) and built.cfg is cfg
+    for f in dataclasses.fields(CameraConfig):
+        if f.name != "_target_":
+            assert getattr(built.cfg, f.name) == getattr(default.cfg, f.name), f.name
+    assert torch.equal(built.sample(gen(0)).c2w, default.sample(gen(0)).c2w)
 
 
 @pytest.mark.parametrize(
@@ -259,11 +262,11 @@ def test_impossible_camera_settings_raise_config_error(override, key):
 
 
 def test_sampler_rejects_a_batch_schedule_that_breaks_groups():
-    s = CameraSampler(batch_size=Schedule(start=8, end=4, start_step=0, end_step=4), views_per_object=4)
+    s = CameraSampler(CameraConfig(batch_size=Schedule(start=8, end=4, start_step=0, end_step=4), views_per_object=4))
     with pytest.raises(ConfigError, match="cameras.batch_size"):
         s.sample(gen(0), step=2)  # 6 views mid-ramp is not a multiple of 4
     with pytest.raises(ConfigError, match="cameras.distance"):
-        CameraSampler(distance=(-2.0, 1.0))
+        CameraSampler(CameraConfig(distance=(-2.0, 1.0)))
 
 
 def test_look_at_handles_straight_down_views():

@@ -19,11 +19,13 @@ from scipy.spatial import cKDTree
 
 from conftest import FAST, ROOT, compose, gpu_test
 from rewardsds.cameras import CameraSampler
+from rewardsds.config import CameraConfig
 from rewardsds.errors import ConfigError
 from rewardsds.export_assets import main, write_exports
 from rewardsds.representations._mesh import marching_cubes, marching_tetrahedra
 from rewardsds.representations._texture import Z_UP_TO_Y_UP, dilate, rasterize_uv, rasterize_uv_reference
 from rewardsds.representations.base import ExportOptions
+from rewardsds.representations.config import GaussiansConfig, NeRFConfig
 from rewardsds.representations.gaussians import Gaussians, gaussian_ply_fields
 from rewardsds.representations.nerf import NeRF
 from rewardsds.representations.views import normal_image, normals_from_depth, render_views, to_uint8_frames, turntable_video
@@ -37,7 +39,7 @@ def bumpy_nerf(**kw) -> NeRF:
     """A small NeRF whose grid features are far from their near-zero init: a bumpy surface with varied colours
     around the density blob."""
     torch.manual_seed(0)
-    nerf = NeRF(**{**SMALL, **kw})
+    nerf = NeRF(NeRFConfig(**{**SMALL, **kw}))
     with torch.no_grad():
         for p in nerf.encoding.parameters():
             p.uniform_(-1.0, 1.0)
@@ -150,7 +152,7 @@ def test_shape_annotations_hold_under_beartype():
         checked(rasterize_uv)(torch.rand(5, 3), torch.tensor([[0, 1, 2]]), 8)
     image, grown = checked(dilate)(torch.rand(4, 5, 3), torch.rand(4, 5) > 0.5, 1)
     assert image.shape == (4, 5, 3) and grown.dtype == torch.bool
-    cams = CameraSampler(eval_resolution=6).turntable(2)
+    cams = CameraSampler(CameraConfig(eval_resolution=6)).turntable(2)
     assert checked(normals_from_depth)(torch.rand(2, 1, 6, 6) + 1.0, cams, True).shape == (2, 3, 6, 6)
 
 
@@ -263,7 +265,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path):
 
 
 def test_an_empty_format_list_writes_nothing(tmp_path):
-    for rep in (bumpy_nerf(), Gaussians(num_points=4)):
+    for rep in (bumpy_nerf(), Gaussians(GaussiansConfig(num_points=4))):
         assert write_exports(rep, tmp_path / "export", ExportOptions(formats=())) == []
     assert list(tmp_path.iterdir()) == []
 
@@ -290,7 +292,7 @@ def _viewer_load(path):
 
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_gaussians_ply_reads_back_with_its_sh_degree(tmp_path, degree):
-    gs = Gaussians(num_points=40, sh_degree=degree, seed=1)
+    gs = Gaussians(GaussiansConfig(num_points=40, sh_degree=degree, seed=1))
     with torch.no_grad():
         for key in gs.params:
             gs.params[key].normal_()
@@ -305,7 +307,7 @@ def test_gaussians_ply_reads_back_with_its_sh_degree(tmp_path, degree):
 
 
 def test_gaussians_ply_has_the_degree_active_at_the_exported_step(tmp_path):
-    gs = Gaussians(num_points=10, sh_degree=3, sh_degree_interval=100)
+    gs = Gaussians(GaussiansConfig(num_points=10, sh_degree=3, sh_degree_interval=100))
     with torch.no_grad():
         gs.params["shN"].normal_()
     (path,) = write_exports(gs, tmp_path, ExportOptions(step=150))  # one band active at step 150
@@ -366,7 +368,7 @@ def _fake_run(tmp_path, name, overrides, state, iteration=0):
 
 
 def test_gaussians_run_exports_without_its_initial_ply(tmp_path):
-    gs = Gaussians(num_points=30, sh_degree=2, sh_degree_interval=1000, seed=3)
+    gs = Gaussians(GaussiansConfig(num_points=30, sh_degree=2, sh_degree_interval=1000, seed=3))
     with torch.no_grad():
         gs.params["shN"].normal_()
     state = {f"representation.{k}": v for k, v in gs.state_dict().items()}
@@ -403,7 +405,7 @@ def test_export_command_bad_input_exits_2_with_one_message(tmp_path, capsys, cas
         args, expect = [str(run)], "is a 2D run \\(LatentImage\\).*Fix: .*representation=nerf"
     else:
         torch.manual_seed(0)
-        nerf = NeRF(n_levels=2, num_samples_per_ray=16, mesh_resolution=24, mesh_threshold=4.0, texture_size=32)
+        nerf = NeRF(NeRFConfig(n_levels=2, num_samples_per_ray=16, mesh_resolution=24, mesh_threshold=4.0, texture_size=32))
         run = _fake_run(tmp_path, "r", nerf_cfg, {f"representation.{k}": v for k, v in nerf.state_dict().items()})
         args, expect = {
             "threshold": ([str(run), "--threshold", "1e5"], r"--threshold = 100000.0: is not crossed by the density field .*Fix: .*--threshold="),
@@ -430,7 +432,7 @@ def test_module_entry_point_exit_status(tmp_path):
 # ------------------------------------------------------------------------------------- turntable
 def test_normals_from_depth_of_an_analytic_sphere():
     """Depth maps of a sphere (radius 0.5 at the origin) in both conventions give its normals (p / r)."""
-    cams = CameraSampler(eval_resolution=48, eval_distance=2.0, eval_fovy=40.0).turntable(2)
+    cams = CameraSampler(CameraConfig(eval_resolution=48, eval_distance=2.0, eval_fovy=40.0)).turntable(2)
     origins, dirs = cams.rays()
     b = (origins * dirs).sum(-1)
     disc = b**2 - (origins.square().sum(-1) - 0.25)
@@ -450,8 +452,8 @@ def test_normals_from_depth_of_an_analytic_sphere():
 
 @pytest.mark.parametrize("rep", ["nerf", "gaussians"])
 def test_turntable_frames_show_rgb_and_normals_side_by_side(rep):
-    scene = bumpy_nerf() if rep == "nerf" else Gaussians(num_points=60, init_radius=0.4, init_opacity=0.9, seed=2)
-    cams = CameraSampler(eval_resolution=16).turntable(3)
+    scene = bumpy_nerf() if rep == "nerf" else Gaussians(GaussiansConfig(num_points=60, init_radius=0.4, init_opacity=0.9, seed=2))
+    cams = CameraSampler(CameraConfig(eval_resolution=16)).turntable(3)
     video = turntable_video(scene, cams, step=0)
     assert video.shape == (3, 16, 32, 3) and video.dtype == np.uint8
     views = render_views(scene, cams, step=0)
@@ -493,8 +495,8 @@ def test_nerf_export_on_cuda_reads_back(tmp_path):
     assert [p.name for p in paths] == NERF_FILES
     obj = trimesh.load(tmp_path / "export" / "mesh_textured.obj", process=False)
     _assert_texels_match_the_field(nerf, obj, np.asarray(obj.visual.material.image.convert("RGB")))
-    gs = Gaussians(num_points=500, init_radius=0.4, init_opacity=0.9, sh_degree=1, seed=2).cuda()
-    cams = CameraSampler(eval_resolution=64).turntable(4).to("cuda")
+    gs = Gaussians(GaussiansConfig(num_points=500, init_radius=0.4, init_opacity=0.9, sh_degree=1, seed=2)).cuda()
+    cams = CameraSampler(CameraConfig(eval_resolution=64)).turntable(4).to("cuda")
     video = turntable_video(gs, cams, step=10**9)  # gsplat's depth -> normals
     assert video.shape == (4, 64, 128, 3)
     assert np.array_equal(video[:, :, :64], to_uint8_frames(render_views(gs, cams, step=10**9)["rgb"]))

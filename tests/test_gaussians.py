@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rewardsds.cameras import CameraSampler, orbit_cameras
+from rewardsds.config import CameraConfig
 from rewardsds.representations.config import GaussiansConfig
 from rewardsds.errors import ConfigError
 from rewardsds.representations._raster import (
@@ -32,11 +33,12 @@ from rewardsds.representations.gaussians import (
 )
 from rewardsds.representations.views import render_views, save_pngs, turntable_frames
 from rewardsds.schedules import Schedule
-from tests.threed_helpers import assert_schema_matches_constructor
+from rewardsds.schema import build
+from tests.threed_helpers import assert_built_from_schema
 
 
 def cams(n: int = 4, res: int = 24, seed: int = 0):
-    return CameraSampler(resolution=res, batch_size=n, views_per_object=1).sample(torch.Generator().manual_seed(seed))
+    return CameraSampler(CameraConfig(resolution=res, batch_size=n, views_per_object=1)).sample(torch.Generator().manual_seed(seed))
 
 
 def random_gaussians(n: int, seed: int = 0, opacity=(0.2, 0.95)):
@@ -180,7 +182,7 @@ def test_shape_annotations_hold_under_beartype():
 
 # ------------------------------------------------------------------------------------- the representation
 def test_cpu_render_shapes_and_gradients():
-    gs = Gaussians(num_points=200, sh_degree=1)
+    gs = Gaussians(GaussiansConfig(num_points=200, sh_degree=1))
     with torch.no_grad():  # anisotropic: with equal axes a rotation changes nothing (zero quaternion gradient)
         gs.params["scales"] += torch.randn(200, 3, generator=torch.Generator().manual_seed(0)) * 0.3
     gs.train()
@@ -194,13 +196,13 @@ def test_cpu_render_shapes_and_gradients():
 
 
 def test_sh_degree_grows_with_steps():
-    gs = Gaussians(num_points=10, sh_degree=3, sh_degree_interval=100)
+    gs = Gaussians(GaussiansConfig(num_points=10, sh_degree=3, sh_degree_interval=100))
     assert [gs.active_sh_degree(s) for s in (0, 99, 100, 250, 10_000)] == [0, 0, 1, 2, 3]
     assert gs.params["shN"].shape == (10, 15, 3)
 
 
 def test_init_in_a_sphere_with_knn_scales_and_seeded():
-    a, b, c = Gaussians(num_points=500, seed=1), Gaussians(num_points=500, seed=1), Gaussians(num_points=500, seed=2)
+    a, b, c = (Gaussians(GaussiansConfig(num_points=500, seed=seed)) for seed in (1, 1, 2))
     assert torch.equal(a.params["means"], b.params["means"]) and not torch.equal(a.params["means"], c.params["means"])
     r = a.params["means"].norm(dim=-1)
     assert r.max() <= 0.5 and (r < 0.5 * 0.5 ** (1 / 3)).float().mean() == pytest.approx(0.5, abs=0.07)  # uniform in volume
@@ -211,11 +213,11 @@ def test_init_in_a_sphere_with_knn_scales_and_seeded():
 
 
 def test_rasterizer_choice_on_the_cpu():
-    gs = Gaussians(num_points=10, rasterizer="gsplat")
+    gs = Gaussians(GaussiansConfig(num_points=10, rasterizer="gsplat"))
     with pytest.raises(ConfigError) as err:
         gs.render(cams(1, 8), 0)
     assert err.value.key == "representation.rasterizer"
-    mcmc = Gaussians(num_points=10, strategy="mcmc")
+    mcmc = Gaussians(GaussiansConfig(num_points=10, strategy="mcmc"))
     with pytest.raises(ConfigError, match="representation.strategy"):
         mcmc.render(cams(1, 8), 0)
 
@@ -233,7 +235,7 @@ def _train_steps(gs, opt, c, target, steps, start=0):
 
 
 def test_densification_keeps_the_shared_optimizer_consistent():
-    gs = Gaussians(num_points=80, refine_start_step=0, refine_every=3, grow_grad2d=1e-12, grow_scale3d=100.0, seed=3)
+    gs = Gaussians(GaussiansConfig(num_points=80, refine_start_step=0, refine_every=3, grow_grad2d=1e-12, grow_scale3d=100.0, seed=3))
     gs.train()
     opt = torch.optim.Adam(gs.param_groups())
     c, target = cams(2, 12), torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
@@ -264,7 +266,7 @@ def test_densification_keeps_the_shared_optimizer_consistent():
 
 
 def test_pruning_removes_the_same_rows_from_parameters_and_state():
-    gs = Gaussians(num_points=100, refine_start_step=0, refine_every=2, grow_grad2d=1e9, prune_opacity=0.2, seed=4)
+    gs = Gaussians(GaussiansConfig(num_points=100, refine_start_step=0, refine_every=2, grow_grad2d=1e9, prune_opacity=0.2, seed=4))
     with torch.no_grad():
         gs.params["opacities"][:30] = -4.0  # sigmoid ~ 0.018 < 0.2: pruned
         gs.params["opacities"][30:] = 1.0
@@ -285,7 +287,7 @@ def test_pruning_removes_the_same_rows_from_parameters_and_state():
 
 
 def test_opacity_reset_every_reset_every_steps():
-    gs = Gaussians(num_points=40, refine_start_step=1000, reset_every=2, prune_opacity=0.005, init_opacity=0.6, seed=8)
+    gs = Gaussians(GaussiansConfig(num_points=40, refine_start_step=1000, reset_every=2, prune_opacity=0.005, init_opacity=0.6, seed=8))
     gs.train()
     opt = torch.optim.Adam(gs.param_groups())
     c, target = cams(1, 8), torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -299,7 +301,7 @@ def test_opacity_reset_every_reset_every_steps():
 
 
 def test_optimizer_view_is_the_shared_group():
-    gs = Gaussians(num_points=5)
+    gs = Gaussians(GaussiansConfig(num_points=5))
     opt = torch.optim.Adam(gs.param_groups())
     views = gs.optimizer_views(opt)
     assert set(views) == set(gs.params)
@@ -311,7 +313,8 @@ def test_optimizer_view_is_the_shared_group():
 
 
 def test_means_learning_rate_follows_its_schedule_and_extent():
-    gs = Gaussians(num_points=5, scene_extent=2.0, lr_means=Schedule(start=1e-3, end=1e-5, start_step=0, end_step=10), strategy="none")
+    gs = Gaussians(GaussiansConfig(num_points=5, scene_extent=2.0, lr_means=Schedule(start=1e-3, end=1e-5, start_step=0, end_step=10),
+                                   strategy="none"))
     opt = torch.optim.Adam(gs.param_groups())
     means_group = next(g for g in opt.param_groups if g["name"] == "gaussians.means")
     assert means_group["lr"] == pytest.approx(2e-3)
@@ -321,11 +324,11 @@ def test_means_learning_rate_follows_its_schedule_and_extent():
     assert lrs["gaussians.scales"] == 5e-3 and lrs["gaussians.quats"] == 1e-3 and lrs["gaussians.opacities"] == 5e-2
     assert lrs["gaussians.sh0"] == 2.5e-3
     assert all(g["eps"] == 1e-15 and g["weight_decay"] == 0.0 for g in opt.param_groups)
-    assert Gaussians(num_points=5, sh_degree=1).param_groups()[-1]["lr"] == pytest.approx(2.5e-3 / 20)
+    assert Gaussians(GaussiansConfig(num_points=5, sh_degree=1)).param_groups()[-1]["lr"] == pytest.approx(2.5e-3 / 20)
 
 
 def test_resume_after_densification_resizes_parameters():
-    gs = Gaussians(num_points=120, refine_start_step=0, refine_every=2, grow_grad2d=1e-12, grow_scale3d=100.0, seed=5)
+    gs = Gaussians(GaussiansConfig(num_points=120, refine_start_step=0, refine_every=2, grow_grad2d=1e-12, grow_scale3d=100.0, seed=5))
     gs.train()
     opt = torch.optim.Adam(gs.param_groups())
     c, target = cams(2, 16), torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
@@ -338,7 +341,7 @@ def test_resume_after_densification_resizes_parameters():
     ckpt = torch.load(buf, weights_only=False)
     sd, opt_sd = ckpt["model"], ckpt["optimizer"]
 
-    fresh = Gaussians(num_points=120, refine_start_step=0, refine_every=2, grow_grad2d=1e-12, grow_scale3d=100.0, seed=99)
+    fresh = Gaussians(GaussiansConfig(num_points=120, refine_start_step=0, refine_every=2, grow_grad2d=1e-12, grow_scale3d=100.0, seed=99))
     fresh.load_state_dict(sd)
     assert fresh.num_gaussians == 240
     for k in gs.params:
@@ -357,9 +360,9 @@ def test_resume_after_densification_resizes_parameters():
 
 
 def test_optimizer_built_before_a_resize_is_reported():
-    gs = Gaussians(num_points=10)
+    gs = Gaussians(GaussiansConfig(num_points=10))
     opt = torch.optim.Adam(gs.param_groups())
-    bigger = Gaussians(num_points=20)
+    bigger = Gaussians(GaussiansConfig(num_points=20))
     gs.load_state_dict(bigger.state_dict())
     with pytest.raises(RuntimeError, match="build the optimizer after load_state_dict"):
         gs.optimizer_views(opt)
@@ -367,11 +370,13 @@ def test_optimizer_built_before_a_resize_is_reported():
 
 def test_fifty_steps_of_mse_fit_target_renders():
     c = cams(4, 16, seed=6)
-    teacher = Gaussians(num_points=100, init_color=[0.9, 0.2, 0.1], init_opacity=0.6, init_radius=0.35, seed=10, strategy="none")
+    teacher = Gaussians(GaussiansConfig(num_points=100, init_color=[0.9, 0.2, 0.1], init_opacity=0.6, init_radius=0.35, seed=10,
+                                        strategy="none"))
     teacher.eval()
     with torch.no_grad():
         target = teacher.render(c, 0)["rgb"]
-    student = Gaussians(num_points=100, seed=11, strategy="none", lr_means=5e-3, lr_sh0=5e-2, lr_opacities=5e-2, lr_scales=1e-2)
+    student = Gaussians(GaussiansConfig(num_points=100, seed=11, strategy="none", lr_means=5e-3, lr_sh0=5e-2, lr_opacities=5e-2,
+                                        lr_scales=1e-2))
     student.train()
     opt = torch.optim.Adam(student.param_groups())
     first = (student.render(c, 0)["rgb"] - target).square().mean().item()
@@ -392,7 +397,7 @@ def _struct_read(path):
 
 
 def test_ply_export_layout_and_round_trip(tmp_path):
-    gs = Gaussians(num_points=64, sh_degree=1, seed=7)
+    gs = Gaussians(GaussiansConfig(num_points=64, sh_degree=1, seed=7))
     with torch.no_grad():
         gs.params["shN"].normal_()
         gs.params["quats"].normal_()
@@ -412,13 +417,13 @@ def test_ply_export_layout_and_round_trip(tmp_path):
     for k in gs.params:
         assert torch.equal(back[k], gs.params[k].detach()), k
     # Initialising from the file reproduces the model.
-    again = Gaussians(init="ply", init_path=str(path), sh_degree=1)
+    again = Gaussians(GaussiansConfig(init="ply", init_path=str(path), sh_degree=1))
     for k in gs.params:
         assert torch.equal(again.params[k], gs.params[k]), k
 
 
 def test_ply_missing_fields_are_named(tmp_path):
-    gs = Gaussians(num_points=8)
+    gs = Gaussians(GaussiansConfig(num_points=8))
     fields = gs.ply_fields()
     del fields["opacity"], fields["rot_3"]
     path = write_ply(tmp_path / "broken.ply", fields)
@@ -427,7 +432,7 @@ def test_ply_missing_fields_are_named(tmp_path):
     msg = str(err.value)
     assert err.value.key == "representation.init_path" and "opacity" in msg and "rot_3" in msg and "scale_0" not in msg.split("Fix")[0]
     with pytest.raises(ConfigError, match="missing the 3D Gaussian fields"):
-        Gaussians(init="ply", init_path=str(path))
+        Gaussians(GaussiansConfig(init="ply", init_path=str(path)))
     with pytest.raises(ConfigError, match="is not a file"):
         read_ply(tmp_path / "nope.ply")
 
@@ -439,7 +444,7 @@ def test_point_cloud_init_from_an_ascii_ply(tmp_path):
         "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
         "0 0 0 255 0 0\n0.1 0 0 0 255 0\n0 0.2 0 0 0 255\n"
     )
-    gs = Gaussians(init="points", init_path=str(path))
+    gs = Gaussians(GaussiansConfig(init="points", init_path=str(path)))
     assert gs.num_gaussians == 3
     assert torch.allclose(gs.params["means"][1], torch.tensor([0.1, 0.0, 0.0]))
     rgb = gs.params["sh0"][:, 0] * 0.28209479177387814 + 0.5
@@ -447,14 +452,14 @@ def test_point_cloud_init_from_an_ascii_ply(tmp_path):
     no_xyz = tmp_path / "bad.ply"
     no_xyz.write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\nend_header\n0 0\n")
     with pytest.raises(ConfigError, match="z"):
-        Gaussians(init="points", init_path=str(no_xyz))
+        Gaussians(GaussiansConfig(init="points", init_path=str(no_xyz)))
 
 
 def test_turntable_frames_and_final_view_pngs(tmp_path):
     from PIL import Image
 
-    gs = Gaussians(num_points=50)
-    sampler = CameraSampler(eval_resolution=12)
+    gs = Gaussians(GaussiansConfig(num_points=50))
+    sampler = CameraSampler(CameraConfig(eval_resolution=12))
     frames = turntable_frames(gs, sampler.turntable(4), step=0)
     # normals from the rendered depth: the Gaussians render none of their own
     assert set(frames) == {"rgb", "normal", "opacity"} and frames["rgb"].shape == (4, 12, 12, 3)
@@ -468,8 +473,8 @@ def test_turntable_frames_and_final_view_pngs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- config
-def test_schema_fields_equal_constructor_arguments_and_defaults():
-    assert_schema_matches_constructor(GaussiansConfig, Gaussians)
+def test_the_schema_is_the_constructor_argument():
+    assert_built_from_schema(Gaussians, GaussiansConfig(num_points=8))
 
 
 @pytest.mark.parametrize(
@@ -491,12 +496,11 @@ def test_impossible_gaussian_settings_raise_config_error(override, key):
 
 def test_conf_file_composes_to_the_schema():
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     conf = os.path.join(os.path.dirname(__file__), "..", "conf")
     with initialize_config_dir(config_dir=os.path.abspath(conf), version_base=None):
         cfg = compose(config_name="representation/gaussians").representation
-    assert OmegaConf.to_object(cfg) == GaussiansConfig()
+    assert OmegaConf.to_object(cfg) == GaussiansConfig(_target_="rewardsds.representations.gaussians.Gaussians")
     cfg.num_points = 16
-    rep = instantiate(cfg)
+    rep = build(OmegaConf.to_object(cfg))
     assert isinstance(rep, Gaussians) and rep.num_gaussians == 16

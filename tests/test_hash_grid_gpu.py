@@ -227,11 +227,12 @@ def test_peak_memory_has_no_per_corner_intermediates():
 
 
 def _nerf_pair(**kw):
+    from rewardsds.representations.config import NeRFConfig
     from rewardsds.representations.nerf import NeRF
 
     torch.manual_seed(0)
-    a = NeRF(encoding="hash", hash_backend="triton", estimator="uniform", num_samples_per_ray=NERF_SAMPLES, **kw).to(DEVICE).train()
-    b = NeRF(encoding="hash", hash_backend="torch", estimator="uniform", num_samples_per_ray=NERF_SAMPLES, **kw).to(DEVICE).train()
+    a, b = (NeRF(NeRFConfig(encoding="hash", hash_backend=backend, estimator="uniform", num_samples_per_ray=NERF_SAMPLES, **kw))
+            .to(DEVICE).train() for backend in ("triton", "torch"))
     b.load_state_dict(a.state_dict())
     with torch.no_grad():  # features of a trained scale, so that the grid matters in the render
         for n in (a, b):
@@ -244,10 +245,12 @@ def _nerf_pair(**kw):
 def test_nerf_render_and_backward_through_both_backends(normals):
     """Same NeRF, same cameras and samples (uniform estimator): Triton and PyTorch renders and gradients agree."""
     from rewardsds.cameras import CameraSampler
+    from rewardsds.config import CameraConfig
 
     kw = dict(normal="analytic", shading="diffuse", ambient_only_steps=0, lambda_orient=10.0) if normals else {}
     nerfs = _nerf_pair(**kw)
-    cams = CameraSampler(resolution=NERF_RES, batch_size=4, views_per_object=4).sample(torch.Generator().manual_seed(0)).to(DEVICE)
+    sampler = CameraSampler(CameraConfig(resolution=NERF_RES, batch_size=4, views_per_object=4))
+    cams = sampler.sample(torch.Generator().manual_seed(0)).to(DEVICE)
     outs, grads = [], []
     for n in nerfs:
         out = n.render(cams, step=3)

@@ -117,26 +117,26 @@ def test_active_levels_are_the_prefix_the_mask_keeps():
 
 
 def test_nerf_encoding_sizes_default_per_encoding_and_backend_reaches_the_grid():
-    h = NeRF(encoding="hash", hash_backend="torch", estimator="uniform")
+    h = NeRF(NeRFConfig(encoding="hash", hash_backend="torch", estimator="uniform"))
     assert isinstance(h.encoding, HashGridEncoding) and h.encoding.backend == "torch"
     assert (h.encoding.n_levels, h.encoding.n_features_per_level) == (16, 2)
     assert h.encoding.resolutions[0] == 16 and abs(h.encoding.resolutions[-1] - 4096) < 1e-3
-    t = NeRF(estimator="uniform")
+    t = NeRF(NeRFConfig(estimator="uniform"))
     assert (len(t.encoding.planes), t.encoding.n_features_per_level, t.encoding.resolutions[0]) == (8, 4, 32)
-    from rewardsds.representations.nerf import encoding_sizes
+    from rewardsds.representations.config import encoding_sizes
 
     # encoding=dense alone took the triplane's sizes before (32 -> 546 per axis), which its own check refused
     assert encoding_sizes(NeRFConfig(encoding="dense"))["base_resolution"] == 16
-    small = NeRF(encoding="hash", n_levels=3, base_resolution=8, estimator="uniform")
+    small = NeRF(NeRFConfig(encoding="hash", n_levels=3, base_resolution=8, estimator="uniform"))
     assert small.encoding.n_levels == 3 and small.encoding.resolutions[0] == 8 and small.encoding.n_features_per_level == 2
 
 
 def test_paper_experiments_use_the_paper_hash_grid_and_the_cpu_demo_the_triplane():
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from conftest import compose
-    from rewardsds.representations.nerf import encoding_sizes
+    from rewardsds.representations.config import encoding_sizes
+    from rewardsds.schema import build
 
     for exp in ("mvdream_nerf", "dreamfusion_nerf"):
         rep = OmegaConf.to_object(compose([f"experiment={exp}", "prompt=a cat"]).representation)
@@ -147,7 +147,7 @@ def test_paper_experiments_use_the_paper_hash_grid_and_the_cpu_demo_the_triplane
     assert encoding_sizes(OmegaConf.to_object(tri))["n_levels"] == 8  # one override: the triplane's own sizes
     assert compose(["experiment=analytic_3d"]).representation.encoding == "triplane"
     tri.num_samples_per_ray = 8
-    assert isinstance(instantiate(tri).encoding, type(NeRF(estimator="uniform").encoding))
+    assert isinstance(build(OmegaConf.to_object(tri)).encoding, type(NeRF(NeRFConfig(estimator="uniform")).encoding))
 
 
 # ----------------------------------------------------------------------------------------- compiled for a GPU

@@ -11,7 +11,8 @@ import trimesh
 from omegaconf import OmegaConf
 
 from rewardsds.cameras import CameraSampler, orbit_cameras
-from rewardsds.representations.config import NeRFConfig
+from rewardsds.config import CameraConfig
+from rewardsds.representations.config import GridEncodingType, NeRFConfig, NormalType
 from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import (DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference, sample_planes,
                                              sample_volume)
@@ -20,18 +21,19 @@ from rewardsds.representations.base import ExportOptions
 from rewardsds.representations.nerf import NeRF
 from rewardsds.representations.views import render_views, turntable_frames
 from rewardsds.schedules import Schedule
-from tests.threed_helpers import assert_schema_matches_constructor
+from rewardsds.schema import build
+from tests.threed_helpers import assert_built_from_schema
 
 SMALL = dict(n_levels=4, n_features_per_level=4, base_resolution=16, per_level_scale=1.5, num_samples_per_ray=32)
 
 
 def cams(n: int = 4, res: int = 16, seed: int = 0):
-    return CameraSampler(resolution=res, batch_size=n, views_per_object=1).sample(torch.Generator().manual_seed(seed))
+    return CameraSampler(CameraConfig(resolution=res, batch_size=n, views_per_object=1)).sample(torch.Generator().manual_seed(seed))
 
 
 def small_nerf(**kw) -> NeRF:
     torch.manual_seed(kw.pop("init_seed", 0))
-    return NeRF(**{**SMALL, **kw})
+    return NeRF(NeRFConfig(**{**SMALL, **kw}))
 
 
 # ------------------------------------------------------------------------------------- encodings
@@ -235,8 +237,8 @@ def test_finite_difference_normals_agree_with_analytic_ones():
     nerf = small_nerf()
     x = (torch.rand(500, 3) - 0.5) * 0.8
     x = x[x.norm(dim=-1) > 0.1]
-    _, _, na = nerf._normals(x, 0, "analytic")
-    _, _, nf = nerf._normals(x, 0, "finite_difference")
+    _, _, na = nerf._normals(x, 0, NormalType.analytic)
+    _, _, nf = nerf._normals(x, 0, NormalType.finite_difference)
     assert (na * nf).sum(-1).mean() > 0.99
     # Outward for the blob: along +x.
     assert (na * torch.nn.functional.normalize(x, dim=-1)).sum(-1).mean() > 0.95
@@ -336,7 +338,7 @@ def test_state_dict_round_trip_with_occupancy_grid():
 # ------------------------------------------------------------------------------------- outputs
 def test_turntable_and_eval_views():
     nerf = small_nerf()
-    sampler = CameraSampler(eval_resolution=12)
+    sampler = CameraSampler(CameraConfig(eval_resolution=12))
     frames = turntable_frames(nerf, sampler.turntable(5), step=0)
     assert set(frames) == {"rgb", "normal", "opacity"}
     for f in frames.values():
@@ -400,7 +402,7 @@ def test_eval_render_is_split_into_chunks_of_bounded_samples():
 
     def spy(origins, *args, **kwargs):
         out = original(origins, *args, **kwargs)
-        seen.append(origins.shape[0] * nerf.num_samples_per_ray)  # uniform: every ray gets num_samples_per_ray samples
+        seen.append(origins.shape[0] * nerf.cfg.num_samples_per_ray)  # uniform: every ray gets num_samples_per_ray samples
         return out
 
     c = cams(2, 12)
@@ -410,7 +412,7 @@ def test_eval_render_is_split_into_chunks_of_bounded_samples():
         del nerf._render_rays
         assert sum(seen) == 2 * 12 * 12 * 16 and len(seen) == math.ceil(2 * 12 * 12 / (1000 // 17))
         assert max(seen) <= 1000
-        nerf.eval_chunk_samples = 10**9
+        nerf.cfg.eval_chunk_samples = 10**9
         whole = nerf.render(c, 0)
     for key in ("rgb", "opacity", "depth", "normal"):
         torch.testing.assert_close(chunked[key], whole[key], rtol=1e-5, atol=1e-6)
@@ -424,9 +426,9 @@ def test_first_order_normals_equal_the_twice_differentiable_path(encoding):
     x = torch.rand(500, 3, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
     nerf.eval()
     with torch.no_grad():
-        sigma_e, color_e, normal_e = nerf._normals(x, 0, "analytic")
+        sigma_e, color_e, normal_e = nerf._normals(x, 0, NormalType.analytic)
     nerf.train()
-    sigma_t, color_t, normal_t = nerf._normals(x, 0, "analytic")
+    sigma_t, color_t, normal_t = nerf._normals(x, 0, NormalType.analytic)
     assert normal_t.requires_grad and not normal_e.requires_grad
     torch.testing.assert_close(normal_e, normal_t.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(sigma_e, sigma_t.detach())
@@ -450,8 +452,13 @@ def test_eval_chunk_must_hold_one_ray():
         NeRFConfig(eval_chunk_samples=100)
 
 
-def test_schema_fields_equal_constructor_arguments_and_defaults():
-    assert_schema_matches_constructor(NeRFConfig, NeRF)
+def test_a_choice_in_an_error_reads_as_the_user_wrote_it():
+    err = ConfigError("representation.encoding", GridEncodingType.hash, "is wrong here", "use triplane")
+    assert str(err) == "representation.encoding = 'hash': is wrong here. Fix: use triplane" and err.value is GridEncodingType.hash
+
+
+def test_the_schema_is_the_constructor_argument():
+    assert_built_from_schema(NeRF, NeRFConfig(**SMALL))
 
 
 @pytest.mark.parametrize(
@@ -463,6 +470,8 @@ def test_schema_fields_equal_constructor_arguments_and_defaults():
         ({"encoding": "tcnn"}, "representation.encoding"),
         ({"encoding": "dense", "n_levels": 16, "per_level_scale": 1.5}, "representation.per_level_scale"),
         ({"density_blob_std": 0.0}, "representation.density_blob_std"),
+        ({"lambda_orient": "strong"}, "representation.lambda_orient"),
+        ({"grid_resolution": Schedule(start=0.0)}, "representation.grid_resolution"),
     ],
 )
 def test_impossible_nerf_settings_raise_config_error(override, key):
@@ -471,21 +480,20 @@ def test_impossible_nerf_settings_raise_config_error(override, key):
     assert err.value.key == key
     if "encoding" not in override or override.get("encoding") != "tcnn":
         with pytest.raises(ConfigError):
-            NeRF(**override)
+            NeRF(NeRFConfig(**override))
 
 
 def test_conf_file_composes_to_the_schema():
     import os
 
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     conf = os.path.join(os.path.dirname(__file__), "..", "conf")
     with initialize_config_dir(config_dir=os.path.abspath(conf), version_base=None):
         cfg = compose(config_name="representation/nerf").representation
     typed = OmegaConf.to_object(cfg)
-    assert isinstance(typed, NeRFConfig) and typed == NeRFConfig()
+    assert isinstance(typed, NeRFConfig) and typed == NeRFConfig(_target_="rewardsds.representations.nerf.NeRF")
     cfg.num_samples_per_ray = 16
     cfg.n_levels = 2
-    rep = instantiate(cfg)
-    assert isinstance(rep, NeRF) and rep.num_samples_per_ray == 16
+    rep = build(OmegaConf.to_object(cfg))
+    assert isinstance(rep, NeRF) and rep.cfg.num_samples_per_ray == 16

@@ -25,7 +25,7 @@ from rewardsds.errors import ConfigError
 from rewardsds.losses.base import LossMode, StepContext, timestep_weight
 from rewardsds.losses.config import DDSLossConfig
 from rewardsds.priors.base import Prior, TextCond, guide
-from rewardsds.representations.latent_image import fit_image, load_image
+from rewardsds.utils.images import fit_image, load_image
 from rewardsds.utils.chunks import call_ranges, rows_per_call
 
 

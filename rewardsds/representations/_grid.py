@@ -37,8 +37,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.errors import ConfigError
-
-HASH_BACKENDS = ("auto", "triton", "torch")
+from rewardsds.representations.config import HashBackend
+from rewardsds.schema import enum_option
 
 # tcnn's primes; 2654435761 does not fit int32, so it is stored as its two's-complement wrap.
 _PRIMES = (1, 2654435761 - (1 << 32), 805459861)
@@ -103,11 +103,10 @@ class HashGridEncoding(GridEncoding):
         base_resolution: int = 16,
         per_level_scale: float = 1.447269237440378,
         init_scale: float = 1e-4,
-        backend: str = "auto",
+        backend: HashBackend | str = HashBackend.auto,
     ) -> None:
         super().__init__()
-        if backend not in HASH_BACKENDS:
-            raise ConfigError("representation.hash_backend", backend, "is not a known option", "use one of: " + ", ".join(HASH_BACKENDS))
+        backend = enum_option(HashBackend, backend, "representation.hash_backend")
         if per_level_scale < 1.0:
             # Coarse-to-fine masks then keep a prefix of the levels (what the kernels assume).
             raise ConfigError("representation.per_level_scale", per_level_scale, "must be >= 1", "use e.g. 1.447")
@@ -149,9 +148,9 @@ class HashGridEncoding(GridEncoding):
 
     def uses_triton(self, x: Tensor) -> bool:
         """Whether ``forward(x)`` runs the Triton kernels (see ``backend``)."""
-        if self.backend == "torch":
+        if self.backend is HashBackend.torch:
             return False
-        if self.backend == "auto":
+        if self.backend is HashBackend.auto:
             return x.is_cuda
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
             raise ConfigError("representation.hash_backend", "triton",

@@ -1,6 +1,7 @@
 """The representation interface: the thing being optimised (a latent image, a NeRF, 3D Gaussians).
 
-A representation is an ``nn.Module`` whose parameters are the scene. The system calls, per step:
+A representation is an ``nn.Module`` whose parameters are the scene, built from its validated schema object
+(``NeRF(cfg)``, schemas in :mod:`rewardsds.representations.config`). The system calls, per step:
 
     setup(prior, device, seed)                 once, before the first step (shapes, init from image)
     out = render(cameras, step)                dict of named outputs
@@ -61,8 +62,8 @@ class Representation(nn.Module):
         export_formats: the asset formats :meth:`export` writes (e.g. ``("mesh", "textured")``).
         depth_along_ray: whether the rendered ``depth`` is the distance along each pixel's ray (True) or
             the camera-space depth along the optical axis (False).
-        load_shell_overrides: constructor arguments that build a cheap shell whose every parameter a
-            checkpoint then replaces (``load_state_dict``), for loading a run without its inputs.
+        load_shell_overrides: settings (fields of the class's schema) that build a cheap shell whose every
+            parameter a checkpoint then replaces (``load_state_dict``), for loading a run without its inputs.
     """
 
     needs_cameras: bool = False

@@ -41,65 +41,15 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed, option_value, settings_checker
+from rewardsds.errors import ConfigError
 from rewardsds.representations._raster import SH_C0, rasterize_dense
 from rewardsds.representations.base import ExportOptions, Representation
+from rewardsds.representations.config import DensifyStrategy, GaussianInit, GaussiansConfig, Rasterizer
 from rewardsds.rng import Streams, seed_for
-from rewardsds.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
-_CHOICES = {
-    "init": ("sphere", "ply", "points"),
-    "strategy": ("default", "mcmc", "none"),
-    "rasterizer": ("auto", "gsplat", "dense"),
-}
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
-
-
-def check_gaussians_settings(s: Any, prefix: str = "representation") -> None:
-    """Raise ConfigError for impossible Gaussian settings (used by the schema and the constructor)."""
-
-    check = settings_checker(prefix)
-    check_choices(s, _CHOICES, check)
-    check(s.num_points >= 1, "num_points", s.num_points, "must be >= 1", "use e.g. 4096")
-    check(option_value(s.init) == "sphere" or bool(s.init_path), "init_path", s.init_path,
-          f"is required when {prefix}.init={option_value(s.init)}", f"set {prefix}.init_path=/path/to/points.ply")
-    check(s.init_radius > 0, "init_radius", s.init_radius, "must be > 0", "use e.g. 0.5")
-    check(0 < s.init_opacity < 1, "init_opacity", s.init_opacity, "must be in (0, 1)", "use 0.1")
-    check(len(s.init_color) == 3 and all(0 <= c <= 1 for c in s.init_color), "init_color", list(s.init_color),
-          "needs 3 values in [0, 1]", "use [0.5, 0.5, 0.5]")
-    check(s.init_scale is None or s.init_scale > 0, "init_scale", s.init_scale, "must be > 0 or null",
-          "use null (mean distance to the 3 nearest neighbours, as 3DGS)")
-    check(0 <= s.sh_degree <= 3, "sh_degree", s.sh_degree, "must be in [0, 3]", "use 0 (view-independent colour) to 3")
-    check(s.sh_degree_interval >= 1, "sh_degree_interval", s.sh_degree_interval, "must be >= 1", "use 1000")
-    check(s.scene_extent > 0, "scene_extent", s.scene_extent, "must be > 0", "use 1.0 for objects in the unit sphere")
-    for key in ("lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
-        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0", "use the 3DGS value")
-    lr_means = Schedule.from_any(s.lr_means)
-    for v in (lr_means.start, lr_means.end):
-        check(v is None or v >= 0, "lr_means", v, "must be >= 0", "use 1.6e-4 (3DGS, times scene_extent)")
-    check_betas(check, "betas", s.betas, "use [0.9, 0.999]")
-    check(s.eps > 0, "eps", s.eps, "must be > 0", "use 1e-15")
-    check(s.refine_start_step >= 0, "refine_start_step", s.refine_start_step, "must be >= 0", "use 500")
-    check(s.refine_stop_step >= s.refine_start_step, "refine_stop_step", s.refine_stop_step,
-          f"is before {prefix}.refine_start_step = {s.refine_start_step}", "use 15000 (3DGS)")
-    for key, fix in (("grow_grad2d", "use 2e-4"), ("grow_scale3d", "use 0.01"), ("prune_scale3d", "use 0.1")):
-        check(getattr(s, key) > 0, key, getattr(s, key), "must be > 0", fix)
-    check(0 <= s.prune_opacity < 1, "prune_opacity", s.prune_opacity, "must be in [0, 1)", "use 0.005")
-    check(s.noise_lr >= 0, "noise_lr", s.noise_lr, "must be >= 0", "use 5e5 (3DGS as MCMC)")
-    for key in ("opacity_reg", "scale_reg"):
-        sched = Schedule.from_any(getattr(s, key))
-        for v in (sched.start, sched.end):
-            check(v is None or v >= 0, key, v, "must be >= 0 (a regulariser weight)", "use 0 (off) or a positive weight")
-    check(s.refine_every >= 1, "refine_every", s.refine_every, "must be >= 1", "use 100")
-    check(s.reset_every >= 1, "reset_every", s.reset_every, "must be >= 1", "use 3000")
-    check(s.cap_max >= 1, "cap_max", s.cap_max, "must be >= 1", "use e.g. 1000000")
-    check(len(s.background_color) == 3, "background_color", list(s.background_color), "needs 3 values", "use [1.0, 1.0, 1.0]")
-    check(0 <= s.random_background_prob <= 1, "random_background_prob", s.random_background_prob, "must be in [0, 1]", "use 0.5")
-    check(0 < s.near_plane < s.far_plane, "near_plane", s.near_plane, f"must be in (0, far_plane = {s.far_plane})", "use 0.01")
-    check(s.eps2d >= 0, "eps2d", s.eps2d, "must be >= 0", "use 0.3 (gsplat)")
-    check_seed(check, "seed", s.seed)
 
 
 # ----------------------------------------------------------------------------------------- .ply io
@@ -258,116 +208,56 @@ class ParamGroupOptimizer:
 class Gaussians(Representation):
     """3D Gaussians rendered with gsplat (CUDA) or the dense PyTorch twin (CPU).
 
-    Constructor arguments equal :class:`rewardsds.config.GaussiansConfig`'s fields; see that schema
-    and ``conf/representation/gaussians.yaml`` for their meaning and defaults.
+    Args:
+        cfg: the validated settings (:class:`rewardsds.representations.config.GaussiansConfig`, which documents
+            each); kept as ``self.cfg`` and read from there.
     """
 
     needs_cameras = True
     outputs_latents = False
     depth_along_ray = False  # the expected depth is camera z (gsplat's "ED")
 
-    def __init__(
-        self,
-        num_points: int = 4096,
-        init: Any = "sphere",
-        init_path: Optional[str] = None,
-        init_radius: float = 0.5,
-        init_opacity: float = 0.1,
-        init_color: Sequence[float] = (0.5, 0.5, 0.5),
-        init_scale: Optional[float] = None,
-        sh_degree: int = 0,
-        sh_degree_interval: int = 1000,
-        scene_extent: float = 1.0,
-        lr_means: Any = 1.6e-4,
-        lr_scales: float = 5e-3,
-        lr_quats: float = 1e-3,
-        lr_opacities: float = 5e-2,
-        lr_sh0: float = 2.5e-3,
-        lr_shN: float = 2.5e-3 / 20,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-15,
-        strategy: Any = "default",
-        refine_start_step: int = 500,
-        refine_stop_step: int = 15000,
-        refine_every: int = 100,
-        reset_every: int = 3000,
-        grow_grad2d: float = 2e-4,
-        grow_scale3d: float = 0.01,
-        prune_opacity: float = 0.005,
-        prune_scale3d: float = 0.1,
-        absgrad: bool = False,
-        cap_max: int = 1_000_000,
-        noise_lr: float = 5e5,
-        opacity_reg: Any = 0.0,
-        scale_reg: Any = 0.0,
-        rasterizer: Any = "auto",
-        background_color: Sequence[float] = (1.0, 1.0, 1.0),
-        random_background_prob: float = 0.0,
-        near_plane: float = 0.01,
-        far_plane: float = 1e10,
-        eps2d: float = 0.3,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, cfg: GaussiansConfig) -> None:
         super().__init__()
-        args = dict(locals())
-        args.pop("self")
-        args.pop("__class__", None)
-        check_gaussians_settings(type("GaussiansSettings", (), args))
-        self.init_kind = option_value(init)
-        self.sh_degree = int(sh_degree)
-        self.sh_degree_interval = int(sh_degree_interval)
-        self.scene_extent = float(scene_extent)
-        self.lr_means = Schedule.from_any(lr_means)
-        self.lrs = {"scales": lr_scales, "quats": lr_quats, "opacities": lr_opacities, "sh0": lr_sh0, "shN": lr_shN}
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
-        self.strategy_kind = option_value(strategy)
-        self.absgrad = bool(absgrad)
-        self.opacity_reg = Schedule.from_any(opacity_reg)
-        self.scale_reg = Schedule.from_any(scale_reg)
-        self.rasterizer = option_value(rasterizer)
-        self.register_buffer("background_color", torch.tensor([float(c) for c in background_color]), persistent=False)
-        self.random_background_prob = float(random_background_prob)
-        self.near_plane, self.far_plane, self.eps2d = float(near_plane), float(far_plane), float(eps2d)
-        self.seed = int(seed)
+        self.cfg = cfg
+        self.register_buffer("background_color", torch.tensor([float(c) for c in cfg.background_color]), persistent=False)
         self._last_info: Optional[dict[str, Any]] = None
         self._notice_shown = False
 
         self.strategy = None
         self.strategy_state: dict[str, Any] = {}
-        if self.strategy_kind == "default":
+        if cfg.strategy is DensifyStrategy.default:
             from gsplat import DefaultStrategy
 
             self.strategy = DefaultStrategy(
-                prune_opa=prune_opacity, grow_grad2d=grow_grad2d, grow_scale3d=grow_scale3d, prune_scale3d=prune_scale3d,
-                refine_start_iter=refine_start_step, refine_stop_iter=refine_stop_step, refine_every=refine_every,
-                reset_every=reset_every, absgrad=absgrad,
+                prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
+                prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start_step, refine_stop_iter=cfg.refine_stop_step,
+                refine_every=cfg.refine_every, reset_every=cfg.reset_every, absgrad=cfg.absgrad,
             )
-            self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_extent)
-        elif self.strategy_kind == "mcmc":
+            self.strategy_state = self.strategy.initialize_state(scene_scale=cfg.scene_extent)
+        elif cfg.strategy is DensifyStrategy.mcmc:
             from gsplat import MCMCStrategy
 
             self.strategy = MCMCStrategy(
-                cap_max=cap_max, noise_lr=noise_lr, refine_start_iter=refine_start_step, refine_stop_iter=refine_stop_step,
-                refine_every=refine_every, min_opacity=prune_opacity,
+                cap_max=cfg.cap_max, noise_lr=cfg.noise_lr, refine_start_iter=cfg.refine_start_step,
+                refine_stop_iter=cfg.refine_stop_step, refine_every=cfg.refine_every, min_opacity=cfg.prune_opacity,
             )
             self.strategy_state = self.strategy.initialize_state()
 
-        params = self._initial_params(num_points, init_path, init_radius, init_opacity, init_color, init_scale)
-        self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in params.items()})
+        self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in self._initial_params().items()})
 
     # ------------------------------------------------------------------ init
-    def _initial_params(
-        self, n: int, path: Optional[str], radius: float, opacity: float, color: Sequence[float], scale: Optional[float]
-    ) -> dict[str, Tensor]:
-        g = torch.Generator().manual_seed(seed_for(self.seed, 0, Streams.AUX, 0x6A55))
-        k_rest = (self.sh_degree + 1) ** 2 - 1
-        if self.init_kind == "ply":
-            p = read_gaussian_ply(path)
+    def _initial_params(self) -> dict[str, Tensor]:
+        """The initial pre-activation parameters of ``cfg.init`` (see :class:`GaussianInit`)."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(seed_for(cfg.seed, 0, Streams.AUX, 0x6A55))
+        k_rest = (cfg.sh_degree + 1) ** 2 - 1
+        if cfg.init is GaussianInit.ply:
+            p = read_gaussian_ply(cfg.init_path)
             got = p["shN"].shape[1]
             if got != k_rest:
                 log.info("init .ply has SH degree %d, the model %d: higher coefficients are %s.",
-                         int(round(math.sqrt(got + 1))) - 1, self.sh_degree, "dropped" if got > k_rest else "zero")
+                         int(round(math.sqrt(got + 1))) - 1, cfg.sh_degree, "dropped" if got > k_rest else "zero")
                 shN = torch.zeros(p["means"].shape[0], k_rest, 3)
                 m = min(got, k_rest)
                 shN[:, :m] = p["shN"][:, :m]
@@ -375,33 +265,34 @@ class Gaussians(Representation):
             if k_rest == 0:
                 p.pop("shN")
             return p
-        if self.init_kind == "points":
-            data = read_ply(path)
-            _require(data, ["x", "y", "z"], Path(path), "representation.init_path", "point")
+        if cfg.init is GaussianInit.points:
+            data = read_ply(cfg.init_path)
+            _require(data, ["x", "y", "z"], Path(cfg.init_path), "representation.init_path", "point")
             means = torch.from_numpy(np.stack([data[c].astype(np.float32) for c in "xyz"], -1))
             if all(c in data for c in ("red", "green", "blue")):
                 rgb = np.stack([data[c] for c in ("red", "green", "blue")], -1).astype(np.float32)
                 rgb = rgb / 255.0 if np.issubdtype(data["red"].dtype, np.integer) or rgb.max() > 1.0 else rgb
                 colors = torch.from_numpy(rgb)
             else:
-                colors = torch.tensor([float(c) for c in color]).expand(means.shape[0], 3)
+                colors = torch.tensor([float(c) for c in cfg.init_color]).expand(means.shape[0], 3)
         else:
+            n = cfg.num_points
             direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-            r = radius * torch.rand(n, 1, generator=g) ** (1.0 / 3.0)  # uniform in the ball
+            r = cfg.init_radius * torch.rand(n, 1, generator=g) ** (1.0 / 3.0)  # uniform in the ball
             means = direction * r
-            colors = torch.tensor([float(c) for c in color]).expand(n, 3)
+            colors = torch.tensor([float(c) for c in cfg.init_color]).expand(n, 3)
         N = means.shape[0]
-        if scale is None:
+        if cfg.init_scale is None:
             scales = torch.log(_mean_knn_distance(means, k=3).clamp_min(1e-7))[:, None].repeat(1, 3)
         else:
-            scales = torch.full((N, 3), math.log(scale))
+            scales = torch.full((N, 3), math.log(cfg.init_scale))
         quats = torch.zeros(N, 4)
         quats[:, 0] = 1.0
         out = {
             "means": means.contiguous(),
             "scales": scales,
             "quats": quats,
-            "opacities": torch.full((N,), math.log(opacity / (1.0 - opacity))),
+            "opacities": torch.full((N,), math.log(cfg.init_opacity / (1.0 - cfg.init_opacity))),
             "sh0": ((colors - 0.5) / SH_C0)[:, None, :].contiguous(),
         }
         if k_rest > 0:
@@ -415,24 +306,25 @@ class Gaussians(Representation):
 
     def active_sh_degree(self, step: int) -> int:
         """SH degree in use at ``step`` (one more band every ``sh_degree_interval`` steps, as 3DGS)."""
-        return min(self.sh_degree, step // self.sh_degree_interval)
+        return min(self.cfg.sh_degree, step // self.cfg.sh_degree_interval)
 
     def _colors(self) -> Tensor:
         if "shN" in self.params:
             return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
         return self.params["sh0"]
 
-    def _resolve_rasterizer(self, device: torch.device) -> str:
-        if device.type != "cuda" and self.strategy_kind == "mcmc":
+    def _resolve_rasterizer(self, device: torch.device) -> Rasterizer:
+        """The rasteriser ``auto`` stands for on ``device`` (gsplat on CUDA, dense elsewhere)."""
+        if device.type != "cuda" and self.cfg.strategy is DensifyStrategy.mcmc:
             raise ConfigError(
                 "representation.strategy", "mcmc", f"needs CUDA (gsplat's relocation kernel) but the Gaussians are on {device}",
                 "use representation.strategy=default (or none) on the CPU",
             )
-        if self.rasterizer == "dense":
-            return "dense"
+        if self.cfg.rasterizer is Rasterizer.dense:
+            return Rasterizer.dense
         if device.type == "cuda":
-            return "gsplat"
-        if self.rasterizer == "gsplat":
+            return Rasterizer.gsplat
+        if self.cfg.rasterizer is Rasterizer.gsplat:
             raise ConfigError(
                 "representation.rasterizer", "gsplat", f"needs CUDA (gsplat has no CPU rasteriser) but the Gaussians are on {device}",
                 "use representation.rasterizer=auto (the dense PyTorch rasteriser on the CPU) or run on a GPU",
@@ -440,7 +332,7 @@ class Gaussians(Representation):
         if not self._notice_shown:
             log.info("Gaussians on %s: gsplat needs CUDA; rendering with the dense PyTorch rasteriser.", device)
             self._notice_shown = True
-        return "dense"
+        return Rasterizer.dense
 
     # ------------------------------------------------------------------ rendering
     def render(self, cameras: Optional[Cameras], step: int, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
@@ -456,21 +348,21 @@ class Gaussians(Representation):
         cameras = cameras.to(device)
         path = self._resolve_rasterizer(device)
         C, H, W = len(cameras), cameras.height, cameras.width
-        g = torch.Generator().manual_seed(seed_for(self.seed, step, Streams.AUX, 0x6A56))
+        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, step, Streams.AUX, 0x6A56))
         u, rand_color = torch.rand(1, generator=g).item(), torch.rand(3, generator=g)
-        bg = rand_color if (self.training and u < self.random_background_prob) else self.background_color.cpu()
+        bg = rand_color if (self.training and u < self.cfg.random_background_prob) else self.background_color.cpu()
         backgrounds = bg.to(device=device, dtype=torch.float32).expand(C, 3).contiguous()
         viewmats, Ks = cameras.w2c_opencv(), cameras.intrinsics()
         means, quats = self.params["means"], self.params["quats"]
         scales, opacities = torch.exp(self.params["scales"]), torch.sigmoid(self.params["opacities"])
         colors, sh = self._colors(), self.active_sh_degree(step)
-        kw = dict(near_plane=self.near_plane, far_plane=self.far_plane, eps2d=self.eps2d)
-        if path == "gsplat":
+        kw = dict(near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, eps2d=self.cfg.eps2d)
+        if path is Rasterizer.gsplat:
             from gsplat import rasterization
 
             render, alpha, info = rasterization(
                 means, quats, scales, opacities, colors, viewmats, Ks, W, H, sh_degree=sh, backgrounds=backgrounds,
-                packed=False, render_mode="RGB+ED", absgrad=self.absgrad, **kw,
+                packed=False, render_mode="RGB+ED", absgrad=self.cfg.absgrad, **kw,
             )
         else:
             render, alpha, info = rasterize_dense(
@@ -489,8 +381,9 @@ class Gaussians(Representation):
         """One Adam group per parameter, named ``gaussians.<key>`` (gsplat's strategies need that)."""
         groups = []
         for key, p in self.params.items():
-            lr = self.lr_means.value(0) * self.scene_extent if key == "means" else self.lrs[key]
-            groups.append({"params": [p], "lr": lr, "name": f"gaussians.{key}", "betas": self.betas, "eps": self.eps, "weight_decay": 0.0})
+            lr = self.cfg.lr_means.value(0) * self.cfg.scene_extent if key == "means" else getattr(self.cfg, f"lr_{key}")
+            groups.append({"params": [p], "lr": lr, "name": f"gaussians.{key}", "betas": tuple(self.cfg.betas), "eps": self.cfg.eps,
+                           "weight_decay": 0.0})
         return groups
 
     def optimizer_views(self, optimizer: torch.optim.Optimizer) -> dict[str, ParamGroupOptimizer]:
@@ -516,7 +409,7 @@ class Gaussians(Representation):
 
     def on_before_backward(self, step: int, outputs: dict[str, Tensor]) -> None:
         """Keep the 2D-mean gradients that the densification statistics read."""
-        if self.strategy_kind == "default" and self._last_info is not None:
+        if self.cfg.strategy is DensifyStrategy.default and self._last_info is not None:
             self.strategy.step_pre_backward(self.params, {}, self.strategy_state, step, self._last_info)
 
     host_post_step = True
@@ -527,7 +420,7 @@ class Gaussians(Representation):
         if self.strategy is not None and info is not None:
             views = self.optimizer_views(optimizer)
             means_lr = views["means"].param_groups[0]["lr"]
-            if self.strategy_kind == "default":
+            if self.cfg.strategy is DensifyStrategy.default:
                 if info["means2d"].grad is None:
                     log.warning("step %d: no gradient reached the 2D means; densification statistics skipped", step)
                 else:
@@ -544,15 +437,15 @@ class Gaussians(Representation):
         inner = getattr(optimizer, "_optimizer", optimizer)
         for group in inner.param_groups:
             if group.get("name") == "gaussians.means":
-                group["lr"] = self.lr_means.value(step + 1) * self.scene_extent
+                group["lr"] = self.cfg.lr_means.value(step + 1) * self.cfg.scene_extent
 
     def regularizers(self, outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """3DGS-MCMC's opacity and scale L1 terms when their weights are active."""
         losses: dict[str, Tensor] = {}
-        lam = self.opacity_reg.value(step)
+        lam = self.cfg.opacity_reg.value(step)
         if lam > 0:
             losses["loss_opacity_reg"] = lam * torch.sigmoid(self.params["opacities"]).mean()
-        lam = self.scale_reg.value(step)
+        lam = self.cfg.scale_reg.value(step)
         if lam > 0:
             losses["loss_scale_reg"] = lam * torch.exp(self.params["scales"]).mean()
         return losses
@@ -591,7 +484,7 @@ class Gaussians(Representation):
         Args:
             sh_degree: SH bands to write, at most the model's ``sh_degree`` (None: all of them).
         """
-        degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
+        degree = self.cfg.sh_degree if sh_degree is None else min(int(sh_degree), self.cfg.sh_degree)
         k_rest = (degree + 1) ** 2 - 1
         p = {k: v.detach().float().cpu() for k, v in self.params.items()}
         n = p["means"].shape[0]

@@ -2,94 +2,47 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-from typing import Any, Collection, Optional, Sequence
+from typing import Any, Collection, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from rewardsds.errors import ConfigError
 from rewardsds.representations.base import Representation
+from rewardsds.representations.config import LatentImageConfig, LatentInit
 from rewardsds.rng import Streams, seed_for
-
-
-def load_image(path: str | Path, key: str = "representation.init_image") -> Tensor:
-    """Read an RGB image file as [1, 3, H, W] float in [0, 1]; clear errors for missing/unreadable files."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(key, str(path), "is not a file", "give the path of an existing RGB image (PNG/JPEG)")
-    try:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise ConfigError(key, str(path), f"could not be read as an image ({err})", "give a PNG or JPEG file") from err
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-
-
-def fit_image(image: Tensor, size: int, key: str = "representation.init_image") -> Tensor:
-    """Resize [1, 3, H, W] to size x size: a square image is resized; others are centre-cropped first, with a warning."""
-    _, _, h, w = image.shape
-    if min(h, w) < 8:
-        raise ConfigError(key, f"{w}x{h}", "is too small to encode", f"use an image of at least {size}x{size} pixels")
-    if (h, w) == (size, size):
-        return image
-    if h != w:
-        s = min(h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        image = image[:, :, top : top + s, left : left + s]
-        warnings.warn(f"{key}: {w}x{h} image centre-cropped to {s}x{s} and resized to {size}x{size}", stacklevel=2)
-    elif h != size:
-        warnings.warn(f"{key}: {w}x{h} image resized to {size}x{size}", stacklevel=2)
-    return F.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+from rewardsds.utils.images import fit_image, load_image
 
 
 class LatentImage(Representation):
     """A latent (or pixel) image optimised directly: [batch_size, c, h, w] in the prior's space.
 
     Args:
-        init: ``randn`` (std ``init_std``), ``zeros`` or ``image`` (encoded with the prior, posterior mean).
-        init_image: image path for ``init=image``.
-        init_std: std of the ``randn`` init.
-        lr, betas, eps, weight_decay: AdamW settings of the latent group (reference: 0.01, (0.9, 0.99), 1e-15).
-        batch_size: independent images optimised side by side.
+        cfg: the validated settings (:class:`rewardsds.representations.config.LatentImageConfig`: the init, the
+            AdamW settings of the latent group and the batch size); kept as ``self.cfg``.
     """
 
     outputs_latents = True
 
-    def __init__(
-        self,
-        init: str = "randn",
-        init_image: Optional[str] = None,
-        init_std: float = 1.0,
-        lr: float = 0.01,
-        betas: Sequence[float] = (0.9, 0.99),
-        eps: float = 1e-15,
-        weight_decay: float = 0.0,
-        batch_size: int = 1,
-    ):
+    def __init__(self, cfg: LatentImageConfig) -> None:
         super().__init__()
-        self.init, self.init_image, self.init_std = init, init_image, float(init_std)
-        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), float(weight_decay)
-        self.batch_size = int(batch_size)
+        self.cfg = cfg
         self.latents: Optional[nn.Parameter] = None
 
     def setup(self, prior, device: torch.device, seed: int = 0) -> None:
-        shape = (self.batch_size, *prior.latent_shape)
+        """Allocate the latent of the prior's shape and initialise it (``randn`` from the run's ``seed``)."""
+        cfg = self.cfg
+        shape = (cfg.batch_size, *prior.latent_shape)
         if self.latents is not None and tuple(self.latents.shape) == shape:
             return
-        if self.init == "randn":
+        if cfg.init is LatentInit.randn:
             g = torch.Generator().manual_seed(seed_for(seed, 0, Streams.AUX))
-            z = torch.randn(shape, generator=g) * self.init_std
-        elif self.init == "zeros":
+            z = torch.randn(shape, generator=g) * cfg.init_std
+        elif cfg.init is LatentInit.zeros:
             z = torch.zeros(shape)
         else:
-            img = fit_image(load_image(self.init_image), prior.image_size).to(device)
+            img = fit_image(load_image(cfg.init_image), prior.image_size).to(device)
             with torch.no_grad():
-                z = prior.encode_images(img).float().cpu().repeat(self.batch_size, 1, 1, 1)
+                z = prior.encode_images(img).float().cpu().repeat(cfg.batch_size, 1, 1, 1)
         self.latents = nn.Parameter(z.to(device))
 
     def render(self, cameras=None, step: int = 0, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
@@ -98,5 +51,6 @@ class LatentImage(Representation):
         return {"latents": self.latents}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [self.latents], "lr": self.lr, "betas": self.betas, "eps": self.eps,
-                 "weight_decay": self.weight_decay, "name": "latents"}]
+        c = self.cfg
+        return [{"params": [self.latents], "lr": c.lr, "betas": tuple(c.betas), "eps": c.eps, "weight_decay": c.weight_decay,
+                 "name": "latents"}]

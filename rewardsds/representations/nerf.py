@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Collection, Optional, Sequence
+from typing import Any, Collection, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,113 +48,15 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.cameras import Cameras
-from rewardsds.errors import ConfigError, check_betas, check_choices, check_seed, option_value, settings_checker
-from rewardsds.representations._grid import HASH_BACKENDS, DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
+from rewardsds.errors import ConfigError
+from rewardsds.representations._grid import DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_cubes
 from rewardsds.representations.base import ExportOptions, Representation
+from rewardsds.representations.config import (DensityActivation, DensityBias, GridEncodingType, NeRFBackground, NeRFConfig,
+                                               NeRFEstimator, NormalType, ShadingType, encoding_sizes, max_samples_per_ray)
 from rewardsds.rng import Streams, seed_for
-from rewardsds.schedules import Schedule
 
 log = logging.getLogger(__name__)
-
-_CHOICES = {
-    "encoding": ("hash", "dense", "triplane"),
-    "hash_backend": HASH_BACKENDS,
-    "density_activation": ("softplus", "exp"),
-    "density_bias": ("blob_magic3d", "blob_dreamfusion", "none"),
-    "estimator": ("auto", "occgrid", "uniform"),
-    "background": ("neural", "solid"),
-    "normal": ("none", "analytic", "finite_difference"),
-    "shading": ("none", "diffuse"),
-}
-
-
-# Level count, features per level, coarsest resolution and growth per encoding, used where the settings
-# leave them null. hash: threestudio's implicit-volume grid (the RewardSDS 3D reference, 16 -> 4096);
-# dense: 16 -> 256 volumes; triplane: 32 -> 546 planes.
-ENCODING_DEFAULTS = {
-    "hash": {"n_levels": 16, "n_features_per_level": 2, "base_resolution": 16, "per_level_scale": 1.447269237440378},
-    "dense": {"n_levels": 8, "n_features_per_level": 4, "base_resolution": 16, "per_level_scale": 1.4859},
-    "triplane": {"n_levels": 8, "n_features_per_level": 4, "base_resolution": 32, "per_level_scale": 1.5},
-}
-
-
-def encoding_sizes(s: Any) -> dict[str, Any]:
-    """``n_levels``, ``n_features_per_level``, ``base_resolution``, ``per_level_scale`` of settings ``s``, each
-    null one replaced by the encoding's default (:data:`ENCODING_DEFAULTS`)."""
-    defaults = ENCODING_DEFAULTS[option_value(s.encoding)]
-    return {k: d if getattr(s, k) is None else getattr(s, k) for k, d in defaults.items()}
-
-
-def check_nerf_settings(s: Any, prefix: str = "representation") -> None:
-    """Raise ConfigError for impossible NeRF settings (used by the schema and the constructor)."""
-
-    check = settings_checker(prefix)
-    check_choices(s, _CHOICES, check)
-    check(s.radius > 0, "radius", s.radius, "must be > 0 (half the side of the scene box)", "use e.g. 1.0")
-    z = encoding_sizes(s)
-    check(z["n_levels"] >= 1, "n_levels", z["n_levels"], "must be >= 1",
-          "use 16 (hash) or 8 (dense/triplane), or null for the encoding's default")
-    check(z["n_features_per_level"] >= 1, "n_features_per_level", z["n_features_per_level"], "must be >= 1",
-          "use 2 (hash) or 4, or null for the encoding's default")
-    check(10 <= s.log2_hashmap_size <= 24, "log2_hashmap_size", s.log2_hashmap_size, "must be in [10, 24]", "use 19")
-    check(z["base_resolution"] >= 2, "base_resolution", z["base_resolution"], "must be >= 2",
-          "use 16 (hash/dense) or 32 (triplane), or null for the encoding's default")
-    check(z["per_level_scale"] >= 1.0, "per_level_scale", z["per_level_scale"], "must be >= 1",
-          "use e.g. 1.447 (hash) or 1.5, or null for the encoding's default")
-    if option_value(s.encoding) == "dense":
-        finest = z["base_resolution"] * z["per_level_scale"] ** (z["n_levels"] - 1)
-        check(finest <= 512, "per_level_scale", z["per_level_scale"],
-              f"makes the finest dense level {finest:.0f}^3 cells, too large for memory",
-              "keep base_resolution * per_level_scale^(n_levels-1) <= 512, or use encoding=hash/triplane")
-    check(s.hidden_dim >= 1, "hidden_dim", s.hidden_dim, "must be >= 1", "use 64")
-    check(s.hidden_layers >= 1, "hidden_layers", s.hidden_layers, "must be >= 1", "use 1")
-    check(s.density_blob_std > 0, "density_blob_std", s.density_blob_std, "must be > 0", "use 0.5 (Magic3D)")
-    check(s.num_samples_per_ray >= 1, "num_samples_per_ray", s.num_samples_per_ray, "must be >= 1", "use 512 (occgrid) or 64 (uniform)")
-    check(s.occ_grid_resolution >= 4, "occ_grid_resolution", s.occ_grid_resolution, "must be >= 4", "use 32")
-    check(s.occ_update_every >= 1, "occ_update_every", s.occ_update_every, "must be >= 1", "use 16")
-    check(0 <= s.occ_ema_decay < 1, "occ_ema_decay", s.occ_ema_decay, "must be in [0, 1)", "use 0.95")
-    check(0 <= s.alpha_threshold < 1, "alpha_threshold", s.alpha_threshold, "must be in [0, 1)", "use 0.01")
-    check(len(s.background_color) == 3, "background_color", list(s.background_color), "needs 3 values", "use [1.0, 1.0, 1.0]")
-    check(0 <= s.random_background_prob <= 1, "random_background_prob", s.random_background_prob, "must be in [0, 1]", "use 0.5")
-    check(s.finite_difference_eps > 0, "finite_difference_eps", s.finite_difference_eps, "must be > 0", "use 0.01")
-    check(option_value(s.shading) == "none" or option_value(s.normal) != "none", "normal", option_value(s.normal),
-          "is none but representation.shading=diffuse needs normals", "set representation.normal=analytic")
-    for key in ("diffuse_prob", "textureless_prob"):
-        check(0 <= getattr(s, key) <= 1, key, getattr(s, key), "must be in [0, 1]", "use 0.75 / 0.5")
-    for key in ("lr_encoding", "lr_network", "lr_background"):
-        check(getattr(s, key) > 0, key, getattr(s, key), "must be > 0", "use 0.01 (encoding) or 0.001")
-    check_betas(check, "betas", s.betas, "use [0.9, 0.99]")
-    check(s.eps > 0, "eps", s.eps, "must be > 0", "use 1e-15")
-    check(s.weight_decay >= 0, "weight_decay", s.weight_decay, "must be >= 0", "use 0")
-    check(s.density_blob_scale >= 0, "density_blob_scale", s.density_blob_scale, "must be >= 0", "use 10 (Magic3D)")
-    for key in ("occ_warmup_steps", "ambient_only_steps"):
-        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0 (a number of steps)", "use the default")
-    for key in ("ambient_light", "diffuse_light"):
-        check(getattr(s, key) >= 0, key, getattr(s, key), "must be >= 0", "use 0.1 (ambient) and 0.9 (diffuse)")
-    for key in ("lambda_sparsity", "lambda_opaque", "lambda_orient", "lambda_z_variance"):
-        sched = Schedule.from_any(getattr(s, key))
-        for v in (sched.start, sched.end):
-            check(v is None or v >= 0, key, v, "must be >= 0 (a regulariser weight)", "use 0 (off) or a positive weight")
-    if s.grid_resolution is not None:
-        sched = Schedule.from_any(s.grid_resolution)
-        for v in (sched.start, sched.end):
-            check(v is None or v >= 1, "grid_resolution", v, "must be >= 1 (cells of the finest active level)", "use null (all levels)")
-    check_seed(check, "seed", s.seed)
-    check(s.mesh_resolution >= 8, "mesh_resolution", s.mesh_resolution, "must be >= 8", "use 256")
-    check(16 <= s.texture_size <= 8192, "texture_size", s.texture_size, "must be in [16, 8192]", "use 1024")
-    check(s.eval_chunk_samples >= max_samples_per_ray(s.num_samples_per_ray), "eval_chunk_samples", s.eval_chunk_samples,
-          f"must hold the samples of at least one ray ({max_samples_per_ray(s.num_samples_per_ray)} with "
-          f"{prefix}.num_samples_per_ray = {s.num_samples_per_ray})", "use 262144")
-
-
-def max_samples_per_ray(num_samples_per_ray: int) -> int:
-    """The most samples one ray can get (``n`` = ``num_samples_per_ray``): ``n + 1`` bounds both estimators.
-
-    Uniform sampling takes exactly ``n``. The occupancy-grid step is ``1.732 * 2 * radius / n``, so a ray through
-    the box diagonal (the longest chord, ``2 sqrt(3) radius``) takes at most ``n`` whole steps and one partial step.
-    """
-    return int(num_samples_per_ray) + 1
 
 
 def ray_chunks(n_rays: int, samples_per_ray: int, max_samples: int) -> list[tuple[int, int]]:
@@ -231,158 +133,64 @@ def ray_box_intersect(
 class NeRF(Representation):
     """Grid-encoded NeRF rendered with nerfacc (occupancy grid on CUDA, uniform samples elsewhere).
 
-    Constructor arguments equal :class:`rewardsds.config.NeRFConfig`'s fields; see that schema and
-    ``conf/representation/nerf.yaml`` for their meaning and defaults.
+    Args:
+        cfg: the validated settings (:class:`rewardsds.representations.config.NeRFConfig`, which documents each);
+            kept as ``self.cfg`` and read from there.
     """
 
     needs_cameras = True
     outputs_latents = False
 
-    def __init__(
-        self,
-        radius: float = 1.0,
-        encoding: Any = "triplane",
-        n_levels: Optional[int] = None,
-        n_features_per_level: Optional[int] = None,
-        log2_hashmap_size: int = 19,
-        base_resolution: Optional[int] = None,
-        per_level_scale: Optional[float] = None,
-        hash_backend: Any = "auto",
-        grid_resolution: Any = None,
-        hidden_dim: int = 64,
-        hidden_layers: int = 1,
-        density_activation: Any = "softplus",
-        density_bias: Any = "blob_magic3d",
-        density_blob_scale: float = 10.0,
-        density_blob_std: float = 0.5,
-        estimator: Any = "auto",
-        num_samples_per_ray: int = 512,
-        occ_grid_resolution: int = 32,
-        occ_update_every: int = 16,
-        occ_threshold: float = 0.01,
-        occ_ema_decay: float = 0.95,
-        occ_warmup_steps: int = 256,
-        alpha_threshold: float = 0.01,
-        stratified: bool = True,
-        background: Any = "neural",
-        background_color: Sequence[float] = (1.0, 1.0, 1.0),
-        random_background_prob: float = 0.5,
-        normal: Any = "none",
-        finite_difference_eps: float = 0.01,
-        shading: Any = "none",
-        ambient_only_steps: int = 1000,
-        diffuse_prob: float = 0.75,
-        textureless_prob: float = 0.5,
-        ambient_light: float = 0.1,
-        diffuse_light: float = 0.9,
-        soft_shading: bool = False,
-        lambda_sparsity: Any = 0.0,
-        lambda_opaque: Any = 0.0,
-        lambda_orient: Any = 0.0,
-        lambda_z_variance: Any = 0.0,
-        lr_encoding: float = 0.01,
-        lr_network: float = 0.001,
-        lr_background: float = 0.001,
-        betas: Sequence[float] = (0.9, 0.99),
-        eps: float = 1e-15,
-        weight_decay: float = 0.0,
-        mesh_resolution: int = 256,
-        mesh_threshold: float = 25.0,
-        texture_size: int = 1024,
-        eval_chunk_samples: int = 262144,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, cfg: NeRFConfig) -> None:
         super().__init__()
-        args = dict(locals())
-        args.pop("self")
-        args.pop("__class__", None)
-        ns = type("NeRFSettings", (), args)
-        check_nerf_settings(ns)
-        self.radius = float(radius)
-        self.encoding_type = option_value(encoding)
-        self.grid_resolution = None if grid_resolution is None else Schedule.from_any(grid_resolution)
-        self.density_activation = option_value(density_activation)
-        self.density_bias = option_value(density_bias)
-        self.density_blob_scale = float(density_blob_scale)
-        self.density_blob_std = float(density_blob_std)
-        self.estimator_type = option_value(estimator)
-        self.num_samples_per_ray = int(num_samples_per_ray)
-        self.render_step_size = 1.732 * 2.0 * self.radius / self.num_samples_per_ray
-        self.occ_update_every = int(occ_update_every)
-        self.occ_threshold = float(occ_threshold)
-        self.occ_ema_decay = float(occ_ema_decay)
-        self.occ_warmup_steps = int(occ_warmup_steps)
-        self.alpha_threshold = float(alpha_threshold)
-        self.stratified = bool(stratified)
-        self.background_type = option_value(background)
-        self.random_background_prob = float(random_background_prob)
-        self.normal_type = option_value(normal)
-        self.finite_difference_eps = float(finite_difference_eps)
-        self.shading = option_value(shading)
-        self.ambient_only_steps = int(ambient_only_steps)
-        self.diffuse_prob = float(diffuse_prob)
-        self.textureless_prob = float(textureless_prob)
-        self.ambient_light = float(ambient_light)
-        self.diffuse_light = float(diffuse_light)
-        self.soft_shading = bool(soft_shading)
-        self.lambda_sparsity = Schedule.from_any(lambda_sparsity)
-        self.lambda_opaque = Schedule.from_any(lambda_opaque)
-        self.lambda_orient = Schedule.from_any(lambda_orient)
-        self.lambda_z_variance = Schedule.from_any(lambda_z_variance)
-        self.lr_encoding, self.lr_network, self.lr_background = float(lr_encoding), float(lr_network), float(lr_background)
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
-        self.mesh_resolution = int(mesh_resolution)
-        self.mesh_threshold = float(mesh_threshold)
-        self.texture_size = int(texture_size)
-        self.eval_chunk_samples = int(eval_chunk_samples)
-        self.seed = int(seed)
+        self.cfg = cfg
+        # occupancy-grid marching step: num_samples_per_ray steps cross the box diagonal (threestudio)
+        self.render_step_size = 1.732 * 2.0 * cfg.radius / cfg.num_samples_per_ray
         self._notice_shown = False
         self._occ_checked = False  # occ_ready read once (it lives on the device)
 
-        z = encoding_sizes(ns)
+        z = encoding_sizes(cfg)
         sizes = (z["n_levels"], z["n_features_per_level"], z["base_resolution"], z["per_level_scale"])
         self.encoding: GridEncoding
-        if self.encoding_type == "hash":
+        if cfg.encoding is GridEncodingType.hash:
             levels, features, base, growth = sizes
-            self.encoding = HashGridEncoding(levels, features, log2_hashmap_size, base, growth, backend=option_value(hash_backend))
-        elif self.encoding_type == "dense":
+            self.encoding = HashGridEncoding(levels, features, cfg.log2_hashmap_size, base, growth, backend=cfg.hash_backend)
+        elif cfg.encoding is GridEncodingType.dense:
             self.encoding = DenseGridEncoding(*sizes)
         else:
             self.encoding = TriplaneEncoding(*sizes)
-        self.density_net = _mlp(self.encoding.n_output_dims, 1, hidden_dim, hidden_layers)
-        self.feature_net = _mlp(self.encoding.n_output_dims, 3, hidden_dim, hidden_layers)
-        self.background_net = EnvironmentBackground() if self.background_type == "neural" else None
-        self.register_buffer("background_color", torch.tensor([float(c) for c in background_color]), persistent=False)
+        self.density_net = _mlp(self.encoding.n_output_dims, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.feature_net = _mlp(self.encoding.n_output_dims, 3, cfg.hidden_dim, cfg.hidden_layers)
+        self.background_net = EnvironmentBackground() if cfg.background is NeRFBackground.neural else None
+        self.register_buffer("background_color", torch.tensor([float(c) for c in cfg.background_color]), persistent=False)
 
         self.estimator = None
-        if self.estimator_type in ("auto", "occgrid"):
+        if cfg.estimator in (NeRFEstimator.auto, NeRFEstimator.occgrid):
             from nerfacc import OccGridEstimator
 
-            r = self.radius
-            self.estimator = OccGridEstimator(roi_aabb=[-r, -r, -r, r, r, r], resolution=occ_grid_resolution, levels=1)
+            r = cfg.radius
+            self.estimator = OccGridEstimator(roi_aabb=[-r, -r, -r, r, r, r], resolution=cfg.occ_grid_resolution, levels=1)
         # Whether the occupancy grid has been filled once (saved, so a resumed run does not refill it).
         self.register_buffer("occ_ready", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ field
     def _max_grid_resolution(self, step: int) -> Optional[float]:
-        return None if self.grid_resolution is None else self.grid_resolution.value(step)
+        return None if self.cfg.grid_resolution is None else self.cfg.grid_resolution.value(step)
 
     def _bias(self, x: Tensor) -> Tensor:
-        if self.density_bias == "blob_magic3d":
-            return self.density_blob_scale * (1.0 - x.norm(dim=-1) / self.density_blob_std)
-        if self.density_bias == "blob_dreamfusion":
-            return self.density_blob_scale * torch.exp(-0.5 * x.square().sum(-1) / self.density_blob_std**2)
+        if self.cfg.density_bias is DensityBias.blob_magic3d:
+            return self.cfg.density_blob_scale * (1.0 - x.norm(dim=-1) / self.cfg.density_blob_std)
+        if self.cfg.density_bias is DensityBias.blob_dreamfusion:
+            return self.cfg.density_blob_scale * torch.exp(-0.5 * x.square().sum(-1) / self.cfg.density_blob_std**2)
         return torch.zeros_like(x[..., 0])
 
     def _activate(self, raw: Tensor) -> Tensor:
-        if self.density_activation == "exp":
+        if self.cfg.density_activation is DensityActivation.exp:
             return torch.exp(raw.clamp(max=15.0))
         return F.softplus(raw)
 
     def _encode(self, x: Tensor, step: int, second_order: Optional[bool] = None) -> Tensor:
-        return self.encoding((x / self.radius + 1.0) * 0.5, self._max_grid_resolution(step), second_order)
+        return self.encoding((x / self.cfg.radius + 1.0) * 0.5, self._max_grid_resolution(step), second_order)
 
     def density(self, x: Float[Tensor, "n 3"], step: int = 10**9) -> Float[Tensor, "n"]:
         """Activated density at world points [N, 3] (the blob bias included)."""
@@ -395,13 +203,13 @@ class NeRF(Representation):
         sigma = self._activate(self.density_net(enc)[..., 0] + self._bias(x))
         return sigma, torch.sigmoid(self.feature_net(enc))
 
-    def _normals(self, x: Tensor, step: int, kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    def _normals(self, x: Tensor, step: int, kind: NormalType) -> tuple[Tensor, Tensor, Tensor]:
         """(density, colour, outward unit normal = -grad density / |grad density|) at points."""
-        if kind == "finite_difference":
+        if kind is NormalType.finite_difference:
             sigma, color = self.field(x, step)
-            e = self.finite_difference_eps
+            e = self.cfg.finite_difference_eps
             offsets = torch.eye(3, device=x.device, dtype=x.dtype) * e
-            pts = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).clamp(-self.radius, self.radius)
+            pts = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).clamp(-self.cfg.radius, self.cfg.radius)
             d = self.density(pts.reshape(-1, 3), step).view(-1, 6)
             grad = (d[:, :3] - d[:, 3:]) / (2 * e)
         else:
@@ -414,12 +222,13 @@ class NeRF(Representation):
         return sigma, color, F.normalize(-grad, dim=-1)
 
     # ------------------------------------------------------------------ rendering
-    def _resolve_estimator(self, device: torch.device) -> str:
-        if self.estimator_type == "uniform":
-            return "uniform"
+    def _resolve_estimator(self, device: torch.device) -> NeRFEstimator:
+        """The estimator ``auto`` stands for on ``device`` (occgrid on CUDA, uniform elsewhere)."""
+        if self.cfg.estimator is NeRFEstimator.uniform:
+            return NeRFEstimator.uniform
         if device.type == "cuda":
-            return "occgrid"
-        if self.estimator_type == "occgrid":
+            return NeRFEstimator.occgrid
+        if self.cfg.estimator is NeRFEstimator.occgrid:
             raise ConfigError(
                 "representation.estimator", "occgrid",
                 f"needs CUDA (nerfacc's occupancy-grid marching has no CPU kernel) but the NeRF is on {device}",
@@ -427,12 +236,12 @@ class NeRF(Representation):
             )
         if not self._notice_shown:
             log.info("NeRF on %s: occupancy-grid marching needs CUDA; rendering with %d uniform samples per ray.",
-                     device, self.num_samples_per_ray)
+                     device, self.cfg.num_samples_per_ray)
             self._notice_shown = True
-        return "uniform"
+        return NeRFEstimator.uniform
 
     def _generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed_for(self.seed, step, Streams.AUX, 0x3D))
+        return torch.Generator().manual_seed(seed_for(self.cfg.seed, step, Streams.AUX, 0x3D))
 
     @torch.no_grad()
     def update_occupancy(self, step: int, force: bool = False) -> None:
@@ -445,10 +254,10 @@ class NeRF(Representation):
             self.estimator.update_every_n_steps(
                 step=step,
                 occ_eval_fn=lambda x: self.density(x, step)[:, None] * self.render_step_size,
-                occ_thre=self.occ_threshold,
-                ema_decay=self.occ_ema_decay,
-                warmup_steps=self.occ_warmup_steps,
-                n=1 if force else self.occ_update_every,
+                occ_thre=self.cfg.occ_threshold,
+                ema_decay=self.cfg.occ_ema_decay,
+                warmup_steps=self.cfg.occ_warmup_steps,
+                n=1 if force else self.cfg.occ_update_every,
             )
         finally:
             self.estimator.train(was_training)
@@ -456,7 +265,7 @@ class NeRF(Representation):
 
     def _background(self, dirs: Tensor, gen: torch.Generator) -> Tensor:
         u, color = torch.rand(1, generator=gen).item(), torch.rand(3, generator=gen)
-        if self.training and u < self.random_background_prob:
+        if self.training and u < self.cfg.random_background_prob:
             # One random solid colour for the whole batch (threestudio random_aug, share_aug_bg).
             return color.to(dirs).expand(dirs.shape[0], 3)
         if self.background_net is not None:
@@ -465,18 +274,18 @@ class NeRF(Representation):
 
     def _shading_mode(self, step: int, gen: torch.Generator) -> tuple[str, float, float]:
         u1, u2, u3 = torch.rand(3, generator=gen).tolist()
-        if self.shading == "none" or step < self.ambient_only_steps:
+        if self.cfg.shading is ShadingType.none or step < self.cfg.ambient_only_steps:
             return "albedo", 0.0, 0.0
-        if self.training and self.soft_shading:
+        if self.training and self.cfg.soft_shading:
             diffuse = u3
             ambient = 1.0 - diffuse
         else:
-            ambient, diffuse = self.ambient_light, self.diffuse_light
+            ambient, diffuse = self.cfg.ambient_light, self.cfg.diffuse_light
         if not self.training:
             return "diffuse", ambient, diffuse
-        if u1 > self.diffuse_prob:
+        if u1 > self.cfg.diffuse_prob:
             return "albedo", ambient, diffuse
-        return ("textureless" if u2 < self.textureless_prob else "diffuse"), ambient, diffuse
+        return ("textureless" if u2 < self.cfg.textureless_prob else "diffuse"), ambient, diffuse
 
     def render(self, cameras: Optional[Cameras], step: int, outputs: Optional[Collection[str]] = None) -> dict[str, Tensor]:
         """Render the views of ``cameras`` at their resolution.
@@ -496,7 +305,7 @@ class NeRF(Representation):
         device = self.density_net[0].weight.device
         cameras = cameras.to(device)
         mode = self._resolve_estimator(device)
-        if mode == "occgrid" and not self._occ_checked:
+        if mode is NeRFEstimator.occgrid and not self._occ_checked:
             if not bool(self.occ_ready):  # first render of a fresh run: fill the grid once
                 self.update_occupancy(step, force=True)
             self._occ_checked = True
@@ -507,17 +316,17 @@ class NeRF(Representation):
         n_rays = origins.shape[0]
         light = cameras.light_position if cameras.light_position is not None else cameras.position
         shading = self._shading_mode(step, gen)
-        jitter = torch.rand(n_rays, generator=gen).to(device) if (self.training and self.stratified) else None
+        jitter = torch.rand(n_rays, generator=gen).to(device) if (self.training and self.cfg.stratified) else None
         background = self._background(dirs, gen)
-        need_normals = (self.shading != "none" and shading[0] != "albedo") or (
+        need_normals = (self.cfg.shading is not ShadingType.none and shading[0] != "albedo") or (
             not self.training and (outputs is None or "normal" in outputs))
-        need_normals = need_normals or (self.training and self.normal_type != "none" and self.lambda_orient.value(step) > 0)
-        want_zvar = self.training and self.lambda_z_variance.value(step) > 0
+        need_normals = need_normals or (self.training and self.cfg.normal is not NormalType.none and self.cfg.lambda_orient.value(step) > 0)
+        want_zvar = self.training and self.cfg.lambda_z_variance.value(step) > 0
 
         if self.training:
             chunks = [(0, n_rays)]  # one graph for the backward pass
         else:
-            chunks = ray_chunks(n_rays, max_samples_per_ray(self.num_samples_per_ray), self.eval_chunk_samples)
+            chunks = ray_chunks(n_rays, max_samples_per_ray(self.cfg.num_samples_per_ray), self.cfg.eval_chunk_samples)
         parts = [
             self._render_rays(
                 origins[s:e], dirs[s:e], light, (torch.arange(s, e, device=device) // (H * W)),
@@ -549,7 +358,7 @@ class NeRF(Representation):
         view_index: Tensor,
         jitter: Optional[Tensor],
         step: int,
-        mode: str,
+        mode: NeRFEstimator,
         shading: tuple[str, float, float],
         need_normals: bool,
         want_zvar: bool,
@@ -558,7 +367,7 @@ class NeRF(Representation):
 
         n_rays = origins.shape[0]
         device = origins.device
-        if mode == "occgrid":
+        if mode is NeRFEstimator.occgrid:
             def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_idx: Tensor) -> Tensor:
                 p = origins[ray_idx] + dirs[ray_idx] * ((t_starts + t_ends) * 0.5)[:, None]
                 return self.density(p, step)
@@ -566,7 +375,7 @@ class NeRF(Representation):
             t_min = None if jitter is None else jitter * self.render_step_size
             ray_idx, t_starts, t_ends = self.estimator.sampling(
                 origins, dirs, sigma_fn=sigma_fn, near_plane=0.0, t_min=t_min,
-                render_step_size=self.render_step_size, alpha_thre=self.alpha_threshold,
+                render_step_size=self.render_step_size, alpha_thre=self.cfg.alpha_threshold,
                 stratified=False, cone_angle=0.0, early_stop_eps=1e-4,
             )
             if ray_idx.numel() == 0:
@@ -577,8 +386,8 @@ class NeRF(Representation):
             ray_idx = ray_idx.long()
             batched = None
         else:
-            S = self.num_samples_per_ray
-            near, far = ray_box_intersect(origins, dirs, self.radius)
+            S = self.cfg.num_samples_per_ray
+            near, far = ray_box_intersect(origins, dirs, self.cfg.radius)
             length = (far - near).clamp_min(0.0)
             delta = length / S
             offset = torch.zeros(n_rays, 1, device=device) if jitter is None else jitter[:, None]
@@ -592,7 +401,7 @@ class NeRF(Representation):
         mids = (t_starts + t_ends) * 0.5
         pts = origins[ray_idx] + dirs[ray_idx] * mids[:, None]
         if need_normals:
-            kind = self.normal_type if self.normal_type != "none" else "analytic"
+            kind = self.cfg.normal if self.cfg.normal is not NormalType.none else NormalType.analytic
             sigma, albedo, normal = self._normals(pts, step, kind)
         else:
             sigma, albedo = self.field(pts, step)
@@ -642,15 +451,15 @@ class NeRF(Representation):
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups as the RewardSDS 3D reference: grid 1e-2, MLPs and background 1e-3."""
-        common = {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+        common = {"betas": tuple(self.cfg.betas), "eps": self.cfg.eps, "weight_decay": self.cfg.weight_decay}
         groups = [
-            {"params": list(self.encoding.parameters()), "lr": self.lr_encoding, "name": "nerf.encoding", **common},
-            {"params": list(self.density_net.parameters()), "lr": self.lr_network, "name": "nerf.density", **common},
-            {"params": list(self.feature_net.parameters()), "lr": self.lr_network, "name": "nerf.feature", **common},
+            {"params": list(self.encoding.parameters()), "lr": self.cfg.lr_encoding, "name": "nerf.encoding", **common},
+            {"params": list(self.density_net.parameters()), "lr": self.cfg.lr_network, "name": "nerf.density", **common},
+            {"params": list(self.feature_net.parameters()), "lr": self.cfg.lr_network, "name": "nerf.feature", **common},
         ]
         if self.background_net is not None:
             groups.append(
-                {"params": list(self.background_net.parameters()), "lr": self.lr_background, "name": "nerf.background", **common}
+                {"params": list(self.background_net.parameters()), "lr": self.cfg.lr_background, "name": "nerf.background", **common}
             )
         return groups
 
@@ -659,21 +468,21 @@ class NeRF(Representation):
     def on_after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Refresh the occupancy grid for the next step (threestudio updates every 16 steps)."""
         device = self.density_net[0].weight.device
-        if self.estimator is not None and self._resolve_estimator(device) == "occgrid":
+        if self.estimator is not None and self._resolve_estimator(device) is NeRFEstimator.occgrid:
             self.update_occupancy(step + 1)
 
     def regularizers(self, outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """threestudio's NeRF regularisers, each times its scheduled weight (only active ones)."""
         losses: dict[str, Tensor] = {}
         opacity = outputs["opacity"]
-        lam = self.lambda_sparsity.value(step)
+        lam = self.cfg.lambda_sparsity.value(step)
         if lam > 0:
             losses["loss_sparsity"] = lam * (opacity.square() + 0.01).sqrt().mean()
-        lam = self.lambda_opaque.value(step)
+        lam = self.cfg.lambda_opaque.value(step)
         if lam > 0:
             o = opacity.clamp(1e-3, 1.0 - 1e-3)
             losses["loss_opaque"] = lam * F.binary_cross_entropy(o, o)
-        lam = self.lambda_orient.value(step)
+        lam = self.cfg.lambda_orient.value(step)
         if lam > 0:
             if "orient" not in outputs:
                 raise ConfigError(
@@ -681,7 +490,7 @@ class NeRF(Representation):
                     "set representation.normal=analytic (or finite_difference)",
                 )
             losses["loss_orient"] = lam * outputs["orient"]
-        lam = self.lambda_z_variance.value(step)
+        lam = self.cfg.lambda_z_variance.value(step)
         if lam > 0 and "z_variance" in outputs:
             zv = outputs["z_variance"][opacity > 0.5]
             losses["loss_z_variance"] = lam * (zv.mean() if zv.numel() else opacity.sum() * 0.0)
@@ -693,9 +502,9 @@ class NeRF(Representation):
     @torch.no_grad()
     def density_grid(self, resolution: Optional[int] = None, chunk: int = 262144, step: int = 10**9) -> Float[Tensor, "x y z"]:
         """Densities on a regular grid of ``resolution^3`` points spanning the scene box (on the CPU)."""
-        res = self.mesh_resolution if resolution is None else int(resolution)
+        res = self.cfg.mesh_resolution if resolution is None else int(resolution)
         device = self.density_net[0].weight.device
-        g = torch.linspace(-self.radius, self.radius, res, device=device)
+        g = torch.linspace(-self.cfg.radius, self.cfg.radius, res, device=device)
         pts = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), dim=-1).reshape(-1, 3)
         vals = torch.cat([self.density(pts[s : s + chunk], step) for s in range(0, pts.shape[0], chunk)])
         return vals.view(res, res, res).float().cpu()
@@ -727,10 +536,10 @@ class NeRF(Representation):
         Returns:
             (vertices [V, 3] float32, faces [F, 3] int64) on the CPU, in world coordinates.
         """
-        res = self.mesh_resolution if resolution is None else int(resolution)
+        res = self.cfg.mesh_resolution if resolution is None else int(resolution)
         if res < 8:
             raise ConfigError(resolution_key, res, "must be >= 8 grid points per axis", f"use e.g. {resolution_key}=256")
-        level = self.mesh_threshold if threshold is None else float(threshold)
+        level = self.cfg.mesh_threshold if threshold is None else float(threshold)
         grid = self.density_grid(res, step=step)
         lo, hi = float(grid.min()), float(grid.max())
         if not lo < level < hi:
@@ -739,7 +548,7 @@ class NeRF(Representation):
                 f"is not crossed by the density field (its range on the {res}^3 grid is [{lo:.3g}, {hi:.3g}])",
                 f"pick a level inside that range, e.g. {threshold_key}={0.5 * (lo + hi):.3g}",
             )
-        r = self.radius
+        r = self.cfg.radius
         return marching_cubes(grid, level, (-r, -r, -r), (r, r, r))
 
     @torch.no_grad()
@@ -766,7 +575,7 @@ class NeRF(Representation):
 
         opts = options or ExportOptions()
         formats = self.export_formats if opts.formats is None else opts.formats
-        size = self.texture_size if opts.texture_size is None else int(opts.texture_size)
+        size = self.cfg.texture_size if opts.texture_size is None else int(opts.texture_size)
         if not formats:
             return []
         if "textured" in formats and not 16 <= size <= 8192:
