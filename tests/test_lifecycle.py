@@ -397,6 +397,6 @@ def test_config_store_is_shared_not_copied():
 
     cs = ConfigStore.instance()
     assert copy.deepcopy(cs) is cs
-    node = cs.load("schema/prior/sd.yaml").node
+    node = cs.load("schema/prior/SDPriorConfig.yaml").node
     node.pretrained = "changed"
-    assert cs.load("schema/prior/sd.yaml").node.pretrained != "changed"  # a load still hands out a copy
+    assert cs.load("schema/prior/SDPriorConfig.yaml").node.pretrained != "changed"  # a load still hands out a copy
