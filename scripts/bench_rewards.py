@@ -32,7 +32,7 @@ from rewardsds.rewards.hpsv2 import HPSv2  # noqa: E402
 from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer  # noqa: E402
 from rewardsds.rewards.pickscore import PickScore  # noqa: E402
 from rewardsds.rewards.preprocess import ImageTransform  # noqa: E402
-from rewardsds.rewards.random_init import (  # noqa: E402
+from rewardsds.testing import (  # noqa: E402
     build_random_clip_model,
     build_random_image_reward_model,
     clip_tokenizer,

@@ -144,7 +144,7 @@ def compose(overrides: list[str]):
 
 def image_reward_files(folder: Path, preset: str) -> tuple[Path, Path]:
     """A random ImageReward checkpoint + BERT vocab in the published layout (built once into ``folder``)."""
-    from rewardsds.rewards.random_init import save_random_image_reward
+    from rewardsds.testing import save_random_image_reward
 
     paths = folder / "paths.json"
     if not paths.is_file():
@@ -212,7 +212,7 @@ def build_reward(preset: str, device: torch.device, fast: bool, compile: bool, t
     """ImageReward at full size (or tiny) with random weights; fast = bf16 tensor path, else fp32 + PIL path
     (used by scripts/profile_step.py)."""
     from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer
-    from rewardsds.rewards.random_init import build_random_image_reward_model, write_bert_vocab
+    from rewardsds.testing import build_random_image_reward_model, write_bert_vocab
 
     size = "full" if preset == "sd21_base" else "tiny"
     model = build_random_image_reward_model(size, device=device)

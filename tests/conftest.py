@@ -121,7 +121,7 @@ def image_reward_random(tmp_path_factory) -> list[str]:
     """Overrides selecting a full-size ImageReward with random weights, saved locally ($REWARDSDS_IMAGE_REWARD_RANDOM)."""
     import json
 
-    from rewardsds.rewards.random_init import save_random_image_reward
+    from rewardsds.testing import save_random_image_reward
 
     folder = _cache("REWARDSDS_IMAGE_REWARD_RANDOM", tmp_path_factory, "image_reward")
     if not (folder / "paths.json").is_file():

@@ -18,7 +18,7 @@ from rewardsds.rewards.base import RewardInputError
 from rewardsds.rewards.clip import CLIPScore
 from rewardsds.rewards.pickscore import PickScore
 from rewardsds.rewards.preprocess import to_pil
-from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip
+from rewardsds.testing import random_aesthetic_head, save_random_clip
 
 PROMPTS = ["a photo of a red fox", "a cat in the snow", "an oil painting of a castle"]
 

@@ -19,7 +19,7 @@ from rewardsds.rewards.base import RewardInputError
 from rewardsds.rewards.clip import CLIPScore
 from rewardsds.rewards.combo import ComboReward
 from rewardsds.rewards.image_reward import ImageReward
-from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip, save_random_image_reward
+from rewardsds.testing import random_aesthetic_head, save_random_clip, save_random_image_reward
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PROMPTS = ["a red fox", "a cat"]

@@ -18,7 +18,7 @@ from rewardsds.eval import cli
 from rewardsds.eval.evaluators import EVALUATORS, load_png
 from rewardsds.rewards.aesthetic import AestheticReward
 from rewardsds.rewards.image_reward import ImageReward
-from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip, save_random_image_reward
+from rewardsds.testing import random_aesthetic_head, save_random_clip, save_random_image_reward
 
 #: with the tiny random CLIP (seed 0) and these images, "fox" scores a positive CLIP score, the others negative ones
 PROMPTS = {"min_max_s0": "a red fox", "3d/none_s1": "fox", "3d/best_s2": "a red car"}

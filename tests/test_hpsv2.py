@@ -16,7 +16,7 @@ from torch import nn
 from rewardsds.errors import ModelLoadError
 from rewardsds.rewards.base import RewardInputError
 from rewardsds.rewards.hpsv2 import HPSV2_FILE, HPSv2, convert_open_clip_state_dict
-from rewardsds.rewards.random_init import CLIP_SIZES, open_clip_shapes, random_open_clip_state_dict, save_random_clip
+from rewardsds.testing import CLIP_SIZES, open_clip_shapes, random_open_clip_state_dict, save_random_clip
 
 PROMPTS = ["a photo of a red fox", "a cat in the snow"]
 
@@ -83,7 +83,7 @@ def test_conversion_covers_the_documented_layout():
     out = convert_open_clip_state_dict({"module." + k: v for k, v in sd.items()})
     from transformers import CLIPModel
 
-    from rewardsds.rewards.random_init import clip_config
+    from rewardsds.testing import clip_config
 
     expected = set(CLIPModel(clip_config("tiny")).state_dict()) - {
         "text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"}

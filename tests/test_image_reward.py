@@ -22,7 +22,7 @@ from rewardsds.rewards.image_reward import (
     image_reward_configs,
     set_blip_attention,
 )
-from rewardsds.rewards.random_init import image_reward_med_config, image_reward_original_shapes, save_random_image_reward
+from rewardsds.testing import image_reward_med_config, image_reward_original_shapes, save_random_image_reward
 
 FIXTURE = FIXTURES / "image_reward"
 WORDS = ["a", "photo", "of", "red", "fox", "cat", "in", "the", "snow"]
@@ -190,7 +190,7 @@ def test_foreign_checkpoint_and_wrong_vocab_are_rejected(tmp_path, files):
     with pytest.raises(ModelLoadError, match="blocks.0.attn.extra.weight"):
         ImageReward(checkpoint=str(tmp_path / "bad" / "ImageReward.pt"), med_config=str(ckpt),
                     tokenizer=str(tok), local_files_only=True)
-    from rewardsds.rewards.random_init import write_bert_vocab
+    from rewardsds.testing import write_bert_vocab
 
     small = write_bert_vocab(tmp_path / "small_vocab", 200, WORDS)
     with pytest.raises(ModelLoadError, match="bert-base-uncased vocabulary"):

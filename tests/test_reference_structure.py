@@ -21,7 +21,7 @@ PROMPT = "a photo of a red fox"
 @pytest.fixture(scope="module")
 def tiny_image_reward(tmp_path_factory):
     from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer
-    from rewardsds.rewards.random_init import build_random_image_reward_model, write_bert_vocab
+    from rewardsds.testing import build_random_image_reward_model, write_bert_vocab
 
     model = build_random_image_reward_model("tiny", seed=1)
     folder = tmp_path_factory.mktemp("bert")

@@ -24,7 +24,7 @@ from rewardsds.rewards.aesthetic import AestheticReward
 from rewardsds.rewards.clip import CLIPScore
 from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer, set_blip_attention
 from rewardsds.rewards.preprocess import ImageTransform
-from rewardsds.rewards.random_init import (
+from rewardsds.testing import (
     build_random_image_reward_model,
     random_aesthetic_head,
     save_random_clip,
