@@ -77,16 +77,18 @@ def tiny_sd_v(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd_prior(tiny_sd):
+    from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
 
-    return StableDiffusionPrior(str(tiny_sd), dtype="fp32").to("cpu")
+    return StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="fp32")).to("cpu")
 
 
 @pytest.fixture
 def analytic_prior():
     from rewardsds.priors.analytic import AnalyticPrior
+    from rewardsds.priors.config import AnalyticPriorConfig
 
-    return AnalyticPrior().to("cpu")
+    return AnalyticPrior(AnalyticPriorConfig()).to("cpu")
 
 
 # ----------------------------------------------------------------------------------------- random full-size models (GPU tests)

@@ -16,6 +16,7 @@ from rewardsds.candidates import (
 )
 from rewardsds.priors.base import guide
 from rewardsds.rewards.analytic import AnalyticReward
+from rewardsds.rewards.config import AnalyticRewardConfig
 from rewardsds.schedules import Streams, seed_for
 
 
@@ -57,7 +58,7 @@ def test_uniform_calls():
 
 
 def _engine(prior, **kw):
-    return CandidateEngine(prior, AnalyticReward(["blue"]), lookahead_steps=15, lookahead_guidance=7.5, seed=3, **kw)
+    return CandidateEngine(prior, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), lookahead_steps=15, lookahead_guidance=7.5, seed=3, **kw)
 
 
 def test_rollout_with_eta_zero_is_the_deterministic_lookahead(analytic_prior):

@@ -7,7 +7,9 @@ import torch
 
 from conftest import FAST, compose
 from rewardsds.errors import ModelLoadError
+from rewardsds.priors.config import SDPriorConfig
 from rewardsds.priors.sd import StableDiffusionPrior, resolve_dtype
+from rewardsds.schema import DType
 
 
 def test_loads_by_path_and_shapes(tiny_sd_prior):
@@ -40,7 +42,7 @@ def test_vae_round_trip_and_gradient(tiny_sd_prior):
 
 
 def test_v_prediction_is_converted_to_epsilon(tiny_sd_v):
-    p = StableDiffusionPrior(str(tiny_sd_v), dtype="fp32").to("cpu")
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd_v), dtype="fp32")).to("cpu")
     assert p.prediction_type == "v_prediction"
     x = torch.randn(1, 4, 8, 8)
     t = torch.tensor([400])
@@ -52,14 +54,14 @@ def test_v_prediction_is_converted_to_epsilon(tiny_sd_v):
 
 def test_missing_model_error_is_actionable(tmp_path):
     with pytest.raises(ModelLoadError) as err:
-        StableDiffusionPrior(str(tmp_path / "nope"), local_files_only=True)
+        StableDiffusionPrior(SDPriorConfig(pretrained=str(tmp_path / "nope"), local_files_only=True))
     msg = str(err.value)
     assert "nope" in msg and "prior.pretrained=/path/to/local/folder" in msg and "HF_HUB_OFFLINE=1" in msg and "experiment=demo" in msg
 
 
 def test_dtype_resolution():
-    assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert resolve_dtype(DType.auto, "cpu") == torch.float32
+    assert resolve_dtype(DType.bf16, "cpu") == torch.bfloat16
 
 
 def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):
