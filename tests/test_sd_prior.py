@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from conftest import FAST, compose
+from conftest import CONF_DIR, FAST, compose
 from rewardsds.errors import ModelLoadError
 from rewardsds.priors.config import SDPriorConfig
 from rewardsds.priors.sd import StableDiffusionPrior, resolve_dtype
@@ -97,3 +97,26 @@ def test_long_prompt_truncation_is_reported_once(tiny_sd_prior, caplog):
     assert len(notes) == 1, notes
     assert notes[0].startswith(f"prompt {prompt!r} is {len(ids)} tokens long") and f"keeps the first {kept}" in notes[0], notes[0]
     assert f"drops {dropped!r}" in notes[0], notes[0]
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "prior").glob("*.yaml")))
+def test_every_prior_option_builds_a_class_that_takes_its_schema(option):
+    """Each conf/prior option extends one prior schema, and its _target_ class takes that schema as its one
+    constructor argument (so the option's validated settings are exactly what the class reads)."""
+    import importlib
+    import inspect
+    import typing
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from rewardsds.config import GROUP_SCHEMAS
+
+    declared = yaml.safe_load((CONF_DIR / "prior" / f"{option}.yaml").read_text())["defaults"][0]
+    typed = OmegaConf.to_object(compose([f"prior={option}"]).prior)
+    assert declared == f"/schema/prior/{type(typed).__name__}@_here_" and type(typed) in GROUP_SCHEMAS["prior"]
+    module, name = typed._target_.rsplit(".", 1)
+    assert module.startswith("rewardsds.priors.")  # the mapping rule: conf/prior/* -> rewardsds.priors.*
+    cls = getattr(importlib.import_module(module), name)
+    assert list(inspect.signature(cls.__init__).parameters) == ["self", "cfg"], option
+    assert typing.get_type_hints(cls.__init__)["cfg"] is type(typed), option
