@@ -11,7 +11,7 @@ shell completion) never imports torch.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from rewardsds.errors import ConfigError
 
@@ -55,19 +55,6 @@ def check_name(key: str, value: Optional[str], fix: str) -> None:
     check(v.strip() != "", key, value, "is empty", fix)
     check(not any(sep in v for sep in ("/", "\\")) and v.strip() not in (".", ".."), key, value,
            "is used as a file or folder name and would write outside its folder (no path separators, '.' or '..')", fix)
-
-
-def check_modes(key: str, modes: List[Any]) -> None:
-    from rewardsds.priors.analytic import PATTERNS
-
-    names = [m.name for m in modes]
-    check(len(set(names)) == len(names), key, names, "has duplicate names", "give each mode a unique name")
-    for m in modes:
-        for part in ("color", "background"):
-            rgb = list(getattr(m, part))
-            check(len(rgb) == 3 and all(0.0 <= c <= 1.0 for c in rgb), f"{key}[{m.name}].{part}", rgb,
-                   "needs 3 values in [0, 1] (red, green, blue)", "use e.g. [0.1, 0.2, 0.9]")
-        check(m.pattern in PATTERNS, f"{key}[{m.name}].pattern", m.pattern, "is not a known pattern", "use one of: " + ", ".join(PATTERNS))
 
 
 def enum_option(enum_cls, value, key: str):

@@ -28,11 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewardsds.rewards.aesthetic import AestheticReward  # noqa: E402
 from rewardsds.rewards.clip import CLIPImageTower, CLIPScore  # noqa: E402
+from rewardsds.rewards.config import (  # noqa: E402
+    AestheticRewardConfig,
+    CLIPScoreConfig,
+    HPSv2Config,
+    ImageRewardConfig,
+    PickScoreConfig,
+)
 from rewardsds.rewards.hpsv2 import HPSv2  # noqa: E402
 from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer  # noqa: E402
 from rewardsds.rewards.pickscore import PickScore  # noqa: E402
 from rewardsds.rewards.preprocess import ImageTransform  # noqa: E402
-from rewardsds.rewards.random_init import (  # noqa: E402
+from rewardsds.schema import DType  # noqa: E402
+from rewardsds.testing import (  # noqa: E402
     build_random_clip_model,
     build_random_image_reward_model,
     clip_tokenizer,
@@ -45,24 +53,23 @@ REWARDS = ("image_reward", "clip", "aesthetic", "pickscore", "hpsv2")
 
 def build(name: str, attention: str, compile: bool, tmp: Path):
     """A full-size random-weight reward on CUDA (fp32 master weights)."""
-    opts = dict(dtype="fp32", attention=attention, compile=compile) if name == "image_reward" else \
-        dict(dtype="fp32", compile=compile)
+    opts = dict(dtype="fp32", attention=attention, compile=compile)  # the CLIP models get attention when built
     if name == "image_reward":
         model = build_random_image_reward_model("full", device="cuda")
         tok = load_image_reward_tokenizer(str(write_bert_vocab(tmp / "bert", 30522, PROMPT.lower().split())),
                                           local_files_only=True)
-        return ImageReward.from_parts(model, tok, **opts)
+        return ImageReward.from_parts(ImageRewardConfig(**opts), model, tok)
     arch = "vit-l-14" if name in ("clip", "aesthetic") else "vit-h-14"
     model = build_random_clip_model(arch, device="cuda", attention=attention)
     floor = ImageTransform(size=224, crop=224, crop_rounding="floor")
     if name == "clip":
-        return CLIPScore.from_parts(model, clip_tokenizer(), floor, **opts)
+        return CLIPScore.from_parts(CLIPScoreConfig(**opts), model, clip_tokenizer(), floor)
     if name == "aesthetic":
         head = torch.nn.Linear(model.config.projection_dim, 1)  # the LAION linear head (the MLP head costs ~0.1 ms more)
-        return AestheticReward.from_parts(CLIPImageTower(model), head, floor, **opts)
+        return AestheticReward.from_parts(AestheticRewardConfig(**opts), CLIPImageTower(model), head, floor)
     if name == "pickscore":
-        return PickScore.from_parts(model, clip_tokenizer(), floor, **opts)
-    return HPSv2.from_parts(model, clip_tokenizer(), ImageTransform(size=224, crop=224), **opts)
+        return PickScore.from_parts(PickScoreConfig(**opts), model, clip_tokenizer(), floor)
+    return HPSv2.from_parts(HPSv2Config(**opts), model, clip_tokenizer(), ImageTransform(size=224, crop=224))
 
 
 def time_calls(reward, images: torch.Tensor, prompts: list[str], warmup: int, iters: int) -> list[float]:
@@ -108,7 +115,7 @@ def main(argv=None) -> int:
                 reward = build(name, attention, compiled, Path(tmp))
                 n_params = sum(p.numel() for p in reward.model.parameters())
                 for dtype in args.dtypes.split(","):  # fp32 master weights are cast down once per dtype
-                    reward.dtype_option = dtype
+                    reward.cfg.dtype = DType(dtype)
                     reward.to("cuda")
                     torch.cuda.reset_peak_memory_stats()
                     t0 = time.perf_counter()

@@ -144,7 +144,7 @@ def compose(overrides: list[str]):
 
 def image_reward_files(folder: Path, preset: str) -> tuple[Path, Path]:
     """A random ImageReward checkpoint + BERT vocab in the published layout (built once into ``folder``)."""
-    from rewardsds.rewards.random_init import save_random_image_reward
+    from rewardsds.testing import save_random_image_reward
 
     paths = folder / "paths.json"
     if not paths.is_file():
@@ -171,6 +171,7 @@ class Models:
 
     def prior(self, variant: str):
         if variant not in self.priors:
+            from rewardsds.priors.config import SDPriorConfig
             from rewardsds.priors.sd import StableDiffusionPrior
 
             cuda = self.device.type == "cuda"
@@ -182,18 +183,21 @@ class Models:
                 kw.update(dtype="bf16" if cuda else "fp32", compile="compiled" in variant, compile_mode="reduce-overhead",
                           lookahead_quantize="float8" if "float8" in variant else "none")
             t0 = time.perf_counter()
-            self.priors[variant] = StableDiffusionPrior(str(self.args.sd_folder), **kw).to(self.device)
+            self.priors[variant] = StableDiffusionPrior(SDPriorConfig(pretrained=str(self.args.sd_folder), **kw)).to(self.device)
             self.build_s[f"prior_{variant}"] = time.perf_counter() - t0
         return self.priors[variant]
 
     def reward(self, variant: str = "fast"):
         if variant not in self.rewards:
+            from rewardsds.rewards.config import ImageRewardConfig
             from rewardsds.rewards.image_reward import ImageReward
 
             ckpt, tok = self.args.image_reward
             dtype = "fp32" if variant in ("pil32", "tensor32") else ("bf16" if self.device.type == "cuda" else "fp32")
-            self.rewards[variant] = ImageReward(str(ckpt), tokenizer=str(tok), dtype=dtype, pil_exact=variant == "pil32",
-                                                compile=variant == "fast" and self.args.reward_compile, local_files_only=True).to(self.device)
+            self.rewards[variant] = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype=dtype,
+                                                                  pil_exact=variant == "pil32",
+                                                                  compile=variant == "fast" and self.args.reward_compile,
+                                                                  local_files_only=True)).to(self.device)
         return self.rewards[variant]
 
     def float8_supported(self) -> Optional[str]:
@@ -211,15 +215,17 @@ class Models:
 def build_reward(preset: str, device: torch.device, fast: bool, compile: bool, tmp: Path):
     """ImageReward at full size (or tiny) with random weights; fast = bf16 tensor path, else fp32 + PIL path
     (used by scripts/profile_step.py)."""
+    from rewardsds.rewards.config import ImageRewardConfig
     from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer
-    from rewardsds.rewards.random_init import build_random_image_reward_model, write_bert_vocab
+    from rewardsds.testing import build_random_image_reward_model, write_bert_vocab
 
     size = "full" if preset == "sd21_base" else "tiny"
     model = build_random_image_reward_model(size, device=device)
     vocab = model.text.config.vocab_size - 2
     tok = load_image_reward_tokenizer(str(write_bert_vocab(tmp / f"bert_{size}", vocab, PROMPT.lower().split())), local_files_only=True)
     dtype = "bf16" if (fast and device.type == "cuda") else "fp32"
-    return ImageReward.from_parts(model, tok, dtype=dtype, pil_exact=not fast, compile=compile and fast).to(device)
+    cfg = ImageRewardConfig(dtype=dtype, pil_exact=not fast, compile=compile and fast)
+    return ImageReward.from_parts(cfg, model, tok).to(device)
 
 
 def base_overrides(args) -> list[str]:
@@ -321,7 +327,7 @@ def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results:
     tiny = any(o == "lookahead.decode=tiny" for o in (extra or []))
     r.update({"variant": variant, "n_noises": n, "lookahead_steps": k, "overrides": extra or [], "peak_memory_gb": peak_gb(device),
               "chunk_size": system.engine.chunk_size(system.representation.latents), "decodes_per_step": decodes,
-              "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.lookahead_quantize})
+              "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.cfg.lookahead_quantize.value})
     add_mfu(r, models, flops, device, prior, decodes, tiny)
     results["configs"][name] = r
     print(f"{name:36s} {r['median_ms']:9.1f} ms  evals {r['evals_per_step']:6.1f}  warm-up {['%.0f' % w for w in r['warmup_ms']]} ms", flush=True)
@@ -537,13 +543,15 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
     from rewardsds.cameras import orbit_cameras
     from rewardsds.candidates import CandidateEngine
     from rewardsds.losses.sds import x0_recon_target
+    from rewardsds.priors.config import MVDreamPriorConfig
     from rewardsds.priors.mvdream import MVDreamPrior
     from rewardsds.strategies import MinMaxStrategy, NoStrategy
     from rewardsds.testing import build_mvdream
 
     mv, base = build_mvdream(tmp / "mvdream", args.preset)
-    prior = MVDreamPrior(pretrained=str(mv), base_model=str(base), dtype="bf16" if device.type == "cuda" else "fp32",
-                         local_files_only=True).to(device)
+    prior = MVDreamPrior(MVDreamPriorConfig(pretrained=str(mv), base_model=str(base),
+                                            dtype="bf16" if device.type == "cuda" else "fp32",
+                                            local_files_only=True)).to(device)
     views, n = 4, 7
     cams = orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
                          torch.full((views,), math.radians(40)), 256, 256).to(device)

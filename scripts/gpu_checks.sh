@@ -50,8 +50,7 @@ stamp "building random models into $CACHE"
 python3 - <<'PY' 2>&1 | grep -v "it/s\]" | tail -5
 import json, os
 from pathlib import Path
-from rewardsds.testing import build_mvdream, build_sd_pipeline
-from rewardsds.rewards.random_init import save_random_image_reward
+from rewardsds.testing import build_mvdream, build_sd_pipeline, save_random_image_reward
 sd, mv, ir = (Path(os.environ[k]) for k in ("REWARDSDS_SD21_RANDOM", "REWARDSDS_MVDREAM_RANDOM", "REWARDSDS_IMAGE_REWARD_RANDOM"))
 import torch
 fast = dict(device="cuda", dtype=torch.float16)  # random weights drawn on the GPU, half-size files

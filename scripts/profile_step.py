@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.testing import build_sd_pipeline
 
@@ -42,8 +43,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rewardsds_profile_"))
     folder = args.sd_folder or build_sd_pipeline(tmp / "sd", args.preset)
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    prior = StableDiffusionPrior(str(folder), dtype=dtype, compile=args.compile, compile_mode="reduce-overhead",
-                                 local_files_only=True).to(device)
+    prior = StableDiffusionPrior(SDPriorConfig(pretrained=str(folder), dtype=dtype, compile=args.compile,
+                                               compile_mode="reduce-overhead", local_files_only=True)).to(device)
     reward = B.build_reward(args.preset, device, fast=True, compile=args.compile, tmp=tmp)
     cfg = B.compose([f"prompt={B.PROMPT}", f"prior.pretrained={folder}", "logger=none", "reward=image_reward", "seed=0",
                      f"steps={3 * args.steps + 10}", *args.overrides])

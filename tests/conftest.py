@@ -78,16 +78,18 @@ def tiny_sd_v(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd_prior(tiny_sd):
+    from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
 
-    return StableDiffusionPrior(str(tiny_sd), dtype="fp32").to("cpu")
+    return StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="fp32")).to("cpu")
 
 
 @pytest.fixture
 def analytic_prior():
     from rewardsds.priors.analytic import AnalyticPrior
+    from rewardsds.priors.config import AnalyticPriorConfig
 
-    return AnalyticPrior().to("cpu")
+    return AnalyticPrior(AnalyticPriorConfig()).to("cpu")
 
 
 # ----------------------------------------------------------------------------------------- random full-size models (GPU tests)
@@ -122,7 +124,7 @@ def image_reward_random(tmp_path_factory) -> list[str]:
     """Overrides selecting a full-size ImageReward with random weights, saved locally ($REWARDSDS_IMAGE_REWARD_RANDOM)."""
     import json
 
-    from rewardsds.rewards.random_init import save_random_image_reward
+    from rewardsds.testing import save_random_image_reward
 
     folder = _cache("REWARDSDS_IMAGE_REWARD_RANDOM", tmp_path_factory, "image_reward")
     if not (folder / "paths.json").is_file():

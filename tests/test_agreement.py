@@ -61,9 +61,10 @@ def test_engine_paths_on_the_analytic_prior(analytic_prior):
     """Two engines that compute the same thing (one chunked) agree on every draw; the selector keys noises on the
     draw's seed, so different seeds give different candidates."""
     from rewardsds.rewards.analytic import AnalyticReward
+    from rewardsds.rewards.config import AnalyticRewardConfig
 
     p = analytic_prior
-    reward = AnalyticReward(["blue"])
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["blue"]))
     text = p.text_cond(["a disk"], "")
     g = torch.Generator().manual_seed(0)
     draws = [Draw(seed=s, step=k, t=int(t), latents=torch.randn(1, 3, 16, 16, generator=g) * 0.5)

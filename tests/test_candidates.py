@@ -9,6 +9,7 @@ from rewardsds.losses.sds import SDSLoss
 from rewardsds.priors.base import guide
 from rewardsds.reference import plain_rewardsds_step
 from rewardsds.rewards.analytic import AnalyticReward
+from rewardsds.rewards.config import AnalyticRewardConfig
 from rewardsds.strategies import MinMaxStrategy, WeightedStrategy
 from rewardsds.losses.config import SDSLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig, WeightedStrategyConfig
@@ -33,7 +34,7 @@ def _ctx(prior, engine, z, t, n, strategy, step=5):
 @pytest.mark.parametrize("chunk", [0, 4])
 def test_batched_equals_loop(tiny_sd_prior, strategy, chunk):
     p = tiny_sd_prior
-    reward = AnalyticReward(["red"], image_size=16)
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     eng = make_engine(p, reward, steps=6, guidance=7.5, grid="leading",
                           lookahead_start="exact_t", chunk_size=chunk, seed=0)
     z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
@@ -90,7 +91,7 @@ def test_sds_gradient_formula(tiny_sd_prior):
 
 def test_pruning_runs_the_lookahead_for_the_best_one_step_candidates_only(tiny_sd_prior):
     p = tiny_sd_prior
-    reward = AnalyticReward(["red"], image_size=16)
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     z = torch.randn(1, 4, 8, 8)
     text = p.text_cond(["a photo of the cat"], "")
     full = make_engine(p, reward, steps=6, seed=0)

@@ -16,9 +16,10 @@ from rewardsds.errors import ModelLoadError
 from rewardsds.rewards.aesthetic import AestheticReward
 from rewardsds.rewards.base import RewardInputError
 from rewardsds.rewards.clip import CLIPScore
+from rewardsds.rewards.config import AestheticRewardConfig, CLIPScoreConfig, PickScoreConfig
 from rewardsds.rewards.pickscore import PickScore
 from rewardsds.rewards.preprocess import to_pil
-from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip
+from rewardsds.testing import random_aesthetic_head, save_random_clip
 
 PROMPTS = ["a photo of a red fox", "a cat in the snow", "an oil painting of a castle"]
 
@@ -53,26 +54,26 @@ def _reference_logits(reference, images, prompts):
 
 
 def test_clip_score_pil_exact_matches_transformers(clip_dir, reference):
-    reward = CLIPScore(pretrained=str(clip_dir), dtype="fp32", pil_exact=True, local_files_only=True)
+    reward = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", pil_exact=True, local_files_only=True))
     x = _images()
     expected = _reference_logits(reference, x, PROMPTS).diagonal() / 100.0
     assert torch.allclose(reward(x, PROMPTS), expected, atol=1e-5)
 
 
 def test_clip_score_tensor_path_and_cosine_by_hand(clip_dir):
-    reward = CLIPScore(pretrained=str(clip_dir), dtype="fp32", local_files_only=True)
+    reward = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", local_files_only=True))
     x = _images()
     img, txt = reward.image_embeds(x), reward.text_embeds(PROMPTS)
     assert torch.allclose(img.norm(dim=-1), torch.ones(3)) and torch.allclose(txt.norm(dim=-1), torch.ones(3))
     scores = reward(x, PROMPTS)
     assert torch.allclose(scores, F.cosine_similarity(img, txt, dim=-1), atol=1e-6)
-    exact = CLIPScore(pretrained=str(clip_dir), dtype="fp32", pil_exact=True, local_files_only=True)
+    exact = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", pil_exact=True, local_files_only=True))
     assert torch.allclose(scores, exact(x, PROMPTS), atol=2e-3)
     assert scores.abs().max() <= 1.0
 
 
 def test_text_embeddings_are_cached_per_prompt(clip_dir):
-    reward = CLIPScore(pretrained=str(clip_dir), dtype="fp32", local_files_only=True)
+    reward = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", local_files_only=True))
     first = reward.text_embeds(["a fox", "a fox", "a cat"])
     assert len(reward._text_cache) == 2
     assert torch.equal(first[0], first[1]) and not first.requires_grad
@@ -81,8 +82,8 @@ def test_text_embeddings_are_cached_per_prompt(clip_dir):
 
 
 def test_pickscore_is_the_scaled_logit(clip_dir, reference):
-    reward = PickScore(pretrained=str(clip_dir), processor=str(clip_dir), dtype="fp32", pil_exact=True,
-                       local_files_only=True)
+    reward = PickScore(PickScoreConfig(pretrained=str(clip_dir), processor=str(clip_dir), dtype="fp32", pil_exact=True,
+                                       local_files_only=True))
     assert reward.logit_scale == pytest.approx(100.0, rel=1e-5)
     x = _images()
     assert torch.allclose(reward(x, PROMPTS), _reference_logits(reference, x, PROMPTS).diagonal(), atol=1e-3)
@@ -93,8 +94,9 @@ def test_aesthetic_heads_by_hand(tmp_path, clip_dir, reference, head_type):
     model, proc = reference
     state = random_aesthetic_head(head_type, dim=16, seed=1)
     torch.save(state, tmp_path / "head.pth")
-    reward = AestheticReward(pretrained=str(clip_dir), head_type=head_type, head=str(tmp_path / "head.pth"),
-                             dtype="fp32", pil_exact=True, local_files_only=True)
+    reward = AestheticReward(AestheticRewardConfig(pretrained=str(clip_dir), head_type=head_type,
+                                                   head=str(tmp_path / "head.pth"), dtype="fp32", pil_exact=True,
+                                                   local_files_only=True))
     assert reward.uses_prompt is False
     x = _images()
     with torch.no_grad():
@@ -113,29 +115,32 @@ def test_aesthetic_heads_by_hand(tmp_path, clip_dir, reference, head_type):
 def test_aesthetic_head_errors(tmp_path, clip_dir):
     torch.save(random_aesthetic_head("mlp", dim=16), tmp_path / "mlp.pth")
     with pytest.raises(ModelLoadError, match="head_type=mlp"):
-        AestheticReward(pretrained=str(clip_dir), head=str(tmp_path / "mlp.pth"), local_files_only=True)
+        AestheticReward(AestheticRewardConfig(pretrained=str(clip_dir), head=str(tmp_path / "mlp.pth"),
+                                              local_files_only=True))
     torch.save(random_aesthetic_head("linear", dim=768), tmp_path / "wide.pth")
     with pytest.raises(ModelLoadError, match="wide.pth"):
-        AestheticReward(pretrained=str(clip_dir), head=str(tmp_path / "wide.pth"), local_files_only=True)
+        AestheticReward(AestheticRewardConfig(pretrained=str(clip_dir), head=str(tmp_path / "wide.pth"),
+                                              local_files_only=True))
     with pytest.raises(ModelLoadError) as err:  # default URL, nothing cached, offline
-        AestheticReward(pretrained=str(clip_dir), head_type="mlp", local_files_only=True)
+        AestheticReward(AestheticRewardConfig(pretrained=str(clip_dir), head_type="mlp", local_files_only=True))
     assert "sac+logos+ava1-l14-linearMSE.pth" in str(err.value) and "reward.head" in str(err.value)
 
 
 def test_gradients_reach_images(clip_dir):
-    reward = CLIPScore(pretrained=str(clip_dir), dtype="fp32", differentiable=True, local_files_only=True)
+    reward = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", differentiable=True,
+                                       local_files_only=True))
     x = _images(2, 64, 64).requires_grad_(True)
     reward(x, PROMPTS[:2], grad=True).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in reward.model.parameters())
     with pytest.raises(ValueError, match="pil_exact"):
-        CLIPScore(pretrained=str(clip_dir), pil_exact=True, differentiable=True, local_files_only=True)
+        CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), pil_exact=True, differentiable=True, local_files_only=True))
 
 
 def test_half_precision_and_eager_attention(clip_dir):
-    ref = CLIPScore(pretrained=str(clip_dir), dtype="fp32", local_files_only=True)
-    eager = CLIPScore(pretrained=str(clip_dir), dtype="fp32", attention="eager", local_files_only=True)
-    half = CLIPScore(pretrained=str(clip_dir), dtype="bf16", local_files_only=True)
+    ref = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", local_files_only=True))
+    eager = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="fp32", attention="eager", local_files_only=True))
+    half = CLIPScore(CLIPScoreConfig(pretrained=str(clip_dir), dtype="bf16", local_files_only=True))
     x = _images()
     assert half.model.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
     assert torch.allclose(eager(x, PROMPTS), ref(x, PROMPTS), atol=1e-5)
@@ -143,9 +148,9 @@ def test_half_precision_and_eager_attention(clip_dir):
     assert out.dtype == torch.float32 and torch.allclose(out, ref(x, PROMPTS), atol=0.03)
 
 
-@pytest.mark.parametrize("cls", [CLIPScore, PickScore])
-def test_bad_input_is_rejected(clip_dir, cls):
-    reward = cls(pretrained=str(clip_dir), processor=str(clip_dir), local_files_only=True)
+@pytest.mark.parametrize("cls, schema", [(CLIPScore, CLIPScoreConfig), (PickScore, PickScoreConfig)])
+def test_bad_input_is_rejected(clip_dir, cls, schema):
+    reward = cls(schema(pretrained=str(clip_dir), processor=str(clip_dir), local_files_only=True))
     with pytest.raises(RewardInputError, match="shape"):
         reward(torch.rand(2, 32, 32, 3), ["a", "b"])
     with pytest.raises(RewardInputError, match=r"\[0, 1\]"):
@@ -156,7 +161,8 @@ def test_bad_input_is_rejected(clip_dir, cls):
 
 def test_aesthetic_bad_input_is_rejected(tmp_path, clip_dir):
     torch.save(random_aesthetic_head("linear", dim=16), tmp_path / "head.pth")
-    reward = AestheticReward(pretrained=str(clip_dir), head=str(tmp_path / "head.pth"), local_files_only=True)
+    reward = AestheticReward(AestheticRewardConfig(pretrained=str(clip_dir), head=str(tmp_path / "head.pth"),
+                                                   local_files_only=True))
     with pytest.raises(RewardInputError, match="shape"):
         reward(torch.rand(1, 1, 32, 32), "a")
     with pytest.raises(RewardInputError, match=r"\[0, 1\]"):
@@ -167,9 +173,9 @@ def test_aesthetic_bad_input_is_rejected(tmp_path, clip_dir):
 
 def test_missing_model_names_source_and_key(tmp_path):
     with pytest.raises(ModelLoadError) as err:
-        CLIPScore(pretrained="openai/clip-vit-large-patch14", local_files_only=True)
+        CLIPScore(CLIPScoreConfig(pretrained="openai/clip-vit-large-patch14", local_files_only=True))
     assert "openai/clip-vit-large-patch14" in str(err.value) and "reward.pretrained=" in str(err.value)
     with pytest.raises(ModelLoadError, match="reward.pretrained"):
-        CLIPScore(pretrained=str(tmp_path / "missing"), local_files_only=True)
+        CLIPScore(CLIPScoreConfig(pretrained=str(tmp_path / "missing"), local_files_only=True))
     with pytest.raises(ModelLoadError, match="yuvalkirstain/PickScore_v1"):
-        PickScore(local_files_only=True)
+        PickScore(PickScoreConfig(local_files_only=True))

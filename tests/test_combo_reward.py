@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import rewardsds.config as config
@@ -18,11 +19,18 @@ from rewardsds.rewards.aesthetic import AestheticReward
 from rewardsds.rewards.base import RewardInputError
 from rewardsds.rewards.clip import CLIPScore
 from rewardsds.rewards.combo import ComboReward
+from rewardsds.rewards.config import AestheticRewardConfig, CLIPScoreConfig, ComboRewardConfig, ImageRewardConfig
 from rewardsds.rewards.image_reward import ImageReward
-from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip, save_random_image_reward
+from rewardsds.schema import build
+from rewardsds.testing import random_aesthetic_head, save_random_clip, save_random_image_reward
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PROMPTS = ["a red fox", "a cat"]
+REWARD_OPTIONS = sorted(p.stem for p in (CONF / "reward").glob("*.yaml"))
+
+
+def _target(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +51,24 @@ def root_conf(tmp_path_factory):
     return d
 
 
+def _clip_config(sources, **options) -> CLIPScoreConfig:
+    return CLIPScoreConfig(_target_=_target(CLIPScore), pretrained=str(sources["clip"]), dtype="fp32",
+                           local_files_only=True, **options)
+
+
+def _aesthetic_config(sources, **options) -> AestheticRewardConfig:
+    return AestheticRewardConfig(_target_=_target(AestheticReward), pretrained=str(sources["clip"]),
+                                 head=str(sources["head"]), dtype="fp32", local_files_only=True, **options)
+
+
 def test_weighted_sum_and_component_logs(sources):
-    clip = CLIPScore(pretrained=str(sources["clip"]), dtype="fp32", local_files_only=True)
-    aes = AestheticReward(pretrained=str(sources["clip"]), head=str(sources["head"]), dtype="fp32",
-                          local_files_only=True)
-    combo = ComboReward({"clip": clip, "aesthetic": aes}, {"clip": 2.0, "aesthetic": -0.5})
+    clip = CLIPScore(_clip_config(sources))
+    aes = AestheticReward(_aesthetic_config(sources))
+    combo = ComboReward(ComboRewardConfig(
+        components={"clip": _clip_config(sources), "aesthetic": _aesthetic_config(sources)},
+        weights={"clip": 2.0, "aesthetic": -0.5}))
+    assert isinstance(combo.components["clip"], CLIPScore)
+    assert isinstance(combo.components["aesthetic"], AestheticReward)
     x = torch.rand(2, 3, 40, 40)
     expected = 2.0 * clip(x, PROMPTS) - 0.5 * aes(x, PROMPTS)
     assert torch.allclose(combo(x, PROMPTS), expected, atol=1e-6)
@@ -61,23 +82,23 @@ def test_weighted_sum_and_component_logs(sources):
 
 
 def test_differentiable_combo_passes_gradients(sources):
-    clip = CLIPScore(pretrained=str(sources["clip"]), dtype="fp32", differentiable=True, local_files_only=True)
-    aes = AestheticReward(pretrained=str(sources["clip"]), head=str(sources["head"]), dtype="fp32",
-                          differentiable=True, local_files_only=True)
-    combo = ComboReward({"clip": clip, "aesthetic": aes}, {"clip": 1.0, "aesthetic": 1.0})
+    combo = ComboReward(ComboRewardConfig(
+        components={"clip": _clip_config(sources, differentiable=True),
+                    "aesthetic": _aesthetic_config(sources, differentiable=True)},
+        weights={"clip": 1.0, "aesthetic": 1.0}))
     x = torch.rand(2, 3, 40, 40, requires_grad=True)
     combo(x, PROMPTS, grad=True).sum().backward()
     assert combo.differentiable and x.grad.abs().sum() > 0
 
 
-def test_constructor_errors(sources):
-    clip = CLIPScore(pretrained=str(sources["clip"]), local_files_only=True)
+def test_schema_errors(sources):
+    clip = _clip_config(sources)
     with pytest.raises(ConfigError, match="reward.weights"):
-        ComboReward({"clip": clip}, {"clip": 1.0, "other": 1.0})
+        ComboRewardConfig(components={"clip": clip}, weights={"clip": 1.0, "other": 1.0})
     with pytest.raises(ConfigError, match="log-friendly"):
-        ComboReward({"Clip Score": clip}, {"Clip Score": 1.0})
+        ComboRewardConfig(components={"Clip Score": clip}, weights={"Clip Score": 1.0})
     with pytest.raises(ConfigError, match="is not a reward"):
-        ComboReward({"clip": "openai/clip"}, {"clip": 1.0})
+        ComboRewardConfig(components={"clip": "openai/clip"}, weights={"clip": 1.0})
 
 
 def test_hydra_composes_and_instantiates_nested_components(root_conf, sources):
@@ -96,35 +117,38 @@ def test_hydra_composes_and_instantiates_nested_components(root_conf, sources):
     with initialize_config_dir(config_dir=str(root_conf), version_base="1.3"):
         cfg = compose(config_name="root", overrides=overrides)
     typed = OmegaConf.to_object(cfg)["reward"]
-    assert isinstance(typed, config.ComboRewardConfig)
-    assert isinstance(typed.components["image_reward"], config.ImageRewardConfig)
-    reward = instantiate(cfg.reward)
+    assert isinstance(typed, ComboRewardConfig)
+    assert isinstance(typed.components["image_reward"], ImageRewardConfig)
+    reward = build(typed)
     assert isinstance(reward, ComboReward)
     assert isinstance(reward.components["image_reward"], ImageReward)
-    assert reward.weights == {"image_reward": 1.0, "aesthetic": 0.1, "clip": 0.25}
+    assert reward.cfg.weights == {"image_reward": 1.0, "aesthetic": 0.1, "clip": 0.25}
     x = torch.rand(2, 3, 40, 40)
     parts = {k: c(x, PROMPTS) for k, c in reward.components.items()}
     expected = parts["image_reward"] + 0.1 * parts["aesthetic"] + 0.25 * parts["clip"]
     assert torch.allclose(reward(x, PROMPTS), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("option", sorted(config.REWARD_MODEL_SCHEMAS))
-def test_every_option_composes_and_validates(root_conf, option):
+@pytest.mark.parametrize("option", REWARD_OPTIONS)
+def test_every_option_composes_and_builds_a_class_that_takes_its_schema(root_conf, option):
+    """Each conf/reward option extends one reward schema, and its _target_ class takes that schema as its one
+    constructor argument (so the option's validated settings are exactly what the class reads)."""
+    declared = yaml.safe_load((CONF / "reward" / f"{option}.yaml").read_text())["defaults"][0]
+    schema_name = declared.removeprefix("/schema/reward/").removesuffix("@_here_")
     with initialize_config_dir(config_dir=str(root_conf), version_base="1.3"):
         cfg = compose(config_name="root", overrides=[f"reward={option}"])
     typed = OmegaConf.to_object(cfg)["reward"]
-    assert isinstance(typed, config.REWARD_MODEL_SCHEMAS[option])
-    module, cls = cfg.reward._target_.rsplit(".", 1)
+    assert type(typed).__name__ == schema_name and type(typed) in config.GROUP_SCHEMAS["reward"], (option, type(typed))
+    module, cls = typed._target_.rsplit(".", 1)
     assert module.startswith("rewardsds.rewards.")  # the mapping rule: conf/reward/* -> rewardsds.rewards.*
     klass = getattr(importlib.import_module(module), cls)
-    params = {k: p.default for k, p in inspect.signature(klass.__init__).parameters.items() if k != "self"}
-    fields = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(config.REWARD_MODEL_SCHEMAS[option])).items()
-              if k != "_target_"}
-    assert set(params) == set(fields), (option, set(params) ^ set(fields))
-    for key, default in fields.items():
-        if key in ("components", "weights"):
-            continue
-        assert getattr(params[key], "value", params[key]) == getattr(default, "value", default), (option, key)
+    assert list(inspect.signature(klass.__init__).parameters) == ["self", "cfg"], option
+    assert typing.get_type_hints(klass.__init__)["cfg"] is type(typed), option
+
+
+def test_every_reward_schema_has_an_option():
+    used = {yaml.safe_load((CONF / "reward" / f"{o}.yaml").read_text())["defaults"][0] for o in REWARD_OPTIONS}
+    assert {f"/schema/reward/{s.__name__}@_here_" for s in config.GROUP_SCHEMAS["reward"]} <= used
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -144,9 +168,11 @@ def test_flat_batches_of_views_score_like_single_views(sources):
     from rewardsds.rewards.base import aggregate_views
 
     rewards = [
-        CLIPScore(pretrained=str(sources["clip"]), dtype="fp32", local_files_only=True),
-        AestheticReward(pretrained=str(sources["clip"]), head=str(sources["head"]), dtype="fp32", local_files_only=True),
-        ImageReward(checkpoint=str(sources["ckpt"]), tokenizer=str(sources["tok"]), dtype="fp32", local_files_only=True),
+        CLIPScore(CLIPScoreConfig(pretrained=str(sources["clip"]), dtype="fp32", local_files_only=True)),
+        AestheticReward(AestheticRewardConfig(pretrained=str(sources["clip"]), head=str(sources["head"]), dtype="fp32",
+                                              local_files_only=True)),
+        ImageReward(ImageRewardConfig(checkpoint=str(sources["ckpt"]), tokenizer=str(sources["tok"]), dtype="fp32",
+                                      local_files_only=True)),
     ]
     n, b = 2, 3
     views = torch.rand(n * b, 3, 48, 48, generator=torch.Generator().manual_seed(5))

@@ -16,15 +16,10 @@ from conftest import compose
 from rewardsds.config import validate
 from rewardsds.errors import ConfigError
 from rewardsds.priors import compiled
-from rewardsds.priors.compiled import (
-    CompiledUNet,
-    check_compile_mode,
-    configure_compile_cache,
-    default_compile_cache,
-    normalize_compile,
-    resolve_compile,
-)
-from rewardsds.priors.quantized import check_float8_support, check_lookahead_quantize
+from rewardsds.priors.compiled import CompiledUNet, configure_compile_cache, default_compile_cache, resolve_compile
+from rewardsds.priors.config import SDPriorConfig, check_compile_mode, normalize_compile
+from rewardsds.priors.quantized import check_float8_support
+from rewardsds.schema import build
 from rewardsds.strategies.config import MinMaxStrategyConfig
 from step_helpers import make_engine
 
@@ -47,7 +42,7 @@ def clean_cache_env(monkeypatch):
     ("true", "cpu", True), ("AUTO", "cuda", True),
 ])
 def test_compile_resolution(value, device, expected):
-    assert resolve_compile(value, torch.device(device)) is expected
+    assert resolve_compile(normalize_compile(value), torch.device(device)) is expected
 
 
 def test_compile_setting_errors_name_the_key():
@@ -61,24 +56,22 @@ def test_compile_setting_errors_name_the_key():
 
 
 def test_default_config_compiles_on_cuda_only(tiny_sd):
-    from hydra.utils import instantiate
-
     cfg = compose(["prompt=a cat", "prior=sd", f"prior.pretrained={tiny_sd}", "prior.local_files_only=true"])
     typed = validate(cfg)
     assert typed.prior.compile == "auto" and typed.prior.compile_mode == "reduce-overhead" and typed.prior.compile_cache == "auto"
     assert typed.prior.lookahead_quantize.value == "none"
-    prior = instantiate(cfg.prior).to("cpu")
+    prior = build(typed.prior).to("cpu")
     assert prior._unet_call is prior.unet  # CPU: eager, nothing compiled
     assert prior.compiles_on("cuda") and not prior.compiles_on("cpu")
     assert prior.ranking_prior() is prior
-    off = instantiate(compose(["prompt=a cat", "prior=sd", f"prior.pretrained={tiny_sd}", "prior.compile=false"]).prior)
+    off = build(validate(compose(["prompt=a cat", "prior=sd", f"prior.pretrained={tiny_sd}", "prior.compile=false"])).prior)
     assert not off.compiles_on("cuda")
 
 
 def test_explicit_compile_on_cpu_warns_and_stays_eager(tiny_sd, caplog):
     from rewardsds.priors.sd import StableDiffusionPrior
 
-    p = StableDiffusionPrior(str(tiny_sd), compile=True, local_files_only=True)
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), compile=True, local_files_only=True))
     with caplog.at_level("WARNING"):
         p.to("cpu")
     assert p._unet_call is p.unet and "stays eager" in caplog.text
@@ -122,7 +115,7 @@ def test_cache_is_configured_before_the_first_compile(clean_cache_env, tmp_path,
     CompiledUNet(torch.nn.Linear(2, 2), "default", cache=str(tmp_path / "c1"))
     assert seen[-1][0] == str((tmp_path / "c1").resolve())
 
-    p = StableDiffusionPrior(str(tiny_sd), local_files_only=True, compile_cache=str(tmp_path / "c2"))
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, compile_cache=str(tmp_path / "c2")))
     clean_cache_env.setattr(StableDiffusionPrior, "compiles_on", lambda self, device: True)
     p.to("cpu")
     assert isinstance(p._unet_call, CompiledUNet) and p._unet_call.cudagraphs
@@ -139,11 +132,11 @@ def test_lookahead_quantize_option_checks(tiny_sd, monkeypatch):
     from rewardsds.priors.sd import StableDiffusionPrior
 
     with pytest.raises(ConfigError, match="prior.lookahead_quantize"):
-        check_lookahead_quantize("int4")
+        SDPriorConfig(pretrained=str(tiny_sd), lookahead_quantize="int4")
     with pytest.raises(ConfigError, match=r"prior.lookahead_quantize.*runs on cpu"):
         check_float8_support("cpu", torch.bfloat16)
     with pytest.raises(ConfigError, match=r"runs on cpu.*lookahead_quantize=none"):
-        StableDiffusionPrior(str(tiny_sd), local_files_only=True, lookahead_quantize="float8").to("cpu")
+        StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, lookahead_quantize="float8")).to("cpu")
     # a GPU without float8 tensor cores (an A100 is 8.0), a float32 prior, a missing torchao
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
@@ -163,18 +156,19 @@ def test_lookahead_ranking_calls_go_to_the_ranking_view_only(tiny_sd, monkeypatc
         from rewardsds.priors import sd as sd_module
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.rewards.analytic import AnalyticReward
+    from rewardsds.rewards.config import AnalyticRewardConfig
     from rewardsds.strategies import MinMaxStrategy
 
     monkeypatch.setattr(sd_module, "check_float8_support", lambda device, dtype: None)
     monkeypatch.setattr(sd_module, "float8_copy", lambda unet: copy.deepcopy(unet))
-    p = StableDiffusionPrior(str(tiny_sd), local_files_only=True, lookahead_quantize="float8").to("cpu")
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, lookahead_quantize="float8")).to("cpu")
     view = p.ranking_prior()
     assert view is not p and view.unet_float8 is not p.unet and view._unet_call is view.unet_float8
     assert view.text_cond(["x"], "") is p.text_cond(["x"], "")  # shares the text cache
     calls = {"main": [], "view": []}
     p.unet.register_forward_hook(lambda m, a, k: calls["main"].append(a[0].shape[0]))
     view.unet_float8.register_forward_hook(lambda m, a, k: calls["view"].append(a[0].shape[0]))
-    eng = make_engine(p, AnalyticReward(["red"], image_size=16), steps=6, start="exact_t", seed=0)
+    eng = make_engine(p, AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16)), steps=6, start="exact_t", seed=0)
     text = p.text_cond(["a red disk"], "")
     c = eng.evaluate(torch.randn(1, 4, 8, 8), 700, 4, 0, text, MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), ["a red disk"])
     # t = 700 on the 6-point leading grid {831, 665, 499, 333, 167, 1}: the call at t (shared, the prior's

@@ -17,8 +17,9 @@ from conftest import gpu_test
 from rewardsds.eval import cli
 from rewardsds.eval.evaluators import EVALUATORS, load_png
 from rewardsds.rewards.aesthetic import AestheticReward
+from rewardsds.rewards.config import AestheticRewardConfig, ImageRewardConfig
 from rewardsds.rewards.image_reward import ImageReward
-from rewardsds.rewards.random_init import random_aesthetic_head, save_random_clip, save_random_image_reward
+from rewardsds.testing import random_aesthetic_head, save_random_clip, save_random_image_reward
 
 #: with the tiny random CLIP (seed 0) and these images, "fox" scores a positive CLIP score, the others negative ones
 PROMPTS = {"min_max_s0": "a red fox", "3d/none_s1": "fox", "3d/best_s2": "a red car"}
@@ -141,10 +142,10 @@ def test_image_reward_and_aesthetic_equal_direct_evaluation(setup):
     assert result["images"] == "eval" and result["n_images"] == 3
     views = torch.cat([load_png(run / "eval" / f"view_{i:03d}.png") for i in range(3)])
     rewards = {
-        "aesthetic": AestheticReward(pretrained=str(setup["clip"]), head=str(setup["head"]), dtype="fp32",
-                                     pil_exact=True, local_files_only=True),
-        "image_reward": ImageReward(checkpoint=str(setup["ckpt"]), tokenizer=str(setup["tok"]), dtype="fp32",
-                                    pil_exact=True, local_files_only=True),
+        "aesthetic": AestheticReward(AestheticRewardConfig(pretrained=str(setup["clip"]), head=str(setup["head"]),
+                                                           dtype="fp32", pil_exact=True, local_files_only=True)),
+        "image_reward": ImageReward(ImageRewardConfig(checkpoint=str(setup["ckpt"]), tokenizer=str(setup["tok"]),
+                                                      dtype="fp32", pil_exact=True, local_files_only=True)),
     }
     for name, reward in rewards.items():
         direct = reward(views, PROMPTS["3d/none_s1"])

@@ -59,7 +59,9 @@ def _report(name: str, rep: dict) -> None:
 @pytest.fixture(scope="module")
 def parts(sd21_random, image_reward_random):
     """Loaders of the priors and rewards under test (built on demand; the module shares them)."""
+    from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
+    from rewardsds.rewards.config import ImageRewardConfig
     from rewardsds.rewards.image_reward import ImageReward
 
     paths = dict(o.split("=", 1) for o in image_reward_random if o.startswith(("reward.checkpoint", "reward.tokenizer")))
@@ -68,15 +70,18 @@ def parts(sd21_random, image_reward_random):
     def prior(dtype: str, fast: bool, compile_mode: str | None = None):
         key = ("prior", dtype, fast, compile_mode)
         if key not in cache:
-            cache[key] = StableDiffusionPrior(str(sd21_random), dtype=dtype, channels_last=fast, local_files_only=True,
-                                              compile=compile_mode is not None, compile_mode=compile_mode or "reduce-overhead").to(DEVICE)
+            cache[key] = StableDiffusionPrior(SDPriorConfig(pretrained=str(sd21_random), dtype=dtype,
+                                                            channels_last=fast, local_files_only=True,
+                                                            compile=compile_mode is not None,
+                                                            compile_mode=compile_mode or "reduce-overhead")).to(DEVICE)
         return cache[key]
 
     def reward(dtype: str, pil: bool):
         key = ("reward", dtype, pil)
         if key not in cache:
-            cache[key] = ImageReward(paths["reward.checkpoint"], tokenizer=paths["reward.tokenizer"], dtype=dtype, pil_exact=pil,
-                                     local_files_only=True).to(DEVICE)
+            cache[key] = ImageReward(ImageRewardConfig(checkpoint=paths["reward.checkpoint"],
+                                                       tokenizer=paths["reward.tokenizer"], dtype=dtype, pil_exact=pil,
+                                                       local_files_only=True)).to(DEVICE)
         return cache[key]
 
     yield prior, reward
@@ -238,6 +243,8 @@ def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
     """prior.lookahead_quantize=float8 (eager here; compiled in the benchmark): the view's UNet has float8 linear
     layers, the prior's own UNet and its prediction at t are unchanged, and the lookahead's calls go to the view."""
         from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.strategies import MinMaxStrategy
 
@@ -246,7 +253,8 @@ def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
         pytest.skip(f"float8 needs compute capability >= 8.9, this GPU has {cap}")
     prior, reward = parts
     plain = prior("bf16", fast=True)
-    f8 = StableDiffusionPrior(str(sd21_random), dtype="bf16", local_files_only=True, compile=False, lookahead_quantize="float8").to(DEVICE)
+    f8 = StableDiffusionPrior(SDPriorConfig(pretrained=str(sd21_random), dtype="bf16", local_files_only=True,
+                                            compile=False, lookahead_quantize="float8")).to(DEVICE)
     view = f8.ranking_prior()
     q, total = count_float8_linears(view.unet_float8)
     assert count_float8_linears(f8.unet)[0] == 0 and q > 0.9 * total, (q, total)
@@ -279,11 +287,13 @@ def test_default_prior_compiles_with_cuda_graphs_into_the_persistent_cache(tiny_
     """With the defaults (prior.compile=auto) a CUDA prior compiles its UNet with CUDA graphs, and the compiled
     kernels land in prior.compile_cache (set before the compile)."""
     from rewardsds.priors.compiled import CompiledUNet
+    from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     cache = tmp_path / "inductor"
-    p = StableDiffusionPrior(str(tiny_sd), local_files_only=True, compile_cache=str(cache)).to(DEVICE)
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True,
+                                           compile_cache=str(cache))).to(DEVICE)
     assert isinstance(p._unet_call, CompiledUNet) and p._unet_call.cudagraphs and p._unet_call.mode == "reduce-overhead"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
     x = torch.randn(4, 4, 8, 8, device=DEVICE)

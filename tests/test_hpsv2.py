@@ -15,8 +15,9 @@ from torch import nn
 
 from rewardsds.errors import ModelLoadError
 from rewardsds.rewards.base import RewardInputError
+from rewardsds.rewards.config import HPSv2Config
 from rewardsds.rewards.hpsv2 import HPSV2_FILE, HPSv2, convert_open_clip_state_dict
-from rewardsds.rewards.random_init import CLIP_SIZES, open_clip_shapes, random_open_clip_state_dict, save_random_clip
+from rewardsds.testing import CLIP_SIZES, open_clip_shapes, random_open_clip_state_dict, save_random_clip
 
 PROMPTS = ["a photo of a red fox", "a cat in the snow"]
 
@@ -83,7 +84,7 @@ def test_conversion_covers_the_documented_layout():
     out = convert_open_clip_state_dict({"module." + k: v for k, v in sd.items()})
     from transformers import CLIPModel
 
-    from rewardsds.rewards.random_init import clip_config
+    from rewardsds.testing import clip_config
 
     expected = set(CLIPModel(clip_config("tiny")).state_dict()) - {
         "text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"}
@@ -104,7 +105,7 @@ def test_vit_h_14_layout_counts():
 
 def test_hpsv2_matches_open_clip_computation(hps_files):
     ckpt, proc, sd = hps_files
-    reward = HPSv2(checkpoint=str(ckpt), processor=str(proc), dtype="fp32", local_files_only=True)
+    reward = HPSv2(HPSv2Config(checkpoint=str(ckpt), processor=str(proc), dtype="fp32", local_files_only=True))
     x = torch.rand(2, 3, 45, 40, generator=torch.Generator().manual_seed(0))
     pixels = reward.preprocess(x)
     img = open_clip_encode_image(sd, pixels)
@@ -121,7 +122,8 @@ def test_hpsv2_preprocessing_is_the_float_tensor_resize(hps_files):
     from torchvision.transforms import functional as TF
 
     ckpt, proc, _ = hps_files
-    reward = HPSv2(checkpoint=str(ckpt / HPSV2_FILE), processor=str(proc), dtype="fp32", local_files_only=True)
+    reward = HPSv2(HPSv2Config(checkpoint=str(ckpt / HPSV2_FILE), processor=str(proc), dtype="fp32",
+                               local_files_only=True))
     x = torch.rand(1, 3, 45, 40)
     ref = TF.center_crop(TF.resize(x, 32, interpolation=InterpolationMode.BICUBIC, antialias=True), 32)
     ref = TF.normalize(ref, reward.transform.mean, reward.transform.std)
@@ -131,12 +133,12 @@ def test_hpsv2_preprocessing_is_the_float_tensor_resize(hps_files):
 def test_hpsv2_errors(tmp_path, hps_files):
     ckpt, proc, sd = hps_files
     with pytest.raises(ModelLoadError) as err:
-        HPSv2(processor=str(proc), local_files_only=True)
+        HPSv2(HPSv2Config(processor=str(proc), local_files_only=True))
     assert f"xswu/HPSv2/{HPSV2_FILE}" in str(err.value) and "reward.checkpoint" in str(err.value)
     torch.save({"state_dict": {**sd, "visual.head.weight": torch.zeros(1)}}, tmp_path / "bad.pt")
     with pytest.raises(ModelLoadError, match="visual.head.weight"):
-        HPSv2(checkpoint=str(tmp_path / "bad.pt"), processor=str(proc), local_files_only=True)
-    reward = HPSv2(checkpoint=str(ckpt), processor=str(proc), local_files_only=True)
+        HPSv2(HPSv2Config(checkpoint=str(tmp_path / "bad.pt"), processor=str(proc), local_files_only=True))
+    reward = HPSv2(HPSv2Config(checkpoint=str(ckpt), processor=str(proc), local_files_only=True))
     with pytest.raises(RewardInputError, match="prompts"):
         reward(torch.rand(2, 3, 32, 32), ["a", "b", "c"])
     with pytest.raises(RewardInputError, match=r"\[0, 1\]"):

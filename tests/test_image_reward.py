@@ -15,6 +15,7 @@ from conftest import FIXTURES
 
 from rewardsds.errors import ModelLoadError
 from rewardsds.rewards.base import RewardInputError
+from rewardsds.rewards.config import AttentionKernel, ImageRewardConfig
 from rewardsds.rewards.image_reward import (
     ImageReward,
     ImageRewardModel,
@@ -22,7 +23,7 @@ from rewardsds.rewards.image_reward import (
     image_reward_configs,
     set_blip_attention,
 )
-from rewardsds.rewards.random_init import image_reward_med_config, image_reward_original_shapes, save_random_image_reward
+from rewardsds.testing import image_reward_med_config, image_reward_original_shapes, save_random_image_reward
 
 FIXTURE = FIXTURES / "image_reward"
 WORDS = ["a", "photo", "of", "red", "fox", "cat", "in", "the", "snow"]
@@ -37,7 +38,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reward(files) -> ImageReward:
     ckpt, tok = files
-    return ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", local_files_only=True)
+    return ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", local_files_only=True))
 
 
 def _images(b: int = 3, h: int = 80, w: int = 64, seed: int = 0) -> torch.Tensor:
@@ -67,10 +68,11 @@ def test_key_map_loads_every_tensor_of_the_full_architecture():
 
 def test_loading_paths_agree(files, reward):
     ckpt, tok = files
-    by_file = ImageReward(checkpoint=str(ckpt / "ImageReward.pt"), tokenizer=str(tok), dtype="fp32",
-                          local_files_only=True)
-    by_med = ImageReward(checkpoint=str(ckpt / "ImageReward.pt"), med_config=str(ckpt / "med_config.json"),
-                         tokenizer=str(tok), dtype="fp32", local_files_only=True)
+    by_file = ImageReward(ImageRewardConfig(checkpoint=str(ckpt / "ImageReward.pt"), tokenizer=str(tok), dtype="fp32",
+                                            local_files_only=True))
+    by_med = ImageReward(ImageRewardConfig(checkpoint=str(ckpt / "ImageReward.pt"),
+                                           med_config=str(ckpt / "med_config.json"), tokenizer=str(tok), dtype="fp32",
+                                           local_files_only=True))
     x = _images()
     ref = reward(x, PROMPTS)
     assert torch.equal(by_file(x, PROMPTS), ref) and torch.equal(by_med(x, PROMPTS), ref)
@@ -109,27 +111,29 @@ def test_long_prompt_truncation_is_reported(reward, caplog):
 
 def test_sdpa_equals_eager(reward):
     x = _images()
-    set_blip_attention(reward.model, "eager")
+    set_blip_attention(reward.model, AttentionKernel.eager)
     eager = reward(x, PROMPTS)
-    set_blip_attention(reward.model, "sdpa")
+    set_blip_attention(reward.model, AttentionKernel.sdpa)
     sdpa = reward(x, PROMPTS)
     assert torch.allclose(eager, sdpa, atol=1e-5), (eager, sdpa)
 
 
 def test_pil_exact_close_to_tensor_path(files):
     ckpt, tok = files
-    exact = ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", pil_exact=True, local_files_only=True)
-    fast = ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", local_files_only=True)
+    exact = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", pil_exact=True,
+                                          local_files_only=True))
+    fast = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", local_files_only=True))
     x = _images().mul(255).round().div(255)
     assert torch.allclose(exact(x, PROMPTS), fast(x, PROMPTS), atol=5e-3)
     with pytest.raises(ValueError, match="pil_exact"):
-        ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), pil_exact=True, differentiable=True, local_files_only=True)
+        ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), pil_exact=True, differentiable=True,
+                                      local_files_only=True))
 
 
 def test_differentiable_path_gives_image_gradients(files, reward):
     ckpt, tok = files
-    diff = ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", differentiable=True,
-                       local_files_only=True)
+    diff = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", differentiable=True,
+                                         local_files_only=True))
     x = _images().requires_grad_(True)
     scores = diff(x, PROMPTS, grad=True)
     scores.sum().backward()
@@ -141,7 +145,7 @@ def test_differentiable_path_gives_image_gradients(files, reward):
 
 def test_bf16_runs_close_to_fp32(files, reward):
     ckpt, tok = files
-    half = ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="bf16", local_files_only=True)
+    half = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype="bf16", local_files_only=True))
     assert half.model.vision.embeddings.patch_embedding.weight.dtype == torch.bfloat16
     assert half.model.head.layers[0].weight.dtype == torch.float32
     x = _images()
@@ -170,15 +174,15 @@ def test_bad_input_is_rejected(reward, images, prompts, match):
 def test_missing_files_name_the_file_source_and_key(tmp_path, files):
     _, tok = files
     with pytest.raises(ModelLoadError) as err:
-        ImageReward(checkpoint=str(tmp_path), tokenizer=str(tok), local_files_only=True)
+        ImageReward(ImageRewardConfig(checkpoint=str(tmp_path), tokenizer=str(tok), local_files_only=True))
     assert "ImageReward.pt" in str(err.value) and "reward.checkpoint" in str(err.value)
     with pytest.raises(ModelLoadError) as err:
-        ImageReward(checkpoint="THUDM/ImageReward", tokenizer=str(tok), local_files_only=True)
+        ImageReward(ImageRewardConfig(checkpoint="THUDM/ImageReward", tokenizer=str(tok), local_files_only=True))
     msg = str(err.value)
     assert "THUDM/ImageReward/ImageReward.pt" in msg and "reward.checkpoint=/path/to/local/folder" in msg
     ckpt, _ = files
     with pytest.raises(ModelLoadError, match="reward.tokenizer"):
-        ImageReward(checkpoint=str(ckpt), tokenizer=str(tmp_path / "nope"), local_files_only=True)
+        ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tmp_path / "nope"), local_files_only=True))
 
 
 def test_foreign_checkpoint_and_wrong_vocab_are_rejected(tmp_path, files):
@@ -188,18 +192,19 @@ def test_foreign_checkpoint_and_wrong_vocab_are_rejected(tmp_path, files):
     (tmp_path / "bad").mkdir()
     torch.save(sd, tmp_path / "bad" / "ImageReward.pt")
     with pytest.raises(ModelLoadError, match="blocks.0.attn.extra.weight"):
-        ImageReward(checkpoint=str(tmp_path / "bad" / "ImageReward.pt"), med_config=str(ckpt),
-                    tokenizer=str(tok), local_files_only=True)
-    from rewardsds.rewards.random_init import write_bert_vocab
+        ImageReward(ImageRewardConfig(checkpoint=str(tmp_path / "bad" / "ImageReward.pt"), med_config=str(ckpt),
+                                      tokenizer=str(tok), local_files_only=True))
+    from rewardsds.testing import write_bert_vocab
 
     small = write_bert_vocab(tmp_path / "small_vocab", 200, WORDS)
     with pytest.raises(ModelLoadError, match="bert-base-uncased vocabulary"):
-        ImageReward(checkpoint=str(ckpt), tokenizer=str(small), local_files_only=True)
+        ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(small), local_files_only=True))
 
 
 def test_compile_option_runs_eager_on_cpu(files, reward):
     """compile=True only compiles for CUDA inputs (CUDA graphs); on CPU it is the eager model, same scores."""
     ckpt, tok = files
-    compiled = ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", compile=True, local_files_only=True)
+    compiled = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype="fp32", compile=True,
+                                             local_files_only=True))
     x = _images()
     assert torch.equal(compiled(x, PROMPTS), reward(x, PROMPTS))

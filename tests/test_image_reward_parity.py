@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, gpu_test
+from rewardsds.rewards.config import AttentionKernel, ImageRewardConfig
 from rewardsds.rewards.image_reward import ImageReward, set_blip_attention
 from rewardsds.rewards.preprocess import from_pil
 
@@ -109,8 +110,8 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reward(checkpoint_dir, tokenizer_dir) -> ImageReward:
-    r = ImageReward(checkpoint=str(checkpoint_dir), tokenizer=str(tokenizer_dir), dtype="fp32", pil_exact=True,
-                    local_files_only=True, attention="eager")
+    r = ImageReward(ImageRewardConfig(checkpoint=str(checkpoint_dir), tokenizer=str(tokenizer_dir), dtype="fp32",
+                                      pil_exact=True, local_files_only=True, attention="eager"))
     yield r
     del r
     gc.collect()
@@ -213,11 +214,11 @@ def test_end_to_end_calls_match_original(reward, images):
 @pytest.mark.slow
 def test_sdpa_matches_eager(reward, images, pair_outputs):
     prompts = _load("prompts.json")
-    set_blip_attention(reward.model, "sdpa")
+    set_blip_attention(reward.model, AttentionKernel.sdpa)
     try:
         got = reward(images[4].expand(3, -1, -1, -1), prompts)
     finally:
-        set_blip_attention(reward.model, "eager")
+        set_blip_attention(reward.model, AttentionKernel.eager)
     assert (got - pair_outputs["reward"][:, 4]).abs().max().item() < 1e-5
 
 
@@ -226,11 +227,11 @@ def test_tensor_path_close_to_pil(reward, images):
     """The training-loop path (float resize on the device) vs the original's PIL path, on the two images whose
     pixels differ most (img1, img4). Measured over all 18 pairs: max 4.2e-3, mean 1.8e-3, same ranking."""
     fx = _load("expected_scores.json")
-    reward.pil_exact = False
+    reward.cfg.pil_exact = False
     try:
         diffs = [abs(reward(images[i], fx["prompts"][0]).item() - fx["scores"][0][i]) for i in (1, 4)]
     finally:
-        reward.pil_exact = True
+        reward.cfg.pil_exact = True
     assert max(diffs) < 1e-2, diffs
 
 
@@ -245,8 +246,8 @@ def test_cuda_fp32_and_bf16_against_original(checkpoint_dir, tokenizer_dir, imag
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for dtype, tol in (("fp32", 1e-4), ("bf16", 0.1)):
-            r = ImageReward(checkpoint=str(checkpoint_dir), tokenizer=str(tokenizer_dir), dtype=dtype,
-                            pil_exact=True, local_files_only=True).to("cuda")
+            r = ImageReward(ImageRewardConfig(checkpoint=str(checkpoint_dir), tokenizer=str(tokenizer_dir), dtype=dtype,
+                                              pil_exact=True, local_files_only=True)).to("cuda")
             got = torch.tensor([[r(x.cuda(), p).item() for x in images] for p in fx["prompts"]])
             assert (got - expected).abs().max().item() < tol, (dtype, got - expected)
             if dtype == "fp32":

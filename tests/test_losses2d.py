@@ -21,6 +21,7 @@ from rewardsds.losses.dds import DDSLoss
 from rewardsds.losses.vsd import VSDLoss, lora_training_draws
 from rewardsds.priors.base import TextCond, guide
 from rewardsds.rewards.analytic import AnalyticReward
+from rewardsds.rewards.config import AnalyticRewardConfig
 from rewardsds.strategies import MinMaxStrategy, NoStrategy
 from rewardsds.losses.config import DDSLossConfig, SDSBridgeLossConfig, VSDLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig
@@ -152,7 +153,7 @@ def test_vsd_gradient_and_lora_loss_by_hand(tiny_sd_prior, vsd):
 
 def test_reward_vsd_evaluates_the_lora_only_where_weights_are_nonzero(tiny_sd_prior, vsd):
     p = tiny_sd_prior
-    reward = AnalyticReward(["red"], image_size=16)
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     eng = make_engine(p, reward, steps=0, seed=4)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     t, n = 600, 6
@@ -261,7 +262,7 @@ def test_bridge_stage_one_is_sds_and_stage_two_is_the_bridge(tiny_sd_prior):
 def test_reward_bridge_lookahead_uses_target_and_source_prompts(tiny_sd_prior):
     """Stage two ranks candidates by the lookahead with (y + m_tgt) as cond and (y + m_src) as uncond, scored on y."""
     p = tiny_sd_prior
-    reward = AnalyticReward(["red"], image_size=16)
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     eng = make_engine(p, reward, steps=1, guidance=7.5, seed=6)
     loss = SDSBridgeLoss(SDSBridgeLossConfig(stage_two_start=0.0))
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
@@ -290,7 +291,7 @@ def test_dds_and_reward_dds_gradients_by_hand(tiny_sd_prior, tmp_path):
     src = loss.source_latents
     assert src.shape == (1, 4, 8, 8)
     z0 = src + 0.3 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    reward = AnalyticReward(["red"], image_size=16)
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     for strategy, n in ((NoStrategy(), 1), (MinMaxStrategy(MinMaxStrategyConfig()), 5)):
         eng = make_engine(p, reward, steps=0, seed=7)
         z = z0.clone().requires_grad_(True)

@@ -28,6 +28,7 @@ from rewardsds.losses.sds import x0_recon_target
 from rewardsds.priors import mvdream as mv
 from rewardsds.priors import mvdream_convert as mc
 from rewardsds.priors.base import TextCond
+from rewardsds.priors.config import MVDreamPriorConfig, SDPriorConfig
 from rewardsds.testing import SD21_BASE_VAE, write_clip_tokenizer
 
 FIXTURE_DIR = FIXTURES / "mvdream"
@@ -413,8 +414,8 @@ def reduced_yaml(tmp_path_factory, reduced_params) -> Path:
 
 @pytest.fixture(scope="module")
 def prior(reduced_ckpt, reduced_yaml, tiny_base):
-    p = mv.MVDreamPrior(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml), base_model=str(tiny_base),
-                        dtype="fp32", local_files_only=True)
+    p = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml),
+                                           base_model=str(tiny_base), dtype="fp32", local_files_only=True))
     return p.to("cpu")
 
 
@@ -529,11 +530,11 @@ def test_encode_images_resizes_samples_reproducibly_with_gradient(prior):
         dist = prior.vae.encode(x * 2 - 1).latent_dist
         manual = dist.sample(torch.Generator().manual_seed(5)) * 0.18215
     torch.testing.assert_close(z3, manual, rtol=1e-5, atol=1e-6)
-    prior.encode_sample = False
+    prior.cfg.encode_sample = False
     try:
         torch.testing.assert_close(prior.encode_images(rgb.detach()), dist.mean * 0.18215, rtol=1e-5, atol=1e-6)
     finally:
-        prior.encode_sample = True
+        prior.cfg.encode_sample = True
 
 
 def test_convert_script_folder_loads_without_conversion(tmp_path, reduced_ckpt, reduced_yaml, tiny_base, prior, fixture, monkeypatch):
@@ -551,7 +552,8 @@ def test_convert_script_folder_loads_without_conversion(tmp_path, reduced_ckpt, 
         raise AssertionError("a converted folder must load without conversion")
 
     monkeypatch.setattr(mc, "convert_unet_state_dict", no_conversion)
-    fast = mv.MVDreamPrior(pretrained=str(out), base_model=str(tiny_base), dtype="fp32", local_files_only=True).to("cpu")
+    fast = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(out), base_model=str(tiny_base), dtype="fp32",
+                                              local_files_only=True)).to("cpu")
     assert fast.unet.config.sample_size == 32 and mv.multiview_num_frames(fast.unet) == 4
     with torch.no_grad():
         a = fast.predict_noise(fixture["x"], fixture["timesteps"], fixture["context"], fixture["camera"].reshape(-1, 4, 4))
@@ -562,7 +564,7 @@ def test_prior_attributes_cover_the_sd_prior(prior, tiny_base):
     """MVDreamPrior builds itself without StableDiffusionPrior.__init__: it must set everything that sets."""
     from rewardsds.priors.sd import StableDiffusionPrior
 
-    sd = StableDiffusionPrior(pretrained=str(tiny_base), dtype="fp32", local_files_only=True)
+    sd = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_base), dtype="fp32", local_files_only=True))
     assert set(vars(sd)) <= set(vars(prior))
 
 
@@ -635,8 +637,9 @@ def full_ckpt(tmp_path_factory, recipe_state_dict, tiny_base) -> Path:
 
 
 def test_vae_and_text_from_checkpoint(full_ckpt, reduced_yaml, tiny_base, prior, tmp_path):
-    ckpt_prior = mv.MVDreamPrior(pretrained=str(full_ckpt), original_config=str(reduced_yaml), base_model=str(tiny_base),
-                                 vae_text_from_checkpoint=True, dtype="fp32", local_files_only=True).to("cpu")
+    ckpt_prior = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(full_ckpt), original_config=str(reduced_yaml),
+                                                    base_model=str(tiny_base), vae_text_from_checkpoint=True,
+                                                    dtype="fp32", local_files_only=True)).to("cpu")
     for ours, ref in ((ckpt_prior.vae, prior.vae), (ckpt_prior.text_encoder, prior.text_encoder)):
         a, b = ours.state_dict(), ref.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -645,15 +648,17 @@ def test_vae_and_text_from_checkpoint(full_ckpt, reduced_yaml, tiny_base, prior,
     # the same through a converted folder (scripts/convert_mvdream.py --vae-text)
     out = mc.convert_to_folder(str(full_ckpt), tmp_path / "conv", original_config=str(reduced_yaml),
                                vae_text_base=str(tiny_base), local_files_only=True)
-    folder_prior = mv.MVDreamPrior(pretrained=str(out), base_model=str(tiny_base), vae_text_from_checkpoint=True,
-                                   dtype="fp32", local_files_only=True)
+    folder_prior = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(out), base_model=str(tiny_base),
+                                                      vae_text_from_checkpoint=True, dtype="fp32",
+                                                      local_files_only=True))
     torch.testing.assert_close(folder_prior.encode_text(prompts), prior.encode_text(prompts), rtol=0, atol=0)
 
 
 def test_vae_text_from_checkpoint_without_them(tmp_path, reduced_ckpt, reduced_yaml, tiny_base):
     with pytest.raises(ModelLoadError, match="no VAE weights under 'first_stage_model.'"):
-        mv.MVDreamPrior(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml), base_model=str(tiny_base),
-                        vae_text_from_checkpoint=True, dtype="fp32", local_files_only=True)
+        mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml),
+                                           base_model=str(tiny_base), vae_text_from_checkpoint=True, dtype="fp32",
+                                           local_files_only=True))
 
 
 # ----------------------------------------------------------------------------------------- sources / config
@@ -672,10 +677,11 @@ def test_source_resolution(tmp_path, reduced_ckpt, monkeypatch):
 def test_missing_base_model_is_named(reduced_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="prior.base_model"):
-        mv.MVDreamPrior(pretrained=str(reduced_ckpt), base_model=str(tmp_path / "no_sd21"), local_files_only=True)
+        mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), base_model=str(tmp_path / "no_sd21"),
+                                           local_files_only=True))
     # an uncached Hub id: transformers returns an empty tokenizer instead of raising
     with pytest.raises(ModelLoadError, match=r"(?s)stabilityai/stable-diffusion-2-1-base.*no vocabulary.*prior.base_model"):
-        mv.MVDreamPrior(pretrained=str(reduced_ckpt), local_files_only=True)
+        mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), local_files_only=True))
 
 
 @pytest.mark.parametrize("from_checkpoint", [False, True])
@@ -688,7 +694,8 @@ def test_text_encoder_narrower_than_the_unets_context_is_refused_at_load(tmp_pat
     from rewardsds.testing import build_mvdream
 
     mv_dir, base = build_mvdream(tmp_path / "mv", "tiny")  # UNet cross_attention_dim 32, text encoder 32 wide
-    mv.MVDreamPrior(pretrained=str(mv_dir), base_model=str(base), dtype="fp32", local_files_only=True)  # matching widths load
+    mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(mv_dir), base_model=str(base), dtype="fp32",
+                                       local_files_only=True))  # matching widths load
     cfg = CLIPTextConfig.from_pretrained(base / "text_encoder").to_dict()
     cfg.update(hidden_size=48, projection_dim=48)
     torch.manual_seed(0)
@@ -699,8 +706,9 @@ def test_text_encoder_narrower_than_the_unets_context_is_refused_at_load(tmp_pat
     else:
         wide.save_pretrained(base / "text_encoder")
     with pytest.raises(ConfigError) as err:
-        mv.MVDreamPrior(pretrained=str(mv_dir), base_model=str(base), vae_text_from_checkpoint=from_checkpoint, dtype="fp32",
-                        local_files_only=True)
+        mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(mv_dir), base_model=str(base),
+                                           vae_text_from_checkpoint=from_checkpoint, dtype="fp32",
+                                           local_files_only=True))
     msg = str(err.value)
     key = "prior.pretrained" if from_checkpoint else "prior.base_model"
     assert msg.startswith(f"{key} = "), msg
@@ -708,23 +716,29 @@ def test_text_encoder_narrower_than_the_unets_context_is_refused_at_load(tmp_pat
     assert "stable-diffusion-2-1-base" in msg and "1024" in msg, msg
 
 
-def test_schema_matches_constructor_and_yaml():
+def test_option_is_the_schema_and_builds_a_prior_that_takes_it():
+    """conf/prior/mvdream.yaml adds only its _target_ to the schema, and that class is built from the schema object."""
+    import dataclasses
     import inspect
+    import typing
 
     import yaml
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
 
-    from rewardsds.priors.config import MVDreamPriorConfig
+    from conftest import CONF_DIR, compose
 
-    fields = {f: getattr(MVDreamPriorConfig(), f) for f in MVDreamPriorConfig.__dataclass_fields__ if f != "_target_"}
-    sig = inspect.signature(mv.MVDreamPrior.__init__).parameters
-    ctor = {k: p.default for k, p in sig.items() if k != "self"}
-    assert set(fields) == set(ctor)
-    for k, v in fields.items():
-        assert getattr(v, "value", v) == ctor[k], k
-    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "prior" / "mvdream.yaml").read_text())
-    conf.pop("defaults")
-    assert {k: getattr(v, "value", v) for k, v in fields.items()} == conf
-    assert MVDreamPriorConfig._target_ == "rewardsds.priors.mvdream.MVDreamPrior"
+    conf = yaml.safe_load((CONF_DIR / "prior" / "mvdream.yaml").read_text())
+    assert conf == {"defaults": ["/schema/prior/MVDreamPriorConfig@_here_", "_self_"],
+                    "_target_": "rewardsds.priors.mvdream.MVDreamPrior"}
+    typed = OmegaConf.to_object(compose(["prior=mvdream"]).prior)
+    assert isinstance(typed, MVDreamPriorConfig)
+    assert {f.name: getattr(typed, f.name) for f in dataclasses.fields(typed) if f.name != "_target_"} == \
+        {f.name: getattr(MVDreamPriorConfig(), f.name) for f in dataclasses.fields(MVDreamPriorConfig) if f.name != "_target_"}
+    cls = get_class(typed._target_)
+    assert cls is mv.MVDreamPrior
+    assert typing.get_type_hints(cls.__init__)["cfg"] is MVDreamPriorConfig
+    assert list(inspect.signature(cls.__init__).parameters) == ["self", "cfg"]  # the schema is its one argument
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [
@@ -734,8 +748,6 @@ def test_schema_matches_constructor_and_yaml():
     (dict(dtype="fp64"), "prior.dtype"),
 ])
 def test_schema_rejects_bad_values(kwargs, key):
-    from rewardsds.priors.config import MVDreamPriorConfig
-
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         MVDreamPriorConfig(**kwargs)
 
@@ -798,8 +810,8 @@ def test_gpu_parity_fp32_without_tf32(reduced_ckpt, reduced_params, fixture):
 @gpu_test
 def test_gpu_parity_bf16(reduced_ckpt, reduced_yaml, tiny_base, fixture):
     """The prior in bf16 on CUDA: UNet outputs and one SDS step within the documented bf16 bounds."""
-    gpu = mv.MVDreamPrior(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml), base_model=str(tiny_base),
-                          dtype="bf16", local_files_only=True).to("cuda")
+    gpu = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml),
+                                             base_model=str(tiny_base), dtype="bf16", local_files_only=True)).to("cuda")
     assert gpu.unet.dtype == torch.bfloat16
     c2w = fixture["camera"].reshape(-1, 4, 4).cuda()
     x, t, ctx = fixture["x"].cuda(), fixture["timesteps"].cuda(), fixture["context"].cuda()
@@ -877,7 +889,7 @@ def test_hub_checkpoint_converts_and_predicts_noise():
 
     base = "stabilityai/stable-diffusion-2-1-base"
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    prior = mv.MVDreamPrior(base_model=base, dtype="fp32").to(dev)
+    prior = mv.MVDreamPrior(MVDreamPriorConfig(base_model=base, dtype="fp32")).to(dev)
     assert sum(p.numel() for p in prior.unet.parameters()) == 867_572_164
     sd = mc.load_checkpoint(hf_hub_download("MVDream/MVDream", "sd-v2.1-base-4view.pt"))
     vae = mc.vae_from_state_dict(sd, AutoencoderKL.load_config(base, subfolder="vae"))

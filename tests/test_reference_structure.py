@@ -23,13 +23,14 @@ PROMPT = "a photo of a red fox"
 
 @pytest.fixture(scope="module")
 def tiny_image_reward(tmp_path_factory):
+    from rewardsds.rewards.config import ImageRewardConfig
     from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer
-    from rewardsds.rewards.random_init import build_random_image_reward_model, write_bert_vocab
+    from rewardsds.testing import build_random_image_reward_model, write_bert_vocab
 
     model = build_random_image_reward_model("tiny", seed=1)
     folder = tmp_path_factory.mktemp("bert")
     tok = load_image_reward_tokenizer(str(write_bert_vocab(folder, model.text.config.vocab_size - 2, PROMPT.split())), local_files_only=True)
-    return ImageReward.from_parts(model, tok, dtype="fp32", pil_exact=True).to("cpu")
+    return ImageReward.from_parts(ImageRewardConfig(dtype="fp32", pil_exact=True), model, tok).to("cpu")
 
 
 class CountingReward:

@@ -21,6 +21,7 @@ from rewardsds.losses.dreamdpo import DreamDPOLoss, rank_pair
 from rewardsds.losses.psd import PSDLoss, dpo_loss, gap_scale
 from rewardsds.priors.base import guide
 from rewardsds.rewards.analytic import AnalyticReward
+from rewardsds.rewards.config import AnalyticRewardConfig, JPEGRewardConfig
 from rewardsds.rewards.jpeg import JPEGCompressibility
 from rewardsds.strategies import NoStrategy
 from rewardsds.losses.config import DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig
@@ -43,7 +44,7 @@ def _scene(b=2, seed=0, scale=0.5):
 
 
 def _engine(prior, seed=0, reward_views="mean"):
-    return make_engine(prior, AnalyticReward(["blue"]), seed=seed, reward_views=reward_views)
+    return make_engine(prior, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), seed=seed, reward_views=reward_views)
 
 
 # ============================================================================ DDPO3D
@@ -189,7 +190,7 @@ def _pair_reference(prior, z, t, n, step, scale, eng_seed=0, uncond=None):
     if uncond is not None:
         text.uncond = uncond.expand_as(text.uncond)
     noise = candidate_noise(n, z.shape, eng_seed, step, "cpu")
-    reward = AnalyticReward(["blue"])
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["blue"]))
     out = []
     for i in range(n):
         x = prior.add_noise(z.detach(), noise[i], t)
@@ -308,7 +309,7 @@ def test_gap_scale_and_dpo_loss():
 
 def _psd(prior, reward=None, **kw):
     loss = PSDLoss(PSDLossConfig(**{"guidance_scale": 7.5, "negative_start": 0.0, **kw}))
-    loss.setup(prior, reward or AnalyticReward(["blue"]), torch.device("cpu"), 100)
+    loss.setup(prior, reward or AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), torch.device("cpu"), 100)
     return loss
 
 
@@ -436,8 +437,8 @@ def test_every_model_call_sees_whole_view_groups(analytic_prior, monkeypatch, lo
         return inner(x, t, text, camera)
 
     monkeypatch.setattr(p, "predict_noise", recording)
-    loss.setup(p, AnalyticReward(["blue"]), torch.device("cpu"), 10)
-    eng = make_engine(p, AnalyticReward(["blue"]), seed=0, chunk_size=3, reward_views="per_view")
+    loss.setup(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), torch.device("cpu"), 10)
+    eng = make_engine(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), seed=0, chunk_size=3, reward_views="per_view")
     z = _scene(b=4, seed=6)
     out = loss(_ctx(p, eng, z, 850, 2, 1))
     out.total().backward()
@@ -456,8 +457,8 @@ def test_gradients_flow_through_a_diffusers_unet(tiny_sd_prior, make):
     need the UNet's backward (DDPO3D's first transition, PSD's embedding) are non-zero."""
     p = tiny_sd_prior
     loss = make()
-    loss.setup(p, AnalyticReward(["blue"]), torch.device("cpu"), 10)
-    eng = make_engine(p, AnalyticReward(["blue"]), seed=0)
+    loss.setup(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), torch.device("cpu"), 10)
+    eng = make_engine(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), seed=0)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     text = p.text_cond(["a photo of a cat"], "")
     ctx = StepContext(latents=z, t=700, step=0, progress=0.5, text=text, prompts=["a photo of a cat"], base_prompt="a photo of a cat",
@@ -498,7 +499,7 @@ def test_config_errors_name_key_value_and_fix():
 
 def test_runtime_errors_without_the_schema(analytic_prior):
     with pytest.raises(ConfigError, match=r"negative_update.*not differentiable.*negative_update=dpo"):
-        PSDLoss(PSDLossConfig(negative_update="reward_feedback")).setup(analytic_prior, JPEGCompressibility(), torch.device("cpu"), 10)
+        PSDLoss(PSDLossConfig(negative_update="reward_feedback")).setup(analytic_prior, JPEGCompressibility(JPEGRewardConfig()), torch.device("cpu"), 10)
     with pytest.raises(ConfigError, match=r"n_noises = 1: normalising advantages"):
         DDPO3DLoss(DDPO3DLossConfig()).advantages(torch.tensor([0.3]))
     with pytest.raises(ConfigError, match="loss.rollout_steps"):

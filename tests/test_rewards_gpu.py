@@ -22,9 +22,11 @@ import torch
 
 from rewardsds.rewards.aesthetic import AestheticReward
 from rewardsds.rewards.clip import CLIPScore
+from rewardsds.rewards.config import AestheticRewardConfig, AttentionKernel, CLIPScoreConfig, ImageRewardConfig
 from rewardsds.rewards.image_reward import ImageReward, load_image_reward_tokenizer, set_blip_attention
+from rewardsds.schema import DType
 from rewardsds.rewards.preprocess import ImageTransform
-from rewardsds.rewards.random_init import (
+from rewardsds.testing import (
     build_random_image_reward_model,
     random_aesthetic_head,
     save_random_clip,
@@ -64,10 +66,12 @@ def test_tiny_rewards_cuda_match_cpu(tmp_path):
     torch.save(random_aesthetic_head("mlp", dim=16), tmp_path / "head.pth")
     ckpt, tok = save_random_image_reward(tmp_path / "ir", "tiny", words=PROMPT.split())
     rewards = [
-        lambda **kw: CLIPScore(pretrained=str(clip), local_files_only=True, **kw),
-        lambda **kw: AestheticReward(pretrained=str(clip), head_type="mlp", head=str(tmp_path / "head.pth"),
-                                     local_files_only=True, **kw),
-        lambda **kw: ImageReward(checkpoint=str(ckpt), tokenizer=str(tok), local_files_only=True, **kw),
+        lambda **kw: CLIPScore(CLIPScoreConfig(pretrained=str(clip), local_files_only=True, **kw)),
+        lambda **kw: AestheticReward(AestheticRewardConfig(pretrained=str(clip), head_type="mlp",
+                                                           head=str(tmp_path / "head.pth"), local_files_only=True,
+                                                           **kw)),
+        lambda **kw: ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), local_files_only=True,
+                                                   **kw)),
     ]
     x = _smooth(4, 96)
     for make in rewards:
@@ -84,20 +88,20 @@ def full_image_reward(tmp_path_factory):
     tok_dir = write_bert_vocab(tmp_path_factory.mktemp("bert"), 30522, PROMPT.split())
     tok = load_image_reward_tokenizer(str(tok_dir), local_files_only=True)
     model = build_random_image_reward_model("full", seed=0, device="cuda")
-    return ImageReward.from_parts(model, tok, dtype="fp32", attention="sdpa").to("cuda")
+    return ImageReward.from_parts(ImageRewardConfig(dtype="fp32", attention="sdpa"), model, tok).to("cuda")
 
 
 def test_full_image_reward_sdpa_eager_and_bf16(full_image_reward):
     r = full_image_reward
     x = _smooth(8, 512).cuda()
-    r.dtype_option = "fp32"
+    r.cfg.dtype = DType.fp32
     r.to("cuda")
     sdpa = r(x, PROMPT)
-    set_blip_attention(r.model, "eager")
+    set_blip_attention(r.model, AttentionKernel.eager)
     eager = r(x, PROMPT)
-    set_blip_attention(r.model, "sdpa")
+    set_blip_attention(r.model, AttentionKernel.sdpa)
     assert (sdpa - eager).abs().max().item() < 1e-4
-    r.dtype_option = "bf16"
+    r.cfg.dtype = DType.bf16
     r.to("cuda")
     bf16 = r(x, PROMPT)
     assert (bf16 - sdpa).abs().max().item() < 0.1, (bf16, sdpa)
@@ -106,13 +110,13 @@ def test_full_image_reward_sdpa_eager_and_bf16(full_image_reward):
 
 def test_full_image_reward_gradients_bf16(full_image_reward):
     r = full_image_reward
-    r.dtype_option, r.differentiable = "bf16", True
+    r.cfg.dtype, r.cfg.differentiable = DType.bf16, True
     r.to("cuda")
     try:
         x = _smooth(2, 512).cuda().requires_grad_(True)
         r(x, PROMPT, grad=True).sum().backward()
     finally:
-        r.differentiable = False
+        r.cfg.differentiable = False
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
@@ -122,8 +126,8 @@ def test_full_image_reward_speed_budget(full_image_reward):
     name = torch.cuda.get_device_name()
     if "H100" not in name and "H200" not in name:
         pytest.skip(f"the 15 ms budget is stated for H100/H200, this is {name}")
-    r = ImageReward.from_parts(full_image_reward.model, full_image_reward.tokenizer, dtype="bf16",
-                               compile=True).to("cuda")
+    r = ImageReward.from_parts(ImageRewardConfig(dtype="bf16", compile=True), full_image_reward.model,
+                               full_image_reward.tokenizer).to("cuda")
     x = torch.rand(8, 3, 512, 512, device="cuda")
     for _ in range(5):
         r(x, PROMPT, check=False)
@@ -141,9 +145,9 @@ def test_full_image_reward_speed_budget(full_image_reward):
 def test_compiled_image_reward_matches_eager(full_image_reward):
     """compile=True (CUDA graphs) gives the eager scores in bf16 and returns fresh tensors on every call."""
     r = full_image_reward
-    r.dtype_option = "bf16"
+    r.cfg.dtype = DType.bf16
     r.to("cuda")
-    compiled = ImageReward.from_parts(r.model, r.tokenizer, dtype="bf16", compile=True).to("cuda")
+    compiled = ImageReward.from_parts(ImageRewardConfig(dtype="bf16", compile=True), r.model, r.tokenizer).to("cuda")
     x, y = _smooth(8, 512, seed=1).cuda(), _smooth(8, 512, seed=2).cuda()
     first, second = compiled(x, PROMPT), compiled(y, PROMPT)
     assert (first - r(x, PROMPT)).abs().max().item() < 0.05

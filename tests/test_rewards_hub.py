@@ -26,12 +26,14 @@ def _red_disk(size: int = 512) -> torch.Tensor:
 
 def _build(name: str, **kw):
     from rewardsds.rewards.clip import CLIPScore
+    from rewardsds.rewards.config import CLIPScoreConfig, HPSv2Config, ImageRewardConfig, PickScoreConfig
     from rewardsds.rewards.hpsv2 import HPSv2
     from rewardsds.rewards.image_reward import ImageReward
     from rewardsds.rewards.pickscore import PickScore
 
-    cls = {"image_reward": ImageReward, "clip": CLIPScore, "pickscore": PickScore, "hpsv2": HPSv2}[name]
-    return cls(dtype="fp32", **kw).to(DEVICE)
+    cls, schema = {"image_reward": (ImageReward, ImageRewardConfig), "clip": (CLIPScore, CLIPScoreConfig),
+                   "pickscore": (PickScore, PickScoreConfig), "hpsv2": (HPSv2, HPSv2Config)}[name]
+    return cls(schema(dtype="fp32", **kw)).to(DEVICE)
 
 
 @pytest.mark.parametrize("name", ["image_reward", "clip", "pickscore", "hpsv2"])
@@ -47,7 +49,8 @@ def test_matching_caption_scores_higher(name):
 @pytest.mark.parametrize("head_type", ["linear", "mlp"])
 def test_aesthetic_scale(head_type):
     from rewardsds.rewards.aesthetic import AestheticReward
+    from rewardsds.rewards.config import AestheticRewardConfig
 
-    reward = AestheticReward(head_type=head_type, dtype="fp32").to(DEVICE)
+    reward = AestheticReward(AestheticRewardConfig(head_type=head_type, dtype="fp32")).to(DEVICE)
     score = reward(_red_disk(), "ignored").item()
     assert 1.0 < score < 10.0, score

@@ -11,6 +11,7 @@ from rewardsds.priors.base import guide
 from rewardsds.rewards.analytic import AnalyticReward
 from rewardsds.rng import Streams, candidate_noise, seed_for
 from step_helpers import make_engine
+from rewardsds.rewards.config import AnalyticRewardConfig
 
 
 def _sd_scheduler():
@@ -51,7 +52,7 @@ def test_uniform_calls():
 
 
 def _engine(prior, **kw):
-    return make_engine(prior, AnalyticReward(["blue"]), steps=15, guidance=7.5, seed=3, **kw)
+    return make_engine(prior, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), steps=15, guidance=7.5, seed=3, **kw)
 
 
 def test_rollout_with_eta_zero_is_the_deterministic_lookahead(analytic_prior):

@@ -5,9 +5,11 @@ import logging
 import pytest
 import torch
 
-from conftest import FAST, compose
+from conftest import CONF_DIR, FAST, compose
 from rewardsds.errors import ModelLoadError
+from rewardsds.priors.config import SDPriorConfig
 from rewardsds.priors.sd import StableDiffusionPrior, resolve_dtype
+from rewardsds.schema import DType
 
 
 def test_loads_by_path_and_shapes(tiny_sd_prior):
@@ -40,7 +42,7 @@ def test_vae_round_trip_and_gradient(tiny_sd_prior):
 
 
 def test_v_prediction_is_converted_to_epsilon(tiny_sd_v):
-    p = StableDiffusionPrior(str(tiny_sd_v), dtype="fp32").to("cpu")
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd_v), dtype="fp32")).to("cpu")
     assert p.prediction_type == "v_prediction"
     x = torch.randn(1, 4, 8, 8)
     t = torch.tensor([400])
@@ -52,14 +54,14 @@ def test_v_prediction_is_converted_to_epsilon(tiny_sd_v):
 
 def test_missing_model_error_is_actionable(tmp_path):
     with pytest.raises(ModelLoadError) as err:
-        StableDiffusionPrior(str(tmp_path / "nope"), local_files_only=True)
+        StableDiffusionPrior(SDPriorConfig(pretrained=str(tmp_path / "nope"), local_files_only=True))
     msg = str(err.value)
     assert "nope" in msg and "prior.pretrained=/path/to/local/folder" in msg and "HF_HUB_OFFLINE=1" in msg and "experiment=demo" in msg
 
 
 def test_dtype_resolution():
-    assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert resolve_dtype(DType.auto, "cpu") == torch.float32
+    assert resolve_dtype(DType.bf16, "cpu") == torch.bfloat16
 
 
 def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):
@@ -95,3 +97,26 @@ def test_long_prompt_truncation_is_reported_once(tiny_sd_prior, caplog):
     assert len(notes) == 1, notes
     assert notes[0].startswith(f"prompt {prompt!r} is {len(ids)} tokens long") and f"keeps the first {kept}" in notes[0], notes[0]
     assert f"drops {dropped!r}" in notes[0], notes[0]
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "prior").glob("*.yaml")))
+def test_every_prior_option_builds_a_class_that_takes_its_schema(option):
+    """Each conf/prior option extends one prior schema, and its _target_ class takes that schema as its one
+    constructor argument (so the option's validated settings are exactly what the class reads)."""
+    import importlib
+    import inspect
+    import typing
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from rewardsds.config import GROUP_SCHEMAS
+
+    declared = yaml.safe_load((CONF_DIR / "prior" / f"{option}.yaml").read_text())["defaults"][0]
+    typed = OmegaConf.to_object(compose([f"prior={option}"]).prior)
+    assert declared == f"/schema/prior/{type(typed).__name__}@_here_" and type(typed) in GROUP_SCHEMAS["prior"]
+    module, name = typed._target_.rsplit(".", 1)
+    assert module.startswith("rewardsds.priors.")  # the mapping rule: conf/prior/* -> rewardsds.priors.*
+    cls = getattr(importlib.import_module(module), name)
+    assert list(inspect.signature(cls.__init__).parameters) == ["self", "cfg"], option
+    assert typing.get_type_hints(cls.__init__)["cfg"] is type(typed), option

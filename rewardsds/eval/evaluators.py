@@ -95,7 +95,7 @@ def metric_config(ev: Evaluator, conf_dir: Path, *, dtype: Optional[str], source
     scripts' PIL preprocessing); ``sources`` (``{field: value}``) and then ``overrides`` (``field=value``) win.
 
     Returns:
-        the ``reward`` config node (typed by its schema), validated.
+        the ``reward`` config node (typed by its schema), validated; :func:`load` builds the reward from it.
     """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -111,7 +111,10 @@ def metric_config(ev: Evaluator, conf_dir: Path, *, dtype: Optional[str], source
         defaults["pil_exact"] = True
     cfg = OmegaConf.merge(cfg, defaults, sources or {}, OmegaConf.from_dotlist(overrides))
     try:
-        config.validate(cfg)  # runs __post_init__ checks (ConfigError names the key)
+        # the checks validate() runs on a group's node: unknown keys, non-finite numbers, the schema's __post_init__
+        config.check_known_keys(cfg)
+        config.check_finite_numbers(cfg)
+        OmegaConf.to_object(cfg)
     except ConfigError as err:
         raise ConfigError(_cli_key(ev.name, err.key), err.value, err.problem,
                           f"{err.fix} (set it with --override {_cli_key(ev.name, err.key)}=<value>)") from None
@@ -156,33 +159,22 @@ def load_error_message(ev: Evaluator, cfg: Any, err: ModelLoadError) -> str:
     return "\n".join(lines)
 
 
-def _unwrap(err: BaseException) -> BaseException:
-    """The project's own error behind Hydra's ``InstantiationException`` wrapping, if there is one."""
-    cause: Optional[BaseException] = err
-    while cause is not None and not isinstance(cause, RewardSDSError):
-        cause = cause.__cause__
-    return cause if cause is not None else err
-
-
 def load(ev: Evaluator, cfg: Any, device: str):
-    """Build the evaluator's reward model on ``device``.
+    """Build the evaluator's reward model on ``device`` from its config node (:func:`metric_config`).
 
     Raises:
         EvaluatorLoadError: the model files cannot be found or used (the message says what to do).
     """
-    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from rewardsds.schema import build
 
     try:
-        reward = instantiate(cfg)
-    except Exception as err:  # Hydra wraps constructor errors in InstantiationException
-        own = _unwrap(err)
-        if isinstance(own, ModelLoadError):
-            raise EvaluatorLoadError(load_error_message(ev, cfg, own)) from None
-        if isinstance(own, ConfigError):  # a constructor's check: name the metric's --override key
-            raise ConfigError(_cli_key(ev.name, own.key), own.value, own.problem, own.fix) from None
-        if own is not err:
-            raise own from None
-        raise
+        reward = build(OmegaConf.to_object(cfg))
+    except ModelLoadError as err:
+        raise EvaluatorLoadError(load_error_message(ev, cfg, err)) from None
+    except ConfigError as err:  # a check at load (it needs the model): name the metric's --override key
+        raise ConfigError(_cli_key(ev.name, err.key), err.value, err.problem, err.fix) from None
     return reward.to(device)
 
 

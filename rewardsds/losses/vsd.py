@@ -265,7 +265,7 @@ def load_lora_base(source: str, prior: Prior, device: torch.device) -> tuple[nn.
     """
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    from rewardsds.priors.sd import _load
+    from rewardsds.priors.sd import load_pretrained as _load
 
     what, hint = "VSD LoRA base UNet", "loss.lora_base"
     unet = _load(what, source, hint, UNet2DConditionModel.from_pretrained, source, subfolder="unet")

@@ -20,63 +20,47 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from rewardsds.errors import ConfigError
 from rewardsds.priors.base import Prior
+from rewardsds.priors.config import DEFAULT_MODES, AnalyticMode, AnalyticPriorConfig, mode_keywords, modes_or_default
 
-#: The default modes (also listed in conf/prior/analytic.yaml so users can see and edit them).
-DEFAULT_MODES: list[dict[str, Any]] = [
-    {"name": "red_disk", "color": [0.9, 0.1, 0.1], "background": [0.1, 0.1, 0.1], "pattern": "disk"},
-    {"name": "blue_disk", "color": [0.1, 0.2, 0.9], "background": [0.1, 0.1, 0.1], "pattern": "disk"},
-    {"name": "green_square", "color": [0.1, 0.8, 0.2], "background": [0.1, 0.1, 0.1], "pattern": "square"},
-    {"name": "blue_square", "color": [0.1, 0.2, 0.9], "background": [0.9, 0.9, 0.9], "pattern": "square"},
-    {"name": "yellow_stripes", "color": [0.9, 0.85, 0.1], "background": [0.1, 0.1, 0.1], "pattern": "stripes"},
-    {"name": "purple_checker", "color": [0.6, 0.1, 0.7], "background": [0.9, 0.9, 0.9], "pattern": "checker"},
-]
-
-PATTERNS = ("solid", "disk", "square", "stripes", "checker")
+__all__ = ["DEFAULT_MODES", "mode_keywords", "mode_image", "prompt_log_weights", "scaled_linear_alphas_cumprod",
+           "AnalyticPrior"]
 
 
-def _field(mode: Any, key: str, default: Any = None) -> Any:
-    if isinstance(mode, dict):
-        return mode.get(key, default)
-    return getattr(mode, key, default)
+def _pattern_mask(pattern: str, xx: Tensor, yy: Tensor) -> Tensor:
+    """1 where ``pattern`` is on at pixel centres (xx, yy) in [-0.5, 0.5], else 0."""
+    if pattern == "solid":
+        return torch.ones_like(xx)
+    if pattern == "disk":
+        return ((xx**2 + yy**2) <= 0.3**2).float()
+    if pattern == "square":
+        return ((xx.abs() <= 0.3) & (yy.abs() <= 0.3)).float()
+    if pattern == "stripes":
+        return (torch.floor((xx + 0.5) * 4) % 2 == 0).float()
+    if pattern == "checker":
+        return ((torch.floor((xx + 0.5) * 4) + torch.floor((yy + 0.5) * 4)) % 2 == 0).float()
+    # the schema's check_modes admits only the patterns above (PATTERNS)
+    raise ValueError(f"unknown pattern {pattern!r}")
 
 
-def mode_keywords(mode: Any) -> list[str]:
-    kws = list(_field(mode, "keywords", None) or [])
-    return [k.lower() for k in (kws or str(_field(mode, "name")).split("_"))]
-
-
-def mode_image(mode: Any, size: int) -> Float[Tensor, "3 h w"]:
+def mode_image(mode: AnalyticMode, size: int) -> Float[Tensor, "3 h w"]:
     """The mean image of a mode in [0, 1]: ``color`` where the pattern is on, ``background`` elsewhere."""
-    pattern = _field(mode, "pattern", "solid")
-    if pattern not in PATTERNS:
-        raise ConfigError(f"prior.modes[{_field(mode, 'name')}].pattern", pattern, "is not a known pattern", f"use one of {PATTERNS}")
-    color = torch.tensor(list(_field(mode, "color")), dtype=torch.float32).view(3, 1, 1)
-    bg = torch.tensor(list(_field(mode, "background", [0.0, 0.0, 0.0])), dtype=torch.float32).view(3, 1, 1)
+    color = torch.tensor(list(mode.color), dtype=torch.float32).view(3, 1, 1)
+    bg = torch.tensor(list(mode.background), dtype=torch.float32).view(3, 1, 1)
     c = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5  # pixel centres in [-0.5, 0.5]
     yy, xx = torch.meshgrid(c, c, indexing="ij")
-    if pattern == "solid":
-        on = torch.ones_like(xx)
-    elif pattern == "disk":
-        on = ((xx**2 + yy**2) <= 0.3**2).float()
-    elif pattern == "square":
-        on = ((xx.abs() <= 0.3) & (yy.abs() <= 0.3)).float()
-    elif pattern == "stripes":
-        on = (torch.floor((xx + 0.5) * 4) % 2 == 0).float()
-    else:  # checker
-        on = ((torch.floor((xx + 0.5) * 4) + torch.floor((yy + 0.5) * 4)) % 2 == 0).float()
+    on = _pattern_mask(mode.pattern, xx, yy)
     return on * color + (1 - on) * bg
 
 
-def prompt_log_weights(prompt: str, modes: Sequence[Any], sharpness: float) -> Float[Tensor, "k"]:
+def prompt_log_weights(prompt: str, modes: Sequence[AnalyticMode], sharpness: float) -> Float[Tensor, "k"]:
     """log pi_k(y) from keyword matches (uniform for the empty prompt or no match)."""
     words = set(re.findall(r"[a-z]+", prompt.lower()))
     matches = torch.tensor([sum(k in words for k in mode_keywords(m)) for m in modes], dtype=torch.float32)
@@ -94,36 +78,33 @@ class AnalyticPrior(Prior):
     """A Gaussian mixture over ``3 x image_size x image_size`` images with an exact noise prediction.
 
     Args:
-        image_size: side of the images (the prior's "latent" is the image in [-1, 1]).
-        component_std: per-pixel std s of each mixture component (in [-1, 1] units).
-        prompt_sharpness: log-weight per matched keyword.
-        modes: list of {name, keywords?, color, background, pattern}; empty = :data:`DEFAULT_MODES`.
-        beta_start, beta_end, num_train_timesteps: the "scaled_linear" schedule of SD 2.1.
+        cfg: the validated settings (:class:`~rewardsds.priors.config.AnalyticPriorConfig`): ``image_size``, the
+            per-pixel std of each component, the log-weight per matched keyword, the modes (empty = :data:`DEFAULT_MODES`)
+            and the "scaled_linear" schedule of SD 2.1.
     """
 
     name = "analytic"
+    latent_channels = 3
 
-    def __init__(
-        self,
-        image_size: int = 16,
-        component_std: float = 0.15,
-        prompt_sharpness: float = 4.0,
-        modes: Optional[Sequence[Any]] = None,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        num_train_timesteps: int = 1000,
-    ):
+    def __init__(self, cfg: AnalyticPriorConfig):
         super().__init__()
-        self.modes = list(modes) if modes else [dict(m) for m in DEFAULT_MODES]
-        self.mode_names = [str(_field(m, "name")) for m in self.modes]
-        self.image_size = self.latent_size = int(image_size)
-        self.latent_channels = 3
-        self.num_train_timesteps = int(num_train_timesteps)
-        self.component_std = float(component_std)
-        self.prompt_sharpness = float(prompt_sharpness)
-        means = torch.stack([mode_image(m, self.image_size) for m in self.modes]) * 2 - 1  # [K,3,h,w] in [-1,1]
-        self._means = means
-        self._ac = scaled_linear_alphas_cumprod(beta_start, beta_end, self.num_train_timesteps)
+        self.cfg = cfg
+        self.modes = modes_or_default(cfg.modes)
+        self.mode_names = [str(m.name) for m in self.modes]
+        self._means = torch.stack([mode_image(m, cfg.image_size) for m in self.modes]) * 2 - 1  # [K,3,h,w] in [-1,1]
+        self._ac = scaled_linear_alphas_cumprod(cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps)
+
+    @property
+    def image_size(self) -> int:  # the prior's "latent" is the image itself
+        return self.cfg.image_size
+
+    @property
+    def latent_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.cfg.num_train_timesteps
 
     # ------------------------------------------------------------------ interface
     @property
@@ -141,7 +122,7 @@ class AnalyticPrior(Prior):
         return self
 
     def _encode_text_uncached(self, prompts: Sequence[str]) -> Tensor:
-        return torch.stack([prompt_log_weights(p, self.modes, self.prompt_sharpness) for p in prompts]).unsqueeze(1).to(self.device)
+        return torch.stack([prompt_log_weights(p, self.modes, self.cfg.prompt_sharpness) for p in prompts]).unsqueeze(1).to(self.device)
 
     def encode_images(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
@@ -162,7 +143,7 @@ class AnalyticPrior(Prior):
         x = x_t.float().reshape(b, -1)  # [b, D]
         a, s = self.alpha_sigma(t.to(self.device).long())
         a, s = a.view(b, 1), s.view(b, 1)
-        v = a**2 * self.component_std**2 + s**2  # [b, 1]
+        v = a**2 * self.cfg.component_std**2 + s**2  # [b, 1]
         mu = self._means.reshape(len(self.modes), -1)  # [K, D]
         # |x - a mu_k|^2 = |x|^2 - 2a x.mu_k + a^2 |mu_k|^2, batched over k
         d2 = (x**2).sum(1, keepdim=True) - 2 * a * (x @ mu.T) + a**2 * (mu**2).sum(1)[None]
@@ -180,7 +161,7 @@ class AnalyticPrior(Prior):
         x = x_t.to(dt).reshape(b, -1)
         D = x.shape[1]
         a, s = (v.to(dt) for v in self.alpha_sigma(t))
-        v = a**2 * self.component_std**2 + s**2
+        v = a**2 * self.cfg.component_std**2 + s**2
         mu = self._means.reshape(len(self.modes), -1).to(dt)
         d2 = ((x[:, None, :] - a * mu[None]) ** 2).sum(-1)
         lw = log_weights if log_weights.dim() == 2 else log_weights[None].expand(b, -1)
@@ -188,12 +169,12 @@ class AnalyticPrior(Prior):
 
     def log_prob(self, x0: Tensor, prompt: str) -> Tensor:
         """log density of clean images [b, 3, h, w] in [-1, 1] under the prompt's mixture (per pixel), [b]."""
-        lw = prompt_log_weights(prompt, self.modes, self.prompt_sharpness).to(x0.device)
+        lw = prompt_log_weights(prompt, self.modes, self.cfg.prompt_sharpness).to(x0.device)
         b = x0.shape[0]
         x = x0.float().reshape(b, -1)
         D = x.shape[1]
         mu = self._means.reshape(len(self.modes), -1)
-        v = self.component_std**2
+        v = self.cfg.component_std**2
         d2 = ((x[:, None, :] - mu[None]) ** 2).sum(-1)
         return (torch.logsumexp(lw - d2 / (2 * v), dim=1) - 0.5 * D * math.log(2 * math.pi * v)) / D
 

@@ -23,48 +23,22 @@ from typing import Any, Optional
 import torch
 
 from rewardsds.errors import ConfigError
+from rewardsds.priors.config import DEFAULT_COMPILE_MODE
 
-#: accepted values of ``prior.compile_mode``
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: the modes that replay CUDA graphs
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-#: ``prior.compile_mode`` of the Stable Diffusion prior when nothing is set: CUDA graphs of the candidate batches
-DEFAULT_COMPILE_MODE = "reduce-overhead"
-#: accepted spellings of ``prior.compile``
-_COMPILE_WORDS = {"auto": "auto", "true": True, "on": True, "yes": True, "false": False, "off": False, "no": False}
 
 
-def normalize_compile(value: Any, key: str = "prior.compile") -> bool | str:
-    """``prior.compile`` as ``True``, ``False`` or ``"auto"``; anything else is a ConfigError naming ``key``."""
-    if isinstance(value, bool):
-        return value
-    word = str(getattr(value, "value", value)).strip().lower()
-    if word in _COMPILE_WORDS:
-        return _COMPILE_WORDS[word]
-    raise ConfigError(key, value, "is not a compile setting", "use auto (on for CUDA, off on CPU), true or false")
+def resolve_compile(compile: bool | str, device: torch.device | str) -> bool:
+    """Whether to compile on ``device``: ``auto`` compiles on CUDA only (CPU runs stay eager and start at once).
 
-
-def resolve_compile(value: Any, device: torch.device | str) -> bool:
-    """Whether to compile on ``device``: ``auto`` compiles on CUDA only (CPU runs stay eager and start at once)."""
-    v = normalize_compile(value)
-    if v == "auto":
-        return torch.device(device).type == "cuda"
-    return bool(v)
-
-
-def check_compile_mode(mode: str, compile: Any = True, default: str = DEFAULT_COMPILE_MODE) -> str:
-    """Return ``mode`` if torch.compile knows it, else a ConfigError naming ``prior.compile_mode``.
-
-    A mode other than the schema's ``default`` together with ``prior.compile=false`` is an error too: the
-    mode would silently do nothing (with ``auto`` it applies whenever the device compiles).
+    Args:
+        compile: a validated ``prior.compile`` (``True``, ``False`` or ``"auto"``).
+        device: where the prior runs.
     """
-    if mode not in COMPILE_MODES:
-        raise ConfigError("prior.compile_mode", mode, "is not a torch.compile mode",
-                          f"use one of {', '.join(COMPILE_MODES)} (reduce-overhead replays CUDA graphs)")
-    if mode != default and normalize_compile(compile) is False:
-        raise ConfigError("prior.compile_mode", mode, "has no effect while prior.compile=false",
-                          "set prior.compile=auto or true (or drop prior.compile_mode)")
-    return mode
+    if compile == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(compile)
 
 
 # ----------------------------------------------------------------------------------------- persistent cache
@@ -129,13 +103,13 @@ class CompiledUNet:
 
     Args:
         module: the frozen UNet (weights already on the GPU in their final dtype and memory format).
-        mode: one of :data:`COMPILE_MODES`.
+        mode: a validated ``prior.compile_mode`` (one of :data:`rewardsds.priors.config.COMPILE_MODES`).
         cache: the compile cache setting (:func:`configure_compile_cache`), applied before compiling.
     """
 
     def __init__(self, module: torch.nn.Module, mode: str = DEFAULT_COMPILE_MODE, cache: Optional[str] = "auto"):
         self.module = module
-        self.mode = check_compile_mode(mode)
+        self.mode = mode
         self.cudagraphs = mode in CUDAGRAPH_MODES
         self.cache_dir = configure_compile_cache(cache)
         # CUDA graphs need static shapes: one graph per (batch, size) seen, never a dynamic-shape kernel

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,8 @@ from torch import Tensor
 from rewardsds.errors import ConfigError, ModelLoadError
 from rewardsds.priors import mvdream_convert as mvc
 from rewardsds.priors.base import Prior
-from rewardsds.priors.compiled import check_compile_mode
-from rewardsds.priors.sd import StableDiffusionPrior, _load, load_clip_tokenizer
+from rewardsds.priors.config import MVDreamPriorConfig
+from rewardsds.priors.sd import StableDiffusionPrior, load_clip_tokenizer, load_pretrained
 
 __all__ = [
     "normalize_camera", "convert_opengl_to_blender", "get_camera", "camera_condition",
@@ -300,100 +300,55 @@ class MVDreamPrior(StableDiffusionPrior):
     c2w cameras; the views of an object attend to each other in every self-attention layer.
 
     Args:
-        pretrained: a converted folder, an original checkpoint file (.pt/.ckpt/.safetensors), a folder
-            holding ``filename``, or a Hub repo id (``MVDream/MVDream``).
-        filename: checkpoint file inside a folder or Hub repo; ``None`` = ``pretrained`` is a diffusers-layout
-            folder or repo with ``unet/``.
-        original_config: ldm yaml (or dict of UNet kwargs) of a non-default checkpoint; ``None`` =
-            sd-v2.1-base-4view. Ignored for converted folders, whose ``unet/config.json`` says it all.
-        base_model: SD 2.1-base Hub id or local diffusers folder for tokenizer, text encoder and VAE.
-        vae_text_from_checkpoint: take text encoder and VAE weights from the MVDream checkpoint (architecture
-            from ``base_model``'s configs) or from ``text_encoder/`` and ``vae/`` of a converted folder.
-        num_frames: views per object in the joint attention (4 for the released model).
-        dtype: auto | fp32 | fp16 | bf16 (auto: bf16 on CUDA, fp32 on CPU).
-        encode_sample: encode renders with a VAE posterior sample, as threestudio-mvdream does (default),
-            instead of the posterior mean.
-        encode_seed: seed of the prior's own generator for that posterior sample (reset by ``to()``), so the
-            draw does not depend on how much of the global RNG other components consumed: strategies
-            compared on the same seed see the same latents.
-        local_files_only: never touch the network.
-        channels_last, compile, compile_mode, compile_cache, tiny_vae, vae_slicing: as for the Stable Diffusion prior.
+        cfg: the validated settings (:class:`~rewardsds.priors.config.MVDreamPriorConfig`): where the UNet comes from
+            (``pretrained``: a converted folder, an original checkpoint file, a folder holding ``filename``, or a
+            Hub repo; ``original_config`` for a non-default checkpoint), ``base_model`` for tokenizer, text encoder
+            and VAE (or ``vae_text_from_checkpoint``), ``num_frames``, the weight ``dtype``, the VAE posterior
+            sample and its ``encode_seed``, and the settings shared with the Stable Diffusion prior.
     """
 
     name = "mvdream"
     uses_camera = True
 
-    def __init__(
-        self,
-        pretrained: str = "MVDream/MVDream",
-        filename: Optional[str] = "sd-v2.1-base-4view.pt",
-        original_config: Optional[str] = None,
-        base_model: str = "stabilityai/stable-diffusion-2-1-base",
-        vae_text_from_checkpoint: bool = False,
-        num_frames: int = 4,
-        dtype: Any = "auto",
-        encode_sample: bool = True,
-        encode_seed: int = 0,
-        local_files_only: bool = False,
-        channels_last: bool = True,
-        compile: bool = False,
-        tiny_vae: Optional[str] = None,
-        vae_slicing: bool = False,
-        compile_mode: str = "default",
-        compile_cache: str = "auto",
-    ):
+    def __init__(self, cfg: MVDreamPriorConfig):
         Prior.__init__(self)  # the Stable Diffusion constructor would load an SD UNet from base_model
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        if num_frames < 1:
-            raise ConfigError("prior.num_frames", num_frames, "must be >= 1", "use 4 (the released model)")
-        self.pretrained = str(pretrained)
-        self.base_model = str(base_model)
-        self.dtype_request = getattr(dtype, "value", dtype)
-        self.dtype = torch.float32  # resolved in to()
-        self.channels_last = bool(channels_last)
-        self.compile = bool(compile)
-        self.compile_mode = check_compile_mode(compile_mode, self.compile, default="default")
-        self.compile_cache = str(compile_cache)
-        self.lookahead_quantize = "none"  # the float8 ranking view is built for the Stable Diffusion prior only
-        self.vae_slicing = bool(vae_slicing)
-        self.encode_sample = bool(encode_sample)
-        self.encode_seed = int(encode_seed)
-        self.num_frames = int(num_frames)
-
-        base = dict(local_files_only=local_files_only)
+        self.cfg = cfg
+        self.dtype = torch.float32  # resolved from cfg.dtype in to()
+        base_model, from_checkpoint = cfg.base_model, cfg.vae_text_from_checkpoint
+        base = dict(local_files_only=cfg.local_files_only)
         what, hint = "SD 2.1-base components of the MVDream prior", "prior.base_model"
         # The base model is read before the (5 GB) checkpoint so that a wrong base_model fails fast.
-        self.tokenizer = load_clip_tokenizer(what, self.base_model, hint, **base)
-        if not vae_text_from_checkpoint:
-            self.text_encoder = _load(what, self.base_model, hint, CLIPTextModel.from_pretrained, self.base_model,
-                                      subfolder="text_encoder", **base)
-            self.vae = _load(what, self.base_model, hint, AutoencoderKL.from_pretrained, self.base_model,
-                             subfolder="vae", **base)
+        self.tokenizer = load_clip_tokenizer(what, base_model, hint, **base)
+        if not from_checkpoint:
+            self.text_encoder = load_pretrained(what, base_model, hint, CLIPTextModel.from_pretrained, base_model,
+                                                subfolder="text_encoder", **base)
+            self.vae = load_pretrained(what, base_model, hint, AutoencoderKL.from_pretrained, base_model,
+                                       subfolder="vae", **base)
 
-        kind, location = mvc.resolve_source(self.pretrained, filename, local_files_only)
+        kind, location = mvc.resolve_source(cfg.pretrained, cfg.filename, cfg.local_files_only)
         state_dict = None
         if kind == "folder":
-            self.unet = _load("MVDream prior", location, "prior.pretrained", UNet2DConditionModel.from_pretrained,
-                              location, subfolder="unet", **base)
+            self.unet = load_pretrained("MVDream prior", location, "prior.pretrained", UNet2DConditionModel.from_pretrained,
+                                        location, subfolder="unet", **base)
             self.unet.eval().requires_grad_(False)
         else:
             state_dict = mvc.load_checkpoint(location)
-            self.unet = mvc.unet_from_state_dict(state_dict, original_config, torch.float32, source=location)
+            self.unet = mvc.unet_from_state_dict(state_dict, cfg.original_config, torch.float32, source=location)
         if self.unet.config.class_embed_type != "projection":
             raise ModelLoadError(f"the UNet from {location!r} has no camera embedding (class_embed_type = "
                                  f"{self.unet.config.class_embed_type!r}). Fix: point prior.pretrained at an MVDream "
                                  "checkpoint or a folder written by scripts/convert_mvdream.py")
 
-        if vae_text_from_checkpoint and state_dict is not None:
-            text_cfg = _load(what, self.base_model, hint, CLIPTextConfig.from_pretrained, self.base_model,
-                             subfolder="text_encoder", **base)
-            vae_cfg = _load(what, self.base_model, hint, AutoencoderKL.load_config, self.base_model,
-                            subfolder="vae", **base)
+        if from_checkpoint and state_dict is not None:
+            text_cfg = load_pretrained(what, base_model, hint, CLIPTextConfig.from_pretrained, base_model,
+                                       subfolder="text_encoder", **base)
+            vae_cfg = load_pretrained(what, base_model, hint, AutoencoderKL.load_config, base_model, subfolder="vae", **base)
             self.vae = mvc.vae_from_state_dict(state_dict, vae_cfg)
             self.text_encoder = mvc.text_encoder_from_state_dict(state_dict, text_cfg)
-        elif vae_text_from_checkpoint:
+        elif from_checkpoint:
             folder = Path(location)
             if not ((folder / "vae").is_dir() and (folder / "text_encoder").is_dir()):
                 raise ConfigError("prior.vae_text_from_checkpoint", True,
@@ -403,7 +358,7 @@ class MVDreamPrior(StableDiffusionPrior):
             self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **base)
             self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **base)
         del state_dict
-        self._check_text_width(vae_text_from_checkpoint)
+        self._check_text_width(from_checkpoint)
 
         # MVDream ships no scheduler: the ldm training schedule (linear 0.00085..0.012, eps-prediction).
         self.scheduler = DDIMScheduler(
@@ -411,18 +366,21 @@ class MVDreamPrior(StableDiffusionPrior):
             beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False,
             steps_offset=1,
         )
-        self.tiny_vae = None
-        if tiny_vae:
-            from diffusers import AutoencoderTiny
-
-            self.tiny_vae = _load("tiny autoencoder", tiny_vae, "prior.tiny_vae", AutoencoderTiny.from_pretrained,
-                                  tiny_vae, **base)
+        self.tiny_vae = self._load_tiny_vae(cfg.tiny_vae, cfg.local_files_only)
         self._setup_components()
         # exact float64 ldm schedule instead of diffusers' float32 one (they differ by up to 5e-7)
         self._ac = ldm_linear_alphas_cumprod(mvc.SD21_4VIEW_LINEAR_START, mvc.SD21_4VIEW_LINEAR_END,
                                              self.num_train_timesteps)
         set_multiview_attention(self.unet, self.num_frames)
-        self._encode_generator = torch.Generator("cpu").manual_seed(self.encode_seed)
+        self._encode_generator = torch.Generator("cpu").manual_seed(cfg.encode_seed)
+
+    @property
+    def num_frames(self) -> int:
+        """Views per object in the joint self-attention (``prior.num_frames``)."""
+        return self.cfg.num_frames
+
+    def _float8_ranking(self) -> bool:
+        return False  # the float8 ranking view is built for the Stable Diffusion prior only (no lookahead_quantize)
 
     def _check_text_width(self, from_checkpoint: bool) -> None:
         """The text encoder's width must be the UNet's cross-attention width, or the first step fails in a matmul.
@@ -436,10 +394,10 @@ class MVDreamPrior(StableDiffusionPrior):
         if widths == {text}:
             return
         unet = "/".join(str(w) for w in sorted(widths))
-        key, value = ("prior.pretrained", self.pretrained) if from_checkpoint else ("prior.base_model", self.base_model)
+        key, value = ("prior.pretrained", self.cfg.pretrained) if from_checkpoint else ("prior.base_model", self.cfg.base_model)
         raise ConfigError(
             key, value,
-            f"gives a text encoder {text} wide, but the MVDream UNet from prior.pretrained = {self.pretrained!r} attends to "
+            f"gives a text encoder {text} wide, but the MVDream UNet from prior.pretrained = {self.cfg.pretrained!r} attends to "
             f"text embeddings {unet} wide",
             f"use the SD 2.1-base text encoder ({unet} wide for this UNet; 1024 for sd-v2.1-base-4view): "
             "prior.base_model=stabilityai/stable-diffusion-2-1-base (or its local folder), or take the checkpoint's own with "
@@ -448,7 +406,7 @@ class MVDreamPrior(StableDiffusionPrior):
 
     def to(self, device: torch.device | str) -> "MVDreamPrior":
         super().to(device)
-        self._encode_generator = torch.Generator(self.device).manual_seed(self.encode_seed)
+        self._encode_generator = torch.Generator(self.device).manual_seed(self.cfg.encode_seed)
         return self
 
     def encode_images(self, images: Float[Tensor, "b 3 H W"], generator: Optional[torch.Generator] = None) -> Tensor:
@@ -495,7 +453,7 @@ class MVDreamPrior(StableDiffusionPrior):
                 )
             cam = camera_condition(camera).to(self.device)
         x = x_t.to(self.device, self.dtype)
-        if self.device.type == "cuda" and self.channels_last:
+        if self.device.type == "cuda" and self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = multiview_unet_forward(self.unet, x, t.to(self.device), text.to(self.device), cam, call=self._unet_call)
         return out.float()

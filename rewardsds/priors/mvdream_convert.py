@@ -477,7 +477,7 @@ def resolve_source(pretrained: str, filename: Optional[str], local_files_only: b
     Returns:
         (kind, location); checkpoints are downloaded (or found in the cache) first.
     """
-    from rewardsds.priors.sd import _load
+    from rewardsds.priors.sd import load_pretrained
 
     p = Path(pretrained).expanduser()
     if is_converted_folder(p) or (filename is None and not p.is_file()):
@@ -497,8 +497,8 @@ def resolve_source(pretrained: str, filename: Optional[str], local_files_only: b
                              "checkpoint file, a converted folder, or a Hub repo id such as MVDream/MVDream")
     from huggingface_hub import hf_hub_download
 
-    path = _load("MVDream prior", f"{pretrained}/{filename}", "prior.pretrained", hf_hub_download, pretrained,
-                 filename, local_files_only=local_files_only)
+    path = load_pretrained("MVDream prior", f"{pretrained}/{filename}", "prior.pretrained", hf_hub_download, pretrained,
+                           filename, local_files_only=local_files_only)
     return "checkpoint", str(path)
 
 

@@ -21,19 +21,9 @@ import torch
 
 from rewardsds.errors import ConfigError
 
-#: accepted values of ``prior.lookahead_quantize``
-LOOKAHEAD_QUANTIZE = ("none", "float8")
 #: float8 tensor-core matmuls (torch._scaled_mm) need Ada (8.9) or Hopper (9.0) and later
 FLOAT8_MIN_CAPABILITY = (8, 9)
 KEY = "prior.lookahead_quantize"
-
-
-def check_lookahead_quantize(value: str) -> str:
-    """``value`` if it is a known option (ConfigError naming ``prior.lookahead_quantize`` otherwise)."""
-    value = str(getattr(value, "value", value))
-    if value not in LOOKAHEAD_QUANTIZE:
-        raise ConfigError(KEY, value, "is not a known lookahead quantisation", f"use one of {', '.join(LOOKAHEAD_QUANTIZE)}")
-    return value
 
 
 def check_float8_support(device: torch.device | str, dtype: torch.dtype) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,36 +20,41 @@ from torch import Tensor
 
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
-from rewardsds.priors.compiled import DEFAULT_COMPILE_MODE, CompiledUNet, check_compile_mode, normalize_compile, resolve_compile
-from rewardsds.priors.quantized import check_float8_support, check_lookahead_quantize, float8_copy
+from rewardsds.priors.compiled import CompiledUNet, resolve_compile
+from rewardsds.priors.config import LookaheadQuantize, SDPriorConfig
+from rewardsds.priors.quantized import check_float8_support, float8_copy
+from rewardsds.utils.dtypes import resolve_dtype
 from rewardsds.utils.text import report_truncation
+
+__all__ = ["load_pretrained", "load_clip_tokenizer", "resolve_dtype", "StableDiffusionPrior"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve_dtype(dtype: Any, device: torch.device | str) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA with bf16 support (else fp16), fp32 on CPU; names map to torch dtypes."""
-    name = getattr(dtype, "value", dtype)
-    device = torch.device(device)
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise ConfigError("prior.dtype", name, "is not a known dtype", "use auto, fp32, fp16 or bf16")
-    return table[name]
+def load_pretrained(what: str, source: str, key: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (a ``from_pretrained``), with any failure to load turned into one actionable error.
 
+    Missing repos, files and folders, an unreachable Hub and a cache without the files all raise a
+    :class:`~rewardsds.errors.ModelLoadError` that names ``what`` is loaded, from ``source``, the cause, and the
+    setting ``key`` that takes a local folder instead (with ``HF_HUB_OFFLINE=1`` for a filled cache).
 
-def _load(what: str, source: str, local_hint: str, fn, *args, **kwargs):
-    """Call a ``from_pretrained`` and turn any loading failure into one actionable ModelLoadError."""
+    Args:
+        what: the model in words ("Stable Diffusion prior").
+        source: the Hub id or folder being read.
+        key: the config key that takes a local path ("prior.pretrained").
+        fn: the loader, e.g. ``UNet2DConditionModel.from_pretrained``.
+        args, kwargs: passed to ``fn``.
+
+    Returns:
+        what ``fn`` returns.
+    """
     try:
         return fn(*args, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:  # HF raises OSError subclasses for missing repos/files
-        raise ModelLoadError(model_load_message(what, source, err, local_hint)) from err
+        raise ModelLoadError(model_load_message(what, source, err, key)) from err
     except Exception as err:  # network errors of huggingface_hub/httpx are not OSErrors
         if type(err).__module__.split(".")[0] in ("huggingface_hub", "requests", "httpx", "urllib3"):
-            raise ModelLoadError(model_load_message(what, source, err, local_hint)) from err
+            raise ModelLoadError(model_load_message(what, source, err, key)) from err
         raise
 
 
@@ -61,7 +66,7 @@ def load_clip_tokenizer(what: str, source: str, hint: str, **kwargs):
     """
     from transformers import CLIPTokenizer
 
-    tok = _load(what, source, hint, CLIPTokenizer.from_pretrained, source, subfolder="tokenizer", **kwargs)
+    tok = load_pretrained(what, source, hint, CLIPTokenizer.from_pretrained, source, subfolder="tokenizer", **kwargs)
     if set(tok.get_vocab()) <= set(tok.all_special_tokens):
         raise ModelLoadError(model_load_message(what, source, "its tokenizer has no vocabulary (not in the Hugging Face cache?)", hint))
     return tok
@@ -71,75 +76,33 @@ class StableDiffusionPrior(Prior):
     """A Stable Diffusion checkpoint as a frozen score-distillation prior.
 
     Args:
-        pretrained: Hub id (``stabilityai/stable-diffusion-2-1-base``) or a local diffusers folder.
-        revision: Hub revision.
-        variant: file variant (``fp16`` to fetch the half-precision files).
-        dtype: weight dtype: auto | fp32 | fp16 | bf16 (auto: bf16 on CUDA, fp32 on CPU).
-        scheduler: ``ddim`` or ``ddpm``; only the training noise schedule is read from it.
-        local_files_only: never touch the network (a filled cache or local folder is required).
-        channels_last: use channels-last memory format for the UNet and VAE on CUDA.
-        compile: ``torch.compile`` the UNet on first use: ``auto`` (on for CUDA, off on CPU), true or false.
-        compile_mode: torch.compile mode: reduce-overhead (CUDA graphs for the fixed-shape candidate batches) |
-            default | max-autotune | max-autotune-no-cudagraphs (see :mod:`rewardsds.priors.compiled`).
-        compile_cache: where compiled kernels persist across runs: ``auto`` ($TORCHINDUCTOR_CACHE_DIR or
-            ~/.cache/rewardsds/torchinductor), ``torch`` (torch's default under /tmp) or a folder.
-        lookahead_quantize: ``none`` or ``float8``: the lookahead's ranking calls use a float8 copy of the UNet's
-            linear layers (torchao; CUDA compute capability >= 8.9); the prediction at t stays in ``dtype``
-            (see :mod:`rewardsds.priors.quantized`).
-        tiny_vae: optional AutoencoderTiny (taesd) id/path for cheap lookahead decodes.
-        vae_slicing: decode one image at a time (bounds VAE memory for large candidate batches).
-        encode_sample: encode renders with a posterior sample (threestudio) instead of the mean.
+        cfg: the validated settings (:class:`~rewardsds.priors.config.SDPriorConfig`): where the weights come from
+            (``pretrained``, ``revision``, ``variant``, ``local_files_only``), the weight ``dtype`` (resolved per
+            device by :meth:`to`), the memory format, ``torch.compile`` and its cache, the float8 lookahead view,
+            the tiny autoencoder, VAE slicing and posterior sampling.
     """
 
     name = "sd"
 
-    def __init__(
-        self,
-        pretrained: str = "stabilityai/stable-diffusion-2-1-base",
-        revision: Optional[str] = None,
-        variant: Optional[str] = None,
-        dtype: Any = "auto",
-        scheduler: str = "ddim",
-        local_files_only: bool = False,
-        channels_last: bool = True,
-        compile: Any = "auto",
-        tiny_vae: Optional[str] = None,
-        vae_slicing: bool = False,
-        encode_sample: bool = False,
-        compile_mode: str = DEFAULT_COMPILE_MODE,
-        compile_cache: str = "auto",
-        lookahead_quantize: str = "none",
-    ):
+    def __init__(self, cfg: SDPriorConfig):
         super().__init__()
         from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        self.pretrained = str(pretrained)
-        self.dtype_request = getattr(dtype, "value", dtype)
-        self.dtype = torch.float32  # resolved in to()
-        self.channels_last = bool(channels_last)
-        self.compile = normalize_compile(compile)
-        self.compile_mode = check_compile_mode(compile_mode, self.compile)
-        self.compile_cache = str(compile_cache)
-        self.lookahead_quantize = check_lookahead_quantize(lookahead_quantize)
-        self.vae_slicing = bool(vae_slicing)
-        self.encode_sample = bool(encode_sample)
-        common = dict(revision=revision, local_files_only=local_files_only)
+        self.cfg = cfg
+        self.dtype = torch.float32  # resolved from cfg.dtype in to()
+        source = cfg.pretrained
+        common = dict(revision=cfg.revision, local_files_only=cfg.local_files_only)
         hint = "prior.pretrained"
         what = "Stable Diffusion prior"
-        sched_cls = DDIMScheduler if scheduler == "ddim" else DDPMScheduler
-        self.scheduler = _load(what, self.pretrained, hint, sched_cls.from_pretrained, self.pretrained, subfolder="scheduler", **common)
-        self.tokenizer = load_clip_tokenizer(what, self.pretrained, hint, **common)
-        wkw = dict(common, variant=variant) if variant else common
-        self.text_encoder = _load(what, self.pretrained, hint, CLIPTextModel.from_pretrained, self.pretrained, subfolder="text_encoder", **wkw)
-        self.vae = _load(what, self.pretrained, hint, AutoencoderKL.from_pretrained, self.pretrained, subfolder="vae", **wkw)
-        self.unet = _load(what, self.pretrained, hint, UNet2DConditionModel.from_pretrained, self.pretrained, subfolder="unet", **wkw)
-        self.tiny_vae = None
-        if tiny_vae:
-            from diffusers import AutoencoderTiny
-
-            self.tiny_vae = _load("tiny autoencoder", tiny_vae, "prior.tiny_vae", AutoencoderTiny.from_pretrained, tiny_vae,
-                                  local_files_only=local_files_only)
+        sched_cls = DDIMScheduler if cfg.scheduler == "ddim" else DDPMScheduler
+        self.scheduler = load_pretrained(what, source, hint, sched_cls.from_pretrained, source, subfolder="scheduler", **common)
+        self.tokenizer = load_clip_tokenizer(what, source, hint, **common)
+        wkw = dict(common, variant=cfg.variant) if cfg.variant else common
+        self.text_encoder = load_pretrained(what, source, hint, CLIPTextModel.from_pretrained, source, subfolder="text_encoder", **wkw)
+        self.vae = load_pretrained(what, source, hint, AutoencoderKL.from_pretrained, source, subfolder="vae", **wkw)
+        self.unet = load_pretrained(what, source, hint, UNet2DConditionModel.from_pretrained, source, subfolder="unet", **wkw)
+        self.tiny_vae = self._load_tiny_vae(cfg.tiny_vae, cfg.local_files_only)
         self._setup_components()
 
     # ------------------------------------------------------------------ construction helpers
@@ -150,7 +113,7 @@ class StableDiffusionPrior(Prior):
             m.eval()
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError("prior.pretrained", self.pretrained, f"has prediction_type {self.prediction_type!r}",
+            raise ConfigError("prior.pretrained", self.cfg.pretrained, f"has prediction_type {self.prediction_type!r}",
                               "use an epsilon- or v-prediction Stable Diffusion checkpoint")
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self._ac = self.scheduler.alphas_cumprod.detach().float().clone()
@@ -162,6 +125,20 @@ class StableDiffusionPrior(Prior):
         self._unet_call = self.unet
         self._ranking: Optional["StableDiffusionPrior"] = None
         self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
+
+    @staticmethod
+    def _load_tiny_vae(source: Optional[str], local_files_only: bool):
+        """The AutoencoderTiny (taesd) of ``prior.tiny_vae`` for cheap lookahead decodes, or None when unset."""
+        if not source:
+            return None
+        from diffusers import AutoencoderTiny
+
+        return load_pretrained("tiny autoencoder", source, "prior.tiny_vae", AutoencoderTiny.from_pretrained, source,
+                               local_files_only=local_files_only)
+
+    def _float8_ranking(self) -> bool:
+        """Whether the lookahead ranks candidates with a float8 view of the UNet (``prior.lookahead_quantize``)."""
+        return self.cfg.lookahead_quantize is LookaheadQuantize.float8
 
     def _modules(self) -> list[torch.nn.Module]:
         mods = [self.unet, self.vae, self.text_encoder]
@@ -176,7 +153,7 @@ class StableDiffusionPrior(Prior):
 
     def to(self, device: torch.device | str) -> "StableDiffusionPrior":
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(self.dtype_request, self.device)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         from diffusers.utils import logging as dlogging
 
         level = dlogging.get_verbosity()
@@ -186,21 +163,21 @@ class StableDiffusionPrior(Prior):
                 m.to(self.device, self.dtype)
         finally:
             dlogging.set_verbosity(level)
-        if self.device.type == "cuda" and self.channels_last:
+        if self.device.type == "cuda" and self.cfg.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._ac = self._ac.to(self.device)
         placed = (self.device, self.dtype)
         if self._placed != placed:  # a second to() on the same device keeps the compiled graphs and the float8 view
             self._unet_call = self._compiled(self.unet)
-            self._ranking = self._float8_view() if self.lookahead_quantize == "float8" else None
+            self._ranking = self._float8_view() if self._float8_ranking() else None
             self._placed = placed
         return self
 
     def compiles_on(self, device: torch.device | str) -> bool:
         """Whether the UNet is compiled on ``device`` (``auto``: CUDA only; the compiled path is CUDA graphs)."""
         device = torch.device(device)
-        on = resolve_compile(self.compile, device)
+        on = resolve_compile(self.cfg.compile, device)
         if on and device.type != "cuda":
             log.warning("prior.compile=true on %s: the UNet stays eager (compiling is for CUDA); use prior.compile=auto", device.type)
             return False
@@ -208,7 +185,7 @@ class StableDiffusionPrior(Prior):
 
     def _compiled(self, module: torch.nn.Module):
         """``module`` itself, or its :class:`CompiledUNet` when this prior compiles on its device."""
-        return CompiledUNet(module, self.compile_mode, self.compile_cache) if self.compiles_on(self.device) else module
+        return CompiledUNet(module, self.cfg.compile_mode, self.cfg.compile_cache) if self.compiles_on(self.device) else module
 
     def _float8_view(self) -> "StableDiffusionPrior":
         """A shallow copy of this prior whose UNet calls go to a float8 copy of the UNet (lookahead ranking only)."""
@@ -237,10 +214,10 @@ class StableDiffusionPrior(Prior):
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         x = (x * 2 - 1).to(self.dtype)
-        if self.device.type == "cuda" and self.channels_last:
+        if self.device.type == "cuda" and self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dist = self.vae.encode(x).latent_dist
-        z = dist.sample(generator) if self.encode_sample else dist.mean
+        z = dist.sample(generator) if self.cfg.encode_sample else dist.mean
         return z.float().contiguous() * self.scaling_factor
 
     def decode_latents(self, latents: Float[Tensor, "b c h w"], tiny: bool = False) -> Tensor:
@@ -251,7 +228,7 @@ class StableDiffusionPrior(Prior):
             # taesd decodes unscaled latents to [0, 1] directly in diffusers' AutoencoderTiny ([-1, 1] output)
             img = self.tiny_vae.decode(latents.to(self.dtype)).sample.float()
             return ((img + 1) / 2).clamp(0, 1)
-        if self.vae_slicing and z.shape[0] > 1:
+        if self.cfg.vae_slicing and z.shape[0] > 1:
             img = torch.cat([self.vae.decode(zi[None].to(self.dtype)).sample for zi in z])
         else:
             img = self.vae.decode(z.to(self.dtype)).sample
@@ -265,7 +242,7 @@ class StableDiffusionPrior(Prior):
         camera: Optional[Tensor] = None,
     ) -> Float[Tensor, "b c h w"]:
         x = x_t.to(self.dtype)
-        if self.device.type == "cuda" and self.channels_last:
+        if self.device.type == "cuda" and self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # fp32 in the standard (NCHW-contiguous) layout whatever the UNet ran in (channels_last on CUDA)
         out = self._unet_call(x, t.to(self.device), encoder_hidden_states=text.to(self.dtype)).sample.float().contiguous()

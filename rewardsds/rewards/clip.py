@@ -10,7 +10,7 @@ dtype and device handling.
 from __future__ import annotations
 
 import json
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +18,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.rewards.base import Reward
-from rewardsds.rewards.common import (
-    AttentionImpl,
-    compile_for_scoring,
-    freeze,
-    load_pretrained,
-    resolve_dtype,
-    resolve_file,
-    unusable_file_error,
-)
-from rewardsds.utils.cache import LRUCache
-from rewardsds.utils.text import report_truncation
+from rewardsds.rewards.common import compile_for_scoring, freeze, load_pretrained, resolve_file, unusable_file_error
+from rewardsds.rewards.config import AttentionKernel, CLIPScoreConfig, LearnedRewardConfig
 from rewardsds.rewards.preprocess import ImageTransform
+from rewardsds.utils.cache import LRUCache
+from rewardsds.utils.dtypes import resolve_dtype
+from rewardsds.utils.text import report_truncation
 
 
 def load_image_transform(source: str, *, what: str, key: str, local_files_only: bool,
@@ -62,52 +56,53 @@ class CLIPImageTower(nn.Module):
 
 
 def load_clip_model(source: str, *, what: str, key: str, local_files_only: bool,
-                    attention: AttentionImpl | str = AttentionImpl.sdpa, vision_only: bool = False) -> nn.Module:
+                    attention: AttentionKernel = AttentionKernel.sdpa, vision_only: bool = False) -> nn.Module:
     """``CLIPModel`` in fp32 from a Hub id or a local folder (only its image tower with ``vision_only``)."""
     from transformers import CLIPModel
 
-    impl = AttentionImpl(getattr(attention, "value", attention)).value
     model = load_pretrained(CLIPModel.from_pretrained, source, what=what, key=key, local_files_only=local_files_only,
-                            dtype=torch.float32, attn_implementation=impl)
+                            dtype=torch.float32, attn_implementation=attention.value)
     return freeze(CLIPImageTower(model) if vision_only else model)
 
 
 class ClipReward(Reward):
     """Base of the CLIP-based rewards: embeddings in, a score per image out.
 
-    Subclasses call :meth:`_setup` with the model parts and implement ``_score`` with
+    Subclasses call :meth:`_setup` with their settings and the model parts and implement ``_score`` with
     :meth:`image_embeds` / :meth:`text_embeds`.
     """
 
     #: the CLIP model (``CLIPModel`` or ``CLIPVisionModelWithProjection``)
     model: nn.Module
+    #: the validated settings (dtype, differentiable, pil_exact, compile and where the weights come from)
+    cfg: LearnedRewardConfig
 
-    def _setup(self, model: nn.Module, tokenizer, transform: ImageTransform, *, dtype="auto",
-               differentiable: bool = False, pil_exact: bool = False, compile: bool = False) -> None:
+    def _setup(self, cfg: LearnedRewardConfig, model: nn.Module, tokenizer, transform: ImageTransform) -> None:
         Reward.__init__(self)
-        if pil_exact and differentiable:
-            raise ValueError("pil_exact=True quantises to uint8 through PIL and cannot be differentiable")
+        self.cfg = cfg
         self.model = freeze(model)
         self.tokenizer = tokenizer
         self.transform = transform
-        self.dtype_option = dtype
-        self.differentiable = bool(differentiable)
-        self.pil_exact = bool(pil_exact)
-        self._image_fn = compile_for_scoring(self._image_embeds_impl) if compile else self._image_embeds_impl
+        self._image_fn = compile_for_scoring(self._image_embeds_impl) if cfg.compile else self._image_embeds_impl
         self._text_cache = LRUCache()
         self.dtype = torch.float32
         self.to("cpu")
 
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        """Whether ``grad=True`` is allowed (``reward.differentiable``)."""
+        return self.cfg.differentiable
+
     def to(self, device: torch.device | str) -> "ClipReward":
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(self.dtype_option, self.device)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         self.model.to(device=self.device, dtype=self.dtype)
         self._text_cache.clear()
         return self
 
     def preprocess(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b 3 s s"]:
         """Model pixels, fp32 on the reward's device (PIL path when ``pil_exact``)."""
-        return (self.transform.pil(images) if self.pil_exact else self.transform(images)).to(self.device)
+        return (self.transform.pil(images) if self.cfg.pil_exact else self.transform(images)).to(self.device)
 
     def _image_embeds_impl(self, pixels: Tensor) -> Tensor:
         pooled = self.model.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
@@ -136,43 +131,30 @@ class CLIPScore(ClipReward):
     """Cosine similarity of CLIP image and prompt embeddings (in [-1, 1]; papers report x100).
 
     Args:
-        pretrained: CLIP checkpoint, Hub id or local folder (``openai/clip-vit-large-patch14``).
-        processor: source of tokenizer and image processor config (default: ``pretrained``).
-        dtype: model precision (``auto``: bf16 on CUDA, fp32 on CPU); similarities are computed in fp32.
-        differentiable: allow ``grad=True`` (tensor path only).
-        pil_exact: preprocess through Pillow on uint8 images, as transformers' PIL image processor does.
-        local_files_only: never download.
-        attention: ``sdpa`` or ``eager``.
-        compile: ``torch.compile`` the image tower with CUDA graphs for scoring (about 30 s once per shape).
+        cfg: the validated settings (:class:`~rewardsds.rewards.config.CLIPScoreConfig`): the CLIP checkpoint
+            (``pretrained``) and the source of its tokenizer and image processor (``processor``, default:
+            ``pretrained``); the model ``dtype`` (similarities are computed in fp32); ``differentiable``;
+            ``pil_exact`` (Pillow on uint8 images, as transformers' PIL image processor); ``attention``;
+            ``compile`` (the image tower with CUDA graphs for scoring, about 30 s once per shape).
     """
 
     name = "clip"
 
-    def __init__(
-        self,
-        pretrained: str = "openai/clip-vit-large-patch14",
-        processor: Optional[str] = None,
-        dtype: object = "auto",
-        differentiable: bool = False,
-        pil_exact: bool = False,
-        local_files_only: bool = False,
-        attention: object = AttentionImpl.sdpa,
-        compile: bool = False,
-    ):
+    def __init__(self, cfg: CLIPScoreConfig):
         what, key = "CLIP model", "reward.pretrained"
-        proc = processor or pretrained
-        pkey = "reward.processor" if processor else key
-        model = load_clip_model(pretrained, what=what, key=key, local_files_only=local_files_only, attention=attention)
-        tok = load_clip_tokenizer(proc, what=what, key=pkey, local_files_only=local_files_only)
-        transform = load_image_transform(proc, what=what, key=pkey, local_files_only=local_files_only)
-        self._setup(model, tok, transform, dtype=dtype, differentiable=differentiable, pil_exact=pil_exact,
-                    compile=compile)
+        proc = cfg.processor or cfg.pretrained
+        pkey = "reward.processor" if cfg.processor else key
+        local = cfg.local_files_only
+        model = load_clip_model(cfg.pretrained, what=what, key=key, local_files_only=local, attention=cfg.attention)
+        tok = load_clip_tokenizer(proc, what=what, key=pkey, local_files_only=local)
+        transform = load_image_transform(proc, what=what, key=pkey, local_files_only=local)
+        self._setup(cfg, model, tok, transform)
 
     @classmethod
-    def from_parts(cls, model: nn.Module, tokenizer, transform: ImageTransform, **options) -> "CLIPScore":
-        """Wrap already built parts (benchmarks); options as in the constructor."""
+    def from_parts(cls, cfg: LearnedRewardConfig, model: nn.Module, tokenizer, transform: ImageTransform) -> "CLIPScore":
+        """Wrap already built parts (benchmarks); ``cfg`` gives the options (its sources are unused)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, transform, **options)
+        self._setup(cfg, model, tokenizer, transform)
         return self
 
     def _score(self, images: Float[Tensor, "b 3 H W"], prompts: Sequence[str]) -> Float[Tensor, "b"]:

@@ -1,4 +1,4 @@
-"""Shared plumbing of the learned rewards: dtype policy, file resolution with clear errors, caches, heads.
+"""Shared plumbing of the learned rewards: file resolution with clear errors, state-dict loading, heads, compiling.
 
 Every learned reward resolves its weights through :func:`resolve_file` (Hub id, local folder, local
 file or URL) so a missing file always raises the same :class:`~rewardsds.errors.ModelLoadError` wording
@@ -8,7 +8,6 @@ file or URL) so a missing file always raises the same :class:`~rewardsds.errors.
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,29 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from rewardsds.errors import ModelLoadError, model_load_message
-
-
-class AttentionImpl(str, Enum):
-    """Attention kernel of a reward backbone (``sdpa`` is the fast path; ``eager`` is the plain reference)."""
-
-    eager = "eager"
-    sdpa = "sdpa"
-
-
-def resolve_dtype(dtype: object, device: torch.device) -> torch.dtype:
-    """Map a ``DType`` choice to a torch dtype on ``device``.
-
-    ``auto`` is bf16 on CUDA (fp16 where the GPU has no bf16) and fp32 elsewhere, as for priors.
-    """
-    value = getattr(dtype, "value", dtype)
-    if value == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if value not in table:
-        raise ValueError(f"unknown dtype {value!r}; use auto, fp32, fp16 or bf16")
-    return table[value]
 
 
 def _is_url(source: str) -> bool:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from rewardsds.schema import DType, check, check_modes, enum_option
-from rewardsds.priors.config import AnalyticMode
+from rewardsds.priors.config import AnalyticMode, check_modes, mode_keywords, modes_or_default
+from rewardsds.schema import DType, check, enum_option
 
 
 @dataclass
@@ -33,20 +34,32 @@ class JPEGRewardConfig(RewardConfig):
 class AnalyticRewardConfig(RewardConfig):
     """Closeness to preferred modes of the analytic prior (negative mean squared distance in [0,1])."""
 
+    # mode names or keywords: preferred=[blue] selects every mode with the keyword "blue"
     preferred: List[str] = field(default_factory=lambda: ["blue"])
-    modes: List[AnalyticMode] = field(default_factory=list)
-    image_size: int = 16
+    modes: List[AnalyticMode] = field(default_factory=list)  # empty = the analytic prior's built-in modes
+    image_size: int = 16  # resolution at which images are compared with the modes' mean images
 
     def __post_init__(self) -> None:
         check(len(self.preferred) >= 1, "reward.preferred", list(self.preferred), "is empty",
                "name at least one mode or keyword, e.g. reward.preferred=[blue]")
         check(self.image_size >= 1, "reward.image_size", self.image_size, "must be >= 1", "use the prior's image size, e.g. 16")
         check_modes("reward.modes", self.modes)
+        modes = modes_or_default(self.modes)
+        check(bool(preferred_modes(self.preferred, modes)), "reward.preferred", list(self.preferred),
+               "matches no mode name or keyword", f"choose among the modes {[m.name for m in modes]} or their keywords")
+
+
+def preferred_modes(preferred: List[str], modes: List[AnalyticMode]) -> list[AnalyticMode]:
+    """The modes whose name, or one of whose keywords, is in ``preferred`` (case-insensitive), in ``modes`` order."""
+    pref = {p.lower() for p in preferred}
+    return [m for m in modes if str(m.name).lower() in pref or set(mode_keywords(m)) & pref]
 
 
 class AttentionKernel(str, Enum):
+    """Attention kernel of a reward backbone (``sdpa`` is the fast path; ``eager`` is the plain reference)."""
+
     sdpa = "sdpa"  # torch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA)
-    eager = "eager"  # the plain matmul-softmax reference
+    eager = "eager"  # the plain matmul-softmax reference (transformers' own attention code)
 
 
 class AestheticHeadType(str, Enum):
@@ -72,12 +85,12 @@ class LearnedRewardConfig(RewardConfig):
     on the scoring path.
     """
 
-    dtype: DType = DType.auto
-    differentiable: bool = False
-    pil_exact: bool = False
-    local_files_only: bool = False
+    dtype: DType = DType.auto  # the backbone's precision; heads and similarities stay fp32
+    differentiable: bool = False  # allow grad=True: gradients flow to the images (tensor path only)
+    pil_exact: bool = False  # the reference's uint8 PIL preprocessing (not differentiable, CPU-bound)
+    local_files_only: bool = False  # never download
     attention: AttentionKernel = AttentionKernel.sdpa
-    compile: bool = False
+    compile: bool = False  # torch.compile the scoring path with CUDA graphs (about 30 s once per batch shape)
 
     def __post_init__(self) -> None:
         _learned_reward_checks(self)
@@ -87,7 +100,7 @@ class LearnedRewardConfig(RewardConfig):
 class ImageRewardConfig(LearnedRewardConfig):
     """ImageReward-v1.0 on transformers' BLIP modules (checkpoint: Hub repo, folder or ImageReward.pt)."""
 
-    checkpoint: str = "THUDM/ImageReward"
+    checkpoint: str = "THUDM/ImageReward"  # Hub repo, a folder with ImageReward.pt and med_config.json, or the .pt file
     med_config: Optional[str] = None  # default: med_config.json next to the checkpoint
     tokenizer: str = "bert-base-uncased"  # Hub id or a folder with vocab.txt
 
@@ -96,9 +109,10 @@ class ImageRewardConfig(LearnedRewardConfig):
 class AestheticRewardConfig(LearnedRewardConfig):
     """LAION aesthetic predictor on L2-normalised CLIP ViT-L/14 image embeddings (prompt-free)."""
 
-    pretrained: str = "openai/clip-vit-large-patch14"
+    pretrained: str = "openai/clip-vit-large-patch14"  # the CLIP model whose image tower the head was trained on
     head_type: AestheticHeadType = AestheticHeadType.linear
-    head: Optional[str] = None  # head file: local path or URL; None = the published URL of head_type
+    # head file: local path or URL; None = the published URL of head_type (cached under $TORCH_HOME/hub/checkpoints)
+    head: Optional[str] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,16 +123,16 @@ class AestheticRewardConfig(LearnedRewardConfig):
 class CLIPScoreConfig(LearnedRewardConfig):
     """Cosine similarity of CLIP image and prompt embeddings (any transformers CLIP checkpoint)."""
 
-    pretrained: str = "openai/clip-vit-large-patch14"
+    pretrained: str = "openai/clip-vit-large-patch14"  # Hub id or local folder
     processor: Optional[str] = None  # tokenizer + image processor source; default: pretrained
 
 
 @dataclass
-class PickScoreConfig(LearnedRewardConfig):
-    """PickScore: exp(logit_scale) * cosine of a CLIP-H/14 fine-tuned on Pick-a-Pic."""
+class PickScoreConfig(CLIPScoreConfig):
+    """PickScore: exp(logit_scale) * cosine of a CLIP-H/14 fine-tuned on Pick-a-Pic (a CLIP score with its own weights)."""
 
-    pretrained: str = "yuvalkirstain/PickScore_v1"
-    processor: Optional[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    pretrained: str = "yuvalkirstain/PickScore_v1"  # Hub id or local folder
+    processor: Optional[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # tokenizer + image processor (the model ships none)
 
 
 @dataclass
@@ -133,8 +147,9 @@ class HPSv2Config(LearnedRewardConfig):
 class ComboRewardConfig(RewardConfig):
     """Weighted sum of rewards; each component is a full reward config under components.<name>."""
 
+    # name -> a reward config (with its _target_); the name is the component's log key: train/reward_<name>
     components: Dict[str, Any] = field(default_factory=dict)
-    weights: Dict[str, float] = field(default_factory=dict)
+    weights: Dict[str, float] = field(default_factory=dict)  # name -> weight, one per component (scores are not rescaled)
 
     def __post_init__(self) -> None:
         names = sorted(self.components)
@@ -143,5 +158,13 @@ class ComboRewardConfig(RewardConfig):
         check(sorted(self.weights) == names, "reward.weights", dict(self.weights),
                f"must have one weight per component {names}", "set reward.weights.<name>=<float> for each")
         for name in names:
-            check(name.isidentifier() and name.islower() and not name.startswith("_"), f"reward.components.{name}", name,
-                   "is not a log-friendly name", "use a lowercase identifier such as image_reward")
+            check(bool(_LOG_NAME.match(name)), f"reward.components.{name}", name, "is not a log-friendly name",
+                   "use a lowercase identifier such as image_reward or aesthetic")
+            component = self.components[name]
+            check(isinstance(component, RewardConfig), f"reward.components.{name}", component,
+                   "is not a reward config", "nest a reward option under reward.components, e.g. "
+                   f"'+reward@reward.components.{name}=clip'")
+
+
+#: a component name: a lowercase identifier (it becomes the metric key train/reward_<name>)
+_LOG_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from rewardsds.rewards.clip import ClipReward, load_clip_tokenizer, load_image_transform
 from rewardsds.rewards.common import (
-    AttentionImpl,
     freeze,
     load_pretrained,
     load_state_dict_file,
@@ -33,6 +32,7 @@ from rewardsds.rewards.common import (
     resolve_file,
     unusable_file_error,
 )
+from rewardsds.rewards.config import HPSv2Config
 from rewardsds.rewards.preprocess import ImageTransform
 
 HPSV2_FILE = "HPS_v2.1_compressed.pt"
@@ -142,64 +142,49 @@ class HPSv2(ClipReward):
     """HPSv2.1 human preference score of (image, prompt) pairs (about 0.2-0.35).
 
     Args:
-        checkpoint: Hub repo id holding ``HPS_v2.1_compressed.pt`` (``xswu/HPSv2``), a local folder with it,
-            or the ``.pt`` file.
-        processor: config, tokenizer and image processor source of the ViT-H-14 architecture
-            (``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``).
-        dtype: model precision (``auto``: bf16 on CUDA, fp32 on CPU); similarities are computed in fp32.
-        differentiable: allow ``grad=True`` (tensor path only).
-        pil_exact: quantise images to uint8 first, as the reference reads PIL images (its resize is the
-            float-tensor resize either way).
-        local_files_only: never download.
-        attention: ``sdpa`` or ``eager``.
-        compile: ``torch.compile`` the image tower with CUDA graphs for scoring (about 30 s once per shape).
+        cfg: the validated settings (:class:`~rewardsds.rewards.config.HPSv2Config`): the checkpoint (a Hub repo
+            holding ``HPS_v2.1_compressed.pt``, a local folder with it, or the ``.pt`` file); the config, tokenizer
+            and image processor source of the ViT-H-14 architecture (``processor``); the model ``dtype``
+            (similarities are computed in fp32); ``differentiable``; ``pil_exact`` (quantise images to uint8
+            first, as the reference reads PIL images; its resize is the float-tensor resize either way);
+            ``attention``; ``compile`` (the image tower with CUDA graphs for scoring).
     """
 
     name = "hpsv2"
 
-    def __init__(
-        self,
-        checkpoint: str = "xswu/HPSv2",
-        processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-        dtype: object = "auto",
-        differentiable: bool = False,
-        pil_exact: bool = False,
-        local_files_only: bool = False,
-        attention: object = AttentionImpl.sdpa,
-        compile: bool = False,
-    ):
+    def __init__(self, cfg: HPSv2Config):
         from transformers import CLIPConfig
 
         key, pkey = "reward.checkpoint", "reward.processor"
         what = "HPSv2.1 checkpoint"
-        path = resolve_file(checkpoint, HPSV2_FILE, what=what, key=key, local_files_only=local_files_only)
-        config = load_pretrained(CLIPConfig.from_pretrained, processor, what="ViT-H-14 CLIP config", key=pkey,
-                                 local_files_only=local_files_only)
-        config._attn_implementation = AttentionImpl(getattr(attention, "value", attention)).value
+        local = cfg.local_files_only
+        path = resolve_file(cfg.checkpoint, HPSV2_FILE, what=what, key=key, local_files_only=local)
+        config = load_pretrained(CLIPConfig.from_pretrained, cfg.processor, what="ViT-H-14 CLIP config", key=pkey,
+                                 local_files_only=local)
+        config._attn_implementation = cfg.attention.value
         try:
             model = build_hpsv2_model(load_state_dict_file(path, what=what, key=key), config)
         except (KeyError, RuntimeError, ValueError) as err:
             raise unusable_file_error(what, path, err, key) from err
-        tok = load_clip_tokenizer(processor, what="ViT-H-14 CLIP", key=pkey, local_files_only=local_files_only)
-        transform = load_image_transform(processor, what="ViT-H-14 CLIP", key=pkey, local_files_only=local_files_only,
+        tok = load_clip_tokenizer(cfg.processor, what="ViT-H-14 CLIP", key=pkey, local_files_only=local)
+        transform = load_image_transform(cfg.processor, what="ViT-H-14 CLIP", key=pkey, local_files_only=local,
                                          crop_rounding="round")
-        self._setup_hps(model, tok, transform, dtype=dtype, differentiable=differentiable, pil_exact=pil_exact,
-                        compile=compile)
+        self._setup(cfg, model, tok, transform)
 
     @classmethod
-    def from_parts(cls, model: nn.Module, tokenizer, transform: ImageTransform, **options) -> "HPSv2":
-        """Wrap already built parts (benchmarks); options as in the constructor."""
+    def from_parts(cls, cfg: HPSv2Config, model: nn.Module, tokenizer, transform: ImageTransform) -> "HPSv2":
+        """Wrap already built parts (benchmarks); ``cfg`` gives the options (its sources are unused)."""
         self = cls.__new__(cls)
-        self._setup_hps(model, tokenizer, transform, **options)
+        self._setup(cfg, model, tokenizer, transform)
         return self
 
-    def _setup_hps(self, model, tokenizer, transform: ImageTransform, **options) -> None:
+    def _setup(self, cfg: HPSv2Config, model: nn.Module, tokenizer, transform: ImageTransform) -> None:
         # The reference resizes float tensors (ToTensor before Resize): one unclipped antialiased pass.
         transform = dataclasses.replace(transform, crop_rounding="round", float_resize=True)
-        self._setup(model, tokenizer, transform, **options)
+        super()._setup(cfg, model, tokenizer, transform)
 
     def preprocess(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b 3 s s"]:
-        if self.pil_exact:  # the reference's input is a PIL image: uint8 values
+        if self.cfg.pil_exact:  # the reference's input is a PIL image: uint8 values
             images = images.detach().mul(255).round().div(255)
         return self.transform(images).to(self.device)
 

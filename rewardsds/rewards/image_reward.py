@@ -28,20 +28,20 @@ from torch import Tensor, nn
 
 from rewardsds.rewards.base import Reward
 from rewardsds.rewards.common import (
-    AttentionImpl,
     StackedLinearHead,
     compile_for_scoring,
     freeze,
     load_pretrained,
     load_state_dict_file,
     materialize_position_ids,
-    resolve_dtype,
     resolve_file,
     unusable_file_error,
 )
-from rewardsds.utils.cache import LRUCache
-from rewardsds.utils.text import report_truncation
+from rewardsds.rewards.config import AttentionKernel, ImageRewardConfig
 from rewardsds.rewards.preprocess import ImageTransform
+from rewardsds.utils.cache import LRUCache
+from rewardsds.utils.dtypes import resolve_dtype
+from rewardsds.utils.text import report_truncation
 
 #: reward normalisation of ImageReward-v1.0 (Python attributes of the original class, not in the state dict)
 REWARD_MEAN = 0.16717362830052426
@@ -219,7 +219,7 @@ def _sdpa_text_attention(
     return out.transpose(1, 2).reshape(b, q_len, self.all_head_size), None
 
 
-def set_blip_attention(module: nn.Module, impl: AttentionImpl | str) -> None:
+def set_blip_attention(module: nn.Module, impl: AttentionKernel) -> None:
     """Switch every BLIP attention in ``module`` between the transformers code (``eager``) and SDPA.
 
     transformers' BLIP classes only have the eager matmul-softmax attention. The SDPA path computes the
@@ -229,10 +229,9 @@ def set_blip_attention(module: nn.Module, impl: AttentionImpl | str) -> None:
     from transformers.models.blip.modeling_blip import BlipAttention
     from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
 
-    impl = AttentionImpl(getattr(impl, "value", impl))
     for m in module.modules():
         if isinstance(m, (BlipAttention, BlipTextSelfAttention)):
-            if impl is AttentionImpl.eager:
+            if impl is AttentionKernel.eager:
                 m.__dict__.pop("forward", None)  # back to the class method
             else:
                 fn = _sdpa_vision_attention if isinstance(m, BlipAttention) else _sdpa_text_attention
@@ -346,49 +345,30 @@ class ImageReward(Reward):
     """ImageReward-v1.0 score of (image, prompt) pairs, batched on the run's device.
 
     Args:
-        checkpoint: Hub repo id (``THUDM/ImageReward``), a local folder with ``ImageReward.pt`` and
-            ``med_config.json``, or the ``.pt`` file.
-        med_config: ``med_config.json`` source if not next to the checkpoint.
-        tokenizer: bert-base-uncased tokenizer (Hub id or folder with ``vocab.txt``).
-        dtype: backbone precision (``auto``: bf16 on CUDA, fp32 on CPU); the head always runs in fp32.
-        differentiable: allow ``grad=True`` (gradients flow to the images; the tensor path only).
-        pil_exact: preprocess through Pillow on uint8 images exactly like the original package
-            (not differentiable, CPU-bound); default is the batched tensor path.
-        local_files_only: never download.
-        attention: ``sdpa`` (fast) or ``eager`` (transformers' reference code).
-        compile: ``torch.compile`` the model with CUDA graphs for scoring (see
-            :func:`~rewardsds.rewards.common.compile_for_scoring`; about 30 s once per batch shape).
+        cfg: the validated settings (:class:`~rewardsds.rewards.config.ImageRewardConfig`): where the checkpoint,
+            ``med_config.json`` and the bert-base-uncased tokenizer come from; the backbone ``dtype`` (``auto``: bf16
+            on CUDA, fp32 on CPU; the head always runs in fp32); ``differentiable`` (gradients flow to the images,
+            tensor path only); ``pil_exact`` (the original package's uint8 Pillow preprocessing, not
+            differentiable); ``attention`` (``sdpa`` or transformers' ``eager`` code); ``compile`` (CUDA graphs
+            for scoring, see :func:`~rewardsds.rewards.common.compile_for_scoring`).
     """
 
     name = "image_reward"
     uses_prompt = True
 
-    def __init__(
-        self,
-        checkpoint: str = "THUDM/ImageReward",
-        med_config: Optional[str] = None,
-        tokenizer: str = "bert-base-uncased",
-        dtype: object = "auto",
-        differentiable: bool = False,
-        pil_exact: bool = False,
-        local_files_only: bool = False,
-        attention: object = AttentionImpl.sdpa,
-        compile: bool = False,
-    ):
-        model = load_image_reward_model(checkpoint, med_config, local_files_only=local_files_only)
-        tok = load_image_reward_tokenizer(tokenizer, local_files_only=local_files_only)
-        self._setup(model, tok, dtype=dtype, differentiable=differentiable, pil_exact=pil_exact,
-                    attention=attention, compile=compile)
+    def __init__(self, cfg: ImageRewardConfig):
+        model = load_image_reward_model(cfg.checkpoint, cfg.med_config, local_files_only=cfg.local_files_only)
+        tok = load_image_reward_tokenizer(cfg.tokenizer, local_files_only=cfg.local_files_only)
+        self._setup(cfg, model, tok)
 
     @classmethod
-    def from_parts(cls, model: ImageRewardModel, tokenizer, **options) -> "ImageReward":
-        """Wrap an already built model and tokenizer (benchmarks); options as in the constructor."""
+    def from_parts(cls, cfg: ImageRewardConfig, model: ImageRewardModel, tokenizer) -> "ImageReward":
+        """Wrap an already built model and tokenizer (benchmarks); ``cfg`` gives the options (its sources are unused)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, **options)
+        self._setup(cfg, model, tokenizer)
         return self
 
-    def _setup(self, model, tokenizer, *, dtype="auto", differentiable=False, pil_exact=False,
-               attention=AttentionImpl.sdpa, compile=False) -> None:
+    def _setup(self, cfg: ImageRewardConfig, model: ImageRewardModel, tokenizer) -> None:
         Reward.__init__(self)
         if len(tokenizer) != model.text.config.vocab_size:
             raise unusable_file_error(
@@ -396,23 +376,24 @@ class ImageReward(Reward):
                 ValueError(f"{len(tokenizer)} tokens (with [DEC], [ENC]) but the checkpoint embeds "
                            f"{model.text.config.vocab_size}; use the bert-base-uncased vocabulary"),
                 "reward.tokenizer")
+        self.cfg = cfg
         self.model = freeze(model)
         self.tokenizer = tokenizer
         self.transform = image_reward_transform(model.vision.config.image_size)
-        self.dtype_option = dtype
-        self.differentiable = bool(differentiable)
-        self.pil_exact = bool(pil_exact)
-        if self.pil_exact and self.differentiable:
-            raise ValueError("pil_exact=True quantises to uint8 through PIL and cannot be differentiable")
-        set_blip_attention(self.model, attention)
-        self._forward = compile_for_scoring(self.model) if compile else self.model
+        set_blip_attention(self.model, cfg.attention)
+        self._forward = compile_for_scoring(self.model) if cfg.compile else self.model
         self._tokens = LRUCache()
         self.dtype = torch.float32
         self.to("cpu")
 
+    @property
+    def differentiable(self) -> bool:  # type: ignore[override]
+        """Whether ``grad=True`` is allowed (``reward.differentiable``)."""
+        return self.cfg.differentiable
+
     def to(self, device: torch.device | str) -> "ImageReward":
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(self.dtype_option, self.device)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         self.model.to(device=self.device)
         self.model.vision.to(dtype=self.dtype)
         self.model.text.to(dtype=self.dtype)
@@ -433,7 +414,7 @@ class ImageReward(Reward):
         return torch.stack([a for a, _ in pairs]), torch.stack([m for _, m in pairs])
 
     def preprocess(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b 3 224 224"]:
-        return self.transform.pil(images) if self.pil_exact else self.transform(images)
+        return self.transform.pil(images) if self.cfg.pil_exact else self.transform(images)
 
     def _score(self, images: Float[Tensor, "b 3 H W"], prompts: Sequence[str]) -> Float[Tensor, "b"]:
         ids, mask = self.tokenize(prompts)

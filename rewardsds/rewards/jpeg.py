@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from rewardsds.rewards.base import Reward
+from rewardsds.rewards.config import JPEGRewardConfig
 
 
 class JPEGCompressibility(Reward):
@@ -20,18 +21,17 @@ class JPEGCompressibility(Reward):
     the uint8 images per call; it is non-differentiable and ignores the prompt.
 
     Args:
-        quality: JPEG quality (DDPO: 95).
-        sign: -1 for compressibility, +1 for incompressibility.
+        cfg: the validated settings (:class:`~rewardsds.rewards.config.JPEGRewardConfig`): the JPEG quality (DDPO: 95)
+            and the sign (-1 for compressibility, +1 for incompressibility).
     """
 
     differentiable = False
     uses_prompt = False
 
-    def __init__(self, quality: int = 95, sign: float = -1.0):
+    def __init__(self, cfg: JPEGRewardConfig):
         super().__init__()
-        self.quality = int(quality)
-        self.sign = float(sign)
-        self.name = "jpeg_compressibility" if self.sign < 0 else "jpeg_incompressibility"
+        self.cfg = cfg
+        self.name = "jpeg_compressibility" if cfg.sign < 0 else "jpeg_incompressibility"
 
     @staticmethod
     def jpeg_kb(images: Tensor, quality: int) -> list[float]:
@@ -45,4 +45,4 @@ class JPEGCompressibility(Reward):
         return sizes
 
     def _score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        return self.sign * torch.tensor(self.jpeg_kb(images, self.quality), device=images.device)
+        return self.cfg.sign * torch.tensor(self.jpeg_kb(images, self.cfg.quality), device=images.device)

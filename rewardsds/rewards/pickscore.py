@@ -7,13 +7,13 @@ processor: ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the checkpoint ships no pr
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from rewardsds.rewards.clip import CLIPScore
-from rewardsds.rewards.common import AttentionImpl
+from rewardsds.rewards.config import PickScoreConfig
 from rewardsds.rewards.preprocess import ImageTransform
 
 
@@ -21,31 +21,20 @@ class PickScore(CLIPScore):
     """PickScore of (image, prompt) pairs (about 18-24 for typical images).
 
     Args:
-        pretrained: the PickScore model, Hub id or local folder.
-        processor: tokenizer + image processor source (``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``).
-        dtype, differentiable, pil_exact, local_files_only, attention, compile: as for :class:`CLIPScore`.
+        cfg: the validated settings (:class:`~rewardsds.rewards.config.PickScoreConfig`): the PickScore model
+            (``pretrained``) and its tokenizer + image processor source (``processor``); the other options as for
+            :class:`~rewardsds.rewards.clip.CLIPScore`.
     """
 
     name = "pickscore"
 
-    def __init__(
-        self,
-        pretrained: str = "yuvalkirstain/PickScore_v1",
-        processor: Optional[str] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-        dtype: object = "auto",
-        differentiable: bool = False,
-        pil_exact: bool = False,
-        local_files_only: bool = False,
-        attention: object = AttentionImpl.sdpa,
-        compile: bool = False,
-    ):
-        super().__init__(pretrained=pretrained, processor=processor, dtype=dtype, differentiable=differentiable,
-                         pil_exact=pil_exact, local_files_only=local_files_only, attention=attention, compile=compile)
+    def __init__(self, cfg: PickScoreConfig):
+        super().__init__(cfg)
 
-    def _setup(self, model: nn.Module, tokenizer, transform: ImageTransform, **options) -> None:
+    def _setup(self, cfg: PickScoreConfig, model: nn.Module, tokenizer, transform: ImageTransform) -> None:
         # read in fp32 before the model may be cast to half precision
         self.logit_scale = float(model.logit_scale.detach().float().exp())
-        super()._setup(model, tokenizer, transform, **options)
+        super()._setup(cfg, model, tokenizer, transform)
 
     def _score(self, images: Float[Tensor, "b 3 H W"], prompts: Sequence[str]) -> Float[Tensor, "b"]:
         return self.logit_scale * (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)
