@@ -24,20 +24,20 @@ class DType(str, Enum):
 
 
 def build(node: Any, **kwargs: Any) -> Any:
-    """The object a validated config node describes: ``<node._target_>(node, **kwargs)``.
+    """The object a validated config node describes: ``<node._target_>(node, **kwargs)`` (a class or a factory).
 
     Args:
         node: a schema instance (``OmegaConf.to_object`` of a composed group, or built in Python) whose
             ``_target_`` names the class.
         kwargs: run-time arguments that are not settings (e.g. a logger's ``save_dir``).
     """
-    from hydra.utils import get_class
+    from hydra.utils import get_object
 
     target = getattr(node, "_target_", None)
     if not target or target == "???":
         raise ConfigError(f"{type(node).__name__}._target_", target, "names no class to build",
                           "give the option YAML a _target_ (the class the schema configures)")
-    return get_class(target)(node, **kwargs)
+    return get_object(target)(node, **kwargs)
 
 
 def check(cond: bool, key: str, value: Any, problem: str, fix: str) -> None:

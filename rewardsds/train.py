@@ -77,11 +77,11 @@ def _device_index(devices: Any) -> Optional[int]:
     return None
 
 
-def gpu_lock_enabled(typed: Config) -> bool:
+def gpu_lock_enabled(typed: Config, choices: Choices) -> bool:
     """``gpu_lock.enabled``, where null means: on exactly when the launcher is ``hydra/launcher=gpus``."""
     if typed.gpu_lock.enabled is not None:
         return bool(typed.gpu_lock.enabled)
-    return _choice("hydra/launcher") == "gpus"
+    return _choice("hydra/launcher", choices) == "gpus"
 
 
 def job_overrides() -> list[str]:
@@ -252,7 +252,7 @@ def train(cfg: Config | DictConfig, run_dir: Path, choices: Optional[dict] = Non
     with _Untouched():
         choices = Choices(choices if choices is not None else (hydra_choices(cfg) if isinstance(cfg, DictConfig) else {}))
         typed = cfg if isinstance(cfg, Config) else validate(cfg)
-    if not gpu_lock_enabled(typed):
+    if not gpu_lock_enabled(typed, choices):
         return _train(typed, Path(run_dir), None, choices=choices, overrides=overrides)
     from rewardsds.devices import GpuLock, default_lock_dir, gpu_pool
 

@@ -177,7 +177,7 @@ class VSDLoss(LossMode):
         # Seeded from the run seed (seed_everything) but independent of any other draw before setup.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(torch.initial_seed(), 0, Streams.LORA))
-            self.model = LoRAUNet(unet, self.cfg.lora_rank, prediction_type, getattr(prior, "channels_last", True))
+            self.model = LoRAUNet(unet, self.cfg.lora_rank, prediction_type, prior.cfg.channels_last)
 
     def param_groups(self) -> list[dict[str, Any]]:
         if self.model is None:
@@ -285,6 +285,6 @@ def load_lora_base(source: str, prior: Prior, device: torch.device) -> tuple[nn.
                           "use a base trained with the prior's schedule, or leave loss.lora_base unset")
     dtype = getattr(prior, "dtype", torch.float32)
     unet.to(device=device, dtype=dtype)
-    if torch.device(device).type == "cuda" and getattr(prior, "channels_last", False):
+    if torch.device(device).type == "cuda" and prior.cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
     return unet, prediction_type
