@@ -6,10 +6,9 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rewardsds.config import CSVLoggerConfig, NoLoggerConfig, WandbLoggerConfig
+from rewardsds.config import CSVLoggerConfig, NoLoggerConfig, WandbLoggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def resolve_wandb_mode(mode: str) -> tuple[str, Optional[str]]:
 
 
 def wandb_logger(
-    cfg: "WandbLoggerConfig",
+    cfg: WandbLoggerConfig,
     save_dir: str = ".",
     run_config: Optional[dict] = None,
     name: Optional[str] = None,
@@ -105,7 +104,7 @@ def log_checkpoint(logger, path: Path, aliases: Sequence[str] = ("last",)) -> No
     run.log_artifact(art, aliases=list(aliases))
 
 
-def csv_logger(cfg: "CSVLoggerConfig", save_dir: str = ".", resume_step: Optional[int] = None):
+def csv_logger(cfg: CSVLoggerConfig, save_dir: str = ".", resume_step: Optional[int] = None):
     """``logger=csv``: ``<save_dir>/<cfg.name>/metrics.csv``. ``resume_step``: a resumed run keeps the rows of the
     steps before it (the steps after the checkpoint are logged again by the resumed session) instead of Lightning's
     fresh file."""
@@ -149,7 +148,7 @@ def _row_step(row: dict) -> float:
         return 0.0
 
 
-def no_logger(cfg: "NoLoggerConfig", save_dir: str = "."):
+def no_logger(cfg: NoLoggerConfig, save_dir: str = "."):
     """``logger=none``: nothing beyond the run's own files."""
     return False
 

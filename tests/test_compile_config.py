@@ -21,7 +21,9 @@ from rewardsds.priors.config import SDPriorConfig, check_compile_mode, normalize
 from rewardsds.priors.quantized import check_float8_support
 from rewardsds.schema import build
 from rewardsds.strategies.config import MinMaxStrategyConfig
-from step_helpers import make_engine
+from rewardsds.losses.config import SDSLossConfig
+from rewardsds.losses.sds import SDSLoss
+from step_helpers import make_engine, step_loss
 
 
 @pytest.fixture
@@ -153,7 +155,7 @@ def test_lookahead_quantize_option_checks(tiny_sd, monkeypatch):
 def test_lookahead_ranking_calls_go_to_the_ranking_view_only(tiny_sd, monkeypatch):
     """Routing, on CPU: with the float8 view replaced by a plain copy of the UNet (float8 needs sm89), the
     lookahead's calls after the shared first one use the view; the prediction at t uses the prior's UNet."""
-        from rewardsds.priors import sd as sd_module
+    from rewardsds.priors import sd as sd_module
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.rewards.analytic import AnalyticReward
     from rewardsds.rewards.config import AnalyticRewardConfig
@@ -169,8 +171,8 @@ def test_lookahead_ranking_calls_go_to_the_ranking_view_only(tiny_sd, monkeypatc
     p.unet.register_forward_hook(lambda m, a, k: calls["main"].append(a[0].shape[0]))
     view.unet_float8.register_forward_hook(lambda m, a, k: calls["view"].append(a[0].shape[0]))
     eng = make_engine(p, AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16)), steps=6, start="exact_t", seed=0)
-    text = p.text_cond(["a red disk"], "")
-    c = eng.evaluate(torch.randn(1, 4, 8, 8), 700, 4, 0, text, MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), ["a red disk"])
+    c = step_loss(SDSLoss(SDSLossConfig()), p, eng, torch.randn(1, 4, 8, 8), 700, 4, MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)),
+                  step=0, prompt="a red disk").candidates
     # t = 700 on the 6-point leading grid {831, 665, 499, 333, 167, 1}: the call at t (shared, the prior's
     # UNet) then 5 lookahead calls, each on 4 candidates x the CFG pair, on the ranking view
     assert calls["main"] == [8] and calls["view"] == [8] * 5

@@ -9,7 +9,7 @@ from hydra.utils import get_object
 from omegaconf import MISSING, OmegaConf
 
 from conftest import CONF_DIR, FAST, compose, run_cli
-from rewardsds.config import SCHEMAS, validate
+from rewardsds.config import validate
 from rewardsds.schedules import Schedule
 from rewardsds.errors import ConfigError
 
@@ -58,57 +58,62 @@ def test_every_debug_config_composes(debug):
     validate(compose([f"debug={debug}", "prompt=a cat"]))
 
 
-def _schema_fields(schema):
+#: Config groups whose options build a component from their schema (``_target_``), and where the classes live.
+COMPONENT_GROUPS = {"prior": "priors", "reward": "rewards", "loss": "losses", "representation": "representations",
+                    "strategy": "strategies", "logger": "loggers", "cameras": "cameras"}
+
+
+def _option_node(group: str, option: str):
+    if group == "cameras":
+        cfg = compose(["prompt=a cat", "representation=nerf", f"cameras={option}"])
+    else:
+        cfg = compose(["prompt=a cat", f"{group}={option}", "n_noises=4", *NEEDS.get((group, option), [])])
+    return getattr(validate(cfg), group)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in COMPONENT_GROUPS for o in options(g)])
+def test_every_option_builds_a_class_that_takes_its_schema(group, option):
+    """One home per parameter: the option's class takes the validated schema as its one setting (no keyword defaults
+    repeating the schema's), the YAML names that class in ``_target_`` and holds only what differs from the schema."""
     import dataclasses
+    import typing
 
-    return {f.name: f for f in dataclasses.fields(schema) if f.name != "_target_"}
-
-
-@pytest.mark.parametrize("group,name,schema", [(g, n, s) for g, opts in SCHEMAS.items() for n, s in opts.items() if g != "trainer"])
-def test_schema_matches_target_signature(group, name, schema):
-    """Constructor keywords of the target equal the schema's fields, with equal defaults (no drift)."""
-    import dataclasses
-
-    target = get_object(schema._target_)
-    sig = inspect.signature(target)
-    params = {k: p for k, p in sig.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and k not in ("save_dir", "run_config")}
-    fields = _schema_fields(schema)
-    assert set(params) == set(fields), f"{schema.__name__} vs {schema._target_}: {set(params) ^ set(fields)}"
-    for k, f in fields.items():
+    node = _option_node(group, option)
+    target = get_object(node._target_)
+    fn = target.__init__ if inspect.isclass(target) else target
+    params = [k for k in inspect.signature(fn).parameters if k != "self"]
+    assert params[0] == "cfg", (option, params)
+    assert typing.get_type_hints(fn)["cfg"] is type(node), (option, typing.get_type_hints(fn).get("cfg"))
+    assert node._target_.startswith(f"rewardsds.{COMPONENT_GROUPS[group]}"), node._target_  # conf/<group> -> rewardsds.<plural>
+    # the YAML restates nothing the schema already says
+    yaml = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    defaults = {f.name: f for f in dataclasses.fields(type(node))}
+    for key in yaml:
+        if key in ("defaults", "_target_") or key not in defaults:
+            continue
+        f = defaults[key]
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        pd = params[k].default
-        if pd is inspect.Parameter.empty:
-            continue
-        if isinstance(default, Enum):
-            default = default.value
-        if isinstance(default, Schedule):
-            pd = Schedule.from_any(pd)
-        elif dataclasses.is_dataclass(default) and hasattr(default, "low"):  # Range vs a (low, high) tuple
-            default = (default.low, default.high)
-            pd = tuple(float(v) for v in pd)
-        if isinstance(pd, tuple) and not isinstance(default, tuple):
-            pd = list(pd)
-        if default in ([], None) and pd in ((), [], None):
-            continue
-        assert pd == default, f"{schema.__name__}.{k}: schema default {default!r} != {schema._target_} default {pd!r}"
+        value = OmegaConf.to_container(yaml, resolve=False)[key]
+        if isinstance(value, str) and "${" in value:
+            continue  # an interpolation (e.g. the run's seed) is not a restated default
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(type(node)), {key: value}), enum_to_str=True)[key]
+        base = OmegaConf.to_container(OmegaConf.structured(type(node)), enum_to_str=True)[key]
+        assert merged != base, f"conf/{group}/{option}.yaml restates the schema default of {key} ({default!r})"
 
 
-def test_every_conf_file_maps_to_its_schema():
-    """conf/<group>/<option>.yaml extends /schema/<group>/<option> whose _target_ lives in rewardsds.<group plural>."""
-    plural = {"prior": "priors", "reward": "rewards", "loss": "losses", "representation": "representations", "strategy": "strategies",
-              "logger": "loggers"}
-    for group, module in plural.items():
+def test_every_conf_file_extends_its_schema_by_class_name():
+    """conf/<group>/<option>.yaml extends /schema/<group>/<ClassName> (or another option of its group)."""
+    from rewardsds.config import GROUP_SCHEMAS
+
+    for group, schemas in GROUP_SCHEMAS.items():
+        names = {c.__name__ for c in schemas}
         for yaml in (CONF_DIR / group).glob("*.yaml"):
             text = yaml.read_text()
-            # an option may extend another option of its group (representation/nerf_small: nerf with other sizes)
-            while f"/schema/{group}/" not in text:
+            if f"/schema/{group}/" not in text:
                 parent = OmegaConf.load(yaml).defaults[0]
                 assert isinstance(parent, str) and (CONF_DIR / group / f"{parent}.yaml").is_file(), yaml
-                yaml = CONF_DIR / group / f"{parent}.yaml"
-                text = yaml.read_text()
-            schema_name = text.split(f"/schema/{group}/")[1].split("@")[0]
-            target = SCHEMAS[group][schema_name]._target_
-            assert target.startswith(f"rewardsds.{module}"), (yaml, target)
+                continue
+            assert text.split(f"/schema/{group}/")[1].split("@")[0] in names, yaml
 
 
 def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):

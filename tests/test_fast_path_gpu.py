@@ -37,7 +37,7 @@ import torch
 from conftest import gpu_test
 from rewardsds.losses.config import SDSLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig, WeightedStrategyConfig
-from step_helpers import make_engine
+from step_helpers import make_engine, step_loss
 
 PROMPT = "a photo of a red fox"
 T, N, K, GUIDANCE = 600, 4, 15, 7.5
@@ -101,15 +101,11 @@ def _latents() -> torch.Tensor:
 
 
 def fast_step(prior, reward, strategy) -> dict:
-        from rewardsds.losses.base import StepContext
     from rewardsds.losses.sds import SDSLoss
 
     engine = make_engine(prior, reward, steps=K, guidance=7.5, seed=0)
     z = _latents().requires_grad_(True)
-    text = prior.text_cond([PROMPT], "")
-    ctx = StepContext(latents=z, t=T, step=5, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
-                      camera=None, n_noises=N, strategy=strategy, engine=engine, prior=prior)
-    out = SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE))(ctx)
+    out = step_loss(SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE)), prior, engine, z, T, N, strategy, step=5, prompt=PROMPT)
     loss = out.total()
     loss.backward()
     return {"loss": loss.detach(), "grad": z.grad.detach(), "rewards": out.candidates.rewards.detach().float(),
@@ -205,7 +201,6 @@ def test_cuda_graph_unet_matches_eager(parts):
 def test_reference_structure_equals_fast_path_fp32(parts):
     """The speed baseline (the public reference code's structure) computes our step in fp32: same rewards and
     selections, loss and gradient M = 4 times the reference's (it divides each kept candidate's loss by M)."""
-        from rewardsds.losses.base import StepContext
     from rewardsds.losses.sds import SDSLoss
     from rewardsds.reference import reference_structure_step
     from rewardsds.strategies import MinMaxStrategy
@@ -216,9 +211,8 @@ def test_reference_structure_equals_fast_path_fp32(parts):
     engine = make_engine(p, r, steps=K, guidance=7.5, start="grid", seed=0)
     z = _latents().requires_grad_(True)
     text = p.text_cond([PROMPT], "")
-    ctx = StepContext(latents=z, t=T, step=5, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
-                      camera=None, n_noises=n, strategy=MinMaxStrategy(MinMaxStrategyConfig()), engine=engine, prior=p)
-    out = SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE))(ctx)
+    out = step_loss(SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE)), p, engine, z, T, n, MinMaxStrategy(MinMaxStrategyConfig()),
+                    step=5, prompt=PROMPT)
     loss = out.total()
     loss.backward()
     zr = _latents().requires_grad_(True)
@@ -242,7 +236,7 @@ def test_reference_structure_equals_fast_path_fp32(parts):
 def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
     """prior.lookahead_quantize=float8 (eager here; compiled in the benchmark): the view's UNet has float8 linear
     layers, the prior's own UNet and its prediction at t are unchanged, and the lookahead's calls go to the view."""
-        from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
+    from rewardsds.losses.sds import SDSLoss
     from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.quantized import FLOAT8_MIN_CAPABILITY, count_float8_linears
     from rewardsds.priors.sd import StableDiffusionPrior
@@ -270,7 +264,8 @@ def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
     # an explicit chunk size: the automatic one would measure memory with one more call of the prior's UNet
     eng = make_engine(f8, reward("bf16", pil=False), steps=K, guidance=7.5, chunk_size=64, seed=0)
     z = _latents()
-    cands = eng.evaluate(z, T, N, 5, f8.text_cond([PROMPT], ""), MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), [PROMPT])
+    cands = step_loss(SDSLoss(SDSLossConfig()), f8, eng, z, T, N, MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=5,
+                      prompt=PROMPT).candidates
     h1.remove()
     h2.remove()
     rep = {"float8_linears": q, "linears": total, "prior_pred_rel_err": rel(b, a), "float8_pred_rel_err": rel(c, a),
