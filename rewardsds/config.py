@@ -560,8 +560,17 @@ def _reward_aligned_losses(cfg: Config, choices: Choices) -> None:
     if isinstance(loss, PSDLossConfig) and loss.negative_update is NegativeUpdate.reward_feedback:
         if _reward_is_differentiable(cfg.reward) is False:
             name = choices.of("reward", cfg.reward)
-            raise ConfigError("loss.negative_update", "reward_feedback", f"needs a differentiable reward (reward={name} is not)",
+            raise ConfigError("loss.negative_update", "reward_feedback", f"back-propagates the reward into the negative "
+                              f"embedding, and reward={name} is not differentiable",
                               "use loss.negative_update=dpo, or a differentiable reward with reward.differentiable=true")
+
+
+def _vsd_needs_a_stable_diffusion_prior(cfg: Config, choices: Choices) -> None:
+    """VSD adapts a LoRA copy of the prior's single-view UNet: only the Stable Diffusion prior has one."""
+    if isinstance(cfg.loss, VSDLossConfig) and not isinstance(cfg.prior, SDPriorConfig):
+        raise ConfigError("loss", choices.of("loss", cfg.loss), "needs a trainable single-view copy of the prior's UNet for its "
+                          f"LoRA, and prior={choices.of('prior', cfg.prior)!r} has none",
+                          "use prior=sd (any Stable Diffusion 1.x/2.x checkpoint), or another loss such as loss=sds")
 
 
 def _export_formats_of_the_representation(cfg: Config, choices: Choices) -> None:
@@ -595,7 +604,8 @@ def _tiny_decode_needs_a_tiny_autoencoder(cfg: Config, choices: Choices) -> None
 
 #: Checks of combinations of groups, run in this order by :func:`validate` after every schema's own checks.
 CROSS_CHECKS = (_strategy_needs_enough_candidates, _multiview_view_groups, _multiview_needs_views, _dds_edits_a_latent_image,
-                _reward_aligned_losses, _export_formats_of_the_representation, _tiny_decode_needs_a_tiny_autoencoder)
+                _reward_aligned_losses, _vsd_needs_a_stable_diffusion_prior, _export_formats_of_the_representation,
+                _tiny_decode_needs_a_tiny_autoencoder)
 
 
 # ----------------------------------------------------------------------------------------- registration
@@ -823,11 +833,13 @@ def validate(cfg: DictConfig) -> Config:
     from rewardsds.prompts import select_prompt
 
     choices = hydra_choices(cfg)
-    cfg = without_hydra(cfg)
-    check_known_keys(cfg)
-    check_finite_numbers(cfg)
-    select_prompt(cfg)
-    typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    plain = without_hydra(cfg)
+    check_known_keys(plain)
+    check_finite_numbers(plain)
+    select_prompt(cfg)  # in place: the caller's config holds the chosen prompt too
+    if plain is not cfg:
+        plain.prompt = cfg.prompt
+    typed: Config = OmegaConf.to_object(plain)  # type: ignore[assignment]
     for fn in CROSS_CHECKS:
         fn(typed, choices)
     return typed

@@ -118,7 +118,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def _plain(cfg: Any) -> dict:
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False, enum_to_str=True)  # type: ignore[return-value]
+        from rewardsds.config import without_hydra
+
+        return OmegaConf.to_container(without_hydra(cfg), resolve=True, throw_on_missing=False, enum_to_str=True)  # type: ignore[return-value]
     return dict(cfg)
 
 

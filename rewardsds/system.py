@@ -176,7 +176,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         if self.reward is not None:
             self.reward.to(device)
         self.representation.setup(self.prior, device, self.cfg.seed)
-        self.loss_mode.setup(self.prior, self.reward, self.engine, device, self.total_steps)
+        self.loss_mode.setup(self.prior, self.reward, device, self.total_steps, engine=self.engine)
         if self.resume_from is not None:
             self._restore(self.resume_from)
 

@@ -36,6 +36,6 @@ def step_loss(mode: LossMode, prior, engine: CandidateEngine, z, t: int, n: int,
               **context) -> LossOutput:
     """The loss of one step of ``mode`` (set up with ``engine`` first if it is not yet)."""
     if mode.engine is not engine:
-        mode.setup(prior, engine.reward, engine, torch.device("cpu") if not hasattr(z, "device") else z.device, total_steps)
+        mode.setup(prior, engine.reward, z.device, total_steps, engine=engine)
     ctx = make_context(prior, z, t, n, strategy, mode=mode, **context)
     return distill(ctx, mode, engine, strategy)

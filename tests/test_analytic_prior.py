@@ -51,11 +51,10 @@ def test_prompt_selects_mixture_weights(analytic_prior):
 
 def test_denoising_from_pure_noise_reaches_a_mode(analytic_prior):
     """At t = T-1 with the exact predictor, DDIM lands near a mode mean (sanity of the schedule)."""
-    from rewardsds.candidates import CandidateEngine
-    from rewardsds.strategies import NoStrategy
+    from step_helpers import make_engine
 
     p = analytic_prior
-    eng = CandidateEngine(p, None, lookahead_steps=50, lookahead_guidance=1.0, lookahead_grid="linspace")
+    eng = make_engine(p, None, steps=50, guidance=1.0, grid="linspace")
     text = p.text_cond(["a blue square"], "")
     cands = eng.draw(torch.zeros(1, 3, 16, 16), 999, 4, step=0)
     x0 = eng.lookahead(cands, text)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from rewardsds.rng import candidate_noise
-from rewardsds.losses.base import StepContext
 from rewardsds.losses.sds import SDSLoss
 from rewardsds.priors.base import guide
 from rewardsds.reference import plain_rewardsds_step
@@ -24,10 +23,8 @@ def test_candidate_noise_does_not_depend_on_n():
     assert not torch.equal(a, c)
 
 
-def _ctx(prior, engine, z, t, n, strategy, step=5):
-    text = prior.text_cond(["a photo of the cat"], "")
-    return StepContext(latents=z, t=t, step=step, progress=0.0, text=text, prompts=["a photo of the cat"], base_prompt="a photo of the cat",
-                       negative_prompt="", camera=None, n_noises=n, strategy=strategy, engine=engine, prior=prior)
+def _run(loss, prior, engine, z, t, n, strategy, step=5):
+    return step_loss(loss, prior, engine, z, t, n, strategy, step=step, prompt="a photo of the cat")
 
 
 @pytest.mark.parametrize("strategy", [MinMaxStrategy(MinMaxStrategyConfig()), WeightedStrategy(WeightedStrategyConfig())])
@@ -35,12 +32,11 @@ def _ctx(prior, engine, z, t, n, strategy, step=5):
 def test_batched_equals_loop(tiny_sd_prior, strategy, chunk):
     p = tiny_sd_prior
     reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
-    eng = make_engine(p, reward, steps=6, guidance=7.5, grid="leading",
-                          lookahead_start="exact_t", chunk_size=chunk, seed=0)
+    eng = make_engine(p, reward, steps=6, guidance=7.5, grid="leading", start="exact_t", chunk_size=chunk, seed=0)
     z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     z = z0.clone().requires_grad_(True)
     n, t = 5, 700
-    out = SDSLoss(SDSLossConfig(guidance_scale=20.0))(_ctx(p, eng, z, t, n, strategy))
+    out = _run(SDSLoss(SDSLossConfig(guidance_scale=20.0)), p, eng, z, t, n, strategy)
     loss = out.total()
     loss.backward()
     zr = z0.clone().requires_grad_(True)
@@ -63,7 +59,7 @@ def test_strategy_none_skips_lookahead_and_reward(tiny_sd_prior):
     p = tiny_sd_prior
     eng = make_engine(p, None, steps=15)
     z = torch.randn(1, 4, 8, 8, requires_grad=True)
-    out = SDSLoss(SDSLossConfig())(_ctx(p, eng, z, 500, 3, NoStrategy()))
+    out = _run(SDSLoss(SDSLossConfig()), p, eng, z, 500, 3, NoStrategy())
     assert out.candidates.rewards is None
     assert out.candidates.evals == 2 * 3  # only the CFG pair at t
     assert torch.allclose(out.weights, torch.full((3,), 1 / 3))
@@ -78,9 +74,7 @@ def test_sds_gradient_formula(tiny_sd_prior):
     z = torch.randn(2, 4, 8, 8, requires_grad=True)
     t = 321
     text = p.text_cond(["the cat"] * 2, "")
-    ctx = StepContext(latents=z, t=t, step=3, progress=0.0, text=text, prompts=["the cat"] * 2, base_prompt="the cat", negative_prompt="",
-                      camera=None, n_noises=1, strategy=NoStrategy(), engine=eng, prior=p)
-    out = SDSLoss(SDSLossConfig(guidance_scale=100.0))(ctx)
+    out = step_loss(SDSLoss(SDSLossConfig(guidance_scale=100.0)), p, eng, z, t, 1, NoStrategy(), step=3, prompt="the cat")
     out.total().backward()
     noise = candidate_noise(1, z.shape, 9, 3, "cpu")[0]
     x_t = p.add_noise(z.detach(), noise, t)

@@ -361,7 +361,9 @@ def _fake_run(tmp_path, name, overrides, state, iteration=0):
     """A run folder as training leaves it: config_resolved.yaml and a checkpoint holding ``state``."""
     run = tmp_path / name
     run.mkdir()
-    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(compose(overrides), resolve=True))
+    from rewardsds.config import without_hydra
+
+    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(without_hydra(compose(overrides)), resolve=True))
     (run / "checkpoints").mkdir()
     torch.save({"state_dict": state, "rewardsds": {"iteration": iteration}}, run / "checkpoints" / "last.ckpt")
     return run
@@ -470,7 +472,7 @@ def test_export_formats_setting_is_checked_against_the_representation():
     assert validate(compose(["experiment=analytic_3d", "output.export_formats=[]"])).output.export_formats == []
     typed = validate(compose(["experiment=analytic_3d", "output.export_formats=[textured]"]))
     assert [f.value for f in typed.output.export_formats] == ["textured"]
-    with pytest.raises(ConfigError, match=r"output.export_formats = \['mesh'\]: names mesh, which Gaussians does not write "
+    with pytest.raises(ConfigError, match=r"output.export_formats = \['mesh'\]: names mesh, which representation=gaussians does not write "
                                           r"\(it writes: gaussians\).*Fix: use \[all\], \[\] or a list of: gaussians"):
         validate(compose(["experiment=analytic_3d", "representation=gaussians", "output.export_formats=[mesh]"]))
     with pytest.raises(ConfigError, match=r"output.export_formats = \['gaussians'\]: .*LatentImage does not write .*Fix: use \[all\] or \[\]"):

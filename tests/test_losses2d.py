@@ -15,9 +15,8 @@ from conftest import FAST, compose
 from rewardsds.rng import candidate_noise
 from rewardsds.config import validate
 from rewardsds.errors import ConfigError, ModelLoadError
-from rewardsds.losses.base import StepContext
 from rewardsds.losses.bridge import SDSBridgeLoss
-from rewardsds.losses.dds import DDSLoss
+from rewardsds.losses.dds import DDSLoss, predict_with_branch, renoise
 from rewardsds.losses.vsd import VSDLoss, lora_training_draws
 from rewardsds.priors.base import TextCond, guide
 from rewardsds.rewards.analytic import AnalyticReward
@@ -25,17 +24,14 @@ from rewardsds.rewards.config import AnalyticRewardConfig
 from rewardsds.strategies import MinMaxStrategy, NoStrategy
 from rewardsds.losses.config import DDSLossConfig, SDSBridgeLossConfig, VSDLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig
-from step_helpers import make_engine
+from step_helpers import make_context, make_engine, step_loss
 
 PROMPT = "the cat"
 CPU = torch.device("cpu")
 
 
-def _ctx(prior, engine, z, t, n, strategy, step=3, progress=0.0, prompt=PROMPT, camera=None):
-    b = z.shape[0]
-    return StepContext(latents=z, t=t, step=step, progress=progress, text=prior.text_cond([prompt] * b, ""), prompts=[prompt] * b,
-                       base_prompt=prompt, negative_prompt="", camera=camera, n_noises=n, strategy=strategy, engine=engine,
-                       prior=prior)
+def _ctx(prior, z, t, n, strategy, **kw):
+    return make_context(prior, z, t, n, strategy, prompt=kw.pop("prompt", PROMPT), **kw)
 
 
 def _write_png(path: Path, h: int = 16, w: int = 16, seed: int = 0) -> Path:
@@ -51,17 +47,17 @@ def test_second_branch_shares_noise_t_and_skips_zero_weights(tiny_sd_prior):
     z = torch.randn(2, 4, 8, 8)
     cands = eng.draw(z, 400, 3, step=1)
     src = torch.randn(1, 4, 8, 8)
-    x = eng.renoise(cands, src)
+    x = renoise(p, cands, src)
     for i in range(3):
         assert torch.allclose(x[2 * i : 2 * i + 2], p.add_noise(src.expand(2, -1, -1, -1), cands.noise[i], 400))
     cands.weights = torch.tensor([0.45, 0.0, -0.05])
     idx = cands.active()
     assert idx.tolist() == [0, 2] and cands.flat_index(idx).tolist() == [0, 1, 4, 5]
-    assert torch.equal(eng.renoise(cands, src, idx), x[[0, 1, 4, 5]])
+    assert torch.equal(renoise(p, cands, src, idx), x[[0, 1, 4, 5]])
     text = p.text_cond(["a dog"] * 2, "")
     tgt_text = p.text_cond(["a cat"] * 2, "")
     evals = cands.evals
-    (ct, ut), (c, u) = eng.predict_with_branch(cands, tgt_text, src, text, idx=idx)
+    (ct, ut), (c, u) = predict_with_branch(eng, cands, tgt_text, src, text, idx=idx)
     rc, ru = p.predict_noise_pair(x[[0, 1, 4, 5]], 400, p.text_cond(["a dog"] * 4, ""))
     assert torch.allclose(c, rc, atol=1e-5) and torch.allclose(u, ru, atol=1e-5)
     rct, rut = p.predict_noise_pair(cands.noisy[[0, 1, 4, 5]], 400, p.text_cond(["a cat"] * 4, ""))
@@ -72,7 +68,7 @@ def test_second_branch_shares_noise_t_and_skips_zero_weights(tiny_sd_prior):
     cands.weights = torch.tensor([[0.0, 0.0], [0.0, 0.3], [0.2, 0.0]])  # per view: a candidate is active if any view is
     assert cands.active().tolist() == [1, 2]
     with pytest.raises(ValueError, match="do not match"):
-        eng.renoise(cands, torch.randn(3, 4, 8, 8))
+        renoise(p, cands, torch.randn(3, 4, 8, 8))
 
 
 @pytest.mark.parametrize("prior_name", ["tiny_sd_prior", "analytic_prior"])
@@ -90,7 +86,7 @@ def test_equal_branches_give_bit_identical_predictions(prior_name, chunk, reques
     cands = eng.draw(z, 500, 5, step=2)
     text = p.text_cond(["a blue disk"], "")
     for idx in (None, torch.tensor([0, 2, 3, 4])):
-        (ct, ut), (cs, us) = eng.predict_with_branch(cands, text, z, p.text_cond(["a blue disk"], ""), idx=idx)
+        (ct, ut), (cs, us) = predict_with_branch(eng, cands, text, z, p.text_cond(["a blue disk"], ""), idx=idx)
         assert torch.equal(ct, cs) and torch.equal(ut, us)
         assert torch.equal(guide(ct, ut, 7.5) - guide(cs, us, 7.5), torch.zeros_like(ct))
 
@@ -125,7 +121,7 @@ def test_vsd_gradient_and_lora_loss_by_hand(tiny_sd_prior, vsd):
     eng = make_engine(p, None, seed=9)
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     t, step = 321, 3
-    out = vsd(_ctx(p, eng, z, t, 1, NoStrategy(), step=step))
+    out = step_loss(vsd, p, eng, z, t, 1, NoStrategy(), step=step)
     (out.weights[:, None] * out.candidate_losses).sum().backward()
     lora_params = vsd.model.lora_parameters()
     assert all(q.grad is None for q in lora_params)  # the VSD field never reaches the LoRA
@@ -157,7 +153,7 @@ def test_reward_vsd_evaluates_the_lora_only_where_weights_are_nonzero(tiny_sd_pr
     eng = make_engine(p, reward, steps=0, seed=4)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     t, n = 600, 6
-    out = vsd(_ctx(p, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig())))
+    out = step_loss(vsd, p, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig()))
     (out.weights[:, None] * out.candidate_losses).sum().backward()
     w = out.weights
     assert int((w != 0).sum()) == 4 and float(out.logs["lora_evals"]) == 4
@@ -186,7 +182,8 @@ def test_vsd_separate_v_prediction_lora_base(tiny_sd_prior, tiny_sd_v, tmp_path)
     a = p.alphas_cumprod[t].view(-1, 1, 1, 1)
     assert torch.allclose(loss.model.eps(x, t, text, cam, p.alphas_cumprod), a.sqrt() * v + (1 - a).sqrt() * x, atol=1e-6)
     z = torch.randn(1, 4, 8, 8)
-    ctx = _ctx(p, make_engine(p, None, seed=1), z, 500, 1, NoStrategy(), step=7)
+    loss.setup(p, None, CPU, 10, engine=make_engine(p, None, seed=1))
+    ctx = _ctx(p, z, 500, 1, NoStrategy(), step=7)
     tl, eps, drop = lora_training_draws(1, 7, 1, (4, 8, 8), 1000, 0.1, "cpu")
     al, sl = p.alpha_sigma(tl)
     pred = loss.model.raw(p.add_noise(z, eps, tl), tl, p.encode_text([PROMPT]), torch.zeros(1, 16))
@@ -243,17 +240,17 @@ def test_bridge_stage_one_is_sds_and_stage_two_is_the_bridge(tiny_sd_prior):
     x_t = p.add_noise(z0, noise, t)
 
     z = z0.clone().requires_grad_(True)
-    out = loss(_ctx(p, eng, z, t, 1, NoStrategy(), step=step, progress=0.49))
+    out = step_loss(loss, p, eng, z, t, 1, NoStrategy(), step=step, progress=0.49)
     out.total().backward()
     c, u = p.predict_noise_pair(x_t, t, p.text_cond([PROMPT] * 2, ""))
     assert float(out.logs["bridge_stage"]) == 1
     assert torch.allclose(z.grad, (1 - ac) * (guide(c, u, 40.0) - noise) / 2, atol=1e-5, rtol=1e-4)
 
     z = z0.clone().requires_grad_(True)
-    out = loss(_ctx(p, eng, z, t, 1, NoStrategy(), step=step, progress=0.5))
+    out = step_loss(loss, p, eng, z, t, 1, NoStrategy(), step=step, progress=0.5)
     out.total().backward()
-    tgt = p.predict_noise(x_t, torch.full((2,), t), p.encode_text([PROMPT + loss.target_suffix] * 2))
-    src = p.predict_noise(x_t, torch.full((2,), t), p.encode_text([PROMPT + loss.source_suffix] * 2))
+    tgt = p.predict_noise(x_t, torch.full((2,), t), p.encode_text([PROMPT + loss.cfg.target_suffix] * 2))
+    src = p.predict_noise(x_t, torch.full((2,), t), p.encode_text([PROMPT + loss.cfg.source_suffix] * 2))
     assert float(out.logs["bridge_stage"]) == 2
     assert (tgt - src).abs().max() > 1e-4
     assert torch.allclose(z.grad, (1 - ac) * 40.0 * (tgt - src) / 2, atol=1e-5, rtol=1e-4)
@@ -267,9 +264,9 @@ def test_reward_bridge_lookahead_uses_target_and_source_prompts(tiny_sd_prior):
     loss = SDSBridgeLoss(SDSBridgeLossConfig(stage_two_start=0.0))
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
     t, n = 700, 4
-    out = loss(_ctx(p, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig()), step=1, progress=0.0))
+    out = step_loss(loss, p, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig()), step=1, progress=0.0)
     ref = eng.draw(z, t, n, step=1)
-    bridge = TextCond(p.encode_text([PROMPT + loss.target_suffix]), p.encode_text([PROMPT + loss.source_suffix]))
+    bridge = TextCond(p.encode_text([PROMPT + loss.cfg.target_suffix]), p.encode_text([PROMPT + loss.cfg.source_suffix]))
     expected = reward(p.decode_latents(eng.lookahead(ref, bridge)), [PROMPT] * n)
     plain = reward(p.decode_latents(eng.lookahead(ref, p.text_cond([PROMPT], ""))), [PROMPT] * n)
     assert not torch.allclose(expected, plain)
@@ -295,7 +292,7 @@ def test_dds_and_reward_dds_gradients_by_hand(tiny_sd_prior, tmp_path):
     for strategy, n in ((NoStrategy(), 1), (MinMaxStrategy(MinMaxStrategyConfig()), 5)):
         eng = make_engine(p, reward, steps=0, seed=7)
         z = z0.clone().requires_grad_(True)
-        out = loss(_ctx(p, eng, z, 300, n, strategy, step=4))
+        out = step_loss(loss, p, eng, z, 300, n, strategy, step=4)
         out.total().backward()
         noise = candidate_noise(n, z.shape, 7, 4, "cpu")
         expected = torch.zeros_like(z)
@@ -381,4 +378,4 @@ def test_dds_image_errors(analytic_prior, tmp_path):
     eng = make_engine(analytic_prior, None)
     z = wide.source_latents.clone().requires_grad_(True)
     with pytest.raises(ConfigError, match="does not support 3D"):
-        wide(_ctx(analytic_prior, eng, z, 500, 1, NoStrategy(), camera=torch.eye(4)[None]))
+        step_loss(wide, analytic_prior, eng, z, 500, 1, NoStrategy(), camera=torch.eye(4)[None])

@@ -20,7 +20,7 @@ ANALYTIC = ["experiment=analytic", "logger=none", "steps=10", "seed=3"]
 def make_system(tmp_path, extra=(), device="cpu"):
     cfg = compose([*ANALYTIC, *extra])
     typed = validate(cfg)
-    parts = build_components(cfg, typed)
+    parts = build_components(typed)
     system = DistillationSystem(typed, run_dir=tmp_path, **parts)
     system.prepare(torch.device(device))
     system.to(device)

@@ -25,18 +25,15 @@ from rewardsds.rewards.config import AnalyticRewardConfig, JPEGRewardConfig
 from rewardsds.rewards.jpeg import JPEGCompressibility
 from rewardsds.strategies import NoStrategy
 from rewardsds.losses.config import DDPO3DLossConfig, DreamDPOLossConfig, PSDLossConfig
-from step_helpers import make_engine
+from step_helpers import make_engine, step_loss
 
 PROMPT = "a disk"
 
 
-def _ctx(prior, engine, z, t, n, step=3, progress=0.5, reward_active=True):
-    b = z.shape[0]
-    return StepContext(
-        latents=z, t=t, step=step, progress=progress, text=prior.text_cond([PROMPT] * b, ""), prompts=[PROMPT] * b,
-        base_prompt=PROMPT, negative_prompt="", camera=None, n_noises=n, strategy=NoStrategy(), engine=engine,
-        prior=prior, reward=engine.reward, reward_active=reward_active,
-    )
+def _run(loss, prior, engine, z, t, n, step=3, progress=0.5, reward_active=True):
+    """One step's loss of a mode that weighs its own candidates (no strategy applies)."""
+    return step_loss(loss, prior, engine, z, t, n, NoStrategy(), step=step, progress=progress, reward_active=reward_active,
+                     prompt=PROMPT)
 
 
 def _scene(b=2, seed=0, scale=0.5):
@@ -114,7 +111,7 @@ def test_ddpo3d_noising_gradient_matches_hand_reference(analytic_prior, weightin
     z = _scene()
     t, n, step, lam = 820, 4, 9, 0.7
     loss = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=3, pg_weighting=weighting))
-    out = loss(_ctx(p, _engine(p), z, t, n, step))
+    out = _run(loss, p, _engine(p), z, t, n, step)
     out.total().backward()
     cands, _, adv = _pg_reference_advantages(p, _engine(p), z, t, n, step, ddim.uniform_calls(t, 3))
     a, s = p.alpha_sigma(t)
@@ -133,7 +130,7 @@ def test_ddpo3d_first_transition_gradient_matches_per_candidate_normal_log_densi
     calls = ddim.uniform_calls(t, 4)
     loss = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, lambda_sds=0.0, lambda_pg=lam, pg_start=0.0, rollout_steps=4,
                       estimator="first_transition"))
-    out = loss(_ctx(p, _engine(p), z, t, n, step))
+    out = _run(loss, p, _engine(p), z, t, n, step)
     out.total().backward()
 
     cands, roll, adv = _pg_reference_advantages(p, _engine(p), z, t, n, step, calls)
@@ -162,17 +159,17 @@ def test_ddpo3d_schedule_sds_noises_and_reward_window(analytic_prior):
     p = analytic_prior
     z = _scene()
     loss = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.3, rollout_steps=2))
-    before = loss(_ctx(p, _engine(p), z, 500, 4, progress=0.2))
+    before = _run(loss, p, _engine(p), z, 500, 4, progress=0.2)
     assert "loss_pg" not in before.extra and before.candidates.n == 1 and before.candidates.evals == 2 * 2  # one CFG pair per view
     assert torch.equal(before.weights, torch.tensor([1.0]))
-    during = loss(_ctx(p, _engine(p), z, 500, 4, progress=0.5))
+    during = _run(loss, p, _engine(p), z, 500, 4, progress=0.5)
     assert "loss_pg" in during.extra and torch.allclose(during.weights, torch.full((4,), 0.25))
     first = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.0, rollout_steps=2, sds_noises="first"))
-    assert torch.equal(first(_ctx(p, _engine(p), z, 500, 4)).weights, torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    after_window = loss(_ctx(p, _engine(p), z, 500, 1, progress=0.9, reward_active=False))
+    assert torch.equal(_run(first, p, _engine(p), z, 500, 4).weights, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    after_window = _run(loss, p, _engine(p), z, 500, 1, progress=0.9, reward_active=False)
     assert "loss_pg" not in after_window.extra and after_window.candidates.n == 1
     no_sds = DDPO3DLoss(DDPO3DLossConfig(guidance_scale=7.5, pg_start=0.0, sds_end=0.5, rollout_steps=2))
-    assert float(no_sds(_ctx(p, _engine(p), z, 500, 4, progress=0.6)).weights.abs().sum()) == 0.0
+    assert float(_run(no_sds, p, _engine(p), z, 500, 4, progress=0.6).weights.abs().sum()) == 0.0
 
 
 # ============================================================================ DreamDPO
@@ -206,7 +203,7 @@ def test_dreamdpo_gradient_matches_hand_reference(analytic_prior, threshold, bel
     z = _scene(seed=3)
     t, step, b = 760, 6, 2
     loss = DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, lose_guidance_scale=1.0, threshold=threshold, below_threshold=below))
-    out = loss(_ctx(p, _engine(p, reward_views="per_view"), z, t, 2, step))
+    out = _run(loss, p, _engine(p, reward_views="per_view"), z, t, 2, step)
     out.total().backward()
     ref = _pair_reference(p, z, t, 2, step, 7.5)
     w = 1 - p.alphas_cumprod[t]
@@ -261,7 +258,7 @@ def test_dreamdpo_ranks_win_and_lose_per_view(analytic_prior, reward_views):
     p, t = analytic_prior, 760
     z, step, ref, r = _views_disagree_with_the_mean(p, t)
     b = z.shape[0]
-    out = DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, threshold=0.0))(_ctx(p, _engine(p, reward_views=reward_views), z, t, 2, step))
+    out = _run(DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, threshold=0.0)), p, _engine(p, reward_views=reward_views), z, t, 2, step)
     out.total().backward()
     win = (r[1] > r[0]).long()
     one_hot = torch.stack([win == 0, win == 1]).float()
@@ -270,8 +267,8 @@ def test_dreamdpo_ranks_win_and_lose_per_view(analytic_prior, reward_views):
     assert torch.allclose(z.grad, _dreamdpo_field(p, ref, win, t), atol=1e-5, rtol=1e-4)
 
     z_mean = z.detach().clone().requires_grad_(True)
-    out_mean = DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, threshold=0.0, ranking="mean"))(
-        _ctx(p, _engine(p, reward_views=reward_views), z_mean, t, 2, step))
+    out_mean = _run(DreamDPOLoss(DreamDPOLossConfig(guidance_scale=7.5, threshold=0.0, ranking="mean")), p,
+                    _engine(p, reward_views=reward_views), z_mean, t, 2, step)
     out_mean.total().backward()
     mean_win = torch.full((b,), int(r.mean(1)[1] > r.mean(1)[0]), dtype=torch.long)
     assert (mean_win != win).any()  # the case the test is about
@@ -288,7 +285,7 @@ def test_dreamdpo_single_view_is_the_same_for_both_rankings(analytic_prior):
     grads = []
     for ranking in ("per_view", "mean"):
         z = _scene(b=1, seed=4)
-        DreamDPOLoss(DreamDPOLossConfig(threshold=0.0, ranking=ranking))(_ctx(p, _engine(p), z, 700, 2, 5)).total().backward()
+        _run(DreamDPOLoss(DreamDPOLossConfig(threshold=0.0, ranking=ranking)), p, _engine(p), z, 700, 2, 5).total().backward()
         grads.append(z.grad)
     assert torch.equal(grads[0], grads[1]) and float(grads[0].abs().sum()) > 0
     with pytest.raises(ConfigError, match="loss.ranking = 'best'"):
@@ -318,7 +315,7 @@ def test_psd_scene_gradient_matches_hand_reference(analytic_prior):
     z = _scene(seed=4)
     t, step, b = 780, 2, 2
     loss = _psd(p, threshold=0.005, gap_ref=0.05, lose_scale=1.5, negative_update="frozen")
-    out = loss(_ctx(p, _engine(p), z, t, 2, step))
+    out = _run(loss, p, _engine(p), z, t, 2, step)
     out.total().backward()
     ref = _pair_reference(p, z, t, 2, step, 7.5)
     r = torch.stack([ref[i][3].mean() for i in range(2)])  # views averaged (reward_views=mean)
@@ -341,7 +338,7 @@ def test_negative_losses_reach_the_embedding_and_never_the_scene(analytic_prior,
     for mode in ("frozen", update):
         loss = _psd(p, threshold=0.0, negative_update=mode)
         z = _scene(seed=5)
-        out = loss(_ctx(p, _engine(p), z, 820, 2, 1))
+        out = _run(loss, p, _engine(p), z, 820, 2, 1)
         out.total().backward()
         grads[mode] = (z.grad.clone(), loss.negative_embedding.grad)
     assert torch.equal(grads["frozen"][0], grads[update][0])  # the scene sees the same field
@@ -360,7 +357,7 @@ def test_dpo_update_direction_of_the_negative_embedding(analytic_prior, pairs, s
     z = p.means[0:1].clone()
     eng = _engine(p)
     for step in range(25):
-        out = loss(_ctx(p, eng, z, 600 + (37 * step) % 350, 2, step))
+        out = _run(loss, p, eng, z, 600 + (37 * step) % 350, 2, step)
         opt.zero_grad(set_to_none=True)
         if out.extra:
             sum(out.extra.values()).backward()
@@ -440,7 +437,7 @@ def test_every_model_call_sees_whole_view_groups(analytic_prior, monkeypatch, lo
     loss.setup(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), torch.device("cpu"), 10)
     eng = make_engine(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), seed=0, chunk_size=3, reward_views="per_view")
     z = _scene(b=4, seed=6)
-    out = loss(_ctx(p, eng, z, 850, 2, 1))
+    out = _run(loss, p, eng, z, 850, 2, 1)
     out.total().backward()
     assert sizes and all(s % 2 == 0 for s in sizes), sizes
     assert out.candidate_losses.shape == (2, 4) and z.grad is not None
@@ -461,9 +458,7 @@ def test_gradients_flow_through_a_diffusers_unet(tiny_sd_prior, make):
     eng = make_engine(p, AnalyticReward(AnalyticRewardConfig(preferred=["blue"])), seed=0)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     text = p.text_cond(["a photo of a cat"], "")
-    ctx = StepContext(latents=z, t=700, step=0, progress=0.5, text=text, prompts=["a photo of a cat"], base_prompt="a photo of a cat",
-                      negative_prompt="", camera=None, n_noises=2, strategy=NoStrategy(), engine=eng, prior=p, reward=eng.reward)
-    out = loss(ctx)
+    out = step_loss(loss, p, eng, z, 700, 2, NoStrategy(), step=0, progress=0.5, prompt="a photo of a cat")
     out.total().backward()
     assert torch.isfinite(z.grad).all() and float(z.grad.abs().sum()) > 0
     if isinstance(loss, PSDLoss):
@@ -506,7 +501,7 @@ def test_runtime_errors_without_the_schema(analytic_prior):
         DDPO3DLoss(DDPO3DLossConfig(rollout_steps=0))
     z = _scene()
     with pytest.raises(ConfigError, match="n_noises = 1: loss=dreamdpo"):
-        DreamDPOLoss(DreamDPOLossConfig())(_ctx(analytic_prior, _engine(analytic_prior), z, 500, 1))
+        _run(DreamDPOLoss(DreamDPOLossConfig()), analytic_prior, _engine(analytic_prior), z, 500, 1)
 
 
 # ============================================================================ on the analytic prior

@@ -124,9 +124,10 @@ class LossMode(nn.Module):
         self.reward: Optional["Reward"] = None
         self.engine: Optional["CandidateEngine"] = None
 
-    def setup(self, prior: Prior, reward: Optional["Reward"], engine: "CandidateEngine", device: torch.device,
-              total_steps: int) -> None:
-        """Keep the run's services and build trainable state that depends on the prior (once, before the optimiser)."""
+    def setup(self, prior: Prior, reward: Optional["Reward"], device: torch.device, total_steps: int,
+              engine: Optional["CandidateEngine"] = None) -> None:
+        """Keep the run's services (the prior, the reward, the step's candidate engine) and build trainable state that
+        depends on the prior (once, before the optimiser)."""
         object.__setattr__(self, "prior", prior)  # plain attributes, not submodules: frozen models stay out of state
         object.__setattr__(self, "reward", reward)
         object.__setattr__(self, "engine", engine)

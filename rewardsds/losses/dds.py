@@ -44,9 +44,9 @@ class DDSLoss(LossMode):
         super().__init__(cfg)
         self.register_buffer("source_latents", None)
 
-    def setup(self, prior: Prior, reward, engine: CandidateEngine, device: torch.device, total_steps: int) -> None:
+    def setup(self, prior: Prior, reward, device: torch.device, total_steps: int, engine: Optional[CandidateEngine] = None) -> None:
         """Encode the input image exactly as ``LatentImage(init=image)`` does, so target and source start equal."""
-        super().setup(prior, reward, engine, device, total_steps)
+        super().setup(prior, reward, device, total_steps, engine)
         if self.source_latents is not None:
             return
         img = fit_image(load_image(self.cfg.image, key="loss.image"), prior.image_size, key="loss.image").to(device)

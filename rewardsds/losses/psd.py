@@ -101,8 +101,8 @@ class PSDLoss(LossMode):
         self.register_buffer("negative_reference", None)
 
     # ------------------------------------------------------------------ trainable state
-    def setup(self, prior, reward, engine, device, total_steps: int) -> None:
-        super().setup(prior, reward, engine, device, total_steps)
+    def setup(self, prior, reward, device, total_steps: int, engine=None) -> None:
+        super().setup(prior, reward, device, total_steps, engine)
         if self.cfg.negative_update is NegativeUpdate.reward_feedback and (reward is None or not reward.differentiable):
             raise ConfigError("loss.negative_update", "reward_feedback",
                               f"back-propagates the reward into the negative embedding, but {type(reward).__name__} is not "

@@ -153,9 +153,9 @@ class VSDLoss(LossMode):
         self.model: Optional[LoRAUNet] = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self, prior: Prior, reward, engine, device: torch.device, total_steps: int) -> None:
+    def setup(self, prior: Prior, reward, device: torch.device, total_steps: int, engine=None) -> None:
         """Build the LoRA model on ``device`` (once; a resumed run then loads its weights from the checkpoint)."""
-        super().setup(prior, reward, engine, device, total_steps)
+        super().setup(prior, reward, device, total_steps, engine)
         if self.model is not None:
             return
         if prior.num_frames != 1 or prior.uses_camera:
