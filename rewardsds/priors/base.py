@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rewardsds.utils.cache import LRUCache
+from rewardsds.utils.chunks import call_ranges, rows_per_call
 
 
 @dataclass
@@ -193,10 +194,8 @@ class Prior(abc.ABC):
             raise ValueError(f"batch {b} is not a multiple of num_frames = {self.num_frames}")
         if isinstance(t, int):
             t = torch.full((b,), t, dtype=torch.long, device=x_t.device)
-        per_call = b if chunk_size <= 0 else max(self.num_frames, (chunk_size // 2) // self.num_frames * self.num_frames)
         conds, unconds = [], []
-        for s in range(0, b, per_call):
-            e = min(b, s + per_call)
+        for s, e in call_ranges(b, rows_per_call(b, chunk_size, self.num_frames, inputs_per_row=2)):
             x = x_t[s:e]
             cam = None if camera is None else camera[s:e]
             eps = self.predict_noise(
