@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from rewardsds import ddim
-from rewardsds.losses.base import StepContext
+from rewardsds.losses.config import SDSLossConfig
 from rewardsds.losses.sds import SDSLoss
 from rewardsds.reference import reference_structure_step
 from rewardsds.strategies import MinMaxStrategy
-from rewardsds.losses.config import SDSLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig
-from step_helpers import make_engine
+from step_helpers import make_engine, step_loss
 
 PROMPT = "a photo of a red fox"
 
@@ -47,10 +46,8 @@ class CountingReward:
 def _fast(prior, reward, z0, t, n, step, guidance, k):
     eng = make_engine(prior, reward, steps=k, guidance=7.5, grid="leading", start="grid", seed=0)
     z = z0.clone().requires_grad_(True)
-    text = prior.text_cond([PROMPT], "")
-    ctx = StepContext(latents=z, t=t, step=step, progress=0.0, text=text, prompts=[PROMPT], base_prompt=PROMPT, negative_prompt="",
-                      camera=None, n_noises=n, strategy=MinMaxStrategy(MinMaxStrategyConfig()), engine=eng, prior=prior)
-    out = SDSLoss(SDSLossConfig(guidance_scale=guidance))(ctx)
+    out = step_loss(SDSLoss(SDSLossConfig(guidance_scale=guidance)), prior, eng, z, t, n, MinMaxStrategy(MinMaxStrategyConfig()),
+                    step=step, prompt=PROMPT)
     loss = out.total()
     loss.backward()
     return out, loss, z.grad
