@@ -17,9 +17,13 @@ import argparse
 import sys
 import time
 
+from pathlib import Path
+
 import torch
 
-from rewardsds.priors.mvdream_convert import convert_to_folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rewardsds, not an installed one
+
+from rewardsds.priors.mvdream_convert import convert_to_folder  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
