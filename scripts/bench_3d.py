@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rewardsds, not an installed one
 
-from rewardsds.cameras import CameraSampler  # noqa: E402
-from rewardsds.config import CameraConfig  # noqa: E402
-from rewardsds.representations.config import GaussiansConfig, NeRFConfig  # noqa: E402
-from rewardsds.representations.gaussians import Gaussians  # noqa: E402
-from rewardsds.representations.nerf import NeRF  # noqa: E402
+from rewardsds.cameras import CameraSampler
+from rewardsds.config import CameraConfig
+from rewardsds.representations.config import GaussiansConfig, NeRFConfig
+from rewardsds.representations.gaussians import Gaussians
+from rewardsds.representations.nerf import NeRF
 
 HASH = dict(encoding="hash", n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16,
             per_level_scale=1.447269237440378)

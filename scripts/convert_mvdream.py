@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rewardsds, not an installed one
 
-from rewardsds.priors.mvdream_convert import convert_to_folder  # noqa: E402
+from rewardsds.priors.mvdream_convert import convert_to_folder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
 
     import benchmark as B
+
     from rewardsds.config import validate
     from rewardsds.system import DistillationSystem
     from rewardsds.testing import build_mvdream, build_sd_pipeline
