@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     for seed in seeds:
         cfg = B.compose([*over, f"seed={seed}"])
         typed = validate(cfg)
-        system = DistillationSystem(typed, run_dir=tmp / f"seed{seed}", **build_components(cfg, typed))
+        system = DistillationSystem(typed, run_dir=tmp / f"seed{seed}", **build_components(typed))
         system.prepare(torch.device("cpu"))
         opt = system.configure_optimizers()
         draws, exact = [], []
@@ -98,11 +98,12 @@ def main(argv=None) -> int:
     rows = []
     collected = {}
     for name, (p, kw) in paths.items():
-        eng = CandidateEngine(p, reward, seed=0, **kw)
+        eng = CandidateEngine(p, reward, B.lookahead_config(**kw), seed=0)
         collected[name] = collect_rewards(engine_selector(eng, text, [cfg0.prompt], args.n), all_draws)
-    # Pruning as the engine does it mixes two estimators (full-lookahead rewards for the kept candidates, one-step
-    # rewards for the others), which are not on one scale. A proposed ranking instead: every kept candidate above
-    # every pruned one (kept by their full reward, pruned by their one-step reward), from the same two estimates.
+    # Pruning mixes two estimators (full-lookahead rewards for the kept candidates, one-step rewards for the others),
+    # which are not on one scale. This ranking puts every kept candidate above every pruned one (kept by their full
+    # reward, pruned by their one-step reward), built here from the exact run's full rewards; the engine ranks pruned
+    # candidates the same way (rewardsds.candidates.band_above), so this row and the prune_to row select alike.
     keep_n = args.n // 2
     ranked = []
     for full, one in zip(all_exact, collected["one_step_x0 (K=0)"]):

@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rewardsds, not an installed one
 
 from rewardsds.cameras import CameraSampler
 from rewardsds.config import CameraConfig

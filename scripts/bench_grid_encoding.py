@@ -42,6 +42,7 @@ from typing import Callable, Optional
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rewardsds, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_3d beside this file
 
 from rewardsds.representations._grid import DenseGridEncoding, HashGridEncoding, TriplaneEncoding  # noqa: E402

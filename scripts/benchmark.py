@@ -235,19 +235,29 @@ def base_overrides(args) -> list[str]:
 
 
 def build_system(cfg, prior, reward, device, run_dir: Path):
-    from hydra.utils import instantiate
-
+    """The training system of a composed config around an already built prior and reward (the benchmark shares them
+    between configurations); the strategy, loss mode and representation are built from their schemas."""
     from rewardsds.config import validate
     from rewardsds.schema import build
     from rewardsds.system import DistillationSystem
 
     typed = validate(cfg)
-    sys_ = DistillationSystem(typed, prior=prior, reward=reward, strategy=instantiate(cfg.strategy), loss=instantiate(cfg.loss),
+    sys_ = DistillationSystem(typed, prior=prior, reward=reward, strategy=build(typed.strategy), loss=build(typed.loss),
                               representation=build(typed.representation), run_dir=run_dir)
     sys_.prepare(device)
     sys_.to(device)
     opt = sys_.configure_optimizers()
     return sys_, opt
+
+
+def lookahead_config(lookahead_steps: int = 15, lookahead_guidance: float = 7.5, lookahead_grid: str = "leading",
+                     lookahead_start: str = "exact_t", lookahead_decode: str = "full", prune_to: int = 0):
+    """The engine's lookahead settings (``rewardsds.config.LookaheadConfig``, validated) from the benchmark's keywords,
+    which the JSON records as they are (``agreement.paths.<name>.engine``)."""
+    from rewardsds.config import LookaheadConfig
+
+    return LookaheadConfig(steps=lookahead_steps, guidance_scale=lookahead_guidance, grid=lookahead_grid, start=lookahead_start,
+                           decode=lookahead_decode, prune_to=prune_to)
 
 
 def measured_steps(args) -> list[int]:
@@ -433,9 +443,7 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
 
     def path(variant: str, reward_variant: str, **engine_kw):
         prior = models.prior(variant)
-        kw = dict(lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t", chunk_size=args.chunk_size)
-        kw.update(engine_kw)
-        eng = CandidateEngine(prior, models.reward(reward_variant), **kw)
+        eng = CandidateEngine(prior, models.reward(reward_variant), lookahead_config(**engine_kw), chunk_size=args.chunk_size)
         return engine_selector(eng, prior.text_cond([PROMPT], ""), [PROMPT], n)
 
     t0 = time.perf_counter()
@@ -497,8 +505,7 @@ def bench_lookahead_mfu(models: Models, flops: Flops, device, results: dict, var
     from rewardsds.candidates import CandidateEngine
 
     prior = models.prior(variant)
-    eng = CandidateEngine(prior, None, lookahead_steps=15, lookahead_guidance=7.5, lookahead_grid="leading", lookahead_start="exact_t",
-                          chunk_size=models.args.chunk_size)
+    eng = CandidateEngine(prior, None, lookahead_config(), chunk_size=models.args.chunk_size)
     text = prior.text_cond([PROMPT], "")
     z = torch.randn(1, *prior.latent_shape, device=device)
     cands = eng.draw(z, t, n, step=0)
@@ -537,15 +544,20 @@ def bench_bare(models: Models, device, results: dict) -> None:
 
 def bench_mvdream(args, device, tmp, results, reward_fast):
     """RewardSDS with MVDream: N = 7 candidates of 4 views, 15-point linspace lookahead from exactly t (CFG 50),
-    rewards averaged over views; all candidates batched vs one candidate at a time (3D reference)."""
+    rewards averaged over views, x0-reconstruction target (std rescale 0.5); all candidates batched (the training
+    step's :func:`rewardsds.system.distill`) vs one candidate at a time (3D reference)."""
     import math
 
     from rewardsds.cameras import orbit_cameras
     from rewardsds.candidates import CandidateEngine
-    from rewardsds.losses.sds import x0_recon_target
+    from rewardsds.losses.base import StepContext
+    from rewardsds.losses.config import SDSLossConfig
+    from rewardsds.losses.sds import SDSLoss, x0_recon_target
     from rewardsds.priors.config import MVDreamPriorConfig
     from rewardsds.priors.mvdream import MVDreamPrior
-    from rewardsds.strategies import MinMaxStrategy, NoStrategy
+    from rewardsds.strategies import MinMaxStrategy
+    from rewardsds.strategies.config import MinMaxStrategyConfig
+    from rewardsds.system import distill
     from rewardsds.testing import build_mvdream
 
     mv, base = build_mvdream(tmp / "mvdream", args.preset)
@@ -555,30 +567,35 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
     views, n = 4, 7
     cams = orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
                          torch.full((views,), math.radians(40)), 256, 256).to(device)
-    text = prior.text_cond([PROMPT] * views, "blurry")
+    negative = "blurry"
+    text = prior.text_cond([PROMPT] * views, negative)
     latents = torch.randn(views, *prior.latent_shape, device=device, requires_grad=True)
-    strategy, strategy_none = MinMaxStrategy(), NoStrategy()
+    strategy = MinMaxStrategy(MinMaxStrategyConfig())
+    eng = CandidateEngine(prior, reward_fast, lookahead_config(15, 50.0, "linspace", "exact_t"), chunk_size=args.chunk_size, seed=0)
+    loss = SDSLoss(SDSLossConfig(guidance_scale=50.0, target="x0_recon", recon_std_rescale=0.5))
+    loss.setup(prior, reward_fast, eng, device, args.warmup + args.mv_steps)
 
     def step(batched: bool, s: int):
-        eng = CandidateEngine(prior, reward_fast, 15, 50.0, "linspace", "exact_t", chunk_size=args.chunk_size, seed=0)
         t = 980 - 40 * (s % 20)
-        if batched:
-            c = eng.evaluate(latents, t, n, s, text, strategy, [PROMPT] * views, cams.c2w)
-            tgt = x0_recon_target(prior, c.noisy, t, c.eps_cond, c.eps_uncond, 50.0, 0.5, views)
-            evals = c.evals
-        else:  # the reference's loop: one candidate (4 views) at a time, SDS target for each
-            rewards, tgts, evals = [], [], 0
-            for i in range(n):
-                c = eng.evaluate(latents, t, 1, s * 1000 + i, text, strategy_none, [PROMPT] * views, cams.c2w)
-                final = eng.lookahead(c, text, cams.c2w, first=(c.eps_cond, c.eps_uncond))
-                imgs = eng.decode(final)
-                rewards.append(reward_fast(imgs, [PROMPT] * views, check=False).mean())
-                tgts.append(x0_recon_target(prior, c.noisy, t, c.eps_cond, c.eps_uncond, 50.0, 0.5, views))
-                evals += c.evals
-            strategy(torch.stack(rewards))
-            tgt = torch.cat(tgts)
-        loss = 0.5 * ((latents[None] - tgt.view(n, views, *latents.shape[1:])) ** 2).sum() / views
-        loss.backward()
+        if batched:  # the training step: N candidates in batched calls, lookahead, rewards, min_max weights, loss
+            ctx = StepContext(latents=latents, t=t, step=s, progress=0.0, text=text, prompts=[PROMPT] * views, base_prompt=PROMPT,
+                              negative_prompt=negative, camera=cams.c2w, reward_active=True, n_noises=n, ranked=True)
+            out = distill(ctx, loss, eng, strategy)
+            out.total().backward()
+            return out.candidates.evals
+        # the reference's loop: one candidate (4 views) at a time, its lookahead, reward and target
+        rewards, tgts, evals = [], [], 0
+        for i in range(n):
+            c = eng.draw(latents, t, 1, s * 1000 + i)
+            c.eps_cond, c.eps_uncond = eng.predict(c, text, cams.c2w)
+            final = eng.lookahead(c, text, cams.c2w, first=(c.eps_cond, c.eps_uncond))
+            imgs = eng.decode(final)
+            rewards.append(reward_fast(imgs, [PROMPT] * views, check=False).mean())
+            tgts.append(x0_recon_target(prior, c.noisy, t, c.eps_cond, c.eps_uncond, 50.0, 0.5, views))
+            evals += c.evals
+        w = strategy(torch.stack(rewards))
+        per_candidate = 0.5 * ((latents[None] - torch.cat(tgts).view(n, views, *latents.shape[1:])) ** 2).flatten(1).sum(1) / views
+        (w.to(per_candidate) * per_candidate).sum().backward()
         return evals
 
     out = {}

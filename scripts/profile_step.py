@@ -100,36 +100,49 @@ STAGES = ("render", "context", "draw", "predict", "look_and_score", "weigh", "lo
 
 
 def label_stages(system, opt) -> None:
-    """Wrap the step's stages in profiler ranges named ``stage/<name>`` (this script only; the product is untouched)."""
+    """Wrap the step's stages in profiler ranges named ``stage/<name>`` (this script only; the product is untouched).
+
+    ``loss_rest`` is the whole of :func:`rewardsds.system.distill` (the engine's stages nest inside it); ``predict`` is
+    the prediction at t (and a mode's own predictions), ``look_and_score`` the lookahead, its decode and the reward
+    (:meth:`~rewardsds.candidates.CandidateEngine.look_ahead_and_score` where pruning applies). An engine stage that
+    another one calls (the lookahead's model calls, the pruned path's decodes) stays in its caller's range, so the
+    ranges do not count one call twice.
+    """
+    import rewardsds.system
     from torch.profiler import record_function
 
-    def wrap(obj, attr: str, label: str) -> None:
+    inside_engine = [False]
+
+    def wrap(obj, attr: str, label: str, engine_stage: bool = False) -> None:
         fn = getattr(obj, attr)
 
         def wrapped(*a, **k):
-            with record_function(f"stage/{label}"):
+            if engine_stage and inside_engine[0]:
                 return fn(*a, **k)
+            with record_function(f"stage/{label}"):
+                if not engine_stage:
+                    return fn(*a, **k)
+                inside_engine[0] = True
+                try:
+                    return fn(*a, **k)
+                finally:
+                    inside_engine[0] = False
 
         setattr(obj, attr, wrapped)
 
     engine = system.engine
     wrap(system, "scene_latents", "render")
     wrap(system, "make_context", "context")
-    wrap(engine, "draw", "draw")
-    wrap(engine, "predict", "predict")
-    wrap(engine, "look_and_score", "look_and_score")
-    wrap(engine, "weigh", "weigh")
+    wrap(engine, "draw", "draw", engine_stage=True)
+    wrap(engine, "predict", "predict", engine_stage=True)
+    for attr in ("look_ahead_and_score", "lookahead", "decode", "score"):
+        wrap(engine, attr, "look_and_score", engine_stage=True)
+    wrap(engine, "weigh", "weigh", engine_stage=True)
     wrap(system.representation, "regularizers", "regularizers")
     wrap(torch.autograd, "backward", "backward")
     wrap(torch.nn.utils, "get_total_norm", "grad_norm")
     wrap(opt, "step", "optimizer_step")
-    forward = system.loss_mode.forward
-
-    def loss_forward(*a, **k):  # the loss mode's own arithmetic is its range minus the engine's stages inside
-        with record_function("stage/loss_rest"):
-            return forward(*a, **k)
-
-    system.loss_mode.forward = loss_forward
+    wrap(rewardsds.system, "distill", "loss_rest")  # run_step calls the module's distill: the loss mode's whole range
 
 
 def report_syncs(fn) -> None:

@@ -56,14 +56,14 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def lookahead_calls_at(system, step: int) -> int:
     """Model calls of the lookahead at ``step`` (0 when the reward is off or the strategy needs no lookahead)."""
-    from rewardsds.candidates import lookahead_calls
+    from rewardsds.ddim import lookahead_calls
 
     eng = system.engine
     if step >= system.reward_steps or not system.strategy.uses_reward:
         return 0
     if eng.lookahead_steps == 0:
         return 1
-    return len(lookahead_calls(system.timesteps.sample(step, system.cfg.seed), eng.grid, eng.lookahead_start))
+    return len(lookahead_calls(system.timesteps.sample(step, system.cfg.seed), eng.grid, eng.lookahead_cfg.start))
 
 
 def stage_key(system, step: int) -> tuple:
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
 
     import benchmark as B
+
     from rewardsds.config import validate
     from rewardsds.system import DistillationSystem
     from rewardsds.testing import build_mvdream, build_sd_pipeline
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     typed = validate(cfg)
 
     t0 = time.perf_counter()
-    parts = build_components(cfg, typed)
+    parts = build_components(typed)
     system = DistillationSystem(typed, run_dir=tmp / "run", **parts)
     system.prepare(device)
     system.to(device)

@@ -86,3 +86,28 @@ def test_engine_paths_on_the_analytic_prior(analytic_prior):
     assert rep1.by_t == {"250<=t<500": {"n": 2, "agreement": rep1.by_t["250<=t<500"]["agreement"]},
                          "500<=t<750": {"n": 2, "agreement": rep1.by_t["500<=t<750"]["agreement"]},
                          "750<=t<1000": {"n": 2, "agreement": rep1.by_t["750<=t<1000"]["agreement"]}}
+
+
+@pytest.mark.parametrize("prune_to", [0, 3])
+def test_engine_selector_scores_what_the_training_step_ranks(analytic_prior, prune_to):
+    """The selector's rewards are the ones a ranked training step (``distill``) gives the strategy for the same seed,
+    step, t and scene, with and without pruning (where pruned candidates rank below the kept ones)."""
+    from rewardsds.losses.config import SDSLossConfig
+    from rewardsds.losses.sds import SDSLoss
+    from rewardsds.rewards.analytic import AnalyticReward
+    from rewardsds.rewards.config import AnalyticRewardConfig
+    from rewardsds.strategies import MinMaxStrategy
+    from rewardsds.strategies.config import MinMaxStrategyConfig
+    from step_helpers import step_loss
+
+    p = analytic_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["blue"]))
+    z = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.5
+    eng = make_engine(p, reward, 15, 7.5, prune_to=prune_to, seed=7)
+    out = step_loss(SDSLoss(SDSLossConfig()), p, eng, z.clone().requires_grad_(True), 600, 8,
+                    MinMaxStrategy(MinMaxStrategyConfig()), step=4, prompt="a disk")
+    draw = Draw(seed=7, step=4, t=600, latents=z)
+    selected = engine_selector(make_engine(p, reward, 15, 7.5, prune_to=prune_to, seed=0), p.text_cond(["a disk"], ""), ["a disk"], 8)(draw)
+    assert out.candidates.rewards.shape == (8,)
+    assert torch.allclose(selected, out.candidates.rewards, atol=1e-6)
+    assert float(selected.max() - selected.min()) > 1e-4

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from rewardsds import ddim
+from rewardsds.losses.config import SDSLossConfig
 from rewardsds.losses.sds import SDSLoss
 from rewardsds.reference import reference_structure_step
 from rewardsds.strategies import MinMaxStrategy
-from rewardsds.losses.config import SDSLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig
 from step_helpers import make_engine, step_loss
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from rewardsds.strategies import MinMaxStrategy
+from rewardsds.strategies.config import MinMaxStrategyConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ Selector = Callable[[Draw], Tensor]
 def selection_sets(rewards: Tensor, n_max: int = 2, n_min: int = 2) -> tuple[frozenset[int], frozenset[int]]:
     """(top, bottom) candidate index sets that ``min_max`` selects from ``rewards`` [n] (its own ranking, ties
     to the lower index), so agreement is measured on exactly what training would use."""
-    w = MinMaxStrategy(n_max=n_max, n_min=n_min)(rewards.detach().float().cpu())
+    w = MinMaxStrategy(MinMaxStrategyConfig(n_max=n_max, n_min=n_min))(rewards.detach().float().cpu())
     top = frozenset(torch.nonzero(w > 0).flatten().tolist())
     bottom = frozenset(torch.nonzero(w < 0).flatten().tolist())
     return top, bottom
@@ -168,28 +169,29 @@ def selection_agreement(exact: Selector, fast: Selector, draws: Sequence[Draw], 
     return compare_selections(collect_rewards(exact, draws), collect_rewards(fast, draws), n_max, n_min, draws)
 
 
-def engine_selector(engine, text, reward_prompts: Sequence[str], n: int, strategy=None) -> Selector:
-    """A path through a :class:`~rewardsds.candidates.CandidateEngine`: its full ``evaluate`` (prediction at t,
-    lookahead, decode, reward, pruning) on the draw's candidates.
+def engine_selector(engine, text, reward_prompts: Sequence[str], n: int) -> Selector:
+    """A path through a :class:`~rewardsds.candidates.CandidateEngine`: the stages a ranked training step runs on the
+    draw's candidates (draw, prediction at t, then :meth:`~rewardsds.candidates.CandidateEngine.look_ahead_and_score`:
+    lookahead, decode, reward, with pruning where the engine's lookahead settings ask for it).
 
     Args:
         engine: the configured engine (its prior, reward, lookahead, decode and prune settings are the path).
         text: conditioning of the draw's views (from the engine's own prior: dtype and all).
         reward_prompts: one prompt per view.
         n: candidates per draw.
-        strategy: a strategy that uses rewards (default ``min_max``); only its need for a lookahead matters.
 
     Returns:
         draw -> rewards [n] (views averaged as the engine is configured).
     """
-    strategy = strategy or MinMaxStrategy()
 
     def select(d: Draw) -> Tensor:
         latents = d.latents.to(engine.prior.device)
         engine.chunk_size(latents)  # settle an automatic chunk size once, on the engine the copies share it from
         e = copy.copy(engine)  # shares prior, reward and chunk size; only the seed that keys the noises differs
         e.seed = int(d.seed)
-        cands = e.evaluate(latents, int(d.t), n, int(d.step), text, strategy, list(reward_prompts))
+        cands = e.draw(latents, int(d.t), n, int(d.step))
+        cands.eps_cond, cands.eps_uncond = e.predict(cands, text)
+        e.look_ahead_and_score(cands, text, list(reward_prompts))
         r = cands.rewards
         return r if r.dim() == 1 else r.mean(1)
 

@@ -1,0 +1,116 @@
+"""The measuring scripts of scripts/ run end to end on the CPU with tiny random models, and what they record adds up.
+
+The analytic scripts (agreement, trade-off) run in the default test run (seconds each); the benchmark, the wall-time
+projection and the step profile take about a minute each on a 2-core CPU and are marked ``slow``.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    """Import ``scripts/<name>.py`` as a module (the scripts import each other by name from scripts/)."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _calls(t: int, start: str = "exact_t") -> int:
+    """Model calls of the 15-point leading lookahead from t."""
+    from rewardsds import ddim
+
+    return len(ddim.lookahead_calls(t, ddim.grid("leading", 15), start))
+
+
+def test_agreement_analytic_runs_and_pruning_ranks_kept_above_pruned(tmp_path, capsys):
+    out = tmp_path / "agreement.json"
+    assert _script("agreement_analytic").main(["--seeds", "0", "--steps", "3", "--n", "4", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["n_noises"] == 4 and r["seeds"] == [0] and r["steps_per_seed"] == 3
+    assert r["lookahead"] == {"lookahead_steps": "15", "lookahead_guidance": "7.5", "lookahead_grid": "leading",
+                              "lookahead_start": "exact_t"}
+    assert set(r["paths"]) == {"lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)", "prune_to_2",
+                               "reference_start (grid point <= t)", "bf16_rounded_predictions (emulated)",
+                               "prune_to_2, kept ranked above pruned (proposed)"}
+    for rep in r["paths"].values():
+        assert rep["n_draws"] == 3 and 0.0 <= rep["agreement"] <= 1.0
+    # the engine's pruning ranks every kept candidate above every pruned one: the script's own ranking selects alike
+    engine, proposed = r["paths"]["prune_to_2"], r["paths"]["prune_to_2, kept ranked above pruned (proposed)"]
+    assert (engine["agreement"], engine["top_agreement"], engine["bottom_agreement"]) == \
+        (proposed["agreement"], proposed["top_agreement"], proposed["bottom_agreement"])
+    assert (tmp_path / "agreement.md").read_text().startswith("(1 seeds x 3 steps")
+
+
+@pytest.mark.slow
+def test_benchmark_tiny_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--draws", "1", "--time-limit", "900",
+            "--sections", "paper,agreement,variants,mfu", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"),
+            "--out", str(out)]
+    assert _script("benchmark").main(args) == 0
+    r = json.loads(out.read_text())
+    assert "skipped" not in r
+    assert set(r["configs"]) == {"rewardsds_n10_k15_eager", "sds_eager", "rewardsds_n10_k15_prune5_eager"}
+    for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]:  # the lookahead reuses the prediction at t
+        assert row["evals"] == 2 * 10 * _calls(row["t"])
+    for row in r["configs"]["rewardsds_n10_k15_prune5_eager"]["per_step"]:  # all at t, the lookahead for the best 5
+        assert row["evals"] == 2 * 10 + 2 * 5 * (_calls(row["t"]) - 1)
+    assert [row["evals"] for row in r["configs"]["sds_eager"]["per_step"]] == [2, 2]
+    for row in r["baseline"]["reference_n10_k15"]["per_step"]:  # from the grid point <= t; SDS on the 4 kept
+        assert row["evals"] == 2 * 10 * _calls(row["t"], "grid") + 2 * 4
+    assert [row["t"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]] == r["timesteps"]
+    assert set(r["speedups"]) == {"rewardsds_n10_k15_eager_vs_reference"}
+    paths = r["agreement"]["paths"]
+    assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)"}
+    assert paths["prune_to_5"]["engine"] == {"prune_to": 5} and paths["lookahead_4_steps"]["engine"] == {"lookahead_steps": 4}
+    assert all(p["n_draws"] == 1 for p in paths.values())
+    assert r["lookahead_mfu"]["eager"]["unet_inputs"] == 2 * 10 * _calls(979)
+
+
+@pytest.mark.slow
+def test_project_walltime_tiny_cpu(tmp_path, capsys):
+    out = tmp_path / "walltime.json"
+    args = ["--experiment", "paper_2d", "--preset", "tiny", "--device", "cpu", "--samples", "2", "--warmup", "1", "--steps", "4",
+            "--out", str(out)]
+    assert _script("project_walltime").main(args) == 0
+    r = json.loads(out.read_text())
+    (stage,) = r["stages"]
+    assert stage["reward_on"] is True and (stage["start"], stage["end"]) == (0, 4)
+    for row in stage["samples"]:  # paper_2d: N = 10, the leading grid from exactly t (its first call is the prediction at t)
+        assert row["lookahead_calls"] == _calls(row["t"])
+        assert row["evals"] == 2 * 10 * row["lookahead_calls"]
+    assert r["projected_total_s"] == pytest.approx(r["projected_steps_s"] + r["startup_s"] + r["compile_s"])
+
+
+@pytest.mark.slow
+def test_profile_step_tiny_cpu(tmp_path, capsys):
+    args = ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--sd-folder", str(tmp_path / "sd"),
+            "--overrides", "strategy=min_max", "n_noises=4", "lookahead.steps=4"]
+    from rewardsds.testing import build_sd_pipeline
+
+    build_sd_pipeline(tmp_path / "sd", "tiny")
+    assert _script("profile_step").main(args) == 0
+    text = capsys.readouterr().out
+    table = text[text.index("stage "):text.index("---")]
+    ms = {line.split()[0]: float(line.split()[1]) for line in table.splitlines()[1:] if line.strip()}
+    assert {"render", "draw", "predict", "look_and_score", "weigh", "loss_rest", "optimizer_step"} <= set(ms)
+    # loss_rest is the whole of distill: it holds the engine's stages
+    assert ms["loss_rest"] >= ms["predict"] + ms["look_and_score"] > 0
+
+
+def test_tradeoff_analytic(tmp_path, capsys):
+    out = tmp_path / "tradeoff.md"
+    assert _script("tradeoff_analytic").main(["--seeds", "0", "--steps", "3", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(_script("tradeoff_analytic").VARIANTS)
+    evals = {row.split(" | ")[0][2:]: float(row.split(" | ")[5]) for row in rows}
+    assert evals["SDS (N=1)"] == 2.0 and evals["RewardSDS N=8, K=0 (one-step x0)"] == 16.0
