@@ -431,6 +431,11 @@ class HashBackend(str, Enum):
     torch = "torch"  # the PyTorch gathers everywhere (the reference; slower, far more memory on CUDA)
 
 
+class MLPDType(str, Enum):
+    fp32 = "fp32"  # fp32 matmuls
+    bf16 = "bf16"  # bf16 matmuls (autocast; fp32 weights and optimizer): threestudio's tcnn MLPs run in half precision
+
+
 class DensityActivation(str, Enum):
     softplus = "softplus"
     exp = "exp"
@@ -551,6 +556,8 @@ class NeRFConfig(RepresentationConfig):
     grid_resolution: Optional[Schedule] = None  # coarse-to-fine: finest active level resolution; null = all
     hidden_dim: int = 64
     hidden_layers: int = 1
+    # density, colour and background MLPs; the encoding and the volume rendering stay fp32
+    mlp_dtype: MLPDType = MLPDType.fp32
     density_activation: DensityActivation = DensityActivation.softplus
     density_bias: DensityBias = DensityBias.blob_magic3d
     density_blob_scale: float = 10.0
@@ -596,7 +603,8 @@ class NeRFConfig(RepresentationConfig):
         from rewardsds.representations.nerf import check_nerf_settings
 
         for key, enum_cls in (
-            ("encoding", GridEncodingType), ("hash_backend", HashBackend), ("density_activation", DensityActivation),
+            ("encoding", GridEncodingType), ("hash_backend", HashBackend), ("mlp_dtype", MLPDType),
+            ("density_activation", DensityActivation),
             ("density_bias", DensityBias),
             ("estimator", NeRFEstimator), ("background", NeRFBackground), ("normal", NormalType), ("shading", ShadingType),
         ):
