@@ -677,9 +677,8 @@ def _reaches_only_released_leaves(node, budget: int = 32) -> bool:
         seen += 1
         if seen > budget:
             return False
-        variable = getattr(n, "variable", None)
-        if variable is not None:  # AccumulateGrad of a leaf
-            if variable.requires_grad:
+        if type(n).__name__ == "AccumulateGrad":  # a leaf's
+            if n.variable.requires_grad:
                 return False
             continue
         if not torch._C._will_engine_execute_node(n):
