@@ -7,12 +7,16 @@ Cases (all on one CUDA device, fp32):
   initial density blob, as at the start of a run), training mode (stratified samples, random background);
 - ``nerf-hash-normals``, ``nerf-hash-torch-normals``: the hash grid with analytic normals, diffuse
   shading and the orientation loss (the double backward through the encoding);
+- ``nerf-hash-bf16``, ``nerf-hash-normals-bf16``: the Triton hash grid with bf16 MLPs
+  (``mlp_dtype=bf16``; the encoding and the rendering stay fp32);
 - ``gaussians-200k``: 200k Gaussians initialised in a ball of radius 0.5, gsplat rasterisation.
 
 For each case: median and min wall time of ``render`` + ``backward`` over ``--repeats`` calls after
-``--warmup`` calls (the cameras are redrawn every call), and the peak allocated CUDA memory. Also a
-full step (render + backward + AdamW step + hooks) median, and for the NeRF the points encoded in the
-last call (all, and those with gradient). Targets on H100/H200: NeRF 4 x 64^2 under 30 ms, Gaussians
+``--warmup`` calls (the cameras are redrawn every call, so the number of samples varies from call to call),
+and the peak allocated CUDA memory over all calls. Also a full step (render + backward + AdamW step +
+hooks) median, and for the NeRF the points encoded in the last call (all, and those with gradient), and per
+call the points with gradient and the peak memory of render + backward above what was allocated before it
+(``per_step``), whose largest ratio is ``bytes_per_grad_point``. Targets on H100/H200: NeRF 4 x 64^2 under 30 ms, Gaussians
 (200k) 4 x 256^2 under 10 ms; on an H200 the hash-grid NeRF (Triton) at most 15 ms at 4 x 64^2 and
 100 ms / 8 GB at 4 x 256^2. scripts/bench_grid_encoding.py runs the NeRF cases next to the encodings
 alone and the kernels' launch-shape sweep.
@@ -48,6 +52,8 @@ NERF_CASES = {
     "nerf-hash-torch": dict(**HASH, hash_backend="torch"),
     "nerf-hash-normals": dict(**HASH, hash_backend="triton", **NORMALS),
     "nerf-hash-torch-normals": dict(**HASH, hash_backend="torch", **NORMALS),
+    "nerf-hash-bf16": dict(**HASH, hash_backend="triton", mlp_dtype="bf16"),
+    "nerf-hash-normals-bf16": dict(**HASH, hash_backend="triton", mlp_dtype="bf16", **NORMALS),
 }
 CASES = [*NERF_CASES, "gaussians-200k"]
 
@@ -86,18 +92,25 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
         loss.backward()
         return out
 
-    times, step_times = [], []
+    times, step_times, per_step, peak = [], [], [], 0
     for i in range(warmup + repeats):
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         out = render_backward(i)
         torch.cuda.synchronize(device)
         t1 = time.perf_counter()
+        render_peak = torch.cuda.max_memory_allocated(device)
         opt.step()
         rep.on_after_optimizer_step(i, opt)
         torch.cuda.synchronize(device)
         t2 = time.perf_counter()
+        peak = max(peak, torch.cuda.max_memory_allocated(device))
+        if isinstance(rep, NeRF):
+            per_step.append({"points_with_grad": sum(n for n, g in encoded if g), "points_encoded": sum(n for n, _ in encoded),
+                             "peak_above_start_mb": (render_peak - base) / 2**20})
         if i >= warmup:
             times.append((t1 - t0) * 1e3)
             step_times.append((t2 - t0) * 1e3)
@@ -108,7 +121,7 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
         "ms_median": statistics.median(times),
         "ms_min": min(times),
         "step_ms_median": statistics.median(step_times),
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+        "peak_mem_mb": peak / 2**20,
         "mean_opacity": float(out["opacity"].mean()),
     }
     if isinstance(rep, Gaussians):
@@ -117,6 +130,8 @@ def bench_case(case: str, res: int, device: torch.device, warmup: int, repeats: 
         result["occupied_cells"] = int(rep.estimator.binaries.sum())
         result["points_encoded_last_step"] = sum(n for n, _ in encoded)
         result["points_with_grad_last_step"] = sum(n for n, g in encoded if g)
+        result["per_step"] = per_step
+        result["bytes_per_grad_point"] = max(s["peak_above_start_mb"] * 2**20 / max(s["points_with_grad"], 1) for s in per_step)
     del rep, opt
     torch.cuda.empty_cache()
     return result

@@ -2,9 +2,9 @@
 
 Paper grid: 16 levels x 2 features, 2^19 rows per hashed level, 16 -> 4096 (threestudio's tcnn grid).
 Checked: forward, gradients to the table and the points, the double backward of analytic normals, level
-masks, strided inputs, reduced-precision storage, every launch shape the benchmark sweeps, peak memory
-(no per-corner intermediates), and a NeRF render + backward (with and without analytic normals) through
-both backends.
+masks, strided inputs, reduced-precision storage, every launch shape the benchmark sweeps, table gradients
+with run sums and with plain atomics, peak memory (no per-corner intermediates), a NeRF render + backward
+(with and without analytic normals) through both backends, and the NeRF's bf16 MLPs against fp32.
 
     python -m pytest -m gpu tests/test_hash_grid_gpu.py -ra -s
 
@@ -204,26 +204,68 @@ def test_reduced_precision_storage():
 
 @gpu_test
 def test_peak_memory_has_no_per_corner_intermediates():
-    """2^21 points, forward + backward: the Triton path needs the output, its gradient and the table's
-    gradient; the PyTorch path's [N, L, 8] indices and [N, L, 8, F] gathers take gigabytes."""
+    """2^21 points, forward + backward of sum(y^2). The test's own graph holds the output, its square's gradient
+    and the output's gradient (about four [N, 32] fp32 tensors at once); the bound is what the same graph takes
+    with a stand-in encoding that does no work of its own (an [N, 32] output depending on the table through a
+    broadcast add, so that its backward also makes a table-sized gradient), plus one fp32 table (the kernels'
+    gradient buffer). The PyTorch path's [N, L, 8] indices and [N, L, 8, F] gathers take gigabytes more."""
     n = 1 << 21
     x = ray_points(n, seed=5)
     enc = paper_grid()
+    ref = twin(enc)
     peaks = {}
-    for name, e in (("triton", enc), ("torch", twin(enc))):
+    cases = (("standin", enc, lambda: x.new_zeros(n, 32) + enc.params.view(-1)[:32]), ("triton", enc, lambda: enc(x)),
+             ("torch", ref, lambda: ref(x)))
+    for name, e, fn in cases:
         e.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        e(x).square().sum().backward()
+        fn().square().sum().backward()
         torch.cuda.synchronize()
         peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
         e.zero_grad(set_to_none=True)
     out_mb = n * 32 * 4 / 2**20
     table_mb = enc.params.numel() * 4 / 2**20
-    _report("peak_memory", n=n, triton_mb=peaks["triton"], torch_mb=peaks["torch"], output_mb=out_mb, table_mb=table_mb)
-    assert peaks["triton"] < 2.5 * out_mb + 2 * table_mb
+    _report("peak_memory", n=n, standin_mb=peaks["standin"], triton_mb=peaks["triton"], torch_mb=peaks["torch"], output_mb=out_mb,
+            table_mb=table_mb)
+    assert peaks["standin"] >= 2 * out_mb  # the stand-in's graph is the test's graph, not an empty one
+    assert peaks["triton"] <= peaks["standin"] + table_mb + 8
     assert peaks["torch"] > 4 * peaks["triton"]
+
+
+@gpu_test
+def test_run_sums_equal_plain_atomics():
+    """The table-gradient scatters with run sums (the default) and with one atomic per point, level and corner,
+    on ray-ordered points whose coarse levels have long runs: both equal the PyTorch gradients, the first
+    backward's and the double backward's (analytic normals)."""
+    from dataclasses import replace
+
+    from rewardsds.representations import _hash_triton as H
+
+    enc = paper_grid(init_scale=0.1)
+    ref = twin(enc)
+    torch.manual_seed(1)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64, bias=False), torch.nn.Softplus(), torch.nn.Linear(64, 1, bias=False)).to(DEVICE)
+    x0 = ray_points(N_LARGE, seed=6)
+    up = torch.randn(x0.shape[0], 32, device=DEVICE)
+    expected_first = torch.autograd.grad((ref(x0) * up).sum(), ref.params)[0]
+    expected_normals = _normals_loss(ref, mlp, x0)[2]
+    saved = dict(H.KERNEL_CONFIGS)
+    got = {}
+    try:
+        for reduce in (True, False):
+            for kind in ("backward", "double_backward"):
+                H.KERNEL_CONFIGS[kind] = replace(saved[kind], reduce_runs=reduce)
+            first = torch.autograd.grad((enc(x0) * up).sum(), enc.params)[0]
+            got[reduce] = (first, _normals_loss(enc, mlp, x0)[2])
+    finally:
+        H.KERNEL_CONFIGS.update(saved)
+    errs = {f"{'run_sums' if reduce else 'plain'}_{what}": rel(g, e)
+            for reduce, pair in got.items() for what, g, e in zip(("dtable", "normals_dtable"), pair, (expected_first, expected_normals))}
+    errs["run_sums_vs_plain"] = max(rel(a, b) for a, b in zip(got[True], got[False]))
+    _report("run_sums", **errs)
+    assert all(e < GRAD_TOL for e in errs.values()), errs
 
 
 def _nerf_pair(**kw):
@@ -243,21 +285,44 @@ def _nerf_pair(**kw):
 @gpu_test
 @pytest.mark.parametrize("normals", [False, True])
 def test_nerf_render_and_backward_through_both_backends(normals):
-    """Same NeRF, same cameras and samples (uniform estimator): Triton and PyTorch renders and gradients agree."""
+    """Same NeRF, same cameras and samples (uniform estimator): Triton and PyTorch renders and gradients agree.
+    With analytic normals the loss's backward computes no gradient for the (released) points: the first
+    backward of the render's encoding computes the table's gradient alone, the double backward no d/dx."""
     from rewardsds.cameras import CameraSampler
     from rewardsds.config import CameraConfig
+    from rewardsds.representations import _hash_triton as H
 
     kw = dict(normal="analytic", shading="diffuse", ambient_only_steps=0, lambda_orient=10.0) if normals else {}
     nerfs = _nerf_pair(**kw)
     sampler = CameraSampler(CameraConfig(resolution=NERF_RES, batch_size=4, views_per_object=4))
     cams = sampler.sample(torch.Generator().manual_seed(0)).to(DEVICE)
     outs, grads = [], []
-    for n in nerfs:
-        out = n.render(cams, step=3)
-        loss = out["rgb"].square().mean() + out["opacity"].mean() + sum(n.regularizers(out, 3).values())
-        loss.backward()
-        outs.append(out)
-        grads.append({k: p.grad for k, p in n.named_parameters() if p.grad is not None})
+    calls: dict[str, list] = {"backward": [], "double_backward": []}
+    real = H.hash_backward, H.hash_double_backward
+
+    def spy_backward(*args):
+        calls["backward"].append(list(args[-2:]))  # need_x, need_table
+        return real[0](*args)
+
+    def spy_double_backward(*args):
+        calls["double_backward"].append(list(args[7:10]))  # need_x, need_table, need_grad
+        return real[1](*args)
+
+    H.hash_backward, H.hash_double_backward = spy_backward, spy_double_backward
+    try:
+        for n in nerfs:
+            out = n.render(cams, step=3)
+            loss = out["rgb"].square().mean() + out["opacity"].mean() + sum(n.regularizers(out, 3).values())
+            loss.backward()
+            outs.append(out)
+            grads.append({k: p.grad for k, p in n.named_parameters() if p.grad is not None})
+    finally:
+        H.hash_backward, H.hash_double_backward = real
+    _report("nerf_flags", normals=normals, **calls)
+    if normals:
+        assert calls == {"backward": [[True, False], [False, True]], "double_backward": [[False, True, True]]}, calls
+    else:
+        assert calls == {"backward": [[False, True]], "double_backward": []}, calls
     errs = {"rgb": rel(outs[0]["rgb"], outs[1]["rgb"])}
     if normals:
         assert "orient" in outs[0]
@@ -266,3 +331,46 @@ def test_nerf_render_and_backward_through_both_backends(normals):
     _report("nerf", normals=normals, **errs)
     assert set(grads[0]) == set(grads[1]) and "encoding.params" in grads[0]
     assert all(e < GRAD_TOL for e in errs.values()), errs
+
+
+@gpu_test
+@pytest.mark.parametrize("normals", [False, True])
+def test_nerf_bf16_mlps_on_cuda(normals):
+    """mlp_dtype=bf16 on CUDA (autocast's CUDA kernels) against fp32, same weights, cameras and samples. How far
+    bf16 may move the results depends on the field: here (random features of scale 0.3 on all 16 levels) the
+    density gradient sums levels scaled up to 4096 with cancellation, so analytic normals are ill-conditioned.
+    The bound is measured on the same render: fp32 MLPs with the encoding perturbed by one bf16 rounding (a
+    relative 2^-9); bf16 may differ from fp32 by at most four times that, or by 2e-2 (ten bf16 roundings of
+    2^-9: the MLPs' own matmuls, which the perturbation does not touch) where that is larger. In a CPU run
+    of this configuration bf16 differed by about 1.5 times the perturbation (normals 3.5e-2 against 2.4e-2,
+    the table's gradient 0.11 against 0.075, relative L2) and by at most 4e-3 elsewhere."""
+    from rewardsds.cameras import CameraSampler
+
+    kw = dict(normal="analytic", shading="diffuse", ambient_only_steps=0, lambda_orient=10.0) if normals else {}
+    fp32, _ = _nerf_pair(**kw)
+    bf16, _ = _nerf_pair(mlp_dtype="bf16", **kw)
+    perturbed, _ = _nerf_pair(**kw)
+    for n in (bf16, perturbed):
+        n.load_state_dict(fp32.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    # one bf16 rounding of the encoding: a fixed relative perturbation in [-2^-9, 2^-9] (a constant of the graph)
+    perturbed._mlp_input = lambda e: e * (1 + 2.0**-9 * (2 * torch.rand(e.shape, generator=gen) - 1)).to(e.device)
+    cams = CameraSampler(resolution=NERF_RES, batch_size=4, views_per_object=4).sample(torch.Generator().manual_seed(0)).to(DEVICE)
+    outs, grads = [], []
+    for n in (fp32, bf16, perturbed):
+        out = n.render(cams, step=3)
+        (out["rgb"].square().mean() + out["opacity"].mean() + sum(n.regularizers(out, 3).values())).backward()
+        outs.append(out)
+        grads.append({k: p.grad for k, p in n.named_parameters() if p.grad is not None})
+
+    def rel_l2(p, q):
+        p, q = p.detach().float().flatten(), q.detach().float().flatten()
+        return float((p - q).norm() / q.norm())
+
+    keys = ["rgb", "opacity", "depth"] + (["normal"] if normals else [])
+    errs = {k: (rel_l2(outs[1][k], outs[0][k]), rel_l2(outs[2][k], outs[0][k])) for k in keys}
+    errs.update({k: (rel_l2(grads[1][k], grads[0][k]), rel_l2(grads[2][k], grads[0][k])) for k in grads[0]})
+    _report("nerf_bf16", normals=normals, **{k: {"bf16": a, "one_rounding": b} for k, (a, b) in errs.items()})
+    assert set(grads[0]) == set(grads[1])
+    assert all(a <= max(4 * b, 2e-2) and a < 0.5 for a, b in errs.values()), errs
+    assert errs["rgb"][0] > 1e-6  # the bf16 path ran

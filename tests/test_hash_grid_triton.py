@@ -5,7 +5,8 @@ The interpreter needs TRITON_INTERPRET=1 before Triton is imported, so the kerne
 Covered: forward, backward to the table and to the points, the double backward of analytic normals (normals,
 and the gradients of a loss on them with respect to the points, the table and an MLP on top), both launch
 layouts (levels on the grid / looped per program), dense and hashed levels with collisions, 3 features
-(an odd feature), a coarse-to-fine level mask, bf16 points and an fp16 table. The interpreter does not run
+(an odd feature), a coarse-to-fine level mask, bf16 points and an fp16 table, and ray-ordered samples whose
+table gradients sum runs of points in one cell before the atomics. The interpreter does not run
 Triton's compiler, so each kernel is also compiled for sm_90 here (no GPU needed).
 """
 
@@ -26,7 +27,7 @@ from rewardsds.representations._grid import HashGridEncoding
 from rewardsds.representations.nerf import NeRF
 
 HERE = Path(__file__).resolve().parent
-CASES = ["mixed", "mixed_loop_masked", "f3_loop"]
+CASES = ["mixed", "mixed_loop_masked", "f3_loop", "rays", "rays_loop"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,15 @@ def test_report_covers_every_case(report):
     assert report["mixed"]["n_dense"] == 2 and report["mixed"]["n_levels"] == 4  # dense and hashed levels
     assert report["f3_loop"]["n_dense"] == 1
     assert report["mixed_loop_masked"]["n_active"] == 2
+
+
+@pytest.mark.parametrize("case", ["rays", "rays_loop"])
+def test_ray_ordered_points_take_both_table_scatters(report, case):
+    """Samples along rays: the coarse levels' blocks sum runs of points in one cell before their atomics, the fine
+    levels' blocks add per point; the gradient tests below check both against PyTorch."""
+    per_level = report[case]["merging_blocks"]  # [level][block]
+    assert len(per_level) == 4 and len(per_level[0]) == 2
+    assert all(per_level[0]) and not any(per_level[-1])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,6 +88,18 @@ def test_reduced_precision_storage(report):
 def test_position_gradient_alone_skips_the_table_scatter(report):
     """autograd.grad(y, x) (analytic normals) computes dx only; grad(y, table) dtable only; backward() both."""
     assert report["backward_flags"] == [[True, False], [False, True], [True, True]]
+
+
+def test_released_points_skip_the_position_gradients(report):
+    """Analytic normals as the NeRF takes them: after autograd.grad(sigma, x, create_graph=True) the points' leaf is
+    released, so the loss's backward computes the table's gradient alone (the first backward) and no derivative
+    for the points (the double backward); the table's gradient is the one computed with the points kept."""
+    r = report["normals_release"]
+    assert r["kept"]["backward"] == [[True, False], [True, True]] and r["kept"]["double_backward"] == [[True, True, True]]
+    assert r["released"]["backward"] == [[True, False], [False, True]]
+    assert r["released"]["double_backward"] == [[False, True, True]]
+    assert r["kept"]["x_grad"] and not r["released"]["x_grad"]
+    assert close(r["dtable"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------- dispatch (no Triton)
@@ -151,11 +173,13 @@ def test_paper_experiments_use_the_paper_hash_grid_and_the_cpu_demo_the_triplane
 
 
 # ----------------------------------------------------------------------------------------- compiled for a GPU
-@pytest.mark.parametrize("kernel", ["forward", "backward", "double_backward"])
-def test_kernels_compile_for_hopper_with_no_shared_memory(kernel):
+@pytest.mark.parametrize("kernel,reduce", [("forward", None), ("backward", False), ("backward", True),
+                                           ("double_backward", False), ("double_backward", True)])
+def test_kernels_compile_for_hopper(kernel, reduce):
     """The interpreter never runs Triton's compiler: compile each kernel's most general variant for sm_90 here
-    (no GPU needed). A kernel with one point per lane needs no shared memory; a [points, features] tile made
-    Triton shuffle every per-point value through it."""
+    (no GPU needed). A kernel with one point per lane needs no shared memory (a [points, features] tile made
+    Triton shuffle every per-point value through it); the run sums of the table scatters need only the scans'
+    few words per warp."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -163,16 +187,19 @@ def test_kernels_compile_for_hopper_with_no_shared_memory(kernel):
     from rewardsds.representations import _hash_triton as H
 
     fn = {"forward": H._forward_kernel, "backward": H._backward_kernel, "double_backward": H._double_backward_kernel}[kernel]
-    flags = {"forward": {"PACKED_OUT": True}, "backward": {"NEED_DT": True, "NEED_DX": True},
+    flags = {"forward": {"PACKED_OUT": True}, "backward": {"NEED_DT": True, "NEED_DX": True, "REDUCE": reduce},
              "double_backward": {"PACKED_OUT": True, "HAS_U": True, "HAS_V": True, "NEED_GG": True, "NEED_GT": True,
-                                 "NEED_GX": True}}[kernel]
+                                 "NEED_GX": True, "REDUCE": reduce}}[kernel]
     constexprs = {"F": 2, "PACKED": True, "BLOCK": 256, "LEVEL_LOOP": False, **flags}
     pointers = {"table_ptr": "*i64", "out_ptr": "*i64", "gg_ptr": "*i64", "offsets_ptr": "*i32", "sides_ptr": "*i32"}
     signature = {a: "constexpr" if a in constexprs else pointers.get(a, "*fp32" if a.endswith("_ptr") else "i32")
                  for a in fn.arg_names}
     compiled = triton_compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": 4, "enable_fp_fusion": False})
-    assert compiled.metadata.shared == 0
     ptx = compiled.asm["ptx"]
+    if reduce:
+        assert 0 < compiled.metadata.shared <= 1024 and "shfl.sync.up" in ptx  # the segmented scans
+    else:
+        assert compiled.metadata.shared == 0 and "shfl" not in ptx
     assert "fma.rn.f32" not in ptx  # no contraction: x * s + 0.5 rounds as the PyTorch reference's two operations
     assert "ld.global.b64" in ptx  # a corner's two fp32 features in one load

@@ -27,6 +27,17 @@ saved points instead of storing them.
 
   (trilinear weights have no d_k d_k term). Third derivatives are not supported.
 
+Table gradients and run reduction. The backward passes scatter per point, level and corner into the
+table with atomic additions. A NeRF's samples arrive ray by ray, so at the coarse levels tens of
+consecutive points fall in the same cell and their atomics hit the same 8 rows one after another (the
+additions to one address serialise in L2). With ``KernelConfig.reduce_runs`` (the default) each program
+first marks, per level, the runs of consecutive points that share a cell (comparing each point's cell
+with its neighbours'), sums every corner's contributions over each run with a segmented scan
+(``tl.associative_scan``), and issues one atomic per run and corner from the run's last point. Blocks
+where fewer than one point in eight continues a run (the fine levels: cells smaller than the sample
+spacing) keep the plain per-point atomics. The sums are the same; only their order (and so their fp32
+rounding) changes.
+
 Arithmetic is fp32 whatever the storage dtype (points and tables may be fp32, fp16 or bf16), with
 floating-point contraction disabled (``enable_fp_fusion=False``) so that ``x * s + 0.5`` rounds exactly
 as the PyTorch reference's two operations do and both pick the same cells. Table gradients accumulate
@@ -58,11 +69,14 @@ class KernelConfig:
         block: points per program (a power of two).
         num_warps: warps per program.
         level_loop: one program loops over all levels (true) or levels are the second grid axis (false).
+        reduce_runs: table-gradient scatters sum runs of points in the same cell before their atomics (module
+            docstring); false: one atomic per point, level and corner (the plain version, kept for comparison).
     """
 
     block: int = 256
     num_warps: int = 4
     level_loop: bool = False
+    reduce_runs: bool = True
 
 
 # Launch shapes per kernel. scripts/bench_grid_encoding.py (section "sweep") times the alternatives on the
@@ -77,10 +91,15 @@ KERNEL_CONFIGS: dict[str, KernelConfig] = {
 }
 
 
-def sweep_configs() -> list[KernelConfig]:
-    """The launch shapes scripts/bench_grid_encoding.py times (tests/test_hash_grid_gpu.py checks each)."""
+def sweep_configs(kind: Optional[str] = None) -> list[KernelConfig]:
+    """The launch shapes scripts/bench_grid_encoding.py times for kernel ``kind`` (None: for any kernel;
+    tests/test_hash_grid_gpu.py checks each): block sizes, warps, levels on the grid or looped, and for the
+    kernels with table scatters also the plain per-point atomics at the default shapes."""
     shapes = ((64, 2), (128, 4), (256, 4), (256, 8), (512, 8))  # one or two points per lane
-    return [KernelConfig(block, warps, loop) for loop in (False, True) for block, warps in shapes]
+    configs = [KernelConfig(block, warps, loop) for loop in (False, True) for block, warps in shapes]
+    if kind in (None, "backward", "double_backward"):
+        configs += [KernelConfig(block, 4, False, reduce_runs=False) for block in (128, 256)]
+    return configs
 
 
 @dataclass
@@ -222,6 +241,70 @@ def _add_pair(ptr, row, m, a, b, F: tl.constexpr, FB: tl.constexpr):
 
 
 @triton.jit
+def _run_sum(f1, a1, b1, f2, a2, b2):
+    """Combine of a segmented sum: f = 1 where a run starts, so the sums restart there (associative)."""
+    return f1 | f2, tl.where(f2 != 0, a2, a1 + a2), tl.where(f2 != 0, b2, b1 + b2)
+
+
+@triton.jit
+def _same_cell(y0, y1, y2, g0, g1, g2, scale):
+    """Whether points (y0, y1, y2) lie in the cells (g0, g1, g2) at this level (the cells' own arithmetic)."""
+    h0, _ = _cell(y0, scale)
+    h1, _ = _cell(y1, scale)
+    h2, _ = _cell(y2, scale)
+    return (h0 == g0) & (h1 == g1) & (h2 == g2)
+
+
+@triton.jit
+def _run_bounds(p0, p1, p2, n0, n1, n2, g0, g1, g2, scale, rows, rmask, N, BLOCK: tl.constexpr):
+    """Runs of consecutive points in one cell at this level: (starts, ends, merge) with starts / ends int32 1 at
+    a run's first / last point of the block (p*, n*: the previous and next points) and merge true when enough
+    points continue a run for the segmented sums to beat per-point atomics (one point in eight)."""
+    lane = tl.arange(0, BLOCK)
+    starts = ((lane == 0) | ~_same_cell(p0, p1, p2, g0, g1, g2, scale)).to(tl.int32)
+    ends = ((lane == BLOCK - 1) | (rows == N - 1) | ~_same_cell(n0, n1, n2, g0, g1, g2, scale)) & rmask
+    n_runs = tl.sum(tl.where(rmask, starts, 0), axis=0)
+    n_valid = tl.sum(rmask.to(tl.int32), axis=0)
+    return starts, ends, n_runs * 8 <= n_valid * 7
+
+
+@triton.jit
+def _scatter_pair(dst_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, side, dense, hash_mask, offset,
+                  emit, starts, F: tl.constexpr, FB: tl.constexpr, RUNS: tl.constexpr, DIRECTIONAL: tl.constexpr):
+    """Atomic additions of c_k * (ga, gb) to features FB, FB + 1 of the 8 corner rows k of each point's cell, where
+    c_k = w_k (the first backward: dL/dT) or, DIRECTIONAL, c_k = scale * sum_j u_j d_j w_k (the double backward's
+    dT). RUNS: sum over runs (``starts``) first and add from the lanes in ``emit`` (the runs' last points)."""
+    for C in tl.static_range(8):
+        row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
+        w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
+        if DIRECTIONAL:
+            c = scale * (u0 * (s0 * (w2 * w1)) + u1 * (s1 * (w2 * w0)) + u2 * (s2 * (w1 * w0)))
+        else:
+            c = w2 * w1 * w0
+        va = c * ga
+        vb = c * gb
+        if RUNS:
+            _, va, vb = tl.associative_scan((starts, va, vb), 0, _run_sum)
+        _add_pair(dst_ptr, row, emit, va, vb, F, FB)
+
+
+@triton.jit
+def _scatter_level(dst_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, side, dense, hash_mask, offset, rmask,
+                   starts, ends, merge, F: tl.constexpr, FB: tl.constexpr, REDUCE: tl.constexpr, DIRECTIONAL: tl.constexpr):
+    """:func:`_scatter_pair` with run sums where ``merge`` (REDUCE only), per-point atomics elsewhere."""
+    if REDUCE:
+        if merge:
+            _scatter_pair(dst_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, side, dense, hash_mask, offset,
+                          ends, starts, F, FB, True, DIRECTIONAL)
+        else:
+            _scatter_pair(dst_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, side, dense, hash_mask, offset,
+                          rmask, starts, F, FB, False, DIRECTIONAL)
+    else:
+        _scatter_pair(dst_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, side, dense, hash_mask, offset,
+                      rmask, starts, F, FB, False, DIRECTIONAL)
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, table_ptr, out_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, n_levels, hash_mask,
@@ -266,12 +349,17 @@ def _backward_kernel(
     N, n_dense, n_active, hash_mask,
     stride_xn, stride_xd, stride_gn, stride_gd,
     F: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
-    NEED_DT: tl.constexpr, NEED_DX: tl.constexpr,
+    NEED_DT: tl.constexpr, NEED_DX: tl.constexpr, REDUCE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
     rows = rows.to(tl.int64)
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
+    if NEED_DT and REDUCE:  # the neighbours along the point order, for the runs of points in one cell
+        p0, p1, p2 = _load_points(x_ptr, rows - 1, rmask & (rows > 0), stride_xn, stride_xd)
+        n0, n1, n2 = _load_points(x_ptr, rows + 1, (rows + 1) < N, stride_xn, stride_xd)
+    else:
+        p0, p1, p2, n0, n1, n2 = x0, x1, x2, x0, x1, x2
     if LEVEL_LOOP:
         lo = 0
         hi = n_active
@@ -289,18 +377,24 @@ def _backward_kernel(
         g0, f0 = _cell(x0, scale)
         g1, f1 = _cell(x1, scale)
         g2, f2 = _cell(x2, scale)
+        if NEED_DT and REDUCE:
+            starts, ends, merge = _run_bounds(p0, p1, p2, n0, n1, n2, g0, g1, g2, scale, rows, rmask, N, BLOCK)
+        else:
+            starts = rmask.to(tl.int32)
+            ends = rmask
+            merge = False
         l0 = tl.zeros((BLOCK,), dtype=tl.float32)
         l1 = tl.zeros((BLOCK,), dtype=tl.float32)
         l2 = tl.zeros((BLOCK,), dtype=tl.float32)
         for FB in tl.static_range(0, F, 2):
             ga, gb = _load_grad_pair(g_ptr, rows, rmask, level, stride_gn, stride_gd, F, FB)
-            for C in tl.static_range(8):
-                row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
-                w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
-                if NEED_DT:
-                    w = w2 * w1 * w0
-                    _add_pair(dtable_ptr, row, rmask, w * ga, w * gb, F, FB)
-                if NEED_DX:
+            if NEED_DT:
+                _scatter_level(dtable_ptr, g0, g1, g2, f0, f1, f2, ga, gb, f0, f1, f2, scale, side, dense, hash_mask,
+                               offset, rmask, starts, ends, merge, F, FB, REDUCE, False)
+            if NEED_DX:
+                for C in tl.static_range(8):
+                    row = _corner_row(g0, g1, g2, C, side, dense, hash_mask, offset)
+                    w0, w1, w2, s0, s1, s2 = _corner_weights(f0, f1, f2, C)
                     a, b = _load_pair(table_ptr, row, rmask, F, FB, PACKED)
                     dot = ga * a + gb * b
                     l0 += s0 * (w2 * w1) * dot
@@ -328,11 +422,17 @@ def _double_backward_kernel(
     stride_xn, stride_xd, stride_gn, stride_gd, stride_un, stride_ud, stride_ggn,
     F: tl.constexpr, PACKED: tl.constexpr, PACKED_OUT: tl.constexpr, BLOCK: tl.constexpr, LEVEL_LOOP: tl.constexpr,
     HAS_U: tl.constexpr, HAS_V: tl.constexpr, NEED_GG: tl.constexpr, NEED_GT: tl.constexpr, NEED_GX: tl.constexpr,
+    REDUCE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
     rows = rows.to(tl.int64)
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
+    if HAS_U and NEED_GT and REDUCE:
+        p0, p1, p2 = _load_points(x_ptr, rows - 1, rmask & (rows > 0), stride_xn, stride_xd)
+        n0, n1, n2 = _load_points(x_ptr, rows + 1, (rows + 1) < N, stride_xn, stride_xd)
+    else:
+        p0, p1, p2, n0, n1, n2 = x0, x1, x2, x0, x1, x2
     if HAS_U:
         u0 = tl.load(u_ptr + rows * stride_un, mask=rmask, other=0.0).to(tl.float32)
         u1 = tl.load(u_ptr + rows * stride_un + stride_ud, mask=rmask, other=0.0).to(tl.float32)
@@ -354,6 +454,12 @@ def _double_backward_kernel(
         g0, f0 = _cell(x0, scale)
         g1, f1 = _cell(x1, scale)
         g2, f2 = _cell(x2, scale)
+        if HAS_U and NEED_GT and REDUCE:
+            starts, ends, merge = _run_bounds(p0, p1, p2, n0, n1, n2, g0, g1, g2, scale, rows, rmask, N, BLOCK)
+        else:
+            starts = rmask.to(tl.int32)
+            ends = rmask
+            merge = False
         l0 = tl.zeros((BLOCK,), dtype=tl.float32)  # first-order terms of dx (times scale)
         l1 = tl.zeros((BLOCK,), dtype=tl.float32)
         l2 = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -383,8 +489,6 @@ def _double_backward_kernel(
                         l2 += d2 * dv
                 if HAS_U:
                     a_c = scale * (u0 * d0 + u1 * d1 + u2 * d2)
-                    if NEED_GT:
-                        _add_pair(gt_ptr, row, rmask, a_c * ga, a_c * gb, F, FB)
                     if NEED_GG or NEED_GX:
                         ta, tb = _load_pair(table_ptr, row, rmask, F, FB, PACKED)
                         if NEED_GG:
@@ -401,6 +505,9 @@ def _double_backward_kernel(
                             h2 += (u0 * e02 + u1 * e12) * dt
             if NEED_GG:
                 _store_pair(gg_ptr, rows, rmask, level, stride_ggn, acc_a, acc_b, F, FB, PACKED_OUT)
+            if HAS_U and NEED_GT:
+                _scatter_level(gt_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, side, dense, hash_mask, offset,
+                               rmask, starts, ends, merge, F, FB, REDUCE, True)
         if NEED_GX:
             gx0 += scale * (l0 + scale * h0)
             gx1 += scale * (l1 + scale * h1)
@@ -422,6 +529,8 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 def _launch(kernel, kind: str, n: int, n_levels: int, args: tuple, **constexprs) -> None:
     cfg = KERNEL_CONFIGS[kind]
+    if "REDUCE" in constexprs:  # the scatters reduce runs only where the launch asks for it and the shape allows it
+        constexprs["REDUCE"] = constexprs["REDUCE"] and cfg.reduce_runs
     grid = (triton.cdiv(n, cfg.block), 1 if cfg.level_loop else n_levels)
     kernel[grid](*args, BLOCK=cfg.block, LEVEL_LOOP=cfg.level_loop, num_warps=cfg.num_warps, enable_fp_fusion=False,
                  **constexprs)
@@ -500,7 +609,7 @@ def hash_backward(x: Tensor, table: Tensor, grad: Tensor, layout: HashGridLayout
                 layout.scales, layout.offsets, layout.sides,
                 n, layout.n_dense, n_active, layout.table_size - 1,
                 x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-            ), F=F, PACKED=packed, NEED_DT=need_table, NEED_DX=need_x)
+            ), F=F, PACKED=packed, NEED_DT=need_table, NEED_DX=need_x, REDUCE=need_table)
     if dtable is not None and dtable.dtype != table.dtype:
         dtable = dtable.to(table.dtype)
     if dx is not None and dx.dtype != x.dtype:
@@ -545,7 +654,7 @@ def hash_double_backward(x: Tensor, table: Tensor, grad: Tensor, u: Optional[Ten
                 x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
                 u.stride(0) if has_u else 0, u.stride(1) if has_u else 0, stride_ggn,
             ), F=F, PACKED=packed, PACKED_OUT=packed_out, HAS_U=has_u, HAS_V=has_v, NEED_GG=need_grad, NEED_GT=need_table,
-            NEED_GX=need_x)
+            NEED_GX=need_x, REDUCE=has_u and need_table)
     if gt is not None and gt.dtype != table.dtype:
         gt = gt.to(table.dtype)
     if gx is not None and gx.dtype != x.dtype:
@@ -554,16 +663,48 @@ def hash_double_backward(x: Tensor, table: Tensor, grad: Tensor, u: Optional[Ten
 
 
 # ----------------------------------------------------------------------------------------- autograd
+def _reaches_only_released_leaves(node, budget: int = 32) -> bool:
+    """Whether every path from autograd ``node`` ends in leaves that no longer require grad (their AccumulateGrad
+    drops what arrives). Analytic normals differentiate with respect to a leaf copy of the points and then
+    release it (``requires_grad_(False)``): the loss's backward must still run through the encoding for the
+    table, but the points' gradient would be computed only to be dropped. Conservative: a node the engine will
+    not execute (a captured ``inputs=`` edge of ``autograd.grad``), a leaf that requires grad, a node without
+    inputs, or more than ``budget`` nodes mean the gradient is used. (Hooks on tensors between the points and
+    the released leaf are not seen: they then receive no gradient.)"""
+    stack, seen = [node], 0
+    while stack:
+        n = stack.pop()
+        seen += 1
+        if seen > budget:
+            return False
+        if type(n).__name__ == "AccumulateGrad":  # a leaf's
+            if n.variable.requires_grad:
+                return False
+            continue
+        if not torch._C._will_engine_execute_node(n):
+            return False
+        nexts = [m for m, _ in n.next_functions if m is not None]
+        if not nexts:
+            return False
+        stack.extend(nexts)
+    return True
+
+
 def _gradient_will_be_used(t: Tensor) -> bool:
     """Whether the running backward pass will use a gradient for ``t``.
 
     ``ctx.needs_input_grad`` says only whether ``t`` requires grad; ``torch.autograd.grad(y, x)`` on analytic
-    normals needs dL/dx but not dL/dtable, and then the table's atomic scatter is skipped. The engine
-    knows which nodes it will run; where it cannot answer (outside an engine pass, or ``t`` is itself an
-    ``inputs=`` leaf of ``autograd.grad``) the gradient is computed.
+    normals needs dL/dx but not dL/dtable, and then the table's atomic scatter is skipped; the loss's backward
+    after it needs dL/dtable but not dL/dx when the points' leaf was released
+    (:func:`_reaches_only_released_leaves`). The engine knows which nodes it will run; where it cannot answer
+    (outside an engine pass, or ``t`` is itself an ``inputs=`` leaf of ``autograd.grad``) the gradient is
+    computed.
     """
     try:
-        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
+        node = torch.autograd.graph.get_gradient_edge(t).node
+        if not torch._C._will_engine_execute_node(node):
+            return False
+        return not _reaches_only_released_leaves(node)
     except (RuntimeError, AttributeError):
         return True
 
@@ -580,9 +721,10 @@ class HashGridFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, table = ctx.saved_tensors
-        need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if need_x and need_table:
-            need_x, need_table = _gradient_will_be_used(x), _gradient_will_be_used(table)
+        need_x = ctx.needs_input_grad[0] and _gradient_will_be_used(x)
+        need_table = ctx.needs_input_grad[1] and _gradient_will_be_used(table)
+        if not (need_x or need_table):
+            return None, None, None, None
         dx, dtable = HashGridBackwardFunction.apply(x, table, grad, ctx.layout, ctx.n_active, need_x, need_table)
         return dx, dtable, None, None
 
@@ -603,6 +745,7 @@ class HashGridBackwardFunction(torch.autograd.Function):
     def backward(ctx, u: Optional[Tensor], v: Optional[Tensor]):
         x, table, grad = ctx.saved_tensors
         need_x, need_table, need_grad = ctx.needs_input_grad[:3]
+        need_x = need_x and _gradient_will_be_used(x)  # not for released points (analytic normals)
         gx, gt, gg = hash_double_backward(x, table, grad, u, v, ctx.layout, ctx.n_active, need_x, need_table, need_grad)
         return gx, gt, gg, None, None, None, None
 

@@ -112,6 +112,11 @@ class NeRFBackground(str, Enum):
     solid = "solid"  # background_color
 
 
+class MLPDType(str, Enum):
+    fp32 = "fp32"  # fp32 matmuls
+    bf16 = "bf16"  # bf16 matmuls (autocast; fp32 weights and optimizer): threestudio's tcnn MLPs run in half precision
+
+
 class NormalType(str, Enum):
     none = "none"
     analytic = "analytic"  # -grad(density) by autograd
@@ -175,6 +180,7 @@ class NeRFConfig(RepresentationConfig):
     grid_resolution: Optional[Schedule] = None
     hidden_dim: int = 64  # density and colour MLPs (bias-free, ReLU): threestudio VanillaMLP
     hidden_layers: int = 1
+    mlp_dtype: MLPDType = MLPDType.fp32  # bf16: bf16 matmuls, fp32 weights; encoding and rendering stay fp32
     density_activation: DensityActivation = DensityActivation.softplus
     density_bias: DensityBias = DensityBias.blob_magic3d
     density_blob_scale: float = 10.0
@@ -218,7 +224,7 @@ class NeRFConfig(RepresentationConfig):
 
     def __post_init__(self) -> None:
         for key, enum_cls in (
-            ("encoding", GridEncodingType), ("hash_backend", HashBackend), ("density_activation", DensityActivation),
+            ("encoding", GridEncodingType), ("hash_backend", HashBackend), ("mlp_dtype", MLPDType), ("density_activation", DensityActivation),
             ("density_bias", DensityBias), ("estimator", NeRFEstimator), ("background", NeRFBackground),
             ("normal", NormalType), ("shading", ShadingType),
         ):

@@ -5,7 +5,9 @@ multi-resolution grid encoding of the point, two small MLPs for raw density and 
 Magic3D density blob added before a softplus (``sigma = softplus(h(x) + 10 (1 - |x| / 0.5))``) so that
 optimisation starts from a soft ball at the origin, and a background that is either a small MLP on the
 view direction (neural environment map) or a solid colour, randomly replaced by a solid random colour
-with probability ``random_background_prob`` during training (threestudio ``random_aug``).
+with probability ``random_background_prob`` during training (threestudio ``random_aug``). The MLPs run in fp32
+or, with ``mlp_dtype: bf16``, with bf16 matmuls (threestudio's tiny-cuda-nn MLPs run in half precision), which
+also halves their saved activations; the encoding and the volume rendering stay fp32.
 
 Rendering:
 
@@ -52,7 +54,7 @@ from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import DenseGridEncoding, GridEncoding, HashGridEncoding, TriplaneEncoding
 from rewardsds.representations._mesh import marching_cubes
 from rewardsds.representations.base import ExportOptions, Representation
-from rewardsds.representations.config import (DensityActivation, DensityBias, GridEncodingType, NeRFBackground, NeRFConfig,
+from rewardsds.representations.config import (DensityActivation, DensityBias, GridEncodingType, MLPDType, NeRFBackground, NeRFConfig,
                                                NeRFEstimator, NormalType, ShadingType, encoding_sizes, max_samples_per_ray)
 from rewardsds.rng import Streams, seed_for
 
@@ -115,7 +117,7 @@ class EnvironmentBackground(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, dirs: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
-        return torch.sigmoid(self.net(sh_basis_deg3(dirs)))
+        return torch.sigmoid(self.net(sh_basis_deg3(dirs)).float())  # fp32 colours also under bf16 autocast
 
 
 def ray_box_intersect(
@@ -192,16 +194,29 @@ class NeRF(Representation):
     def _encode(self, x: Tensor, step: int, second_order: Optional[bool] = None) -> Tensor:
         return self.encoding((x / self.cfg.radius + 1.0) * 0.5, self._max_grid_resolution(step), second_order)
 
+    def _mlp_input(self, enc: Tensor) -> Tensor:
+        """The encoding as the MLPs read it: with ``mlp_dtype=bf16`` one bf16 copy shared by both MLPs (autocast
+        would cast it per MLP and keep both copies for the backward); the fp32 encoding is then not kept."""
+        return enc.to(torch.bfloat16) if self.cfg.mlp_dtype == MLPDType.bf16 else enc
+
+    def _mlp(self, net: nn.Module, h: Tensor) -> Tensor:
+        """``net(h)`` in fp32, or with ``mlp_dtype=bf16`` its matmuls in bf16 (autocast: the fp32 weights are cast
+        per call and get fp32 gradients) and the output cast back to fp32."""
+        if self.cfg.mlp_dtype == MLPDType.bf16:
+            with torch.autocast(h.device.type, dtype=torch.bfloat16):
+                return net(h).float()
+        return net(h)
+
     def density(self, x: Float[Tensor, "n 3"], step: int = 10**9) -> Float[Tensor, "n"]:
         """Activated density at world points [N, 3] (the blob bias included)."""
-        h = self.density_net(self._encode(x, step))[..., 0]
+        h = self._mlp(self.density_net, self._mlp_input(self._encode(x, step)))[..., 0]
         return self._activate(h + self._bias(x))
 
     def field(self, x: Float[Tensor, "n 3"], step: int, second_order: Optional[bool] = None) -> tuple[Tensor, Tensor]:
         """(density [N], albedo/colour in [0,1] [N, 3]) at world points (``second_order``: see the grid encodings)."""
-        enc = self._encode(x, step, second_order)
-        sigma = self._activate(self.density_net(enc)[..., 0] + self._bias(x))
-        return sigma, torch.sigmoid(self.feature_net(enc))
+        enc = self._mlp_input(self._encode(x, step, second_order))
+        sigma = self._activate(self._mlp(self.density_net, enc)[..., 0] + self._bias(x))
+        return sigma, torch.sigmoid(self._mlp(self.feature_net, enc))
 
     def _normals(self, x: Tensor, step: int, kind: NormalType) -> tuple[Tensor, Tensor, Tensor]:
         """(density, colour, outward unit normal = -grad density / |grad density|) at points."""
@@ -219,6 +234,9 @@ class NeRF(Representation):
                 xg = x.detach().requires_grad_(True)
                 sigma, color = self.field(xg, step, second_order=create_graph)
                 (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=create_graph)
+                # The loss's backward needs no gradient for these points: released, they drop it (and the hash
+                # grid's kernels skip computing it).
+                xg.requires_grad_(False)
         return sigma, color, F.normalize(-grad, dim=-1)
 
     # ------------------------------------------------------------------ rendering
@@ -269,7 +287,7 @@ class NeRF(Representation):
             # One random solid colour for the whole batch (threestudio random_aug, share_aug_bg).
             return color.to(dirs).expand(dirs.shape[0], 3)
         if self.background_net is not None:
-            return self.background_net(dirs)
+            return self._mlp(self.background_net, dirs)
         return self.background_color.to(dirs).expand(dirs.shape[0], 3)
 
     def _shading_mode(self, step: int, gen: torch.Generator) -> tuple[str, float, float]:
