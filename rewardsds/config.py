@@ -56,24 +56,6 @@ class ViewAggregation(str, Enum):
     per_view = "per_view"  # weights per (candidate, view)
 
 
-# ----------------------------------------------------------------------------------------- helpers
-
-
-# ----------------------------------------------------------------------------------------- priors
-
-
-# ----------------------------------------------------------------------------------------- representations
-
-
-# ----------------------------------------------------------------------------------------- losses
-
-
-# ----------------------------------------------------------------------------------------- rewards
-
-
-# ----------------------------------------------------------------------------------------- strategies
-
-
 # ----------------------------------------------------------------------------------------- logger / trainer
 @dataclass
 class LoggerConfig:
@@ -155,9 +137,6 @@ def check_devices(devices: Any, accelerator: str = "auto") -> None:
     many = f"would start {value} processes (one per device)" if isinstance(value, int) and value > 1 else "does not name one device"
     check(value == 1 and not isinstance(value, bool) or value == "1", "trainer.devices", value,
            f"{many}, but a run is one process", fix)
-
-
-# ----------------------------------------------------------------------------------------- MVDream prior
 
 
 # ----------------------------------------------------------------------------------------- 3D cameras
@@ -270,15 +249,6 @@ class CameraConfig:
         check(-90 <= float(self.eval_elevation) <= 90, "cameras.eval_elevation", self.eval_elevation, "must lie within [-90, 90]",
               "use 15")
         check(int(self.eval_resolution) >= 1, "cameras.eval_resolution", self.eval_resolution, "must be >= 1", "use e.g. 256 or 512")
-
-
-# ----------------------------------------------------------------------------------------- learned rewards
-
-
-# ----------------------------------------------------------------------------------------- 2D loss modes
-
-
-# ----------------------------------------------------------------------------------------- reward-aligned losses
 
 
 # ----------------------------------------------------------------------------------------- prompt sets, GPU locks

@@ -73,7 +73,10 @@ def wandb_logger(
     extra = {"id": id, "resume": "allow"} if id else {}
     return WandbLogger(
         project=cfg.project, entity=cfg.entity, group=group, name=name, tags=list(tags), log_model=False,
-        save_dir=save_dir, offline=(resolved == "offline"), config=run_config, reinit="finish_previous", **extra,
+        save_dir=save_dir, config=run_config, reinit="finish_previous", **extra,
+        # The mode goes to wandb.init itself: Lightning's offline=True only sets WANDB_MODE, which wandb reads once per
+        # process, so a process whose first run was disabled would keep every later run disabled.
+        mode=resolved,
     )
 
 

@@ -100,7 +100,7 @@ def write_set(out: Path, name: str, header: list[str], source_line: str, rows: l
             lines.append(f"# {h}")
         else:
             lines += [f"# {w}" for w in textwrap.wrap(h, 108, break_on_hyphens=False)]
-    lines += ["defaults:", "  - /schema/prompts/PromptSetConfig@_here_", "  - _self_", "_target_: rewardsds.prompts.PromptSet", f"name: {name}",
+    lines += ["defaults:", "  - /schema/prompts/PromptSetConfig@_here_", "  - _self_", f"name: {name}",
               f"source: {json.dumps(source_line, ensure_ascii=False)}", "items:"]
     for index, text, note in rows:
         comment = f"  # {index}" + (f" {note}" if note else "")

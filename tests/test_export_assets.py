@@ -475,7 +475,7 @@ def test_export_formats_setting_is_checked_against_the_representation():
     with pytest.raises(ConfigError, match=r"output.export_formats = \['mesh'\]: names mesh, which representation=gaussians does not write "
                                           r"\(it writes: gaussians\).*Fix: use \[all\], \[\] or a list of: gaussians"):
         validate(compose(["experiment=analytic_3d", "representation=gaussians", "output.export_formats=[mesh]"]))
-    with pytest.raises(ConfigError, match=r"output.export_formats = \['gaussians'\]: .*LatentImage does not write .*Fix: use \[all\] or \[\]"):
+    with pytest.raises(ConfigError, match=r"output.export_formats = \['gaussians'\]: names gaussians, which representation=latent_image does not write \(it writes: nothing\).*Fix: use \[all\] or \[\]"):
         validate(compose(["experiment=analytic", "output.export_formats=[gaussians]"]))
 
 
