@@ -212,13 +212,14 @@ def nerf_samples(case: str, res: int, device: torch.device) -> torch.Tensor:
     encodes with gradient: ray-ordered NeRF samples of the initial density blob."""
     from bench_3d import build
     from rewardsds.cameras import CameraSampler
+    from rewardsds.config import CameraConfig
 
     torch.manual_seed(0)
     rep = build(case, device)
     rep.update_occupancy(0, force=True)
     captured = []
     hook = rep.encoding.register_forward_hook(lambda m, args, out: captured.append(args[0].detach()) if out.requires_grad else None)
-    cams = CameraSampler(resolution=res, batch_size=4, views_per_object=4).sample(torch.Generator().manual_seed(0), 0)
+    cams = CameraSampler(CameraConfig(resolution=res, batch_size=4, views_per_object=4)).sample(torch.Generator().manual_seed(0), 0)
     rep.render(cams.to(device), 0)
     hook.remove()
     del rep
@@ -348,12 +349,13 @@ def memory_breakdown(spec: str, device: torch.device) -> dict:
     """
     from bench_3d import build
     from rewardsds.cameras import CameraSampler
+    from rewardsds.config import CameraConfig
 
     case, _, res = spec.partition("@")
     torch.manual_seed(0)
     rep = build(case, device)
     rep.update_occupancy(0, force=True)
-    sampler = CameraSampler(resolution=int(res or 256), batch_size=4, views_per_object=4)
+    sampler = CameraSampler(CameraConfig(resolution=int(res or 256), batch_size=4, views_per_object=4))
     gen = torch.Generator().manual_seed(0)
     encoded: list[tuple[int, bool]] = []
     rep.encoding.register_forward_hook(lambda m, args, out: encoded.append((args[0].shape[0], out.requires_grad)))

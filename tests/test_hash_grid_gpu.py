@@ -345,6 +345,7 @@ def test_nerf_bf16_mlps_on_cuda(normals):
     of this configuration bf16 differed by about 1.5 times the perturbation (normals 3.5e-2 against 2.4e-2,
     the table's gradient 0.11 against 0.075, relative L2) and by at most 4e-3 elsewhere."""
     from rewardsds.cameras import CameraSampler
+    from rewardsds.config import CameraConfig
 
     kw = dict(normal="analytic", shading="diffuse", ambient_only_steps=0, lambda_orient=10.0) if normals else {}
     fp32, _ = _nerf_pair(**kw)
@@ -355,7 +356,7 @@ def test_nerf_bf16_mlps_on_cuda(normals):
     gen = torch.Generator().manual_seed(3)
     # one bf16 rounding of the encoding: a fixed relative perturbation in [-2^-9, 2^-9] (a constant of the graph)
     perturbed._mlp_input = lambda e: e * (1 + 2.0**-9 * (2 * torch.rand(e.shape, generator=gen) - 1)).to(e.device)
-    cams = CameraSampler(resolution=NERF_RES, batch_size=4, views_per_object=4).sample(torch.Generator().manual_seed(0)).to(DEVICE)
+    cams = CameraSampler(CameraConfig(resolution=NERF_RES, batch_size=4, views_per_object=4)).sample(torch.Generator().manual_seed(0)).to(DEVICE)
     outs, grads = [], []
     for n in (fp32, bf16, perturbed):
         out = n.render(cams, step=3)

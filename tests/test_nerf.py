@@ -10,9 +10,10 @@ import torch
 import trimesh
 from omegaconf import OmegaConf
 
+from conftest import compose
 from rewardsds.cameras import CameraSampler, orbit_cameras
-from rewardsds.config import CameraConfig
-from rewardsds.representations.config import GridEncodingType, NeRFConfig, NormalType
+from rewardsds.config import CameraConfig, validate
+from rewardsds.representations.config import GridEncodingType, MLPDType, NeRFConfig, NormalType
 from rewardsds.errors import ConfigError
 from rewardsds.representations._grid import (DenseGridEncoding, HashGridEncoding, TriplaneEncoding, hash_grid_reference, sample_planes,
                                              sample_volume)
@@ -275,6 +276,27 @@ def test_bf16_mlps_agree_with_fp32(normals):
     assert max(grad_errs.values()) < (8e-2 if normals else 3e-2), grad_errs
     assert render_errs["rgb"] > 1e-6 and grad_errs["density_net.0.weight"] > 1e-6
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in nerfs[1].parameters())
+
+
+def test_auto_mlp_dtype_is_bf16_on_cuda_only():
+    """mlp_dtype=auto (the paper experiments' setting): fp32 on the CPU, bit for bit the fp32 render and gradients;
+    the decision follows the tensor's device (bf16 where it is CUDA), and bf16 stays bf16 everywhere."""
+    nerfs = [small_nerf(encoding="hash", mlp_dtype=d).train() for d in ("fp32", "auto")]
+    nerfs[1].load_state_dict(nerfs[0].state_dict())
+    outs, grads = [], []
+    for n in nerfs:
+        out = n.render(cams(2, 8), 3)
+        (out["rgb"].square().mean() + out["opacity"].mean()).backward()
+        outs.append(out["rgb"])
+        grads.append(torch.cat([p.grad.flatten() for p in n.parameters() if p.grad is not None]))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    cuda_like = type("CudaTensor", (), {"is_cuda": True})()
+    assert nerfs[1]._bf16_mlps(cuda_like) and not nerfs[1]._bf16_mlps(torch.zeros(1))
+    assert not nerfs[0]._bf16_mlps(cuda_like)
+    assert small_nerf(encoding="hash", mlp_dtype="bf16")._bf16_mlps(torch.zeros(1))
+    for name in ("mvdream_nerf", "dreamfusion_nerf", "dreamdpo_mvdream_nerf"):
+        cfg = validate(compose([f"experiment={name}", "prompt=a cat"]))
+        assert cfg.representation.mlp_dtype == MLPDType.auto and cfg.representation.encoding == GridEncodingType.hash, name
 
 
 def test_bf16_mlps_keep_half_the_activations_for_backward():

@@ -194,15 +194,19 @@ class NeRF(Representation):
     def _encode(self, x: Tensor, step: int, second_order: Optional[bool] = None) -> Tensor:
         return self.encoding((x / self.cfg.radius + 1.0) * 0.5, self._max_grid_resolution(step), second_order)
 
+    def _bf16_mlps(self, x: Tensor) -> bool:
+        """Whether the MLPs run bf16 matmuls on ``x``'s device (``mlp_dtype``: bf16, or auto on CUDA)."""
+        return self.cfg.mlp_dtype == MLPDType.bf16 or (self.cfg.mlp_dtype == MLPDType.auto and x.is_cuda)
+
     def _mlp_input(self, enc: Tensor) -> Tensor:
-        """The encoding as the MLPs read it: with ``mlp_dtype=bf16`` one bf16 copy shared by both MLPs (autocast
-        would cast it per MLP and keep both copies for the backward); the fp32 encoding is then not kept."""
-        return enc.to(torch.bfloat16) if self.cfg.mlp_dtype == MLPDType.bf16 else enc
+        """The encoding as the MLPs read it: with bf16 MLPs one bf16 copy shared by both MLPs (autocast would cast
+        it per MLP and keep both copies for the backward); the fp32 encoding is then not kept."""
+        return enc.to(torch.bfloat16) if self._bf16_mlps(enc) else enc
 
     def _mlp(self, net: nn.Module, h: Tensor) -> Tensor:
         """``net(h)`` in fp32, or with ``mlp_dtype=bf16`` its matmuls in bf16 (autocast: the fp32 weights are cast
         per call and get fp32 gradients) and the output cast back to fp32."""
-        if self.cfg.mlp_dtype == MLPDType.bf16:
+        if self._bf16_mlps(h):
             with torch.autocast(h.device.type, dtype=torch.bfloat16):
                 return net(h).float()
         return net(h)
