@@ -390,16 +390,14 @@ def band_above(kept: Tensor, all_rows: Tensor, keep: Tensor) -> Tensor:
     The other rows are shifted down by a constant so that the best of them sits just below the worst kept one; the
     order inside each group, and the kept rewards themselves, are unchanged.
     """
-    mask = torch.zeros(all_rows.shape[0], dtype=torch.bool, device=all_rows.device)
-    mask[keep.to(all_rows.device)] = True
-    out = all_rows.clone()
-    out[keep.to(all_rows.device)] = kept
-    if bool(mask.all()):
-        return out
-    rest = out[~mask]
-    gap = (rest.max() - kept.min()).clamp_min(0) + (kept.max() - kept.min()).abs().clamp_min(1e-6) * 1e-3 + 1e-6
-    out[~mask] = rest - gap
-    return out
+    keep = keep.to(all_rows.device)
+    out = all_rows.index_copy(0, keep, kept.to(all_rows.dtype))
+    kept_row = torch.zeros(all_rows.shape[0], dtype=torch.bool, device=all_rows.device).index_fill(0, keep, True)
+    kept_row = kept_row.view(-1, *([1] * (all_rows.dim() - 1))).expand_as(out)
+    # Without host syncs (no boolean indexing, no branch on a device value): with nothing pruned the gap is 0.
+    rest_max = out.masked_fill(kept_row, float("-inf")).max()
+    gap = (rest_max - kept.min()).clamp_min(0) + (kept.max() - kept.min()).abs().clamp_min(1e-6) * 1e-3 + 1e-6
+    return torch.where(kept_row, out, out - gap)
 
 
 def _grad_mode(grad: bool):

@@ -70,6 +70,8 @@ def wandb_logger(
     if notice:
         print(notice)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("WANDB_MODE") == "":
+        del os.environ["WANDB_MODE"]  # set but empty means unset (wandb refuses '' as a mode)
     extra = {"id": id, "resume": "allow"} if id else {}
     return WandbLogger(
         project=cfg.project, entity=cfg.entity, group=group, name=name, tags=list(tags), log_model=False,

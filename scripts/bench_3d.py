@@ -53,6 +53,7 @@ NERF_CASES = {
     "nerf-hash-normals": dict(**HASH, hash_backend="triton", **NORMALS),
     "nerf-hash-torch-normals": dict(**HASH, hash_backend="torch", **NORMALS),
     "nerf-hash-bf16": dict(**HASH, hash_backend="triton", mlp_dtype="bf16"),
+    "nerf-hash-auto": dict(**HASH, hash_backend="triton", mlp_dtype="auto"),  # the paper experiments' setting
     "nerf-hash-normals-bf16": dict(**HASH, hash_backend="triton", mlp_dtype="bf16", **NORMALS),
 }
 CASES = [*NERF_CASES, "gaussians-200k"]

@@ -68,9 +68,9 @@ ENCODINGS: dict[str, Callable[[], torch.nn.Module]] = {
     "hash-torch": lambda: HashGridEncoding(*PAPER_HASH, backend="torch"),
     "hash-triton": lambda: HashGridEncoding(*PAPER_HASH, backend="triton"),
 }
-NERF_DEFAULT = ["nerf-triplane", "nerf-hash-torch", "nerf-hash", "nerf-hash-bf16", "nerf-hash-normals", "nerf-hash-normals-bf16",
+NERF_DEFAULT = ["nerf-triplane", "nerf-hash-torch", "nerf-hash", "nerf-hash-bf16", "nerf-hash-auto", "nerf-hash-normals", "nerf-hash-normals-bf16",
                 "nerf-hash-torch-normals@64"]
-TRITON_NERF = ("nerf-hash", "nerf-hash-bf16", "nerf-hash-normals", "nerf-hash-normals-bf16")
+TRITON_NERF = ("nerf-hash", "nerf-hash-bf16", "nerf-hash-auto", "nerf-hash-normals", "nerf-hash-normals-bf16")
 SCATTER_KERNELS = ("backward", "double_backward")  # the kernels with table-gradient scatters
 FAILURES: list[str] = []
 
@@ -480,7 +480,7 @@ def summary(rows: list[dict]) -> list[str]:
             continue
         gb = r["peak_mem_mb"] / 1024
         note = ""
-        if r["case"].partition("-tuned")[0].partition("-plain-atomics")[0] in ("nerf-hash", "nerf-hash-bf16"):
+        if r["case"].partition("-tuned")[0].partition("-plain-atomics")[0] in ("nerf-hash", "nerf-hash-bf16", "nerf-hash-auto"):
             if r["resolution"] == 64:
                 note = f"time {'met' if r['ms_median'] <= 15 else 'MISSED'}"
             elif r["resolution"] == 256:
@@ -570,7 +570,7 @@ def main() -> None:
             with tuned_configs(plain_atomics()):
                 rows += nerf_rows(["nerf-hash"], args.resolutions, device, args.nerf_warmup, args.nerf_repeats, suffix="-plain-atomics")
             save()
-        triton_cases = [c for c in args.nerf_cases if c.partition("@")[0] in ("nerf-hash", "nerf-hash-bf16")]
+        triton_cases = [c for c in args.nerf_cases if c.partition("@")[0] in ("nerf-hash", "nerf-hash-bf16", "nerf-hash-auto")]
         if tuned and not args.no_tuned and triton_cases:
             with tuned_configs(tuned):
                 rows += nerf_rows(triton_cases, args.resolutions, device, args.nerf_warmup, args.nerf_repeats, suffix="-tuned")

@@ -278,9 +278,11 @@ def test_bf16_mlps_agree_with_fp32(normals):
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in nerfs[1].parameters())
 
 
-def test_auto_mlp_dtype_is_bf16_on_cuda_only():
-    """mlp_dtype=auto (the paper experiments' setting): fp32 on the CPU, bit for bit the fp32 render and gradients;
-    the decision follows the tensor's device (bf16 where it is CUDA), and bf16 stays bf16 everywhere."""
+def test_auto_mlp_dtype_is_bf16_for_large_cuda_renders_only():
+    """mlp_dtype=auto (the paper experiments' setting): on the CPU bit for bit the fp32 render and gradients; bf16
+    only for CUDA renders of at least AUTO_BF16_MIN_RAYS rays (256 px x 4 views), and only during the render."""
+    from rewardsds.representations.nerf import AUTO_BF16_MIN_RAYS, auto_bf16_mlps
+
     nerfs = [small_nerf(encoding="hash", mlp_dtype=d).train() for d in ("fp32", "auto")]
     nerfs[1].load_state_dict(nerfs[0].state_dict())
     outs, grads = [], []
@@ -290,9 +292,10 @@ def test_auto_mlp_dtype_is_bf16_on_cuda_only():
         outs.append(out["rgb"])
         grads.append(torch.cat([p.grad.flatten() for p in n.parameters() if p.grad is not None]))
     assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
-    cuda_like = type("CudaTensor", (), {"is_cuda": True})()
-    assert nerfs[1]._bf16_mlps(cuda_like) and not nerfs[1]._bf16_mlps(torch.zeros(1))
-    assert not nerfs[0]._bf16_mlps(cuda_like)
+    assert AUTO_BF16_MIN_RAYS == 4 * 128 * 128
+    assert auto_bf16_mlps(torch.device("cuda"), 4 * 256 * 256) and auto_bf16_mlps("cuda:0", AUTO_BF16_MIN_RAYS)
+    assert not auto_bf16_mlps(torch.device("cuda"), 4 * 64 * 64) and not auto_bf16_mlps(torch.device("cpu"), 4 * 256 * 256)
+    assert not nerfs[1]._bf16_mlps(torch.zeros(1))  # outside a render (export, density grids): fp32
     assert small_nerf(encoding="hash", mlp_dtype="bf16")._bf16_mlps(torch.zeros(1))
     for name in ("mvdream_nerf", "dreamfusion_nerf", "dreamdpo_mvdream_nerf"):
         cfg = validate(compose([f"experiment={name}", "prompt=a cat"]))

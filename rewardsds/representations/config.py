@@ -115,7 +115,7 @@ class NeRFBackground(str, Enum):
 class MLPDType(str, Enum):
     fp32 = "fp32"  # fp32 matmuls
     bf16 = "bf16"  # bf16 matmuls (autocast; fp32 weights and optimizer): threestudio's tcnn MLPs run in half precision
-    auto = "auto"  # bf16 on CUDA, fp32 on the CPU (where bf16 matmuls are slower)
+    auto = "auto"  # bf16 for CUDA renders of >= 65536 rays (256 px x 4 views), else fp32 (nerf.auto_bf16_mlps)
 
 
 class NormalType(str, Enum):
@@ -181,7 +181,7 @@ class NeRFConfig(RepresentationConfig):
     grid_resolution: Optional[Schedule] = None
     hidden_dim: int = 64  # density and colour MLPs (bias-free, ReLU): threestudio VanillaMLP
     hidden_layers: int = 1
-    mlp_dtype: MLPDType = MLPDType.fp32  # bf16: bf16 matmuls, fp32 weights; encoding and rendering stay fp32; auto: bf16 on CUDA
+    mlp_dtype: MLPDType = MLPDType.fp32  # bf16: bf16 matmuls, fp32 weights; encoding and rendering stay fp32; auto: bf16 for large CUDA renders
     density_activation: DensityActivation = DensityActivation.softplus
     density_bias: DensityBias = DensityBias.blob_magic3d
     density_blob_scale: float = 10.0

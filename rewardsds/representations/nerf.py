@@ -7,7 +7,8 @@ optimisation starts from a soft ball at the origin, and a background that is eit
 view direction (neural environment map) or a solid colour, randomly replaced by a solid random colour
 with probability ``random_background_prob`` during training (threestudio ``random_aug``). The MLPs run in fp32
 or, with ``mlp_dtype: bf16``, with bf16 matmuls (threestudio's tiny-cuda-nn MLPs run in half precision), which
-also halves their saved activations; the encoding and the volume rendering stay fp32.
+also halves their saved activations; the encoding and the volume rendering stay fp32. ``mlp_dtype: auto`` (the
+paper experiments) uses bf16 for CUDA renders large enough to gain from it (:func:`auto_bf16_mlps`).
 
 Rendering:
 
@@ -75,6 +76,18 @@ def ray_chunks(n_rays: int, samples_per_ray: int, max_samples: int) -> list[tupl
     """
     per_chunk = max(1, int(max_samples) // max(1, int(samples_per_ray)))
     return [(s, min(s + per_chunk, n_rays)) for s in range(0, n_rays, per_chunk)]
+
+
+# mlp_dtype=auto: bf16 MLPs for CUDA renders of at least this many rays. Measured on an H200 (4 views, Triton hash
+# grid, scripts/bench_grid_encoding.py): at 256 px (262144 rays) bf16 halves the memory (7.3 against 13.9 GB) and
+# takes 72 against 84 ms; at 64 px (16384 rays) autocast's casts cost more than they save (16-18 against 12 ms).
+AUTO_BF16_MIN_RAYS = 65536
+
+
+def auto_bf16_mlps(device: torch.device, n_rays: int) -> bool:
+    """What ``mlp_dtype=auto`` picks for a render of ``n_rays`` rays on ``device``: bf16 on CUDA from
+    :data:`AUTO_BF16_MIN_RAYS` rays up, fp32 otherwise (always fp32 on the CPU, where bf16 matmuls are slower)."""
+    return torch.device(device).type == "cuda" and n_rays >= AUTO_BF16_MIN_RAYS
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
@@ -149,6 +162,7 @@ class NeRF(Representation):
         # occupancy-grid marching step: num_samples_per_ray steps cross the box diagonal (threestudio)
         self.render_step_size = 1.732 * 2.0 * cfg.radius / cfg.num_samples_per_ray
         self._notice_shown = False
+        self._auto_bf16 = False  # mlp_dtype=auto: set for the length of a render (auto_bf16_mlps)
         self._occ_checked = False  # occ_ready read once (it lives on the device)
 
         z = encoding_sizes(cfg)
@@ -195,8 +209,11 @@ class NeRF(Representation):
         return self.encoding((x / self.cfg.radius + 1.0) * 0.5, self._max_grid_resolution(step), second_order)
 
     def _bf16_mlps(self, x: Tensor) -> bool:
-        """Whether the MLPs run bf16 matmuls on ``x``'s device (``mlp_dtype``: bf16, or auto on CUDA)."""
-        return self.cfg.mlp_dtype == MLPDType.bf16 or (self.cfg.mlp_dtype == MLPDType.auto and x.is_cuda)
+        """Whether the MLPs run bf16 matmuls: ``mlp_dtype=bf16``, or ``auto`` inside a render that
+        :func:`auto_bf16_mlps` picks (field queries outside a render, e.g. for export, stay fp32 with ``auto``)."""
+        if self.cfg.mlp_dtype == MLPDType.auto:
+            return self._auto_bf16
+        return self.cfg.mlp_dtype == MLPDType.bf16
 
     def _mlp_input(self, enc: Tensor) -> Tensor:
         """The encoding as the MLPs read it: with bf16 MLPs one bf16 copy shared by both MLPs (autocast would cast
@@ -349,13 +366,17 @@ class NeRF(Representation):
             chunks = [(0, n_rays)]  # one graph for the backward pass
         else:
             chunks = ray_chunks(n_rays, max_samples_per_ray(self.cfg.num_samples_per_ray), self.cfg.eval_chunk_samples)
-        parts = [
-            self._render_rays(
-                origins[s:e], dirs[s:e], light, (torch.arange(s, e, device=device) // (H * W)),
-                None if jitter is None else jitter[s:e], step, mode, shading, need_normals, want_zvar,
-            )
-            for s, e in chunks
-        ]
+        self._auto_bf16 = auto_bf16_mlps(device, n_rays)  # one precision for every chunk of this render
+        try:
+            parts = [
+                self._render_rays(
+                    origins[s:e], dirs[s:e], light, (torch.arange(s, e, device=device) // (H * W)),
+                    None if jitter is None else jitter[s:e], step, mode, shading, need_normals, want_zvar,
+                )
+                for s, e in chunks
+            ]
+        finally:
+            self._auto_bf16 = False
         out = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0] if k not in ("orient", "n_visible")}
         opacity = out["opacity"]
         rgb = out["rgb_fg"] + background * (1.0 - opacity)
