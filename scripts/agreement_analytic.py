@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         r = one.clone()
         r[keep] = full[keep] + (one.max() - full[keep].min()).abs() + 1.0
         ranked.append(r)
-    collected[f"prune_to_{keep_n}, kept ranked above pruned (proposed)"] = ranked
+    collected[f"prune_to_{keep_n}, kept above pruned, rebuilt from the exact run (check)"] = ranked
     for name, fast in collected.items():
         rep = compare_selections(all_exact, fast, 2, 2, all_draws)
         out["paths"][name] = rep.to_json(per_draw=False)

@@ -122,3 +122,14 @@ def test_band_above_puts_the_kept_rows_above_the_rest_in_their_own_orders():
     assert out[rest].max() < kept.min()
     assert torch.argsort(out[rest, 0]).tolist() == torch.argsort(all_rows[rest, 0]).tolist()
     assert torch.equal(band_above(all_rows, all_rows, torch.arange(5)), all_rows)  # nothing pruned: unchanged
+
+
+def test_band_above_reads_nothing_back_to_the_host():
+    """The pruned ranking runs inside a GPU step that must not wait for the device: no branch on a device value and
+    no boolean indexing (data-dependent shapes). On the meta device, which has no data, either would raise."""
+    from rewardsds.candidates import band_above
+
+    out = band_above(torch.empty(4, 2, device="meta"), torch.empty(8, 2, device="meta"), torch.arange(4, device="meta"))
+    assert out.shape == (8, 2) and out.device.type == "meta"
+    with pytest.raises(Exception):  # the check can fail: a boolean index needs the data
+        torch.empty(8, 2, device="meta")[torch.empty(8, dtype=torch.bool, device="meta")].sum().item()
