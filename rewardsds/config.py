@@ -428,6 +428,16 @@ class Choices(dict):
         value = self.get(group)
         return str(value) if value not in (None, "null") else type(node).__name__
 
+    def recorded(self, group: str, node: Any) -> Optional[str]:
+        """The name a run records for its option of ``group``: Hydra's choice, else (a config composed without
+        Hydra's runtime node, e.g. by a script) the class the option builds, e.g. ``MinMaxStrategy``; None for no
+        option."""
+        value = self.get(group)
+        if value not in (None, "null"):
+            return str(value)
+        target = getattr(node, "_target_", None)
+        return str(target).rpartition(".")[2] if isinstance(target, str) and target else None
+
 
 def hydra_choices(cfg: Optional[DictConfig] = None) -> Choices:
     """The group choices a composed config carries (``compose(..., return_hydra_config=True)``, e.g. a compare

@@ -146,6 +146,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         self.skip_on_device = False  # set by configure_optimizers
         self.step_times: list[float] = []
         self.evals_per_step: list[int] = []
+        self.logged_scalars: dict[str, float] = {}  # the last values sent to the loggers (progress lines read them)
         self.timesteps = TimestepSampler(Schedule.from_any(cfg.timesteps.t_min), Schedule.from_any(cfg.timesteps.t_max),
                                          prior.num_train_timesteps, cfg.timesteps.grid.value)
         self.engine = CandidateEngine(prior, reward, cfg.lookahead, cfg.chunk_size, cfg.reward_views, cfg.seed)
@@ -301,7 +302,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         res = self.run_step(step, self.optimizers())
         cands = res.loss.candidates
         self.evals_per_step.append(int(cands.evals) if cands is not None else 0)
-        self._log_step(res, elapsed)
+        self._log_step(res, elapsed, step)
         if res.ctx.keep_images and cands is not None and cands.images is not None:
             self._log_candidates(cands, step)
         self.iteration += 1
@@ -375,7 +376,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         return StepResult(ctx=ctx, loss=result, total=total, grad_norm=grad_norm, regs=regs)
 
     # ------------------------------------------------------------------ logging
-    def _log_step(self, res: "StepResult", elapsed: Optional[float]) -> None:
+    def _log_step(self, res: "StepResult", elapsed: Optional[float], step: int) -> None:
         ctx, result, total, grad_norm, regs = res.ctx, res.loss, res.total, res.grad_norm, res.regs
         metrics: dict[str, Any] = {
             "train/loss": total.detach(),
@@ -403,9 +404,33 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
                 metrics["train/reward_max"] = r.max()
                 pos = w1.clamp_min(0)
                 metrics["train/reward_selected"] = (pos * r).sum() / pos.sum().clamp_min(1e-12)
-        prog = {"train/loss", "train/t", "train/reward_max"}
-        for k, v in metrics.items():
-            self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in prog, batch_size=1)
+        self._write_scalars(metrics, step)
+
+    def _write_scalars(self, metrics: dict[str, Any], step: int) -> None:
+        """Send a step's scalars to the run's loggers, on the steps they log (``trainer.log_every_n_steps`` and the
+        last step), reading every device value at once (one wait for the GPU instead of one per key).
+
+        Lightning's ``self.log`` costs about a millisecond of host time per key and step (measured on the CPU:
+        7.5 ms per step for 9 keys, more than an analytic RewardSDS step) and reads each tensor separately; the
+        loggers receive the same values with the same step here. The progress bar (a terminal only) still gets its
+        three headline values through ``self.log``, kept out of the loggers.
+        """
+        trainer = self._trainer
+        if trainer is not None and trainer.progress_bar_callback is not None:
+            for k in ("train/loss", "train/t", "train/reward_max"):
+                if k in metrics:
+                    self.log(k, metrics[k], on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1)) if trainer is not None else 1
+        if not ((step + 1) % every == 0 or step + 1 >= self.total_steps):
+            return
+        keys = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []
+        scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, Tensor)}
+        scalars.update(zip(keys, values))
+        self.logged_scalars = {"step": step, **scalars}
+        for logger in self.loggers if trainer is not None else ():
+            logger.log_metrics(scalars, step=step)
+            logger.save()
 
     def _log_candidates(self, cands, step: int) -> None:
         imgs = to_uint8(cands.images)

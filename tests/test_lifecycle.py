@@ -35,6 +35,33 @@ def _popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Po
                             stderr=subprocess.PIPE, text=True)
 
 
+# ------------------------------------------------------------------ what a run records as its options
+def test_a_run_composed_without_hydras_node_records_the_classes_it_built(tmp_path, capsys, caplog):
+    """Scripts compose the config without Hydra's runtime node: the run still names its options (by the class each
+    builds), in metrics.json and in its start block, instead of None."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONF_DIR
+    from rewardsds.train import train
+
+    caplog.set_level("INFO")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hcompose(config_name="config", overrides=["experiment=analytic", *FAST, "steps=2", "n_noises=4", "lookahead.steps=1"])
+    assert "hydra" not in cfg
+    m = train(cfg, tmp_path / "run")
+    assert (m["prior"], m["reward"], m["strategy"], m["loss"], m["representation"]) == (
+        "AnalyticPrior", "AnalyticReward", "MinMaxStrategy", "SDSLoss", "LatentImage")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["strategy"] == "MinMaxStrategy"
+    said = capsys.readouterr().out + caplog.text  # the start block
+    assert "prior AnalyticPrior" in said and "strategy=MinMaxStrategy" in said and "None" not in said
+    # with Hydra's node the option names are recorded as chosen
+    m = train(compose(["experiment=analytic", *FAST, "steps=2", "n_noises=4", "lookahead.steps=1"]), tmp_path / "run2")
+    assert (m["prior"], m["strategy"], m["loss"]) == ("analytic", "min_max", "sds")
+
+
 # ------------------------------------------------------------------ what a headless run prints
 def test_headless_run_prints_its_folder_progress_and_result(tmp_path):
     r = run_cli([*RUN, "logger=csv", "steps=12", "output.progress_every=4"], tmp_path)
