@@ -339,14 +339,9 @@ def nerf_rows(cases: list[str], resolutions: list[int], device: torch.device, wa
     return rows
 
 
-def memory_breakdown(spec: str, device: torch.device) -> dict:
-    """Where one render + backward of ``spec`` (``case@res``) keeps its memory, on the cameras of bench_3d's third
-    call (seed 0), after two calls (compilation, caches).
-
-    Returns allocated / peak MB per stage (above the memory held before the render: the model and its
-    gradients) and the tensors saved for the backward by group (shape with N = samples with gradient,
-    R = rays; dtype), counted once per storage.
-    """
+def nerf_case(spec: str, device: torch.device):
+    """(NeRF of bench_3d's ``case`` with its occupancy grid filled, a 4-view camera sampler at ``res`` (default 256),
+    a seeded generator) for ``spec`` = ``case@res``."""
     from bench_3d import build
     from rewardsds.cameras import CameraSampler
     from rewardsds.config import CameraConfig
@@ -356,7 +351,18 @@ def memory_breakdown(spec: str, device: torch.device) -> dict:
     rep = build(case, device)
     rep.update_occupancy(0, force=True)
     sampler = CameraSampler(CameraConfig(resolution=int(res or 256), batch_size=4, views_per_object=4))
-    gen = torch.Generator().manual_seed(0)
+    return rep, sampler, torch.Generator().manual_seed(0)
+
+
+def memory_breakdown(spec: str, device: torch.device) -> dict:
+    """Where one render + backward of ``spec`` (``case@res``) keeps its memory, on the cameras of bench_3d's third
+    call (seed 0), after two calls (compilation, caches).
+
+    Returns allocated / peak MB per stage (above the memory held before the render: the model and its
+    gradients) and the tensors saved for the backward by group (shape with N = samples with gradient,
+    R = rays; dtype), counted once per storage.
+    """
+    rep, sampler, gen = nerf_case(spec, device)
     encoded: list[tuple[int, bool]] = []
     rep.encoding.register_forward_hook(lambda m, args, out: encoded.append((args[0].shape[0], out.requires_grad)))
     mb = 2**20
@@ -433,16 +439,7 @@ def profile_rows(spec: str, device: torch.device, warmup: int, top: int = 25) ->
     """GPU time per kernel of one NeRF render + backward (torch.profiler), the ``top`` largest."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_3d import build
-    from rewardsds.cameras import CameraSampler
-    from rewardsds.config import CameraConfig
-
-    case, _, res = spec.partition("@")
-    torch.manual_seed(0)
-    rep = build(case, device)
-    rep.update_occupancy(0, force=True)
-    sampler = CameraSampler(CameraConfig(resolution=int(res or 256), batch_size=4, views_per_object=4))
-    gen = torch.Generator().manual_seed(0)
+    rep, sampler, gen = nerf_case(spec, device)
 
     def step(i: int) -> None:
         rep.zero_grad(set_to_none=True)

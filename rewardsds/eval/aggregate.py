@@ -375,11 +375,7 @@ def plot_vs_key(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metric:
     ax.set_title(f"{metric} vs {x_key} (mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_vs_wall_time(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metric: str, path: Path,
@@ -411,6 +407,13 @@ def plot_vs_wall_time(rows: Sequence[dict[str, Any]], group_by: Sequence[str], m
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {time_metric}")
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders made) and release it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rewardsds.eval.aggregate import Run, metric_slug, row_label
+from rewardsds.eval.aggregate import Run, metric_slug, row_label, save_figure
 
 #: where a run's per-step history is looked for, in order
 HISTORY_FILES = ("csv/metrics.csv",)
@@ -145,11 +145,7 @@ def plot_curves(lines: Sequence[Curve], key: str, path: Path, over: Sequence[str
     ax.set_title(f"{key} (mean ± std over {', '.join(over) or 'runs'})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_curves(folder: Path, rows: Sequence[dict[str, Any]], group_by: Sequence[str], keys: Sequence[str],
