@@ -139,7 +139,7 @@ class ProgressReport(pl.Callback):
         done, total = pl_module.iteration, pl_module.total_steps
         if not (done == 1 or done % self.every == 0 or done >= total or done == pl_module.start_iteration + 1):
             return
-        progress_log.info(progress_line(pl_module, getattr(pl_module, "logged_scalars", None) or trainer.callback_metrics))
+        progress_log.info(progress_line(pl_module, getattr(pl_module, "last_metrics", None) or trainer.callback_metrics))
 
 
 def progress_line(system: Any, metrics: dict[str, Any]) -> str:
