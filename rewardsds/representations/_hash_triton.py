@@ -305,6 +305,43 @@ def _scatter_level(dst_ptr, g0, g1, g2, f0, f1, f2, ga, gb, u0, u1, u2, scale, s
 
 
 @triton.jit
+def _level_range(n, LEVEL_LOOP: tl.constexpr):
+    """The levels a program covers: all ``n`` (one program per block of points) or its grid row's one level."""
+    if LEVEL_LOOP:
+        lo = 0
+        hi = n
+    else:
+        lo = tl.program_id(1)
+        hi = lo + 1
+    return lo, hi
+
+
+@triton.jit
+def _neighbour_points(x_ptr, rows, rmask, N, x0, x1, x2, stride_xn, stride_xd, LOAD: tl.constexpr):
+    """The previous and next points along the point order (for the runs of points in one cell), or the point itself
+    when run sums are off."""
+    if LOAD:
+        p0, p1, p2 = _load_points(x_ptr, rows - 1, rmask & (rows > 0), stride_xn, stride_xd)
+        n0, n1, n2 = _load_points(x_ptr, rows + 1, (rows + 1) < N, stride_xn, stride_xd)
+    else:
+        p0, p1, p2, n0, n1, n2 = x0, x1, x2, x0, x1, x2
+    return p0, p1, p2, n0, n1, n2
+
+
+@triton.jit
+def _write_point_grad(ptr, rows, rmask, d0, d1, d2, LEVEL_LOOP: tl.constexpr):
+    """Store a per-point 3-vector (all levels in this program) or add this level's share atomically."""
+    if LEVEL_LOOP:
+        tl.store(ptr + rows * 3, d0, mask=rmask)
+        tl.store(ptr + rows * 3 + 1, d1, mask=rmask)
+        tl.store(ptr + rows * 3 + 2, d2, mask=rmask)
+    else:
+        tl.atomic_add(ptr + rows * 3, d0, mask=rmask, sem="relaxed")
+        tl.atomic_add(ptr + rows * 3 + 1, d1, mask=rmask, sem="relaxed")
+        tl.atomic_add(ptr + rows * 3 + 2, d2, mask=rmask, sem="relaxed")
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, table_ptr, out_ptr, scales_ptr, offsets_ptr, sides_ptr,
     N, n_dense, n_active, n_levels, hash_mask,
@@ -315,12 +352,7 @@ def _forward_kernel(
     rmask = rows < N
     rows = rows.to(tl.int64)
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
-    if LEVEL_LOOP:
-        lo = 0
-        hi = n_levels
-    else:
-        lo = tl.program_id(1)
-        hi = lo + 1
+    lo, hi = _level_range(n_levels, LEVEL_LOOP)
     for level in range(lo, hi):
         scale = tl.load(scales_ptr + level)
         offset = tl.load(offsets_ptr + level)
@@ -355,17 +387,9 @@ def _backward_kernel(
     rmask = rows < N
     rows = rows.to(tl.int64)
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
-    if NEED_DT and REDUCE:  # the neighbours along the point order, for the runs of points in one cell
-        p0, p1, p2 = _load_points(x_ptr, rows - 1, rmask & (rows > 0), stride_xn, stride_xd)
-        n0, n1, n2 = _load_points(x_ptr, rows + 1, (rows + 1) < N, stride_xn, stride_xd)
-    else:
-        p0, p1, p2, n0, n1, n2 = x0, x1, x2, x0, x1, x2
-    if LEVEL_LOOP:
-        lo = 0
-        hi = n_active
-    else:
-        lo = tl.program_id(1)
-        hi = lo + 1
+    # the neighbours along the point order, for the runs of points in one cell
+    p0, p1, p2, n0, n1, n2 = _neighbour_points(x_ptr, rows, rmask, N, x0, x1, x2, stride_xn, stride_xd, NEED_DT and REDUCE)
+    lo, hi = _level_range(n_active, LEVEL_LOOP)
     dx0 = tl.zeros((BLOCK,), dtype=tl.float32)
     dx1 = tl.zeros((BLOCK,), dtype=tl.float32)
     dx2 = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -405,14 +429,7 @@ def _backward_kernel(
             dx1 += scale * l1
             dx2 += scale * l2
     if NEED_DX:
-        if LEVEL_LOOP:
-            tl.store(dx_ptr + rows * 3, dx0, mask=rmask)
-            tl.store(dx_ptr + rows * 3 + 1, dx1, mask=rmask)
-            tl.store(dx_ptr + rows * 3 + 2, dx2, mask=rmask)
-        else:
-            tl.atomic_add(dx_ptr + rows * 3, dx0, mask=rmask, sem="relaxed")
-            tl.atomic_add(dx_ptr + rows * 3 + 1, dx1, mask=rmask, sem="relaxed")
-            tl.atomic_add(dx_ptr + rows * 3 + 2, dx2, mask=rmask, sem="relaxed")
+        _write_point_grad(dx_ptr, rows, rmask, dx0, dx1, dx2, LEVEL_LOOP)
 
 
 @triton.jit
@@ -428,21 +445,12 @@ def _double_backward_kernel(
     rmask = rows < N
     rows = rows.to(tl.int64)
     x0, x1, x2 = _load_points(x_ptr, rows, rmask, stride_xn, stride_xd)
-    if HAS_U and NEED_GT and REDUCE:
-        p0, p1, p2 = _load_points(x_ptr, rows - 1, rmask & (rows > 0), stride_xn, stride_xd)
-        n0, n1, n2 = _load_points(x_ptr, rows + 1, (rows + 1) < N, stride_xn, stride_xd)
-    else:
-        p0, p1, p2, n0, n1, n2 = x0, x1, x2, x0, x1, x2
+    p0, p1, p2, n0, n1, n2 = _neighbour_points(x_ptr, rows, rmask, N, x0, x1, x2, stride_xn, stride_xd, HAS_U and NEED_GT and REDUCE)
     if HAS_U:
         u0 = tl.load(u_ptr + rows * stride_un, mask=rmask, other=0.0).to(tl.float32)
         u1 = tl.load(u_ptr + rows * stride_un + stride_ud, mask=rmask, other=0.0).to(tl.float32)
         u2 = tl.load(u_ptr + rows * stride_un + 2 * stride_ud, mask=rmask, other=0.0).to(tl.float32)
-    if LEVEL_LOOP:
-        lo = 0
-        hi = n_active
-    else:
-        lo = tl.program_id(1)
-        hi = lo + 1
+    lo, hi = _level_range(n_active, LEVEL_LOOP)
     gx0 = tl.zeros((BLOCK,), dtype=tl.float32)
     gx1 = tl.zeros((BLOCK,), dtype=tl.float32)
     gx2 = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -513,14 +521,7 @@ def _double_backward_kernel(
             gx1 += scale * (l1 + scale * h1)
             gx2 += scale * (l2 + scale * h2)
     if NEED_GX:
-        if LEVEL_LOOP:
-            tl.store(gx_ptr + rows * 3, gx0, mask=rmask)
-            tl.store(gx_ptr + rows * 3 + 1, gx1, mask=rmask)
-            tl.store(gx_ptr + rows * 3 + 2, gx2, mask=rmask)
-        else:
-            tl.atomic_add(gx_ptr + rows * 3, gx0, mask=rmask, sem="relaxed")
-            tl.atomic_add(gx_ptr + rows * 3 + 1, gx1, mask=rmask, sem="relaxed")
-            tl.atomic_add(gx_ptr + rows * 3 + 2, gx2, mask=rmask, sem="relaxed")
+        _write_point_grad(gx_ptr, rows, rmask, gx0, gx1, gx2, LEVEL_LOOP)
 
 
 # ----------------------------------------------------------------------------------------- launchers
