@@ -56,6 +56,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from project_walltime import fit_line  # noqa: E402  (beside this file)
 
 PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
@@ -320,7 +323,26 @@ def run_steps(system, opt, steps: list[int], warmup: int, device: torch.device) 
            "evals_per_step": statistics.fmean(r["evals"] for r in rows)}
     if any(r["evals"] for r in rows):  # time per UNet evaluation does not depend on which timesteps were drawn
         out["ms_per_eval_median"] = statistics.median(r["ms"] / r["evals"] for r in rows if r["evals"])
+    out["fit_ms"] = step_fit([r["evals"] for r in rows], [r["ms"] for r in rows])
     return out
+
+
+def step_fit(evals: list[int], ms: list[float]) -> dict[str, float]:
+    """``ms = fixed + per_eval * evals`` by least squares: the per-step cost that does not scale with the lookahead
+    (the prediction at t, decode, reward, loss, optimiser, logging) apart from the cost of each UNet evaluation."""
+    a, b = fit_line([float(e) for e in evals], list(ms))
+    return {"fixed_ms": a, "ms_per_eval": b}
+
+
+def cli_vs_benchmark(cli_fit: dict[str, float], bench_row: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's step time (its fit) at the evaluations of the benchmark's own steps, over the benchmark's times:
+    what the CLI adds to the same step (logging, media, checkpoints, Lightning), as a median ratio and a total."""
+    steps = bench_row["per_step"]
+    pred = [cli_fit["fixed_ms"] + cli_fit["ms_per_eval"] * r["evals"] for r in steps]
+    ratios = [p / r["ms"] for p, r in zip(pred, steps)]
+    return {"median_ratio": statistics.median(ratios), "total_ratio": sum(pred) / sum(r["ms"] for r in steps),
+            "benchmark_fit_ms": bench_row.get("fit_ms") or step_fit([r["evals"] for r in steps], [r["ms"] for r in steps]),
+            "cli_fit_ms": cli_fit, "benchmark_steps": len(steps)}
 
 
 def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results: dict, name: str, variant: str, n: int, k: int,
@@ -464,6 +486,10 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
 
 
 # ----------------------------------------------------------------------------------------- compile cache
+#: the benchmark row the CLI's steps are compared with (``--against``): the CUDA default
+AGAINST_ROW = "rewardsds_n10_k15_compiled"
+
+
 def bench_compile_cache(args, device, results: dict) -> None:
     """Run the user's CLI twice in fresh processes against one empty compile cache: what the first run on a machine
     pays for compiling and what a later run (or a sweep job) still pays."""
@@ -475,7 +501,7 @@ def bench_compile_cache(args, device, results: dict) -> None:
         run_dir = Path(tempfile.mkdtemp(prefix=f"rewardsds_probe{run}_"))
         cmd = [sys.executable, "-m", "rewardsds", "experiment=paper_2d", f"prompt={PROMPT}", f"prior.pretrained={args.sd_folder}",
                "prior.local_files_only=true", f"prior.compile_cache={cache}", f"reward.checkpoint={ckpt}", f"reward.tokenizer={tok}",
-               "reward.local_files_only=true", f"steps={args.probe_steps}", "logger=none", "output.video=false", "output.image_every=0",
+               "reward.local_files_only=true", f"steps={args.probe_steps}", f"logger={args.probe_logger}", "output.video=false", "output.image_every=0",
                "output.candidates_every=0", f"output.checkpoint_every={args.probe_steps}", f"hydra.run.dir={run_dir}",
                *(["trainer=gpu"] if device.type == "cuda" else ["trainer=cpu"])]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -485,11 +511,14 @@ def bench_compile_cache(args, device, results: dict) -> None:
         wall = time.perf_counter() - t0
         row: dict[str, Any] = {"run": run, "returncode": proc.returncode, "process_wall_s": wall}
         try:
-            times = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["rewardsds"]["step_times"]
+            state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["rewardsds"]
+            times, evals = state["step_times"], state["evals_per_step"]
             metrics = json.loads((run_dir / "metrics.json").read_text())
             steady = statistics.median(times[1:]) if len(times) > 1 else float("nan")
             row.update({"first_step_s": times[0], "steady_step_s": steady, "compile_s": times[0] - steady,
-                        "step_times_s": times, "run_wall_time_s": metrics.get("wall_time_s")})
+                        "step_times_s": times, "evals_per_step": evals, "run_wall_time_s": metrics.get("wall_time_s")})
+            if len(times) > 2:  # steady steps only: the first one compiles
+                row["fit_ms"] = step_fit(evals[1:len(times)], [1000 * x for x in times[1:]])
         except (OSError, KeyError, ValueError) as err:
             row["error"] = f"{type(err).__name__}: {err}"
             row["stderr_tail"] = proc.stderr[-3000:]
@@ -497,6 +526,12 @@ def bench_compile_cache(args, device, results: dict) -> None:
         print(f"compile cache run {run}: process {wall:.0f} s, first step {row.get('first_step_s', float('nan')):.1f} s, "
               f"steady {row.get('steady_step_s', float('nan')):.2f} s", flush=True)
     out["cache_mb"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+    if args.against:  # the same step inside the benchmark (an earlier run's compiled row) vs through the CLI
+        rows = json.loads(Path(args.against).read_text())["configs"]
+        bench = rows.get(AGAINST_ROW)
+        last = out["runs"][-1]
+        if bench and "fit_ms" in last:
+            out["cli_vs_benchmark"] = {"against": str(args.against), "row": AGAINST_ROW, **cli_vs_benchmark(last["fit_ms"], bench)}
     results["compile_cache"] = out
 
 
@@ -656,6 +691,12 @@ def table(results: dict) -> str:
         for r in cc["runs"]:
             lines.append(f"| run {r['run']} | {r['process_wall_s']:.0f} | {r.get('first_step_s', float('nan')):.1f} | "
                          f"{r.get('steady_step_s', float('nan')):.3f} | {r.get('compile_s', float('nan')):.1f} |")
+        vs = cc.get("cli_vs_benchmark")
+        if vs:
+            cf, bf = vs["cli_fit_ms"], vs["benchmark_fit_ms"]
+            lines += ["", f"CLI vs benchmark ({vs['row']}, {vs['benchmark_steps']} steps): median ratio {vs['median_ratio']:.3f}, "
+                      f"total {vs['total_ratio']:.3f}; ms = fixed + per eval x evals: CLI {cf['fixed_ms']:.1f} + {cf['ms_per_eval']:.2f} x, "
+                      f"benchmark {bf['fixed_ms']:.1f} + {bf['ms_per_eval']:.2f} x"]
     for s in results.get("skipped", []):
         lines.append(f"\nskipped: {s['what']} ({s['reason']})")
     return "\n".join(lines)
@@ -685,6 +726,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-cache-probe", default=None, help="an EMPTY folder for the compile_cache section (default: a new temp folder)")
     ap.add_argument("--probe-steps", type=int, default=5)
     ap.add_argument("--probe-timeout", type=int, default=300, help="seconds per CLI run of the compile_cache section")
+    ap.add_argument("--probe-logger", default="csv", choices=["csv", "none", "wandb"], help="logger of the compile_cache section's CLI runs")
+    ap.add_argument("--against", type=Path, default=None,
+                    help=f"an earlier benchmark JSON (same GPU): compare the compile_cache section's second CLI run with its {AGAINST_ROW} row")
     ap.add_argument("--reward-compile", action="store_true", help="torch.compile the fast reward too (reward.compile=true; default off as in the config)")
     ap.add_argument("--tiny-vae", action="store_true", help="time and measure decode=tiny with a random AutoencoderTiny")
     ap.add_argument("--mvdream", action="store_true")

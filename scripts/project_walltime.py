@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     result: dict[str, Any] = {
         "experiment": args.experiment, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
         "preset": args.preset, "overrides": over, "steps": total, "startup_s": startup_s,
-        "prior_compiled": type(getattr(prior, "_unet_call", None)).__name__ == "CompiledUNet",
+        "prior_compiled": type(getattr(prior, "_unet_call", None)).__name__ == "CompiledModule",
         "compile_mode": getattr(getattr(prior, "_unet_call", None), "mode", None),
         "compile_cache": str(getattr(getattr(prior, "_unet_call", None), "cache_dir", None)), "stages": []}
     print(f"{args.experiment}: {total} steps; startup {startup_s:.1f} s; compiled: {result['prior_compiled']}", flush=True)

@@ -16,7 +16,7 @@ from conftest import compose
 from rewardsds.config import validate
 from rewardsds.errors import ConfigError
 from rewardsds.priors import compiled
-from rewardsds.priors.compiled import CompiledUNet, configure_compile_cache, default_compile_cache, resolve_compile
+from rewardsds.priors.compiled import CompiledModule, configure_compile_cache, default_compile_cache, resolve_compile
 from rewardsds.priors.config import SDPriorConfig, check_compile_mode, normalize_compile
 from rewardsds.priors.quantized import check_float8_support
 from rewardsds.schema import build
@@ -114,19 +114,53 @@ def test_cache_is_configured_before_the_first_compile(clean_cache_env, tmp_path,
         return module
 
     clean_cache_env.setattr(compiled.torch, "compile", recording_compile)
-    CompiledUNet(torch.nn.Linear(2, 2), "default", cache=str(tmp_path / "c1"))
+    CompiledModule(torch.nn.Linear(2, 2), "default", cache=str(tmp_path / "c1"))
     assert seen[-1][0] == str((tmp_path / "c1").resolve())
 
     p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, compile_cache=str(tmp_path / "c2")))
     clean_cache_env.setattr(StableDiffusionPrior, "compiles_on", lambda self, device: True)
     p.to("cpu")
-    assert isinstance(p._unet_call, CompiledUNet) and p._unet_call.cudagraphs
-    assert seen[-1][0] == str((tmp_path / "c2").resolve())
-    assert seen[-1][1] == {"mode": "reduce-overhead", "dynamic": False}  # static shapes under CUDA graphs
+    assert isinstance(p._unet_call, CompiledModule) and p._unet_call.cudagraphs
+    assert seen[-2][0] == seen[-1][0] == str((tmp_path / "c2").resolve())
+    assert seen[-2][1] == {"mode": "reduce-overhead", "dynamic": False}  # the UNet: static shapes under CUDA graphs
+    # the decoder: Inductor without CUDA graphs (no graph pool holds its activations), one graph per batch
+    assert seen[-1][1] == {"mode": None, "dynamic": False}
+    assert isinstance(p._decode_call, CompiledModule) and not p._decode_call.cudagraphs and p._decode_call.static
     # the system moves the prior again in prepare(): that must not build (and compile) a second wrapper
-    call, compiles = p._unet_call, len(seen)
+    call, decode, compiles = p._unet_call, p._decode_call, len(seen)
     p.to("cpu")
-    assert p._unet_call is call and len(seen) == compiles
+    assert p._unet_call is call and p._decode_call is decode and len(seen) == compiles
+
+
+def test_decode_without_gradient_goes_through_the_compiled_decoder(clean_cache_env, tmp_path, tiny_sd):
+    """The candidates' decode (no gradient) calls the compiled decoder; a decode with a gradient (reward
+    feedback through the image) stays eager; both give the eager decoder's images."""
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    calls = []
+
+    def recording_compile(fn, **kw):
+        def run(z):
+            calls.append(z.shape[0])
+            return fn(z)
+        return run
+
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, compile_cache=str(tmp_path / "c")))
+    eager = p.to("cpu")
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = eager.decode_latents(z)
+    clean_cache_env.setattr(compiled.torch, "compile", recording_compile)
+    clean_cache_env.setattr(StableDiffusionPrior, "compiles_on", lambda self, device: True)
+    p._placed = None
+    p.to("cpu")
+    with torch.no_grad():
+        got = p.decode_latents(z)
+    assert calls == [3] and torch.equal(got, want)
+    zg = z.clone().requires_grad_(True)
+    img = p.decode_latents(zg)
+    assert calls == [3] and img.requires_grad  # with a gradient: eager, no compiled call
+    assert torch.allclose(img.detach(), want, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------- float8 lookahead

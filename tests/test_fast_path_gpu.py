@@ -190,10 +190,33 @@ def test_cuda_graph_unet_matches_eager(parts):
     rep = {"pred_rel_err_0": rel(a, ref[0]), "pred_rel_err_1": rel(b, ref[1]), "first_rel_err": rel(first, ref[0]),
            "a_equals_kept": bool(torch.equal(a, first)), **{f"step_{k}": v for k, v in compare(fast, plain).items()}}
     _report("cuda_graphs_vs_eager_bf16", rep)
-    assert "CompiledUNet" in repr(graphed._unet_call) and graphed._unet_call.cudagraphs
+    assert "CompiledModule" in repr(graphed._unet_call) and graphed._unet_call.cudagraphs
     assert rep["pred_rel_err_0"] < 2e-2 and rep["pred_rel_err_1"] < 2e-2, rep
     assert rel(a, ref[1]) > 0.1  # a still holds the prediction of x[0], not the later replay's
     assert rep["step_grad_rel_err"] < 5e-2 and rep["step_loss_rel_err"] < 2e-2, rep
+
+
+@gpu_test
+def test_compiled_decoder_matches_eager(parts):
+    """The compiled prior decodes the candidates through Inductor (no CUDA graphs, one graph per batch): the same
+    images as the eager decoder in bf16, repeatable, and a decode with a gradient stays eager."""
+    from rewardsds.priors.compiled import CompiledModule
+
+    prior, _ = parts
+    eager, graphed = prior("bf16", fast=True), prior("bf16", fast=True, compile_mode="reduce-overhead")
+    z = torch.randn(N, 4, 64, 64, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
+    with torch.no_grad():
+        want = eager.decode_latents(z)
+        got = graphed.decode_latents(z)  # compiles
+        again = graphed.decode_latents(z)
+    rep = {"image_rel_err": rel(got, want), "max_abs_err": float((got - want).abs().max())}
+    _report("compiled_decoder_vs_eager_bf16", rep)
+    assert isinstance(graphed._decode_call, CompiledModule) and graphed._decode_call.static and not graphed._decode_call.cudagraphs
+    assert got.shape == (N, 3, 512, 512) and torch.equal(got, again)
+    assert rep["image_rel_err"] < 2e-2, rep
+    zg = z[:1].clone().requires_grad_(True)
+    graphed.decode_latents(zg).mean().backward()  # eager: a gradient flows back to the latents
+    assert zg.grad is not None and zg.grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------------------- the benchmark's baseline
@@ -281,7 +304,7 @@ def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
 def test_default_prior_compiles_with_cuda_graphs_into_the_persistent_cache(tiny_sd, tmp_path, monkeypatch):
     """With the defaults (prior.compile=auto) a CUDA prior compiles its UNet with CUDA graphs, and the compiled
     kernels land in prior.compile_cache (set before the compile)."""
-    from rewardsds.priors.compiled import CompiledUNet
+    from rewardsds.priors.compiled import CompiledModule
     from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
 
@@ -289,7 +312,7 @@ def test_default_prior_compiles_with_cuda_graphs_into_the_persistent_cache(tiny_
     cache = tmp_path / "inductor"
     p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True,
                                            compile_cache=str(cache))).to(DEVICE)
-    assert isinstance(p._unet_call, CompiledUNet) and p._unet_call.cudagraphs and p._unet_call.mode == "reduce-overhead"
+    assert isinstance(p._unet_call, CompiledModule) and p._unet_call.cudagraphs and p._unet_call.mode == "reduce-overhead"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
     x = torch.randn(4, 4, 8, 8, device=DEVICE)
     t = torch.full((4,), 500, device=DEVICE, dtype=torch.long)

@@ -50,6 +50,20 @@ def test_agreement_analytic_runs_and_pruning_ranks_kept_above_pruned(tmp_path, c
     assert (tmp_path / "agreement.md").read_text().startswith("(1 seeds x 3 steps")
 
 
+def test_cli_vs_benchmark_compares_the_same_steps():
+    """The CLI's fitted step time at the benchmark's own steps: equal lines give 1, a CLI that adds 10 ms to every
+    step gives exactly that excess at each step's evaluations."""
+    bench = _script("benchmark")
+    steps = [{"evals": e, "ms": 100.0 + 2.0 * e} for e in (40, 120, 300)]
+    assert bench.step_fit([40, 120, 300], [r["ms"] for r in steps]) == pytest.approx({"fixed_ms": 100.0, "ms_per_eval": 2.0})
+    same = bench.cli_vs_benchmark({"fixed_ms": 100.0, "ms_per_eval": 2.0}, {"per_step": steps})
+    assert same["median_ratio"] == pytest.approx(1.0) and same["total_ratio"] == pytest.approx(1.0)
+    slower = bench.cli_vs_benchmark({"fixed_ms": 110.0, "ms_per_eval": 2.0}, {"per_step": steps})
+    assert slower["median_ratio"] == pytest.approx(350.0 / 340.0)  # the middle step: 120 evals
+    assert slower["total_ratio"] == pytest.approx((190 + 350 + 710) / (180 + 340 + 700))
+    assert slower["benchmark_fit_ms"] == pytest.approx({"fixed_ms": 100.0, "ms_per_eval": 2.0})
+
+
 @pytest.mark.slow
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"

@@ -1,12 +1,16 @@
-"""``torch.compile`` of a frozen UNet, with CUDA graphs for the fixed-shape lookahead, and its persistent cache.
+"""``torch.compile`` of a frozen UNet (with CUDA graphs for the fixed-shape lookahead) and VAE decoder, and their cache.
 
 ``mode`` is torch.compile's: ``default`` (Inductor kernels), ``reduce-overhead`` (Inductor kernels replayed
 as CUDA graphs, one graph per input shape: the lookahead calls the UNet with the same candidate batch K
 times per step, so the launch overhead of every kernel is paid once per shape instead of once per call),
 ``max-autotune`` (autotuned GEMMs + CUDA graphs) or ``max-autotune-no-cudagraphs``.
 
-CUDA-graph outputs live in memory the next replay overwrites, so :class:`CompiledUNet` marks a new step
+CUDA-graph outputs live in memory the next replay overwrites, so :class:`CompiledModule` marks a new step
 before each call and hands back a copy: a caller may keep the prediction at t while the lookahead runs.
+
+The VAE decoder of the candidates (no gradient) is compiled too, in ``default`` mode with static shapes (one
+graph per candidate batch): Inductor fuses its normalisations and activations, and no CUDA-graph pool holds
+its large activations between steps.
 
 ``prior.compile`` is ``auto`` (on for CUDA, off elsewhere), ``true`` or ``false``. Compiling the full SD UNet
 takes minutes on a fresh machine, so the Inductor FX-graph and AOTAutograd caches are pointed at a persistent
@@ -98,22 +102,24 @@ def _own(out: Any) -> Any:
     return out
 
 
-class CompiledUNet:
+class CompiledModule:
     """Call a ``torch.compile``-d module; static shapes under CUDA graphs, outputs the caller owns.
 
     Args:
-        module: the frozen UNet (weights already on the GPU in their final dtype and memory format).
+        module: the frozen module or function (weights already on the GPU in their final dtype and memory format).
         mode: a validated ``prior.compile_mode`` (one of :data:`rewardsds.priors.config.COMPILE_MODES`).
         cache: the compile cache setting (:func:`configure_compile_cache`), applied before compiling.
+        static: compile one graph per input shape even without CUDA graphs (which always need static shapes).
     """
 
-    def __init__(self, module: torch.nn.Module, mode: str = DEFAULT_COMPILE_MODE, cache: Optional[str] = "auto"):
+    def __init__(self, module: Any, mode: str = DEFAULT_COMPILE_MODE, cache: Optional[str] = "auto", static: bool = False):
         self.module = module
         self.mode = mode
         self.cudagraphs = mode in CUDAGRAPH_MODES
+        self.static = static or self.cudagraphs
         self.cache_dir = configure_compile_cache(cache)
-        # CUDA graphs need static shapes: one graph per (batch, size) seen, never a dynamic-shape kernel
-        self._fn = torch.compile(module, mode=None if mode == "default" else mode, dynamic=False if self.cudagraphs else None)
+        # static: one graph per (batch, size) seen, never a dynamic-shape kernel
+        self._fn = torch.compile(module, mode=None if mode == "default" else mode, dynamic=False if self.static else None)
 
     def __call__(self, *args, **kwargs):
         if not self.cudagraphs:
@@ -122,4 +128,5 @@ class CompiledUNet:
         return _own(self._fn(*args, **kwargs))
 
     def __repr__(self) -> str:
-        return f"CompiledUNet(mode={self.mode!r}, module={type(self.module).__name__}, cache={str(self.cache_dir) if self.cache_dir else 'torch'!r})"
+        name = getattr(self.module, "__qualname__", type(self.module).__name__)
+        return f"CompiledModule(mode={self.mode!r}, module={name}, cache={str(self.cache_dir) if self.cache_dir else 'torch'!r})"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
-from rewardsds.priors.compiled import CompiledUNet, resolve_compile
+from rewardsds.priors.compiled import CompiledModule, resolve_compile
 from rewardsds.priors.config import LookaheadQuantize, SDPriorConfig
 from rewardsds.priors.quantized import check_float8_support, float8_copy
 from rewardsds.utils.dtypes import resolve_dtype
@@ -123,6 +123,7 @@ class StableDiffusionPrior(Prior):
         self.latent_size = int(self.unet.config.sample_size)
         self.image_size = self.latent_size * self.vae_scale_factor
         self._unet_call = self.unet
+        self._decode_call = self._decode_eager  # the candidates' decode (no gradient): compiled with the UNet
         self._ranking: Optional["StableDiffusionPrior"] = None
         self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
 
@@ -170,6 +171,7 @@ class StableDiffusionPrior(Prior):
         placed = (self.device, self.dtype)
         if self._placed != placed:  # a second to() on the same device keeps the compiled graphs and the float8 view
             self._unet_call = self._compiled(self.unet)
+            self._decode_call = self._compiled(self._decode_eager, mode="default", static=True)
             self._ranking = self._float8_view() if self._float8_ranking() else None
             self._placed = placed
         return self
@@ -183,9 +185,17 @@ class StableDiffusionPrior(Prior):
             return False
         return on
 
-    def _compiled(self, module: torch.nn.Module):
-        """``module`` itself, or its :class:`CompiledUNet` when this prior compiles on its device."""
-        return CompiledUNet(module, self.cfg.compile_mode, self.cfg.compile_cache) if self.compiles_on(self.device) else module
+    def _compiled(self, module: Any, mode: Optional[str] = None, static: bool = False):
+        """``module`` itself, or its :class:`CompiledModule` when this prior compiles on its device.
+
+        Args:
+            module: the UNet (or its float8 copy), or the VAE decode function.
+            mode: torch.compile's mode; default ``prior.compile_mode``.
+            static: one graph per input shape (see :class:`CompiledModule`).
+        """
+        if not self.compiles_on(self.device):
+            return module
+        return CompiledModule(module, mode or self.cfg.compile_mode, self.cfg.compile_cache, static=static)
 
     def _float8_view(self) -> "StableDiffusionPrior":
         """A shallow copy of this prior whose UNet calls go to a float8 copy of the UNet (lookahead ranking only)."""
@@ -228,11 +238,18 @@ class StableDiffusionPrior(Prior):
             # taesd decodes unscaled latents to [0, 1] directly in diffusers' AutoencoderTiny ([-1, 1] output)
             img = self.tiny_vae.decode(latents.to(self.dtype)).sample.float()
             return ((img + 1) / 2).clamp(0, 1)
+        # without a gradient (the candidates' decode, logging) through the compiled decoder where the UNet is compiled
+        decode = self._decode_eager if torch.is_grad_enabled() else self._decode_call
+        z = z.to(self.dtype)
         if self.cfg.vae_slicing and z.shape[0] > 1:
-            img = torch.cat([self.vae.decode(zi[None].to(self.dtype)).sample for zi in z])
+            img = torch.cat([decode(zi[None]) for zi in z])
         else:
-            img = self.vae.decode(z.to(self.dtype)).sample
+            img = decode(z)
         return ((img.float() + 1) / 2).clamp(0, 1).contiguous()
+
+    def _decode_eager(self, z: Tensor) -> Tensor:
+        """The VAE's decode of scaled-back latents in the prior's dtype to [-1, 1] images (what gets compiled)."""
+        return self.vae.decode(z).sample
 
     def predict_noise(
         self,
