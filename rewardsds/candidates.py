@@ -307,7 +307,7 @@ class CandidateEngine:
         with _grad_mode(grad):
             for s in range(0, latents.shape[0], chunk):
                 part = latents[s : s + chunk]
-                outs.append(self.prior.decode_latents(part, tiny=True) if tiny else self.prior.decode_latents(part))
+                outs.append(self.prior.decode_candidates(part, tiny=tiny))
         return torch.cat(outs)
 
     def score(self, images: Tensor, prompts: Sequence[str], n: int, grad: bool = False) -> tuple[Tensor, Tensor]:

@@ -506,10 +506,19 @@ def bench_compile_cache(args, device, results: dict) -> None:
                *(["trainer=gpu"] if device.type == "cuda" else ["trainer=cpu"])]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        log_path = run_dir.parent / f"{run_dir.name}.log"  # beside the run folder: the CLI writes its own
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=args.probe_timeout)
+        with open(log_path, "w") as log:
+            try:
+                returncode = subprocess.run(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            timeout=args.probe_timeout).returncode
+            except subprocess.TimeoutExpired:
+                returncode = None  # killed: its checkpoint, if any, still says how far it got
         wall = time.perf_counter() - t0
-        row: dict[str, Any] = {"run": run, "returncode": proc.returncode, "process_wall_s": wall}
+        tail = log_path.read_text(errors="replace")[-3000:]
+        row: dict[str, Any] = {"run": run, "returncode": returncode, "process_wall_s": wall, "log": str(log_path)}
+        if returncode != 0:
+            row["log_tail"] = tail
         try:
             state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["rewardsds"]
             times, evals = state["step_times"], state["evals_per_step"]
@@ -521,7 +530,7 @@ def bench_compile_cache(args, device, results: dict) -> None:
                 row["fit_ms"] = step_fit(evals[1:len(times)], [1000 * x for x in times[1:]])
         except (OSError, KeyError, ValueError) as err:
             row["error"] = f"{type(err).__name__}: {err}"
-            row["stderr_tail"] = proc.stderr[-3000:]
+            row["log_tail"] = tail
         out["runs"].append(row)
         print(f"compile cache run {run}: process {wall:.0f} s, first step {row.get('first_step_s', float('nan')):.1f} s, "
               f"steady {row.get('steady_step_s', float('nan')):.2f} s", flush=True)

@@ -132,9 +132,10 @@ def test_cache_is_configured_before_the_first_compile(clean_cache_env, tmp_path,
     assert p._unet_call is call and p._decode_call is decode and len(seen) == compiles
 
 
-def test_decode_without_gradient_goes_through_the_compiled_decoder(clean_cache_env, tmp_path, tiny_sd):
+def test_candidates_decode_without_gradient_goes_through_the_compiled_decoder(clean_cache_env, tmp_path, tiny_sd):
     """The candidates' decode (no gradient) calls the compiled decoder; a decode with a gradient (reward
-    feedback through the image) stays eager; both give the eager decoder's images."""
+    feedback through the image) and every other decode (logging, exports) stay eager; all give the eager
+    decoder's images."""
     from rewardsds.priors.sd import StableDiffusionPrior
 
     calls = []
@@ -155,10 +156,12 @@ def test_decode_without_gradient_goes_through_the_compiled_decoder(clean_cache_e
     p._placed = None
     p.to("cpu")
     with torch.no_grad():
-        got = p.decode_latents(z)
-    assert calls == [3] and torch.equal(got, want)
+        got = p.decode_candidates(z)
+        logged = p.decode_latents(z[:1])
+    assert calls == [3] and torch.equal(got, want)  # only the candidates' decode was compiled
+    assert torch.allclose(logged, want[:1], atol=1e-5)  # eager, one image
     zg = z.clone().requires_grad_(True)
-    img = p.decode_latents(zg)
+    img = p.decode_candidates(zg)
     assert calls == [3] and img.requires_grad  # with a gradient: eager, no compiled call
     assert torch.allclose(img.detach(), want, atol=1e-6)
 

@@ -207,15 +207,15 @@ def test_compiled_decoder_matches_eager(parts):
     z = torch.randn(N, 4, 64, 64, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
     with torch.no_grad():
         want = eager.decode_latents(z)
-        got = graphed.decode_latents(z)  # compiles
-        again = graphed.decode_latents(z)
+        got = graphed.decode_candidates(z)  # compiles
+        again = graphed.decode_candidates(z)
     rep = {"image_rel_err": rel(got, want), "max_abs_err": float((got - want).abs().max())}
     _report("compiled_decoder_vs_eager_bf16", rep)
     assert isinstance(graphed._decode_call, CompiledModule) and graphed._decode_call.static and not graphed._decode_call.cudagraphs
     assert got.shape == (N, 3, 512, 512) and torch.equal(got, again)
     assert rep["image_rel_err"] < 2e-2, rep
     zg = z[:1].clone().requires_grad_(True)
-    graphed.decode_latents(zg).mean().backward()  # eager: a gradient flows back to the latents
+    graphed.decode_candidates(zg).mean().backward()  # eager: a gradient flows back to the latents
     assert zg.grad is not None and zg.grad.abs().sum() > 0
 
 

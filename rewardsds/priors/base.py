@@ -112,6 +112,13 @@ class Prior(abc.ABC):
     def decode_latents(self, latents: Float[Tensor, "b c h w"]) -> Float[Tensor, "b 3 H W"]:
         """Map the prior's space back to RGB in [0,1] (clamped), fp32 out."""
 
+    def decode_candidates(self, latents: Float[Tensor, "b c h w"], tiny: bool = False) -> Float[Tensor, "b 3 H W"]:
+        """The candidates' decode for scoring: the decode a step repeats at one batch shape (a prior may run a
+        compiled decoder here). ``tiny``: the prior's cheap lookahead decoder (``lookahead.decode=tiny``)."""
+        if tiny:
+            raise NotImplementedError(f"{type(self).__name__} has no tiny decoder")
+        return self.decode_latents(latents)
+
     @abc.abstractmethod
     def predict_noise(
         self,

@@ -123,7 +123,7 @@ class StableDiffusionPrior(Prior):
         self.latent_size = int(self.unet.config.sample_size)
         self.image_size = self.latent_size * self.vae_scale_factor
         self._unet_call = self.unet
-        self._decode_call = self._decode_eager  # the candidates' decode (no gradient): compiled with the UNet
+        self._decode_call = self._decode_eager  # decode_candidates without a gradient: compiled with the UNet
         self._ranking: Optional["StableDiffusionPrior"] = None
         self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
 
@@ -231,6 +231,15 @@ class StableDiffusionPrior(Prior):
         return z.float().contiguous() * self.scaling_factor
 
     def decode_latents(self, latents: Float[Tensor, "b c h w"], tiny: bool = False) -> Tensor:
+        return self._decode(latents, tiny, self._decode_eager)
+
+    def decode_candidates(self, latents: Float[Tensor, "b c h w"], tiny: bool = False) -> Tensor:
+        """The candidates' decode: through the compiled decoder (one graph per candidate batch) where the UNet is
+        compiled and no gradient is taken; eager otherwise. Other decodes (logging, exports: other batch sizes,
+        once in a while) stay eager, so they never wait for a compile."""
+        return self._decode(latents, tiny, self._decode_eager if torch.is_grad_enabled() else self._decode_call)
+
+    def _decode(self, latents: Tensor, tiny: bool, decode) -> Tensor:
         z = latents.float() / self.scaling_factor
         if tiny:
             if self.tiny_vae is None:
@@ -238,8 +247,6 @@ class StableDiffusionPrior(Prior):
             # taesd decodes unscaled latents to [0, 1] directly in diffusers' AutoencoderTiny ([-1, 1] output)
             img = self.tiny_vae.decode(latents.to(self.dtype)).sample.float()
             return ((img + 1) / 2).clamp(0, 1)
-        # without a gradient (the candidates' decode, logging) through the compiled decoder where the UNet is compiled
-        decode = self._decode_eager if torch.is_grad_enabled() else self._decode_call
         z = z.to(self.dtype)
         if self.cfg.vae_slicing and z.shape[0] > 1:
             img = torch.cat([decode(zi[None]) for zi in z])
