@@ -152,11 +152,16 @@ def progress_line(system: Any, metrics: dict[str, Any]) -> str:
         parts.append(f"reward mean {float(metrics['train/reward_mean']):.4g} max {float(metrics['train/reward_max']):.4g}")
     if metrics.get("train/loss") is not None:
         parts.append(f"loss {float(metrics['train/loss']):.4g}")
-    recent = system.step_times[-20:]
+    # The first step of a session compiles and captures CUDA graphs (minutes on a fresh machine): it is shown
+    # apart and left out of the rate, or the ETA of a 1000-step run would read as an hour.
+    times, first = system.step_times, getattr(system, "session_first_time", None)
+    recent = [x for i, x in enumerate(times) if i != first][-20:]
     if recent:
         per = statistics.median(recent)
         parts.append(f"{per:.3f} s/step")
         parts.append(f"ETA {duration(per * max(0, total - done))}")
+    elif times:
+        parts.append(f"first step {times[-1]:.1f} s (start-up: compiles, CUDA graphs)")
     skipped = getattr(system, "nonfinite_steps", 0)
     if skipped:
         parts.append(f"{skipped} non-finite step(s) skipped")

@@ -158,6 +158,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         self._pending_optimizer_state: Optional[dict] = None
         self._prepared_on: Optional[torch.device] = None
         self.start_iteration = 0  # the step this session started from (after a restore)
+        self.session_first_time: Optional[int] = None  # index in step_times of this session's first step
         self.wall_time_before = 0.0  # training wall time of earlier sessions, up to the restored checkpoint
         self._session_clock: Optional[float] = None
 
@@ -207,6 +208,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
             self.optimizers().optimizer.load_state_dict(self._pending_optimizer_state)
             self._pending_optimizer_state = None
         self.start_iteration = self.iteration
+        self.session_first_time = len(self.step_times)  # where this session's first (start-up) step time will go
         self._nonfinite_at_start = self.nonfinite_steps
         self._session_clock = time.perf_counter()
         # Logged steps continue where the restored run stopped (W&B refuses steps that go back in time).

@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         warm = []
         for s in range(a_, min(b_, a_ + args.warmup)):
             warm.append(B.timed(lambda: system.run_step(s, opt), device))
+            print(f"  warm-up step {s}: {warm[-1]:.1f} s", flush=True)  # the first one compiles: say how long it took
         n_samples = min(args.samples, b_ - a_)
         idx = sorted({int(round(a_ + (b_ - 1 - a_) * i / max(1, n_samples - 1))) for i in range(n_samples)})
         rows = []

@@ -30,7 +30,8 @@ ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
         (["prior=sd", "prior.compile_mode=fast"], "prior.compile_mode", "reduce-overhead"),
         (["prior=mvdream", "prior.compile_mode=cudagraphs"], "prior.compile_mode", "reduce-overhead"),
         (["prior=sd", "prior.compile=false", "prior.compile_mode=max-autotune"], "prior.compile_mode", "prior.compile=auto"),
-        (["prior=mvdream", "prior.compile_mode=reduce-overhead"], "prior.compile_mode", "prior.compile=auto"),
+        (["prior=mvdream", "prior.compile=false", "prior.compile_mode=default"], "prior.compile_mode", "prior.compile=auto"),
+        (["prior=mvdream", "prior.compile=maybe"], "prior.compile", "use auto"),
         (["prior=sd", "prior.compile=sometimes"], "prior.compile", "use auto"),
     ],
 )

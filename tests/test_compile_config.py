@@ -53,7 +53,8 @@ def test_compile_setting_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"prior.compile_mode.*prior.compile=auto"):
         check_compile_mode("max-autotune", False)
     assert check_compile_mode("reduce-overhead", False) == "reduce-overhead"  # the schema default never errors
-    assert check_compile_mode("default", False, default="default") == "default"  # MVDream's default
+    with pytest.raises(ConfigError, match=r"prior.compile_mode.*no effect"):
+        check_compile_mode("default", False)
     assert check_compile_mode("max-autotune", "auto") == "max-autotune"
 
 
@@ -68,6 +69,9 @@ def test_default_config_compiles_on_cuda_only(tiny_sd):
     assert prior.ranking_prior() is prior
     off = build(validate(compose(["prompt=a cat", "prior=sd", f"prior.pretrained={tiny_sd}", "prior.compile=false"])).prior)
     assert not off.compiles_on("cuda")
+    # MVDream takes the same fast path: its batched candidates and decodes compiled with CUDA graphs on CUDA
+    mv = validate(compose(["prompt=a cat", "prior=mvdream", "representation=nerf"])).prior
+    assert (mv.compile, mv.compile_mode, mv.compile_cache) == ("auto", "reduce-overhead", "auto")
 
 
 def test_explicit_compile_on_cpu_warns_and_stays_eager(tiny_sd, caplog):

@@ -427,3 +427,20 @@ def test_config_store_is_shared_not_copied():
     node = cs.load("schema/prior/SDPriorConfig.yaml").node
     node.pretrained = "changed"
     assert cs.load("schema/prior/SDPriorConfig.yaml").node.pretrained != "changed"  # a load still hands out a copy
+
+
+def test_progress_leaves_the_sessions_start_up_step_out_of_the_rate():
+    """A fresh machine's first step compiles for minutes: it is shown on its own, never turned into an ETA."""
+    from types import SimpleNamespace
+
+    from rewardsds.lifecycle import progress_line
+
+    run = SimpleNamespace(iteration=1, total_steps=1000, step_times=[150.0], session_first_time=0, nonfinite_steps=0)
+    line = progress_line(run, {})
+    assert "first step 150.0 s (start-up" in line and "ETA" not in line
+    run.iteration, run.step_times = 4, [150.0, 0.4, 0.5, 0.45]
+    line = progress_line(run, {})
+    assert "0.450 s/step" in line and "ETA 7m" in line  # 996 steps x 0.45 s, the start-up step left out
+    # after a resume the earlier session's steady times count; this session's start-up step does not
+    run.iteration, run.step_times, run.session_first_time = 502, [0.3] * 500 + [30.0, 0.3], 500
+    assert "0.300 s/step" in progress_line(run, {})
