@@ -60,7 +60,9 @@ def resolve_device(accelerator: str, gpu_index: Optional[int] = None) -> torch.d
             raise ConfigError("trainer.accelerator", accelerator, "asks for CUDA but no CUDA device is available",
                               "run on a machine with a GPU, or use trainer=cpu (trainer.accelerator=cpu)")
         if gpu_index is None:
-            return torch.device("cuda")
+            # with its index, as Lightning names its root device: the system's prepare() then sees one device and
+            # moves (and wraps for compiling) the prior once, not again in setup()
+            return torch.device("cuda", torch.cuda.current_device())
         if gpu_index >= torch.cuda.device_count():
             raise ConfigError("gpu_lock.gpus", gpu_index, f"is not a visible CUDA device ({torch.cuda.device_count()} visible)",
                               "list visible device indices in gpu_lock.gpus, or null for all")

@@ -444,3 +444,14 @@ def test_progress_leaves_the_sessions_start_up_step_out_of_the_rate():
     # after a resume the earlier session's steady times count; this session's start-up step does not
     run.iteration, run.step_times, run.session_first_time = 502, [0.3] * 500 + [30.0, 0.3], 500
     assert "0.300 s/step" in progress_line(run, {})
+
+
+def test_cuda_device_is_resolved_with_its_index(monkeypatch):
+    """``trainer=gpu`` resolves to ``cuda:<current>``, the name Lightning gives its root device: the system is
+    prepared once (prior moved and wrapped for compiling once), not a second time in Lightning's setup."""
+    from rewardsds.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("gpu") == torch.device("cuda", 1) != torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
