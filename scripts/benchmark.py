@@ -56,9 +56,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from project_walltime import fit_line  # noqa: E402  (beside this file)
 
 PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
@@ -325,6 +322,15 @@ def run_steps(system, opt, steps: list[int], warmup: int, device: torch.device) 
         out["ms_per_eval_median"] = statistics.median(r["ms"] / r["evals"] for r in rows if r["evals"])
     out["fit_ms"] = step_fit([r["evals"] for r in rows], [r["ms"] for r in rows])
     return out
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (a, b) of y = a + b x; b = 0 when x does not vary."""
+    if len(set(xs)) < 2:
+        return statistics.fmean(ys), 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
 
 
 def step_fit(evals: list[int], ms: list[float]) -> dict[str, float]:

@@ -45,15 +45,6 @@ PROMPT = "a photo of a red fox sitting in the snow"
 TARGETS = {"paper_2d": 180.0}  # the issue's goal: at most 3 minutes on one H200
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares (a, b) of y = a + b x; b = 0 when x does not vary."""
-    if len(set(xs)) < 2:
-        return statistics.fmean(ys), 0.0
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return my - b * mx, b
-
-
 def lookahead_calls_at(system, step: int) -> int:
     """Model calls of the lookahead at ``step`` (0 when the reward is off or the strategy needs no lookahead)."""
     from rewardsds.ddim import lookahead_calls
@@ -168,7 +159,7 @@ def main(argv=None) -> int:
             c = box["res"].loss.candidates
             rows.append({"step": s, "t": int(box["res"].ctx.t), "lookahead_calls": lookahead_calls_at(system, s), "ms": 1000 * dt,
                          "evals": int(c.evals) if c is not None else 0})
-        a, b = fit_line([r["lookahead_calls"] for r in rows], [r["ms"] for r in rows])
+        a, b = B.fit_line([r["lookahead_calls"] for r in rows], [r["ms"] for r in rows])
         calls = [lookahead_calls_at(system, s) for s in range(a_, b_)]
         stage_ms = sum(a + b * L for L in calls)
         steady = statistics.median(r["ms"] for r in rows)

@@ -218,3 +218,15 @@ def test_lookahead_ranking_calls_go_to_the_ranking_view_only(tiny_sd, monkeypatc
     # UNet) then 5 lookahead calls, each on 4 candidates x the CFG pair, on the ranking view
     assert calls["main"] == [8] and calls["view"] == [8] * 5
     assert c.evals == 8 * 6
+
+
+def test_tiny_candidates_decode_needs_a_tiny_decoder():
+    """A prior without a tiny decoder refuses lookahead.decode=tiny with the key, the value and the fix."""
+    from rewardsds.priors.analytic import AnalyticPrior
+    from rewardsds.priors.config import AnalyticPriorConfig
+
+    prior = AnalyticPrior(AnalyticPriorConfig())
+    z = torch.zeros(2, *prior.latent_shape)
+    assert torch.equal(prior.decode_candidates(z), prior.decode_latents(z))
+    with pytest.raises(ConfigError, match=r"lookahead.decode.*tiny.*AnalyticPrior.*lookahead.decode=full"):
+        prior.decode_candidates(z, tiny=True)

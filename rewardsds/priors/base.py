@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rewardsds.errors import ConfigError
 from rewardsds.utils.cache import LRUCache
 from rewardsds.utils.chunks import call_ranges, rows_per_call
 
@@ -116,7 +117,8 @@ class Prior(abc.ABC):
         """The candidates' decode for scoring: the decode a step repeats at one batch shape (a prior may run a
         compiled decoder here). ``tiny``: the prior's cheap lookahead decoder (``lookahead.decode=tiny``)."""
         if tiny:
-            raise NotImplementedError(f"{type(self).__name__} has no tiny decoder")
+            raise ConfigError("lookahead.decode", "tiny", f"needs a tiny decoder, which {type(self).__name__} does not have",
+                              "use lookahead.decode=full, or prior=sd with prior.tiny_vae=madebyollin/taesd")
         return self.decode_latents(latents)
 
     @abc.abstractmethod
