@@ -126,6 +126,7 @@ class StableDiffusionPrior(Prior):
         self._decode_call = self._decode_eager  # decode_candidates without a gradient: compiled with the UNet
         self._ranking: Optional["StableDiffusionPrior"] = None
         self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
+        self._compile_here = False  # whether to() compiled the UNet and the decoder on the device it placed them on
 
     @staticmethod
     def _load_tiny_vae(source: Optional[str], local_files_only: bool):
@@ -170,6 +171,7 @@ class StableDiffusionPrior(Prior):
         self._ac = self._ac.to(self.device)
         placed = (self.device, self.dtype)
         if self._placed != placed:  # a second to() on the same device keeps the compiled graphs and the float8 view
+            self._compile_here = self.compiles_on(self.device)  # decided (and warned about) once per placement
             self._unet_call = self._compiled(self.unet)
             self._decode_call = self._compiled(self._decode_eager, mode="default", static=True)
             self._ranking = self._float8_view() if self._float8_ranking() else None
@@ -181,7 +183,8 @@ class StableDiffusionPrior(Prior):
         device = torch.device(device)
         on = resolve_compile(self.cfg.compile, device)
         if on and device.type != "cuda":
-            log.warning("prior.compile=true on %s: the UNet stays eager (compiling is for CUDA); use prior.compile=auto", device.type)
+            log.warning("prior.compile=true on %s: the UNet and the decoder stay eager (compiling is for CUDA); use prior.compile=auto",
+                        device.type)
             return False
         return on
 
@@ -193,7 +196,7 @@ class StableDiffusionPrior(Prior):
             mode: torch.compile's mode; default ``prior.compile_mode``.
             static: one graph per input shape (see :class:`CompiledModule`).
         """
-        if not self.compiles_on(self.device):
+        if not self._compile_here:
             return module
         return CompiledModule(module, mode or self.cfg.compile_mode, self.cfg.compile_cache, static=static)
 
