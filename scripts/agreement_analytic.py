@@ -120,14 +120,15 @@ def main(argv=None) -> int:
         out["paths"][name]["agreement_t_below_250"] = sum(low) / len(low) if low else None
         out["paths"][name]["agreement_t_from_250"] = sum(high) / len(high) if high else None
         out["paths"][name]["mismatched_draws"] = [{k: r[k] for k in ("seed", "step", "t", "exact_top", "fast_top", "exact_bottom", "fast_bottom",
-                                                                       "reward_spread")} for r in rep.per_draw if not r["match"]]
-        rows.append(f"| {name} | {rep.agreement:.1%} | {rep.top_agreement:.1%} | {rep.bottom_agreement:.1%} | "
+                                                                       "reward_spread", "regret")} for r in rep.per_draw if not r["match"]]
+        lo, hi = rep.agreement_ci95
+        rows.append(f"| {name} | {rep.agreement:.1%} ({lo:.0%}-{hi:.0%}) | {rep.top_agreement:.1%} | {rep.bottom_agreement:.1%} | "
                     f"{sum(low) / max(1, len(low)):.1%} ({len(low)}) | {sum(high) / max(1, len(high)):.1%} ({len(high)}) | {rep.rank_correlation:.3f} | "
-                    f"{rep.reward_abs_err_over_spread:.3f} |")
+                    f"{rep.reward_abs_err_over_spread:.3f} | {rep.regret_mean:.3f} / {rep.regret_max:.3f} |")
     out["seconds"] = time.perf_counter() - t0
     md = "\n".join([f"({len(seeds)} seeds x {args.steps} steps of an exact run, N = {args.n}, 15-step lookahead, min_max top-2 / bottom-2)", "",
-                    "| fast path | both sets | top-2 | bottom-2 | both, t < 250 (draws) | both, t >= 250 (draws) | rank corr | "
-                    "reward error / spread (median) |", "|---|---|---|---|---|---|---|---|", *rows])
+                    "| fast path | both sets (95% interval) | top-2 | bottom-2 | both, t < 250 (draws) | both, t >= 250 (draws) | rank corr | "
+                    "reward error / spread (median) | regret mean / max |", "|---|---|---|---|---|---|---|---|---|", *rows])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(md + "\n")

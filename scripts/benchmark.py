@@ -61,7 +61,10 @@ PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mfu")
-ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream")
+#: levers not on by default, measured against the default compiled row: the reward compiled with CUDA graphs
+#: (``reward.compile=true``) and cuDNN's autotuner (``torch.backends.cudnn.benchmark``) under the compiled prior
+LEVER_SECTIONS = ("levers",)
+ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream") + LEVER_SECTIONS
 
 
 def peak_flops(name: str) -> Optional[float]:
@@ -111,6 +114,22 @@ def tf32(matmul: bool, cudnn: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """Set ``torch.backends.cudnn.benchmark`` for a block (CUDA graphs keep the algorithms chosen at capture)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def autotunes(variant: str) -> bool:
+    """Whether a prior variant runs under cuDNN's autotuner (``compiled_cudnn``: its own compiled prior)."""
+    return variant.endswith("_cudnn") or torch.backends.cudnn.benchmark
+
+
 class Deadline:
     """Wall-clock budget of the whole benchmark; sections that would start past it are skipped and listed."""
 
@@ -157,10 +176,12 @@ def image_reward_files(folder: Path, preset: str) -> tuple[Path, Path]:
 class Models:
     """Priors and rewards under test, built on first use and shared by the sections.
 
-    Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``eager_float8``,
+    Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``compiled_cudnn``
+    (the same, a separate instance run and captured under cuDNN's autotuner), ``eager_float8``,
     ``compiled_float8`` (float8 ranking view), ``fp32`` (eager, NCHW: the reference and the exact path).
-    Reward variants: ``fast`` (bf16 on CUDA, batched tensor preprocessing: the default), ``pil32`` (fp32,
-    PIL preprocessing: the reference's and the exact path's), ``tensor32`` (fp32, tensor preprocessing).
+    Reward variants: ``fast`` (bf16 on CUDA, batched tensor preprocessing: the default), ``fast_compiled`` (the
+    same with ``reward.compile=true``), ``pil32`` (fp32, PIL preprocessing: the reference's and the exact
+    path's), ``tensor32`` (fp32, tensor preprocessing).
     """
 
     def __init__(self, args, device: torch.device):
@@ -196,7 +217,7 @@ class Models:
             dtype = "fp32" if variant in ("pil32", "tensor32") else ("bf16" if self.device.type == "cuda" else "fp32")
             self.rewards[variant] = ImageReward(ImageRewardConfig(checkpoint=str(ckpt), tokenizer=str(tok), dtype=dtype,
                                                                   pil_exact=variant == "pil32",
-                                                                  compile=variant == "fast" and self.args.reward_compile,
+                                                                  compile=variant == "fast_compiled" or (variant == "fast" and self.args.reward_compile),
                                                                   local_files_only=True)).to(self.device)
         return self.rewards[variant]
 
@@ -360,12 +381,14 @@ def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results:
                                                               "lookahead.grid=leading", "lookahead.start=exact_t"]) + list(extra or [])
     reset_peak(device)
     system, opt = build_system(compose(over), prior, reward, device, tmp / name)
-    r = run_steps(system, opt, measured_steps(args), args.warmup, device)
+    with cudnn_benchmark(autotunes(variant)):
+        r = run_steps(system, opt, measured_steps(args), args.warmup, device)
     decodes = 0 if n == 1 else n + next((int(o.split("=")[1]) for o in (extra or []) if o.startswith("lookahead.prune_to=")), 0)
     tiny = any(o == "lookahead.decode=tiny" for o in (extra or []))
     r.update({"variant": variant, "n_noises": n, "lookahead_steps": k, "overrides": extra or [], "peak_memory_gb": peak_gb(device),
               "chunk_size": system.engine.chunk_size(system.representation.latents), "decodes_per_step": decodes,
-              "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.cfg.lookahead_quantize.value})
+              "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.cfg.lookahead_quantize.value,
+              "reward_variant": reward_variant, "cudnn_benchmark": autotunes(variant)})
     add_mfu(r, models, flops, device, prior, decodes, tiny)
     results["configs"][name] = r
     print(f"{name:36s} {r['median_ms']:9.1f} ms  evals {r['evals_per_step']:6.1f}  warm-up {['%.0f' % w for w in r['warmup_ms']]} ms", flush=True)
@@ -483,12 +506,17 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
         if not deadline.allows(f"agreement:{name}", 10):
             continue
         t0 = time.perf_counter()
-        fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
+        with cudnn_benchmark(autotunes(variant)):
+            fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
         rep = compare_selections(exact, fast, 2, 2, draws)
         sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant, "reward": reward_variant, "engine": engine_kw,
-                              "seconds": time.perf_counter() - t0, "default_ok": rep.agreement >= 0.95}
-        print(f"agreement {name:28s} {rep.agreement:6.1%}  (top {rep.top_agreement:.0%}, bottom {rep.bottom_agreement:.0%}, "
-              f"rank corr {rep.rank_correlation:.3f})", flush=True)
+                              "seconds": time.perf_counter() - t0, "default_ok": rep.agreement >= 0.95,
+                              # the bar shown with 95% confidence (its interval's lower end; 73 agreeing draws at the least)
+                              "default_shown": rep.agreement_ci95[0] >= 0.95}
+        lo, hi = rep.agreement_ci95
+        print(f"agreement {name:28s} {rep.agreement:6.1%}  (95% interval {lo:.0%}-{hi:.0%}; top {rep.top_agreement:.0%}, "
+              f"bottom {rep.bottom_agreement:.0%}, rank corr {rep.rank_correlation:.3f}, regret mean {rep.regret_mean:.3f} "
+              f"max {rep.regret_max:.3f})", flush=True)
 
 
 # ----------------------------------------------------------------------------------------- compile cache
@@ -682,12 +710,14 @@ def build_tiny_vae(folder: Path, preset: str) -> Path:
 def table(results: dict) -> str:
     lines = [f"device: {results['device']}; torch {results['torch']}; timesteps (seed 0, steps {results['measured_steps'][0]}.."
              f"{results['measured_steps'][-1]}): {results['timesteps']}", "",
-             "| config | prior | N | K | ms/step median (min-max) | UNet evals/step | ms/eval | MFU (UNet / all) | peak GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | prior | N | K | ms/step median (min-max) | UNet evals/step | ms/eval | fit: fixed + per eval (ms) | "
+             "MFU (UNet / all) | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in {**{f"{k} (baseline)": dict(v, variant="fp32 reference") for k, v in results["baseline"].items()}, **results["configs"]}.items():
         mfu = f"{r['mfu_unet']:.0%} / {r['mfu_model']:.0%}" if r.get("mfu_unet") is not None else "-"
+        fit = f"{r['fit_ms']['fixed_ms']:.0f} + {r['fit_ms']['ms_per_eval']:.2f} x" if r.get("fit_ms") else "-"
         lines.append(f"| {name} | {r.get('variant', '')} | {r.get('n_noises', '')} | {r.get('lookahead_steps', '')} | {r['median_ms']:.1f} "
-                     f"({r['min_ms']:.1f}-{r['max_ms']:.1f}) | {r['evals_per_step']:.1f} | {r.get('ms_per_eval_median', float('nan')):.2f} | {mfu} | "
+                     f"({r['min_ms']:.1f}-{r['max_ms']:.1f}) | {r['evals_per_step']:.1f} | {r.get('ms_per_eval_median', float('nan')):.2f} | {fit} | {mfu} | "
                      f"{r.get('peak_memory_gb') or 0:.2f} |")
     if results["speedups"]:
         lines += ["", "| speed-up over the reference structure (same N, K, t) | median ratio | paired median |", "|---|---|---|"]
@@ -696,9 +726,12 @@ def table(results: dict) -> str:
     paths = results["agreement"].get("paths", {})
     if paths:
         lines += ["", f"| selection agreement with the exact fp32 path (N={results['agreement']['n_noises']}, {len(results['agreement']['draws'])} draws) "
-                  "| both sets | top | bottom | rank corr | on-by-default bar (95%) |", "|---|---|---|---|---|---|"]
+                  "| both sets (95% interval) | top | bottom | rank corr | regret mean / max | on-by-default bar (95%) |",
+                  "|---|---|---|---|---|---|---|"]
         for k, v in paths.items():
-            lines.append(f"| {k} | {v['agreement']:.1%} | {v['top_agreement']:.0%} | {v['bottom_agreement']:.0%} | {v['rank_correlation']:.3f} | "
+            lo, hi = v.get("agreement_ci95", (float("nan"), float("nan")))
+            lines.append(f"| {k} | {v['agreement']:.1%} ({lo:.0%}-{hi:.0%}) | {v['top_agreement']:.0%} | {v['bottom_agreement']:.0%} | "
+                         f"{v['rank_correlation']:.3f} | {v.get('regret_mean', float('nan')):.3f} / {v.get('regret_max', float('nan')):.3f} | "
                          f"{'meets' if v['default_ok'] else 'misses'} |")
     cc = results.get("compile_cache")
     if cc:
@@ -725,7 +758,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sd-folder", type=Path, default=None, help="a random (or real) SD folder to reuse; a random one is built there if missing")
     ap.add_argument("--image-reward-dir", type=Path, default=None, help="a folder for (or with) the random ImageReward files")
     ap.add_argument("--sections", default=",".join(MAIN_SECTIONS), help=f"comma list of {', '.join(ALL_SECTIONS)}")
-    ap.add_argument("--quick", action="store_true", help="paper N=10 only: baseline, eager, compiled, and agreement on 8 draws")
+    ap.add_argument("--quick", action="store_true", help="paper N=10 only: baseline, eager, compiled, and agreement on 8 draws "
+                    "(with --sections ...,levers also the levers not on by default)")
     ap.add_argument("--full", action="store_true", help="also N in 4,8,10 x K in 0,1,4,15 (compiled), SDS compiled, MVDream")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -757,7 +791,7 @@ def main(argv=None) -> int:
     if args.mvdream:
         sections.add("mvdream")
     if args.quick:
-        sections &= {"paper", "agreement", "compile_cache"}
+        sections &= {"paper", "agreement", "compile_cache", *LEVER_SECTIONS}
         args.draws = min(args.draws, 8)
 
     from rewardsds.testing import build_sd_pipeline
@@ -807,10 +841,21 @@ def main(argv=None) -> int:
             cfg("rewardsds_n10_k15_compiled", "compiled", 10, 15)
         speedup(results, 10)
         save()
+    if "levers" in sections:  # (on a CPU the "compiled" priors stay eager: the rows then only check the plumbing)
+        if deadline.allows("rewardsds_n10_k15_compiled_reward_compiled", 60):
+            cfg("rewardsds_n10_k15_compiled_reward_compiled", "compiled", 10, 15, reward_variant="fast_compiled")
+            save()
+        if deadline.allows("rewardsds_n10_k15_compiled_cudnn_benchmark", 60):
+            cfg("rewardsds_n10_k15_compiled_cudnn_benchmark", "compiled_cudnn", 10, 15)
+        speedup(results, 10)
+        save()
     if "agreement" in sections and deadline.allows("agreement", 90):
         variants = [("bf16_eager", "eager", {}, "fast")]
         if cuda:
             variants.append(("bf16_compiled (default on CUDA)", "compiled", {}, "fast"))
+        if "levers" in sections:
+            variants += [("bf16_compiled, compiled reward", "compiled", {}, "fast_compiled"),
+                         ("bf16_compiled, cudnn.benchmark", "compiled_cudnn", {}, "fast")]
         if not args.quick:
             if f8_reason is None and "float8" in sections:
                 variants.append(("bf16_compiled_float8_lookahead", "compiled_float8", {}, "fast"))

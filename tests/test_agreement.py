@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rewardsds.eval.agreement import Draw, collect_rewards, compare_selections, engine_selector, selection_agreement, selection_sets
+from rewardsds.eval.agreement import (Draw, collect_rewards, compare_selections, engine_selector, selection_agreement, selection_regret,
+                                      selection_sets, wilson_interval)
 from step_helpers import make_engine
 
 
@@ -30,6 +31,8 @@ def test_identical_paths_agree_everywhere():
     rep = compare_selections(r, [x.clone() for x in r])
     assert rep.agreement == rep.top_agreement == rep.bottom_agreement == 1.0
     assert rep.n_draws == 8 and rep.rank_correlation == pytest.approx(1.0) and rep.reward_abs_err_over_spread == 0.0
+    assert rep.regret_mean == rep.regret_max == 0.0
+    assert rep.agreement_ci95[1] == 1.0 and rep.agreement_ci95[0] == pytest.approx(8 / (8 + 1.959964**2))  # 8 of 8: >= 68% only
 
 
 def test_swapping_best_and_worst_in_half_the_draws_halves_the_rate():
@@ -38,6 +41,9 @@ def test_swapping_best_and_worst_in_half_the_draws_halves_the_rate():
     rep = compare_selections(r, fast)
     assert rep.agreement == 0.5 and rep.top_agreement == 0.5 and rep.bottom_agreement == 0.5
     assert [row["match"] for row in rep.per_draw] == [False, True] * 4
+    # the fast top set holds the exact worst: its exact mean is (6 + 0) / 2 instead of (7 + 6) / 2, over a spread of 7
+    assert [row["regret"] for row in rep.per_draw][1::2] == [0.0] * 4
+    assert rep.regret_max == pytest.approx(3.5 / 7, abs=0.01) and rep.regret_mean == pytest.approx(0.25, abs=0.01)
 
 
 def test_orders_inside_a_set_do_not_matter_but_crossing_a_boundary_does():
@@ -48,6 +54,25 @@ def test_orders_inside_a_set_do_not_matter_but_crossing_a_boundary_does():
     across = [_swap(x, 1, 2) if i < 3 else x for i, x in enumerate(r)]  # second and third exchange in 3 of 8 draws
     rep = compare_selections(r, across)
     assert rep.top_agreement == pytest.approx(5 / 8) and rep.bottom_agreement == 1.0 and rep.agreement == pytest.approx(5 / 8)
+    assert rep.regret_max == pytest.approx(0.5 / 7, abs=0.005)  # a neighbour swap costs one rank step of 7, halved by the set
+
+
+def test_wilson_interval_says_what_a_number_of_draws_can_show():
+    lo, hi = wilson_interval(6, 8)  # the benchmark's quick agreement: 75% of 8 draws
+    assert lo == pytest.approx(0.409, abs=1e-3) and hi == pytest.approx(0.929, abs=1e-3)
+    assert wilson_interval(72, 72)[0] < 0.95 <= wilson_interval(73, 73)[0]  # 95% needs at least 73 agreeing draws
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_selection_regret_is_zero_for_ties_and_scales_with_what_was_lost():
+    r = torch.tensor([5.0, 4.0, 4.0, 1.0, 0.0])
+    top, bottom = selection_sets(r)
+    assert selection_regret(r, top, bottom, top, bottom) == 0.0
+    tied = frozenset({0, 2})  # the exact top is {0, 1}; candidate 2 ties candidate 1
+    assert selection_regret(r, top, bottom, tied, bottom) == 0.0
+    assert selection_regret(r, top, bottom, frozenset({0, 3}), bottom) == pytest.approx(1.5 / 5)
+    assert selection_regret(r, top, bottom, top, frozenset({0, 4})) == pytest.approx(2.0 / 5)  # the best one among the worst
+    assert selection_regret(torch.ones(4), *selection_sets(torch.ones(4)), frozenset({2, 3}), frozenset({0, 1})) == 0.0
 
 
 def test_mismatched_inputs_are_errors():

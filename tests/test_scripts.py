@@ -68,12 +68,16 @@ def test_cli_vs_benchmark_compares_the_same_steps():
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--draws", "1", "--time-limit", "900",
-            "--sections", "paper,agreement,variants,mfu", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"),
+            "--sections", "paper,agreement,variants,mfu,levers", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"),
             "--out", str(out)]
     assert _script("benchmark").main(args) == 0
     r = json.loads(out.read_text())
     assert "skipped" not in r
-    assert set(r["configs"]) == {"rewardsds_n10_k15_eager", "sds_eager", "rewardsds_n10_k15_prune5_eager"}
+    assert set(r["configs"]) == {"rewardsds_n10_k15_eager", "sds_eager", "rewardsds_n10_k15_prune5_eager",
+                                 "rewardsds_n10_k15_compiled_reward_compiled", "rewardsds_n10_k15_compiled_cudnn_benchmark"}
+    levers = r["configs"]["rewardsds_n10_k15_compiled_reward_compiled"], r["configs"]["rewardsds_n10_k15_compiled_cudnn_benchmark"]
+    assert [(c["reward_variant"], c["cudnn_benchmark"]) for c in levers] == [("fast_compiled", False), ("fast", True)]
+    assert [row["evals"] for row in levers[0]["per_step"]] == [row["evals"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]]
     for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]:  # the lookahead reuses the prediction at t
         assert row["evals"] == 2 * 10 * _calls(row["t"])
     for row in r["configs"]["rewardsds_n10_k15_prune5_eager"]["per_step"]:  # all at t, the lookahead for the best 5
@@ -82,11 +86,18 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     for row in r["baseline"]["reference_n10_k15"]["per_step"]:  # from the grid point <= t; SDS on the 4 kept
         assert row["evals"] == 2 * 10 * _calls(row["t"], "grid") + 2 * 4
     assert [row["t"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]] == r["timesteps"]
-    assert set(r["speedups"]) == {"rewardsds_n10_k15_eager_vs_reference"}
+    assert set(r["speedups"]) == {"rewardsds_n10_k15_eager_vs_reference", "rewardsds_n10_k15_compiled_reward_compiled_vs_reference",
+                                  "rewardsds_n10_k15_compiled_cudnn_benchmark_vs_reference"}
     paths = r["agreement"]["paths"]
-    assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)"}
+    assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)",
+                          "bf16_compiled, compiled reward", "bf16_compiled, cudnn.benchmark"}
+    for p in paths.values():  # every rate comes with what its draws can show and what its misses cost
+        lo, hi = p["agreement_ci95"]
+        assert 0.0 <= lo <= p["agreement"] <= hi <= 1.0 and 0.0 <= p["regret_mean"] <= p["regret_max"] <= 1.0
+        assert p["default_shown"] is False  # one draw shows nothing
     assert paths["prune_to_5"]["engine"] == {"prune_to": 5} and paths["lookahead_4_steps"]["engine"] == {"lookahead_steps": 4}
     assert all(p["n_draws"] == 1 for p in paths.values())
+    assert "(95% interval)" in (tmp_path / "bench.md").read_text() and "fixed + per eval" in (tmp_path / "bench.md").read_text()
     assert r["lookahead_mfu"]["eager"]["unet_inputs"] == 2 * 10 * _calls(979)
 
 

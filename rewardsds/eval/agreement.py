@@ -11,11 +11,15 @@ and its bottom-n_min set does too. Orders inside a set do not matter (min_max we
     fast = collect_rewards(engine_selector(fast_engine, text, prompts, n), draws)
     report = compare_selections(exact, fast, n_max=2, n_min=2, draws=draws)
     report.agreement        # fraction of draws whose both sets match
+    report.agreement_ci95   # its Wilson interval: 6 of 8 draws is anywhere from 41% to 93%
+    report.regret_mean      # what the mismatches cost, in the exact path's own rewards (0: a swap of exact ties)
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -66,6 +70,40 @@ def _spearman(a: Tensor, b: Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a rate ``hits / n`` (95% for the default z): what ``n`` draws can show.
+
+    With every draw agreeing the lower end is ``n / (n + z^2)``, so a claim of at least 95% agreement needs at
+    least 73 draws that all agree.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if hits == 0 else lo), (1.0 if hits == n else hi)  # exact at the ends (no rounding below 1)
+
+
+def selection_regret(exact: Tensor, top_exact: frozenset[int], bottom_exact: frozenset[int], top_fast: frozenset[int],
+                     bottom_fast: frozenset[int]) -> float:
+    """What the fast path's sets cost in the exact path's own rewards, over its reward spread.
+
+    The larger of (mean exact reward of the exact top set - that of the fast top set) and (mean exact reward
+    of the fast bottom set - that of the exact bottom set), divided by max - min of the exact rewards: 0 when
+    the sets match or when a swapped candidate ties the one it replaced; 1 when the fast path took the
+    exact path's worst for its best. (The sets are the exact path's optimum, so neither term is negative.)
+    """
+    spread = float(exact.max() - exact.min())
+    if spread <= 0:
+        return 0.0
+
+    def mean(idx: frozenset[int]) -> float:
+        return float(exact[sorted(idx)].mean()) if idx else 0.0
+
+    return max(mean(top_exact) - mean(top_fast), mean(bottom_fast) - mean(bottom_exact), 0.0) / spread
+
+
 @dataclass
 class AgreementReport:
     """Per-draw matches of a fast path's selections with the exact path's, and their rates.
@@ -80,6 +118,10 @@ class AgreementReport:
         per_draw: one dict per draw (seed, step, t, both sets of both paths, matches).
         by_t: agreement per timestep range (``t<250``, ``250<=t<500``, ...; with draws): candidates at small t
             differ little, so near-ties flip there first.
+        agreement_ci95: the Wilson 95% interval of ``agreement`` (:func:`wilson_interval`): how far the measured
+            rate can be trusted with ``n_draws`` draws.
+        regret_mean, regret_max: :func:`selection_regret` over the draws (0 on a matching draw): what the
+            mismatches cost in the exact path's rewards, as a fraction of its reward spread.
     """
 
     agreement: float
@@ -90,10 +132,14 @@ class AgreementReport:
     reward_abs_err_over_spread: float
     per_draw: list[dict] = field(default_factory=list)
     by_t: dict[str, dict] = field(default_factory=dict)
+    agreement_ci95: tuple[float, float] = (0.0, 1.0)
+    regret_mean: float = 0.0
+    regret_max: float = 0.0
 
     def to_json(self, per_draw: bool = True) -> dict:
-        out = {k: getattr(self, k) for k in ("agreement", "top_agreement", "bottom_agreement", "n_draws", "rank_correlation",
-                                             "reward_abs_err_over_spread", "by_t")}
+        out = {k: getattr(self, k) for k in ("agreement", "agreement_ci95", "top_agreement", "bottom_agreement", "n_draws",
+                                             "rank_correlation", "reward_abs_err_over_spread", "regret_mean", "regret_max", "by_t")}
+        out["agreement_ci95"] = list(self.agreement_ci95)
         if per_draw:
             out["per_draw"] = self.per_draw
         return out
@@ -133,7 +179,8 @@ def compare_selections(
         corr.append(_spearman(re_, rf))
         err.append(e / spread if spread > 0 else float("inf") if e > 0 else 0.0)
         row = {"top_match": te == tf, "bottom_match": be == bf, "exact_top": sorted(te), "fast_top": sorted(tf),
-               "exact_bottom": sorted(be), "fast_bottom": sorted(bf), "reward_spread": spread, "reward_max_abs_err": e}
+               "exact_bottom": sorted(be), "fast_bottom": sorted(bf), "reward_spread": spread, "reward_max_abs_err": e,
+               "regret": selection_regret(re_, te, be, tf, bf)}
         row["match"] = row["top_match"] and row["bottom_match"]
         if draws is not None:
             d = draws[i]
@@ -147,8 +194,10 @@ def compare_selections(
             sel = [r for r in rows if lo <= r["t"] < lo + 250]
             if sel:
                 by_t[f"{lo}<=t<{lo + 250}"] = {"n": len(sel), "agreement": sum(r["match"] for r in sel) / len(sel)}
+    hits = sum(r["match"] for r in rows)
+    regrets = sorted(r["regret"] for r in rows)
     return AgreementReport(
-        agreement=sum(r["match"] for r in rows) / k,
+        agreement=hits / k,
         top_agreement=sum(r["top_match"] for r in rows) / k,
         bottom_agreement=sum(r["bottom_match"] for r in rows) / k,
         n_draws=k,
@@ -156,6 +205,9 @@ def compare_selections(
         reward_abs_err_over_spread=float(torch.tensor(err).median()),
         per_draw=rows,
         by_t=by_t,
+        agreement_ci95=wilson_interval(hits, k),
+        regret_mean=statistics.fmean(regrets),
+        regret_max=regrets[-1],
     )
 
 
