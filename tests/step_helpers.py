@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 
 from rewardsds.candidates import CandidateEngine
 from rewardsds.config import LookaheadConfig

@@ -1,7 +1,6 @@
 """Text-to-3D through the whole system on the CPU: NeRF and Gaussians on the analytic prior, resume
 through densification, MVDream (tiny random weights) with 4-view groups."""
 
-import json
 
 import pytest
 import torch

@@ -1,11 +1,10 @@
 """The analytic prior's noise prediction is the exact -sigma * score of the noised mixture."""
 
-import math
 
 import pytest
 import torch
 
-from rewardsds.priors.analytic import AnalyticPrior, prompt_log_weights
+from rewardsds.priors.analytic import prompt_log_weights
 
 
 @pytest.mark.parametrize("t", [20, 300, 700, 980])

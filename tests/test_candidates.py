@@ -87,7 +87,6 @@ def test_pruning_runs_the_lookahead_for_the_best_one_step_candidates_only(tiny_s
     p = tiny_sd_prior
     reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     z = torch.randn(1, 4, 8, 8)
-    text = p.text_cond(["a photo of the cat"], "")
     full = make_engine(p, reward, steps=6, seed=0)
     pruned = make_engine(p, reward, steps=6, seed=0, prune_to=2)
     strategy = MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1))

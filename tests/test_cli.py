@@ -1,7 +1,6 @@
 """The user's entry point: bad input exits non-zero with one actionable message; multiruns, W&B, resume."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -1,12 +1,10 @@
 """Every config option composes and validates; schemas and their targets agree; experiments smoke-run."""
 
 import inspect
-from enum import Enum
-from pathlib import Path
 
 import pytest
 from hydra.utils import get_object
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, FAST, compose, run_cli
 from rewardsds.config import validate
@@ -270,7 +268,7 @@ def test_compare_labels_are_folder_names():
 
 def test_timestep_sampler_refuses_an_empty_range():
     """The sampler used to swap t_min and t_max silently."""
-    from rewardsds.schedules import Schedule, TimestepSampler
+    from rewardsds.schedules import TimestepSampler
 
     with pytest.raises(ConfigError, match=r"timesteps\.t_min = 0\.9: is above timesteps\.t_max = 0\.5"):
         TimestepSampler(Schedule(start=0.9), Schedule(start=0.5))

@@ -6,7 +6,6 @@ Exactness against the original package is in test_image_reward_parity.py (full s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

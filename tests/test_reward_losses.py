@@ -15,7 +15,6 @@ from rewardsds import ddim
 from rewardsds.rng import candidate_noise
 from rewardsds.config import validate
 from rewardsds.errors import ConfigError
-from rewardsds.losses.base import StepContext
 from rewardsds.losses.ddpo3d import DDPO3DLoss, RunningRewardStats, noising_reinforce_field, normalise_advantages
 from rewardsds.losses.dreamdpo import DreamDPOLoss, rank_pair
 from rewardsds.losses.psd import PSDLoss, dpo_loss, gap_scale

@@ -3,7 +3,6 @@ while staying on the prior's modes (log-density not worse than SDS's by more tha
 
 import statistics
 
-import pytest
 
 from conftest import FAST, compose
 
