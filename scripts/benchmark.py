@@ -65,6 +65,7 @@ MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mf
 #: (``reward.compile=true``) and cuDNN's autotuner (``torch.backends.cudnn.benchmark``) under the compiled prior
 LEVER_SECTIONS = ("levers",)
 ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream") + LEVER_SECTIONS
+QUICK_SECTIONS = ("paper", "agreement")
 
 
 def peak_flops(name: str) -> Optional[float]:
@@ -757,9 +758,10 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="sd21_base", choices=["sd21_base", "tiny"])
     ap.add_argument("--sd-folder", type=Path, default=None, help="a random (or real) SD folder to reuse; a random one is built there if missing")
     ap.add_argument("--image-reward-dir", type=Path, default=None, help="a folder for (or with) the random ImageReward files")
-    ap.add_argument("--sections", default=",".join(MAIN_SECTIONS), help=f"comma list of {', '.join(ALL_SECTIONS)}")
-    ap.add_argument("--quick", action="store_true", help="paper N=10 only: baseline, eager, compiled, and agreement on 8 draws "
-                    "(with --sections ...,levers also the levers not on by default)")
+    ap.add_argument("--sections", default=None, help=f"comma list of {', '.join(ALL_SECTIONS)} (default: {','.join(MAIN_SECTIONS)}; "
+                    f"with --quick: {','.join(QUICK_SECTIONS)})")
+    ap.add_argument("--quick", action="store_true", help="at most 8 agreement draws, and by default only the paper_2d rows (N=10: "
+                    "baseline, eager, compiled) and their agreement")
     ap.add_argument("--full", action="store_true", help="also N in 4,8,10 x K in 0,1,4,15 (compiled), SDS compiled, MVDream")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -784,14 +786,14 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=480.0, help="seconds; later sections are skipped, partial JSON kept")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    sections = set(s.strip() for s in args.sections.split(",") if s.strip())
+    chosen = args.sections if args.sections is not None else ",".join(QUICK_SECTIONS if args.quick else MAIN_SECTIONS)
+    sections = set(s.strip() for s in chosen.split(",") if s.strip())
     unknown = sections - set(ALL_SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; use {', '.join(ALL_SECTIONS)}")
     if args.mvdream:
         sections.add("mvdream")
     if args.quick:
-        sections &= {"paper", "agreement", "compile_cache", *LEVER_SECTIONS}
         args.draws = min(args.draws, 8)
 
     from rewardsds.testing import build_sd_pipeline
@@ -856,9 +858,9 @@ def main(argv=None) -> int:
         if "levers" in sections:
             variants += [("bf16_compiled, compiled reward", "compiled", {}, "fast_compiled"),
                          ("bf16_compiled, cudnn.benchmark", "compiled_cudnn", {}, "fast")]
+        if cuda and f8_reason is None and "float8" in sections:
+            variants.append(("bf16_compiled_float8_lookahead", "compiled_float8", {}, "fast"))
         if not args.quick:
-            if f8_reason is None and "float8" in sections:
-                variants.append(("bf16_compiled_float8_lookahead", "compiled_float8", {}, "fast"))
             variants += [("prune_to_5", "eager", {"prune_to": 5}, "fast"),
                          ("lookahead_8_steps", "eager", {"lookahead_steps": 8}, "fast"),
                          ("lookahead_4_steps", "eager", {"lookahead_steps": 4}, "fast"),
