@@ -142,6 +142,15 @@ class ProgressReport(pl.Callback):
         progress_log.info(progress_line(pl_module, getattr(pl_module, "last_metrics", None) or trainer.callback_metrics))
 
 
+def first_step_text(seconds: float, compile_s: Optional[float]) -> str:
+    """``first step 145.0 s (start-up: 120.3 s in torch.compile, 24.7 s running and capturing CUDA graphs)``; the
+    split is left out when nothing compiled (eager, CPU) or torch keeps no compile times."""
+    if not compile_s or compile_s < 0.05:
+        return f"first step {seconds:.1f} s"
+    return (f"first step {seconds:.1f} s (start-up: {compile_s:.1f} s in torch.compile, "
+            f"{max(0.0, seconds - compile_s):.1f} s running and capturing CUDA graphs)")
+
+
 def progress_line(system: Any, metrics: dict[str, Any]) -> str:
     done, total = system.iteration, system.total_steps
     parts = [f"step {done}/{total} ({100 * done / max(1, total):.0f}%)"]
@@ -161,7 +170,7 @@ def progress_line(system: Any, metrics: dict[str, Any]) -> str:
         parts.append(f"{per:.3f} s/step")
         parts.append(f"ETA {duration(per * max(0, total - done))}")
     elif times:
-        parts.append(f"first step {times[-1]:.1f} s (start-up: compiles, CUDA graphs)")
+        parts.append(first_step_text(times[-1], getattr(system, "session_first_compile_s", None)))
     skipped = getattr(system, "nonfinite_steps", 0)
     if skipped:
         parts.append(f"{skipped} non-finite step(s) skipped")

@@ -30,6 +30,7 @@ from rewardsds.candidates import CandidateEngine
 from rewardsds.nonfinite import NonFiniteGuard
 from rewardsds.losses.base import LossMode, LossOutput, StepContext, combined_field_norm, field_losses
 from rewardsds.priors.base import Prior
+from rewardsds.priors.compiled import compile_seconds
 from rewardsds.representations.base import Representation
 from rewardsds.rewards.base import Reward
 from rewardsds.rng import Streams, seed_for
@@ -159,6 +160,8 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         self._prepared_on: Optional[torch.device] = None
         self.start_iteration = 0  # the step this session started from (after a restore)
         self.session_first_time: Optional[int] = None  # index in step_times of this session's first step
+        self._compile_at_start = 0.0  # compile_seconds() when this session's training started
+        self.session_first_compile_s: Optional[float] = None  # torch.compile seconds inside this session's first step
         self.wall_time_before = 0.0  # training wall time of earlier sessions, up to the restored checkpoint
         self._session_clock: Optional[float] = None
 
@@ -209,12 +212,22 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
             self._pending_optimizer_state = None
         self.start_iteration = self.iteration
         self.session_first_time = len(self.step_times)  # where this session's first (start-up) step time will go
+        self._compile_at_start = compile_seconds()
         self._nonfinite_at_start = self.nonfinite_steps
         self._session_clock = time.perf_counter()
         # Logged steps continue where the restored run stopped (W&B refuses steps that go back in time).
         loop = getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None)
         if loop is not None and hasattr(loop, "_batches_that_stepped"):
             loop._batches_that_stepped = self.iteration
+
+    def startup_step_time(self) -> Optional[float]:
+        """This session's first step time (seconds; it compiles and captures CUDA graphs), None before it ended."""
+        first = self.session_first_time
+        return self.step_times[first] if first is not None and first < len(self.step_times) else None
+
+    def session_compile_s(self) -> float:
+        """Seconds ``torch.compile`` spent since this session's training started (compiles and cache loads)."""
+        return compile_seconds() - self._compile_at_start
 
     def training_wall_time(self) -> float:
         """Training wall time of the whole run so far: earlier sessions (from the checkpoint) plus this one."""
@@ -323,6 +336,8 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         elapsed = None if self._step_started is None else now - self._step_started
         if elapsed is not None:
             self.step_times.append(elapsed)
+            if len(self.step_times) - 1 == self.session_first_time:  # the start-up step: how much of it compiled
+                self.session_first_compile_s = compile_seconds() - self._compile_at_start
         self._step_started = now
         return elapsed
 

@@ -31,7 +31,8 @@ from rewardsds.utils.io import (command_line, git_commit, job_command, package_v
 log = logging.getLogger("rewardsds")
 
 #: metrics.json keys sent to the W&B run summary besides ``final/*``
-SUMMARY_COST_KEYS = ("wall_time_s", "step_time_median_s", "evals_per_step_mean", "peak_memory_gb", "iterations")
+SUMMARY_COST_KEYS = ("wall_time_s", "step_time_median_s", "startup_step_s", "compile_s", "evals_per_step_mean", "peak_memory_gb",
+                     "iterations")
 
 __all__ = ["train", "resolve_resume", "build_components", "quiet_lightning"]
 
@@ -386,6 +387,9 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
         "status": "complete",
         "wall_time_s": wall,
         "step_time_median_s": statistics.median(times),
+        # this session's first step (compiles, CUDA-graph captures) and the torch.compile seconds of the session
+        "startup_step_s": system.startup_step_time(),
+        "compile_s": system.session_compile_s(),
         "evals_per_step_mean": (sum(system.evals_per_step) / len(system.evals_per_step)) if system.evals_per_step else 0.0,
         "nonfinite_steps": system.nonfinite_steps,
         "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,

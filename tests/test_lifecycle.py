@@ -435,9 +435,13 @@ def test_progress_leaves_the_sessions_start_up_step_out_of_the_rate():
 
     from rewardsds.lifecycle import progress_line
 
-    run = SimpleNamespace(iteration=1, total_steps=1000, step_times=[150.0], session_first_time=0, nonfinite_steps=0)
+    run = SimpleNamespace(iteration=1, total_steps=1000, step_times=[150.0], session_first_time=0, nonfinite_steps=0,
+                          session_first_compile_s=120.25)
     line = progress_line(run, {})
-    assert "first step 150.0 s (start-up" in line and "ETA" not in line
+    assert "first step 150.0 s (start-up: 120.2 s in torch.compile, 29.8 s running and capturing CUDA graphs)" in line
+    assert "ETA" not in line
+    run.session_first_compile_s = 0.0  # eager (a CPU run): no start-up story to tell
+    assert progress_line(run, {}).endswith("| first step 150.0 s")
     run.iteration, run.step_times = 4, [150.0, 0.4, 0.5, 0.45]
     line = progress_line(run, {})
     assert "0.450 s/step" in line and "ETA 7m" in line  # 996 steps x 0.45 s, the start-up step left out
@@ -455,3 +459,35 @@ def test_cuda_device_is_resolved_with_its_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert resolve_device("gpu") == torch.device("cuda", 1) != torch.device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_session_start_up_step_and_its_compile_seconds_are_recorded(monkeypatch):
+    """The system attributes torch.compile's seconds to the session's first step (what the progress line and
+    metrics.json report); later compiles count for the session, not for that step."""
+    import rewardsds.system as system_mod
+    from rewardsds.system import DistillationSystem
+
+    clock = {"compile": 40.0}
+    monkeypatch.setattr(system_mod, "compile_seconds", lambda: clock["compile"])
+    run = DistillationSystem.__new__(DistillationSystem)  # only the clock bookkeeping is exercised
+    run.step_times, run._step_started, run.session_first_time, run.session_first_compile_s = [0.5, 0.4], None, None, None
+    run.session_first_time, run._compile_at_start = len(run.step_times), system_mod.compile_seconds()  # as on_train_start
+    assert run.startup_step_time() is None
+    run._mark_step_start()
+    clock["compile"] = 140.0  # the first step compiles for 100 s
+    run._step_started -= 130.0
+    run._mark_step_start()
+    assert run.session_first_compile_s == 100.0 and run.startup_step_time() == pytest.approx(130.0, abs=0.5)
+    clock["compile"] = 150.0  # a later compile (a new shape): the session's, not the first step's
+    run._mark_step_start()
+    assert run.session_first_compile_s == 100.0 and run.session_compile_s() == 110.0
+
+
+def test_compile_seconds_reads_torch_compile_times():
+    import torch
+
+    from rewardsds.priors.compiled import compile_seconds
+
+    before = compile_seconds()
+    torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(3))
+    assert compile_seconds() > before >= 0.0

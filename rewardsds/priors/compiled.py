@@ -91,6 +91,21 @@ def configure_compile_cache(setting: Optional[str] = "auto") -> Optional[Path]:
     return folder
 
 
+def compile_seconds() -> float:
+    """Seconds ``torch.compile`` has spent in this process so far: Dynamo's tracing and the backend's compile (or
+    its cache loads), all frames together; CUDA-graph capture happens when a graph first runs and is not counted.
+
+    0.0 when nothing was compiled (Dynamo not even imported) or when this torch keeps no such record.
+    """
+    import sys
+
+    utils = sys.modules.get("torch._dynamo.utils")
+    metrics = getattr(utils, "compilation_time_metrics", None) if utils is not None else None
+    if not metrics:
+        return 0.0
+    return float(sum(metrics.get("_compile.compile_inner", ())))
+
+
 def _own(out: Any) -> Any:
     """Copy tensors out of CUDA-graph memory (diffusers output dataclasses, tuples or a tensor)."""
     if isinstance(out, torch.Tensor):
