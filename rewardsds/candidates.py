@@ -410,6 +410,10 @@ def auto_chunk_size(prior: Prior, example: Tensor, fraction: float = 0.7) -> int
 
     Measures the peak memory of one call on two view groups (the CFG pair), then divides the free memory
     by the per-input peak. Always at least one CFG pair of whole view groups.
+
+    The probe runs the model eagerly even when the prior is compiled: a compiled UNet builds one graph per input
+    shape, and the probe's shape is one the step never uses (the CLI's first step used to compile the full UNet
+    for this probe as well as for the candidates, and keep a CUDA graph of it).
     """
     dev = example.device
     k = 2 * prior.num_frames
@@ -419,7 +423,7 @@ def auto_chunk_size(prior: Prior, example: Tensor, fraction: float = 0.7) -> int
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    with torch.no_grad():
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # no graph (and no compile) for the probe's shape
         prior.predict_noise(x, t, emb, None if not prior.uses_camera else torch.eye(4, device=dev).expand(k, 4, 4))
     torch.cuda.synchronize(dev)
     per_input = max(1, (torch.cuda.max_memory_allocated(dev) - base) // k)

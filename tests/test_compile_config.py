@@ -231,3 +231,33 @@ def test_tiny_candidates_decode_needs_a_tiny_decoder():
     assert torch.equal(prior.decode_candidates(z), prior.decode_latents(z))
     with pytest.raises(ConfigError, match=r"lookahead.decode.*tiny.*AnalyticPrior.*lookahead.decode=full"):
         prior.decode_candidates(z, tiny=True)
+
+
+def test_chunk_size_probe_never_compiles_the_unet_for_its_own_shape(clean_cache_env, tmp_path, tiny_sd):
+    """The automatic chunk size measures one call at a CFG pair (batch 2), a shape the step never uses: a compiled
+    UNet must run it eagerly, or every CUDA run compiles (and keeps a CUDA graph of) the full UNet once more."""
+    import torch._dynamo.testing as dynamo_testing
+
+    from rewardsds.candidates import auto_chunk_size
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    counter = dynamo_testing.CompileCounter()
+    real_compile = torch.compile
+    clean_cache_env.setattr(compiled.torch, "compile", lambda module, **kw: real_compile(module, backend=counter, dynamic=kw.get("dynamic")))
+    clean_cache_env.setattr(StableDiffusionPrior, "compiles_on", lambda self, device: True)
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, compile_cache=str(tmp_path / "c"))).to("cpu")
+    assert isinstance(p._unet_call, CompiledModule)
+    # CUDA memory accounting of the probe, scripted: 500 bytes per input, 100 kB free
+    mem = {"allocated": 1000}
+    for name, fn in {"synchronize": lambda *a: None, "reset_peak_memory_stats": lambda *a: None,
+                     "memory_allocated": lambda *a: mem["allocated"], "max_memory_allocated": lambda *a: mem["allocated"] + 2 * 500,
+                     "mem_get_info": lambda *a: (100_000, 200_000)}.items():
+        clean_cache_env.setattr(torch.cuda, name, fn)
+    torch._dynamo.reset()
+    example = torch.randn(1, 4, 8, 8)
+    assert auto_chunk_size(p, example) == int(0.7 * 100_000 // 500) // 2 * 2
+    assert counter.frame_count == 0  # the probe ran eagerly
+    emb = p.encode_text(["a cat"] * 4)
+    with torch.no_grad():
+        p.predict_noise(torch.randn(4, 4, 8, 8), torch.full((4,), 500), emb)
+    assert counter.frame_count == 1  # the step's own calls do compile
