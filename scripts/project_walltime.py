@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     import benchmark as B
 
     from rewardsds.config import validate
+    from rewardsds.priors.compiled import compile_seconds
     from rewardsds.system import DistillationSystem
     from rewardsds.testing import build_mvdream, build_sd_pipeline
     from rewardsds.train import build_components
@@ -146,10 +147,11 @@ def main(argv=None) -> int:
     projected = 0.0
     for st in stages(system, total):
         a_, b_ = st["start"], st["end"]
-        warm = []
+        warm, compiled_before = [], compile_seconds()
         for s in range(a_, min(b_, a_ + args.warmup)):
             warm.append(B.timed(lambda: system.run_step(s, opt), device))
             print(f"  warm-up step {s}: {warm[-1]:.1f} s", flush=True)  # the first one compiles: say how long it took
+        torch_compile_s = compile_seconds() - compiled_before  # Dynamo's own account of the warm-up's compiling
         n_samples = min(args.samples, b_ - a_)
         idx = sorted({int(round(a_ + (b_ - 1 - a_) * i / max(1, n_samples - 1))) for i in range(n_samples)})
         rows = []
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
                "projected_s": stage_ms / 1000, "sampled_median_ms": steady, "mean_sampled_x_steps_s": statistics.fmean(r["ms"] for r in rows) * (b_ - a_) / 1000,
                "warmup_ms": [1000 * w for w in warm], "samples": rows,
                # the first step's excess over what the fit predicts for its timestep: compile and CUDA-graph capture
-               "compile_s": max(0.0, warm[0] - (a + b * calls[0]) / 1000) if warm else 0.0}
+               "compile_s": max(0.0, warm[0] - (a + b * calls[0]) / 1000) if warm else 0.0, "torch_compile_s": torch_compile_s}
         result["stages"].append(rec)
         projected += stage_ms / 1000
         print(f"  stage {key} steps {a_}..{b_ - 1}: {a:.1f} ms + {b:.1f} ms per lookahead call (mean {rec['mean_lookahead_calls']:.1f}) "

@@ -114,6 +114,7 @@ def test_project_walltime_tiny_cpu(tmp_path, capsys):
         assert row["lookahead_calls"] == _calls(row["t"])
         assert row["evals"] == 2 * 10 * row["lookahead_calls"]
     assert r["projected_total_s"] == pytest.approx(r["projected_steps_s"] + r["startup_s"] + r["compile_s"])
+    assert stage["torch_compile_s"] == 0.0  # CPU: the prior stays eager, Dynamo compiles nothing
 
 
 @pytest.mark.slow
