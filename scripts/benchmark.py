@@ -572,13 +572,18 @@ def bench_compile_cache(args, device, results: dict) -> None:
         print(f"compile cache run {run}: process {wall:.0f} s, first step {row.get('first_step_s', float('nan')):.1f} s "
               f"(torch.compile {row.get('torch_compile_s') or float('nan'):.1f} s), steady {row.get('steady_step_s', float('nan')):.2f} s", flush=True)
     out["cache_mb"] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
-    if args.against:  # the same step inside the benchmark (an earlier run's compiled row) vs through the CLI
-        rows = json.loads(Path(args.against).read_text())["configs"]
-        bench = rows.get(AGAINST_ROW)
-        last = out["runs"][-1]
-        if bench and "fit_ms" in last:
-            out["cli_vs_benchmark"] = {"against": str(args.against), "row": AGAINST_ROW, **cli_vs_benchmark(last["fit_ms"], bench)}
     results["compile_cache"] = out
+    if args.against:  # the same step inside the benchmark (an earlier run's compiled row) vs through the CLI
+        compare_cli(results, json.loads(Path(args.against).read_text())["configs"], str(args.against))
+
+
+def compare_cli(results: dict, rows: dict, against: str) -> None:
+    """The compile_cache section's second CLI run against the benchmark's compiled row (``rows``: the configs of an
+    earlier JSON, or of this run, measured on the same machine right after the CLI)."""
+    cc, bench = results.get("compile_cache"), rows.get(AGAINST_ROW)
+    last = cc["runs"][-1] if cc and cc.get("runs") else {}
+    if bench and "fit_ms" in last:
+        cc["cli_vs_benchmark"] = {"against": against, "row": AGAINST_ROW, **cli_vs_benchmark(last["fit_ms"], bench)}
 
 
 # ----------------------------------------------------------------------------------------- lookahead MFU
@@ -782,7 +787,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-timeout", type=int, default=300, help="seconds per CLI run of the compile_cache section")
     ap.add_argument("--probe-logger", default="csv", choices=["csv", "none", "wandb"], help="logger of the compile_cache section's CLI runs")
     ap.add_argument("--against", type=Path, default=None,
-                    help=f"an earlier benchmark JSON (same GPU): compare the compile_cache section's second CLI run with its {AGAINST_ROW} row")
+                    help=f"an earlier benchmark JSON (same GPU): compare the compile_cache section's second CLI run with its {AGAINST_ROW} "
+                         "row (default: this run's row, with --sections compile_cache,paper)")
     ap.add_argument("--reward-compile", action="store_true", help="torch.compile the fast reward too (reward.compile=true; default off as in the config)")
     ap.add_argument("--tiny-vae", action="store_true", help="time and measure decode=tiny with a random AutoencoderTiny")
     ap.add_argument("--mvdream", action="store_true")
@@ -845,6 +851,8 @@ def main(argv=None) -> int:
         if cuda and deadline.allows("rewardsds_n10_k15_compiled", 60):
             cfg("rewardsds_n10_k15_compiled", "compiled", 10, 15)
         speedup(results, 10)
+        if "compile_cache" in sections and not args.against:  # the CLI's steps against this run's row, same machine
+            compare_cli(results, results["configs"], "this run")
         save()
     if "levers" in sections:  # (on a CPU the "compiled" priors stay eager: the rows then only check the plumbing)
         if deadline.allows("rewardsds_n10_k15_compiled_reward_compiled", 60):

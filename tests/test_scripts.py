@@ -62,6 +62,13 @@ def test_cli_vs_benchmark_compares_the_same_steps():
     assert slower["median_ratio"] == pytest.approx(350.0 / 340.0)  # the middle step: 120 evals
     assert slower["total_ratio"] == pytest.approx((190 + 350 + 710) / (180 + 340 + 700))
     assert slower["benchmark_fit_ms"] == pytest.approx({"fixed_ms": 100.0, "ms_per_eval": 2.0})
+    # with --sections compile_cache,paper the CLI's second run is compared with this run's compiled row
+    results = {"compile_cache": {"runs": [{"run": 1}, {"run": 2, "fit_ms": {"fixed_ms": 110.0, "ms_per_eval": 2.0}}]}}
+    bench.compare_cli(results, {"rewardsds_n10_k15_eager": {"per_step": steps}}, "this run")
+    assert "cli_vs_benchmark" not in results["compile_cache"]  # only the compiled row (the CUDA default) is the reference
+    bench.compare_cli(results, {bench.AGAINST_ROW: {"per_step": steps}}, "this run")
+    vs = results["compile_cache"]["cli_vs_benchmark"]
+    assert vs["against"] == "this run" and vs["row"] == bench.AGAINST_ROW and vs["median_ratio"] == pytest.approx(350.0 / 340.0)
 
 
 @pytest.mark.slow
