@@ -8,14 +8,14 @@ downloads); what is checked:
   as on CPU, and bf16 stays close;
 - full-size ImageReward: SDPA equals eager in fp32, bf16 keeps the ranking of 8 candidates, gradients reach
   the images in bf16;
-- compile=True (CUDA graphs) matches eager bf16 scores;
-- full-size ImageReward with compile=True scores 8 images of 512x512 in bf16 in under 15 ms (median of 20
-  after warm-up) on an H100 or H200, the budget for a RewardSDS step (skipped on other GPUs).
+- compile=True (CUDA graphs) matches eager bf16 scores.
+
+The speed budget (ImageReward bf16 with compile=True, 8 images of 512x512, under 15 ms on an H100/H200) is
+measured by ``scripts/bench_rewards.py --compile`` (``target_ms`` / ``meets_target`` in its JSON), not here.
 """
 
 from __future__ import annotations
 
-import statistics
 
 import pytest
 import torch
@@ -118,28 +118,6 @@ def test_full_image_reward_gradients_bf16(full_image_reward):
     finally:
         r.cfg.differentiable = False
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-
-
-def test_full_image_reward_speed_budget(full_image_reward):
-    """compile=True (CUDA graphs), bf16, batch 8 of 512x512: median of 20 calls < 15 ms (H100: 4.9 ms; eager
-    bf16 measured 13.6-21 ms, launch-bound and too noisy for the budget)."""
-    name = torch.cuda.get_device_name()
-    if "H100" not in name and "H200" not in name:
-        pytest.skip(f"the 15 ms budget is stated for H100/H200, this is {name}")
-    r = ImageReward.from_parts(ImageRewardConfig(dtype="bf16", compile=True), full_image_reward.model,
-                               full_image_reward.tokenizer).to("cuda")
-    x = torch.rand(8, 3, 512, 512, device="cuda")
-    for _ in range(5):
-        r(x, PROMPT, check=False)
-    times = []
-    for _ in range(20):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        r(x, PROMPT, check=False)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    assert statistics.median(times) < 15.0, sorted(times)
 
 
 def test_compiled_image_reward_matches_eager(full_image_reward):
