@@ -82,9 +82,12 @@ def end_block(metrics: dict[str, Any], run_dir: Path, is_3d: bool) -> str:
     reward = metrics.get("final/reward")
     reward_s = "n/a" if reward is None or (isinstance(reward, float) and math.isnan(reward)) else f"{reward:.4f}"
     step = metrics.get("step_time_median_s")
+    first, compiled = metrics.get("startup_step_s"), metrics.get("compile_s")
+    # a short run on a fresh machine is mostly its start-up step: say so, or "complete in 2m38s" for 30 steps misleads
+    startup = (f"; {first_step_text(first, compiled)}" if first and compiled and compiled >= 0.05 else "")
     lines = [
         f"rewardsds: complete in {duration(float(metrics.get('wall_time_s') or float('nan')))} "
-        f"({metrics.get('iterations')} steps" + (f", {step:.3f} s/step median)" if step and math.isfinite(step) else ")"),
+        f"({metrics.get('iterations')} steps" + (f", {step:.3f} s/step median" if step and math.isfinite(step) else "") + startup + ")",
         f"  final reward  {reward_s}" + (f" ({metrics.get('reward')})" if metrics.get("reward") else ""),
         f"  folder        {run_dir}",
         f"  evaluate      rewardsds-eval {run_dir} --metrics none",

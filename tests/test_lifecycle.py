@@ -491,3 +491,14 @@ def test_compile_seconds_reads_torch_compile_times():
     before = compile_seconds()
     torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(3))
     assert compile_seconds() > before >= 0.0
+
+
+def test_end_block_tells_the_start_up_step_apart_when_it_compiled(tmp_path):
+    from rewardsds.lifecycle import end_block
+
+    m = {"wall_time_s": 158.0, "iterations": 30, "step_time_median_s": 0.471, "final/reward": 1.2, "reward": "image_reward"}
+    plain = end_block({**m, "startup_step_s": 0.3, "compile_s": 0.0}, tmp_path, is_3d=False).splitlines()[0]
+    assert plain == "rewardsds: complete in 2m38s (30 steps, 0.471 s/step median)"
+    compiled = end_block({**m, "startup_step_s": 144.9, "compile_s": 120.25}, tmp_path, is_3d=False).splitlines()[0]
+    assert compiled == ("rewardsds: complete in 2m38s (30 steps, 0.471 s/step median; first step 144.9 s "
+                        "(start-up: 120.2 s in torch.compile, 24.7 s running and capturing CUDA graphs))")
