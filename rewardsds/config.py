@@ -101,6 +101,9 @@ class TrainerConfig:
     enable_progress_bar: Optional[bool] = None  # null: when stdout is a terminal (plain progress lines otherwise)
     log_every_n_steps: int = 1
     deterministic: bool = False
+    # cuDNN's autotuner (torch.backends.cudnn.benchmark) for the UNet's and VAE's convolutions at the step's fixed
+    # shapes; null leaves torch's setting (off); scripts/benchmark.py --sections levers measures it
+    benchmark: Optional[bool] = None
     enable_model_summary: bool = False
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ PROMPT = "a photo of a red fox sitting in the snow"
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mfu")
 #: levers not on by default, measured against the default compiled row: the reward compiled with CUDA graphs
-#: (``reward.compile=true``) and cuDNN's autotuner (``torch.backends.cudnn.benchmark``) under the compiled prior
+#: (``reward.compile=true``) and cuDNN's autotuner (``trainer.benchmark=true``: ``torch.backends.cudnn.benchmark``) under the compiled prior
 LEVER_SECTIONS = ("levers",)
 ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream") + LEVER_SECTIONS
 QUICK_SECTIONS = ("paper", "agreement")

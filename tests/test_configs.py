@@ -274,3 +274,23 @@ def test_timestep_sampler_refuses_an_empty_range():
         TimestepSampler(Schedule(start=0.9), Schedule(start=0.5))
     s = TimestepSampler(Schedule(start=0.3), Schedule(start=0.3))
     assert s.bounds(0) == (300, 300) and s.sample(0, seed=0) == 300
+
+
+def test_trainer_benchmark_reaches_cudnn(tmp_path):
+    """trainer.benchmark is Lightning's: true turns cuDNN's autotuner on for the run; null leaves torch's setting."""
+    import torch
+
+    from rewardsds.train import build_trainer
+
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        typed = validate(compose(["prompt=a cat", "trainer=cpu", "trainer.benchmark=true"]))
+        assert typed.trainer.benchmark is True
+        build_trainer(typed, default_root_dir=str(tmp_path), logger=False)
+        assert torch.backends.cudnn.benchmark is True
+        torch.backends.cudnn.benchmark = False
+        build_trainer(validate(compose(["prompt=a cat", "trainer=cpu"])), default_root_dir=str(tmp_path), logger=False)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = old
