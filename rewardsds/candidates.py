@@ -30,6 +30,8 @@ from rewardsds.priors.base import Prior, TextCond, guide
 from rewardsds.rewards.base import Reward, aggregate_views
 from rewardsds.rng import Streams, candidate_noise, seed_for
 from rewardsds.strategies import Strategy
+from rewardsds.utils.chunks import call_ranges, rows_per_call
+from rewardsds.utils.streams import SideStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from rewardsds.config import LookaheadConfig
@@ -158,6 +160,7 @@ class CandidateEngine:
         self.seed = seed
         self.decode_chunk = decode_chunk
         self._auto_chunk: Optional[int] = None
+        self._side: Optional[SideStream] = None
         self.grid = ddim.grid(lookahead.grid, lookahead.steps, prior.num_train_timesteps)
 
     @property
@@ -322,18 +325,24 @@ class CandidateEngine:
         Returns:
             (view_rewards [n, b], strategy rewards [n] (mean) or [n, b] (per_view)).
         """
+        return self._candidate_rewards(self._scores(images, prompts, grad), n)
+
+    def _scores(self, images: Tensor, prompts: Sequence[str], grad: bool = False) -> Tensor:
+        """The reward of each of the [m, 3, H, W] images (candidate-major: image j shows view j % b), fp32 [m]."""
         if self.reward is None:
             raise RuntimeError("this step scores candidates, but no reward model is configured")
-        b = images.shape[0] // n
+        b = len(prompts)
         every = [prompts[j % b] for j in range(images.shape[0])]
         chunk = self.decode_chunk or images.shape[0]
         with _grad_mode(grad):
-            scores = torch.cat([
+            return torch.cat([
                 self.reward(images[s : s + chunk], every[s : s + chunk], grad=grad, check=False)
                 for s in range(0, images.shape[0], chunk)
             ])
-        view_rewards = scores.reshape(n, b)
-        return view_rewards, aggregate_views(scores, n, self.reward_views)
+
+    def _candidate_rewards(self, scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """(view_rewards [n, b], strategy rewards [n] or [n, b]) from the flat scores [n * b]."""
+        return scores.reshape(n, -1), aggregate_views(scores, n, self.reward_views)
 
     def weigh(self, rewards: Tensor, strategy: Strategy, step: int) -> Tensor:
         """Strategy weights for rewards [n] or, per view, [n, b] (the strategy runs per view column)."""
@@ -355,6 +364,14 @@ class CandidateEngine:
         return per_t * (1 + sum(calls) / len(calls))
 
     # ------------------------------------------------------------------ the reward of every candidate
+    def candidate_chunks(self, cands: Candidates) -> list[tuple[int, int]]:
+        """The candidate ranges that look ahead one after another: with ``lookahead.overlap``, as many whole
+        candidates as one model call takes (``chunk_size``) per range; otherwise one range of all of them."""
+        if not self.lookahead_cfg.overlap:
+            return [(0, cands.n)]
+        rows = rows_per_call(cands.n * cands.b, self.chunk_size(cands.noisy), self.prior.num_frames, inputs_per_row=2)
+        return call_ranges(cands.n, rows // cands.b)
+
     def look_ahead_and_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str],
                              camera: Optional[Tensor] = None) -> Tensor:
         """Lookahead -> decode -> reward for every candidate (the prediction at t already made); sets
@@ -368,20 +385,55 @@ class CandidateEngine:
         first = (cands.eps_cond, cands.eps_uncond) if self.reuses_prediction_at_t else None
         prune = self.lookahead_cfg.prune_to
         if not (prune and prune < cands.n and self.lookahead_steps > 0):
-            images = self.decode(self.lookahead(cands, text, camera, first=first))
-            cands.view_rewards, cands.rewards = self.score(images, prompts, cands.n)
+            images, scores = self._look_ahead_decode_score(cands, text, prompts, camera, first)
+            cands.view_rewards, cands.rewards = self._candidate_rewards(scores, cands.n)
             return images
         one_step = self.prior.predict_x0(cands.noisy, cands.t, guide(cands.eps_cond, cands.eps_uncond, self.lookahead_guidance))
         images = self.decode(one_step)
         view_r, r = self.score(images, prompts, cands.n)
         keep = torch.sort(r if r.dim() == 1 else r.mean(1), descending=True, stable=True).indices[:prune]
         sub = cands.subset(keep)
-        sub_images = self.decode(self.lookahead(sub, text, camera, first=(sub.eps_cond, sub.eps_uncond) if first else None))
+        sub_images, sub_scores = self._look_ahead_decode_score(sub, text, prompts, camera, (sub.eps_cond, sub.eps_uncond) if first else None)
         cands.evals += sub.evals
-        sub_view_r, _ = self.score(sub_images, prompts, len(keep))
+        sub_view_r = sub_scores.reshape(len(keep), cands.b)
         cands.view_rewards = view_r.index_copy(0, keep, sub_view_r)
         cands.rewards = aggregate_views(band_above(sub_view_r, view_r, keep).reshape(-1), cands.n, self.reward_views)
         return images.index_copy(0, cands.flat_index(keep), sub_images)
+
+    def _look_ahead_decode_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str], camera: Optional[Tensor],
+                                 first: Optional[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Lookahead -> decode -> reward of ``cands``: (images [n * b, 3, H, W], flat scores [n * b]).
+
+        With ``lookahead.overlap`` the candidates go through in chunks (:meth:`candidate_chunks`). Each chunk's
+        decode and reward are queued on a second CUDA stream while the next chunk's lookahead runs on the current
+        one, so the GPU has the decoder's and the reward's kernels to run beside the UNet's. Each chunk makes the
+        same model calls as the chunked lookahead without overlap; only the decode's and the reward's batches are
+        smaller (equal up to rounding). A reward that replays CUDA graphs scores all images on the current stream
+        once they are decoded (its graphs share one memory pool with the compiled UNet's).
+        """
+        chunks = self.candidate_chunks(cands)
+        if len(chunks) == 1:
+            images = self.decode(self.lookahead(cands, text, camera, first=first))
+            return images, self._scores(images, prompts)
+        side = self._side_stream(cands.noisy.device)
+        reward_beside = not (self.reward is not None and self.reward.replays_cuda_graphs)
+        images, scores = [], []
+        for s, e in chunks:
+            part = cands.subset(torch.arange(s, e))
+            x0 = self.lookahead(part, text, camera, first=(part.eps_cond, part.eps_uncond) if first is not None else None)
+            cands.evals += part.evals
+            with side.after_current(x0):
+                images.append(self.decode(x0))
+                if reward_beside:
+                    scores.append(self._scores(images[-1], prompts))
+        side.join(*images, *scores)
+        all_images = torch.cat(images)
+        return all_images, torch.cat(scores) if reward_beside else self._scores(all_images, prompts)
+
+    def _side_stream(self, device: torch.device) -> SideStream:
+        if self._side is None or self._side.device != torch.device(device):
+            self._side = SideStream(device)
+        return self._side
 
 
 def band_above(kept: Tensor, all_rows: Tensor, keep: Tensor) -> Tensor:

@@ -313,6 +313,9 @@ class LookaheadConfig:
     start: LookaheadStart = LookaheadStart.exact_t
     decode: str = "full"  # full VAE decode or "tiny" (prior.tiny_vae) for rewards
     prune_to: int = 0  # 0 = off; else full lookahead only for the prune_to best candidates by one-step reward
+    # decode and score each chunk of candidates on a second CUDA stream while the next chunk looks ahead (the
+    # chunks are chunk_size's model calls, whole candidates each; one chunk: nothing to overlap)
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")

@@ -85,7 +85,8 @@ def distill(ctx: StepContext, mode: LossMode, engine: CandidateEngine, strategy:
         cands.weights = mode.weigh(ctx, cands, logs)                          # DDPO3D rows, DreamDPO / PSD pairs
     elif ctx.ranked:
         text = mode.conditioning(ctx)
-        if engine.lookahead_cfg.prune_to:                                     # one-step rewards for all, the lookahead for the best
+        if engine.lookahead_cfg.prune_to or engine.lookahead_cfg.overlap:
+            # the stages below, with pruning (the lookahead for the best by one-step reward) or by chunks on two streams
             images = engine.look_ahead_and_score(cands, text, ctx.reward_prompts, ctx.camera)
         else:
             first = (cands.eps_cond, cands.eps_uncond) if engine.reuses_prediction_at_t else None

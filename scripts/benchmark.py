@@ -62,8 +62,11 @@ PROMPT = "a photo of a red fox sitting in the snow"
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mfu")
 #: levers not on by default, measured against the default compiled row: the reward compiled with CUDA graphs
-#: (``reward.compile=true``) and cuDNN's autotuner (``trainer.benchmark=true``: ``torch.backends.cudnn.benchmark``) under the compiled prior
+#: (``reward.compile=true``), cuDNN's autotuner (``trainer.benchmark=true``: ``torch.backends.cudnn.benchmark``) under
+#: the compiled prior, and the candidates in two chunks without and with ``lookahead.overlap``
 LEVER_SECTIONS = ("levers",)
+#: overrides that change how the step runs but not what it computes: rows with them still count as the algorithm
+EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap")
 ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream") + LEVER_SECTIONS
 QUICK_SECTIONS = ("paper", "agreement")
 
@@ -273,13 +276,13 @@ def build_system(cfg, prior, reward, device, run_dir: Path):
 
 
 def lookahead_config(lookahead_steps: int = 15, lookahead_guidance: float = 7.5, lookahead_grid: str = "leading",
-                     lookahead_start: str = "exact_t", lookahead_decode: str = "full", prune_to: int = 0):
+                     lookahead_start: str = "exact_t", lookahead_decode: str = "full", prune_to: int = 0, overlap: bool = False):
     """The engine's lookahead settings (``rewardsds.config.LookaheadConfig``, validated) from the benchmark's keywords,
     which the JSON records as they are (``agreement.paths.<name>.engine``)."""
     from rewardsds.config import LookaheadConfig
 
     return LookaheadConfig(steps=lookahead_steps, guidance_scale=lookahead_guidance, grid=lookahead_grid, start=lookahead_start,
-                           decode=lookahead_decode, prune_to=prune_to)
+                           decode=lookahead_decode, prune_to=prune_to, overlap=overlap)
 
 
 def measured_steps(args) -> list[int]:
@@ -457,7 +460,8 @@ def speedup(results: dict, n: int, k: int = 15) -> None:
         return
     by_step = {r["step"]: r["ms"] for r in base["per_step"]}
     for name, c in results["configs"].items():
-        if c.get("n_noises") != n or c.get("lookahead_steps") != k or c.get("overrides"):
+        approximations = [o for o in c.get("overrides") or [] if o.split("=", 1)[0] not in EXACT_OVERRIDES]
+        if c.get("n_noises") != n or c.get("lookahead_steps") != k or approximations:
             continue
         paired = [by_step[r["step"]] / r["ms"] for r in c["per_step"] if r["step"] in by_step]
         results["speedups"][f"{name}_vs_reference"] = {
@@ -493,9 +497,10 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
     sec.update({"n_noises": n, "lookahead_steps": 15, "n_max": 2, "n_min": 2, "draws": [{"seed": d.seed, "step": d.step, "t": d.t} for d in draws],
                 "exact": "fp32 prior, eager, TF32 off, full decode, 15-step lookahead from t, ImageReward fp32 via PIL"})
 
-    def path(variant: str, reward_variant: str, **engine_kw):
+    def path(variant: str, reward_variant: str, chunk_size: Optional[int] = None, **engine_kw):
         prior = models.prior(variant)
-        eng = CandidateEngine(prior, models.reward(reward_variant), lookahead_config(**engine_kw), chunk_size=args.chunk_size)
+        eng = CandidateEngine(prior, models.reward(reward_variant), lookahead_config(**engine_kw),
+                              chunk_size=args.chunk_size if chunk_size is None else chunk_size)
         return engine_selector(eng, prior.text_cond([PROMPT], ""), [PROMPT], n)
 
     t0 = time.perf_counter()
@@ -860,6 +865,14 @@ def main(argv=None) -> int:
             save()
         if deadline.allows("rewardsds_n10_k15_compiled_cudnn_benchmark", 60):
             cfg("rewardsds_n10_k15_compiled_cudnn_benchmark", "compiled_cudnn", 10, 15)
+            save()
+        # the candidates in two chunks of 5 (chunk_size=10 UNet inputs), without and with the decode and reward of
+        # each chunk on a second stream beside the next chunk's lookahead: what splitting costs, what overlap wins
+        for name, extra in (("rewardsds_n10_k15_compiled_2chunks", ["chunk_size=10"]),
+                            ("rewardsds_n10_k15_compiled_2chunks_overlap", ["chunk_size=10", "lookahead.overlap=true"])):
+            if deadline.allows(name, 60):
+                cfg(name, "compiled", 10, 15, extra)
+                save()
         speedup(results, 10)
         save()
     if "agreement" in sections and deadline.allows("agreement", 90):
@@ -868,7 +881,9 @@ def main(argv=None) -> int:
             variants.append(("bf16_compiled (default on CUDA)", "compiled", {}, "fast"))
         if "levers" in sections:
             variants += [("bf16_compiled, compiled reward", "compiled", {}, "fast_compiled"),
-                         ("bf16_compiled, cudnn.benchmark", "compiled_cudnn", {}, "fast")]
+                         ("bf16_compiled, cudnn.benchmark", "compiled_cudnn", {}, "fast"),
+                         # two chunks of half the candidates, overlapped (chunk_size = N UNet inputs)
+                         ("bf16_compiled, 2 chunks overlapped", "compiled", {"overlap": True, "chunk_size": args.agreement_n}, "fast")]
         if cuda and f8_reason is None and "float8" in sections:
             variants.append(("bf16_compiled_float8_lookahead", "compiled_float8", {}, "fast"))
         if not args.quick:

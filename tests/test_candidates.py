@@ -132,3 +132,132 @@ def test_band_above_reads_nothing_back_to_the_host():
     assert out.shape == (8, 2) and out.device.type == "meta"
     with pytest.raises(Exception):  # the check can fail: a boolean index needs the data
         torch.empty(8, 2, device="meta")[torch.empty(8, dtype=torch.bool, device="meta")].sum().item()
+
+
+# ----------------------------------------------------------------------------------------- lookahead.overlap
+class _RecordingSide:
+    """A SideStream stand-in that records which engine stages ran inside its blocks (on a CPU the real one runs
+    them in place, so only the order and the placement can be checked here; tests/test_fast_path_gpu.py runs
+    the CUDA streams)."""
+
+    def __init__(self, log):
+        self.log, self.inside = log, False
+        self.device = torch.device("cpu")
+
+    def after_current(self, *inputs):
+        import contextlib
+
+        side = self
+
+        @contextlib.contextmanager
+        def block():
+            side.log.append(("enter", tuple(x.shape[0] for x in inputs)))
+            side.inside = True
+            yield
+            side.inside = False
+
+        return block()
+
+    def join(self, *outputs):
+        self.log.append(("join", len(outputs)))
+
+
+def _traced_engine(p, reward, monkeypatch, **kw):
+    log = []
+    eng = make_engine(p, reward, steps=6, seed=0, overlap=True, **kw)
+    side = _RecordingSide(log)
+    eng._side = side
+    for name in ("lookahead", "decode", "_scores"):
+        fn = getattr(eng, name)
+
+        def traced(*a, _fn=fn, _name=name, **k):
+            out = _fn(*a, **k)
+            log.append((_name, out.shape[0], "side" if side.inside else "current"))
+            return out
+
+        monkeypatch.setattr(eng, name, traced)
+    return eng, log
+
+
+@pytest.mark.parametrize("views", [1, 2])
+@pytest.mark.parametrize("prune_to", [0, 3])
+def test_overlapped_chunks_select_what_the_plain_step_selects(tiny_sd_prior, views, prune_to):
+    """lookahead.overlap: the candidates look ahead in chunks of whole candidates (one model call each), and the
+    step's rewards, weights, loss, gradient and evaluation count are those of the step without overlap."""
+    p = tiny_sd_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    strategy = MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1))
+    z0 = torch.randn(views, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+    outs = []
+    for overlap in (False, True):
+        eng = make_engine(p, reward, steps=6, seed=0, chunk_size=4 * views, prune_to=prune_to, overlap=overlap)
+        z = z0.clone().requires_grad_(True)
+        out = step_loss(SDSLoss(SDSLossConfig()), p, eng, z, 700, 5, strategy, step=3, prompt="a photo of the cat", keep_images=True)
+        out.total().backward()
+        outs.append((out, z.grad, eng))
+    (a, ga, plain), (b, gb, lapped) = outs
+    # 4 * views inputs per call = 2 candidates (CFG pairs of `views` rows) per chunk
+    assert plain.candidate_chunks(a.candidates) == [(0, 5)]
+    assert lapped.candidate_chunks(b.candidates) == [(0, 2), (2, 4), (4, 5)]
+    assert torch.allclose(b.candidates.view_rewards, a.candidates.view_rewards, atol=1e-6)
+    assert torch.equal(b.weights, a.weights)
+    assert torch.allclose(b.candidates.images, a.candidates.images, atol=1e-6)
+    assert torch.allclose(b.total(), a.total(), rtol=1e-6)
+    assert torch.allclose(gb, ga, atol=1e-6)
+    assert b.candidates.evals == a.candidates.evals
+    assert a.candidates.rewards.std() > 0  # the candidates differ, so the selection means something
+
+
+def test_overlap_queues_each_chunks_decode_and_reward_beside_the_next_lookahead(tiny_sd_prior, monkeypatch):
+    p = tiny_sd_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    eng, log = _traced_engine(p, reward, monkeypatch, chunk_size=4)
+    out = step_loss(SDSLoss(SDSLossConfig()), p, eng, torch.randn(1, 4, 8, 8), 700, 5,
+                    MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=3, prompt="a photo of the cat")
+    assert log == [
+        ("lookahead", 2, "current"), ("enter", (2,)), ("decode", 2, "side"), ("_scores", 2, "side"),
+        ("lookahead", 2, "current"), ("enter", (2,)), ("decode", 2, "side"), ("_scores", 2, "side"),
+        ("lookahead", 1, "current"), ("enter", (1,)), ("decode", 1, "side"), ("_scores", 1, "side"),
+        ("join", 6),  # three image chunks and three score chunks handed back to the current stream
+    ]
+    assert out.candidates.rewards.shape == (5,)
+
+
+def test_a_reward_replaying_cuda_graphs_scores_on_the_current_stream(tiny_sd_prior, monkeypatch):
+    """Its graphs share torch.compile's memory pool with the compiled UNet's: the decodes still overlap, the
+    reward then scores all images at once on the current stream (the batch shape the step without overlap uses)."""
+    p = tiny_sd_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    monkeypatch.setattr(AnalyticReward, "replays_cuda_graphs", property(lambda self: True))
+    eng, log = _traced_engine(p, reward, monkeypatch, chunk_size=4)
+    step_loss(SDSLoss(SDSLossConfig()), p, eng, torch.randn(1, 4, 8, 8), 700, 5,
+              MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=3, prompt="a photo of the cat")
+    assert [e for e in log if e[0] == "_scores"] == [("_scores", 5, "current")]
+    assert [e[2] for e in log if e[0] == "decode"] == ["side"] * 3
+    assert log[-2] == ("join", 3) and log[-1] == ("_scores", 5, "current")
+
+
+def test_overlap_with_one_chunk_is_the_plain_order(tiny_sd_prior, monkeypatch):
+    p = tiny_sd_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    eng, log = _traced_engine(p, reward, monkeypatch, chunk_size=0)
+    step_loss(SDSLoss(SDSLossConfig()), p, eng, torch.randn(1, 4, 8, 8), 700, 5,
+              MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=3, prompt="a photo of the cat")
+    assert log == [("lookahead", 5, "current"), ("decode", 5, "current"), ("_scores", 5, "current")]
+
+
+def test_reward_replays_cuda_graphs_only_when_compiled_on_cuda():
+    from rewardsds.rewards.combo import ComboReward
+    from rewardsds.rewards.config import ComboRewardConfig
+
+    r = AnalyticReward(AnalyticRewardConfig())
+    assert r.replays_cuda_graphs is False
+    r.cfg.compile = True  # (the analytic reward has no such key: a stand-in for one that does)
+    assert r.replays_cuda_graphs is False  # on the CPU nothing is replayed
+    r.device = torch.device("cuda")
+    assert r.replays_cuda_graphs is True
+    part = AnalyticRewardConfig(_target_=f"{AnalyticReward.__module__}.{AnalyticReward.__qualname__}")
+    combo = ComboReward(ComboRewardConfig(components={"a": part}, weights={"a": 1.0}))
+    assert combo.replays_cuda_graphs is False
+    combo.components["a"] = r
+    assert combo.replays_cuda_graphs is True

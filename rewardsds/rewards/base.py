@@ -48,6 +48,12 @@ class Reward(abc.ABC):
         self.device = torch.device(device)
         return self
 
+    @property
+    def replays_cuda_graphs(self) -> bool:
+        """Whether scoring replays CUDA graphs (``compile=true`` on CUDA). Those graphs share torch.compile's one
+        memory pool per device with the compiled prior's, so they run on the stream the prior's graphs run on."""
+        return bool(getattr(getattr(self, "cfg", None), "compile", False)) and self.device.type == "cuda"
+
     def __call__(
         self,
         images: Float[Tensor, "b 3 H W"],

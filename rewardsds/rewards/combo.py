@@ -47,6 +47,10 @@ class ComboReward(Reward):
             comp.to(self.device)
         return self
 
+    @property
+    def replays_cuda_graphs(self) -> bool:
+        return any(c.replays_cuda_graphs for c in self.components.values())
+
     def _score(self, images: Float[Tensor, "b 3 H W"], prompts: Sequence[str]) -> Float[Tensor, "b"]:
         total = torch.zeros(images.shape[0], device=images.device)
         self.last_components = {}
