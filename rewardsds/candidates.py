@@ -419,7 +419,7 @@ class CandidateEngine:
         reward_beside = not (self.reward is not None and self.reward.replays_cuda_graphs)
         images, scores = [], []
         for s, e in chunks:
-            part = cands.subset(torch.arange(s, e))
+            part = cands.subset(torch.arange(s, e, device=cands.noisy.device))  # (made on the device: no host copy)
             x0 = self.lookahead(part, text, camera, first=(part.eps_cond, part.eps_uncond) if first is not None else None)
             cands.evals += part.evals
             with side.after_current(x0):

@@ -60,7 +60,8 @@ def start_block(info: dict[str, Any]) -> str:
     """The lines a run prints before its first step.
 
     ``info`` keys: run_dir, device, experiment, prompt, prior, dtype, loss, reward, strategy, n_noises, lookahead,
-    evals_per_step, steps, resumed_at (optional), changes (optional), checkpoint (optional).
+    lookahead_options (optional: what is not the plain lookahead), evals_per_step, steps, resumed_at (optional),
+    changes (optional), checkpoint (optional).
     """
     lines = [f"rewardsds: run {info['run_dir']}"]
     if info.get("resumed_at") is not None:
@@ -71,6 +72,7 @@ def start_block(info: dict[str, Any]) -> str:
         f"  device      {info['device']}, prior {info['prior']} ({info['dtype']})",
         f"  method      loss={info['loss']}, strategy={info['strategy']}, N={info['n_noises']}"
         + (f", lookahead K={info['lookahead']}" if info.get("lookahead") is not None else "")
+        + (f" ({', '.join(info['lookahead_options'])})" if info.get("lookahead") is not None and info.get("lookahead_options") else "")
         + (f", reward={info['reward']}" if info.get("reward") else ""),
         f"  cost        ~{info['evals_per_step']:.0f} UNet evaluations per step (estimate), {info['steps']} steps",
     ]

@@ -332,6 +332,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
         "prior": record.get("prior"), "dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
         "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record.get("strategy"), "n_noises": typed.n_noises,
         "lookahead": typed.lookahead.steps if typed.n_noises > 1 and parts["strategy"].uses_reward else None,
+        "lookahead_options": lookahead_options(typed.lookahead),
         "evals_per_step": system.expected_evals_per_step(), "steps": typed.steps,
         "resumed_at": system.iteration if ckpt is not None else None, "checkpoint": ckpt_path, "changes": list(changes or {}),
     }))
@@ -415,6 +416,12 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
 
     announce(end_block(metrics, run_dir, is_3d=system.camera_sampler is not None))
     return metrics
+
+
+def lookahead_options(la) -> list[str]:
+    """What a run's lookahead does besides the plain one, for its start block."""
+    return ([f"pruned to the best {la.prune_to}"] if la.prune_to else []) + (["tiny decode"] if la.decode == "tiny" else []) \
+        + (["decode and reward overlapped across chunks"] if la.overlap else [])
 
 
 def _device_name(device: torch.device) -> str:

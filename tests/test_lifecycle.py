@@ -502,3 +502,17 @@ def test_end_block_tells_the_start_up_step_apart_when_it_compiled(tmp_path):
     compiled = end_block({**m, "startup_step_s": 144.9, "compile_s": 120.25}, tmp_path, is_3d=False).splitlines()[0]
     assert compiled == ("rewardsds: complete in 2m38s (30 steps, 0.471 s/step median; first step 144.9 s "
                         "(start-up: 120.2 s in torch.compile, 24.7 s running and capturing CUDA graphs))")
+
+
+def test_start_block_names_what_is_not_the_plain_lookahead():
+    from rewardsds.config import LookaheadConfig
+    from rewardsds.lifecycle import start_block
+    from rewardsds.train import lookahead_options
+
+    info = {"run_dir": "r", "prompt": "p", "device": "cpu", "prior": "sd", "dtype": "bf16", "loss": "sds", "strategy": "min_max",
+            "n_noises": 10, "lookahead": 15, "reward": "image_reward", "evals_per_step": 180, "steps": 1000}
+    plain = start_block({**info, "lookahead_options": lookahead_options(LookaheadConfig())})
+    assert "N=10, lookahead K=15, reward=image_reward" in plain
+    opts = lookahead_options(LookaheadConfig(prune_to=4, overlap=True))
+    assert opts == ["pruned to the best 4", "decode and reward overlapped across chunks"]
+    assert "lookahead K=15 (pruned to the best 4, decode and reward overlapped across chunks), reward=" in start_block({**info, "lookahead_options": opts})

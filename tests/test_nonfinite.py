@@ -136,6 +136,9 @@ STEPS = {
     "rewardsds_tiny_sd": ["prior=sd", "prior.compile=false", "strategy=min_max", "n_noises=4", "lookahead.steps=4", "prompt=a red square"],
     # the CUDA default: the UNet compiled into CUDA graphs (captured during the warm-up step)
     "rewardsds_tiny_sd_compiled": ["prior=sd", "strategy=min_max", "n_noises=4", "lookahead.steps=4", "prompt=a red square"],
+    # two chunks of 2 candidates, each decoded and scored on a second stream beside the next chunk's lookahead
+    "rewardsds_tiny_sd_compiled_overlap": ["prior=sd", "strategy=min_max", "n_noises=4", "lookahead.steps=4", "prompt=a red square",
+                                           "chunk_size=4", "lookahead.overlap=true"],
 }
 
 
