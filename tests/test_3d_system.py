@@ -83,6 +83,31 @@ def test_mvdream_nerf_smoke(tmp_path):
     assert m["evals_per_step_mean"] >= 2 * 4 * 4
 
 
+def test_mvdream_overlapped_chunks_train_what_the_plain_step_trains(tmp_path):
+    """lookahead.overlap with 4-view groups: chunks of 2 candidates (16 UNet inputs per call) look ahead one after
+    another, each decoded and scored beside the next; the trained NeRF is the one trained without overlap."""
+    from rewardsds.testing import build_mvdream
+    from rewardsds.train import train
+
+    mv, base = build_mvdream(tmp_path / "mv", "tiny")
+    states, metrics = {}, {}
+    for overlap in ("false", "true"):
+        metrics[overlap] = train(compose([
+            "experiment=analytic_3d", "prior=mvdream", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
+            "loss.target=x0_recon", "loss.guidance_scale=50", "lookahead.guidance_scale=50", "lookahead.grid=linspace", "lookahead.steps=3",
+            "n_noises=4", "steps=2", "reward.image_size=16", *SMALL_NERF, "cameras.eval_resolution=32", "output.eval_views=2",
+            "output.turntable_frames=0", "output.export_formats=[]", *FAST[:2], "chunk_size=16", f"lookahead.overlap={overlap}",
+        ]), tmp_path / overlap)
+        states[overlap] = torch.load(tmp_path / overlap / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert metrics["true"]["evals_per_step_mean"] == metrics["false"]["evals_per_step_mean"]
+    assert metrics["true"]["final/reward"] == pytest.approx(metrics["false"]["final/reward"], abs=1e-6)
+    a, b = states["false"], states["true"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor) and a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
 def test_multiview_prior_checks():
     from rewardsds.config import validate
     from rewardsds.errors import ConfigError
