@@ -28,7 +28,7 @@ from rewardsds.utils.io import read_json
 OPERATIONAL_KEYS = (
     "steps", "resume", "resume_allow_changes", "name", "chunk_size", "max_nonfinite_steps",
     "output.*", "logger.*", "trainer.*", "gpu_lock.*", "compare.*", "hydra.*",
-    "prior.compile", "prior.compile_mode", "prior.local_files_only", "prior.vae_slicing",
+    "prior.compile", "prior.compile_mode", "prior.attention", "prior.local_files_only", "prior.vae_slicing",
     "reward.compile", "reward.local_files_only", "lookahead.overlap",
     "representation.mesh_*", "representation.eval_*", "cameras.eval_*",
 )

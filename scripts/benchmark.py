@@ -63,7 +63,8 @@ PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mfu")
 #: levers not on by default, measured against the default compiled row: the reward compiled with CUDA graphs
 #: (``reward.compile=true``), cuDNN's autotuner (``trainer.benchmark=true``: ``torch.backends.cudnn.benchmark``) under
-#: the compiled prior, and the candidates in two chunks without and with ``lookahead.overlap``
+#: the compiled prior, cuDNN's fused attention (``prior.attention=cudnn``), and the candidates in two chunks without
+#: and with ``lookahead.overlap``
 LEVER_SECTIONS = ("levers",)
 #: overrides that change how the step runs but not what it computes: rows with them still count as the algorithm
 EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap")
@@ -181,7 +182,8 @@ class Models:
     """Priors and rewards under test, built on first use and shared by the sections.
 
     Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``compiled_cudnn``
-    (the same, a separate instance run and captured under cuDNN's autotuner), ``eager_float8``,
+    (the same, a separate instance run and captured under cuDNN's autotuner), ``compiled_cudnn_sdpa`` (the same
+    with ``prior.attention=cudnn``: cuDNN's fused attention first), ``eager_float8``,
     ``compiled_float8`` (float8 ranking view), ``fp32`` (eager, NCHW: the reference and the exact path).
     Reward variants: ``fast`` (bf16 on CUDA, batched tensor preprocessing: the default), ``fast_compiled`` (the
     same with ``reward.compile=true``), ``pil32`` (fp32, PIL preprocessing: the reference's and the exact
@@ -206,7 +208,8 @@ class Models:
                 kw.update(dtype="fp32", channels_last=False, compile=False)
             else:
                 kw.update(dtype="bf16" if cuda else "fp32", compile="compiled" in variant, compile_mode="reduce-overhead",
-                          lookahead_quantize="float8" if "float8" in variant else "none")
+                          lookahead_quantize="float8" if "float8" in variant else "none",
+                          attention="cudnn" if variant.endswith("_cudnn_sdpa") else "auto")
             t0 = time.perf_counter()
             self.priors[variant] = StableDiffusionPrior(SDPriorConfig(pretrained=str(self.args.sd_folder), **kw)).to(self.device)
             self.build_s[f"prior_{variant}"] = time.perf_counter() - t0
@@ -392,6 +395,7 @@ def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results:
     r.update({"variant": variant, "n_noises": n, "lookahead_steps": k, "overrides": extra or [], "peak_memory_gb": peak_gb(device),
               "chunk_size": system.engine.chunk_size(system.representation.latents), "decodes_per_step": decodes,
               "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.cfg.lookahead_quantize.value,
+              "attention": prior.cfg.attention.value,
               "reward_variant": reward_variant, "cudnn_benchmark": autotunes(variant)})
     add_mfu(r, models, flops, device, prior, decodes, tiny)
     results["configs"][name] = r
@@ -633,6 +637,27 @@ def bench_bare(models: Models, device, results: dict) -> None:
     results["reward_image_reward_batch8"] = stats([timed(lambda: reward(images, [PROMPT] * 8, check=False), device) for _ in range(10)])
 
 
+def bench_attention(models: Models, device, results: dict, batch: int = 20) -> None:
+    """One eager UNet call at the paper's lookahead batch (N = 10 CFG pairs) with torch's default attention kernel
+    and with cuDNN's first (``prior.attention=cudnn``): the attention lever alone, without compiling."""
+    out = results.setdefault("unet_attention_batch20", {})
+    for variant, name in (("eager", "auto"), ("eager_cudnn_sdpa", "cudnn")):
+        prior = models.prior(variant)
+        x = torch.randn(batch, *prior.latent_shape, device=device)
+        t = torch.full((batch,), 500, device=device, dtype=torch.long)
+        emb = prior.encode_text([PROMPT] * (batch // 2) + [""] * (batch // 2))
+
+        def call():
+            with torch.no_grad():
+                return prior.predict_noise(x, t, emb)
+
+        for _ in range(3):
+            call()
+        out[name] = stats([timed(call, device) for _ in range(10)])
+    if out["auto"]["median_ms"] > 0:
+        out["cudnn_speedup"] = out["auto"]["median_ms"] / out["cudnn"]["median_ms"]
+
+
 def bench_mvdream(args, device, tmp, results, reward_fast):
     """RewardSDS with MVDream: N = 7 candidates of 4 views, 15-point linspace lookahead from exactly t (CFG 50),
     rewards averaged over views, x0-reconstruction target (std rescale 0.5); all candidates batched (the training
@@ -746,6 +771,10 @@ def table(results: dict) -> str:
             lines.append(f"| {k} | {v['agreement']:.1%} ({lo:.0%}-{hi:.0%}) | {v['top_agreement']:.0%} | {v['bottom_agreement']:.0%} | "
                          f"{v['rank_correlation']:.3f} | {v.get('regret_mean', float('nan')):.3f} / {v.get('regret_max', float('nan')):.3f} | "
                          f"{'meets' if v['default_ok'] else 'misses'} |")
+    att = results.get("unet_attention_batch20")
+    if att:
+        lines += ["", f"UNet at batch 20, eager: {att['auto']['median_ms']:.1f} ms with torch's attention kernel, "
+                  f"{att['cudnn']['median_ms']:.1f} ms with cuDNN's first ({att.get('cudnn_speedup', float('nan')):.2f}x)"]
     cc = results.get("compile_cache")
     if cc:
         lines += ["", "| compile cache | process s | first step s | steady step s | first - steady s | torch.compile s |", "|---|---|---|---|---|---|"]
@@ -860,11 +889,16 @@ def main(argv=None) -> int:
             compare_cli(results, results["configs"], "this run")
         save()
     if "levers" in sections:  # (on a CPU the "compiled" priors stay eager: the rows then only check the plumbing)
+        bench_attention(models, device, results)
+        save()
         if deadline.allows("rewardsds_n10_k15_compiled_reward_compiled", 60):
             cfg("rewardsds_n10_k15_compiled_reward_compiled", "compiled", 10, 15, reward_variant="fast_compiled")
             save()
         if deadline.allows("rewardsds_n10_k15_compiled_cudnn_benchmark", 60):
             cfg("rewardsds_n10_k15_compiled_cudnn_benchmark", "compiled_cudnn", 10, 15)
+            save()
+        if deadline.allows("rewardsds_n10_k15_compiled_cudnn_attention", 60):
+            cfg("rewardsds_n10_k15_compiled_cudnn_attention", "compiled_cudnn_sdpa", 10, 15)
             save()
         # the candidates in two chunks of 5 (chunk_size=10 UNet inputs), without and with the decode and reward of
         # each chunk on a second stream beside the next chunk's lookahead: what splitting costs, what overlap wins
@@ -882,6 +916,7 @@ def main(argv=None) -> int:
         if "levers" in sections:
             variants += [("bf16_compiled, compiled reward", "compiled", {}, "fast_compiled"),
                          ("bf16_compiled, cudnn.benchmark", "compiled_cudnn", {}, "fast"),
+                         ("bf16_compiled, cuDNN attention", "compiled_cudnn_sdpa", {}, "fast"),
                          # two chunks of half the candidates, overlapped (chunk_size = N UNet inputs)
                          ("bf16_compiled, 2 chunks overlapped", "compiled", {"overlap": True, "chunk_size": args.agreement_n}, "fast")]
         if cuda and f8_reason is None and "float8" in sections:

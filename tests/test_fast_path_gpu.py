@@ -386,3 +386,32 @@ def test_overlapped_step_matches_the_plain_step(parts, compiled):
             assert torch.equal(torch.argsort(a["rewards"]), torch.argsort(b["rewards"])), rep
         assert rep[name]["grad_rel_err"] < (5e-2 if compiled else 1e-3), rep
     _report(f"overlap_{'compiled_bf16' if compiled else 'fp32'}", rep)
+
+
+# ----------------------------------------------------------------------------------------- prior.attention
+@gpu_test
+def test_cudnn_attention_runs_and_matches_torchs_default(sd21_random):
+    """prior.attention=cudnn: cuDNN's fused attention runs in the UNet (eager: seen in the profile; compiled: chosen
+    while tracing) and predicts what torch's default kernel predicts, to bf16 rounding."""
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    def prior(attention: str, compile: bool):
+        return StableDiffusionPrior(SDPriorConfig(pretrained=str(sd21_random), dtype="bf16", local_files_only=True, compile=compile,
+                                                  attention=attention)).to(DEVICE)
+
+    base, cudnn = prior("auto", False), prior("cudnn", False)
+    x = torch.randn(2 * N, 4, 64, 64, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(5))
+    t = torch.full((2 * N,), T, device=DEVICE, dtype=torch.long)
+    emb = base.encode_text([PROMPT] * N + [""] * N)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = cudnn.predict_noise(x, t, emb)
+    ops = {e.key for e in prof.key_averages()}
+    with torch.no_grad():
+        want = base.predict_noise(x, t, emb)
+        compiled = prior("cudnn", True)
+        graphed = [compiled.predict_noise(x, t, emb) for _ in range(3)][-1]
+    rep = {"cudnn_ops": sorted(o for o in ops if "attention" in o), "eager_rel_err": rel(got, want), "compiled_rel_err": rel(graphed, want)}
+    _report("cudnn_attention_bf16", rep)
+    assert "aten::_scaled_dot_product_cudnn_attention" in ops, rep
+    assert rep["eager_rel_err"] < 2e-2 and rep["compiled_rel_err"] < 2e-2, rep

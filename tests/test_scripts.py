@@ -82,7 +82,8 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     assert "skipped" not in r
     chunked = ["rewardsds_n10_k15_compiled_2chunks", "rewardsds_n10_k15_compiled_2chunks_overlap"]
     assert set(r["configs"]) == {"rewardsds_n10_k15_eager", "sds_eager", "rewardsds_n10_k15_prune5_eager",
-                                 "rewardsds_n10_k15_compiled_reward_compiled", "rewardsds_n10_k15_compiled_cudnn_benchmark", *chunked}
+                                 "rewardsds_n10_k15_compiled_reward_compiled", "rewardsds_n10_k15_compiled_cudnn_benchmark",
+                                 "rewardsds_n10_k15_compiled_cudnn_attention", *chunked}
     levers = r["configs"]["rewardsds_n10_k15_compiled_reward_compiled"], r["configs"]["rewardsds_n10_k15_compiled_cudnn_benchmark"]
     assert [(c["reward_variant"], c["cudnn_benchmark"]) for c in levers] == [("fast_compiled", False), ("fast", True)]
     evals = [row["evals"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]]
@@ -90,6 +91,9 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     for name in chunked:  # two chunks of 5 candidates (10 UNet inputs per call): the same evaluations
         assert r["configs"][name]["chunk_size"] == 10 and [row["evals"] for row in r["configs"][name]["per_step"]] == evals
     assert r["configs"][chunked[1]]["overrides"] == ["chunk_size=10", "lookahead.overlap=true"]
+    assert r["configs"]["rewardsds_n10_k15_compiled_cudnn_attention"]["attention"] == "cudnn"
+    assert r["configs"]["rewardsds_n10_k15_eager"]["attention"] == "auto"
+    assert set(r["unet_attention_batch20"]) == {"auto", "cudnn", "cudnn_speedup"} and r["unet_attention_batch20"]["cudnn"]["n"] == 10
     for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]:  # the lookahead reuses the prediction at t
         assert row["evals"] == 2 * 10 * _calls(row["t"])
     for row in r["configs"]["rewardsds_n10_k15_prune5_eager"]["per_step"]:  # all at t, the lookahead for the best 5
@@ -99,10 +103,12 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
         assert row["evals"] == 2 * 10 * _calls(row["t"], "grid") + 2 * 4
     assert [row["t"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]] == r["timesteps"]
     assert set(r["speedups"]) == {"rewardsds_n10_k15_eager_vs_reference", "rewardsds_n10_k15_compiled_reward_compiled_vs_reference",
-                                  "rewardsds_n10_k15_compiled_cudnn_benchmark_vs_reference", *(f"{c}_vs_reference" for c in chunked)}
+                                  "rewardsds_n10_k15_compiled_cudnn_benchmark_vs_reference",
+                                  "rewardsds_n10_k15_compiled_cudnn_attention_vs_reference", *(f"{c}_vs_reference" for c in chunked)}
     paths = r["agreement"]["paths"]
     assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)",
-                          "bf16_compiled, compiled reward", "bf16_compiled, cudnn.benchmark", "bf16_compiled, 2 chunks overlapped"}
+                          "bf16_compiled, compiled reward", "bf16_compiled, cudnn.benchmark", "bf16_compiled, cuDNN attention",
+                          "bf16_compiled, 2 chunks overlapped"}
     for p in paths.values():  # every rate comes with what its draws can show and what its misses cost
         lo, hi = p["agreement_ci95"]
         assert 0.0 <= lo <= p["agreement"] <= hi <= 1.0 and 0.0 <= p["regret_mean"] <= p["regret_max"] <= 1.0

@@ -120,3 +120,48 @@ def test_every_prior_option_builds_a_class_that_takes_its_schema(option):
     cls = getattr(importlib.import_module(module), name)
     assert list(inspect.signature(cls.__init__).parameters) == ["self", "cfg"], option
     assert typing.get_type_hints(cls.__init__)["cfg"] is type(typed), option
+
+
+# ----------------------------------------------------------------------------------------- prior.attention
+def test_attention_kernel_goes_first_in_torchs_order_inside_the_unet_call(tiny_sd, monkeypatch, caplog):
+    """prior.attention=cudnn: the UNet's calls run with cuDNN's kernel first in torch's SDPA order (the others
+    after it, so shapes it cannot take still run), torch's order is restored after the call, and on a CPU the
+    setting is a no-op with one warning. (The device is CUDA only for the context here; the GPU test checks the
+    kernel that actually runs.)"""
+    from torch.nn.attention import SDPBackend
+
+    import rewardsds.priors.sd as sd
+    from rewardsds.priors.attention import attention_kernels
+    from rewardsds.priors.config import AttentionKernel
+
+    default = list(torch._C._get_sdp_priority_order())
+    with caplog.at_level(logging.WARNING, logger="rewardsds"):
+        p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="fp32", attention="cudnn")).to("cpu")
+    assert [r.getMessage() for r in caplog.records if "prior.attention" in r.getMessage()] == [
+        "prior.attention=cudnn on cpu: torch's cpu kernels run (the setting chooses among CUDA kernels)"]
+    seen = []
+    unet = p._unet_call
+    p._unet_call = lambda *a, **k: (seen.append(list(torch._C._get_sdp_priority_order())), unet(*a, **k))[1]
+    x, t, emb = torch.randn(2, 4, 8, 8), torch.full((2,), 500), p.encode_text(["a", ""])
+    plain = p.predict_noise(x, t, emb)  # on the CPU: torch's own order
+    monkeypatch.setattr(sd, "attention_kernels", lambda choice, device: attention_kernels(choice, torch.device("cuda")))
+    chosen = p.predict_noise(x, t, emb)
+    assert seen[0] == default
+    assert seen[1][0] == int(SDPBackend.CUDNN_ATTENTION) and sorted(seen[1]) == sorted(default)
+    assert list(torch._C._get_sdp_priority_order()) == default
+    assert torch.equal(plain, chosen)  # the CPU ran the same kernels both times
+    with attention_kernels(AttentionKernel.auto, torch.device("cuda")), attention_kernels(AttentionKernel.flash, torch.device("cpu")):
+        assert list(torch._C._get_sdp_priority_order()) == default
+
+
+def test_attention_option_is_validated_and_resumable():
+    from rewardsds.errors import ConfigError
+    from rewardsds.resume import is_operational
+
+    from rewardsds.priors.config import MVDreamPriorConfig
+
+    for schema in (SDPriorConfig, MVDreamPriorConfig):
+        with pytest.raises(ConfigError, match="prior.attention"):
+            schema(attention="fastest")
+        assert schema(attention="cudnn").attention.value == "cudnn"
+    assert is_operational("prior.attention")

@@ -12,6 +12,16 @@ from rewardsds.errors import ConfigError, check_seed
 from rewardsds.schema import DType, check, enum_option
 
 
+class AttentionKernel(str, Enum):
+    """Which fused kernel torch's scaled_dot_product_attention tries first in the UNet's attention (CUDA)."""
+
+    auto = "auto"  # torch's own order (flash, memory-efficient, math, cuDNN)
+    flash = "flash"  # FlashAttention
+    efficient = "efficient"  # memory-efficient attention
+    cudnn = "cudnn"  # cuDNN's fused attention
+    math = "math"  # the unfused reference (slow; for checking)
+
+
 class LookaheadQuantize(str, Enum):
     none = "none"  # every lookahead call runs the prior's UNet in prior.dtype
     float8 = "float8"  # the lookahead's ranking calls use a float8 copy of the UNet's linear layers (torchao, CUDA >= 8.9)
@@ -75,6 +85,9 @@ class SDPriorConfig(PriorConfig):
     # where compiled kernels persist across runs and sweep jobs: auto ($TORCHINDUCTOR_CACHE_DIR or
     # ~/.cache/rewardsds/torchinductor) | torch (torch's default under /tmp) | a folder
     compile_cache: str = "auto"
+    # the UNet's attention kernel tried first on CUDA: auto (torch's order) | flash | efficient | cudnn | math; a kernel
+    # that cannot take a call's shapes falls back to the next in torch's order
+    attention: AttentionKernel = AttentionKernel.auto
     # none | float8: the lookahead ranks candidates with a float8 copy of the UNet's linear layers (torchao, GPU >= sm89);
     # the prediction at t that the loss uses stays in dtype (see rewardsds.priors.quantized)
     lookahead_quantize: LookaheadQuantize = LookaheadQuantize.none
@@ -93,6 +106,7 @@ class SDPriorConfig(PriorConfig):
         check(bool(str(self.compile_cache).strip()), "prior.compile_cache", self.compile_cache, "is empty",
                "use auto, torch or a folder")
         self.lookahead_quantize = enum_option(LookaheadQuantize, self.lookahead_quantize, "prior.lookahead_quantize")
+        self.attention = enum_option(AttentionKernel, self.attention, "prior.attention")
 
 
 #: the patterns a mode's mean image can have (drawn by :func:`rewardsds.priors.analytic.mode_image`)
@@ -197,6 +211,7 @@ class MVDreamPriorConfig(PriorConfig):
     compile_mode: str = DEFAULT_COMPILE_MODE
     # persistent kernels: auto ($TORCHINDUCTOR_CACHE_DIR or ~/.cache/rewardsds/torchinductor) | torch | a folder
     compile_cache: str = "auto"
+    attention: AttentionKernel = AttentionKernel.auto  # the UNet's attention kernel tried first on CUDA (as prior=sd)
     tiny_vae: Optional[str] = None  # a taesd-style AutoencoderTiny id/path for cheap lookahead decodes
     vae_slicing: bool = False  # decode one image at a time
 
@@ -213,3 +228,4 @@ class MVDreamPriorConfig(PriorConfig):
         self.compile = normalize_compile(self.compile)
         check_compile_mode(self.compile_mode, self.compile)
         self.dtype = enum_option(DType, self.dtype, "prior.dtype")
+        self.attention = enum_option(AttentionKernel, self.attention, "prior.attention")

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from rewardsds.errors import ConfigError, ModelLoadError
 from rewardsds.priors import mvdream_convert as mvc
+from rewardsds.priors.attention import attention_kernels
 from rewardsds.priors.base import Prior
 from rewardsds.priors.config import MVDreamPriorConfig
 from rewardsds.priors.sd import StableDiffusionPrior, load_clip_tokenizer, load_pretrained
@@ -455,5 +456,6 @@ class MVDreamPrior(StableDiffusionPrior):
         x = x_t.to(self.device, self.dtype)
         if self.device.type == "cuda" and self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = multiview_unet_forward(self.unet, x, t.to(self.device), text.to(self.device), cam, call=self._unet_call)
+        with attention_kernels(self.cfg.attention, self.device):
+            out = multiview_unet_forward(self.unet, x, t.to(self.device), text.to(self.device), cam, call=self._unet_call)
         return out.float()

@@ -20,8 +20,9 @@ from torch import Tensor
 
 from rewardsds.errors import ConfigError, ModelLoadError, model_load_message
 from rewardsds.priors.base import Prior
+from rewardsds.priors.attention import attention_kernels
 from rewardsds.priors.compiled import CompiledModule, resolve_compile
-from rewardsds.priors.config import LookaheadQuantize, SDPriorConfig
+from rewardsds.priors.config import AttentionKernel, LookaheadQuantize, SDPriorConfig
 from rewardsds.priors.quantized import check_float8_support, float8_copy
 from rewardsds.utils.dtypes import resolve_dtype
 from rewardsds.utils.text import report_truncation
@@ -172,6 +173,9 @@ class StableDiffusionPrior(Prior):
         placed = (self.device, self.dtype)
         if self._placed != placed:  # a second to() on the same device keeps the compiled graphs and the float8 view
             self._compile_here = self.compiles_on(self.device)  # decided (and warned about) once per placement
+            if self.cfg.attention is not AttentionKernel.auto and self.device.type != "cuda":
+                log.warning("prior.attention=%s on %s: torch's %s kernels run (the setting chooses among CUDA kernels)",
+                            self.cfg.attention.value, self.device.type, self.device.type)
             self._unet_call = self._compiled(self.unet)
             self._decode_call = self._compiled(self._decode_eager, mode="default", static=True)
             self._ranking = self._float8_view() if self._float8_ranking() else None
@@ -272,7 +276,8 @@ class StableDiffusionPrior(Prior):
         if self.device.type == "cuda" and self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # fp32 in the standard (NCHW-contiguous) layout whatever the UNet ran in (channels_last on CUDA)
-        out = self._unet_call(x, t.to(self.device), encoder_hidden_states=text.to(self.dtype)).sample.float().contiguous()
+        with attention_kernels(self.cfg.attention, self.device):
+            out = self._unet_call(x, t.to(self.device), encoder_hidden_states=text.to(self.dtype)).sample.float().contiguous()
         if self.prediction_type == "v_prediction":
             a, s = self.alpha_sigma(t)
             out = a * out + s * x_t.float()  # v = a eps - s x0  =>  eps = a v + s x_t
