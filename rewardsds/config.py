@@ -808,6 +808,15 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
     return out
 
 
+def check_no_missing_values(cfg: DictConfig) -> None:
+    """Refuse a config with a required value left unset (``???``), naming the key (``prompt`` above all)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if "prompt" in missing:
+        raise ConfigError("prompt", "???", "is required", 'pass a prompt, e.g. prompt="a photo of a red fox" (or prompts=<set>)')
+    if missing:
+        raise ConfigError(missing[0], "???", "has no value", f"set it, e.g. {missing[0]}=<value>, or choose an option that sets it")
+
+
 def validate(cfg: DictConfig) -> Config:
     """Build the typed config; raise ConfigError on the first problem.
 
@@ -823,8 +832,9 @@ def validate(cfg: DictConfig) -> Config:
     check_known_keys(plain)
     check_finite_numbers(plain)
     select_prompt(cfg)  # in place: the caller's config holds the chosen prompt too
-    if plain is not cfg:
+    if plain is not cfg and not OmegaConf.is_missing(cfg, "prompt"):
         plain.prompt = cfg.prompt
+    check_no_missing_values(plain)
     typed: Config = OmegaConf.to_object(plain)  # type: ignore[assignment]
     for fn in CROSS_CHECKS:
         fn(typed, choices)

@@ -226,6 +226,21 @@ def test_bad_values_are_refused_at_validation(overrides, key, says):
     assert msg.startswith(f"{key} = ") and "Fix:" in msg and says in msg, msg
 
 
+def test_a_missing_prompt_or_required_value_is_named():
+    """A required value left unset (``???``) gets the key and the fix, not OmegaConf's MissingMandatoryValue."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose([]))
+    assert str(err.value).startswith("prompt = '???': is required") and 'prompt="a photo of a red fox"' in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["prompt=a cat", "prior=analytic", "prior.beta_start=???"]))
+    assert str(err.value).startswith("prior.beta_start = '???': has no value") and "prior.beta_start=<value>" in str(err.value)
+
+
+def test_the_root_config_restates_no_schema_default():
+    """One home per parameter: the root YAML only composes (its keys live in rewardsds.config.Config)."""
+    assert set(OmegaConf.load(CONF_DIR / "config.yaml")) == {"defaults"}
+
+
 @pytest.mark.parametrize("devices", ["1", "[0]", "auto"])
 def test_one_device_is_accepted(devices):
     assert validate(compose(["prompt=a cat", "trainer=cpu", f"trainer.devices={devices}"])) is not None
