@@ -86,6 +86,8 @@ def main(argv=None) -> int:
         f"prune_to_{args.n // 2}": (prior, dict(base, prune_to=args.n // 2)),
         "reference_start (grid point <= t)": (prior, dict(base, lookahead_start="grid")),
         "bf16_rounded_predictions (emulated)": (rounded, base),
+        # chunks of 2 candidates (4 inputs per call) decoded and scored beside the next chunk's lookahead
+        "lookahead.overlap, chunks of 2": (prior, dict(base, overlap=True, chunk_size=4)),
     }
     text = prior.text_cond([cfg0.prompt], cfg0.negative_prompt)
     all_draws = [d for s in seeds for d in draws_by_seed[s]]
@@ -98,7 +100,9 @@ def main(argv=None) -> int:
     rows = []
     collected = {}
     for name, (p, kw) in paths.items():
-        eng = CandidateEngine(p, reward, B.lookahead_config(**kw), seed=0)
+        kw = dict(kw)
+        chunk = kw.pop("chunk_size", 0)
+        eng = CandidateEngine(p, reward, B.lookahead_config(**kw), chunk_size=chunk, seed=0)
         collected[name] = collect_rewards(engine_selector(eng, text, [cfg0.prompt], args.n), all_draws)
     # Pruning mixes two estimators (full-lookahead rewards for the kept candidates, one-step rewards for the others),
     # which are not on one scale. This ranking puts every kept candidate above every pruned one (kept by their full
