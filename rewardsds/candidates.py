@@ -18,6 +18,7 @@ every chunk.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -35,6 +36,8 @@ from rewardsds.utils.streams import SideStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from rewardsds.config import LookaheadConfig
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------- containers
@@ -161,6 +164,7 @@ class CandidateEngine:
         self.decode_chunk = decode_chunk
         self._auto_chunk: Optional[int] = None
         self._side: Optional[SideStream] = None
+        self._said_one_chunk = False  # lookahead.overlap with one chunk: said once
         self.grid = ddim.grid(lookahead.grid, lookahead.steps, prior.num_train_timesteps)
 
     @property
@@ -413,6 +417,12 @@ class CandidateEngine:
         """
         chunks = self.candidate_chunks(cands)
         if len(chunks) == 1:
+            if self.lookahead_cfg.overlap and not self._said_one_chunk:
+                self._said_one_chunk = True
+                rows = cands.n * cands.b
+                log.warning("lookahead.overlap=true, but all %d candidates fit one model call (chunk_size=%s): there is no "
+                            "next chunk to overlap with; set chunk_size=%d (or fewer UNet inputs) to look ahead in two chunks",
+                            cands.n, self.requested_chunk or f"0, automatic: {self.chunk_size(cands.noisy) or 'all'}", rows)
             images = self.decode(self.lookahead(cands, text, camera, first=first))
             return images, self._scores(images, prompts)
         side = self._side_stream(cands.noisy.device)

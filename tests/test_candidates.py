@@ -237,13 +237,20 @@ def test_a_reward_replaying_cuda_graphs_scores_on_the_current_stream(tiny_sd_pri
     assert log[-2] == ("join", 3) and log[-1] == ("_scores", 5, "current")
 
 
-def test_overlap_with_one_chunk_is_the_plain_order(tiny_sd_prior, monkeypatch):
+def test_overlap_with_one_chunk_is_the_plain_order_and_says_so_once(tiny_sd_prior, monkeypatch, caplog):
+    import logging
+
     p = tiny_sd_prior
     reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
     eng, log = _traced_engine(p, reward, monkeypatch, chunk_size=0)
-    step_loss(SDSLoss(SDSLossConfig()), p, eng, torch.randn(1, 4, 8, 8), 700, 5,
-              MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=3, prompt="a photo of the cat")
-    assert log == [("lookahead", 5, "current"), ("decode", 5, "current"), ("_scores", 5, "current")]
+    with caplog.at_level(logging.WARNING, logger="rewardsds"):
+        for step in (3, 4):
+            step_loss(SDSLoss(SDSLossConfig()), p, eng, torch.randn(1, 4, 8, 8), 700, 5,
+                      MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=step, prompt="a photo of the cat")
+    assert log[:3] == [("lookahead", 5, "current"), ("decode", 5, "current"), ("_scores", 5, "current")]
+    said = [r.getMessage() for r in caplog.records if "lookahead.overlap" in r.getMessage()]
+    assert len(said) == 1 and "all 5 candidates fit one model call (chunk_size=0, automatic: all)" in said[0]
+    assert "set chunk_size=5" in said[0]
 
 
 def test_reward_replays_cuda_graphs_only_when_compiled_on_cuda():

@@ -369,7 +369,7 @@ def test_overlapped_step_matches_the_plain_step(parts, compiled):
     for name, reward in rewards.items():
         outs = {}
         for overlap in (False, True):
-            engine = make_engine(prior, reward, steps=K, guidance=7.5, seed=0, chunk_size=2 * N // 2, overlap=overlap)
+            engine = make_engine(prior, reward, steps=K, guidance=7.5, seed=0, chunk_size=N, overlap=overlap)  # N inputs: two chunks
             z = _latents().requires_grad_(True)
             out = step_loss(SDSLoss(SDSLossConfig(guidance_scale=GUIDANCE)), prior, engine, z, T, N, s, step=5, prompt=PROMPT)
             out.total().backward()
