@@ -88,6 +88,26 @@ def test_tensor_path_close_to_pil_on_square_renders():
     assert diff.mean().item() * 255 < 0.3
 
 
+def test_uint8_levels_bring_the_tensor_path_to_pillows_pixels():
+    """What the rewards score unless they must be differentiable: the input and each pass on uint8 levels, as the
+    reference's PIL image and Pillow's passes store them. Most pixels then equal Pillow's; the rest are one or two
+    levels apart (the resamplers' arithmetic on either side of a rounding boundary), against float's error on most."""
+    t = ImageTransform(size=224, crop=224, crop_rounding="round")
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    decoded = torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)), size=(512, 512),
+                                              mode="bilinear")  # a decoder's float image, not on uint8 levels
+    for x in [*_fixture_images(), decoded]:
+        pil = t.pil(x)
+        levels = ((t(x, uint8=True) - pil) * std).abs() * 255
+        floats = ((t(x) - pil) * std).abs() * 255
+        assert torch.allclose(levels, levels.round(), atol=1e-3)  # whole levels apart, or equal
+        assert levels.max().item() <= 2.0 + 1e-3 and (levels < 1e-3).float().mean().item() > 0.97
+        assert levels.mean().item() < floats.mean().item() / 5 and levels.mean().item() < 0.03
+    x = _smooth_image(64, 48).requires_grad_(True)  # rounding passes no gradient: differentiable rewards use float
+    t(x, uint8=True).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum().item() == 0.0
+
+
 def test_float_resize_matches_torchvision_tensor_resize():
     """HPSv2's reference: ToTensor, then torchvision Resize on the float tensor (antialiased), CenterCrop."""
     from torchvision.transforms import functional as TF

@@ -101,8 +101,10 @@ class ClipReward(Reward):
         return self
 
     def preprocess(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b 3 s s"]:
-        """Model pixels, fp32 on the reward's device (PIL path when ``pil_exact``)."""
-        return (self.transform.pil(images) if self.cfg.pil_exact else self.transform(images)).to(self.device)
+        """Model pixels, fp32 on the reward's device: through Pillow with ``pil_exact``, else on tensors, on the
+        reference's uint8 levels unless gradients must flow (``differentiable``)."""
+        pixels = self.transform.pil(images) if self.cfg.pil_exact else self.transform(images, uint8=not self.cfg.differentiable)
+        return pixels.to(self.device)
 
     def _image_embeds_impl(self, pixels: Tensor) -> Tensor:
         pooled = self.model.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output

@@ -145,8 +145,9 @@ class HPSv2(ClipReward):
         cfg: the validated settings (:class:`~rewardsds.rewards.config.HPSv2Config`): the checkpoint (a Hub repo
             holding ``HPS_v2.1_compressed.pt``, a local folder with it, or the ``.pt`` file); the config, tokenizer
             and image processor source of the ViT-H-14 architecture (``processor``); the model ``dtype``
-            (similarities are computed in fp32); ``differentiable``; ``pil_exact`` (quantise images to uint8
-            first, as the reference reads PIL images; its resize is the float-tensor resize either way);
+            (similarities are computed in fp32); ``differentiable``; ``pil_exact`` (a no-op here: images are
+            quantised to uint8 unless the reward is differentiable, as the reference reads PIL images, and its
+            resize is the float-tensor resize either way);
             ``attention``; ``compile`` (the image tower with CUDA graphs for scoring).
     """
 
@@ -184,9 +185,9 @@ class HPSv2(ClipReward):
         super()._setup(cfg, model, tokenizer, transform)
 
     def preprocess(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b 3 s s"]:
-        if self.cfg.pil_exact:  # the reference's input is a PIL image: uint8 values
-            images = images.detach().mul(255).round().div(255)
-        return self.transform(images).to(self.device)
+        # the reference's input is a PIL image (uint8 values), resized as a float tensor; with pil_exact as without,
+        # unless gradients must flow (pil_exact and differentiable exclude each other)
+        return self.transform(images, uint8=not self.cfg.differentiable).to(self.device)
 
     def _score(self, images: Float[Tensor, "b 3 H W"], prompts: Sequence[str]) -> Float[Tensor, "b"]:
         return (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)

@@ -414,7 +414,9 @@ class ImageReward(Reward):
         return torch.stack([a for a, _ in pairs]), torch.stack([m for _, m in pairs])
 
     def preprocess(self, images: Float[Tensor, "b 3 H W"]) -> Float[Tensor, "b 3 224 224"]:
-        return self.transform.pil(images) if self.cfg.pil_exact else self.transform(images)
+        """Model pixels: through Pillow with ``pil_exact``, else on tensors, on the original's uint8 levels unless
+        gradients must flow (``differentiable``)."""
+        return self.transform.pil(images) if self.cfg.pil_exact else self.transform(images, uint8=not self.cfg.differentiable)
 
     def _score(self, images: Float[Tensor, "b 3 H W"], prompts: Sequence[str]) -> Float[Tensor, "b"]:
         ids, mask = self.tokenize(prompts)
