@@ -17,7 +17,8 @@ weights (no downloads) and reports, in one JSON:
   ratios (paired on identical t);
 - ``agreement``: for every fast path, the fraction of draws whose min_max top-2 and bottom-2 sets equal those
   of the exact fp32 path (eager, TF32 off, ImageReward fp32 through PIL) on the same candidate noises
-  (:mod:`rewardsds.eval.agreement`); a path on by default needs at least 95%;
+  (:mod:`rewardsds.eval.agreement`); a path on by default needs at least 95%; with the ``attribution`` section,
+  paths that change one component's precision at a time (the prior's, the reward's) say which moves a selection;
 - ``compile_cache``: the user's CLI (``python -m rewardsds experiment=paper_2d ...``) run twice in fresh processes
   against one empty compile cache folder: first-run vs second-run compile time (the first step's excess over
   the steady step) and process wall time;
@@ -66,9 +67,15 @@ MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mf
 #: the compiled prior, cuDNN's fused attention (``prior.attention=cudnn``), and the candidates in two chunks without
 #: and with ``lookahead.overlap``
 LEVER_SECTIONS = ("levers",)
+#: which component's precision moves the bf16 path's selections: agreement paths that change one component at a time
+#: against the exact path (the prior's UNet and VAE in bf16 with the exact reward; the exact prior with the fast
+#: reward, and with the reward in fp32 on tensors); fp32 priors run with TF32 off, as the exact path does
+ATTRIBUTION_PATHS = (("attribution: bf16 prior, exact reward", "eager", {}, "pil32"),
+                     ("attribution: exact prior, fast reward", "fp32", {}, "fast"),
+                     ("attribution: exact prior, fp32 reward on tensors", "fp32", {}, "tensor32"))
 #: overrides that change how the step runs but not what it computes: rows with them still count as the algorithm
 EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap")
-ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream") + LEVER_SECTIONS
+ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS
 QUICK_SECTIONS = ("paper", "agreement")
 
 
@@ -516,7 +523,8 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
         if not deadline.allows(f"agreement:{name}", 10):
             continue
         t0 = time.perf_counter()
-        with cudnn_benchmark(autotunes(variant)):
+        exact_prior = variant == "fp32"  # a path that keeps the exact prior keeps its TF32 settings too
+        with cudnn_benchmark(autotunes(variant)), (tf32(matmul=False, cudnn=False) if exact_prior else contextlib.nullcontext()):
             fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
         rep = compare_selections(exact, fast, 2, 2, draws)
         sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant, "reward": reward_variant, "engine": engine_kw,
@@ -907,7 +915,7 @@ def main(argv=None) -> int:
                 save()
         speedup(results, 10)
         save()
-    if "agreement" in sections and deadline.allows("agreement", 90):
+    if ("agreement" in sections or "attribution" in sections) and deadline.allows("agreement", 90):
         variants = [("bf16_eager", "eager", {}, "fast")]
         if cuda:
             variants.append(("bf16_compiled (default on CUDA)", "compiled", {}, "fast"))
@@ -927,8 +935,8 @@ def main(argv=None) -> int:
                          ("one_step_x0 (K=0)", "eager", {"lookahead_steps": 0}, "fast")]
             if args.tiny_vae:
                 variants.append(("tiny_decode (random taesd)", "eager", {"lookahead_decode": "tiny"}, "fast"))
-            if args.full:  # the reward's tensor preprocessing alone (fp32 everywhere else): one more fp32 pass
-                variants.append(("fp32_tensor_preprocessing", "fp32", {}, "tensor32"))
+        if "attribution" in sections:
+            variants += list(ATTRIBUTION_PATHS)
         bench_agreement(args, models, device, results, deadline, variants)
         save()
     if "float8" in sections and f8_reason is None:

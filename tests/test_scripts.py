@@ -77,7 +77,7 @@ def test_cli_vs_benchmark_compares_the_same_steps():
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--draws", "1", "--time-limit", "900",
-            "--sections", "paper,agreement,variants,mfu,levers", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"),
+            "--sections", "paper,agreement,variants,mfu,levers,attribution", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"),
             "--out", str(out)]
     assert _script("benchmark").main(args) == 0
     r = json.loads(out.read_text())
@@ -110,7 +110,7 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     paths = r["agreement"]["paths"]
     assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)",
                           "bf16_compiled, compiled reward", "bf16_compiled, cudnn.benchmark", "bf16_compiled, cuDNN attention",
-                          "bf16_compiled, 2 chunks overlapped"}
+                          "bf16_compiled, 2 chunks overlapped", *(a[0] for a in _script("benchmark").ATTRIBUTION_PATHS)}
     for p in paths.values():  # every rate comes with what its draws can show and what its misses cost
         lo, hi = p["agreement_ci95"]
         assert 0.0 <= lo <= p["agreement"] <= hi <= 1.0 and 0.0 <= p["regret_mean"] <= p["regret_max"] <= 1.0
