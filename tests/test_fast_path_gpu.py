@@ -391,8 +391,10 @@ def test_overlapped_step_matches_the_plain_step(parts, compiled):
 # ----------------------------------------------------------------------------------------- prior.attention
 @gpu_test
 def test_cudnn_attention_runs_and_matches_torchs_default(sd21_random):
-    """prior.attention=cudnn: cuDNN's fused attention runs in the UNet (eager: seen in the profile; compiled: chosen
-    while tracing) and predicts what torch's default kernel predicts, to bf16 rounding."""
+    """prior.attention=cudnn: cuDNN's fused attention runs in the UNet, eager and compiled (seen in the profile of
+    the compiled UNet's first call, which runs Inductor's code before the CUDA graph is captured; its graph is
+    traced with the choice or loaded from the compile cache under the choice's tag, never the default's), and
+    predicts what torch's default kernel predicts, to bf16 rounding."""
     from rewardsds.priors.config import SDPriorConfig
     from rewardsds.priors.sd import StableDiffusionPrior
 
@@ -410,8 +412,13 @@ def test_cudnn_attention_runs_and_matches_torchs_default(sd21_random):
     with torch.no_grad():
         want = base.predict_noise(x, t, emb)
         compiled = prior("cudnn", True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            compiled.predict_noise(x, t, emb)
+        compiled_ops = {e.key for e in prof.key_averages()}
         graphed = [compiled.predict_noise(x, t, emb) for _ in range(3)][-1]
-    rep = {"cudnn_ops": sorted(o for o in ops if "attention" in o), "eager_rel_err": rel(got, want), "compiled_rel_err": rel(graphed, want)}
+    rep = {"cudnn_ops": sorted(o for o in ops if "attention" in o), "compiled_ops": sorted(o for o in compiled_ops if "attention" in o),
+           "eager_rel_err": rel(got, want), "compiled_rel_err": rel(graphed, want)}
     _report("cudnn_attention_bf16", rep)
     assert "aten::_scaled_dot_product_cudnn_attention" in ops, rep
+    assert any("cudnn_attention" in o for o in compiled_ops), rep
     assert rep["eager_rel_err"] < 2e-2 and rep["compiled_rel_err"] < 2e-2, rep

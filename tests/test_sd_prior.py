@@ -1,5 +1,6 @@
 """The Stable Diffusion prior through the real from_pretrained path, with tiny random-init weights."""
 
+import contextlib
 import logging
 
 import pytest
@@ -152,6 +153,51 @@ def test_attention_kernel_goes_first_in_torchs_order_inside_the_unet_call(tiny_s
     assert torch.equal(plain, chosen)  # the CPU ran the same kernels both times
     with attention_kernels(AttentionKernel.auto, torch.device("cuda")), attention_kernels(AttentionKernel.flash, torch.device("cpu")):
         assert list(torch._C._get_sdp_priority_order()) == default
+
+
+def test_attention_choice_keeps_the_users_kernels_and_keys_the_compile_cache(tmp_path, monkeypatch):
+    """The chosen kernel goes first and is enabled; kernels the user turned off stay off; and a compiled graph traced
+    with one choice is never loaded from a warm compile cache for another (torch's cache keys do not see the SDPA
+    settings, so the choice tags them). Compiles a one-op function on the CPU with the math kernel as the choice."""
+    import torch._functorch.config as fc
+    import torch._inductor.config as ic
+    from torch._dynamo.utils import counters
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    from rewardsds.priors.attention import kernel_first
+    from rewardsds.priors.config import AttentionKernel
+
+    default_order = list(torch._C._get_sdp_priority_order())
+    torch.backends.cuda.enable_flash_sdp(False)
+    try:
+        before = _cur_sdpa_kernel_backends(with_priority=True)
+        with kernel_first(AttentionKernel.cudnn):
+            inside = _cur_sdpa_kernel_backends(with_priority=True)
+            assert inside[0] == SDPBackend.CUDNN_ATTENTION and SDPBackend.FLASH_ATTENTION not in inside
+            assert inside[1:] == [b for b in before if b != SDPBackend.CUDNN_ATTENTION]
+            assert "prior.attention=cudnn" in torch.compiler.config.cache_key_tag
+        assert _cur_sdpa_kernel_backends(with_priority=True) == before and torch.compiler.config.cache_key_tag == ""
+    finally:
+        torch.backends.cuda.enable_flash_sdp(True)
+        torch._C._set_sdp_priority_order(default_order)
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ic, "fx_graph_cache", True)
+    monkeypatch.setattr(fc, "enable_autograd_cache", True)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+
+    def compile_and_run(ctx) -> dict:
+        torch._dynamo.reset()
+        counters.clear()
+        fn = torch.compile(lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c), dynamic=False)
+        with ctx, torch.no_grad():
+            fn(q, k, v)
+        return dict(counters["aot_autograd"])
+
+    assert compile_and_run(kernel_first(AttentionKernel.math)).get("autograd_cache_miss") == 1
+    assert "autograd_cache_hit" not in compile_and_run(contextlib.nullcontext())  # torch's own choice: its own graph
+    assert compile_and_run(kernel_first(AttentionKernel.math)).get("autograd_cache_hit") == 1  # the same choice: loaded
+    torch._dynamo.reset()
 
 
 def test_attention_option_is_validated_and_resumable():
