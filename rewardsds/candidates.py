@@ -150,21 +150,19 @@ class CandidateEngine:
         chunk_size: most model inputs per call (0 = automatic: all on the CPU, from free memory on CUDA).
         reward_views: ``mean`` (one reward per candidate, averaged over its views) or ``per_view``.
         seed: run seed (noises from ``seed_for(seed, step, NOISE, i)``).
-        decode_chunk: most images per VAE decode / reward call (0 = all at once).
     """
 
     def __init__(self, prior: Prior, reward: Optional[Reward], lookahead: "LookaheadConfig", chunk_size: int = 0,
-                 reward_views: str = "mean", seed: int = 0, decode_chunk: int = 0):
+                 reward_views: str = "mean", seed: int = 0):
         self.prior = prior
         self.reward = reward
         self.lookahead_cfg = lookahead
         self.requested_chunk = chunk_size
         self.reward_views = reward_views.value if hasattr(reward_views, "value") else reward_views
         self.seed = seed
-        self.decode_chunk = decode_chunk
         self._auto_chunk: Optional[int] = None
         self._side: Optional[SideStream] = None
-        self._said_one_chunk = False  # lookahead.overlap with one chunk: said once
+        self._said_overlap = False  # what lookahead.overlap cannot do for this run's steps: said once
         self.grid = ddim.grid(lookahead.grid, lookahead.steps, prior.num_train_timesteps)
 
     @property
@@ -307,15 +305,10 @@ class CandidateEngine:
 
     # ------------------------------------------------------------------ decode, score, weigh
     def decode(self, latents: Tensor, grad: bool = False) -> Tensor:
-        """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1], in chunks (``grad``: keep the graph)."""
-        chunk = self.decode_chunk or max(1, latents.shape[0])
-        tiny = self.lookahead_cfg.decode == "tiny"
-        outs = []
+        """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1] (``grad``: keep the graph; ``prior.vae_slicing`` bounds
+        the decoder's memory)."""
         with _grad_mode(grad):
-            for s in range(0, latents.shape[0], chunk):
-                part = latents[s : s + chunk]
-                outs.append(self.prior.decode_candidates(part, tiny=tiny))
-        return torch.cat(outs)
+            return self.prior.decode_candidates(latents, tiny=self.lookahead_cfg.decode == "tiny")
 
     def score(self, images: Tensor, prompts: Sequence[str], n: int, grad: bool = False) -> tuple[Tensor, Tensor]:
         """Rewards of decoded candidate images.
@@ -337,12 +330,8 @@ class CandidateEngine:
             raise RuntimeError("this step scores candidates, but no reward model is configured")
         b = len(prompts)
         every = [prompts[j % b] for j in range(images.shape[0])]
-        chunk = self.decode_chunk or images.shape[0]
         with _grad_mode(grad):
-            return torch.cat([
-                self.reward(images[s : s + chunk], every[s : s + chunk], grad=grad, check=False)
-                for s in range(0, images.shape[0], chunk)
-            ])
+            return self.reward(images, every, grad=grad, check=False)
 
     def _candidate_rewards(self, scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
         """(view_rewards [n, b], strategy rewards [n] or [n, b]) from the flat scores [n * b]."""
@@ -369,12 +358,25 @@ class CandidateEngine:
 
     # ------------------------------------------------------------------ the reward of every candidate
     def candidate_chunks(self, cands: Candidates) -> list[tuple[int, int]]:
-        """The candidate ranges that look ahead one after another: with ``lookahead.overlap``, as many whole
-        candidates as one model call takes (``chunk_size``) per range; otherwise one range of all of them."""
-        if not self.lookahead_cfg.overlap:
+        """The candidate ranges that look ahead one after another: with ``lookahead.overlap`` (and a lookahead to
+        overlap with), as many whole candidates as one model call takes (``chunk_size``) per range; otherwise one
+        range of all of them. Where a call's rows are not whole candidates (b views each), a range rounds down to
+        whole candidates, so the lookahead makes more, smaller calls than it would without overlap (said once)."""
+        if not self.lookahead_cfg.overlap or self.lookahead_steps == 0:
             return [(0, cands.n)]
         rows = rows_per_call(cands.n * cands.b, self.chunk_size(cands.noisy), self.prior.num_frames, inputs_per_row=2)
-        return call_ranges(cands.n, rows // cands.b)
+        chunks = call_ranges(cands.n, rows // cands.b)
+        if len(chunks) > 1 and rows % cands.b:
+            self._say_once(f"lookahead.overlap=true: a model call of chunk_size={self.chunk_size(cands.noisy)} takes {rows} "
+                           f"rows, not whole candidates of {cands.b} views, so each chunk rounds down to {rows // cands.b} "
+                           f"whole candidate{'s' if rows // cands.b != 1 else ''} and the lookahead makes more, smaller calls than without overlap; set chunk_size to "
+                           f"a multiple of {2 * cands.b}")
+        return chunks
+
+    def _say_once(self, message: str) -> None:
+        if not self._said_overlap:
+            self._said_overlap = True
+            log.warning("%s", message)
 
     def look_ahead_and_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str],
                              camera: Optional[Tensor] = None) -> Tensor:
@@ -386,10 +388,9 @@ class CandidateEngine:
         (their rewards are on different scales: a one-step image can score higher at small t), while
         ``view_rewards`` keep what each candidate scored.
         """
-        first = (cands.eps_cond, cands.eps_uncond) if self.reuses_prediction_at_t else None
         prune = self.lookahead_cfg.prune_to
         if not (prune and prune < cands.n and self.lookahead_steps > 0):
-            images, scores = self._look_ahead_decode_score(cands, text, prompts, camera, first)
+            images, scores = self._look_ahead_decode_score(cands, text, prompts, camera)
             cands.view_rewards, cands.rewards = self._candidate_rewards(scores, cands.n)
             return images
         one_step = self.prior.predict_x0(cands.noisy, cands.t, guide(cands.eps_cond, cands.eps_uncond, self.lookahead_guidance))
@@ -397,16 +398,17 @@ class CandidateEngine:
         view_r, r = self.score(images, prompts, cands.n)
         keep = torch.sort(r if r.dim() == 1 else r.mean(1), descending=True, stable=True).indices[:prune]
         sub = cands.subset(keep)
-        sub_images, sub_scores = self._look_ahead_decode_score(sub, text, prompts, camera, (sub.eps_cond, sub.eps_uncond) if first else None)
+        sub_images, sub_scores = self._look_ahead_decode_score(sub, text, prompts, camera)
         cands.evals += sub.evals
         sub_view_r = sub_scores.reshape(len(keep), cands.b)
         cands.view_rewards = view_r.index_copy(0, keep, sub_view_r)
         cands.rewards = aggregate_views(band_above(sub_view_r, view_r, keep).reshape(-1), cands.n, self.reward_views)
         return images.index_copy(0, cands.flat_index(keep), sub_images)
 
-    def _look_ahead_decode_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str], camera: Optional[Tensor],
-                                 first: Optional[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Lookahead -> decode -> reward of ``cands``: (images [n * b, 3, H, W], flat scores [n * b]).
+    def _look_ahead_decode_score(self, cands: Candidates, text: TextCond, prompts: Sequence[str],
+                                 camera: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Lookahead -> decode -> reward of ``cands`` (their prediction at t reused where the chain starts at t):
+        (images [n * b, 3, H, W], flat scores [n * b]).
 
         With ``lookahead.overlap`` the candidates go through in chunks (:meth:`candidate_chunks`). Each chunk's
         decode and reward are queued on a second CUDA stream while the next chunk's lookahead runs on the current
@@ -417,20 +419,16 @@ class CandidateEngine:
         """
         chunks = self.candidate_chunks(cands)
         if len(chunks) == 1:
-            if self.lookahead_cfg.overlap and not self._said_one_chunk:
-                self._said_one_chunk = True
-                rows = cands.n * cands.b
-                log.warning("lookahead.overlap=true, but all %d candidates fit one model call (chunk_size=%s): there is no "
-                            "next chunk to overlap with; set chunk_size=%d (or fewer UNet inputs) to look ahead in two chunks",
-                            cands.n, self.requested_chunk or f"0, automatic: {self.chunk_size(cands.noisy) or 'all'}", rows)
-            images = self.decode(self.lookahead(cands, text, camera, first=first))
+            if self.lookahead_cfg.overlap:
+                self._say_once(self._nothing_to_overlap(cands))
+            images = self.decode(self.lookahead(cands, text, camera, first=self._first_call(cands)))
             return images, self._scores(images, prompts)
         side = self._side_stream(cands.noisy.device)
         reward_beside = not (self.reward is not None and self.reward.replays_cuda_graphs)
         images, scores = [], []
         for s, e in chunks:
             part = cands.subset(torch.arange(s, e, device=cands.noisy.device))  # (made on the device: no host copy)
-            x0 = self.lookahead(part, text, camera, first=(part.eps_cond, part.eps_uncond) if first is not None else None)
+            x0 = self.lookahead(part, text, camera, first=self._first_call(part))
             cands.evals += part.evals
             with side.after_current(x0):
                 images.append(self.decode(x0))
@@ -439,6 +437,21 @@ class CandidateEngine:
         side.join(*images, *scores)
         all_images = torch.cat(images)
         return all_images, torch.cat(scores) if reward_beside else self._scores(all_images, prompts)
+
+    def _first_call(self, cands: Candidates) -> Optional[tuple[Tensor, Tensor]]:
+        """The prediction at t as the lookahead's first call, where the chain starts at t."""
+        return (cands.eps_cond, cands.eps_uncond) if self.reuses_prediction_at_t else None
+
+    def _nothing_to_overlap(self, cands: Candidates) -> str:
+        """Why ``lookahead.overlap`` has one chunk of ``cands``, and what would give it two."""
+        if self.lookahead_steps == 0:
+            return "lookahead.overlap=true, but lookahead.steps=0 makes no lookahead calls to overlap the decode with"
+        if cands.n == 1:
+            return "lookahead.overlap=true, but one candidate looks ahead: there is no next chunk to overlap with"
+        size = self.requested_chunk or f"0, automatic: {self.chunk_size(cands.noisy) or 'all'}"
+        return (f"lookahead.overlap=true, but all {cands.n} candidates that look ahead fit one model call (chunk_size={size}): "
+                f"there is no next chunk to overlap with; chunk_size={2 * cands.b * -(-cands.n // 2)} looks ahead in two "
+                "chunks (and makes the other model calls of a step, such as the prediction at t, in chunks of that size too)")
 
     def _side_stream(self, device: torch.device) -> SideStream:
         if self._side is None or self._side.device != torch.device(device):

@@ -537,6 +537,10 @@ def _reward_aligned_losses(cfg: Config, choices: Choices) -> None:
                           "its own candidates from their rewards", "set strategy=none")
     if cfg.reward is None:
         raise ConfigError("reward", None, f"is required by loss={option}", "choose a reward, e.g. reward=jpeg_compressibility")
+    for key, value, default in (("lookahead.prune_to", cfg.lookahead.prune_to, 0), ("lookahead.overlap", cfg.lookahead.overlap, False)):
+        if value != default:
+            raise ConfigError(key, value, f"applies to the candidates a strategy ranks, and loss={option} scores its own "
+                              "candidates (it would not be used)", f"remove it (the default is {key}={str(default).lower()})")
     if isinstance(loss, (DreamDPOLossConfig, PSDLossConfig)) and cfg.n_noises < 2:
         raise ConfigError("n_noises", cfg.n_noises, f"loss={option} compares a win and a lose candidate and needs at least 2",
                           "set n_noises=2")

@@ -84,15 +84,9 @@ def distill(ctx: StepContext, mode: LossMode, engine: CandidateEngine, strategy:
     if mode.weighs_own_candidates:
         cands.weights = mode.weigh(ctx, cands, logs)                          # DDPO3D rows, DreamDPO / PSD pairs
     elif ctx.ranked:
-        text = mode.conditioning(ctx)
-        if engine.lookahead_cfg.prune_to or engine.lookahead_cfg.overlap:
-            # the stages below, with pruning (the lookahead for the best by one-step reward) or by chunks on two streams
-            images = engine.look_ahead_and_score(cands, text, ctx.reward_prompts, ctx.camera)
-        else:
-            first = (cands.eps_cond, cands.eps_uncond) if engine.reuses_prediction_at_t else None
-            x0 = engine.lookahead(cands, text, ctx.camera, first=first)       # K-step DDIM from x_t to x_0
-            images = engine.decode(x0)                                        # decode
-            cands.view_rewards, cands.rewards = engine.score(images, ctx.reward_prompts, cands.n)   # reward
+        # K-step DDIM from x_t to x_0, decode, reward (pruned to the best by one-step reward, or chunked on two
+        # CUDA streams, as lookahead.prune_to and lookahead.overlap say)
+        images = engine.look_ahead_and_score(cands, mode.conditioning(ctx), ctx.reward_prompts, ctx.camera)
         if ctx.keep_images:
             cands.images = images
         cands.weights = engine.weigh(cands.rewards, strategy, ctx.step)       # strategy weights
@@ -369,7 +363,7 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
             text=self.prior.text_cond(prompts, self.cfg.negative_prompt), prompts=prompts, base_prompt=self.cfg.prompt,
             negative_prompt=self.cfg.negative_prompt, camera=None if cameras is None else cameras.c2w,
             reward_active=active, n_noises=n,
-            ranked=active and self.strategy.uses_reward and not self.loss_mode.weighs_own_candidates,
+            ranked=active and n > 1 and self.strategy.uses_reward and not self.loss_mode.weighs_own_candidates,
             keep_images=bool(every) and step % every == 0, rgb=out.get("rgb"),
         )
 

@@ -26,7 +26,7 @@ def make_context(prior, z, t: int, n: int, strategy: Strategy, step: int = 3, pr
                  negative_prompt: str = "") -> StepContext:
     """The context of a step on latents ``z`` with ``n`` candidates (``ranked`` as the system decides it)."""
     b = z.shape[0]
-    ranked = reward_active and strategy.uses_reward and not (mode is not None and mode.weighs_own_candidates)
+    ranked = reward_active and n > 1 and strategy.uses_reward and not (mode is not None and mode.weighs_own_candidates)
     return StepContext(latents=z, t=t, step=step, progress=progress, text=prior.text_cond([prompt] * b, negative_prompt),
                        prompts=[prompt] * b, base_prompt=prompt, negative_prompt=negative_prompt, camera=camera,
                        reward_active=reward_active, n_noises=n, ranked=ranked, keep_images=keep_images)

@@ -249,8 +249,61 @@ def test_overlap_with_one_chunk_is_the_plain_order_and_says_so_once(tiny_sd_prio
                       MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=step, prompt="a photo of the cat")
     assert log[:3] == [("lookahead", 5, "current"), ("decode", 5, "current"), ("_scores", 5, "current")]
     said = [r.getMessage() for r in caplog.records if "lookahead.overlap" in r.getMessage()]
-    assert len(said) == 1 and "all 5 candidates fit one model call (chunk_size=0, automatic: all)" in said[0]
-    assert "set chunk_size=5" in said[0]
+    assert len(said) == 1 and "all 5 candidates that look ahead fit one model call (chunk_size=0, automatic: all)" in said[0]
+    assert "chunk_size=6 looks ahead in two chunks" in said[0]
+    cands = eng.draw(torch.randn(1, 4, 8, 8), 700, 5, step=3)  # and it does
+    assert make_engine(p, reward, steps=6, seed=0, overlap=True, chunk_size=6).candidate_chunks(cands) == [(0, 3), (3, 5)]
+
+
+def _unet_calls(p, monkeypatch) -> list[int]:
+    """Records the batch of every UNet call of the prior ``p``."""
+    calls: list[int] = []
+    unet = p._unet_call
+    monkeypatch.setattr(p, "_unet_call", lambda x, *a, **k: (calls.append(x.shape[0]), unet(x, *a, **k))[1])
+    return calls
+
+
+def test_overlap_chunks_that_cannot_hold_whole_candidates_say_so(tiny_sd_prior, monkeypatch, caplog):
+    """Five candidates of three views, 8 UNet inputs per call: a call holds 4 rows, one whole candidate and a third; the overlapped chunks round down to one candidate each, so the lookahead makes more, smaller calls than
+    the row-chunked lookahead without overlap (the same rewards), and the run is told which chunk_size avoids it."""
+    import logging
+
+    p = tiny_sd_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    strategy = MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1))
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    calls, rewards = {}, {}
+    for overlap in (False, True):
+        eng = make_engine(p, reward, steps=6, seed=0, chunk_size=8, overlap=overlap)
+        recorded = _unet_calls(p, monkeypatch)
+        with caplog.at_level(logging.WARNING, logger="rewardsds"):
+            out = step_loss(SDSLoss(SDSLossConfig()), p, eng, z.clone().requires_grad_(True), 700, 5, strategy, step=3,
+                            prompt="a photo of the cat")
+        calls[overlap], rewards[overlap] = list(recorded), out.candidates.rewards
+        monkeypatch.undo()
+    assert sum(calls[False]) == sum(calls[True])  # the same UNet inputs ...
+    assert calls[True][:4] == calls[False][:4] == [8, 8, 8, 6]  # the prediction at t: chunked by rows either way
+    assert set(calls[True][4:]) == {6} and len(calls[True]) > len(calls[False])  # then calls of one candidate each
+    torch.testing.assert_close(rewards[True], rewards[False], rtol=1e-5, atol=1e-6)
+    said = [r.getMessage() for r in caplog.records if "lookahead.overlap" in r.getMessage()]
+    assert len(said) == 1 and "not whole candidates of 3 views" in said[0] and "a multiple of 6" in said[0]
+
+
+def test_overlap_has_nothing_to_overlap_without_a_lookahead_or_with_one_candidate(tiny_sd_prior, caplog):
+    import logging
+
+    p = tiny_sd_prior
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    z = torch.randn(1, 4, 8, 8)
+    one_step = make_engine(p, reward, steps=0, seed=0, overlap=True, chunk_size=2)
+    assert one_step.candidate_chunks(one_step.draw(z, 700, 5, step=1)) == [(0, 5)]  # no lookahead calls: one decode
+    with caplog.at_level(logging.WARNING, logger="rewardsds"):
+        step_loss(SDSLoss(SDSLossConfig()), p, one_step, z.clone().requires_grad_(True), 700, 5,
+                  MinMaxStrategy(MinMaxStrategyConfig(n_max=1, n_min=1)), step=1, prompt="a photo of the cat")
+    single = make_engine(p, reward, steps=6, seed=0, overlap=True)
+    said = [r.getMessage() for r in caplog.records if "lookahead.overlap" in r.getMessage()]
+    assert said == ["lookahead.overlap=true, but lookahead.steps=0 makes no lookahead calls to overlap the decode with"]
+    assert "one candidate looks ahead" in single._nothing_to_overlap(single.draw(z, 700, 1, step=1))
 
 
 def test_reward_replays_cuda_graphs_only_when_compiled_on_cuda():

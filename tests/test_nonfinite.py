@@ -160,3 +160,14 @@ def test_a_step_never_waits_for_the_gpu(tmp_path, tiny_sd, case):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(res.grad_norm) and system.nonfinite_steps == 0
+
+
+def test_one_candidate_is_not_ranked(tmp_path):
+    """A reward-weighted strategy with n_noises=1 has nothing to rank: the step makes the CFG pair at t only (no
+    lookahead, decode or reward), as the run's expected evaluations say, and the weight is 1."""
+    system, opt = make_system(tmp_path, ["n_noises=1", "strategy=weighted"])
+    res = system.run_step(0, opt)
+    assert res.ctx.ranked is False and res.loss.candidates.evals == 2 and res.loss.candidates.rewards is None
+    assert res.loss.weights.flatten().tolist() == [1.0]
+    ranked, _ = make_system(tmp_path / "n2", ["n_noises=2", "strategy=weighted"])
+    assert ranked.run_step(0, ranked.configure_optimizers()).loss.candidates.evals > 2 * 2  # two candidates do look ahead

@@ -489,6 +489,11 @@ def test_config_errors_name_key_value_and_fix():
         validate(compose(["prompt=a cat", "loss=psd", "strategy=none", "n_noises=2", "reward=jpeg_compressibility",
                           "loss.negative_update=reward_feedback"]))
     assert _validate(["loss=psd", "n_noises=2", "loss.negative_update=reward_feedback"]).loss.negative_update.value == "reward_feedback"
+    for loss in ("ddpo3d", "dreamdpo", "psd"):  # they score their own candidates: the ranked lookahead's options go unused
+        with pytest.raises(ConfigError, match=rf"lookahead.overlap = True: .* loss={loss} scores its own.*Fix: remove it"):
+            _validate([f"loss={loss}", "n_noises=4", "lookahead.overlap=true"])
+        with pytest.raises(ConfigError, match=rf"lookahead.prune_to = 2: .* loss={loss}.*lookahead.prune_to=0"):
+            _validate([f"loss={loss}", "n_noises=4", "lookahead.prune_to=2"])
 
 
 def test_runtime_errors_without_the_schema(analytic_prior):

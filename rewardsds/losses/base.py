@@ -44,8 +44,8 @@ class StepContext:
         reward_active: whether this step is inside the reward window (``reward_duration``): the one place that says
             so. Outside it a step is plain distillation with one candidate.
         n_noises: candidates this step (the run's N inside the reward window, else 1).
-        ranked: whether the candidates get strategy weights from lookahead rewards this step (reward window, a
-            strategy that uses rewards, a loss mode that does not weigh its own candidates).
+        ranked: whether the candidates get strategy weights from lookahead rewards this step (reward window, more
+            than one candidate, a strategy that uses rewards, a loss mode that does not weigh its own candidates).
         keep_images: keep decoded candidate images for logging this step.
         rgb: the rendered views [b, 3, H, W] when the scene renders RGB.
     """
