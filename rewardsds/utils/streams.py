@@ -17,6 +17,11 @@ class SideStream:
     ``inputs``; :meth:`join` makes the current stream wait for every block queued so far. Tensors crossing streams
     are recorded on the stream that uses them, so the caching allocator never hands their memory out while that
     stream still reads it. Off CUDA both are no-ops: the blocks run in place, in program order.
+
+    A block's own allocations that outlive it other than through ``join`` (a reward's cache of text embeddings,
+    filled the first time a prompt is scored on the side stream) belong to the side stream: if the current stream
+    reads such a tensor too, the cache must not free it before that read has run. The rewards' caches hold far
+    more prompts than a run scores, so their entries are not freed while a run uses them.
     """
 
     def __init__(self, device: torch.device):
