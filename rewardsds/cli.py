@@ -59,9 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     _line_buffered_output()
     if args and args[0] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[args[0]](args[1:]))
+    from rewardsds.overrides import CommandLineError, check
+
     try:
         args = prepare_arguments(args)
-    except _UserError as err:
+        if not _info_only(args):
+            check(args, CONFIG_PACKAGE, subcommands=list(SUBCOMMANDS))  # what Hydra would refuse, before any run folder
+    except (_UserError, CommandLineError) as err:
         print(f"rewardsds: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0]] + args
@@ -106,8 +110,7 @@ def prepare_arguments(args: list[str]) -> list[str]:
     - The folder a run will write to must be writable (else one message naming ``hydra.run.dir``).
     """
     multirun = any(a in ("-m", "--multirun") for a in args)
-    info_only = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc", "--version")
-                    or a.startswith(("--info=", "--cfg=", "-c=")) for a in args)
+    info_only = _info_only(args)
     if multirun or info_only:
         if multirun and not info_only:
             _check_writable(_override_value(args, "hydra.sweep.dir") or "outputs", "hydra.sweep.dir")
@@ -129,6 +132,12 @@ def prepare_arguments(args: list[str]) -> list[str]:
             args = args + [f"hydra.run.dir={_hydra_quote(str(run_dir.resolve()))}", "hydra.output_subdir=null"]
     _check_writable(_override_value(args, "hydra.run.dir") or "outputs", "hydra.run.dir")
     return args
+
+
+def _info_only(args: Sequence[str]) -> bool:
+    """Whether the command only asks Hydra for information (help, the config, shell completion): no run."""
+    return any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc", "--version")
+               or a.startswith(("--info=", "--cfg=", "-c=")) for a in args)
 
 
 def _hydra_quote(value: str) -> str:

@@ -65,6 +65,72 @@ def test_unknown_key_is_rejected():
         compose(["prompt=a", "strategy.lambda_mx=0.5"])
 
 
+# ------------------------------------------------------------------ what Hydra would refuse, said before a run folder exists
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["n_noise=8"], "n_noise = '8': is not a key of the root config. Fix: did you mean n_noises?"),
+        (["strategy.lambda_mx=0.5"], "strategy.lambda_mx = '0.5': is not a key of strategy. Fix: did you mean strategy.lambda_max?"),
+        (["experiment=paper_2d", "prior.pretrainedd=x"], "prior.pretrainedd = 'x': is not a key of prior. Fix: did you mean prior.pretrained?"),
+        (["hydra.run.dirr=x"], "hydra.run.dirr = 'x': is not a key of hydra.run. Fix: did you mean hydra.run.dir?"),
+        (["steps=abc"], "steps = 'abc': Value 'abc' of type 'str' could not be converted to Integer. Fix: give a whole number"),
+        (["resume_allow_changes=maybe"], "resume_allow_changes = 'maybe': Value 'maybe' is not a valid bool (type str). Fix: give true or false"),
+        (["strategy=minmax"], "strategy = 'minmax': is not an option of strategy (options: best, min_max, none, random, weighted). "
+                              "Fix: did you mean strategy=min_max?"),
+        (["experiment=analyitc"], "Fix: did you mean experiment=analytic?"),
+        (["hydra/launcher=gpuz"], "Fix: did you mean hydra/launcher=gpus?"),
+        (["reward_views=foo"], "reward_views = 'foo': is not one of mean, per_view. Fix: choose one of mean, per_view"),
+        (["output.export_formats=[meshh]"], "output.export_formats[0] = 'meshh': is not one of all, mesh, textured, gaussians. Fix: did you mean mesh?"),
+        (["timesteps.t_min=0.99"], "timesteps.t_min = '0.99': is a group of settings (start, end, start_step, end_step), not one value. "
+                                   "Fix: set one of them, e.g. timesteps.t_min.start=0.99"),
+        (["prompt=a", "fox"], "prompt = 'a fox': the shell split the value at a space. Fix: quote the whole value: prompt=\"a fox\""),
+        (["exprt", "run"], "command = 'exprt': is not a subcommand or a key=value override. Fix: did you mean rewardsds export ...?"),
+        (["prompt=a fox's tail"], "Fix: quote the value for Hydra inside the shell's quotes: \"prompt=\\\"a fox's tail\\\"\""),
+        (["prompt=a, b"], "prompt = 'a, b': is a sweep (a comma list or a sweep function), and this is a single run. Fix: add -m"),
+        (["-m", "n_noises=4,8x"], "n_noises = '8x': Value '8x' of type 'str' could not be converted to Integer"),  # a later sweep value
+        (["-m", "experiment=analytic", "strategy=none,minmax", "seed=0,1"], "Fix: did you mean strategy=min_max?"),
+        # the project's own checks inside resolvers, which Hydra runs when the sweep starts (it printed a traceback)
+        (["-m", "experiment=analytic", "prompts_file=/no/such/prompts.txt", "seed=0,1"], "prompts_file = '/no/such/prompts.txt': does not exist. Fix: give"),
+    ],
+)
+def test_what_hydra_would_refuse_is_one_message_with_the_fix(args, message):
+    from rewardsds.cli import CONFIG_PACKAGE, SUBCOMMANDS
+    from rewardsds.overrides import CommandLineError, check
+
+    with pytest.raises(CommandLineError) as err:
+        check(args, CONFIG_PACKAGE, subcommands=list(SUBCOMMANDS))
+    assert message in str(err.value), str(err.value)
+
+
+def test_a_good_command_line_passes_the_check():
+    from rewardsds.cli import CONFIG_PACKAGE
+    from rewardsds.overrides import check, sample_jobs
+
+    for args in (["experiment=analytic", "prompt=a cat", "strategy.n_max=2"], ["+n_noise=8"],  # (+key: validation names it)
+                 ["-m", "experiment=analytic", "n_noises=4,8", "strategy=none,min_max"], ["-m", "n_noises=range(2,5)"],
+                 ["--cfg", "job", "n_noise=8"]):  # info flags are Hydra's
+        check(args, CONFIG_PACKAGE)
+    assert sample_jobs(["a=1,2", "b=x", "c=3,4,5"]) == [["a=1", "b=x", "c=3"], ["a=2", "b=x", "c=3"], ["a=1", "b=x", "c=4"],
+                                                        ["a=1", "b=x", "c=5"]]
+
+
+def test_an_extra_that_is_not_installed_is_named(monkeypatch):
+    from hydra.errors import MissingConfigException
+
+    from rewardsds.overrides import _missing_option
+
+    err = MissingConfigException("Could not find 'hydra/sweeper/optuna'", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
+    msg = str(_missing_option(err, ["+hparams_search=min_max"]))
+    assert msg == "hydra/sweeper = 'optuna': comes with the package's 'search' extra, which is not installed. Fix: pip install \"rewardsds[search]\""
+
+
+def test_cli_refuses_a_bad_override_before_making_a_run_folder(tmp_path):
+    r = run_cli(["experiment=analytic", "n_noise=8", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "run").exists(), r.stderr[-2000:]
+    assert r.stderr.strip() == "rewardsds: error: n_noise = '8': is not a key of the root config. Fix: did you mean n_noises? " \
+                               "(rewardsds --cfg job shows every key)"
+
+
 # ------------------------------------------------------------------ the CLI (subprocess): exit codes and messages
 def test_cli_missing_prompt_exits_nonzero(tmp_path):
     r = run_cli(["trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}/run"], tmp_path)

@@ -1,0 +1,260 @@
+"""The command line checked before a run starts: what Hydra would refuse, as one message naming the key, the value
+and the fix.
+
+Hydra reports a bad override (an unknown key, a value of the wrong type, a config option that does not exist, a
+word that is not ``key=value``) with its own text and exit code 1, after its run folder exists. :func:`check` composes
+the config the command asks for (a sweep: its first job) exactly as Hydra will, with Hydra's compose API, and turns
+what Hydra refuses into a :class:`CommandLineError` with a suggestion, before any folder is made. Whatever it does not
+recognise it leaves to Hydra.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Optional, Sequence
+
+#: Hydra config groups that come from a package extra: ``hydra/<group>/<option>`` -> the extra that installs it.
+EXTRA_OF_OPTION = {"hydra/sweeper/optuna": "search", "hydra/launcher/submitit_slurm": "slurm", "hydra/launcher/submitit_local": "slurm"}
+#: Command-line flags that take no value; any other flag leaves the command to Hydra unchecked.
+PLAIN_FLAGS = ("-m", "--multirun")
+
+
+class CommandLineError(Exception):
+    """An override Hydra would refuse, said as ``key = value: what is wrong. Fix: ...``."""
+
+    def __init__(self, key: str, value: Any, problem: str, fix: str):
+        self.key, self.value = key, value
+        super().__init__(f"{key} = {value!r}: {problem}. Fix: {fix}")
+
+    @classmethod
+    def said(cls, message: str) -> "CommandLineError":
+        """One already worded as ``key = value: problem. Fix: ...`` (a :class:`~rewardsds.errors.ConfigError`'s)."""
+        err = cls.__new__(cls)
+        Exception.__init__(err, message)
+        err.key = err.value = None
+        return err
+
+
+def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] = ()) -> None:
+    """Compose the command's config as Hydra will (a sweep's first value of every swept key); raise
+    :class:`CommandLineError` for what Hydra would refuse.
+
+    Args:
+        args: the command line after the program name (Hydra overrides and flags).
+        config_package: the package holding the Hydra configs.
+        subcommands: the command's bare-word subcommands (suggested for a mistyped first word).
+    """
+    if any(a.startswith("-") and a not in PLAIN_FLAGS for a in args):
+        return  # flags with values (--config-name, --cfg job, ...): Hydra's own handling
+    words = [a for a in args if a not in PLAIN_FLAGS]
+    if not words:
+        return
+    jobs = sample_jobs(words, subcommands, multirun=len(words) < len(args))
+    if not jobs:
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    import rewardsds.config  # noqa: F401  (registers the schemas the configs extend)
+
+    for overrides in jobs:
+        try:
+            with initialize_config_module(config_package, version_base="1.3"):
+                cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            _resolve_each(cfg)
+        except MissingConfigException as err:
+            raise _missing_option(err, overrides) from None
+        except ConfigCompositionException as err:
+            found = _bad_value(err, overrides, config_package)
+            if found is not None:
+                raise found from None
+            return  # left to Hydra
+
+
+#: how OmegaConf words an error a resolver raised (the project's resolvers raise ConfigError: prompt sets, GPU counts)
+_RESOLVER_ERROR = "ConfigError raised while resolving interpolation: "
+
+
+def _resolve_each(cfg) -> None:
+    """Resolve every interpolation of ``cfg`` one by one (Hydra resolves them when the sweep or the job starts); raise
+    the project's own check (a ConfigError inside a resolver: a missing prompts file, no GPU for the gpus launcher)
+    as a :class:`CommandLineError`, and leave other failures (``${hydra:...}`` outside a Hydra run) alone."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    def walk(node) -> None:
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for k in keys:
+            child = node._get_node(k)
+            if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
+                walk(child)
+            elif OmegaConf.is_interpolation(node, k):
+                try:
+                    node[k]
+                except OmegaConfBaseException as err:
+                    first = str(err).splitlines()[0] if str(err) else ""
+                    if first.startswith(_RESOLVER_ERROR):
+                        raise CommandLineError.said(first[len(_RESOLVER_ERROR):]) from None
+
+    walk(cfg)
+
+
+#: most compositions :func:`sample_jobs` asks for (each takes about 0.1 s)
+MAX_CHECKED_JOBS = 32
+
+
+def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun: bool = True) -> list[list[str]]:
+    """Jobs whose composition shows every value of the command line: the first job (each swept key at its first
+    value), then each further value of a swept key with the others at their first (at most
+    :data:`MAX_CHECKED_JOBS`). Empty when a sweep cannot be listed (an Optuna interval). Raises
+    :class:`CommandLineError` for a word that is not an override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    choices: list[list[str]] = []
+    for i, word in enumerate(words):
+        try:
+            (ov,) = parser.parse_overrides([word])
+        except OverrideParseException:
+            raise _not_an_override(word, i, words, subcommands) from None
+        if not ov.is_sweep_override():
+            choices.append([word])
+            continue
+        if not multirun:
+            key, value = word.split("=", 1)
+            raise CommandLineError(key, value, "is a sweep (a comma list or a sweep function), and this is a single run",
+                                   f"add -m to run one job per value, or quote the value as one string: \"{key}='{value}'\"")
+        try:
+            values = list(ov.sweep_string_iterator())
+        except Exception:
+            return []
+        if not values:
+            return []
+        choices.append([f"{ov.get_key_element()}={v}" for v in values])
+    first = [c[0] for c in choices]
+    jobs = [first]
+    for i, options in enumerate(choices):
+        for other in options[1:]:
+            if len(jobs) < MAX_CHECKED_JOBS:
+                jobs.append(first[:i] + [other] + first[i + 1:])
+    return jobs
+
+
+def _not_an_override(word: str, i: int, words: Sequence[str], subcommands: Sequence[str]) -> CommandLineError:
+    if "=" not in word:
+        close = difflib.get_close_matches(word, list(subcommands), n=1) if i == 0 else []
+        if close:
+            return CommandLineError("command", word, f"is not a subcommand or a key=value override", f"did you mean "
+                                    f"rewardsds {close[0]} ...? (subcommands: {', '.join(subcommands)})")
+        if i > 0 and "=" in words[i - 1]:
+            key = words[i - 1].split("=", 1)[0]
+            return CommandLineError(key, f"{words[i - 1].split('=', 1)[1]} {word}", "the shell split the value at a space",
+                                    f'quote the whole value: {key}="{words[i - 1].split("=", 1)[1]} {word}"')
+        return CommandLineError("override", word, "is not key=value", "write it as key=value (rewardsds --help lists the keys)")
+    key, value = word.split("=", 1)
+    quoted = f'"{key}=\\"{value}\\""' if "'" in value else f'"{key}=\'{value}\'"'
+    return CommandLineError(key, value, "is not a value Hydra's override grammar reads (quotes, brackets, commas and some "
+                            "other characters are grammar)", f"quote the value for Hydra inside the shell's quotes: {quoted}")
+
+
+def _missing_option(err, overrides: Sequence[str]) -> CommandLineError:
+    """A config group option that does not exist (``strategy=minmax``) or comes from an extra not installed."""
+    missing = str(getattr(err, "missing_cfg_file", "") or "")
+    group, _, option = missing.rpartition("/")
+    key = next((o.split("=", 1)[0] for o in overrides if o.lstrip("+~").split("=", 1)[0] in (group, f"{group}@_global_")), group)
+    extra = EXTRA_OF_OPTION.get(missing)
+    if extra is not None:
+        return CommandLineError(key, option, f"comes with the package's {extra!r} extra, which is not installed",
+                                f'pip install "rewardsds[{extra}]"')
+    options = [str(o) for o in (getattr(err, "options", None) or [])]
+    if not group or not options:
+        return CommandLineError(key or "config", option or missing, str(err).splitlines()[0], "check the spelling")
+    close = difflib.get_close_matches(option, options, n=1)
+    fix = f"did you mean {key}={close[0]}?" if close else f"choose one of {', '.join(options)}"
+    return CommandLineError(key, option, f"is not an option of {group} (options: {', '.join(options)})", fix)
+
+
+def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[CommandLineError]:
+    """An unknown key or a value of the wrong type (Hydra's ConfigCompositionException, caused by OmegaConf)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    cause = err.__cause__
+    full_key = _full_key(cause)
+    if full_key is None:
+        return None
+    base = full_key.split("[", 1)[0]
+    value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == base), None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        parent, _, name = base.rpartition(".")
+        known = _keys_at(parent, _without(overrides, base), config_package)
+        close = difflib.get_close_matches(name, known, n=1)
+        where = parent or "the root config"
+        fix = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
+               else f"remove it; the keys of {where} are: {', '.join(known)}" if known else "remove it")
+        return CommandLineError(base, value, f"is not a key of {where}", fix + " (rewardsds --cfg job shows every key)")
+    if isinstance(cause, ValidationError):
+        problem = str(cause).splitlines()[0]
+        node = _node_at(base, _without(overrides, base), config_package)
+        if node is not None and hasattr(node, "keys"):  # a group of settings given one plain value
+            fields = list(node.keys())
+            return CommandLineError(base, value, f"is a group of settings ({', '.join(fields)}), not one value",
+                                    f"set one of them, e.g. {base}.{fields[0]}={value}")
+        if "expected one of [" in problem:
+            options = [o.strip() for o in problem.split("expected one of [", 1)[1].rstrip("]").split(",")]
+            bad = problem.split("'")[1] if problem.count("'") >= 2 else value
+            close = difflib.get_close_matches(str(bad), options, n=1)
+            return CommandLineError(full_key, bad, f"is not one of {', '.join(options)}",
+                                    f"did you mean {close[0]}?" if close else f"choose one of {', '.join(options)}")
+        kind = _expected_type(problem)
+        return CommandLineError(full_key, value, problem.rstrip("."), f"give {kind}" if kind else "give a value of the key's type "
+                                "(rewardsds --cfg job shows every key with its current value)")
+    return None
+
+
+def _full_key(cause) -> Optional[str]:
+    key = getattr(cause, "full_key", None)
+    if key:
+        return str(key)
+    for line in str(cause).splitlines():
+        if line.strip().startswith("full_key:"):
+            return line.split(":", 1)[1].strip() or None
+    return None
+
+
+def _expected_type(problem: str) -> Optional[str]:
+    for word, kind in (("Integer", "a whole number, e.g. 8"), ("Float", "a number, e.g. 0.5"), ("valid bool", "true or false")):
+        if word in problem:
+            return kind
+    return None
+
+
+def _composed(overrides: Sequence[str], config_package: str):
+    """The config composed from ``overrides`` (the ones that compose), or None."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(config_package, version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=True)
+    except Exception:
+        return None
+
+
+def _without(overrides: Sequence[str], key: str) -> list[str]:
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+
+
+def _node_at(key: str, overrides: Sequence[str], config_package: str):
+    from omegaconf import OmegaConf
+
+    cfg = _composed(overrides, config_package)
+    return None if cfg is None else OmegaConf.select(cfg, key, default=None)
+
+
+def _keys_at(parent: str, overrides: Sequence[str], config_package: str) -> list[str]:
+    cfg = _composed(overrides, config_package)
+    if cfg is None:
+        return []
+    node = cfg if not parent else _node_at(parent, overrides, config_package)
+    keys = [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
+    return [k for k in keys if k != "hydra"] if not parent else keys
