@@ -68,11 +68,12 @@ def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     images: dict[tuple[str, int], np.ndarray] = {}
     for strategy in strategies:
         for seed in seeds:
-            sub = compose(config_name="config", overrides=base + variants[strategy] + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"],
-                          return_hydra_config=True)  # its choices name the variant's options in its record
+            overrides = base + variants[strategy] + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"]
+            sub = compose(config_name="config", overrides=overrides, return_hydra_config=True)  # its choices name the variant's options
             sub_dir = run_dir / f"{strategy}_seed{seed}"
             print(f"rewardsds compare: {strategy} ({' '.join(variants[strategy])}) seed={seed} -> {sub_dir}")
-            m = train(sub, sub_dir)
+            # recorded with the variant's own overrides: its job command and its resume compose this variant alone
+            m = train(sub, sub_dir, overrides=overrides)
             rows.append({"strategy": strategy, "seed": seed, **{k: m.get(k) for k in ("final/reward", "final/log_prob", "final/modes", "wall_time_s", "step_time_median_s", "evals_per_step_mean")}})
             finals = sorted((sub_dir / "final").glob("image_*.png"))
             if finals:
@@ -92,14 +93,16 @@ def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         "step_time_s": tm, "modes": modes, "seeds": len(sel)})
 
     lines = [
-        f"prompt: {cfg.prompt!r}; seeds: {seeds}; steps: {cfg.steps}; n_noises: {cfg.n_noises}",
+        f"prompt: {cfg.prompt!r}; seeds: {seeds}; steps: {cfg.steps} (each variant's own settings: compare.runs)",
         "",
-        "| variant | final reward (mean +- std) | log-density per pixel | step time (ms) | final modes |",
+        f"| variant | final reward{' (mean +- std over seeds)' if len(seeds) > 1 else ''} | log-density per pixel | step time (ms) | final modes |",
         "|---|---|---|---|---|",
     ]
     for s in summary:
         modes = ", ".join(f"{k} x{v}" for k, v in sorted(s["modes"].items()))
-        lines.append(f"| {s['strategy']} | {s['reward_mean']:.4f} +- {s['reward_std']:.4f} | {s['log_prob_mean']:.3f} +- {s['log_prob_std']:.3f} | {1000 * s['step_time_s']:.1f} | {modes} |")
+        spread = (lambda std, f: f" +- {std:{f}}") if s["seeds"] > 1 else (lambda std, f: "")  # one seed has no spread
+        lines.append(f"| {s['strategy']} | {s['reward_mean']:.4f}{spread(s['reward_std'], '.4f')} | {s['log_prob_mean']:.3f}"
+                     f"{spread(s['log_prob_std'], '.3f')} | {1000 * s['step_time_s']:.1f} | {modes} |")
     table = "\n".join(lines)
     print("\n" + table + "\n")
     write_text(run_dir / "compare.md", table + "\n")

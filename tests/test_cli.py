@@ -296,3 +296,19 @@ def test_cli_compare_refuses_an_override_its_variants_replace(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "n_noises = '2'" in r.stderr and "compare variant sds" in r.stderr and "compare.runs.sds=" in r.stderr
     assert not list((tmp_path / "run").glob("*_seed*")), "no variant may start"
+
+
+def test_a_compare_variant_records_its_own_command_and_continues_alone(tmp_path):
+    """Each variant of a compare run (experiment=demo) records the overrides that compose it alone, so the
+    `continue` line it prints works and its job command runs that variant, not the whole comparison."""
+    folder = tmp_path / "demo"
+    r = run_cli(["experiment=demo", "steps=3", *FAST, "logger=none", f"hydra.run.dir={folder}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sds = folder / "sds_seed0"
+    m = json.loads((sds / "metrics.json").read_text())
+    assert {"strategy=none", "n_noises=1", "seed=0", "compare.runs={}"} <= set(m["overrides"]) and "compare.runs={}" in m["job_command"]
+    assert f"continue      rewardsds resume={sds} steps=6" in r.stdout
+    r = run_cli([f"resume={sds}", "steps=5"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((sds / "metrics.json").read_text())
+    assert m["status"] == "complete" and m["iterations"] == 5 and "n_noises=1" in m["overrides"]
