@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 
@@ -23,6 +23,7 @@ class AtomicCheckpoint(pl.Callback):
         self.dirpath = Path(dirpath)
         self.every = int(every)
         self.stop = stop
+        self.saved_step: Optional[int] = None  # the step of the checkpoint this session last wrote
 
     @property
     def last(self) -> Path:
@@ -38,5 +39,6 @@ class AtomicCheckpoint(pl.Callback):
         stopping = self.stop is not None and self.stop.requested is not None
         if (self.every and it % self.every == 0) or it >= pl_module.total_steps or stopping:
             self.save(trainer)
+            self.saved_step = it
         if stopping:
             trainer.should_stop = True

@@ -93,7 +93,18 @@ class CheckpointError(RewardSDSError):
 class RunInterrupted(RewardSDSError):
     """A run stopped on a signal after writing its checkpoint (status ``interrupted``)."""
 
-    def __init__(self, signal_name: str, exit_code: int, step: int, total: int, run_dir: Any):
+    def __init__(self, signal_name: str, exit_code: int, step: int, total: int, run_dir: Any, checkpoint_step: Any = "this"):
+        """``checkpoint_step``: the step of the run's last checkpoint, ``"this"`` (written at this stop), None (no
+        checkpoint was ever written: a second Ctrl-C before the first periodic one) or ``"earlier"`` (unknown)."""
         self.exit_code, self.step, self.run_dir = exit_code, step, run_dir
-        super().__init__(f"interrupted by {signal_name} at step {step} of {total}; the checkpoint and outputs so far are "
-                         f"in {run_dir}. Continue with: rewardsds resume={run_dir}")
+        where = f"interrupted by {signal_name} at step {step} of {total}"
+        if checkpoint_step is None:
+            message = (f"{where}, before its first checkpoint: there is nothing to continue from (the outputs so far are "
+                       f"in {run_dir}). Run the same command again to start over")
+        elif checkpoint_step == "this" or checkpoint_step == step:
+            message = f"{where}; the checkpoint and outputs so far are in {run_dir}. Continue with: rewardsds resume={run_dir}"
+        else:
+            of = f"of step {checkpoint_step}" if isinstance(checkpoint_step, int) else "of an earlier step"
+            message = (f"{where}, at once: its last checkpoint is {of} (the steps after it are lost) and it is in {run_dir} "
+                       f"with the outputs so far. Continue with: rewardsds resume={run_dir}")
+        super().__init__(message)

@@ -217,8 +217,8 @@ class StopRequests:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last periodic checkpoint stays
         if self.requested is None:
             self.requested = signum
-            log.warning("received %s: stopping after this step and writing a checkpoint (Ctrl-C again to stop at once)",
-                        signal.Signals(signum).name)
+            log.warning("received %s: stopping after this step and writing a checkpoint (Ctrl-C %sto stop at once)",
+                        signal.Signals(signum).name, "again " if signum == signal.SIGINT else "")
         # Lightning notes SIGTERM too (its handler runs before this one) and would end the epoch with an exception at
         # the next batch boundary, possibly before the checkpoint callback of the running step: the stop is ours.
         connector = getattr(self.trainer, "_signal_connector", None)

@@ -375,7 +375,11 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
         if logger:
             _finish_wandb(logger)
         stop.hand_on()
-        raise RunInterrupted(stop.name, stop.exit_code(), system.iteration, system.total_steps, run_dir)
+        if not checkpoint.last.is_file():
+            ckpt_step = None  # a second Ctrl-C before the first periodic checkpoint
+        else:  # this session's last one (this step's, or an earlier one after a second Ctrl-C), or a resumed run's
+            ckpt_step = checkpoint.saved_step if checkpoint.saved_step is not None else "earlier"
+        raise RunInterrupted(stop.name, stop.exit_code(), system.iteration, system.total_steps, run_dir, checkpoint_step=ckpt_step)
     if system.iteration < system.total_steps:
         raise TrainingAborted(f"training stopped at step {system.iteration} of {system.total_steps}; resume with resume={run_dir}")
     system.check_some_step_ran()

@@ -170,6 +170,38 @@ def _train_with_signal(tmp_path, monkeypatch, sig: int, steps: int = 6):
     return info.value
 
 
+def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_continue(tmp_path, monkeypatch):
+    """Ctrl-C twice: the run stops at once, before the step's checkpoint; with no earlier one, the message must not
+    offer a resume that cannot work."""
+    import rewardsds.train as train_mod
+    from lightning.pytorch import Callback, Trainer
+
+    class Twice(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if pl_module.iteration == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    original = Trainer.__init__
+    monkeypatch.setattr(Trainer, "__init__", lambda self, *a, callbacks=None, **kw: original(self, *a, callbacks=[Twice(), *(callbacks or [])], **kw))
+    with pytest.raises(RunInterrupted) as info:
+        train_mod.train(compose([*RUN, *FAST, "steps=6", "output.checkpoint_every=1000"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    msg = str(info.value)
+    assert msg.startswith("interrupted by SIGINT at step 2 of 6, before its first checkpoint: there is nothing to continue")
+    assert "resume=" not in msg and "Run the same command again" in msg
+
+
+def test_the_interrupted_message_says_which_checkpoint_a_resume_continues_from():
+    run = Path("/runs/r")
+    assert str(RunInterrupted("SIGTERM", 143, 9, 100, run, checkpoint_step=9)) == (
+        "interrupted by SIGTERM at step 9 of 100; the checkpoint and outputs so far are in /runs/r. Continue with: rewardsds resume=/runs/r")
+    later = str(RunInterrupted("SIGINT", 130, 57, 100, run, checkpoint_step=50))
+    assert "at step 57 of 100, at once: its last checkpoint is of step 50 (the steps after it are lost)" in later
+    assert later.endswith("Continue with: rewardsds resume=/runs/r")
+    assert "its last checkpoint is of an earlier step" in str(RunInterrupted("SIGINT", 130, 57, 100, run, checkpoint_step="earlier"))
+
+
 def test_an_earlier_handler_of_the_signal_runs_after_the_checkpoint(tmp_path, monkeypatch):
     """submitit installs a requeue handler for its preemption signal before the job runs: it must still run, after
     the run saved its state."""
