@@ -243,5 +243,15 @@ def test_eval_arguments_are_checked(sweep, capsys, argv_tail, match):
     assert match in err and "Traceback" not in err
 
 
-def test_no_runs_is_status_1(tmp_path):
-    assert eval_cli.main([str(tmp_path), "--metrics", "none"]) == 1
+def test_a_bad_baseline_writes_nothing(sweep, capsys):
+    """The baseline is checked before any table is written: a typo must not leave a half-updated folder."""
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()}
+    assert eval_cli.main([str(sweep), "--metrics", "none", "--baseline", "strategy=nonee"]) == 2
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()} == before
+    err = capsys.readouterr().err
+    assert "--baseline strategy=nonee: no table row has these values (the rows have strategy: " in err and "none" in err
+
+
+def test_no_runs_is_a_usage_error(tmp_path, capsys):
+    assert eval_cli.main([str(tmp_path), "--metrics", "none"]) == 2
+    assert capsys.readouterr().err.startswith(f"rewardsds-eval: error: {tmp_path.resolve()}: no finished runs to evaluate. Fix: give")

@@ -185,6 +185,9 @@ def test_rerun_with_one_metric_keeps_the_others(setup):
     (["--metrics", "sharpness"], "--metrics = 'sharpness': is not an evaluator or a reward option"),
     (["--metrics", "clip", "--batch-size", "0"], "--batch-size"),
     (["--metrics", "clip_score", "--override", "clip_score.differentiable=true"], "clip_score.pil_exact"),
+    (["--metrics", "clip_score", "--override", "clip_score.pretrainedd=/x"],
+     "clip_score.pretrainedd = '/x': is not a field of the clip_score metric's reward config (from --override). Fix: did you mean clip_score.pretrained?"),
+    (["--metrics", "clip_score", "--override", "clip_score.pil_exact=maybe"], "clip_score.pil_exact = 'maybe': Value 'maybe' is not a valid bool"),
 ])
 def test_bad_arguments_say_what_to_do(setup, capsys, argv_tail, match):
     assert cli.main([str(setup["sweep"]), *argv_tail]) == 2

@@ -282,7 +282,9 @@ def paired_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: d
                          f"({', '.join(group_by) or 'none'}); name keys of the table rows")
     baselines = [r for r in rows if all(str(r[k]) == v for k, v in spec.items())]
     if not baselines:
-        raise ValueError(f"--baseline {','.join(f'{k}={v}' for k, v in spec.items())}: no table row has these values")
+        seen = "; ".join(f"{k}: {', '.join(sorted({str(r[k]) for r in rows}))}" for k in spec)
+        raise ValueError(f"--baseline {','.join(f'{k}={v}' for k, v in spec.items())}: no table row has these values "
+                         f"(the rows have {seen})")
     out = []
     for row in rows:
         if any(row is b for b in baselines):
@@ -446,15 +448,14 @@ def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[
     keys = list(group_by) if group_by is not None else swept_keys(runs, over)
     metrics = metric_names(runs)
     rows = aggregate(runs, keys, metrics, boot)
-    write_csv(folder / "summary.csv", rows, keys, metrics)
-    table = markdown(rows, keys, metrics, digits, over, boot)
-    write_text(folder / "summary.md", table)
     spec = baseline if baseline is not None else default_baseline(rows, keys)
-    pairs: list[dict[str, Any]] = []
+    quality = [m for m in metrics if m.startswith(QUALITY_PREFIXES)]
+    pairs: list[dict[str, Any]] = paired_rows(rows, keys, spec, quality, boot) if spec else []  # a bad baseline: before any file
+    table = markdown(rows, keys, metrics, digits, over, boot)
+    write_csv(folder / "summary.csv", rows, keys, metrics)
+    write_text(folder / "summary.md", table)
     pairs_md = ""
     if spec:
-        quality = [m for m in metrics if m.startswith(QUALITY_PREFIXES)]
-        pairs = paired_rows(rows, keys, spec, quality, boot)
         write_paired_csv(folder / "paired.csv", pairs, keys)
         pairs_md = paired_markdown(pairs, keys, digits, boot)
         write_text(folder / "paired.md", pairs_md)

@@ -242,8 +242,9 @@ def _main(args: argparse.Namespace) -> int:
     for run, why in skipped:
         print(f"skipped {run.relative_to(folder)}: {why}", file=sys.stderr)
     if not runs:
-        print(f"no finished runs{' with images' if metrics else ''} under {folder}", file=sys.stderr)
-        return 1
+        raise UsageError(f"{folder}: no finished runs{' with images' if metrics else ''} to evaluate"
+                         f"{f' ({len(skipped)} skipped, as listed above)' if skipped else ''}. Fix: give the folder of a "
+                         "finished run or sweep" + ("" if args.include_incomplete else ", or add --include-incomplete"))
 
     if metrics:
         score_runs(runs, configs, args)
@@ -256,6 +257,13 @@ def _main(args: argparse.Namespace) -> int:
                      "settings": _scalar_settings(run["info"]), "images": len(run["paths"]),
                      "metrics": result.get("metrics", {})})
     metric_columns = list(metrics) + sorted({m for r in rows for m in r["metrics"]} - set(metrics))
+    loaded = [aggregate.load_run(run["path"]) for run in runs]
+    over = _keys(args.over) or []
+    try:  # before any table is written: a bad --baseline must not leave a half-updated folder
+        summary = aggregate.summarize(folder, loaded, group_by=_keys(args.group_by), over=over, digits=args.digits,
+                                      plots=not args.no_plots, boot=boot, baseline=baseline)
+    except ValueError as err:  # a --baseline that names no row or no grouped key
+        raise UsageError(str(err)) from None
     write_csv(folder / "eval.csv", rows, metric_columns)
     if metrics:
         width = max(len(r["run"]) for r in rows)
@@ -263,14 +271,6 @@ def _main(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['run']:<{width}}  " + "  ".join(f"{r['metrics'][m]:>12.4f}" for m in metrics))
     print(f"wrote {folder / 'eval.csv'} ({len(rows)} runs, {len(skipped)} skipped)")
-
-    loaded = [aggregate.load_run(run["path"]) for run in runs]
-    over = _keys(args.over) or []
-    try:
-        summary = aggregate.summarize(folder, loaded, group_by=_keys(args.group_by), over=over, digits=args.digits,
-                                      plots=not args.no_plots, boot=boot, baseline=baseline)
-    except ValueError as err:  # a --baseline that names no row or no grouped key
-        raise UsageError(str(err)) from None
     print()
     print(summary["markdown"])
     if summary["paired"]:

@@ -109,7 +109,9 @@ def metric_config(ev: Evaluator, conf_dir: Path, *, dtype: Optional[str], source
         defaults["dtype"] = dtype
     if "pil_exact" in cfg:
         defaults["pil_exact"] = True
-    cfg = OmegaConf.merge(cfg, defaults, sources or {}, OmegaConf.from_dotlist(overrides))
+    cfg = OmegaConf.merge(cfg, defaults)
+    for what, layer in ([("--sources", sources)] if sources else []) + [("--override", OmegaConf.from_dotlist([o])) for o in overrides]:
+        cfg = _merged(cfg, layer, ev.name, what)
     try:
         # the checks validate() runs on a group's node: unknown keys, non-finite numbers, the schema's __post_init__
         config.check_known_keys(cfg)
@@ -119,6 +121,27 @@ def metric_config(ev: Evaluator, conf_dir: Path, *, dtype: Optional[str], source
         raise ConfigError(_cli_key(ev.name, err.key), err.value, err.problem,
                           f"{err.fix} (set it with --override {_cli_key(ev.name, err.key)}=<value>)") from None
     return cfg
+
+
+def _merged(cfg, layer, metric: str, what: str):
+    """``cfg`` with ``layer`` merged in; an unknown field or a value of the wrong type is a ConfigError naming the
+    ``--override`` key (OmegaConf's own errors were tracebacks)."""
+    import difflib
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except (ConfigKeyError, ValidationError) as err:
+        field = str(getattr(err, "full_key", "") or "").split(".")[-1] or "?"
+        value = OmegaConf.select(OmegaConf.create(layer) if isinstance(layer, dict) else layer, field, default=None)
+        key = f"{metric}.{field}"
+        if isinstance(err, ConfigKeyError):
+            close = difflib.get_close_matches(field, [str(k) for k in cfg.keys()], n=1)
+            fix = (f"did you mean {metric}.{close[0]}?" if close else f"use one of its fields: {', '.join(str(k) for k in cfg.keys())}")
+            raise ConfigError(key, value, f"is not a field of the {metric} metric's reward config (from {what})", fix) from None
+        raise ConfigError(key, value, str(err).splitlines()[0], f"give a value of the field's type (from {what})") from None
 
 
 def _cli_key(metric: str, key: str) -> str:
