@@ -65,6 +65,19 @@ def check_grad_clip(check, key: str, value: Any) -> None:
           "use null (off) or e.g. 1.0")
 
 
+def is_missing_local_path(source: Any) -> bool:
+    """Whether ``source`` is written as a local path (absolute, relative with ./ or ../, ~, or more than one
+    ``/``-separated part: a Hub id is ``org/name``) and nothing exists there."""
+    import os
+    from pathlib import Path
+
+    text = str(source or "")
+    if not text or "://" in text:
+        return False
+    local = text.startswith(("/", "./", "../", "~")) or len([p for p in text.split("/") if p]) > 2 or (os.sep != "/" and os.sep in text)
+    return local and not Path(text).expanduser().exists()
+
+
 def model_load_message(what: str, source: str, cause: BaseException | str, local_hint: str) -> str:
     """The one wording used for every model that cannot be loaded.
 
@@ -74,6 +87,10 @@ def model_load_message(what: str, source: str, cause: BaseException | str, local
         cause: the underlying exception or a short reason.
         local_hint: the config key that takes a local path (``prior.pretrained``).
     """
+    if is_missing_local_path(source):
+        return (f"could not load the {what} from {source!r} (no such file or folder on this machine: a local path, not a "
+                f"Hub id). Fix: set {local_hint}=/path/to/local/folder to where the files are, or to a Hub id such as "
+                f"org/name. To try the framework without any weights, run the offline demo: rewardsds experiment=demo")
     return (
         f"could not load the {what} from {source!r} ({type(cause).__name__ if isinstance(cause, BaseException) else 'reason'}: "
         f"{cause}). This machine may have no Hub access: download the files elsewhere and set "

@@ -143,8 +143,18 @@ def test_cli_unreachable_model(tmp_path):
                  f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert "no_such_model" in r.stderr and "prior.pretrained=/path/to/local/folder" in r.stderr and "experiment=demo" in r.stderr
+    assert "no such file or folder on this machine: a local path, not a Hub id" in r.stderr and "Hub access" not in r.stderr
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["status"] == "failed" and "ModelLoadError" in m["error"]
+
+
+def test_a_missing_local_path_is_not_blamed_on_the_hub(tmp_path):
+    from rewardsds.errors import is_missing_local_path, model_load_message
+
+    assert [is_missing_local_path(s) for s in (f"{tmp_path}/none", "./none", "~/no/such/x", "a/b/c", "org/name", "name",
+                                               str(tmp_path), "https://x/y/z")] == [True, True, True, True, False, False, False, False]
+    msg = model_load_message("Stable Diffusion prior", "org/name", OSError("offline"), "prior.pretrained")
+    assert "This machine may have no Hub access" in msg  # a Hub id: the Hub may be out of reach
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

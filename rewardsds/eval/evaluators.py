@@ -150,7 +150,7 @@ def _cli_key(metric: str, key: str) -> str:
 
 
 _NOT_LOADED = re.compile(r"could not load the (?P<what>.+?) from (?P<source>'[^']*'|\"[^\"]*\") \((?P<cause>.*?)\)\. "
-                         r"This machine may have no Hub access: .*? set (?P<key>\S+)=/path", re.S)
+                         r"(?:This machine may have no Hub access: .*?|Fix:) set (?P<key>\S+)=/path", re.S)
 _UNUSABLE = re.compile(r"the (?P<what>.+?) file (?P<source>'[^']*'|\"[^\"]*\") cannot be used \((?P<cause>.*?)\)\. "
                        r"Fix: point (?P<key>\S+) at", re.S)
 
