@@ -54,10 +54,15 @@ def test_v_prediction_is_converted_to_epsilon(tiny_sd_v):
 
 
 def test_missing_model_error_is_actionable(tmp_path):
-    with pytest.raises(ModelLoadError) as err:
-        StableDiffusionPrior(SDPriorConfig(pretrained=str(tmp_path / "nope"), local_files_only=True))
+    with pytest.raises(ModelLoadError) as err:  # a Hub id that is not in the cache (offline)
+        StableDiffusionPrior(SDPriorConfig(pretrained="no-such-org/nope", local_files_only=True))
     msg = str(err.value)
     assert "nope" in msg and "prior.pretrained=/path/to/local/folder" in msg and "HF_HUB_OFFLINE=1" in msg and "experiment=demo" in msg
+    with pytest.raises(ModelLoadError) as err:  # a local folder that does not exist: no Hub advice
+        StableDiffusionPrior(SDPriorConfig(pretrained=str(tmp_path / "nope"), local_files_only=True))
+    msg = str(err.value)
+    assert "(no such file or folder on this machine: a local path, not a Hub id)" in msg and "HF_HUB_OFFLINE" not in msg
+    assert "prior.pretrained=/path/to/local/folder" in msg and "experiment=demo" in msg
 
 
 def test_dtype_resolution():
