@@ -125,9 +125,16 @@ def test_hpsv2_preprocessing_is_the_float_tensor_resize(hps_files):
     reward = HPSv2(HPSv2Config(checkpoint=str(ckpt / HPSV2_FILE), processor=str(proc), dtype="fp32",
                                local_files_only=True))
     x = torch.rand(1, 3, 45, 40)
-    ref = TF.center_crop(TF.resize(x, 32, interpolation=InterpolationMode.BICUBIC, antialias=True), 32)
-    ref = TF.normalize(ref, reward.transform.mean, reward.transform.std)
-    assert torch.allclose(reward.preprocess(x), ref, atol=1e-5)
+
+    def reference(img):  # the reference reads a PIL image (uint8 levels), then ToTensor, Resize and CenterCrop on floats
+        ref = TF.center_crop(TF.resize(img, 32, interpolation=InterpolationMode.BICUBIC, antialias=True), 32)
+        return TF.normalize(ref, reward.transform.mean, reward.transform.std)
+
+    assert torch.allclose(reward.preprocess(x), reference(x.mul(255).round().div(255)), atol=1e-5)
+    assert not torch.allclose(reward.preprocess(x), reference(x), atol=1e-5)  # the levels matter at this tolerance
+    differentiable = HPSv2(HPSv2Config(checkpoint=str(ckpt / HPSV2_FILE), processor=str(proc), dtype="fp32",
+                                       local_files_only=True, differentiable=True))
+    assert torch.allclose(differentiable.preprocess(x), reference(x), atol=1e-5)  # float throughout: gradients flow
 
 
 def test_hpsv2_errors(tmp_path, hps_files):
