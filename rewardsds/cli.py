@@ -207,8 +207,7 @@ def task(cfg) -> Optional[float]:
             return None
         status = read_status(run_dir)
         if status == "complete" and not cfg.get("resume"):
-            log.info("skipping %s: metrics.json says complete", run_dir)
-            print(f"rewardsds: {run_dir} is already complete; skipped")
+            print(f"rewardsds: {run_dir} is already complete; skipped (its metrics.json says so)")
             return None
         if status in ("running", "interrupted") and is_multirun() and not cfg.get("resume") \
                 and (run_dir / "checkpoints" / "last.ckpt").is_file():

@@ -46,6 +46,8 @@ def duration(seconds: float) -> str:
     """``1h02m``, ``12m31s`` or ``4.2s``."""
     if not math.isfinite(seconds):
         return "?"
+    if seconds < 1:
+        return f"{seconds:.2f}s"
     if seconds < 60:
         return f"{seconds:.1f}s"
     m, s = divmod(int(round(seconds)), 60)

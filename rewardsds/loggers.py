@@ -73,6 +73,12 @@ def wandb_logger(
     if os.environ.get("WANDB_MODE") == "":
         del os.environ["WANDB_MODE"]  # set but empty means unset (wandb refuses '' as a mode)
     extra = {"id": id, "resume": "allow"} if id else {}
+    if not (os.environ.get("WANDB_QUIET") or os.environ.get("WANDB_SILENT")):  # the user's choice wins
+        import wandb
+
+        # wandb's own start and end blocks (history, summary, sync hints) are tens of lines in a run's log; the run
+        # prints where its W&B files are, and the notice above says how to sync
+        extra["settings"] = wandb.Settings(quiet=True)
     return WandbLogger(
         project=cfg.project, entity=cfg.entity, group=group, name=name, tags=list(tags), log_model=False,
         save_dir=save_dir, config=run_config, reinit="finish_previous", **extra,

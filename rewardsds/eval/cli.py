@@ -288,7 +288,7 @@ def _main(args: argparse.Namespace) -> int:
                               files=[folder / "eval.csv", *written, *(c["csv"] for c in curves)])
     print("wrote " + ", ".join(p.name for p in written)
           + (f", {len(summary['plots'])} plots" if summary["plots"] else "")
-          + (f", {len(curves)} curves" if curves else "") + (f", {len(sheets)} contact sheets" if sheets else "")
+          + (f", {len(curves)} curves" if curves else "") + (f", {len(sheets)} contact sheet{'s' if len(sheets) != 1 else ''}" if sheets else "")
           + (f" and {report}" if report else f" in {folder}"))
     try:
         _push_wandb(folder, loaded, summary, curves, sheets, args)
