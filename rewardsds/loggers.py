@@ -164,8 +164,9 @@ def no_logger(cfg: NoLoggerConfig, save_dir: str = "."):
     return False
 
 
-def write_summary(logger, metrics: dict) -> None:
-    """Final metrics as the W&B run summary (and as a last row for other loggers)."""
+def write_summary(logger, metrics: dict, step: Optional[int] = None) -> None:
+    """Final metrics as the W&B run summary (and, for other loggers, a row at ``step``: the run's last step, where
+    the training rows of ``csv/metrics.csv`` end)."""
     if not logger or not metrics:
         return
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -174,7 +175,7 @@ def write_summary(logger, metrics: dict) -> None:
     if isinstance(logger, WandbLogger):
         logger.experiment.summary.update(scalars)
     elif scalars:
-        logger.log_metrics(scalars)
+        logger.log_metrics(scalars, step=step)
 
 
 def finish(logger) -> None:

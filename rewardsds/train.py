@@ -407,7 +407,8 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
     from rewardsds.loggers import log_checkpoint, log_exports, write_summary
 
     # the run summary: final metrics and the run's cost, so dashboards can plot quality against time
-    write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS})
+    write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS},
+                  step=max(0, system.iteration - 1))
     if history:
         history.finalize("success")
     if logger:

@@ -129,8 +129,10 @@ def test_signal_writes_a_checkpoint_and_resume_continues_exactly(tmp_path, sig):
     import csv
 
     with open(run / "csv" / "metrics.csv") as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+        rows = list(csv.DictReader(f))
+    steps = [int(row["step"]) for row in rows if row.get("train/loss")]
     assert steps == list(range(40))  # the history is whole, each step once
+    assert [int(row["step"]) for row in rows if row.get("final/reward")] == [39]  # the summary row ends the history
     full = tmp_path / "full"
     from rewardsds.train import train
 
