@@ -226,7 +226,12 @@ def task(cfg) -> Optional[float]:
         value = metrics.get("final/reward")
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
     except RunInterrupted as err:
-        print(f"rewardsds: {err}", file=sys.stderr)
+        message = f"rewardsds: {err}"
+        if is_multirun():
+            message += (f" (or continue the whole sweep, this job included: the same command with "
+                        f"hydra.sweep.dir={run_dir.parent})")
+        print(message, file=sys.stderr)
+        _to_log_file(message, logging.WARNING)  # train.log ends with how the run ended, as the terminal does
         raise SystemExit(err.exit_code) from None
     except RewardSDSError as err:
         return _fail(run_dir, err, user_error=True)
@@ -234,6 +239,13 @@ def task(cfg) -> Optional[float]:
         return _fail(run_dir, err, user_error=False)
     finally:
         _release_cuda_memory()
+
+
+def _to_log_file(message: str, level: int) -> None:
+    """Write ``message`` to the run's log file (Hydra's file handler) only: the terminal has it already."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("rewardsds", level, __file__, 0, message, None, None))
 
 
 def _release_cuda_memory() -> None:

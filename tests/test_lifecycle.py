@@ -113,6 +113,7 @@ def test_signal_writes_a_checkpoint_and_resume_continues_exactly(tmp_path, sig):
     stopped = m["iterations"]
     assert m["status"] == "interrupted" and m["interrupted_by"] == signal.Signals(sig).name and 3 <= stopped < 40
     assert f"interrupted by {signal.Signals(sig).name} at step {stopped} of 40" in err and f"rewardsds resume={run}" in err
+    assert (run / "train.log").read_text().rstrip().endswith(f"Continue with: rewardsds resume={run}")  # the log ends as the run did
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["rewardsds"]["iteration"] == stopped  # written at the step it stopped, not at checkpoint_every
     if sig == signal.SIGINT:
