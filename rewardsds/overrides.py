@@ -145,7 +145,7 @@ def _not_an_override(word: str, i: int, words: Sequence[str], subcommands: Seque
     if "=" not in word:
         close = difflib.get_close_matches(word, list(subcommands), n=1) if i == 0 else []
         if close:
-            return CommandLineError("command", word, f"is not a subcommand or a key=value override", f"did you mean "
+            return CommandLineError("command", word, "is not a subcommand or a key=value override", f"did you mean "
                                     f"rewardsds {close[0]} ...? (subcommands: {', '.join(subcommands)})")
         if i > 0 and "=" in words[i - 1]:
             key = words[i - 1].split("=", 1)[0]
