@@ -2,9 +2,10 @@
 and the fix.
 
 Hydra reports a bad override (an unknown key, a value of the wrong type, a config option that does not exist, a
-word that is not ``key=value``) with its own text and exit code 1, after its run folder exists. :func:`check` composes
-the config the command asks for (a sweep: its first job) exactly as Hydra will, with Hydra's compose API, and turns
-what Hydra refuses into a :class:`CommandLineError` with a suggestion, before any folder is made. Whatever it does not
+word that is not ``key=value``) with its own text and exit code 1, after its run folder exists, and errors the
+project's resolvers raise while a sweep starts as a traceback. :func:`check` composes the config the command asks for
+(a sweep: jobs that show every value it lists) exactly as Hydra will, with Hydra's compose API, resolves it, and turns
+what fails into a :class:`CommandLineError` with a suggestion, before any folder is made. Whatever it does not
 recognise it leaves to Hydra.
 """
 
@@ -36,7 +37,7 @@ class CommandLineError(Exception):
 
 
 def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] = ()) -> None:
-    """Compose the command's config as Hydra will (a sweep's first value of every swept key); raise
+    """Compose and resolve the command's config as Hydra will (for a sweep, :func:`sample_jobs`); raise
     :class:`CommandLineError` for what Hydra would refuse.
 
     Args:
