@@ -56,6 +56,9 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"export": _export, "ev
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console script ``rewardsds`` (and ``python -m rewardsds``)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from rewardsds.utils.io import TYPED_ARGS
+
+    TYPED_ARGS[:] = [list(args)]  # what the run records as its command (Hydra gets more, below)
     _line_buffered_output()
     if args and args[0] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[args[0]](args[1:]))

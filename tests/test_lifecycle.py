@@ -127,6 +127,7 @@ def test_signal_writes_a_checkpoint_and_resume_continues_exactly(tmp_path, sig):
     assert m2["status"] == "complete" and m2["iterations"] == 40 and len(m2["sessions"]) == 2
     assert m2["sessions"][0]["status"] == "interrupted" and m2["sessions"][1]["start_step"] == stopped
     assert m2["wall_time_s"] > m2["sessions"][1]["wall_time_s"]  # earlier sessions count
+    assert m2["sessions"][1]["command"].endswith(f"resume={run}")  # as typed (not the folder arguments added for Hydra)
     import csv
 
     with open(run / "csv" / "metrics.csv") as f:

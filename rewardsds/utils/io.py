@@ -140,12 +140,16 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+#: the arguments the user typed, kept by ``rewardsds.cli.main`` before it adds its own for Hydra (a resume's run folder)
+TYPED_ARGS: list[list[str]] = []
+
+
 def command_line() -> str:
-    """The command as a user would retype it (``python -m rewardsds`` shows as ``rewardsds``)."""
+    """The command as the user typed it (``python -m rewardsds`` shows as ``rewardsds``)."""
     prog = Path(sys.argv[0]).name
     if prog in ("__main__.py", "train.py", "rewardsds"):
         prog = "rewardsds"
-    return " ".join([prog] + [_quote(a) for a in sys.argv[1:]])
+    return " ".join([prog] + [_quote(a) for a in (TYPED_ARGS[-1] if TYPED_ARGS else sys.argv[1:])])
 
 
 def job_command(overrides) -> str:
