@@ -395,7 +395,12 @@ def test_overlapped_step_matches_the_plain_step(parts, compiled):
         assert rep[name]["rewards_max_abs_diff"] <= tol < spread / 2, rep
         if not compiled:
             assert rep[name]["weights_equal"] and torch.equal(torch.argsort(a["rewards"]), torch.argsort(b["rewards"])), rep
-        assert rep[name]["grad_rel_err"] < (5e-2 if compiled else 1e-3), rep
+        if rep[name]["weights_equal"]:  # the same selection: the same gradient, to the step's rounding
+            assert rep[name]["grad_rel_err"] < (5e-2 if compiled else 1e-3), rep
+        else:  # bf16 only: a different selection is allowed where the plain rewards at its boundary are a near-tie
+            r = a["rewards"].sort(descending=True).values
+            rep[name]["boundary_gaps"] = [float(r[0] - r[1]), float(r[-2] - r[-1])]  # min_max with one best and one worst
+            assert compiled and min(rep[name]["boundary_gaps"]) <= 2 * rep[name]["rewards_max_abs_diff"], rep
     _report(f"overlap_{'compiled_bf16' if compiled else 'fp32'}", rep)
 
 

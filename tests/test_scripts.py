@@ -85,7 +85,7 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     chunked = ["rewardsds_n10_k15_compiled_2chunks", "rewardsds_n10_k15_compiled_2chunks_overlap"]
     assert set(r["configs"]) == {"rewardsds_n10_k15_eager", "sds_eager", "rewardsds_n10_k15_prune5_eager",
                                  "rewardsds_n10_k15_compiled_reward_compiled", "rewardsds_n10_k15_compiled_cudnn_benchmark",
-                                 "rewardsds_n10_k15_compiled_cudnn_attention", *chunked}
+                                 "rewardsds_n10_k15_compiled_cudnn_attention", "rewardsds_n10_k15_compiled_fp32_reward", *chunked}
     levers = r["configs"]["rewardsds_n10_k15_compiled_reward_compiled"], r["configs"]["rewardsds_n10_k15_compiled_cudnn_benchmark"]
     assert [(c["reward_variant"], c["cudnn_benchmark"]) for c in levers] == [("fast_compiled", False), ("fast", True)]
     evals = [row["evals"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]]
@@ -106,7 +106,9 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     assert [row["t"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]] == r["timesteps"]
     assert set(r["speedups"]) == {"rewardsds_n10_k15_eager_vs_reference", "rewardsds_n10_k15_compiled_reward_compiled_vs_reference",
                                   "rewardsds_n10_k15_compiled_cudnn_benchmark_vs_reference",
-                                  "rewardsds_n10_k15_compiled_cudnn_attention_vs_reference", *(f"{c}_vs_reference" for c in chunked)}
+                                  "rewardsds_n10_k15_compiled_cudnn_attention_vs_reference",
+                                  "rewardsds_n10_k15_compiled_fp32_reward_vs_reference", *(f"{c}_vs_reference" for c in chunked)}
+    assert r["configs"]["rewardsds_n10_k15_compiled_fp32_reward"]["reward_variant"] == "tensor32"
     paths = r["agreement"]["paths"]
     assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)",
                           "bf16_compiled, compiled reward", "bf16_compiled, cudnn.benchmark", "bf16_compiled, cuDNN attention",
