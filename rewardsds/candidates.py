@@ -367,10 +367,11 @@ class CandidateEngine:
         rows = rows_per_call(cands.n * cands.b, self.chunk_size(cands.noisy), self.prior.num_frames, inputs_per_row=2)
         chunks = call_ranges(cands.n, rows // cands.b)
         if len(chunks) > 1 and rows % cands.b:
+            whole = rows // cands.b
             self._say_once(f"lookahead.overlap=true: a model call of chunk_size={self.chunk_size(cands.noisy)} takes {rows} "
-                           f"rows, not whole candidates of {cands.b} views, so each chunk rounds down to {rows // cands.b} "
-                           f"whole candidate{'s' if rows // cands.b != 1 else ''} and the lookahead makes more, smaller calls than without overlap; set chunk_size to "
-                           f"a multiple of {2 * cands.b}")
+                           f"rows, not whole candidates of {cands.b} views, so each chunk rounds down to {whole} whole "
+                           f"candidate{'s' if whole != 1 else ''} and the lookahead makes more, smaller calls than without "
+                           f"overlap; set chunk_size to a multiple of {2 * cands.b}")
         return chunks
 
     def _say_once(self, message: str) -> None:
@@ -419,7 +420,7 @@ class CandidateEngine:
         """
         chunks = self.candidate_chunks(cands)
         if len(chunks) == 1:
-            if self.lookahead_cfg.overlap:
+            if self.lookahead_cfg.overlap and not self._said_overlap:
                 self._say_once(self._nothing_to_overlap(cands))
             images = self.decode(self.lookahead(cands, text, camera, first=self._first_call(cands)))
             return images, self._scores(images, prompts)
