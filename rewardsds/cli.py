@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     _line_buffered_output()
     if args and args[0] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[args[0]](args[1:]))
-    from rewardsds.overrides import CommandLineError, check
+    from rewardsds.overrides import SWEPT_KEYS_ENV, CommandLineError, check, swept_keys
 
     try:
         args = prepare_arguments(args)
@@ -72,6 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"rewardsds: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0]] + args
+    # the job folders of a sweep name every swept key, setup keys too (experiment=a,b must not share a folder)
+    os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(args))
     _SWEEP.clear()
     try:
         _hydra_entry()

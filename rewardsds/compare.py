@@ -6,10 +6,12 @@ timesteps and the same first noises, so differences come from the variants alone
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from hydra import compose
@@ -32,6 +34,18 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _value_of(override: str) -> Any:
+    """The value an override gives, typed as Hydra reads it (``n_noises=2`` -> 2), None for a deletion (``~key``)."""
+    if "=" not in override:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).value()
+    except Exception:
+        return override.split("=", 1)[1]
+
+
 def check_variant_overrides(base: list[str], variants: dict[str, list[str]]) -> None:
     """Raise ConfigError where a command-line override sets a key that a compare variant also sets.
 
@@ -46,11 +60,34 @@ def check_variant_overrides(base: list[str], variants: dict[str, list[str]]) -> 
                 continue
             edited = " ".join(override.lstrip("+~") if override_key(o) == key else o for o in variant)
             raise ConfigError(
-                key, override.split("=", 1)[1] if "=" in override else None,
+                key, _value_of(override),
                 f"is set on the command line and by the compare variant {label} ({clash}), whose value would replace it",
                 f"drop {override} from the command line; to change the variant, set compare.runs.{label}=\"{edited}\"; "
                 "or run one configuration without variants (compare.runs={})",
             )
+
+
+def variant_overrides(base: list[str], variant: list[str], seed: int) -> list[str]:
+    """The overrides that compose one variant of a compare run alone (its sub-run records them, so its job command and
+    its resume run that variant, not the whole comparison)."""
+    return base + variant + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"]
+
+
+@contextlib.contextmanager
+def _own_log_file(path: Path) -> Iterator[None]:
+    """While a variant runs, what it logs also goes to its own folder's ``train.log`` (stamped like the run's log file),
+    so the variant's folder, which can be resumed alone, holds its whole record; the compare run's log keeps all."""
+    root = logging.getLogger()
+    stamped = next((h.formatter for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(stamped or logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -68,12 +105,13 @@ def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     images: dict[tuple[str, int], np.ndarray] = {}
     for strategy in strategies:
         for seed in seeds:
-            overrides = base + variants[strategy] + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"]
+            overrides = variant_overrides(base, variants[strategy], seed)
             sub = compose(config_name="config", overrides=overrides, return_hydra_config=True)  # its choices name the variant's options
             sub_dir = run_dir / f"{strategy}_seed{seed}"
             print(f"rewardsds compare: {strategy} ({' '.join(variants[strategy])}) seed={seed} -> {sub_dir}")
             # recorded with the variant's own overrides: its job command and its resume compose this variant alone
-            m = train(sub, sub_dir, overrides=overrides)
+            with _own_log_file(sub_dir / "train.log"):
+                m = train(sub, sub_dir, overrides=overrides)
             rows.append({"strategy": strategy, "seed": seed, **{k: m.get(k) for k in ("final/reward", "final/log_prob", "final/modes", "wall_time_s", "step_time_median_s", "evals_per_step_mean")}})
             finals = sorted((sub_dir / "final").glob("image_*.png"))
             if finals:

@@ -638,7 +638,8 @@ def register_schemas() -> None:
 
 
 #: Override keys (or prefixes ending in ".") left out of sweep job folder names: they set the run up
-#: rather than vary it, and would make every folder name long.
+#: rather than vary it, and would make every folder name long. A key the sweep varies is always named
+#: (``-m experiment=paper_2d,paper_vsd_2d`` gives each experiment its folder).
 JOB_NAME_EXCLUDE = ("experiment", "debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name",
                     "prompts", "prompts_file", "gpu_lock.", "hparams_search")
 
@@ -649,13 +650,21 @@ def job_dirname(overrides: Any, max_len: int = 200, _root_: Any = None) -> str:
     Registered as the ``rewardsds_jobname`` resolver and used by ``hydra.sweep.subdir``, so every launcher
     (basic, joblib, submitit) names the folders the same way. Falls back to ``job`` for no overrides.
     ``prompt_index=i`` of a prompt list (read from the job's config ``_root_``) becomes ``prompt=<i>-<slug>``.
+    A setup key is named when the sweep varies it (the ``rewardsds`` command puts the swept keys in
+    :data:`~rewardsds.overrides.SWEPT_KEYS_ENV`).
     """
+    import os
+
+    from rewardsds.overrides import SWEPT_KEYS_ENV
+
+    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
     items = []
     for o in list(overrides or []):
         key = str(o).split("=", 1)[0].lstrip("+~")
-        if any(key == e or (e.endswith(".") and key.startswith(e)) for e in JOB_NAME_EXCLUDE):
+        if key not in swept and any(key == e or (e.endswith(".") and key.startswith(e)) for e in JOB_NAME_EXCLUDE):
             continue
-        item = str(o).lstrip("+~").replace("/", "_")
+        # Hydra escapes spaces in the recorded overrides (prompt=a\ cat): a folder name reads better without
+        item = str(o).lstrip("+~").replace("\\ ", " ").replace("/", "_").replace(" ", "_")
         if key == "prompt_index" and _root_ is not None:
             item = _prompt_item(_root_, item)
         items.append(item)

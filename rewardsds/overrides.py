@@ -16,6 +16,8 @@ from typing import Any, Optional, Sequence
 
 #: Hydra config groups that come from a package extra: ``hydra/<group>/<option>`` -> the extra that installs it.
 EXTRA_OF_OPTION = {"hydra/sweeper/optuna": "search", "hydra/launcher/submitit_slurm": "slurm", "hydra/launcher/submitit_local": "slurm"}
+#: Environment variable with the keys the running sweep varies, for the job folder names (read in each job's process).
+SWEPT_KEYS_ENV = "REWARDSDS_SWEPT_KEYS"
 #: Command-line flags that take no value; any other flag leaves the command to Hydra unchecked.
 PLAIN_FLAGS = ("-m", "--multirun")
 
@@ -48,8 +50,6 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
     if any(a.startswith("-") and a not in PLAIN_FLAGS for a in args):
         return  # flags with values (--config-name, --cfg job, ...): Hydra's own handling
     words = [a for a in args if a not in PLAIN_FLAGS]
-    if not words:
-        return
     jobs = sample_jobs(words, subcommands, multirun=len(words) < len(args))
     if not jobs:
         return
@@ -58,7 +58,8 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
 
     import rewardsds.config  # noqa: F401  (registers the schemas the configs extend)
 
-    for overrides in jobs:
+    composed = []
+    for overrides in jobs:  # first what Hydra refuses, in any job
         try:
             with initialize_config_module(config_package, version_base="1.3"):
                 cfg = compose("config", overrides=overrides, return_hydra_config=True)
@@ -70,6 +71,15 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
             if found is not None:
                 raise found from None
             return  # left to Hydra
+        composed.append((overrides, cfg))
+    for overrides, cfg in composed:  # then what the run would refuse at its start
+        try:
+            _validate(cfg, overrides, config_package)
+        except CommandLineError as err:
+            if len(words) < len(args):  # a sweep: say which job, since the others may be fine
+                raise CommandLineError.said(f"{err} (the sweep's job {' '.join(overrides)}; every job must be valid "
+                                            "before a sweep starts)") from None
+            raise
 
 
 #: how OmegaConf words an error a resolver raised (the project's resolvers raise ConfigError: prompt sets, GPU counts)
@@ -98,6 +108,40 @@ def _resolve_each(cfg) -> None:
                         raise CommandLineError.said(first[len(_RESOLVER_ERROR):]) from None
 
     walk(cfg)
+
+
+def _validate(cfg, overrides: Sequence[str], config_package: str) -> None:
+    """The project's own checks (:func:`rewardsds.config.validate`; for a compare run, each variant's composition and
+    the overrides its variants replace), raised as a :class:`CommandLineError`: the run would fail on them at its
+    start, after its folder exists. A resume is checked when its run folder's config is read; what fails here for
+    another reason is left to the run, which records it."""
+    from omegaconf import OmegaConf
+
+    from rewardsds.errors import ConfigError
+
+    if OmegaConf.select(cfg, "resume", default=None):
+        return
+    try:
+        from rewardsds.config import validate
+
+        runs = OmegaConf.select(cfg, "compare.runs", default=None)
+        if not runs:
+            validate(cfg)
+            return
+        from hydra import compose, initialize_config_module
+
+        from rewardsds.compare import check_variant_overrides, variant_overrides
+
+        variants = {str(k): str(v).split() for k, v in runs.items()}
+        base = [o for o in overrides if not o.startswith(("compare.", "seed=", "hydra."))]
+        check_variant_overrides(base, variants)
+        for variant in variants.values():
+            with initialize_config_module(config_package, version_base="1.3"):
+                validate(compose("config", overrides=variant_overrides(base, variant, int(cfg.seed)), return_hydra_config=True))
+    except ConfigError as err:
+        raise CommandLineError.said(str(err)) from None
+    except Exception:
+        return
 
 
 #: most compositions :func:`sample_jobs` asks for (each takes about 0.1 s)
@@ -140,6 +184,26 @@ def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun:
             if len(jobs) < MAX_CHECKED_JOBS:
                 jobs.append(first[:i] + [other] + first[i + 1:])
     return jobs
+
+
+def swept_keys(args: Sequence[str]) -> list[str]:
+    """The keys a multirun command line sweeps (a comma list or a sweep function), in order; empty for a single run."""
+    if not any(a in PLAIN_FLAGS for a in args):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    keys = []
+    for word in args:
+        if word.startswith("-"):
+            continue
+        try:
+            (ov,) = parser.parse_overrides([word])
+        except Exception:
+            continue
+        if ov.is_sweep_override():
+            keys.append(ov.get_key_element().lstrip("+~"))
+    return keys
 
 
 def _not_an_override(word: str, i: int, words: Sequence[str], subcommands: Sequence[str]) -> CommandLineError:

@@ -820,6 +820,9 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=16, help="agreement draws (4 seeds x draws/4 steps)")
     ap.add_argument("--agreement-n", type=int, default=10)
     ap.add_argument("--per-draw", action="store_true", help="keep every draw's sets in the JSON")
+    ap.add_argument("--only-path", action="append", default=None, metavar="NAME",
+                    help="measure only this agreement path (its name as printed; repeat for more), e.g. to spend a "
+                         "device call's time on more draws of the default")
     ap.add_argument("--mv-steps", type=int, default=3)
     # 64 inputs per UNet call (N <= 32 in one call, as the automatic size gives on an H200); 0 = automatic, whose memory
     # probe calls the UNet at batch 2 and so compiles one more CUDA graph per compiled prior (the compile_cache
@@ -943,6 +946,12 @@ def main(argv=None) -> int:
                 variants.append(("tiny_decode (random taesd)", "eager", {"lookahead_decode": "tiny"}, "fast"))
         if "attribution" in sections:
             variants += list(ATTRIBUTION_PATHS)
+        if args.only_path:
+            unknown = sorted(set(args.only_path) - {v[0] for v in variants})
+            if unknown:
+                raise SystemExit(f"--only-path {unknown[0]!r}: no such agreement path with these sections; they are: "
+                                 + "; ".join(v[0] for v in variants))
+            variants = [v for v in variants if v[0] in args.only_path]
         bench_agreement(args, models, device, results, deadline, variants)
         save()
     if "float8" in sections and f8_reason is None:

@@ -91,6 +91,10 @@ def test_unknown_key_is_rejected():
         (["-m", "experiment=analytic", "strategy=none,minmax", "seed=0,1"], "Fix: did you mean strategy=min_max?"),
         # the project's own checks inside resolvers, which Hydra runs when the sweep starts (it printed a traceback)
         (["-m", "experiment=analytic", "prompts_file=/no/such/prompts.txt", "seed=0,1"], "prompts_file = '/no/such/prompts.txt': does not exist. Fix: give"),
+        # the project's validation, which the run did at its start (after its folder existed)
+        (["experiment=analytic", "+n_noise=8"], "n_noise = 8: is not a setting of the root config, so nothing would read it. Fix: did you mean n_noises?"),
+        (["-m", "experiment=analytic", "lookahead.steps=4,-1"], "lookahead.steps = -1:"),
+        ([], "prompt = '???': is required. Fix: pass a prompt"),
     ],
 )
 def test_what_hydra_would_refuse_is_one_message_with_the_fix(args, message):
@@ -106,8 +110,8 @@ def test_a_good_command_line_passes_the_check():
     from rewardsds.cli import CONFIG_PACKAGE
     from rewardsds.overrides import check, sample_jobs
 
-    for args in (["experiment=analytic", "prompt=a cat", "strategy.n_max=2"], ["+n_noise=8"],  # (+key: validation names it)
-                 ["-m", "experiment=analytic", "n_noises=4,8", "strategy=none,min_max"], ["-m", "n_noises=range(2,5)"],
+    for args in (["experiment=analytic", "prompt=a cat", "strategy.n_max=2"], ["experiment=demo", "steps=2"],
+                 ["-m", "experiment=analytic", "n_noises=4,8", "strategy=none,min_max"], ["-m", "prompt=a", "n_noises=range(4,7)"],
                  ["--cfg", "job", "n_noise=8"]):  # info flags are Hydra's
         check(args, CONFIG_PACKAGE)
     assert sample_jobs(["a=1,2", "b=x", "c=3,4,5"]) == [["a=1", "b=x", "c=3"], ["a=2", "b=x", "c=3"], ["a=1", "b=x", "c=4"],
@@ -134,8 +138,22 @@ def test_cli_refuses_a_bad_override_before_making_a_run_folder(tmp_path):
 # ------------------------------------------------------------------ the CLI (subprocess): exit codes and messages
 def test_cli_missing_prompt_exits_nonzero(tmp_path):
     r = run_cli(["trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}/run"], tmp_path)
-    assert r.returncode != 0
-    assert "prompt" in (r.stderr + r.stdout)
+    assert r.returncode == 2 and not (tmp_path / "run").exists(), r.stderr[-2000:]
+    assert r.stderr.startswith("rewardsds: error: prompt = '???': is required. Fix: pass a prompt"), r.stderr
+
+
+def test_a_config_the_run_would_refuse_makes_no_folder(tmp_path):
+    """The project's own checks (validate) run with the command-line check: a single run and each value of a sweep
+    are refused before Hydra makes a folder, with the same message the run would give."""
+    r = run_cli(["experiment=analytic", "n_noises=3", "strategy=min_max", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "run").exists(), r.stderr[-2000:]
+    assert r.stderr.startswith("rewardsds: error: n_noises = 3:") and "n_noises>=4" in r.stderr, r.stderr
+    r = run_cli(["-m", "experiment=analytic", "strategy=min_max", "n_noises=8,3", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "sweep").exists(), r.stderr[-2000:]
+    assert "n_noises = 3:" in r.stderr, r.stderr
+    r = run_cli(["experiment=demo", "compare.runs.sds='strategy=min_max n_noises=2'", f"hydra.run.dir={tmp_path}/demo"], tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "demo").exists(), r.stderr[-2000:]
+    assert "rewardsds: error: n_noises = 2:" in r.stderr, r.stderr
 
 
 def test_cli_unreachable_model(tmp_path):
@@ -294,7 +312,7 @@ def test_compare_variant_clash_names_key_variant_and_fix():
     with pytest.raises(ConfigError) as err:
         check_variant_overrides(["experiment=demo", "n_noises=2"], variants)
     msg = str(err.value)
-    assert msg.startswith("n_noises = '2'") and "compare variant sds (n_noises=1)" in msg, msg
+    assert msg.startswith("n_noises = 2:") and "compare variant sds (n_noises=1)" in msg, msg
     assert 'compare.runs.sds="strategy=none n_noises=2"' in msg and "compare.runs={}" in msg, msg
     with pytest.raises(ConfigError, match=r"^strategy = 'best'.*compare variant sds \(strategy=none\)"):
         check_variant_overrides(["+strategy=best"], variants)
@@ -304,8 +322,8 @@ def test_cli_compare_refuses_an_override_its_variants_replace(tmp_path):
     """`experiment=demo n_noises=2` used to run N = 1 and N = 8 regardless; now it stops before any sub-run."""
     r = run_cli(["experiment=demo", "n_noises=2", "steps=1", *FAST, f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "n_noises = '2'" in r.stderr and "compare variant sds" in r.stderr and "compare.runs.sds=" in r.stderr
-    assert not list((tmp_path / "run").glob("*_seed*")), "no variant may start"
+    assert "n_noises = 2:" in r.stderr and "compare variant sds" in r.stderr and "compare.runs.sds=" in r.stderr
+    assert not (tmp_path / "run").exists(), "refused before the run folder is made"
 
 
 def test_a_compare_variant_records_its_own_command_and_continues_alone(tmp_path):
@@ -318,6 +336,8 @@ def test_a_compare_variant_records_its_own_command_and_continues_alone(tmp_path)
     m = json.loads((sds / "metrics.json").read_text())
     assert {"strategy=none", "n_noises=1", "seed=0", "compare.runs={}"} <= set(m["overrides"]) and "compare.runs={}" in m["job_command"]
     assert f"continue      rewardsds resume={sds} steps=6" in r.stdout
+    own, whole = (sds / "train.log").read_text(), (folder / "train.log").read_text()
+    assert "strategy=none, N=1" in own and "strategy=min_max" not in own and "strategy=min_max" in whole, own
     r = run_cli([f"resume={sds}", "steps=5"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((sds / "metrics.json").read_text())

@@ -114,6 +114,10 @@ def test_every_conf_file_extends_its_schema_by_class_name():
             assert text.split(f"/schema/{group}/")[1].split("@")[0] in names, yaml
 
 
+#: experiments run by tests/test_system_gpu.py instead of the tiny CPU multirun below
+GPU_3D_EXPERIMENTS = ("dreamfusion_nerf", "dreamfusion_gaussians", "mvdream_nerf", "mvdream_gaussians", "dreamdpo_mvdream_nerf")
+
+
 def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
     """Each experiment, shrunk to 2 steps with tiny models, runs as one multirun."""
     sweep = tmp_path / "sweep"
@@ -130,11 +134,14 @@ def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
         # step 1 of 2 is past pg_start and negative_start
         "ddpo3d_2d,dreamdpo_2d,psd_2d": [f"prior.pretrained={tiny_sd}", "reward=analytic", "reward.image_size=16"],
     }
-    # one multirun over all experiments that share the same override set
-    special = {x for key in overrides for x in key.split(",")}
+    # one multirun over all experiments that share the same override set; the 3D experiments on a real prior render
+    # at full size (a NeRF on the CPU: about 80 s a step), so tests/test_system_gpu.py runs them on the GPU
+    special = {x for key in overrides for x in key.split(",")} | set(GPU_3D_EXPERIMENTS)
     simple = [e for e in exps if e not in special]
+    assert set(GPU_3D_EXPERIMENTS) <= set(exps), "an experiment listed as run on the GPU no longer exists"
     r = run_cli(["-m", f"experiment={','.join(simple)}", "steps=2", "compare.seeds=[0]", *FAST, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [f"experiment={e},steps=2" for e in simple]
     for key, extra in overrides.items():
         present = [e for e in key.split(",") if e in exps]
         if present:

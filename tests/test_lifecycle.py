@@ -394,9 +394,11 @@ def test_log_model_logs_the_checkpoint_as_an_artifact_offline(tmp_path):
 # ------------------------------------------------------------------ failures the run reports
 def test_a_sweep_whose_jobs_all_fail_exits_1(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_cli(["-m", *RUN, *FAST, "steps=2", "n_noises=1,2", f"hydra.sweep.dir={sweep}"], tmp_path)
+    # jobs that pass the command-line check and fail while training (a latent of ~1e30 gives non-finite gradients)
+    r = run_cli(["-m", *RUN, *FAST, "steps=3", "seed=1,2", "representation.init_std=1e30", "strategy=weighted", "max_nonfinite_steps=1",
+                 f"hydra.sweep.dir={sweep}"], tmp_path)
     assert r.returncode == 1, r.stderr[-2000:]
-    assert "0 complete" not in r.stdout and "2 failed" in r.stdout and "n_noises=1" in r.stderr and "n_noises=2" in r.stderr
+    assert "0 complete" not in r.stdout and "2 failed" in r.stdout and "seed=1" in r.stderr and "seed=2" in r.stderr, r.stdout + r.stderr
 
 
 def test_an_unwritable_run_folder_is_one_message(tmp_path):

@@ -157,3 +157,18 @@ def test_command_line_prompt_index_wins_over_the_set():
                     ["prompt_index=2", "strategy=none"], ["prompt_index=2", "strategy=min_max"]]
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     assert len(BasicSweeper.split_arguments(parsed, None)[0]) == 25
+
+
+def test_a_swept_setup_key_names_the_job_folder(monkeypatch):
+    """Setup keys (experiment, trainer, ...) stay out of job folder names unless the sweep varies them: two
+    experiments of one sweep must not share a folder (the second would be skipped as complete)."""
+    from rewardsds.overrides import SWEPT_KEYS_ENV, swept_keys
+
+    assert swept_keys(["-m", "experiment=analytic,demo", "steps=2", "+x=range(1,3)"]) == ["experiment", "x"]
+    assert swept_keys(["experiment=analytic", "steps=2"]) == []
+    job = ["experiment=demo", "steps=2", "logger=none"]
+    monkeypatch.delenv(SWEPT_KEYS_ENV, raising=False)
+    assert job_dirname(job) == "steps=2"
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "experiment")
+    assert job_dirname(job) == "experiment=demo,steps=2"
+    assert job_dirname(["prompt=a\\ red\\ fox", "seed=1"]) == "prompt=a_red_fox,seed=1"  # as Hydra records a spaced value

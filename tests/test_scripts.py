@@ -73,6 +73,19 @@ def test_cli_vs_benchmark_compares_the_same_steps():
     assert vs["against"] == "this run" and vs["row"] == bench.AGAINST_ROW and vs["median_ratio"] == pytest.approx(350.0 / 340.0)
 
 
+def test_benchmark_agreement_of_chosen_paths_only(tmp_path):
+    """--only-path measures the named agreement paths alone (a device call's time goes to more draws of them); an
+    unknown name stops with the list of the paths there are."""
+    out = tmp_path / "bench.json"
+    args = ["--preset", "tiny", "--device", "cpu", "--draws", "4", "--sections", "agreement,attribution", "--sd-folder", str(tmp_path / "sd"),
+            "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out), "--only-path", "attribution: bf16 prior, exact reward"]
+    assert _script("benchmark").main(args) == 0
+    paths = json.loads(out.read_text())["agreement"]["paths"]
+    assert list(paths) == ["attribution: bf16 prior, exact reward"] and paths["attribution: bf16 prior, exact reward"]["n_draws"] == 4
+    with pytest.raises(SystemExit, match="--only-path 'bf16_compiled': no such agreement path.*bf16_eager"):
+        _script("benchmark").main([*args[:-1], "bf16_compiled"])
+
+
 @pytest.mark.slow
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"

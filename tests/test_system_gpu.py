@@ -87,11 +87,13 @@ def test_3d_fifty_steps(rep, size, tiny_sd, sd21_random, image_reward_random, tm
 
 
 @gpu_test
-def test_mvdream_nerf_fifty_steps_full_size(mvdream_random, image_reward_random, tmp_path):
+@pytest.mark.parametrize("rep", ["nerf", "gaussians"])
+def test_mvdream_fifty_steps_full_size(rep, mvdream_random, image_reward_random, tmp_path):
     mv, base = mvdream_random
-    m = _run([*GPU, "experiment=mvdream_nerf", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
+    m = _run([*GPU, f"experiment=mvdream_{rep}", f"prior.pretrained={mv}", f"prior.base_model={base}", "prior.local_files_only=true",
               *image_reward_random, "steps=50", "output.eval_views=4", "output.turntable_frames=0", "cameras.eval_resolution=256"], tmp_path / "run")
-    _report("mvdream_nerf_64px_50steps", m, {"n_noises": 7, "views_per_step": 8, "reward_steps": 25})
+    assert len(list((tmp_path / "run" / "eval").glob("view_*.png"))) == 4
+    _report(f"mvdream_{rep}_50steps", m, {"representation": rep})
 
 
 @gpu_test
