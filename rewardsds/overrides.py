@@ -50,7 +50,8 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
     if any(a.startswith("-") and a not in PLAIN_FLAGS for a in args):
         return  # flags with values (--config-name, --cfg job, ...): Hydra's own handling
     words = [a for a in args if a not in PLAIN_FLAGS]
-    jobs = sample_jobs(words, subcommands, multirun=len(words) < len(args))
+    multirun = len(words) < len(args)
+    jobs = sample_jobs(words, subcommands, multirun=multirun)
     if not jobs:
         return
     from hydra import compose, initialize_config_module
@@ -58,8 +59,11 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
 
     import rewardsds.config  # noqa: F401  (registers the schemas the configs extend)
 
-    composed = []
-    for overrides in jobs:  # first what Hydra refuses, in any job
+    composed: list = []
+    swept_by_config = not multirun  # a sweep's own params (hydra.sweeper.params: prompts=<set>) are read once
+    i = 0
+    while i < len(jobs):  # first what Hydra refuses, in any job
+        overrides = jobs[i]
         try:
             with initialize_config_module(config_package, version_base="1.3"):
                 cfg = compose("config", overrides=overrides, return_hydra_config=True)
@@ -71,7 +75,16 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
             if found is not None:
                 raise found from None
             return  # left to Hydra
+        if not swept_by_config:
+            swept_by_config = True
+            extra = _sweeper_params(cfg, words)
+            if extra:  # the jobs Hydra's sweeper will make: the command line's values times the config's
+                jobs = sample_jobs(words + extra, subcommands, multirun=True, ends_only=[e.split("=", 1)[0] for e in extra])
+                if not jobs:
+                    return
+                continue
         composed.append((overrides, cfg))
+        i += 1
     for overrides, cfg in composed:  # then what the run would refuse at its start
         try:
             _validate(cfg, overrides, config_package)
@@ -108,6 +121,22 @@ def _resolve_each(cfg) -> None:
                         raise CommandLineError.said(first[len(_RESOLVER_ERROR):]) from None
 
     walk(cfg)
+
+
+def _sweeper_params(cfg, words: Sequence[str]) -> list[str]:
+    """``key=sweep`` for each ``hydra.sweeper.params`` entry the command line does not set (a prompt set's
+    ``prompt_index=range(0,N)``, or a sweep written in a config file)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)  # a resolver's plain dict, or a node
+        params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+    except Exception:
+        return []
+    if not isinstance(params, dict):
+        return []
+    given = {w.split("=", 1)[0].lstrip("+~") for w in words}
+    return [f"{k}={v}" for k, v in (params or {}).items() if str(k).lstrip("+~") not in given]
 
 
 def _validate(cfg, overrides: Sequence[str], config_package: str) -> None:
@@ -148,11 +177,13 @@ def _validate(cfg, overrides: Sequence[str], config_package: str) -> None:
 MAX_CHECKED_JOBS = 32
 
 
-def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun: bool = True) -> list[list[str]]:
+def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun: bool = True,
+                ends_only: Sequence[str] = ()) -> list[list[str]]:
     """Jobs whose composition shows every value of the command line: the first job (each swept key at its first
     value), then each further value of a swept key with the others at their first (at most
-    :data:`MAX_CHECKED_JOBS`). Empty when a sweep cannot be listed (an Optuna interval). Raises
-    :class:`CommandLineError` for a word that is not an override."""
+    :data:`MAX_CHECKED_JOBS`). Keys in ``ends_only`` show their first and last values only (a prompt set's
+    ``prompt_index=range(0,N)``: the jobs between differ only in the prompt). Empty when a sweep cannot be listed
+    (an Optuna interval). Raises :class:`CommandLineError` for a word that is not an override."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -176,6 +207,8 @@ def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun:
             return []
         if not values:
             return []
+        if ov.get_key_element().lstrip("+~") in ends_only:
+            values = values[:1] + values[-1:] if len(values) > 1 else values
         choices.append([f"{ov.get_key_element()}={v}" for v in values])
     first = [c[0] for c in choices]
     jobs = [first]

@@ -95,6 +95,9 @@ def test_unknown_key_is_rejected():
         (["experiment=analytic", "+n_noise=8"], "n_noise = 8: is not a setting of the root config, so nothing would read it. Fix: did you mean n_noises?"),
         (["-m", "experiment=analytic", "lookahead.steps=4,-1"], "lookahead.steps = -1:"),
         ([], "prompt = '???': is required. Fix: pass a prompt"),
+        # a prompt set's jobs come from the sweeper's params (prompt_index=range(0,25)), not from the command line
+        (["-m", "experiment=analytic", "prompts=drawbench25", "n_noises=3"], "(the sweep's job experiment=analytic prompts=drawbench25 "
+                                                                             "n_noises=3 prompt_index=0;"),
     ],
 )
 def test_what_hydra_would_refuse_is_one_message_with_the_fix(args, message):
@@ -342,3 +345,40 @@ def test_a_compare_variant_records_its_own_command_and_continues_alone(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((sds / "metrics.json").read_text())
     assert m["status"] == "complete" and m["iterations"] == 5 and "n_noises=1" in m["overrides"]
+
+
+def readme_commands() -> list[str]:
+    """The ``rewardsds`` training commands of the README (code blocks and inline code), without placeholders."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = [line.strip().split("  #")[0].strip() for line in text.splitlines() if line.startswith("    rewardsds ")]
+    for line in text.splitlines():
+        if line.startswith("| `rewardsds") and "/" not in line.split("|")[1]:  # a table row's command, not a list
+            found += re.findall(r"`(rewardsds [^`]+)`", line.split("|")[1])
+        elif not line.startswith("|"):
+            found += re.findall(r"`(rewardsds [^`]+)`", line)
+    return sorted({c for c in found if "..." not in c and "<" not in c and c.split()[1] not in ("export", "eval")})
+
+
+def test_every_readme_command_passes_the_check(tmp_path, monkeypatch):
+    """What the README tells a user to type must not be refused (files it names exist in the launch folder)."""
+    import shlex
+
+    from PIL import Image
+
+    from rewardsds.cli import CONFIG_PACKAGE, SUBCOMMANDS
+    from rewardsds.overrides import check
+
+    commands = readme_commands()
+    assert len(commands) >= 10, commands
+    (tmp_path / "my_prompts.txt").write_text("a photo of a red fox\na cat\n")
+    Image.new("RGB", (16, 16)).save(tmp_path / "cat.png")
+    monkeypatch.chdir(tmp_path)
+    refused = {}
+    for command in commands:
+        try:
+            check(shlex.split(command)[1:], CONFIG_PACKAGE, subcommands=list(SUBCOMMANDS))
+        except Exception as err:  # noqa: BLE001 (each command's message is the report)
+            refused[command] = str(err)
+    assert not refused, refused
