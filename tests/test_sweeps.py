@@ -207,14 +207,17 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_continues_the_res
 # ------------------------------------------------------------------ launchers
 def test_failed_job_does_not_stop_a_submitit_sweep(tmp_path):
     folder = tmp_path / "sweep"
-    r = run_cli(["-m", "hydra/launcher=submitit_local", *BASE, "logger=none", "strategy=min_max", "n_noises=1,4", "steps=2",
-                 "output.checkpoint_every=0", f"hydra.sweep.dir={folder}"], tmp_path)
+    # a job that fails while training (a latent of ~1e30 gives non-finite gradients; a bad config is refused before
+    # the sweep starts) and one that completes
+    r = run_cli(["-m", "hydra/launcher=submitit_local", *BASE, "logger=none", "strategy=weighted", "representation.init_std=1e30,1",
+                 "max_nonfinite_steps=1", "steps=3", "output.checkpoint_every=0", f"hydra.sweep.dir={folder}"], tmp_path)
     # the sweep went on past the failed job, then the command says so and exits 1
     assert r.returncode == 1, r.stderr[-3000:]
-    assert "1 complete, 1 failed" in r.stdout and "failed: n_noises=1,steps=2,strategy=min_max" in r.stderr
-    bad, good = _metrics(folder / "n_noises=1,steps=2,strategy=min_max"), _metrics(folder / "n_noises=4,steps=2,strategy=min_max")
-    assert bad["status"] == "failed" and "n_noises" in bad["error"]
-    assert (folder / "n_noises=1,steps=2,strategy=min_max" / "error.txt").is_file()
+    bad_job, good_job = (f"max_nonfinite_steps=1,representation.init_std={v},steps=3,strategy=weighted" for v in ("1e+30", "1"))
+    assert "1 complete, 1 failed" in r.stdout and f"failed: {bad_job}" in r.stderr, r.stdout + r.stderr
+    bad, good = _metrics(folder / bad_job), _metrics(folder / good_job)
+    assert bad["status"] == "failed" and "non-finite" in bad["error"]
+    assert (folder / bad_job / "error.txt").is_file()
     assert good["status"] == "complete" and good["pid"] != bad.get("pid")
     assert any((folder / ".submitit").rglob("*_result.pkl"))  # the jobs ran through submitit
 
