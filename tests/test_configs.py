@@ -3,6 +3,7 @@
 import inspect
 
 import pytest
+import torch
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
@@ -316,3 +317,15 @@ def test_trainer_benchmark_reaches_cudnn(tmp_path):
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = old
+
+
+@pytest.mark.parametrize("reward", ["image_reward", "aesthetic", "clip", "hpsv2", "pickscore"])
+def test_learned_rewards_rank_in_fp32_by_default_on_every_device(reward):
+    """A bf16 reward backbone moved the selected sets in 44% of 36 draws on an H200 (README, "Selection agreement"):
+    the rewards default to fp32 on CUDA too; bf16 stays one setting away."""
+    from rewardsds.schema import DType
+    from rewardsds.utils.dtypes import resolve_dtype
+
+    typed = validate(compose(["prompt=a cat", f"reward={reward}"])).reward
+    assert typed.dtype is DType.fp32 and resolve_dtype(typed.dtype, "cuda") == torch.float32
+    assert validate(compose(["prompt=a cat", f"reward={reward}", "reward.dtype=bf16"])).reward.dtype is DType.bf16

@@ -82,7 +82,7 @@ def test_benchmark_agreement_of_chosen_paths_only(tmp_path):
     assert _script("benchmark").main(args) == 0
     paths = json.loads(out.read_text())["agreement"]["paths"]
     assert list(paths) == ["attribution: bf16 prior, exact reward"] and paths["attribution: bf16 prior, exact reward"]["n_draws"] == 4
-    with pytest.raises(SystemExit, match="--only-path 'bf16_compiled': no such agreement path.*bf16_eager"):
+    with pytest.raises(SystemExit, match="--only-path 'bf16_compiled': no such agreement path.*eager"):
         _script("benchmark").main([*args[:-1], "bf16_compiled"])
 
 
@@ -98,7 +98,7 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     chunked = ["rewardsds_n10_k15_compiled_2chunks", "rewardsds_n10_k15_compiled_2chunks_overlap"]
     assert set(r["configs"]) == {"rewardsds_n10_k15_eager", "sds_eager", "rewardsds_n10_k15_prune5_eager",
                                  "rewardsds_n10_k15_compiled_reward_compiled", "rewardsds_n10_k15_compiled_cudnn_benchmark",
-                                 "rewardsds_n10_k15_compiled_cudnn_attention", "rewardsds_n10_k15_compiled_fp32_reward", *chunked}
+                                 "rewardsds_n10_k15_compiled_cudnn_attention", "rewardsds_n10_k15_compiled_bf16_reward", *chunked}
     levers = r["configs"]["rewardsds_n10_k15_compiled_reward_compiled"], r["configs"]["rewardsds_n10_k15_compiled_cudnn_benchmark"]
     assert [(c["reward_variant"], c["cudnn_benchmark"]) for c in levers] == [("fast_compiled", False), ("fast", True)]
     evals = [row["evals"] for row in r["configs"]["rewardsds_n10_k15_eager"]["per_step"]]
@@ -120,18 +120,18 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     assert set(r["speedups"]) == {"rewardsds_n10_k15_eager_vs_reference", "rewardsds_n10_k15_compiled_reward_compiled_vs_reference",
                                   "rewardsds_n10_k15_compiled_cudnn_benchmark_vs_reference",
                                   "rewardsds_n10_k15_compiled_cudnn_attention_vs_reference",
-                                  "rewardsds_n10_k15_compiled_fp32_reward_vs_reference", *(f"{c}_vs_reference" for c in chunked)}
-    assert r["configs"]["rewardsds_n10_k15_compiled_fp32_reward"]["reward_variant"] == "tensor32"
+                                  "rewardsds_n10_k15_compiled_bf16_reward_vs_reference", *(f"{c}_vs_reference" for c in chunked)}
+    assert r["configs"]["rewardsds_n10_k15_compiled_bf16_reward"]["reward_variant"] == "bf16"
     paths = r["agreement"]["paths"]
-    assert set(paths) == {"bf16_eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)",
-                          "bf16_compiled, compiled reward", "bf16_compiled, cudnn.benchmark", "bf16_compiled, cuDNN attention",
-                          "bf16_compiled, 2 chunks overlapped", *(a[0] for a in _script("benchmark").ATTRIBUTION_PATHS)}
+    assert set(paths) == {"eager", "prune_to_5", "lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)",
+                          "compiled, compiled reward", "compiled, cudnn.benchmark", "compiled, cuDNN attention",
+                          "compiled, 2 chunks overlapped", *(a[0] for a in _script("benchmark").ATTRIBUTION_PATHS)}
     for p in paths.values():  # every rate comes with what its draws can show and what its misses cost
         lo, hi = p["agreement_ci95"]
         assert 0.0 <= lo <= p["agreement"] <= hi <= 1.0 and 0.0 <= p["regret_mean"] <= p["regret_max"] <= 1.0
         assert p["default_shown"] is False  # one draw shows nothing
     assert paths["prune_to_5"]["engine"] == {"prune_to": 5} and paths["lookahead_4_steps"]["engine"] == {"lookahead_steps": 4}
-    assert paths["bf16_compiled, 2 chunks overlapped"]["engine"] == {"overlap": True, "chunk_size": r["agreement"]["n_noises"]}
+    assert paths["compiled, 2 chunks overlapped"]["engine"] == {"overlap": True, "chunk_size": r["agreement"]["n_noises"]}
     assert all(p["n_draws"] == 1 for p in paths.values())
     assert "(95% interval)" in (tmp_path / "bench.md").read_text() and "fixed + per eval" in (tmp_path / "bench.md").read_text()
     assert r["lookahead_mfu"]["eager"]["unet_inputs"] == 2 * 10 * _calls(979)
