@@ -78,10 +78,11 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
         if not swept_by_config:
             swept_by_config = True
             extra = _sweeper_params(cfg, words)
-            if extra:  # the jobs Hydra's sweeper will make: the command line's values times the config's
-                jobs = sample_jobs(words + extra, subcommands, multirun=True, ends_only=[e.split("=", 1)[0] for e in extra])
-                if not jobs:
-                    return
+            # the jobs Hydra's sweeper will make: the command line's values times the config's (unless those cannot
+            # be listed, as an Optuna interval: then the command line's jobs)
+            more = sample_jobs(words + extra, subcommands, multirun=True, ends_only=[e.split("=", 1)[0] for e in extra]) if extra else []
+            if more:
+                jobs = more
                 continue
         composed.append((overrides, cfg))
         i += 1
