@@ -39,8 +39,9 @@ class CommandLineError(Exception):
 
 
 def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] = ()) -> None:
-    """Compose and resolve the command's config as Hydra will (for a sweep, :func:`sample_jobs`); raise
-    :class:`CommandLineError` for what Hydra would refuse.
+    """Compose and resolve the command's config as Hydra will (for a sweep, :func:`sample_jobs`, with the sweeper's
+    own params), then validate each composition as the run will; raise :class:`CommandLineError` for what Hydra or
+    the project's checks would refuse.
 
     Args:
         args: the command line after the program name (Hydra overrides and flags).
@@ -90,7 +91,7 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
         try:
             _validate(cfg, overrides, config_package)
         except CommandLineError as err:
-            if len(words) < len(args):  # a sweep: say which job, since the others may be fine
+            if multirun:  # say which job, since the others may be fine
                 raise CommandLineError.said(f"{err} (the sweep's job {' '.join(overrides)}; every job must be valid "
                                             "before a sweep starts)") from None
             raise
