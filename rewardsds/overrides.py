@@ -92,8 +92,9 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
             _validate(cfg, overrides, config_package)
         except CommandLineError as err:
             if multirun:  # say which job, since the others may be fine
-                raise CommandLineError.said(f"{err} (the sweep's job {' '.join(overrides)}; every job must be valid "
-                                            "before a sweep starts)") from None
+                raise CommandLineError.said(f"{err} (the sweep's job {' '.join(overrides)}: a sweep starts when every "
+                                            "job is valid; drop that value, or run the valid combinations as separate "
+                                            "sweeps)") from None
             raise
 
 

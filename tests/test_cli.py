@@ -97,7 +97,8 @@ def test_unknown_key_is_rejected():
         ([], "prompt = '???': is required. Fix: pass a prompt"),
         # a prompt set's jobs come from the sweeper's params (prompt_index=range(0,25)), not from the command line
         (["-m", "experiment=analytic", "prompts=drawbench25", "n_noises=3"], "(the sweep's job experiment=analytic prompts=drawbench25 "
-                                                                             "n_noises=3 prompt_index=0;"),
+                                                                             "n_noises=3 prompt_index=0: a sweep starts when every job is valid; "
+                                                                             "drop that value"),
         # an Optuna search's intervals cannot be listed: its command line's job is still checked
         (["-m", "+hparams_search=min_max", "experiment=analytic", "n_noises=3"], "n_noises = 3: is smaller than"),
     ],
