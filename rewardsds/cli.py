@@ -66,20 +66,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     try:
         args = prepare_arguments(args)
-        if not _info_only(args):
-            check(args, CONFIG_PACKAGE, subcommands=list(SUBCOMMANDS))  # what Hydra would refuse, before any run folder
+        swept = swept_keys(args) if _info_only(args) else \
+            check(args, CONFIG_PACKAGE, subcommands=list(SUBCOMMANDS))  # what would be refused, before any run folder
     except (_UserError, CommandLineError) as err:
         print(f"rewardsds: error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0]] + args
-    # the job folders of a sweep name every swept key, setup keys too (experiment=a,b must not share a folder)
-    os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(args))
+    # the job folders of a sweep name every swept key, setup keys too (experiment=a,b must not share a folder); the
+    # variable reaches every job process the launchers start
+    before = os.environ.get(SWEPT_KEYS_ENV)
+    os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
     _SWEEP.clear()
     try:
         _hydra_entry()
     except BrokenPipeError:  # `rewardsds --help | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    finally:
+        if before is None:
+            os.environ.pop(SWEPT_KEYS_ENV, None)
+        else:
+            os.environ[SWEPT_KEYS_ENV] = before
     if _SWEEP.get("failed"):
         sys.exit(1)
 

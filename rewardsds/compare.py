@@ -17,7 +17,7 @@ import numpy as np
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from rewardsds.errors import ConfigError
+from rewardsds.overrides import check_variant_overrides, compare_base, variant_overrides  # noqa: F401 (re-exported)
 from rewardsds.utils.io import write_image, write_json, write_text
 from rewardsds.viz import side_by_side, upscale
 
@@ -27,50 +27,6 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     if not xs:
         return float("nan"), float("nan")
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def override_key(override: str) -> str:
-    """The key an override sets: ``strategy`` for ``strategy=none``, ``n_noises`` for ``+n_noises=2``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _value_of(override: str) -> Any:
-    """The value an override gives, typed as Hydra reads it (``n_noises=2`` -> 2), None for a deletion (``~key``)."""
-    if "=" not in override:
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        return OverridesParser.create().parse_override(override).value()
-    except Exception:
-        return override.split("=", 1)[1]
-
-
-def check_variant_overrides(base: list[str], variants: dict[str, list[str]]) -> None:
-    """Raise ConfigError where a command-line override sets a key that a compare variant also sets.
-
-    Each variant's overrides come after the command line's, so the variant's value would win and the user's
-    setting would be dropped without a word (``experiment=demo n_noises=2`` would still run N = 1 and N = 8).
-    """
-    for override in base:
-        key = override_key(override)
-        for label, variant in variants.items():
-            clash = next((o for o in variant if override_key(o) == key), None)
-            if clash is None:
-                continue
-            edited = " ".join(override.lstrip("+~") if override_key(o) == key else o for o in variant)
-            raise ConfigError(
-                key, _value_of(override),
-                f"is set on the command line and by the compare variant {label} ({clash}), whose value would replace it",
-                f"drop {override} from the command line; to change the variant, set compare.runs.{label}=\"{edited}\"; "
-                "or run one configuration without variants (compare.runs={})",
-            )
-
-
-def variant_overrides(base: list[str], variant: list[str], seed: int) -> list[str]:
-    """The overrides that compose one variant of a compare run alone (its sub-run records them, so its job command and
-    its resume run that variant, not the whole comparison)."""
-    return base + variant + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"]
 
 
 @contextlib.contextmanager
@@ -99,7 +55,7 @@ def run_compare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     variants = {str(k): str(v).split() for k, v in cfg.compare.runs.items()}
     strategies = list(variants)
     seeds = list(cfg.compare.seeds) or [int(cfg.seed)]
-    base = [o for o in job_overrides() if not o.startswith(("compare.", "seed=", "hydra."))]
+    base = compare_base(job_overrides())
     check_variant_overrides(base, variants)
     rows: list[dict[str, Any]] = []
     images: dict[tuple[str, int], np.ndarray] = {}

@@ -663,8 +663,7 @@ def job_dirname(overrides: Any, max_len: int = 200, _root_: Any = None) -> str:
         key = str(o).split("=", 1)[0].lstrip("+~")
         if key not in swept and any(key == e or (e.endswith(".") and key.startswith(e)) for e in JOB_NAME_EXCLUDE):
             continue
-        # Hydra escapes spaces in the recorded overrides (prompt=a\ cat): a folder name reads better without
-        item = str(o).lstrip("+~").replace("\\ ", " ").replace("/", "_").replace(" ", "_")
+        item = str(o).lstrip("+~").replace("/", "_")
         if key == "prompt_index" and _root_ is not None:
             item = _prompt_item(_root_, item)
         items.append(item)

@@ -12,6 +12,8 @@ recognise it leaves to Hydra.
 from __future__ import annotations
 
 import difflib
+import itertools
+import math
 from typing import Any, Optional, Sequence
 
 #: Hydra config groups that come from a package extra: ``hydra/<group>/<option>`` -> the extra that installs it.
@@ -38,7 +40,7 @@ class CommandLineError(Exception):
         return err
 
 
-def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] = ()) -> None:
+def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] = ()) -> list[str]:
     """Compose and resolve the command's config as Hydra will (for a sweep, :func:`sample_jobs`, with the sweeper's
     own params), then validate each composition as the run will; raise :class:`CommandLineError` for what Hydra or
     the project's checks would refuse.
@@ -47,14 +49,18 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
         args: the command line after the program name (Hydra overrides and flags).
         config_package: the package holding the Hydra configs.
         subcommands: the command's bare-word subcommands (suggested for a mistyped first word).
+
+    Returns:
+        The keys the sweep varies, on the command line and in ``hydra.sweeper.params`` (empty for a single run).
     """
+    swept = swept_keys(args)
     if any(a.startswith("-") and a not in PLAIN_FLAGS for a in args):
-        return  # flags with values (--config-name, --cfg job, ...): Hydra's own handling
+        return swept  # flags with values (--config-name, --cfg job, ...): Hydra's own handling
     words = [a for a in args if a not in PLAIN_FLAGS]
     multirun = len(words) < len(args)
     jobs = sample_jobs(words, subcommands, multirun=multirun)
     if not jobs:
-        return
+        return swept
     from hydra import compose, initialize_config_module
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
@@ -75,10 +81,11 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
             found = _bad_value(err, overrides, config_package)
             if found is not None:
                 raise found from None
-            return  # left to Hydra
+            return swept  # left to Hydra
         if not swept_by_config:
             swept_by_config = True
             extra = _sweeper_params(cfg, words)
+            swept += [k for k in swept_keys(["-m", *extra]) if k not in swept]
             # the jobs Hydra's sweeper will make: the command line's values times the config's (unless those cannot
             # be listed, as an Optuna interval: then the command line's jobs)
             more = sample_jobs(words + extra, subcommands, multirun=True, ends_only=[e.split("=", 1)[0] for e in extra]) if extra else []
@@ -87,15 +94,17 @@ def check(args: Sequence[str], config_package: str, subcommands: Sequence[str] =
                 continue
         composed.append((overrides, cfg))
         i += 1
+    variants_checked: set = set()
     for overrides, cfg in composed:  # then what the run would refuse at its start
         try:
-            _validate(cfg, overrides, config_package)
+            _validate(cfg, overrides, config_package, variants_checked)
         except CommandLineError as err:
-            if multirun:  # say which job, since the others may be fine
+            if len(composed) > 1:  # say which job, since the others may be fine
                 raise CommandLineError.said(f"{err} (the sweep's job {' '.join(overrides)}: a sweep starts when every "
-                                            "job is valid; drop that value, or run the valid combinations as separate "
-                                            "sweeps)") from None
+                                            "job it lists is valid; drop the value that makes this one invalid, or run "
+                                            "the valid combinations as separate sweeps)") from None
             raise
+    return swept
 
 
 #: how OmegaConf words an error a resolver raised (the project's resolvers raise ConfigError: prompt sets, GPU counts)
@@ -142,11 +151,11 @@ def _sweeper_params(cfg, words: Sequence[str]) -> list[str]:
     return [f"{k}={v}" for k, v in (params or {}).items() if str(k).lstrip("+~") not in given]
 
 
-def _validate(cfg, overrides: Sequence[str], config_package: str) -> None:
-    """The project's own checks (:func:`rewardsds.config.validate`; for a compare run, each variant's composition and
-    the overrides its variants replace), raised as a :class:`CommandLineError`: the run would fail on them at its
-    start, after its folder exists. A resume is checked when its run folder's config is read; what fails here for
-    another reason is left to the run, which records it."""
+def _validate(cfg, overrides: Sequence[str], config_package: str, variants_checked: set) -> None:
+    """The project's own checks (:func:`rewardsds.config.validate`; for a compare run, the overrides its variants
+    replace and each variant's composition, once per command line apart from the seed), raised as a
+    :class:`CommandLineError`: the run would fail on them at its start, after its folder exists. A resume is checked
+    when its run folder's config is read; what fails here for another reason is left to the run, which records it."""
     from omegaconf import OmegaConf
 
     from rewardsds.errors import ConfigError
@@ -160,18 +169,42 @@ def _validate(cfg, overrides: Sequence[str], config_package: str) -> None:
         if not runs:
             validate(cfg)
             return
-        from hydra import compose, initialize_config_module
-
-        from rewardsds.compare import check_variant_overrides, variant_overrides
-
         variants = {str(k): str(v).split() for k, v in runs.items()}
-        base = [o for o in overrides if not o.startswith(("compare.", "seed=", "hydra."))]
+        base = compare_base(overrides)
         check_variant_overrides(base, variants)
-        for variant in variants.values():
-            with initialize_config_module(config_package, version_base="1.3"):
-                validate(compose("config", overrides=variant_overrides(base, variant, int(cfg.seed)), return_hydra_config=True))
     except ConfigError as err:
         raise CommandLineError.said(str(err)) from None
+    except Exception:
+        return
+    for label, variant in variants.items():
+        key = (tuple(base), label, tuple(variant))
+        if key in variants_checked:
+            continue
+        variants_checked.add(key)
+        _validate_variant(label, variant, variant_overrides(base, variant, int(cfg.seed)), config_package)
+
+
+def _validate_variant(label: str, variant: Sequence[str], overrides: list[str], config_package: str) -> None:
+    """Compose and validate one compare variant as its sub-run will; a problem names the variant."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    from rewardsds.config import validate
+    from rewardsds.errors import ConfigError
+
+    where = f" (in the compare variant {label}: compare.runs.{label}=\"{' '.join(variant)}\")"
+    try:
+        with initialize_config_module(config_package, version_base="1.3"):
+            validate(compose("config", overrides=overrides, return_hydra_config=True))
+    except MissingConfigException as err:
+        raise CommandLineError.said(f"{_missing_option(err, overrides)}{where}") from None
+    except ConfigCompositionException as err:
+        found = _bad_value(err, overrides, config_package)
+        problem = str(found) if found is not None else (f"compare.runs.{label} = {' '.join(variant)!r}: "
+                                                        f"{str(err).splitlines()[0]}. Fix: check the variant's overrides")
+        raise CommandLineError.said(f"{problem}{where}") from None
+    except ConfigError as err:
+        raise CommandLineError.said(f"{err}{where}") from None
     except Exception:
         return
 
@@ -184,9 +217,10 @@ def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun:
                 ends_only: Sequence[str] = ()) -> list[list[str]]:
     """Jobs whose composition shows every value of the command line: the first job (each swept key at its first
     value), then each further value of a swept key with the others at their first (at most
-    :data:`MAX_CHECKED_JOBS`). Keys in ``ends_only`` show their first and last values only (a prompt set's
-    ``prompt_index=range(0,N)``: the jobs between differ only in the prompt). Empty when a sweep cannot be listed
-    (an Optuna interval). Raises :class:`CommandLineError` for a word that is not an override."""
+    :data:`MAX_CHECKED_JOBS`); every job when there are at most that many. Past that, keys in ``ends_only`` show
+    their first and last values only (a prompt set's ``prompt_index=range(0,N)``: the jobs between differ only in
+    the prompt). Empty when a sweep cannot be listed (an Optuna interval). Raises :class:`CommandLineError` for a
+    word that is not an override."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -210,9 +244,10 @@ def sample_jobs(words: Sequence[str], subcommands: Sequence[str] = (), multirun:
             return []
         if not values:
             return []
-        if ov.get_key_element().lstrip("+~") in ends_only:
-            values = values[:1] + values[-1:] if len(values) > 1 else values
         choices.append([f"{ov.get_key_element()}={v}" for v in values])
+    if math.prod(len(c) for c in choices) <= MAX_CHECKED_JOBS:  # every job: a refusal does not depend on value order
+        return [list(job) for job in itertools.product(*choices)]
+    choices = [c[:1] + c[-1:] if override_key(c[0]) in ends_only and len(c) > 2 else c for c in choices]
     first = [c[0] for c in choices]
     jobs = [first]
     for i, options in enumerate(choices):
@@ -359,3 +394,55 @@ def _keys_at(parent: str, overrides: Sequence[str], config_package: str) -> list
     node = cfg if not parent else _node_at(parent, overrides, config_package)
     keys = [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
     return [k for k in keys if k != "hydra"] if not parent else keys
+
+
+# ----------------------------------------------------------------------------------------- compare runs' variants
+def override_key(override: str) -> str:
+    """The key an override sets: ``strategy`` for ``strategy=none``, ``n_noises`` for ``+n_noises=2``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _value_of(override: str) -> Any:
+    """The value an override gives, typed as Hydra reads it (``n_noises=2`` -> 2), None for a deletion (``~key``)."""
+    if "=" not in override:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).value()
+    except Exception:
+        return override.split("=", 1)[1]
+
+
+def compare_base(overrides: Sequence[str]) -> list[str]:
+    """The command line's overrides that every variant of a compare run shares (not its variants, seeds or Hydra's)."""
+    return [o for o in overrides if not o.startswith(("compare.", "seed=", "hydra."))]
+
+
+def variant_overrides(base: list[str], variant: list[str], seed: int) -> list[str]:
+    """The overrides that compose one variant of a compare run alone (its sub-run records them, so its job command and
+    its resume run that variant, not the whole comparison)."""
+    return base + variant + [f"seed={seed}", "compare.runs={}", "compare.seeds=[]"]
+
+
+def check_variant_overrides(base: list[str], variants: dict[str, list[str]]) -> None:
+    """Raise ConfigError where a command-line override sets a key that a compare variant also sets.
+
+    Each variant's overrides come after the command line's, so the variant's value would win and the user's
+    setting would be dropped without a word (``experiment=demo n_noises=2`` would still run N = 1 and N = 8).
+    """
+    from rewardsds.errors import ConfigError
+
+    for override in base:
+        key = override_key(override)
+        for label, variant in variants.items():
+            clash = next((o for o in variant if override_key(o) == key), None)
+            if clash is None:
+                continue
+            edited = " ".join(override.lstrip("+~") if override_key(o) == key else o for o in variant)
+            raise ConfigError(
+                key, _value_of(override),
+                f"is set on the command line and by the compare variant {label} ({clash}), whose value would replace it",
+                f"drop {override} from the command line; to change the variant, set compare.runs.{label}=\"{edited}\"; "
+                "or run one configuration without variants (compare.runs={})",
+            )

@@ -95,10 +95,18 @@ def test_unknown_key_is_rejected():
         (["experiment=analytic", "+n_noise=8"], "n_noise = 8: is not a setting of the root config, so nothing would read it. Fix: did you mean n_noises?"),
         (["-m", "experiment=analytic", "lookahead.steps=4,-1"], "lookahead.steps = -1:"),
         ([], "prompt = '???': is required. Fix: pass a prompt"),
+        (["-m", "experiment=ddpo3d_2d"], "prompt = '???': is required. Fix: pass a prompt, e.g. prompt=\"a photo of a red fox\" (or prompts=<set>)"),
         # a prompt set's jobs come from the sweeper's params (prompt_index=range(0,25)), not from the command line
         (["-m", "experiment=analytic", "prompts=drawbench25", "n_noises=3"], "(the sweep's job experiment=analytic prompts=drawbench25 "
-                                                                             "n_noises=3 prompt_index=0: a sweep starts when every job is valid; "
-                                                                             "drop that value"),
+                                                                             "n_noises=3 prompt_index=0: a sweep starts when every job it lists is valid; "
+                                                                             "drop the value that makes this one invalid"),
+        # every combination of a small sweep, whatever the order of its values
+        (["-m", "experiment=analytic", "strategy=none,min_max", "n_noises=8,2"], "(the sweep's job experiment=analytic strategy=min_max n_noises=2:"),
+        (["-m", "experiment=analytic", "strategy=min_max,none", "n_noises=8,2"], "(the sweep's job experiment=analytic strategy=min_max n_noises=2:"),
+        # a compare variant's own overrides, named with the variant
+        (["experiment=demo", "compare.runs.reward_sds='strategy=nosuch'"], "strategy = 'nosuch': is not an option of strategy"),
+        (["experiment=demo", "compare.runs.reward_sds='bogus=1'"], "bogus = '1': is not a key of the root config"),
+        (["experiment=demo", "compare.runs.reward_sds='n_noises=2'"], "(in the compare variant reward_sds: compare.runs.reward_sds=\"n_noises=2\")"),
         # an Optuna search's intervals cannot be listed: its command line's job is still checked
         (["-m", "+hparams_search=min_max", "experiment=analytic", "n_noises=3"], "n_noises = 3: is smaller than"),
     ],
@@ -120,8 +128,11 @@ def test_a_good_command_line_passes_the_check():
                  ["-m", "experiment=analytic", "n_noises=4,8", "strategy=none,min_max"], ["-m", "prompt=a", "n_noises=range(4,7)"],
                  ["--cfg", "job", "n_noise=8"]):  # info flags are Hydra's
         check(args, CONFIG_PACKAGE)
-    assert sample_jobs(["a=1,2", "b=x", "c=3,4,5"]) == [["a=1", "b=x", "c=3"], ["a=2", "b=x", "c=3"], ["a=1", "b=x", "c=4"],
-                                                        ["a=1", "b=x", "c=5"]]
+    # every job of a small sweep; past MAX_CHECKED_JOBS each value once, and a config sweep's ends only
+    assert sample_jobs(["a=1,2", "b=x", "c=3,4,5"]) == [["a=1", "b=x", "c=3"], ["a=1", "b=x", "c=4"], ["a=1", "b=x", "c=5"],
+                                                        ["a=2", "b=x", "c=3"], ["a=2", "b=x", "c=4"], ["a=2", "b=x", "c=5"]]
+    assert sample_jobs(["a=1,2", "i=range(0,25)"], ends_only=["i"]) == [["a=1", "i=0"], ["a=2", "i=0"], ["a=1", "i=24"]]
+    assert len(sample_jobs(["a=range(0,40)"])) == 32
 
 
 def test_an_extra_that_is_not_installed_is_named(monkeypatch):
@@ -385,3 +396,31 @@ def test_every_readme_command_passes_the_check(tmp_path, monkeypatch):
         except Exception as err:  # noqa: BLE001 (each command's message is the report)
             refused[command] = str(err)
     assert not refused, refused
+
+
+def test_a_sweep_in_a_config_file_is_checked_and_names_its_folders(tmp_path):
+    """hydra.sweeper.params written in a YAML file: its jobs are checked like the command line's, and the keys it
+    varies come back for the job folder names (a swept setup key such as trainer must not share a folder)."""
+    from rewardsds.cli import CONFIG_PACKAGE
+    from rewardsds.overrides import CommandLineError, check
+
+    (tmp_path / "mysweep").mkdir()
+    for name, values in (("ok", "4,8"), ("bad", "4,2,8")):
+        (tmp_path / "mysweep" / f"{name}.yaml").write_text(
+            f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      trainer: cpu,default\n      n_noises: {values}\n")
+    args = ["-m", "experiment=analytic", "strategy=min_max", f"hydra.searchpath=[file://{tmp_path}]"]
+    assert check([*args, "+mysweep=ok"], CONFIG_PACKAGE) == ["trainer", "n_noises"]
+    with pytest.raises(CommandLineError, match=r"^n_noises = 2: is smaller than .*trainer=cpu n_noises=2: a sweep starts"):
+        check([*args, "+mysweep=bad"], CONFIG_PACKAGE)
+
+
+def test_the_command_line_check_stays_light():
+    """The check runs before every command: composing a compare run's variants must not import torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rewardsds.overrides import check; "
+            "check(['experiment=demo', 'compare.runs.reward_sds=\\'strategy=min_max n_noises=4\\''], 'rewardsds.conf'); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]

@@ -171,4 +171,3 @@ def test_a_swept_setup_key_names_the_job_folder(monkeypatch):
     assert job_dirname(job) == "steps=2"
     monkeypatch.setenv(SWEPT_KEYS_ENV, "experiment")
     assert job_dirname(job) == "experiment=demo,steps=2"
-    assert job_dirname(["prompt=a\\ red\\ fox", "seed=1"]) == "prompt=a_red_fox,seed=1"  # as Hydra records a spaced value
