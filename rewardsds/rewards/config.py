@@ -80,8 +80,9 @@ class LearnedRewardConfig(RewardConfig):
     """Options every learned reward model takes (the subclasses add where its weights come from).
 
     dtype: fp32 by default on every device: a reward ranks candidates whose scores are often within bf16's rounding
-    of each other, and on an H200 the bf16 backbone changed the selected sets in 44% of 36 draws against the exact
-    path where fp32 changed 14% (the bf16 prior's share), for a few ms a step; ``auto`` or ``bf16`` for bf16 on
+    of each other: on an H200 the compiled default's selected sets differed from the exact path's in 44% of 36
+    draws with a bf16 backbone and in 14% (the bf16 prior's share) with fp32, which costs about 24 ms a paper_2d
+    step; ``auto`` or ``bf16`` for bf16 on
     CUDA (heads and similarities stay fp32 either way). differentiable: allow gradients
     to the images (reward-feedback methods). pil_exact: the reference code's uint8 PIL preprocessing instead
     of the tensor path (not differentiable). attention: sdpa or eager. compile: torch.compile with CUDA graphs
