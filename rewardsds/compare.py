@@ -17,7 +17,7 @@ import numpy as np
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from rewardsds.overrides import check_variant_overrides, compare_base, variant_overrides  # noqa: F401 (re-exported)
+from rewardsds.overrides import check_variant_overrides, compare_base, variant_overrides
 from rewardsds.utils.io import write_image, write_json, write_text
 from rewardsds.viz import side_by_side, upscale
 

@@ -322,7 +322,7 @@ def test_videos_without_imageio_ffmpeg_fail_before_training(tmp_path, monkeypatc
 
 # ------------------------------------------------------------------ compare variants vs the command line
 def test_compare_variant_clash_names_key_variant_and_fix():
-    from rewardsds.compare import check_variant_overrides
+    from rewardsds.overrides import check_variant_overrides
 
     variants = {"sds": ["strategy=none", "n_noises=1"], "reward_sds": ["strategy=min_max", "n_noises=8"]}
     check_variant_overrides(["experiment=demo", "steps=10", "strategy.lambda_max=0.8"], variants)  # no shared key
