@@ -32,6 +32,7 @@ from rewardsds.rewards.base import Reward, aggregate_views
 from rewardsds.rng import Streams, candidate_noise, seed_for
 from rewardsds.strategies import Strategy
 from rewardsds.utils.chunks import call_ranges, rows_per_call
+from rewardsds.utils.dtypes import tf32
 from rewardsds.utils.streams import SideStream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,7 +147,9 @@ class CandidateEngine:
         lookahead: the run's ``lookahead`` settings: ``steps`` (points of the DDIM grid; 0 = one-step x0 estimate),
             ``guidance_scale``, ``grid``, ``start``, ``decode`` (full, or the prior's tiny autoencoder) and
             ``prune_to`` (0 = off; else every candidate is scored on its one-step x0 estimate, free from the
-            prediction at t, and only the ``prune_to`` best run the full lookahead: an explicit approximation).
+            prediction at t, and only the ``prune_to`` best run the full lookahead: an explicit approximation),
+            ``overlap``, and ``fp32_below`` / ``fp32_tf32`` (below that timestep the lookahead and its decode run on
+            the prior's fp32 view, :meth:`ranks_in_fp32`).
         chunk_size: most model inputs per call (0 = automatic: all on the CPU, from free memory on CUDA).
         reward_views: ``mean`` (one reward per candidate, averaged over its views) or ``per_view``.
         seed: run seed (noises from ``seed_for(seed, step, NOISE, i)``).
@@ -164,6 +167,8 @@ class CandidateEngine:
         self._side: Optional[SideStream] = None
         self._said_overlap = False  # what lookahead.overlap cannot do for this run's steps: said once
         self.grid = ddim.grid(lookahead.grid, lookahead.steps, prior.num_train_timesteps)
+        if lookahead.fp32_below > 0:
+            prior.keep_fp32_view()  # before the prior is placed: its fp32 view keeps the weights as loaded
 
     @property
     def lookahead_steps(self) -> int:
@@ -175,8 +180,29 @@ class CandidateEngine:
 
     @property
     def reuses_prediction_at_t(self) -> bool:
-        """Whether the lookahead's first call is the prediction at t (then it is not made twice)."""
+        """Whether the lookahead's first call is the prediction at t (then it is not made twice), where the candidates
+        rank on the prior itself (:meth:`ranks_in_fp32` makes that call again in fp32)."""
         return self.lookahead_cfg.start.value == "exact_t" or self.lookahead_cfg.steps == 0
+
+    # ------------------------------------------------------------------ which model ranks
+    def ranks_in_fp32(self, t: int) -> bool:
+        """Whether the candidates at ``t`` rank on the prior's fp32 view (``lookahead.fp32_below``): below that
+        timestep the candidates differ little and bf16 rounding flips near-ties of their rewards. A prior that
+        computes in fp32 anyway (the CPU) has no other view to switch to."""
+        return t < self.lookahead_cfg.fp32_below and self.prior.fp32_view() is not self.prior
+
+    def ranker(self, t: int) -> Prior:
+        """The prior whose calls (and, with the full decoder, whose decodes) rank the candidates at ``t``: the fp32
+        view below ``lookahead.fp32_below``, else the prior's ranking view (``Prior.ranking_prior``: the prior itself,
+        or its float8 copy)."""
+        return self.prior.fp32_view() if self.ranks_in_fp32(t) else self.prior.ranking_prior()
+
+    def _precision(self, t: int):
+        """The TF32 switches of the fp32 ranking at ``t`` (``lookahead.fp32_tf32``; full fp32 by default), or nothing."""
+        if not self.ranks_in_fp32(t):
+            return contextlib.nullcontext()
+        allow = self.lookahead_cfg.fp32_tf32
+        return tf32(matmul=allow, cudnn=allow)
 
     # ------------------------------------------------------------------ chunking
     def chunk_size(self, example: Tensor) -> int:
@@ -290,12 +316,15 @@ class CandidateEngine:
         """The paper's lookahead: the deterministic DDIM chain (eta = 0) from x_t to abar_0 on the lookahead grid
         (K = 0: the one-step x0 estimate), at the lookahead's guidance scale; fp32 [n * b, c, h, w].
 
-        Its calls only rank candidates, so they go to the prior's ranking view (``Prior.ranking_prior``).
+        Its calls only rank candidates, so they go to :meth:`ranker` (below ``lookahead.fp32_below`` the fp32 view,
+        which then makes the call at t again rather than reuse the prior's).
 
         Args:
             first: (eps_cond, eps_uncond) at (x_t, t), reused for the first call where the chain starts exactly at t.
         """
-        scale, ranker = self.lookahead_guidance, self.prior.ranking_prior()
+        scale, ranker = self.lookahead_guidance, self.ranker(cands.t)
+        if self.ranks_in_fp32(cands.t):
+            first = None
         if self.lookahead_steps == 0:
             c, u = first if first is not None else self.predict(cands, text, camera, prior=ranker)
             return self.prior.predict_x0(cands.noisy, cands.t, guide(c, u, scale))
@@ -304,11 +333,14 @@ class CandidateEngine:
         return self.rollout(cands, text, calls, 0, scale, eta=0.0, camera=camera, first=reuse, prior=ranker).final
 
     # ------------------------------------------------------------------ decode, score, weigh
-    def decode(self, latents: Tensor, grad: bool = False) -> Tensor:
+    def decode(self, latents: Tensor, grad: bool = False, t: Optional[int] = None) -> Tensor:
         """Decode [m, c, h, w] to RGB [m, 3, H, W] in [0, 1] (``grad``: keep the graph; ``prior.vae_slicing`` bounds
-        the decoder's memory)."""
+        the decoder's memory). ``t``: the candidates' timestep, where the full decoder of :meth:`ranker` decodes
+        them (the fp32 view's below ``lookahead.fp32_below``; ``lookahead.decode=tiny`` keeps the tiny one)."""
+        tiny = self.lookahead_cfg.decode == "tiny"
+        prior = self.prior if (t is None or tiny or not self.ranks_in_fp32(t)) else self.prior.fp32_view()
         with _grad_mode(grad):
-            return self.prior.decode_candidates(latents, tiny=self.lookahead_cfg.decode == "tiny")
+            return prior.decode_candidates(latents, tiny=tiny)
 
     def score(self, images: Tensor, prompts: Sequence[str], n: int, grad: bool = False) -> tuple[Tensor, Tensor]:
         """Rewards of decoded candidate images.
@@ -350,10 +382,13 @@ class CandidateEngine:
         where the chain reuses the prediction at t. Loss modes with extra model calls (VSD's LoRA, DDS's source
         branch) add theirs."""
         per_t = 2 * n * b
-        if not (ranked and n > 1) or self.lookahead_steps == 0:
+        if not (ranked and n > 1):
             return float(per_t)
+        if self.lookahead_steps == 0:  # the one-step estimate reuses the prediction at t, unless it is made in fp32
+            return per_t * (1 + sum(self.ranks_in_fp32(t) for t in ts) / len(ts))
         reuse = 1 if self.reuses_prediction_at_t else 0
-        calls = [max(0, len(ddim.lookahead_calls(t, self.grid, self.lookahead_cfg.start)) - reuse) for t in ts]
+        calls = [max(0, len(ddim.lookahead_calls(t, self.grid, self.lookahead_cfg.start)) - (0 if self.ranks_in_fp32(t) else reuse))
+                 for t in ts]
         return per_t * (1 + sum(calls) / len(calls))
 
     # ------------------------------------------------------------------ the reward of every candidate
@@ -422,17 +457,19 @@ class CandidateEngine:
         if len(chunks) == 1:
             if self.lookahead_cfg.overlap and not self._said_overlap:
                 self._say_once(self._nothing_to_overlap(cands))
-            images = self.decode(self.lookahead(cands, text, camera, first=self._first_call(cands)))
+            with self._precision(cands.t):
+                images = self.decode(self.lookahead(cands, text, camera, first=self._first_call(cands)), t=cands.t)
             return images, self._scores(images, prompts)
         side = self._side_stream(cands.noisy.device)
         reward_beside = not (self.reward is not None and self.reward.replays_cuda_graphs)
         images, scores = [], []
         for s, e in chunks:
             part = cands.subset(torch.arange(s, e, device=cands.noisy.device))  # (made on the device: no host copy)
-            x0 = self.lookahead(part, text, camera, first=self._first_call(part))
+            with self._precision(cands.t):
+                x0 = self.lookahead(part, text, camera, first=self._first_call(part))
             cands.evals += part.evals
-            with side.after_current(x0):
-                images.append(self.decode(x0))
+            with side.after_current(x0), self._precision(cands.t):
+                images.append(self.decode(x0, t=cands.t))
                 if reward_beside:
                     scores.append(self._scores(images[-1], prompts))
         side.join(*images, *scores)

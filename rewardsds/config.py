@@ -316,6 +316,11 @@ class LookaheadConfig:
     # decode and score each chunk of candidates on a second CUDA stream while the next chunk looks ahead (the
     # chunks are chunk_size's model calls, whole candidates each; one chunk: nothing to overlap)
     overlap: bool = False
+    # below this timestep the candidates rank in fp32: the lookahead's calls (the one at t included) and their decode
+    # run on an fp32 eager copy of the UNet and VAE, where bf16 rounding flips near-ties (0 = off; the prediction at t
+    # that the loss uses is unchanged). fp32_tf32: let those calls use TF32 tensor cores (false: full fp32)
+    fp32_below: int = 0
+    fp32_tf32: bool = False
 
     def __post_init__(self) -> None:
         check(self.steps >= 0, "lookahead.steps", self.steps, "must be >= 0", "use 15 (reference) or 0 for one-step x0")
@@ -324,6 +329,8 @@ class LookaheadConfig:
         self.start = enum_option(LookaheadStart, self.start, "lookahead.start")
         check(self.decode in ("full", "tiny"), "lookahead.decode", self.decode, "is not a known decoder", "use full or tiny")
         check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off) or fewer than n_noises")
+        check(0 <= self.fp32_below <= 1000, "lookahead.fp32_below", self.fp32_below, "must be a timestep in [0, 1000]",
+              "use 0 (off) or e.g. 250 (rank the candidates of steps with t < 250 in fp32)")
 
 
 @dataclass
@@ -537,7 +544,8 @@ def _reward_aligned_losses(cfg: Config, choices: Choices) -> None:
                           "its own candidates from their rewards", "set strategy=none")
     if cfg.reward is None:
         raise ConfigError("reward", None, f"is required by loss={option}", "choose a reward, e.g. reward=jpeg_compressibility")
-    for key, value, default in (("lookahead.prune_to", cfg.lookahead.prune_to, 0), ("lookahead.overlap", cfg.lookahead.overlap, False)):
+    for key, value, default in (("lookahead.prune_to", cfg.lookahead.prune_to, 0), ("lookahead.overlap", cfg.lookahead.overlap, False),
+                                ("lookahead.fp32_below", cfg.lookahead.fp32_below, 0)):
         if value != default:
             raise ConfigError(key, value, f"applies to the candidates a strategy ranks, and loss={option} scores its own "
                               "candidates (it would not be used)", f"remove it (the default is {key}={str(default).lower()})")

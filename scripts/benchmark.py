@@ -19,6 +19,9 @@ weights (no downloads) and reports, in one JSON:
   of the exact fp32 path (eager, TF32 off, ImageReward fp32 through PIL) on the same candidate noises
   (:mod:`rewardsds.eval.agreement`); a path on by default needs at least 95%; with the ``attribution`` section,
   paths that change one component's precision at a time (the prior's, the reward's) say which moves a selection;
+- ``fp32_ranking`` (``--sections fp32_ranking``): the compiled default with the candidates of steps below
+  ``--fp32-below`` ranked on the prior's fp32 view (``lookahead.fp32_below``, full fp32 and with TF32): step rows, the
+  extra ms per step below and above the threshold and per 1000-step paper_2d image, and both agreement paths;
 - ``compile_cache``: the user's CLI (``python -m rewardsds experiment=paper_2d ...``) run twice in fresh processes
   against one empty compile cache folder: first-run vs second-run compile time (the first step's excess over
   the steady step) and process wall time;
@@ -58,6 +61,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rewardsds.utils.dtypes import tf32  # noqa: E402  (the exact path turns both switches off)
+
 PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
@@ -77,9 +82,13 @@ ATTRIBUTION_PATHS = (("attribution: bf16 prior, exact reward", "eager", {}, "pil
                      ("compiled, bf16 reward", "compiled", {}, "bf16"))
 #: the agreement path of the CUDA defaults (compiled bf16 prior, fp32 reward)
 DEFAULT_PATH = "compiled (default on CUDA)"
-#: overrides that change how the step runs but not what it computes: rows with them still count as the algorithm
-EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap")
-ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS
+#: overrides that do not approximate the algorithm (they change how the step runs, or run part of it in fp32): rows with
+#: them still count as the algorithm against the reference structure
+EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap", "lookahead.fp32_below", "lookahead.fp32_tf32")
+#: the candidates of small-t steps ranked on the prior's fp32 view (``lookahead.fp32_below``, full fp32 and with TF32):
+#: step rows beside the compiled default, what they add to a paper_2d image, and their agreement paths
+FP32_SECTIONS = ("fp32_ranking",)
+ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS + FP32_SECTIONS
 QUICK_SECTIONS = ("paper", "agreement")
 
 
@@ -117,17 +126,6 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
 def stats(times: list[float]) -> dict[str, float]:
     ms = [1000 * t for t in times]
     return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "n": len(ms)}
-
-
-@contextlib.contextmanager
-def tf32(matmul: bool, cudnn: bool):
-    """Set the TF32 switches for a block (the exact path turns both off; torch's defaults are off / on)."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @contextlib.contextmanager
@@ -222,7 +220,10 @@ class Models:
                           lookahead_quantize="float8" if "float8" in variant else "none",
                           attention="cudnn" if variant.endswith("_cudnn_sdpa") else "auto")
             t0 = time.perf_counter()
-            self.priors[variant] = StableDiffusionPrior(SDPriorConfig(pretrained=str(self.args.sd_folder), **kw)).to(self.device)
+            prior = StableDiffusionPrior(SDPriorConfig(pretrained=str(self.args.sd_folder), **kw))
+            if variant == "compiled" and self.args.fp32_view:
+                prior.keep_fp32_view()  # (lookahead.fp32_below rows and paths rank small-t candidates on its fp32 view)
+            self.priors[variant] = prior.to(self.device)
             self.build_s[f"prior_{variant}"] = time.perf_counter() - t0
         return self.priors[variant]
 
@@ -290,13 +291,14 @@ def build_system(cfg, prior, reward, device, run_dir: Path):
 
 
 def lookahead_config(lookahead_steps: int = 15, lookahead_guidance: float = 7.5, lookahead_grid: str = "leading",
-                     lookahead_start: str = "exact_t", lookahead_decode: str = "full", prune_to: int = 0, overlap: bool = False):
+                     lookahead_start: str = "exact_t", lookahead_decode: str = "full", prune_to: int = 0, overlap: bool = False,
+                     fp32_below: int = 0, fp32_tf32: bool = False):
     """The engine's lookahead settings (``rewardsds.config.LookaheadConfig``, validated) from the benchmark's keywords,
     which the JSON records as they are (``agreement.paths.<name>.engine``)."""
     from rewardsds.config import LookaheadConfig
 
     return LookaheadConfig(steps=lookahead_steps, guidance_scale=lookahead_guidance, grid=lookahead_grid, start=lookahead_start,
-                           decode=lookahead_decode, prune_to=prune_to, overlap=overlap)
+                           decode=lookahead_decode, prune_to=prune_to, overlap=overlap, fp32_below=fp32_below, fp32_tf32=fp32_tf32)
 
 
 def measured_steps(args) -> list[int]:
@@ -483,6 +485,27 @@ def speedup(results: dict, n: int, k: int = 15) -> None:
             "median_ratio": base["median_ms"] / c["median_ms"], "paired_median_ratio": statistics.median(paired) if paired else None,
             "baseline_ms": base["median_ms"], "ours_ms": c["median_ms"], "n_noises": n, "lookahead_steps": k,
             "target": ">= 8 (issue goal, paper_2d)"}
+
+
+def fp32_ranking_cost(results: dict, below: int, default: str = "rewardsds_n10_k15_compiled") -> None:
+    """What ranking small-t candidates in fp32 adds to the compiled default: per timed step (same step indices, so the
+    same t), the mean extra ms below and above ``below``, and per 1000-step paper_2d image (seed 0's timesteps)."""
+    base = results["configs"].get(default)
+    if base is None:
+        return
+    by_step = {r["step"]: r["ms"] for r in base["per_step"]}
+    share = sum(t < below for t in timesteps_of(list(range(1000)))) / 1000
+    out = {"fp32_below": below, "paper_2d_share_of_steps_below": share, "rows": {}}
+    for name, c in results["configs"].items():
+        if not any(o.startswith("lookahead.fp32_below=") for o in c.get("overrides") or []):
+            continue
+        low = [r["ms"] - by_step[r["step"]] for r in c["per_step"] if r["step"] in by_step and r["t"] < below]
+        high = [r["ms"] - by_step[r["step"]] for r in c["per_step"] if r["step"] in by_step and r["t"] >= below]
+        extra_low = statistics.fmean(low) if low else None
+        out["rows"][name] = {"extra_ms_below": extra_low, "extra_ms_above": statistics.fmean(high) if high else None,
+                             "steps_below": len(low), "steps_above": len(high),
+                             "extra_s_per_1000_steps": None if extra_low is None else extra_low * share}
+    results["fp32_ranking"] = out
 
 
 # ----------------------------------------------------------------------------------------- agreement
@@ -840,6 +863,7 @@ def main(argv=None) -> int:
                          "row (default: this run's row, with --sections compile_cache,paper)")
     ap.add_argument("--reward-compile", action="store_true", help="torch.compile the fast reward too (reward.compile=true; default off as in the config)")
     ap.add_argument("--tiny-vae", action="store_true", help="time and measure decode=tiny with a random AutoencoderTiny")
+    ap.add_argument("--fp32-below", type=int, default=250, help="lookahead.fp32_below of the fp32_ranking section's rows and paths")
     ap.add_argument("--mvdream", action="store_true")
     ap.add_argument("--time-limit", type=float, default=480.0, help="seconds; later sections are skipped, partial JSON kept")
     args = ap.parse_args(argv)
@@ -853,6 +877,7 @@ def main(argv=None) -> int:
         sections.add("mvdream")
     if args.quick:
         args.draws = min(args.draws, 8)
+    args.fp32_view = bool(sections & set(FP32_SECTIONS))
 
     from rewardsds.testing import build_sd_pipeline
 
@@ -922,6 +947,18 @@ def main(argv=None) -> int:
                 save()
         speedup(results, 10)
         save()
+    if "fp32_ranking" in sections:
+        if "rewardsds_n10_k15_compiled" not in results["configs"] and deadline.allows("rewardsds_n10_k15_compiled", 60):
+            cfg("rewardsds_n10_k15_compiled", "compiled", 10, 15)  # (on a CPU eager fp32: the rows check the plumbing)
+        b = args.fp32_below
+        for name, extra in ((f"rewardsds_n10_k15_compiled_fp32_below{b}", [f"lookahead.fp32_below={b}"]),
+                            (f"rewardsds_n10_k15_compiled_fp32_below{b}_tf32", [f"lookahead.fp32_below={b}", "lookahead.fp32_tf32=true"])):
+            if deadline.allows(name, 40):
+                cfg(name, "compiled", 10, 15, extra)
+                save()
+        fp32_ranking_cost(results, b)
+        speedup(results, 10)
+        save()
     if "attribution" in sections and deadline.allows("rewardsds_n10_k15_compiled_bf16_reward", 60):
         # what the fp32 reward costs: the default's row (if the paper section did not time it) and a bf16 reward's
         if cuda and "rewardsds_n10_k15_compiled" not in results["configs"]:
@@ -929,7 +966,7 @@ def main(argv=None) -> int:
         cfg("rewardsds_n10_k15_compiled_bf16_reward", "compiled" if cuda else "eager", 10, 15, None, reward_variant="bf16")
         speedup(results, 10)
         save()
-    if ("agreement" in sections or "attribution" in sections) and deadline.allows("agreement", 90):
+    if sections & {"agreement", "attribution", *FP32_SECTIONS} and deadline.allows("agreement", 90):
         variants = [("eager", "eager", {}, "fast")]
         if cuda:
             variants.append((DEFAULT_PATH, "compiled", {}, "fast"))
@@ -951,6 +988,10 @@ def main(argv=None) -> int:
                 variants.append(("tiny_decode (random taesd)", "eager", {"lookahead_decode": "tiny"}, "fast"))
         if "attribution" in sections:
             variants += list(ATTRIBUTION_PATHS)
+        if "fp32_ranking" in sections:
+            b = args.fp32_below
+            variants += [(f"compiled, fp32 ranking below t={b}", "compiled", {"fp32_below": b}, "fast"),
+                         (f"compiled, fp32 ranking below t={b}, TF32", "compiled", {"fp32_below": b, "fp32_tf32": True}, "fast")]
         if args.only_path:
             unknown = sorted(set(args.only_path) - {v[0] for v in variants})
             if unknown:

@@ -14,10 +14,10 @@ from rewardsds.system import distill
 
 def make_engine(prior, reward=None, steps: int = 15, guidance: float = 7.5, grid: str = "leading", start: str = "exact_t",
                 decode: str = "full", prune_to: int = 0, chunk_size: int = 0, reward_views: str = "mean",
-                seed: int = 0, overlap: bool = False) -> CandidateEngine:
+                seed: int = 0, overlap: bool = False, fp32_below: int = 0, fp32_tf32: bool = False) -> CandidateEngine:
     """A candidate engine with the given lookahead settings (validated like a run's)."""
     la = LookaheadConfig(steps=steps, guidance_scale=guidance, grid=grid, start=start, decode=decode, prune_to=prune_to,
-                         overlap=overlap)
+                         overlap=overlap, fp32_below=fp32_below, fp32_tf32=fp32_tf32)
     return CandidateEngine(prior, reward, la, chunk_size=chunk_size, reward_views=reward_views, seed=seed)
 
 

@@ -321,3 +321,85 @@ def test_reward_replays_cuda_graphs_only_when_compiled_on_cuda():
     assert combo.replays_cuda_graphs is False
     combo.components["a"] = r
     assert combo.replays_cuda_graphs is True
+
+
+# ----------------------------------------------------------------------------------------- fp32 ranking at small t
+@pytest.fixture(scope="module")
+def bf16_and_fp32_priors(tiny_sd):
+    """The tiny pipeline twice: in bf16 (the CUDA default's precision, here on the CPU) and in fp32 (the exact path)."""
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    low, exact = (StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype=d)) for d in ("bf16", "fp32"))
+    low.keep_fp32_view()  # (the engine asks for it when it is built before the prior is placed, as in a run)
+    return low.to("cpu"), exact.to("cpu")
+
+
+def _ranked(engine, prior, t, n=6, step=3):
+    """(rewards [n], model evaluations) of one ranked step's candidates at t."""
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    text = prior.text_cond(["a photo of the cat"], "")
+    cands = engine.draw(z, t, n, step)
+    cands.eps_cond, cands.eps_uncond = engine.predict(cands, text)
+    engine.look_ahead_and_score(cands, text, ["a photo of the cat"])
+    return cands.rewards, cands.evals
+
+
+@pytest.mark.parametrize("steps", [6, 0])
+def test_fp32_below_ranks_small_t_candidates_as_the_fp32_prior_does(bf16_and_fp32_priors, steps):
+    low, exact = bf16_and_fp32_priors
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    view = low.fp32_view()
+    assert view is not low and view.unet is not low.unet and view.dtype == torch.float32
+    assert next(view.unet.parameters()).dtype == torch.float32 and next(low.unet.parameters()).dtype == torch.bfloat16
+    assert view.text_encoder is low.text_encoder and next(low.text_encoder.parameters()).dtype == torch.float32
+    assert low.fp32_view() is view and exact.fp32_view() is exact  # built once; an fp32 eager prior is its own view
+    for t in (120, 700):
+        want, want_evals = _ranked(make_engine(exact, reward, steps=steps), exact, t)
+        plain, plain_evals = _ranked(make_engine(low, reward, steps=steps), low, t)
+        fp32, fp32_evals = _ranked(make_engine(low, reward, steps=steps, fp32_below=250), low, t)
+        if t < 250:  # the fp32 view ranks: the exact path's rewards, with the call at t made again in fp32
+            assert torch.allclose(fp32, want, atol=1e-6, rtol=1e-5), (fp32 - want).abs().max()
+            assert (plain - want).abs().max() > 100 * (fp32 - want).abs().max()
+            assert fp32_evals == plain_evals + 2 * 6
+        else:  # above the threshold the step is the plain bf16 one, bit for bit
+            assert torch.equal(fp32, plain) and fp32_evals == plain_evals
+    eng = make_engine(low, reward, steps=steps, fp32_below=250)
+    ts = [120, 700]
+    assert eng.expected_evals(ts, 6, 1, True) == make_engine(low, reward, steps=steps).expected_evals(ts, 6, 1, True) + 6
+
+
+def test_fp32_below_restores_the_tf32_switches_and_sets_them_while_it_ranks(bf16_and_fp32_priors, monkeypatch):
+    low, _ = bf16_and_fp32_priors
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    seen = []
+    view = low.fp32_view()
+    real = view.predict_noise
+
+    def spy(*a, **k):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return real(*a, **k)
+
+    monkeypatch.setattr(view, "predict_noise", spy)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    for allow in (False, True):
+        seen.clear()
+        _ranked(make_engine(low, reward, steps=6, fp32_below=250, fp32_tf32=allow), low, 120)
+        assert seen and set(seen) == {(allow, allow)}
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_an_fp32_view_asked_for_after_the_weights_were_cast_is_refused(tiny_sd):
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    late = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="bf16")).to("cpu")
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    with pytest.raises(RuntimeError, match=r"cast to torch.bfloat16 .* needs them as loaded; call keep_fp32_view\(\) before to\(\)"):
+        make_engine(late, reward, steps=6, fp32_below=250)
+    with pytest.raises(RuntimeError, match=r"kept no fp32 weights"):
+        late.fp32_view()
+    make_engine(late, reward, steps=6)  # off: nothing asked
+    exact = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="fp32")).to("cpu")
+    assert make_engine(exact, reward, steps=6, fp32_below=250).ranker(100) is exact  # eager fp32: nothing to copy
+    assert exact._fp32_modules is None

@@ -23,6 +23,7 @@ ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
         (["n_noises=1", "strategy=best", "strategy.n_best=2"], "n_noises", "n_noises>=2"),
         (["reward_duration=1.5"], "reward_duration", "use 1.0"),
         (["lookahead.steps=-1"], "lookahead.steps", "use 15"),
+        (["lookahead.fp32_below=2000"], "lookahead.fp32_below", "use 0 (off) or e.g. 250"),
         (["timesteps.t_max.start=1.5"], "timesteps.t_max", "fraction"),
         (["strategy=weighted", "strategy.temperature=0"], "strategy.temperature", "use 1.0"),
         (["representation.init=image"], "representation.init_image", "init_image=/path"),

@@ -438,3 +438,50 @@ def test_cudnn_attention_runs_and_matches_torchs_default(sd21_random):
     assert "aten::_scaled_dot_product_cudnn_attention" in ops, rep
     assert any("cudnn_attention" in o for o in compiled_ops), rep
     assert rep["eager_rel_err"] < 2e-2 and rep["compiled_rel_err"] < 2e-2, rep
+
+
+# ----------------------------------------------------------------------------------------- lookahead.fp32_below
+@gpu_test
+def test_fp32_ranking_below_a_timestep_is_the_exact_paths_ranking(sd21_random, parts):
+    """lookahead.fp32_below on the compiled bf16 prior (CUDA graphs, channels-last): below the threshold the candidates
+    rank on the prior's fp32 view (eager, channels-first, the weights as loaded, TF32 off), so their rewards are the
+    exact fp32 prior's to fp32 rounding; at or above it the step is the compiled one's, bit for bit."""
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    _, reward_fn = parts
+    reward = reward_fn("fp32", pil=False)
+    fast = StableDiffusionPrior(SDPriorConfig(pretrained=str(sd21_random), dtype="bf16", local_files_only=True, compile=True,
+                                              compile_mode="reduce-overhead"))
+    fast.keep_fp32_view()
+    fast.to(DEVICE)
+    exact = StableDiffusionPrior(SDPriorConfig(pretrained=str(sd21_random), dtype="fp32", channels_last=False,
+                                               local_files_only=True, compile=False)).to(DEVICE)
+    view = fast.fp32_view()
+    assert view._unet_call is view.unet and next(view.unet.parameters()).dtype == torch.float32
+    assert next(fast.unet.parameters()).dtype == torch.bfloat16 and fast._unet_call is not fast.unet
+
+    def rewards(prior, below: int, t: int):
+        engine = make_engine(prior, reward, steps=K, guidance=7.5, seed=0, fp32_below=below)
+        z = _latents()
+        text = prior.text_cond([PROMPT], "")
+        cands = engine.draw(z, t, 8, 5)
+        cands.eps_cond, cands.eps_uncond = engine.predict(cands, text)
+        engine.look_ahead_and_score(cands, text, [PROMPT])
+        return cands.rewards.float().cpu(), cands.evals
+
+    rep = {}
+    for t in (120, 600):
+        want, _ = rewards(exact, 0, t)
+        plain, plain_evals = rewards(fast, 0, t)
+        got, evals = rewards(fast, 250, t)
+        spread = float(want.max() - want.min())
+        rep[t] = {"exact": want.tolist(), "compiled": plain.tolist(), "fp32_below_250": got.tolist(), "spread": spread,
+                  "fp32_view_max_abs_diff": float((got - want).abs().max()), "compiled_max_abs_diff": float((plain - want).abs().max())}
+        if t < 250:
+            assert rep[t]["fp32_view_max_abs_diff"] <= 1e-4 * max(1.0, float(want.abs().max())), rep
+            assert torch.equal(torch.argsort(got), torch.argsort(want)), rep
+            assert evals == plain_evals + 2 * 8  # the call at t made again in fp32
+        else:
+            assert torch.equal(got, plain) and evals == plain_evals, rep
+    _report("fp32_below", rep)

@@ -494,6 +494,8 @@ def test_config_errors_name_key_value_and_fix():
             _validate([f"loss={loss}", "n_noises=4", "lookahead.overlap=true"])
         with pytest.raises(ConfigError, match=rf"lookahead.prune_to = 2: .* loss={loss}.*lookahead.prune_to=0"):
             _validate([f"loss={loss}", "n_noises=4", "lookahead.prune_to=2"])
+        with pytest.raises(ConfigError, match=rf"lookahead.fp32_below = 250: .* loss={loss}.*lookahead.fp32_below=0"):
+            _validate([f"loss={loss}", "n_noises=4", "lookahead.fp32_below=250"])
 
 
 def test_runtime_errors_without_the_schema(analytic_prior):

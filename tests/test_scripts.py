@@ -86,6 +86,32 @@ def test_benchmark_agreement_of_chosen_paths_only(tmp_path):
         _script("benchmark").main([*args[:-1], "bf16_compiled"])
 
 
+def test_benchmark_fp32_ranking_section_times_and_measures_its_paths(tmp_path):
+    """--sections fp32_ranking: the compiled default's row, the two lookahead.fp32_below rows (full fp32 and TF32) with
+    what they add below and above the threshold and per 1000-step image, and their agreement paths. (On the CPU the
+    "compiled" prior is eager fp32, its own fp32 view: the rows check the plumbing, not a cost.)"""
+    out = tmp_path / "bench.json"
+    args = ["--preset", "tiny", "--device", "cpu", "--steps", "4", "--warmup", "1", "--draws", "4", "--sections", "fp32_ranking",
+            "--fp32-below", "500", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out),
+            "--only-path", "compiled, fp32 ranking below t=500", "--only-path", "compiled, fp32 ranking below t=500, TF32"]
+    assert _script("benchmark").main(args) == 0
+    r = json.loads(out.read_text())
+    rows = {"rewardsds_n10_k15_compiled_fp32_below500", "rewardsds_n10_k15_compiled_fp32_below500_tf32"}
+    assert rows | {"rewardsds_n10_k15_compiled"} <= set(r["configs"])
+    assert r["configs"]["rewardsds_n10_k15_compiled_fp32_below500_tf32"]["overrides"] == ["lookahead.fp32_below=500", "lookahead.fp32_tf32=true"]
+    cost = r["fp32_ranking"]
+    assert cost["fp32_below"] == 500 and set(cost["rows"]) == rows and 0.45 < cost["paper_2d_share_of_steps_below"] < 0.55
+    ts = [s["t"] for s in r["configs"]["rewardsds_n10_k15_compiled"]["per_step"]]
+    for row in cost["rows"].values():
+        assert row["steps_below"] == sum(t < 500 for t in ts) and row["steps_above"] == sum(t >= 500 for t in ts)
+        if row["extra_ms_below"] is not None:
+            assert row["extra_s_per_1000_steps"] == pytest.approx(row["extra_ms_below"] * cost["paper_2d_share_of_steps_below"])
+    paths = r["agreement"]["paths"]
+    assert set(paths) == {"compiled, fp32 ranking below t=500", "compiled, fp32 ranking below t=500, TF32"}
+    assert paths["compiled, fp32 ranking below t=500, TF32"]["engine"] == {"fp32_below": 500, "fp32_tf32": True}
+    assert all(p["agreement"] == 1.0 for p in paths.values())  # fp32 on the CPU: the exact path's arithmetic
+
+
 @pytest.mark.slow
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"

@@ -240,6 +240,16 @@ class Prior(abc.ABC):
         """
         return self
 
+    def keep_fp32_view(self) -> None:
+        """Ask, before :meth:`to`, for the weights as loaded to stay available to :meth:`fp32_view` (a prior that casts
+        them on placement keeps fp32 copies). Priors that always compute in fp32 need nothing."""
+
+    def fp32_view(self) -> "Prior":
+        """This prior computing in fp32, eager: what the lookahead ranks with below ``lookahead.fp32_below``, where
+        bf16 rounding flips near-ties. Priors that always compute in fp32 (the analytic one, any prior on the CPU)
+        return themselves."""
+        return self
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.latent_channels, self.latent_size, self.latent_size)

@@ -126,6 +126,9 @@ class StableDiffusionPrior(Prior):
         self._unet_call = self.unet
         self._decode_call = self._decode_eager  # decode_candidates without a gradient: compiled with the UNet
         self._ranking: Optional["StableDiffusionPrior"] = None
+        self._fp32: Optional["StableDiffusionPrior"] = None  # the fp32 eager view (lookahead.fp32_below), built on first use
+        self._fp32_modules: Optional[tuple] = None  # its UNet and VAE: fp32 copies of the weights as loaded
+        self._wants_fp32 = False  # keep_fp32_view() was asked: to() keeps those copies before it casts
         self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
         self._compile_here = False  # whether to() compiled the UNet and the decoder on the device it placed them on
 
@@ -159,11 +162,17 @@ class StableDiffusionPrior(Prior):
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         from diffusers.utils import logging as dlogging
 
+        if self._wants_fp32 and self._fp32_modules is None and self._needs_fp32_copies():
+            self._fp32_modules = tuple(copy.deepcopy(m).to(dtype=torch.float32, memory_format=torch.contiguous_format)
+                                       for m in (self.unet, self.vae))
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()  # the whole frozen model is cast on purpose; no per-module fp32 keep-list applies
         try:
+            for m in (self._fp32_modules or ()):
+                m.to(self.device, torch.float32)
             for m in self._modules():
-                m.to(self.device, self.dtype)
+                # the text encoder runs once per prompt (cached): in fp32 its embeddings are the exact path's in any dtype
+                m.to(self.device, torch.float32 if m is self.text_encoder else self.dtype)
         finally:
             dlogging.set_verbosity(level)
         if self.device.type == "cuda" and self.cfg.channels_last:
@@ -179,6 +188,7 @@ class StableDiffusionPrior(Prior):
             self._unet_call = self._compiled(self.unet)
             self._decode_call = self._compiled(self._decode_eager, mode="default", static=True)
             self._ranking = self._float8_view() if self._float8_ranking() else None
+            self._fp32 = None
             self._placed = placed
         return self
 
@@ -212,6 +222,49 @@ class StableDiffusionPrior(Prior):
         view._unet_call = self._compiled(view.unet_float8)
         view._ranking = None
         return view
+
+    def keep_fp32_view(self) -> None:
+        """Keep the weights as loaded for :meth:`fp32_view`: asked before :meth:`to` casts them to ``prior.dtype``.
+
+        :meth:`to` then keeps fp32 copies of the UNet and the VAE on the device beside the cast ones (SD2.1-base: about
+        3.8 GB more), unless this prior runs eager in fp32 anyway.
+
+        Raises:
+            RuntimeError: when the weights were already cast (a copy of them in fp32 would carry their rounding).
+        """
+        if self._placed is not None and self._fp32_modules is None and self._needs_fp32_copies():
+            raise RuntimeError(f"the {self.name} prior's weights were cast to {self.dtype} when it was placed on {self.device}: "
+                               "its fp32 view (lookahead.fp32_below) needs them as loaded; call keep_fp32_view() before to()")
+        self._wants_fp32 = True
+
+    def _needs_fp32_copies(self) -> bool:
+        """Whether this placement computes in anything but eager fp32 (then the fp32 view needs its own modules)."""
+        return self.dtype != torch.float32 or (resolve_compile(self.cfg.compile, self.device) and self.device.type == "cuda")
+
+    def fp32_view(self) -> "StableDiffusionPrior":
+        """This prior computing in fp32, eager and channels-first, with the weights as loaded: the exact path's
+        arithmetic, for the lookahead calls and decodes of candidates that must rank as the exact path ranks them
+        (``lookahead.fp32_below``).
+
+        This prior itself where it already runs eager in fp32 (the CPU, or ``prior.dtype=fp32 prior.compile=false``);
+        otherwise a shallow copy (sharing the text encoder, its caches and the schedule) whose UNet and VAE are the fp32
+        copies :meth:`keep_fp32_view` asked :meth:`to` to keep.
+        """
+        if self.dtype == torch.float32 and not self._compile_here:
+            return self
+        if self._fp32 is None:
+            if self._fp32_modules is None:
+                raise RuntimeError(f"the {self.name} prior computes in {self.dtype} and kept no fp32 weights: call "
+                                   "keep_fp32_view() before to() (the candidate engine does, for lookahead.fp32_below > 0)")
+            view = copy.copy(self)
+            view.unet, view.vae = self._fp32_modules
+            view.dtype = torch.float32
+            view.cfg = copy.copy(self.cfg)
+            view.cfg.channels_last = False
+            view._unet_call, view._decode_call = view.unet, view._decode_eager
+            view._ranking, view._fp32, view._compile_here = None, view, False
+            self._fp32 = view
+        return self._fp32
 
     def ranking_prior(self) -> "StableDiffusionPrior":
         """The prior whose predictions the lookahead uses to rank candidates: the float8 view or this prior."""
