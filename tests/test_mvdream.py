@@ -463,6 +463,26 @@ def test_prior_sds_step_parity(prior, fixture):
         assert _rel_err(wrong, fixture["sds/latents_recon_final"]) > 3 * RTOL_CFG, group
 
 
+def test_fp32_view_of_a_bf16_prior_predicts_the_fixture(reduced_ckpt, reduced_yaml, tiny_base, prior, fixture):
+    """lookahead.fp32_below's view of a bf16 MVDream prior: fp32 copies of the weights as loaded, the joint multi-view
+    attention kept, so it predicts the original code's outputs to the fp32 tolerance, where the bf16 prior does not."""
+    low = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml),
+                                             base_model=str(tiny_base), dtype="bf16", local_files_only=True))
+    low.keep_fp32_view()
+    low.to("cpu")
+    view = low.fp32_view()
+    assert view is not low and view.num_frames == 4 and mv.multiview_num_frames(view.unet) == 4
+    assert next(view.unet.parameters()).dtype == torch.float32 and next(low.unet.parameters()).dtype == torch.bfloat16
+    c2w = fixture["camera"].reshape(-1, 4, 4)
+    with torch.no_grad():
+        got = view.predict_noise(fixture["x"], fixture["timesteps"], fixture["context"], c2w)
+        rounded = low.predict_noise(fixture["x"], fixture["timesteps"], fixture["context"], c2w)
+        want = prior.predict_noise(fixture["x"], fixture["timesteps"], fixture["context"], c2w)
+    assert _max_err(got, want) < 1e-5 < _max_err(rounded, want)
+    assert _max_err(got, fixture["out"]) < ATOL_UNET
+    assert prior.fp32_view() is prior  # an fp32 eager prior is its own view
+
+
 def test_prior_camera_none(prior, fixture):
     """camera=None skips the camera MLP (the original's camera=None) and leaves the UNet intact."""
     with torch.no_grad():
