@@ -66,11 +66,13 @@ def test_tiny_sd_prior_bf16_on_cuda(tiny_sd, tmp_path):
 
 
 @gpu_test
-def test_full_sd21_base_rewardsds_20_steps(sd21_random, image_reward_random, tmp_path):
-    m = _run([*GPU, "experiment=paper_2d", f"prior.pretrained={sd21_random}", *image_reward_random, "steps=20", "n_noises=8", "prior.local_files_only=true"],
-             tmp_path / "run")
+@pytest.mark.parametrize("fp32_below", [0, 250])
+def test_full_sd21_base_rewardsds_20_steps(fp32_below, sd21_random, image_reward_random, tmp_path):
+    m = _run([*GPU, "experiment=paper_2d", f"prior.pretrained={sd21_random}", *image_reward_random, "steps=20", "n_noises=8", "prior.local_files_only=true",
+              f"lookahead.fp32_below={fp32_below}"], tmp_path / "run")
     assert m["evals_per_step_mean"] > 2 * 8  # a lookahead ran for the 8 candidates
-    _report("sd21_rewardsds_n8_k15_20steps", m, {"n_noises": 8, "lookahead_steps": 15})
+    _report(f"sd21_rewardsds_n8_k15_20steps{'_fp32_below%d' % fp32_below if fp32_below else ''}", m,
+            {"n_noises": 8, "lookahead_steps": 15, "fp32_below": fp32_below})
 
 
 @gpu_test
