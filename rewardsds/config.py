@@ -331,6 +331,9 @@ class LookaheadConfig:
         check(self.prune_to >= 0, "lookahead.prune_to", self.prune_to, "must be >= 0", "use 0 (off) or fewer than n_noises")
         check(0 <= self.fp32_below <= 1000, "lookahead.fp32_below", self.fp32_below, "must be a timestep in [0, 1000]",
               "use 0 (off) or e.g. 250 (rank the candidates of steps with t < 250 in fp32)")
+        check(not self.fp32_tf32 or self.fp32_below > 0, "lookahead.fp32_tf32", self.fp32_tf32,
+              "sets the precision of the fp32 ranking, which lookahead.fp32_below = 0 leaves off",
+              "set lookahead.fp32_below (e.g. 250) too, or remove lookahead.fp32_tf32")
 
 
 @dataclass

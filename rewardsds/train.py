@@ -426,7 +426,8 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
 def lookahead_options(la) -> list[str]:
     """What a run's lookahead does besides the plain one, for its start block."""
     return ([f"pruned to the best {la.prune_to}"] if la.prune_to else []) + (["tiny decode"] if la.decode == "tiny" else []) \
-        + (["decode and reward overlapped across chunks"] if la.overlap else [])
+        + (["decode and reward overlapped across chunks"] if la.overlap else []) \
+        + ([f"ranked in fp32{' (TF32)' if la.fp32_tf32 else ''} below t = {la.fp32_below}"] if la.fp32_below else [])
 
 
 def _device_name(device: torch.device) -> str:

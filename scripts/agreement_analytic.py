@@ -6,7 +6,8 @@ then scores the same candidates at the same states, and :mod:`rewardsds.eval.agr
 its min_max top-2 and bottom-2 sets equal the exact path's. Paths: fewer lookahead steps (8, 4, 1, 0 = the
 one-step x0 estimate), pruning to N/2 by the one-step reward, the reference's lookahead start (the grid point
 below t, a different algorithm rather than a faster one), and bf16-rounded noise predictions (the analytic
-prior computes in fp32; rounding its inputs and outputs to bf16 emulates a bf16 model's precision).
+prior computes in fp32; rounding its inputs and outputs to bf16 emulates a bf16 model's precision), alone and
+with the candidates of steps below t = 250 ranked unrounded (``lookahead.fp32_below=250``).
 
     python scripts/agreement_analytic.py [--seeds 0,1,2,3] [--steps 50] [--out agreement_analytic.json]
 """
@@ -33,8 +34,14 @@ from rewardsds.priors.analytic import AnalyticPrior  # noqa: E402
 class BF16RoundedAnalyticPrior(AnalyticPrior):
     """The analytic prior with inputs and predictions rounded to bf16 (an emulation of a bf16 model's precision)."""
 
+    exact: AnalyticPrior  # the unrounded prior (set after the copy)
+
     def predict_noise(self, x_t, t, text, camera=None):
         return super().predict_noise(x_t.to(torch.bfloat16).float(), t, text, camera).to(torch.bfloat16).float()
+
+    def fp32_view(self) -> AnalyticPrior:
+        """The unrounded prior: what ``lookahead.fp32_below`` ranks with (the emulated model's fp32 copy)."""
+        return self.exact
 
 
 def main(argv=None) -> int:
@@ -78,6 +85,7 @@ def main(argv=None) -> int:
     prior, reward = systems[seeds[0]].prior, systems[seeds[0]].reward
     rounded = copy.copy(prior)
     rounded.__class__ = BF16RoundedAnalyticPrior
+    rounded.exact = prior
     paths = {
         "lookahead_8_steps": (prior, dict(base, lookahead_steps=8)),
         "lookahead_4_steps": (prior, dict(base, lookahead_steps=4)),
@@ -86,6 +94,8 @@ def main(argv=None) -> int:
         f"prune_to_{args.n // 2}": (prior, dict(base, prune_to=args.n // 2)),
         "reference_start (grid point <= t)": (prior, dict(base, lookahead_start="grid")),
         "bf16_rounded_predictions (emulated)": (rounded, base),
+        # the same, with the candidates of steps below t = 250 ranked on the unrounded prior (lookahead.fp32_below)
+        "bf16_rounded, fp32 ranking below t=250 (emulated)": (rounded, dict(base, fp32_below=250)),
         # chunks of 2 candidates (4 inputs per call) decoded and scored beside the next chunk's lookahead
         "lookahead.overlap, chunks of 2": (prior, dict(base, overlap=True, chunk_size=4)),
     }

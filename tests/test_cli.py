@@ -24,6 +24,7 @@ ANALYTIC = ["experiment=analytic", "steps=3", *FAST]
         (["reward_duration=1.5"], "reward_duration", "use 1.0"),
         (["lookahead.steps=-1"], "lookahead.steps", "use 15"),
         (["lookahead.fp32_below=2000"], "lookahead.fp32_below", "use 0 (off) or e.g. 250"),
+        (["lookahead.fp32_tf32=true"], "lookahead.fp32_tf32", "set lookahead.fp32_below"),
         (["timesteps.t_max.start=1.5"], "timesteps.t_max", "fraction"),
         (["strategy=weighted", "strategy.temperature=0"], "strategy.temperature", "use 1.0"),
         (["representation.init=image"], "representation.init_image", "init_image=/path"),

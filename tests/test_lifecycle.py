@@ -554,3 +554,5 @@ def test_start_block_names_what_is_not_the_plain_lookahead():
     opts = lookahead_options(LookaheadConfig(prune_to=4, overlap=True))
     assert opts == ["pruned to the best 4", "decode and reward overlapped across chunks"]
     assert "lookahead K=15 (pruned to the best 4, decode and reward overlapped across chunks), reward=" in start_block({**info, "lookahead_options": opts})
+    assert lookahead_options(LookaheadConfig(fp32_below=250)) == ["ranked in fp32 below t = 250"]
+    assert lookahead_options(LookaheadConfig(fp32_below=250, fp32_tf32=True)) == ["ranked in fp32 (TF32) below t = 250"]

@@ -40,6 +40,7 @@ def test_agreement_analytic_runs_and_pruning_ranks_kept_above_pruned(tmp_path, c
                               "lookahead_start": "exact_t"}
     assert set(r["paths"]) == {"lookahead_8_steps", "lookahead_4_steps", "lookahead_1_step", "one_step_x0 (K=0)", "prune_to_2",
                                "reference_start (grid point <= t)", "bf16_rounded_predictions (emulated)",
+                               "bf16_rounded, fp32 ranking below t=250 (emulated)",
                                "lookahead.overlap, chunks of 2", "prune_to_2, kept above pruned, rebuilt from the exact run (check)"}
     for rep in r["paths"].values():
         assert rep["n_draws"] == 3 and 0.0 <= rep["agreement"] <= 1.0
@@ -48,6 +49,8 @@ def test_agreement_analytic_runs_and_pruning_ranks_kept_above_pruned(tmp_path, c
     assert (engine["agreement"], engine["top_agreement"], engine["bottom_agreement"]) == \
         (rebuilt["agreement"], rebuilt["top_agreement"], rebuilt["bottom_agreement"])
     assert (tmp_path / "agreement.md").read_text().startswith("(1 seeds x 3 steps")
+    # below t = 250 the lever ranks on the unrounded prior: the exact path's rewards there
+    assert r["paths"]["bf16_rounded, fp32 ranking below t=250 (emulated)"]["agreement_t_below_250"] in (None, 1.0)
     overlap = r["paths"]["lookahead.overlap, chunks of 2"]  # the same computation in two chunks: the same rewards
     assert overlap["agreement"] == 1.0 and overlap["regret_max"] == 0.0 and overlap["rank_correlation"] == pytest.approx(1.0)
 
