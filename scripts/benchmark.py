@@ -61,6 +61,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rewardsds.candidates import CandidateEngine  # noqa: E402
 from rewardsds.utils.dtypes import tf32  # noqa: E402  (the exact path turns both switches off)
 
 PROMPT = "a photo of a red fox sitting in the snow"
@@ -509,6 +510,21 @@ def fp32_ranking_cost(results: dict, below: int, default: str = "rewardsds_n10_k
 
 
 # ----------------------------------------------------------------------------------------- agreement
+class FP32DecodeOnlyEngine(CandidateEngine):
+    """Attribution of ``lookahead.fp32_below``: below the threshold only the candidates' decode runs on the fp32 view
+    (full fp32, TF32 off); the lookahead's calls stay on the bf16 prior and reuse its prediction at t. Which of the two
+    halves the small-t misses need tells what the lever must cost."""
+
+    def ranks_in_fp32(self, t: int) -> bool:
+        return False
+
+    def decode(self, latents, grad: bool = False, t: Optional[int] = None):
+        if t is None or t >= self.lookahead_cfg.fp32_below or self.lookahead_cfg.decode == "tiny":
+            return super().decode(latents, grad, t)
+        with tf32(matmul=False, cudnn=False), (contextlib.nullcontext() if grad else torch.no_grad()):
+            return self.prior.fp32_view().decode_candidates(latents)
+
+
 def agreement_draws(args, prior_shape: tuple[int, ...]):
     """``--draws`` draws: seeds 0.. x steps 0.. with the run's timesteps and a seeded randn scene (the latent-image init)."""
     from rewardsds.eval.agreement import Draw
@@ -526,7 +542,6 @@ def agreement_draws(args, prior_shape: tuple[int, ...]):
 
 def bench_agreement(args, models: Models, device, results: dict, deadline: Deadline, variants: list[tuple[str, str, dict, str]]) -> None:
     """Selection agreement of each fast path with the exact fp32 path (N = ``--agreement-n``, K = 15)."""
-    from rewardsds.candidates import CandidateEngine
     from rewardsds.eval.agreement import collect_rewards, compare_selections, engine_selector
 
     n = args.agreement_n
@@ -535,10 +550,10 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
     sec.update({"n_noises": n, "lookahead_steps": 15, "n_max": 2, "n_min": 2, "draws": [{"seed": d.seed, "step": d.step, "t": d.t} for d in draws],
                 "exact": "fp32 prior, eager, TF32 off, full decode, 15-step lookahead from t, ImageReward fp32 via PIL"})
 
-    def path(variant: str, reward_variant: str, chunk_size: Optional[int] = None, **engine_kw):
+    def path(variant: str, reward_variant: str, chunk_size: Optional[int] = None, decode_only: bool = False, **engine_kw):
         prior = models.prior(variant)
-        eng = CandidateEngine(prior, models.reward(reward_variant), lookahead_config(**engine_kw),
-                              chunk_size=args.chunk_size if chunk_size is None else chunk_size)
+        eng = (FP32DecodeOnlyEngine if decode_only else CandidateEngine)(
+            prior, models.reward(reward_variant), lookahead_config(**engine_kw), chunk_size=args.chunk_size if chunk_size is None else chunk_size)
         return engine_selector(eng, prior.text_cond([PROMPT], ""), [PROMPT], n)
 
     t0 = time.perf_counter()
@@ -632,7 +647,6 @@ def compare_cli(results: dict, rows: dict, against: str) -> None:
 
 # ----------------------------------------------------------------------------------------- lookahead MFU
 def bench_lookahead_mfu(models: Models, flops: Flops, device, results: dict, variant: str, n: int = 10, t: int = 979, iters: int = 3):
-    from rewardsds.candidates import CandidateEngine
 
     prior = models.prior(variant)
     eng = CandidateEngine(prior, None, lookahead_config(), chunk_size=models.args.chunk_size)
@@ -700,7 +714,6 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
     import math
 
     from rewardsds.cameras import orbit_cameras
-    from rewardsds.candidates import CandidateEngine
     from rewardsds.losses.base import StepContext
     from rewardsds.losses.config import SDSLossConfig
     from rewardsds.losses.sds import SDSLoss, x0_recon_target
@@ -991,7 +1004,8 @@ def main(argv=None) -> int:
         if "fp32_ranking" in sections:
             b = args.fp32_below
             variants += [(f"compiled, fp32 ranking below t={b}", "compiled", {"fp32_below": b}, "fast"),
-                         (f"compiled, fp32 ranking below t={b}, TF32", "compiled", {"fp32_below": b, "fp32_tf32": True}, "fast")]
+                         (f"compiled, fp32 ranking below t={b}, TF32", "compiled", {"fp32_below": b, "fp32_tf32": True}, "fast"),
+                         (f"attribution: compiled, fp32 decode only below t={b}", "compiled", {"fp32_below": b, "decode_only": True}, "fast")]
         if args.only_path:
             unknown = sorted(set(args.only_path) - {v[0] for v in variants})
             if unknown:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +97,8 @@ def test_benchmark_fp32_ranking_section_times_and_measures_its_paths(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--preset", "tiny", "--device", "cpu", "--steps", "4", "--warmup", "1", "--draws", "4", "--sections", "fp32_ranking",
             "--fp32-below", "500", "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out),
-            "--only-path", "compiled, fp32 ranking below t=500", "--only-path", "compiled, fp32 ranking below t=500, TF32"]
+            "--only-path", "compiled, fp32 ranking below t=500", "--only-path", "compiled, fp32 ranking below t=500, TF32",
+            "--only-path", "attribution: compiled, fp32 decode only below t=500"]
     assert _script("benchmark").main(args) == 0
     r = json.loads(out.read_text())
     rows = {"rewardsds_n10_k15_compiled_fp32_below500", "rewardsds_n10_k15_compiled_fp32_below500_tf32"}
@@ -110,7 +112,9 @@ def test_benchmark_fp32_ranking_section_times_and_measures_its_paths(tmp_path):
         if row["extra_ms_below"] is not None:
             assert row["extra_s_per_1000_steps"] == pytest.approx(row["extra_ms_below"] * cost["paper_2d_share_of_steps_below"])
     paths = r["agreement"]["paths"]
-    assert set(paths) == {"compiled, fp32 ranking below t=500", "compiled, fp32 ranking below t=500, TF32"}
+    assert set(paths) == {"compiled, fp32 ranking below t=500", "compiled, fp32 ranking below t=500, TF32",
+                          "attribution: compiled, fp32 decode only below t=500"}
+    assert paths["attribution: compiled, fp32 decode only below t=500"]["engine"] == {"fp32_below": 500, "decode_only": True}
     assert paths["compiled, fp32 ranking below t=500, TF32"]["engine"] == {"fp32_below": 500, "fp32_tf32": True}
     assert all(p["agreement"] == 1.0 for p in paths.values())  # fp32 on the CPU: the exact path's arithmetic
 
@@ -205,3 +209,34 @@ def test_tradeoff_analytic(tmp_path, capsys):
     assert [row.split(" | ")[0][2:] for row in rows] == list(_script("tradeoff_analytic").VARIANTS)
     evals = {row.split(" | ")[0][2:]: float(row.split(" | ")[5]) for row in rows}
     assert evals["SDS (N=1)"] == 2.0 and evals["RewardSDS N=8, K=0 (one-step x0)"] == 16.0
+
+
+def test_benchmark_fp32_decode_only_attribution_decodes_small_t_candidates_in_fp32(tiny_sd):
+    """The benchmark's attribution engine: below the threshold the bf16 lookahead's x0 go through the fp32 view's decoder
+    (the same images as decoding them there by hand), above it the step is the plain bf16 one."""
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.sd import StableDiffusionPrior
+    from rewardsds.rewards.analytic import AnalyticReward
+    from rewardsds.rewards.config import AnalyticRewardConfig
+
+    B = _script("benchmark")
+    low = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="bf16"))
+    low.keep_fp32_view()
+    low.to("cpu")
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    text = low.text_cond(["a cat"], "")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def images(engine, t):
+        c = engine.draw(z, t, 4, 1)
+        c.eps_cond, c.eps_uncond = engine.predict(c, text)
+        return engine.look_ahead_and_score(c, text, ["a cat"]), engine.lookahead(c, text, first=(c.eps_cond, c.eps_uncond))
+
+    attr = B.FP32DecodeOnlyEngine(low, reward, B.lookahead_config(6, fp32_below=250), chunk_size=0)
+    plain = B.CandidateEngine(low, reward, B.lookahead_config(6), chunk_size=0)
+    got, x0 = images(attr, 120)
+    assert torch.equal(x0, images(plain, 120)[1])  # the lookahead stays bf16, reusing the prediction at t
+    with torch.no_grad():
+        assert torch.allclose(got, low.fp32_view().decode_candidates(x0), atol=1e-6)
+        assert (got - low.decode_candidates(x0)).abs().max() > 1e-3  # not the bf16 decoder's images
+    assert torch.equal(images(attr, 600)[0], images(plain, 600)[0])
