@@ -186,10 +186,15 @@ class CandidateEngine:
 
     # ------------------------------------------------------------------ which model ranks
     def ranks_in_fp32(self, t: int) -> bool:
-        """Whether the candidates at ``t`` rank on the prior's fp32 view (``lookahead.fp32_below``): below that
-        timestep the candidates differ little and bf16 rounding flips near-ties of their rewards. A prior that
-        computes in fp32 anyway (the CPU) has no other view to switch to."""
-        return t < self.lookahead_cfg.fp32_below and self.prior.fp32_view() is not self.prior
+        """Whether the candidates at ``t`` rank on the prior's fp32 view, with TF32 as ``lookahead.fp32_tf32`` says
+        (``lookahead.fp32_below``): below that timestep the candidates differ little and bf16 rounding flips near-ties
+        of their rewards. A prior that computes eager in fp32 anyway is its own view (then only the TF32 switches
+        change)."""
+        return t < self.lookahead_cfg.fp32_below
+
+    def _remakes_call_at_t(self, t: int) -> bool:
+        """Whether the lookahead makes its call at t again, on a view other than the prior that predicted it."""
+        return self.ranks_in_fp32(t) and self.prior.fp32_view() is not self.prior
 
     def ranker(self, t: int) -> Prior:
         """The prior whose calls (and, with the full decoder, whose decodes) rank the candidates at ``t``: the fp32
@@ -251,8 +256,13 @@ class CandidateEngine:
         x = cands.noisy if x_t is None else x_t
         n = x.shape[0] // len(text)
         cam = None if camera is None else camera.repeat(n, 1, 1)
+        model = prior or self.prior
+        chunk = self.chunk_size(x)
+        if chunk and not self.requested_chunk and _widens(model, self.prior):
+            # the automatic size was measured with the prior's activations: an fp32 view's are twice as wide
+            chunk = max(2 * model.num_frames, chunk // 2 // (2 * model.num_frames) * 2 * model.num_frames)
         with _grad_mode(grad):
-            c, u = (prior or self.prior).predict_noise_pair(x, cands.t if t is None else t, text.repeat(n), cam, self.chunk_size(x))
+            c, u = model.predict_noise_pair(x, cands.t if t is None else t, text.repeat(n), cam, chunk)
         cands.evals += 2 * x.shape[0]
         return c, u
 
@@ -323,7 +333,7 @@ class CandidateEngine:
             first: (eps_cond, eps_uncond) at (x_t, t), reused for the first call where the chain starts exactly at t.
         """
         scale, ranker = self.lookahead_guidance, self.ranker(cands.t)
-        if self.ranks_in_fp32(cands.t):
+        if self._remakes_call_at_t(cands.t):
             first = None
         if self.lookahead_steps == 0:
             c, u = first if first is not None else self.predict(cands, text, camera, prior=ranker)
@@ -385,9 +395,9 @@ class CandidateEngine:
         if not (ranked and n > 1):
             return float(per_t)
         if self.lookahead_steps == 0:  # the one-step estimate reuses the prediction at t, unless it is made in fp32
-            return per_t * (1 + sum(self.ranks_in_fp32(t) for t in ts) / len(ts))
+            return per_t * (1 + sum(self._remakes_call_at_t(t) for t in ts) / len(ts))
         reuse = 1 if self.reuses_prediction_at_t else 0
-        calls = [max(0, len(ddim.lookahead_calls(t, self.grid, self.lookahead_cfg.start)) - (0 if self.ranks_in_fp32(t) else reuse))
+        calls = [max(0, len(ddim.lookahead_calls(t, self.grid, self.lookahead_cfg.start)) - (0 if self._remakes_call_at_t(t) else reuse))
                  for t in ts]
         return per_t * (1 + sum(calls) / len(calls))
 
@@ -468,8 +478,9 @@ class CandidateEngine:
             with self._precision(cands.t):
                 x0 = self.lookahead(part, text, camera, first=self._first_call(part))
             cands.evals += part.evals
-            with side.after_current(x0), self._precision(cands.t):
-                images.append(self.decode(x0, t=cands.t))
+            with side.after_current(x0):
+                with self._precision(cands.t):  # (the decode's switches only: the reward keeps the run's)
+                    images.append(self.decode(x0, t=cands.t))
                 if reward_beside:
                     scores.append(self._scores(images[-1], prompts))
         side.join(*images, *scores)
@@ -511,6 +522,12 @@ def band_above(kept: Tensor, all_rows: Tensor, keep: Tensor) -> Tensor:
     rest_max = out.masked_fill(kept_row, float("-inf")).max()
     gap = (rest_max - kept.min()).clamp_min(0) + (kept.max() - kept.min()).abs().clamp_min(1e-6) * 1e-3 + 1e-6
     return torch.where(kept_row, out, out - gap)
+
+
+def _widens(model: Prior, prior: Prior) -> bool:
+    """Whether ``model`` (a view of ``prior``) computes in fp32 where ``prior`` computes in a narrower dtype."""
+    wide, narrow = getattr(model, "dtype", torch.float32), getattr(prior, "dtype", torch.float32)
+    return model is not prior and wide == torch.float32 and narrow != torch.float32
 
 
 def _grad_mode(grad: bool):

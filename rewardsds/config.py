@@ -603,10 +603,24 @@ def _tiny_decode_needs_a_tiny_autoencoder(cfg: Config, choices: Choices) -> None
                           "set prior.tiny_vae=madebyollin/taesd (or a local folder), or use lookahead.decode=full")
 
 
+def _fp32_ranking_needs_ranked_candidates(cfg: Config, choices: Choices) -> None:
+    """``lookahead.fp32_below`` keeps fp32 copies of the prior (gigabytes on a GPU) to rank candidates: refused where
+    no step ranks any."""
+    if cfg.lookahead.fp32_below == 0:
+        return
+    if isinstance(cfg.strategy, (NoStrategyConfig, RandomStrategyConfig)):
+        raise ConfigError("lookahead.fp32_below", cfg.lookahead.fp32_below, f"ranks candidates by their rewards, and "
+                          f"strategy={choices.of('strategy', cfg.strategy)} ranks none",
+                          "remove it (the default is lookahead.fp32_below=0), or choose a ranking strategy such as strategy=min_max")
+    if cfg.n_noises < 2:
+        raise ConfigError("lookahead.fp32_below", cfg.lookahead.fp32_below, f"ranks candidates, and n_noises = {cfg.n_noises} "
+                          "gives one a step", "remove it (the default is lookahead.fp32_below=0), or set n_noises>=2")
+
+
 #: Checks of combinations of groups, run in this order by :func:`validate` after every schema's own checks.
 CROSS_CHECKS = (_strategy_needs_enough_candidates, _multiview_view_groups, _multiview_needs_views, _dds_edits_a_latent_image,
-                _reward_aligned_losses, _vsd_needs_a_stable_diffusion_prior, _export_formats_of_the_representation,
-                _tiny_decode_needs_a_tiny_autoencoder)
+                _reward_aligned_losses, _fp32_ranking_needs_ranked_candidates, _vsd_needs_a_stable_diffusion_prior,
+                _export_formats_of_the_representation, _tiny_decode_needs_a_tiny_autoencoder)
 
 
 # ----------------------------------------------------------------------------------------- registration

@@ -403,3 +403,61 @@ def test_an_fp32_view_asked_for_after_the_weights_were_cast_is_refused(tiny_sd):
     exact = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), dtype="fp32")).to("cpu")
     assert make_engine(exact, reward, steps=6, fp32_below=250).ranker(100) is exact  # eager fp32: nothing to copy
     assert exact._fp32_modules is None
+
+
+def test_fp32_ranking_in_chunks_overlapped_keeps_the_rewards_and_the_rewards_tf32_switches(bf16_and_fp32_priors, monkeypatch):
+    """With lookahead.overlap the fp32 ranking gives the rewards of the plain order; the TF32 switches it sets reach the
+    view's calls and decodes, never the reward (which keeps the run's switches in either order)."""
+    low, _ = bf16_and_fp32_priors
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    view = low.fp32_view()
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    seen: dict[str, set] = {"unet": set(), "decode": set(), "reward": set()}
+
+    def spy(name, fn):
+        def wrapped(*a, **k):
+            seen[name].add((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(view, "predict_noise", spy("unet", view.predict_noise))
+    monkeypatch.setattr(view, "decode_candidates", spy("decode", view.decode_candidates))
+    scored = type(reward).__call__  # (called through the class: patch it there, restored after the test)
+    monkeypatch.setattr(type(reward), "__call__", lambda self, *a, **k: spy("reward", scored)(self, *a, **k))
+    got = {}
+    for overlap in (False, True):
+        eng = make_engine(low, reward, steps=6, fp32_below=250, fp32_tf32=True, overlap=overlap, chunk_size=4)
+        got[overlap], _ = _ranked(eng, low, 120)
+        assert eng.candidate_chunks(eng.draw(torch.zeros(1, 4, 8, 8), 120, 6, 0)) == ([(0, 2), (2, 4), (4, 6)] if overlap else [(0, 6)])
+    assert torch.allclose(got[True], got[False], atol=1e-6)
+    assert seen["unet"] == seen["decode"] == {(True, True)} and seen["reward"] == {before}
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_fp32_ranking_on_a_prior_that_is_its_own_view_sets_only_the_switches(tiny_sd_prior, monkeypatch):
+    """An eager fp32 prior ranks on itself below the threshold: the call at t is reused (no extra evaluations), and
+    only the TF32 switches change, so on CUDA its fp32 convolutions run without cuDNN's TF32 default."""
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    seen = set()
+    real = tiny_sd_prior.predict_noise
+
+    def spy(*a, **k):
+        seen.add((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return real(*a, **k)
+
+    plain, plain_evals = _ranked(make_engine(tiny_sd_prior, reward, steps=6), tiny_sd_prior, 120)
+    monkeypatch.setattr(tiny_sd_prior, "predict_noise", spy)
+    eng = make_engine(tiny_sd_prior, reward, steps=6, fp32_below=250)
+    assert eng.ranker(120) is tiny_sd_prior and eng.ranks_in_fp32(120) and not eng.ranks_in_fp32(250)
+    got, evals = _ranked(eng, tiny_sd_prior, 120)
+    assert torch.equal(got, plain) and evals == plain_evals
+    assert (False, False) in seen  # the lookahead's calls after the reused one ran with both switches off
+
+
+def test_the_fp32_view_moves_only_with_its_prior(bf16_and_fp32_priors):
+    low, _ = bf16_and_fp32_priors
+    view = low.fp32_view()
+    with pytest.raises(RuntimeError, match="moves with its prior: call to\\(\\) on the prior"):
+        view.to("cpu")
+    assert low.to("cpu").fp32_view() is view  # placed again on the same device: the same view
+    assert next(view.unet.parameters()).dtype == torch.float32

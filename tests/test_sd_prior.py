@@ -87,6 +87,20 @@ def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):
     assert ckpt["rewardsds"]["iteration"] == 3
 
 
+def test_fp32_ranking_through_the_config_path_remakes_the_call_at_t_of_small_t_steps(tiny_sd, tmp_path):
+    """A bf16 prior with lookahead.fp32_below through train(): the engine asks for the fp32 view before the run places
+    the prior, and each step below the threshold (3 of seed 0's first 6 timesteps: 118, 42, 99) makes its call at t
+    again on it: 2 N more evaluations there, nothing more elsewhere."""
+    from rewardsds.train import train
+
+    base = [f"prior.pretrained={tiny_sd}", "prior.dtype=bf16", "prompt=a photo of the cat", "steps=6", "n_noises=4", "reward=analytic",
+            "reward.image_size=16", "lookahead.steps=4", *FAST]
+    plain = train(compose(base), tmp_path / "plain")
+    ranked = train(compose([*base, "lookahead.fp32_below=250"]), tmp_path / "fp32")
+    assert plain["status"] == ranked["status"] == "complete"
+    assert ranked["evals_per_step_mean"] == pytest.approx(plain["evals_per_step_mean"] + 2 * 4 * 3 / 6)
+
+
 def test_long_prompt_truncation_is_reported_once(tiny_sd_prior, caplog):
     """The text encoder reads model_max_length tokens; the rest is dropped (as the reference does), with one warning."""
     p = tiny_sd_prior

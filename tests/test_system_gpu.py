@@ -66,13 +66,17 @@ def test_tiny_sd_prior_bf16_on_cuda(tiny_sd, tmp_path):
 
 
 @gpu_test
-@pytest.mark.parametrize("fp32_below", [0, 250])
-def test_full_sd21_base_rewardsds_20_steps(fp32_below, sd21_random, image_reward_random, tmp_path):
-    m = _run([*GPU, "experiment=paper_2d", f"prior.pretrained={sd21_random}", *image_reward_random, "steps=20", "n_noises=8", "prior.local_files_only=true",
-              f"lookahead.fp32_below={fp32_below}"], tmp_path / "run")
+def test_full_sd21_base_rewardsds_20_steps(sd21_random, image_reward_random, tmp_path):
+    """paper_2d for 20 steps, and again with lookahead.fp32_below=250: 8 of the 20 timesteps of seed 0 are below 250,
+    and each of those makes its call at t again on the fp32 view (2 N more evaluations)."""
+    base = [*GPU, "experiment=paper_2d", f"prior.pretrained={sd21_random}", *image_reward_random, "steps=20", "n_noises=8",
+            "prior.local_files_only=true"]
+    m = _run(base, tmp_path / "run")
     assert m["evals_per_step_mean"] > 2 * 8  # a lookahead ran for the 8 candidates
-    _report(f"sd21_rewardsds_n8_k15_20steps{'_fp32_below%d' % fp32_below if fp32_below else ''}", m,
-            {"n_noises": 8, "lookahead_steps": 15, "fp32_below": fp32_below})
+    _report("sd21_rewardsds_n8_k15_20steps", m, {"n_noises": 8, "lookahead_steps": 15})
+    f = _run([*base, "lookahead.fp32_below=250"], tmp_path / "run_fp32")
+    assert f["evals_per_step_mean"] == pytest.approx(m["evals_per_step_mean"] + 2 * 8 * 8 / 20)
+    _report("sd21_rewardsds_n8_k15_20steps_fp32_below250", f, {"n_noises": 8, "lookahead_steps": 15, "fp32_below": 250})
 
 
 @gpu_test

@@ -73,6 +73,10 @@ def load_clip_tokenizer(what: str, source: str, hint: str, **kwargs):
     return tok
 
 
+def _fp32_view_stays(device) -> None:
+    raise RuntimeError("an fp32 view (Prior.fp32_view) moves with its prior: call to() on the prior, then ask it for the view again")
+
+
 class StableDiffusionPrior(Prior):
     """A Stable Diffusion checkpoint as a frozen score-distillation prior.
 
@@ -129,6 +133,7 @@ class StableDiffusionPrior(Prior):
         self._fp32: Optional["StableDiffusionPrior"] = None  # the fp32 eager view (lookahead.fp32_below), built on first use
         self._fp32_modules: Optional[tuple] = None  # its UNet and VAE: fp32 copies of the weights as loaded
         self._wants_fp32 = False  # keep_fp32_view() was asked: to() keeps those copies before it casts
+        self._rounded_to: Optional[torch.dtype] = None  # the dtype below fp32 the weights were cast to by a placement
         self._placed: Optional[tuple] = None  # (device, dtype) the UNet call and the ranking view were built for
         self._compile_here = False  # whether to() compiled the UNet and the decoder on the device it placed them on
 
@@ -162,12 +167,11 @@ class StableDiffusionPrior(Prior):
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
         from diffusers.utils import logging as dlogging
 
-        if self._wants_fp32 and self._fp32_modules is None and self._needs_fp32_copies():
-            self._fp32_modules = tuple(copy.deepcopy(m).to(dtype=torch.float32, memory_format=torch.contiguous_format)
-                                       for m in (self.unet, self.vae))
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()  # the whole frozen model is cast on purpose; no per-module fp32 keep-list applies
         try:
+            if self._wants_fp32 and self._fp32_modules is None and self._needs_fp32_copies():
+                self._take_fp32_copies()  # (before the cast below: the weights as loaded)
             for m in (self._fp32_modules or ()):
                 m.to(self.device, torch.float32)
             for m in self._modules():
@@ -175,6 +179,8 @@ class StableDiffusionPrior(Prior):
                 m.to(self.device, torch.float32 if m is self.text_encoder else self.dtype)
         finally:
             dlogging.set_verbosity(level)
+        if self.dtype != torch.float32:
+            self._rounded_to = self.dtype
         if self.device.type == "cuda" and self.cfg.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
@@ -187,8 +193,8 @@ class StableDiffusionPrior(Prior):
                             self.cfg.attention.value, self.device.type, self.device.type)
             self._unet_call = self._compiled(self.unet)
             self._decode_call = self._compiled(self._decode_eager, mode="default", static=True)
+            self._fp32 = None  # (rebuilt on this device on first use; reset before the float8 view copies this prior)
             self._ranking = self._float8_view() if self._float8_ranking() else None
-            self._fp32 = None
             self._placed = placed
         return self
 
@@ -229,13 +235,25 @@ class StableDiffusionPrior(Prior):
         :meth:`to` then keeps fp32 copies of the UNet and the VAE on the device beside the cast ones (SD2.1-base: about
         3.8 GB more), unless this prior runs eager in fp32 anyway.
 
+        Asked after a placement that kept the weights in fp32 (a compiled fp32 prior), the copies are taken at once.
+
         Raises:
-            RuntimeError: when the weights were already cast (a copy of them in fp32 would carry their rounding).
+            RuntimeError: when a placement already cast the weights below fp32 (a copy of them would carry the rounding).
         """
-        if self._placed is not None and self._fp32_modules is None and self._needs_fp32_copies():
-            raise RuntimeError(f"the {self.name} prior's weights were cast to {self.dtype} when it was placed on {self.device}: "
-                               "its fp32 view (lookahead.fp32_below) needs them as loaded; call keep_fp32_view() before to()")
+        if self._fp32_modules is None and self._rounded_to is not None:
+            raise RuntimeError(f"the {self.name} prior's weights were cast to {self._rounded_to} when it was placed: its fp32 "
+                               "view (lookahead.fp32_below) needs them as loaded; call keep_fp32_view() before to()")
         self._wants_fp32 = True
+        if self._placed is not None and self._fp32_modules is None and self._needs_fp32_copies():
+            self._take_fp32_copies()
+            for m in self._fp32_modules:
+                m.to(self.device, torch.float32)
+
+    def _take_fp32_copies(self) -> None:
+        """fp32, channels-first copies of the UNet and the VAE as they are now (frozen, in eval mode)."""
+        self._fp32_modules = tuple(copy.deepcopy(m).to(dtype=torch.float32, memory_format=torch.contiguous_format)
+                                   for m in (self.unet, self.vae))
+        self._fp32 = None
 
     def _needs_fp32_copies(self) -> bool:
         """Whether this placement computes in anything but eager fp32 (then the fp32 view needs its own modules)."""
@@ -263,6 +281,7 @@ class StableDiffusionPrior(Prior):
             view.cfg.channels_last = False
             view._unet_call, view._decode_call = view.unet, view._decode_eager
             view._ranking, view._fp32, view._compile_here = None, view, False
+            view.to = _fp32_view_stays  # its modules are this prior's copies: they move when this prior does
             self._fp32 = view
         return self._fp32
 
