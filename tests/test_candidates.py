@@ -461,3 +461,22 @@ def test_the_fp32_view_moves_only_with_its_prior(bf16_and_fp32_priors):
         view.to("cpu")
     assert low.to("cpu").fp32_view() is view  # placed again on the same device: the same view
     assert next(view.unet.parameters()).dtype == torch.float32
+
+
+def test_an_automatic_chunk_size_is_halved_for_the_fp32_view(bf16_and_fp32_priors, monkeypatch):
+    """The automatic size is measured on the prior's bf16 activations; the fp32 view's are twice as wide, so its calls
+    take half as many inputs (whole CFG pairs). A chunk_size the user set is kept as it is."""
+    low, _ = bf16_and_fp32_priors
+    reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))
+    view = low.fp32_view()
+    sizes = {"prior": set(), "view": set()}
+    for name, p in (("prior", low), ("view", view)):
+        real = p.predict_noise_pair
+        monkeypatch.setattr(p, "predict_noise_pair", lambda *a, _real=real, _name=name, **k: (sizes[_name].add(a[4]), _real(*a, **k))[1])
+    auto = make_engine(low, reward, steps=6, fp32_below=250)
+    monkeypatch.setattr(auto, "chunk_size", lambda example: 8)  # as if measured on CUDA (automatic: requested 0)
+    _ranked(auto, low, 120)
+    assert sizes == {"prior": {8}, "view": {4}}
+    sizes["prior"].clear(), sizes["view"].clear()
+    _ranked(make_engine(low, reward, steps=6, fp32_below=250, chunk_size=8), low, 120)
+    assert sizes == {"prior": {8}, "view": {8}}
