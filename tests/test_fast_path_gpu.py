@@ -38,6 +38,7 @@ import torch
 from conftest import gpu_test
 from rewardsds.losses.config import SDSLossConfig
 from rewardsds.strategies.config import MinMaxStrategyConfig, WeightedStrategyConfig
+from rewardsds.utils.dtypes import tf32
 from step_helpers import make_engine, step_loss
 
 PROMPT = "a photo of a red fox"
@@ -91,10 +92,8 @@ def parts(sd21_random, image_reward_random):
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    with tf32(matmul=False, cudnn=False):
+        yield
 
 
 def _latents() -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from conftest import gpu_test
 from rewardsds.representations._grid import HashGridEncoding
+from rewardsds.utils.dtypes import tf32
 
 PAPER = (16, 2, 19, 16, 1.447269237440378)
 DEVICE = "cuda"
@@ -35,10 +36,8 @@ FWD_TOL, GRAD_TOL = 1e-5, 1e-4
 @pytest.fixture(autouse=True)
 def full_fp32_matmuls():
     """The PyTorch reference sums corners with a batched matmul: TF32 would make it the less exact side."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    with tf32(matmul=False, cudnn=False):
+        yield
 
 
 def _report(name: str, **vals) -> None:
