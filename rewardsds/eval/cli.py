@@ -273,7 +273,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"wrote {folder / 'eval.csv'} ({len(rows)} runs, {len(skipped)} skipped)")
     print()
     print(summary["markdown"])
-    if summary["paired"]:
+    if summary["baseline"]:  # the table, or why there is none: rows left out are named, never dropped silently
         print(summary["paired_markdown"])
     written = [folder / "summary.csv", folder / "summary.md"] + ([folder / "paired.csv", folder / "paired.md"]
                                                                  if summary["baseline"] else [])
