@@ -358,3 +358,15 @@ def test_logging_and_bookkeeping_overrides_do_not_split_rows(tmp_path):
                           "--no-sheets", "--curves", "none"]) == 0
     (row,) = _csv(tmp_path / "summary.csv")
     assert row["runs"] == "2" and float(row["final/reward/mean"]) == 0.5
+
+
+def test_a_reevaluation_removes_the_plots_it_no_longer_writes(sweep):
+    """Grouped by strategy only, the n_noises plots of the earlier grouping go; a file the user put in plots/ stays."""
+    args = [str(sweep), "--metrics", "none", "--bootstrap", "200", "--no-sheets", "--no-report", "--curves", "none"]
+    assert eval_cli.main(args) == 0
+    assert (sweep / "plots" / "final_reward_vs_n_noises.png").is_file()
+    (sweep / "plots" / "mine_vs_n_noises.png").write_bytes(b"user file")
+    assert eval_cli.main([*args, "--group-by", "strategy"]) == 0
+    assert sorted(p.name for p in (sweep / "plots").iterdir()) == [
+        ".rewardsds-eval-files", "eval_clip_vs_wall_time.png", "final_reward_vs_wall_time.png", "mine_vs_n_noises.png"]
+    assert (sweep / "plots" / "mine_vs_n_noises.png").read_bytes() == b"user file"

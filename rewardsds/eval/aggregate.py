@@ -531,6 +531,42 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+#: the names of the files ``rewardsds-eval`` wrote into one of its figure folders (plots/, curves/, sheets/)
+WRITTEN_LIST = ".rewardsds-eval-files"
+
+
+def replace_outputs(folder: Path, written: Sequence[Path]) -> list[Path]:
+    """Remove what ``rewardsds-eval`` wrote into ``folder`` last time and did not write again; record what it wrote.
+
+    A re-evaluation with other rows (``--group-by``, other runs) writes other figures; the previous ones would stay
+    beside them (``final_reward_vs_n_noises.png`` of a grouping without n_noises). Only files named in
+    ``folder/.rewardsds-eval-files`` (the previous call's ``written``) are removed, never files put there otherwise.
+
+    Args:
+        folder: the figure folder (``<sweep>/plots``).
+        written: the files written into ``folder`` now.
+
+    Returns:
+        the files removed.
+    """
+    folder = Path(folder)
+    listed = folder / WRITTEN_LIST
+    keep = {Path(p).name for p in written if Path(p).parent == folder}
+    previous = listed.read_text().split("\n") if listed.is_file() else []
+    removed = []
+    for name in previous:
+        f = folder / name
+        # one name per line of a file this function wrote; a name with a separator is no file of this folder
+        if name and name not in keep and Path(name).name == name and f.is_file():
+            f.unlink()
+            removed.append(f)
+    if keep:
+        write_text(listed, "".join(f"{n}\n" for n in sorted(keep)))
+    elif listed.is_file():
+        listed.unlink()
+    return removed
+
+
 def metric_slug(metric: str) -> str:
     return metric.replace("/", "_")
 
@@ -546,7 +582,8 @@ def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[
         group_by: row keys (default: :func:`swept_keys`).
         over: keys averaged over (and left out of the default ``group_by``).
         digits: decimals in the markdown tables.
-        plots: write ``plots/<metric>_vs_n_noises.png`` and ``plots/<metric>_vs_wall_time.png``.
+        plots: write ``plots/<metric>_vs_n_noises.png`` and ``plots/<metric>_vs_wall_time.png`` (and remove the
+            plots an earlier call wrote that this one does not, :func:`replace_outputs`).
         boot: the bootstrap of every interval.
         baseline: the baseline's key values for the paired table (default: :func:`default_baseline`).
 
@@ -578,5 +615,6 @@ def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[
                       plot_vs_wall_time(rows, keys, m, folder / "plots" / f"{metric_slug(m)}_vs_wall_time.png")):
                 if p is not None:
                     written.append(p)
+        replace_outputs(folder / "plots", written)
     return {"group_by": keys, "metrics": metrics, "rows": rows, "markdown": table, "plots": written,
             "baseline": spec, "paired": pairs, "paired_notes": notes, "paired_markdown": pairs_md}

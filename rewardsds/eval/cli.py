@@ -305,7 +305,11 @@ def _curves(folder: Path, summary: dict, args: argparse.Namespace, over: Sequenc
     keys = _keys(args.curves) if args.curves is not None else list(DEFAULT_CURVES)
     if keys == ["none"]:
         return []
-    return write_curves(folder, summary["rows"], summary["group_by"], keys, over)
+    from rewardsds.eval.aggregate import replace_outputs
+
+    written = write_curves(folder, summary["rows"], summary["group_by"], keys, over)
+    replace_outputs(folder / "curves", [p for c in written for p in (c["png"], c["csv"])])
+    return written
 
 
 def _sheets(folder: Path, summary: dict, args: argparse.Namespace, metrics: Sequence[str]) -> list:
@@ -316,8 +320,12 @@ def _sheets(folder: Path, summary: dict, args: argparse.Namespace, metrics: Sequ
         metric = f"eval/{metrics[0]}" if metrics else ("final/reward" if "final/reward" in summary["metrics"] else None)
     elif metric != "none" and metric not in summary["metrics"]:
         raise UsageError(f"--sheet-metric {metric}: no run has it; use one of {', '.join(summary['metrics'])} or none")
-    return write_sheets(folder, summary["rows"], summary["group_by"], metric=None if metric == "none" else metric,
-                        tile=args.tile, digits=args.digits)
+    from rewardsds.eval.aggregate import replace_outputs
+
+    sheets = write_sheets(folder, summary["rows"], summary["group_by"], metric=None if metric == "none" else metric,
+                          tile=args.tile, digits=args.digits)
+    replace_outputs(folder / "sheets", [s.path for s in sheets])
+    return sheets
 
 
 def score_runs(runs: list[dict], configs: dict, args: argparse.Namespace) -> None:
