@@ -32,8 +32,8 @@ RECORDED_KEYS = ("experiment", "prompts", "prior", "representation", "loss", "re
 #: override keys that name a recorded setting under another name
 OVERRIDE_ALIASES = {"lookahead.steps": "lookahead_steps", "prompts_file": "prompts"}
 #: override keys that set up, name or log a run without changing its result (left out of the settings): each
-#: entry and every key below it (``logger`` covers ``logger.name``, ``logger.tags``, ...), so two runs that differ
-#: only in where or under which name they were logged are one row
+#: entry and every key below it (``logger`` covers ``logger.name``, ``logger.tags``, ...; ``hydra`` covers
+#: ``hydra/launcher``), so two runs that differ only in where or under which name they were logged are one row
 SETUP_KEYS = ("debug", "trainer", "logger", "output", "hydra", "resume", "resume_allow_changes", "compare", "name",
               "gpu_lock", "hparams_search")
 #: swept keys listed first in tables (the rest follow alphabetically)
@@ -73,7 +73,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 
 
 def _is_setup_key(key: str) -> bool:
-    return any(key == e or key.startswith(e + ".") for e in SETUP_KEYS)
+    # "." a field below the entry (logger.name); "/" a config group below it (hydra/launcher=gpus)
+    return any(key == e or key.startswith((e + ".", e + "/")) for e in SETUP_KEYS)
 
 
 def run_settings(info: dict[str, Any]) -> dict[str, str]:
