@@ -18,9 +18,10 @@ Every folder below the given one that holds a ``metrics.json`` is a run; finishe
   strategy, n_noises, loss, reward, lookahead_steps, ...), averaged over seeds and prompts, with mean, sample std
   and a 95% percentile-bootstrap interval (:mod:`rewardsds.eval.stats`) of every ``final/*``, ``eval/*`` and cost
   metric;
-- ``paired.csv`` / ``paired.md``: each row's win rate against the baseline row (``--baseline``, default
-  ``strategy=none`` when it is swept) on runs with the same prompt and seed, with its interval, and the mean
-  paired difference;
+- ``paired.csv`` / ``paired.md``: each row's win rate against its baseline row (``--baseline``, default
+  ``strategy=none`` when it is swept: the row with those values that agrees on every other grouped key but the
+  method's settings, :func:`rewardsds.eval.aggregate.baseline_for`) on runs with the same prompt and seed, with its
+  interval, and the mean paired difference; rows without a baseline are listed with the reason;
 - ``curves/<key>.png`` / ``.csv``: reward-vs-step curves (mean ± std over each row's runs) from the runs'
   logged history (``csv/metrics.csv``, which every run writes);
 - ``sheets/<i>-<prompt>.png``: per prompt, variants x seeds of final images captioned with a metric;
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--over", default="seed,prompt,prompt_index", metavar="KEY,KEY",
                    help="keys averaged over rather than grouped by (default: seed,prompt,prompt_index)")
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
-                   help="the row the paired table compares against (default: strategy=none when swept); none: no table")
+                   help="the values of the baseline rows the paired table compares against, e.g. strategy=none or "
+                        "loss=sds,strategy=none (default: strategy=none when swept); none: no table")
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="bootstrap resamples of every interval")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of numpy's default_rng for the bootstrap")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals")
