@@ -345,8 +345,9 @@ def test_an_ambiguous_baseline_is_named_with_its_candidates_and_fix(tmp_path):
 # ------------------------------------------------------------------ logging keys do not split rows
 def test_logging_and_bookkeeping_overrides_do_not_split_rows(tmp_path):
     """Two identical runs that differ only in W&B display name, tags, output options or a resume flag are one row."""
-    extra = (["logger.name=a_b", "logger.tags=[x]"], ["+output.video=false", "resume_allow_changes=true", "trainer.deterministic=true",
-                                                         "hydra/launcher=gpus", "debug=fast"])
+    extra = (["logger.name=a_b", "logger.tags=[x]"],
+             ["+output.video=false", "resume_allow_changes=true", "trainer.deterministic=true", "hydra/launcher=gpus",
+              "debug=fast"])
     for i, more in enumerate(extra):
         _run(tmp_path / f"r{i}", ["experiment=analytic", "strategy=min_max", *more], experiment="analytic",
              strategy="min_max", n_noises=8, seed=i, **{"final/reward": float(i)})

@@ -298,7 +298,7 @@ def baseline_for(row: dict[str, Any], baselines: Sequence[dict[str, Any]], group
         want = ", ".join(f"{k}={_value(row[k])}" for k in fixed)
         return None, (f"no {_spec_text(spec)} row has {want}; the {_spec_text(spec)} rows are "
                       + "; ".join(f"({row_label(b, fixed)})" for b in baselines)
-                      + f". Fix: run the baseline with these settings, or compare rows that share them (--group-by)")
+                      + ". Fix: run the baseline with these settings, or compare rows that share them (--group-by)")
     return None, (f"{len(agree)} {_spec_text(spec)} rows agree with it: "
                   + "; ".join(f"({row_label(b, group_by)})" for b in agree)
                   + f". Fix: name one, e.g. --baseline {suggest_baseline(agree, group_by, spec)}")
