@@ -297,7 +297,9 @@ def test_several_baselines_are_matched_on_the_rows_settings_and_named(tmp_path, 
                 ("psd", "none", 2, 0.2), ("ddpo3d", "none", 16, 0.0))
     for loss, strategy, n, r in variants:
         for seed in (0, 1):
-            _run(tmp_path / f"{loss}_{strategy}_seed{seed}", ["experiment=reward_losses_demo"],
+            # DDPO3D's own loss settings are grouped keys too (compare.runs passes them as overrides)
+            more = ["loss.lambda_pg=5", "loss.pg_start=0"] if loss == "ddpo3d" else []
+            _run(tmp_path / f"{loss}_{strategy}_seed{seed}", ["experiment=reward_losses_demo", *more],
                  experiment="reward_losses_demo", loss=loss, strategy=strategy, n_noises=n, seed=seed,
                  **{"final/reward": r + 0.01 * seed})
     args = [str(tmp_path), "--metrics", "none", "--no-plots", "--bootstrap", str(B), "--no-report", "--no-sheets",
@@ -305,16 +307,19 @@ def test_several_baselines_are_matched_on_the_rows_settings_and_named(tmp_path, 
     assert eval_cli.main(args) == 0
     (pair,) = _csv(tmp_path / "paired.csv")
     assert (pair["loss"], pair["strategy"], pair["baseline"], pair["win_rate"]) == (
-        "sds", "min_max", "loss=sds, strategy=none, n_noises=1", "1.0")
+        "sds", "min_max", "loss=sds, strategy=none, n_noises=1, loss.lambda_pg=(unset), loss.pg_start=(unset)", "1.0")
     out = capsys.readouterr().out
-    assert ("4 rows are strategy=none baselines (loss=ddpo3d, strategy=none, n_noises=16; loss=dreamdpo, "
-            "strategy=none, n_noises=2; loss=psd, strategy=none, n_noises=2; loss=sds, strategy=none, n_noises=1)") in out
+    assert ("4 rows are strategy=none baselines (loss=ddpo3d, strategy=none, n_noises=16, loss.lambda_pg=5, "
+            "loss.pg_start=0; loss=dreamdpo, strategy=none, n_noises=2, loss.lambda_pg=(unset), loss.pg_start=(unset); "
+            "loss=psd, strategy=none, n_noises=2, loss.lambda_pg=(unset), loss.pg_start=(unset); loss=sds, "
+            "strategy=none, n_noises=1, loss.lambda_pg=(unset), loss.pg_start=(unset))") in out
     assert "To compare every row against one of them: --baseline loss=sds,strategy=none" in out
 
     assert eval_cli.main([*args, "--baseline", "loss=sds,strategy=none"]) == 0
     pairs = {(p["loss"], p["strategy"]): p for p in _csv(tmp_path / "paired.csv")}
     assert sorted(pairs) == [("ddpo3d", "none"), ("dreamdpo", "none"), ("psd", "none"), ("sds", "min_max")]
-    assert {p["baseline"] for p in pairs.values()} == {"loss=sds, strategy=none, n_noises=1"}
+    assert {p["baseline"] for p in pairs.values()} == {
+        "loss=sds, strategy=none, n_noises=1, loss.lambda_pg=(unset), loss.pg_start=(unset)"}
     assert [pairs[k]["win_rate"] for k in sorted(pairs)] == ["0.0", "1.0", "1.0", "1.0"]
 
 

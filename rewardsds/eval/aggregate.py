@@ -260,6 +260,11 @@ def is_method_key(key: str) -> bool:
     return any(key == m or (m.endswith(".") and key.startswith(m)) for m in METHOD_KEYS)
 
 
+def _of_spec(key: str, spec: dict[str, str]) -> bool:
+    """Whether ``key`` is a baseline key or a setting of one (``loss.lambda_pg`` of ``--baseline loss=sds``)."""
+    return key in spec or any(key.startswith(k + ".") for k in spec)
+
+
 def _spec_text(spec: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in spec.items())
 
@@ -272,8 +277,9 @@ def baseline_for(row: dict[str, Any], baselines: Sequence[dict[str, Any]], group
                  spec: dict[str, str]) -> tuple[Optional[dict[str, Any]], str]:
     """The baseline row of ``row``, or None and why there is none.
 
-    A baseline must agree with ``row`` on every grouped key except the baseline's own keys (``spec``) and the
-    method's settings (:data:`METHOD_KEYS`: n_noises, lookahead_steps, ...): an SDS row of another experiment, step
+    A baseline must agree with ``row`` on every grouped key except the baseline's own keys (``spec``, and the
+    settings below them: ``loss.*`` for ``loss=sds``) and the method's settings (:data:`METHOD_KEYS`: n_noises,
+    lookahead_steps, ...): an SDS row of another experiment, step
     count, loss or prompt set is no baseline, even when it is the only one. Of several such rows the one that also
     agrees on the method's settings is taken (``strategy=none,min_max x n_noises=4,16``: N = 4 against N = 4);
     still several is ambiguous, and none is taken.
@@ -287,8 +293,8 @@ def baseline_for(row: dict[str, Any], baselines: Sequence[dict[str, Any]], group
     Returns:
         ``(baseline, "")``, or ``(None, reason)`` with a reason that names the candidates and the fix.
     """
-    fixed = [k for k in group_by if k not in spec and not is_method_key(k)]
-    loose = [k for k in group_by if k not in spec and is_method_key(k)]
+    fixed = [k for k in group_by if not _of_spec(k, spec) and not is_method_key(k)]
+    loose = [k for k in group_by if not _of_spec(k, spec) and is_method_key(k)]
     agree = [b for b in baselines if all(b[k] == row[k] for k in fixed)]
     if len(agree) > 1:
         agree = [b for b in agree if all(b[k] == row[k] for k in loose)] or agree
@@ -308,7 +314,7 @@ def suggest_baseline(candidates: Sequence[dict[str, Any]], group_by: Sequence[st
     """A ``--baseline`` value naming one of several candidate rows: ``spec`` plus the first grouped key (in table
     order) whose values tell every candidate apart (``loss=sds,strategy=none``), else every key on which they
     differ. The candidate is the one with the fewest noises (plain distillation), else the first."""
-    differ = [k for k in group_by if k not in spec and len({_value(c[k]) for c in candidates}) > 1]
+    differ = [k for k in group_by if not _of_spec(k, spec) and len({_value(c[k]) for c in candidates}) > 1]
     one = [k for k in differ if len({_value(c[k]) for c in candidates}) == len(candidates)]
     keys = one[:1] or differ
 
