@@ -279,10 +279,9 @@ def baseline_for(row: dict[str, Any], baselines: Sequence[dict[str, Any]], group
 
     A baseline must agree with ``row`` on every grouped key except the baseline's own keys (``spec``, and the
     settings below them: ``loss.*`` for ``loss=sds``) and the method's settings (:data:`METHOD_KEYS`: n_noises,
-    lookahead_steps, ...): an SDS row of another experiment, step
-    count, loss or prompt set is no baseline, even when it is the only one. Of several such rows the one that also
-    agrees on the method's settings is taken (``strategy=none,min_max x n_noises=4,16``: N = 4 against N = 4);
-    still several is ambiguous, and none is taken.
+    lookahead_steps, ...): an SDS row of another experiment, step count, loss or prompt set is no baseline, even
+    when it is the only one. Of several such rows the one that also agrees on the method's settings is taken
+    (``strategy=none,min_max x n_noises=4,16``: N = 4 against N = 4); still several is ambiguous, and none is taken.
 
     Args:
         row: a table row of :func:`aggregate`.
@@ -322,7 +321,7 @@ def suggest_baseline(candidates: Sequence[dict[str, Any]], group_by: Sequence[st
         return _sort_value(c.get("n_noises")) if "n_noises" in group_by else (0,)
 
     pick = min(candidates, key=fewest)
-    named = {**{k: _value(pick[k]) for k in keys}, **spec}
+    named = {**{k: str(pick[k]) for k in keys}, **spec}  # str(): how match_baselines compares --baseline values
     return _spec_text(dict(sorted(named.items())))
 
 
