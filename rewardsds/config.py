@@ -61,6 +61,12 @@ class ViewAggregation(str, Enum):
 class LoggerConfig:
     _target_: str = MISSING
 
+    def __post_init__(self) -> None:
+        # every logger's name can become a path component (CSV: the folder of metrics.csv; Lightning builds
+        # <save_dir>/<name>/<version>/ paths from any logger's name), so one check for all of them
+        check_name("logger.name", getattr(self, "name", None),
+                   "use a plain name without path separators, e.g. csv (logger=csv) or fox_min_max (logger=wandb)")
+
 
 @dataclass
 class WandbLoggerConfig(LoggerConfig):
@@ -73,16 +79,14 @@ class WandbLoggerConfig(LoggerConfig):
     log_model: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.mode in ("auto", "online", "offline"), "logger.mode", self.mode, "is not a known mode",
                "use auto, online or offline")
 
 
 @dataclass
 class CSVLoggerConfig(LoggerConfig):
-    name: str = "csv"  # the folder of metrics.csv inside the run folder
-
-    def __post_init__(self) -> None:
-        check_name("logger.name", self.name, "use a plain folder name such as csv")
+    name: str = "csv"  # the folder of metrics.csv inside the run folder (checked by LoggerConfig)
 
 
 @dataclass

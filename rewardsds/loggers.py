@@ -300,24 +300,53 @@ def log_exports(logger_or_run, run_dir: str | Path, max_points: int = 100_000) -
     return {"artifact": name, "files": [f.relative_to(export).as_posix() for f in files], "objects": objects}
 
 
-def _init_recorded_run(record: dict):
-    """``wandb.init`` continuing the run that ``metrics.json["wandb"]`` describes (same id, project, folder, mode)."""
+def recorded_save_dir(record: dict, run_dir: str | Path) -> Path:
+    """The folder whose ``wandb/`` holds the recorded W&B run's own folder: the ``dir`` that continues it beside it.
+
+    ``wandb.init(dir=d)`` writes its run folder into ``d/wandb/``, while ``metrics.json["wandb"]["dir"]`` records the
+    run's own folder (``<save dir>/wandb/offline-run-<time>-<id>``, what ``wandb sync`` takes). Passing that folder
+    as ``dir`` would nest the continued run inside it (``.../offline-run-...-<id>/wandb/offline-run-...-<id>``),
+    where ``wandb sync <run>/wandb/offline-run-*`` never finds it.
+
+    Args:
+        record: ``metrics.json["wandb"]`` (``id``, optionally ``dir``: the run's own folder, or a save folder).
+        run_dir: the run folder holding that ``metrics.json``.
+
+    Returns:
+        ``run_dir`` when its ``wandb/`` holds a folder of the recorded id (a run folder copied or moved after
+        training keeps its W&B files beside its metrics.json); else the save folder of the recorded ``dir``; else
+        ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    if any((run_dir / "wandb").glob(f"*-{record['id']}")):
+        return run_dir
+    recorded = record.get("dir")
+    if not recorded:
+        return run_dir
+    recorded = Path(recorded)
+    return recorded.parent.parent if recorded.parent.name == "wandb" else recorded
+
+
+def _init_recorded_run(record: dict, run_dir: str | Path):
+    """``wandb.init`` continuing the run that ``metrics.json["wandb"]`` describes (same id, project, mode), its files
+    beside the run's own W&B folder (:func:`recorded_save_dir`)."""
     import wandb
 
     mode = record.get("mode") or "offline"
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         mode = os.environ["WANDB_MODE"]
     kwargs = {k: record[k] for k in ("project", "entity", "group", "name") if record.get(k)}
-    return wandb.init(id=record["id"], dir=record.get("dir"), mode=mode, resume="allow", reinit="finish_previous",
-                      **kwargs)
+    return wandb.init(id=record["id"], dir=str(recorded_save_dir(record, run_dir)), mode=mode, resume="allow",
+                      reinit="finish_previous", **kwargs)
 
 
 def push_eval_summary(run_dir: str | Path, values: Optional[dict] = None) -> Optional[str]:
     """Put a run's evaluation results into the summary of its W&B run (found by the id its metrics.json records).
 
     ``metrics.json["wandb"]`` = ``{"id", "project", "entity", "dir", "mode"}`` (and optionally ``group``/``name``)
-    names the run; it is continued with ``resume="allow"`` in its own mode (offline runs get a new offline
-    folder with the same id that ``wandb sync`` merges into the run).
+    names the run; it is continued with ``resume="allow"`` in its own mode. Offline runs get a new offline folder
+    with the same id beside the run's first one (``<run>/wandb/offline-run-<time>-<id>``), so
+    ``wandb sync <run>/wandb/offline-run-*`` uploads both into the one run.
 
     Args:
         run_dir: the run folder.
@@ -337,7 +366,7 @@ def push_eval_summary(run_dir: str | Path, values: Optional[dict] = None) -> Opt
                   and not isinstance(v, bool)}
     if not values:
         return None
-    run = _init_recorded_run(record)
+    run = _init_recorded_run(record, run_dir)
     try:
         run.summary.update({k: float(v) for k, v in values.items()})
     finally:

@@ -443,6 +443,9 @@ def _finish_wandb(logger) -> None:
 def quiet_lightning() -> None:
     """Lightning sets its own INFO level at import; keep only warnings (Hydra's log file has the rest)."""
     import lightning.pytorch  # noqa: F401  (import first: it resets the level)
+    from rewardsds.utils.quiet import quiet_torchao_enum_constants
+
+    quiet_torchao_enum_constants()  # before the prior imports diffusers (and with it torchao)
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)

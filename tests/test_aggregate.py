@@ -255,3 +255,125 @@ def test_a_bad_baseline_writes_nothing(sweep, capsys):
 def test_no_runs_is_a_usage_error(tmp_path, capsys):
     assert eval_cli.main([str(tmp_path), "--metrics", "none"]) == 2
     assert capsys.readouterr().err.startswith(f"rewardsds-eval: error: {tmp_path.resolve()}: no finished runs to evaluate. Fix: give")
+
+
+# ------------------------------------------------------------------ baselines that belong to the row
+def _demo_and_analytic(folder):
+    """A copied demo (SDS N = 1 and RewardSDS N = 8, 30 steps) beside analytic RewardSDS runs (1500 steps)."""
+    common = dict(loss="sds", reward="analytic", prior="analytic", lookahead_steps=15, prompt="a disk")
+    for variant, strategy, n, rewards in (("sds", "none", 1, [-0.2, -0.1]), ("reward_sds", "min_max", 8, [-0.05, -0.15])):
+        for seed, r in enumerate(rewards):
+            _run(folder / "demo" / f"{variant}_seed{seed}", ["experiment=demo", "steps=30"], experiment="demo",
+                 strategy=strategy, n_noises=n, steps=30, seed=seed, **common, **{"final/reward": r})
+    for seed, r in enumerate([0.5, 0.6]):
+        _run(folder / "analytic" / f"seed{seed}", ["experiment=analytic", "strategy=min_max", "n_noises=8"],
+             experiment="analytic", strategy="min_max", n_noises=8, steps=1500, seed=seed, **common,
+             **{"final/reward": r})
+
+
+def test_a_baseline_of_another_experiment_is_not_paired(tmp_path, capsys):
+    """The only strategy=none row (the demo's SDS) is no baseline of the analytic runs: they differ in experiment
+    and steps. Before, it was paired with every row (a win rate of 1.0 against an unrelated run)."""
+    _demo_and_analytic(tmp_path)
+    assert eval_cli.main([str(tmp_path), "--metrics", "none", "--no-plots", "--bootstrap", str(B), "--no-report",
+                          "--no-sheets", "--curves", "none"]) == 0
+    rows = _csv(tmp_path / "summary.csv")
+    assert [(r["experiment"], r["strategy"], r["n_noises"], r["steps"]) for r in rows] == [
+        ("analytic", "min_max", "8", "1500"), ("demo", "min_max", "8", "30"), ("demo", "none", "1", "30")]
+    (pair,) = _csv(tmp_path / "paired.csv")
+    assert (pair["experiment"], pair["strategy"], pair["baseline"], pair["win_rate"]) == (
+        "demo", "min_max", "experiment=demo, strategy=none, n_noises=1, steps=30", "0.5")
+    out = capsys.readouterr().out
+    note = ("- experiment=analytic, strategy=min_max, n_noises=8, steps=1500: not paired: no strategy=none row has "
+            "experiment=analytic, steps=1500; the strategy=none rows are (experiment=demo, steps=30)")
+    assert note in out and note in (tmp_path / "paired.md").read_text()
+
+
+def test_several_baselines_are_matched_on_the_rows_settings_and_named(tmp_path, capsys):
+    """experiment=reward_losses_demo: four strategy=none rows (SDS, DreamDPO, PSD, DDPO3D). RewardSDS is paired
+    with SDS (same loss; N differs as a method setting); the output names the four and how to compare every row
+    against one of them; with that --baseline every other row is paired with SDS."""
+    variants = (("sds", "none", 1, 0.1), ("sds", "min_max", 8, 0.4), ("dreamdpo", "none", 2, 0.3),
+                ("psd", "none", 2, 0.2), ("ddpo3d", "none", 16, 0.0))
+    for loss, strategy, n, r in variants:
+        for seed in (0, 1):
+            # DDPO3D's own loss settings are grouped keys too (compare.runs passes them as overrides)
+            more = ["loss.lambda_pg=5", "loss.pg_start=0"] if loss == "ddpo3d" else []
+            _run(tmp_path / f"{loss}_{strategy}_seed{seed}", ["experiment=reward_losses_demo", *more],
+                 experiment="reward_losses_demo", loss=loss, strategy=strategy, n_noises=n, seed=seed,
+                 **{"final/reward": r + 0.01 * seed})
+    args = [str(tmp_path), "--metrics", "none", "--no-plots", "--bootstrap", str(B), "--no-report", "--no-sheets",
+            "--curves", "none"]
+    assert eval_cli.main(args) == 0
+    (pair,) = _csv(tmp_path / "paired.csv")
+    assert (pair["loss"], pair["strategy"], pair["baseline"], pair["win_rate"]) == (
+        "sds", "min_max", "loss=sds, strategy=none, n_noises=1, loss.lambda_pg=(unset), loss.pg_start=(unset)", "1.0")
+    out = capsys.readouterr().out
+    assert ("4 rows are strategy=none baselines (loss=ddpo3d, strategy=none, n_noises=16, loss.lambda_pg=5, "
+            "loss.pg_start=0; loss=dreamdpo, strategy=none, n_noises=2, loss.lambda_pg=(unset), loss.pg_start=(unset); "
+            "loss=psd, strategy=none, n_noises=2, loss.lambda_pg=(unset), loss.pg_start=(unset); loss=sds, "
+            "strategy=none, n_noises=1, loss.lambda_pg=(unset), loss.pg_start=(unset))") in out
+    assert "To compare every row against one of them: --baseline loss=sds,strategy=none" in out
+
+    assert eval_cli.main([*args, "--baseline", "loss=sds,strategy=none"]) == 0
+    pairs = {(p["loss"], p["strategy"]): p for p in _csv(tmp_path / "paired.csv")}
+    assert sorted(pairs) == [("ddpo3d", "none"), ("dreamdpo", "none"), ("psd", "none"), ("sds", "min_max")]
+    assert {p["baseline"] for p in pairs.values()} == {
+        "loss=sds, strategy=none, n_noises=1, loss.lambda_pg=(unset), loss.pg_start=(unset)"}
+    assert [pairs[k]["win_rate"] for k in sorted(pairs)] == ["0.0", "1.0", "1.0", "1.0"]
+
+
+def test_an_ambiguous_baseline_is_named_with_its_candidates_and_fix(tmp_path):
+    """N = 8 against SDS rows of N = 1 and N = 4 (same other settings): neither is the baseline; the note names both
+    and a --baseline that picks one."""
+    for strategy, n in (("none", 1), ("none", 4), ("min_max", 8)):
+        _run(tmp_path / f"{strategy}{n}", [f"strategy={strategy}", f"n_noises={n}"], strategy=strategy, n_noises=n,
+             seed=0, **{"final/reward": float(n)})
+    runs = [aggregate.load_run(p) for p in aggregate.find_runs(tmp_path)]
+    rows = aggregate.aggregate(runs, ["strategy", "n_noises"], ["final/reward"])
+    entries, notes = aggregate.paired_table(rows, ["strategy", "n_noises"], {"strategy": "none"}, ["final/reward"])
+    assert entries == []
+    assert notes[1] == ("strategy=min_max, n_noises=8: not paired: 2 strategy=none rows agree with it: (strategy=none, "
+                        "n_noises=1); (strategy=none, n_noises=4). Fix: name one, e.g. --baseline n_noises=1,strategy=none")
+    text = aggregate.paired_markdown(entries, ["strategy", "n_noises"], notes=notes)
+    assert text.startswith("No row could be paired with a baseline.") and notes[1] in text
+    # the command says so too (before, the paired table was left out without a word)
+    assert eval_cli.main([str(tmp_path), "--metrics", "none", "--no-plots", "--bootstrap", str(B), "--no-sheets",
+                          "--curves", "none"]) == 0
+    assert (tmp_path / "paired.md").read_text().startswith("No row could be paired with a baseline.")
+    import html
+
+    report = (tmp_path / "report.html").read_text()
+    assert "No row could be paired with a baseline." in report and html.escape(notes[1]) in report
+
+
+# ------------------------------------------------------------------ logging keys do not split rows
+def test_logging_and_bookkeeping_overrides_do_not_split_rows(tmp_path):
+    """Two identical runs that differ only in W&B display name, tags, output options or a resume flag are one row."""
+    extra = (["logger.name=a_b", "logger.tags=[x]"],
+             ["+output.video=false", "resume_allow_changes=true", "trainer.deterministic=true", "hydra/launcher=gpus",
+              "debug=fast"])
+    for i, more in enumerate(extra):
+        _run(tmp_path / f"r{i}", ["experiment=analytic", "strategy=min_max", *more], experiment="analytic",
+             strategy="min_max", n_noises=8, seed=i, **{"final/reward": float(i)})
+    runs = [aggregate.load_run(p) for p in aggregate.find_runs(tmp_path)]
+    for i, r in enumerate(runs):
+        assert r.settings == {"experiment": "analytic", "strategy": "min_max", "n_noises": "8", "seed": str(i),
+                              "prompt": "p"}
+    assert aggregate.swept_keys(runs) == []
+    assert eval_cli.main([str(tmp_path), "--metrics", "none", "--no-plots", "--bootstrap", str(B), "--no-report",
+                          "--no-sheets", "--curves", "none"]) == 0
+    (row,) = _csv(tmp_path / "summary.csv")
+    assert row["runs"] == "2" and float(row["final/reward/mean"]) == 0.5
+
+
+def test_a_reevaluation_removes_the_plots_it_no_longer_writes(sweep):
+    """Grouped by strategy only, the n_noises plots of the earlier grouping go; a file the user put in plots/ stays."""
+    args = [str(sweep), "--metrics", "none", "--bootstrap", "200", "--no-sheets", "--no-report", "--curves", "none"]
+    assert eval_cli.main(args) == 0
+    assert (sweep / "plots" / "final_reward_vs_n_noises.png").is_file()
+    (sweep / "plots" / "mine_vs_n_noises.png").write_bytes(b"user file")
+    assert eval_cli.main([*args, "--group-by", "strategy"]) == 0
+    assert sorted(p.name for p in (sweep / "plots").iterdir()) == [
+        ".rewardsds-eval-files", "eval_clip_vs_wall_time.png", "final_reward_vs_wall_time.png", "mine_vs_n_noises.png"]
+    assert (sweep / "plots" / "mine_vs_n_noises.png").read_bytes() == b"user file"

@@ -202,6 +202,9 @@ def test_experiments_run_a_few_steps_in_a_tiny_multirun(tmp_path, tiny_sd):
         # file and folder names
         (["logger=csv", "logger.name=../../x"], "logger.name", "outside"),
         (["logger=csv", "logger.name=.."], "logger.name", "outside"),
+        (["logger=csv", "logger.name=a/b"], "logger.name", "outside"),
+        (["logger=wandb", "logger.name=a/b"], "logger.name", "outside"),  # every logger, not only csv
+        (["logger=wandb", "logger.name=a\\b"], "logger.name", "outside"),
         (["name=../x"], "name", "outside"),
         # one process per run
         (["trainer.devices=4"], "trainer.devices", "hydra/launcher=gpus"),

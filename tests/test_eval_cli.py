@@ -249,3 +249,46 @@ def test_evaluate_run_scores_a_3d_runs_views_and_records_them(setup, tmp_path):
     after = json.loads((run / "metrics.json").read_text())
     assert after["eval/clip_score"] == out["clip_score"] and after["prompt"] == info["prompt"]
     assert json.loads((run / "eval_metrics.json").read_text())["n_images"] == 3
+
+
+# ------------------------------------------------------------------ third-party noise on stderr
+def test_torchao_enum_registration_notice_is_dropped_and_nothing_else(caplog):
+    """torch logs one "Enum subclass ... register_constant() ... deprecated" record per torchao Enum when torchao is
+    imported (by transformers' quantizer registry, on every model load); the filter drops those and only those."""
+    import enum
+    import logging
+
+    from rewardsds.utils.quiet import ENUM_CONSTANT_MESSAGE, PYTREE_LOGGER, quiet_torchao_enum_constants
+
+    ours = enum.Enum("Ours", "a b")
+    theirs = enum.Enum("KernelPreference", "AUTO", module="torchao.quantization.quantize_.common.kernel_preference")
+    quiet_torchao_enum_constants()
+    quiet_torchao_enum_constants()  # idempotent: one filter
+    logger = logging.getLogger(PYTREE_LOGGER)
+    assert sum(type(f).__name__ == "TorchaoEnumConstantFilter" for f in logger.filters) == 1
+    message = ENUM_CONSTANT_MESSAGE + " as an opaque value type. Calling register_constant() on Enum subclasses is deprecated"
+    with caplog.at_level(logging.WARNING, logger=PYTREE_LOGGER):
+        logger.warning(message, theirs)
+        logger.warning(message, ours)
+        logger.warning("something else about %s", theirs)
+    assert [r.getMessage() for r in caplog.records] == [message % ours, f"something else about {theirs}"]
+
+
+def test_the_eval_command_prints_no_torchao_enum_notices(tmp_path):
+    """The real import: ``import torchao`` logs the notices (with this torch); rewardsds-eval loading a CLIP metric
+    (transformers imports torchao) prints none of them, only its own message about the missing model."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchao", reason="torchao (the float8 extra) is not installed: nothing logs the notice")
+    plain = subprocess.run([sys.executable, "-c", "import torchao"], capture_output=True, text=True, timeout=300)
+    if "KernelPreference" not in plain.stderr:
+        pytest.skip("this torch does not log the Enum register_constant notice for torchao")
+    run = tmp_path / "sweep" / "run"
+    _png(run / "final" / "image_000.png", 16, 16, 0)
+    (run / "metrics.json").write_text(json.dumps({"status": "complete", "prompt": "a fox"}))
+    r = subprocess.run([sys.executable, "-m", "rewardsds.eval.cli", str(tmp_path / "sweep"), "--metrics", "clip",
+                        "--override", f"clip.pretrained={tmp_path / 'missing'}"], capture_output=True, text=True,
+                       timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "rewardsds-eval: metric 'clip'" in r.stderr, r.stderr[-2000:]
+    assert "register_constant" not in r.stderr and "KernelPreference" not in r.stderr, r.stderr[-2000:]

@@ -200,3 +200,43 @@ def test_sweep_group_keeps_date_and_time():
 
     assert sweep_group(Path("/o/sweeps/2026-01-02/03-04-05")) == "2026-01-02/03-04-05"
     assert sweep_group(Path("/o/wandb_sweeps/abc123")) == "abc123"
+
+
+def test_eval_push_of_a_trained_wandb_run_lands_beside_it_for_the_sync_glob(tmp_path):
+    """A run trained with logger=wandb (offline), then ``rewardsds-eval --metrics analytic``: the eval summary's
+    offline folder sits beside the training run's in ``<job>/wandb/`` (what ``wandb sync <job>/wandb/offline-run-*``
+    uploads), with the training run's id, not nested inside the training run's own folder."""
+    from rewardsds.train import train
+
+    job = tmp_path / "sweep" / "job"
+    train(compose(["experiment=analytic", "steps=2", "n_noises=4", "logger=wandb", *FAST[1:]]), job)
+    record = json.loads((job / "metrics.json").read_text())["wandb"]
+    assert Path(record["dir"]).parent == job / "wandb"  # the run's own folder, as metrics.json records it
+    assert eval_cli.main([str(tmp_path / "sweep"), "--metrics", "analytic", "--bootstrap", "50", "--no-plots",
+                          "--no-sheets", "--no-report", "--curves", "none"]) == 0
+
+    assert not list(job.glob("wandb/*/wandb")), "the eval push nested its folder inside the training run's"
+    files = _offline_runs(job)
+    assert len(files) == 2 and all(f.name == f"run-{record['id']}.wandb" for f in files)
+    keys = [logged_keys(f)["summary"] for f in files]
+    (trained,) = [k for k in keys if "final/reward" in k]
+    (pushed,) = [k for k in keys if "eval/analytic" in k]
+    assert "eval/analytic" not in trained and "final/reward" not in pushed
+    value = json.loads((job / "metrics.json").read_text())["eval/analytic"]
+    (resumed,) = [r for r in map(run_record, files) if "eval/analytic" in r["summary"]]
+    assert resumed["summary"]["eval/analytic"] == pytest.approx(value) and resumed["id"] == record["id"]
+
+
+def test_a_record_naming_the_runs_own_folder_is_continued_beside_it(tmp_path):
+    """Records of either form (the run's own folder, or the folder holding ``wandb/``) continue the run in the same
+    ``wandb/``, also when the run folder was moved after training (its W&B files moved with it)."""
+    from rewardsds.loggers import recorded_save_dir
+
+    run = tmp_path / "moved" / "job"
+    (run / "wandb" / "offline-run-20260102_030405-abc123").mkdir(parents=True)
+    old = {"id": "abc123", "dir": "/gone/job/wandb/offline-run-20260102_030405-abc123"}
+    assert recorded_save_dir(old, run) == run
+    elsewhere = {"id": "zzz999", "dir": str(tmp_path / "other" / "wandb" / "offline-run-20260102_030405-zzz999")}
+    assert recorded_save_dir(elsewhere, run) == tmp_path / "other"
+    assert recorded_save_dir({"id": "zzz999", "dir": str(tmp_path / "other")}, run) == tmp_path / "other"
+    assert recorded_save_dir({"id": "zzz999"}, run) == run

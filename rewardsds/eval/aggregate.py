@@ -31,9 +31,11 @@ RECORDED_KEYS = ("experiment", "prompts", "prior", "representation", "loss", "re
                  "lookahead_steps", "reward_duration", "steps", "prompt", "prompt_index", "seed")
 #: override keys that name a recorded setting under another name
 OVERRIDE_ALIASES = {"lookahead.steps": "lookahead_steps", "prompts_file": "prompts"}
-#: override keys that set up a run without changing its result (left out of the settings; ``x.`` = a prefix)
-SETUP_KEYS = ("debug", "trainer", "logger", "output.", "hydra.", "resume", "compare.", "name", "gpu_lock.",
-              "hparams_search")
+#: override keys that set up, name or log a run without changing its result (left out of the settings): each
+#: entry and every key below it (``logger`` covers ``logger.name``, ``logger.tags``, ...; ``hydra`` covers
+#: ``hydra/launcher``), so two runs that differ only in where or under which name they were logged are one row
+SETUP_KEYS = ("debug", "trainer", "logger", "output", "hydra", "resume", "resume_allow_changes", "compare", "name",
+              "gpu_lock", "hparams_search")
 #: swept keys listed first in tables (the rest follow alphabetically)
 KEY_ORDER = ("experiment", "prompts", "prior", "representation", "loss", "reward", "strategy", "n_noises",
              "lookahead_steps")
@@ -71,7 +73,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 
 
 def _is_setup_key(key: str) -> bool:
-    return any(key == e or (e.endswith(".") and key.startswith(e)) for e in SETUP_KEYS)
+    # "." a field below the entry (logger.name); "/" a config group below it (hydra/launcher=gpus)
+    return any(key == e or key.startswith((e + ".", e + "/")) for e in SETUP_KEYS)
 
 
 def run_settings(info: dict[str, Any]) -> dict[str, str]:
@@ -247,22 +250,131 @@ def default_baseline(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) ->
     return None
 
 
+#: settings of the reward-aligned method itself: a variant and its baseline may differ on them besides the
+#: baseline's own keys (SDS runs N = 1 without a lookahead; RewardSDS N = 8 with one); ``x.`` = a prefix
+METHOD_KEYS = ("strategy", "strategy.", "n_noises", "lookahead_steps", "lookahead.", "reward_duration")
+
+
+def is_method_key(key: str) -> bool:
+    """Whether ``key`` is a setting of the reward-aligned method (:data:`METHOD_KEYS`)."""
+    return any(key == m or (m.endswith(".") and key.startswith(m)) for m in METHOD_KEYS)
+
+
+def _of_spec(key: str, spec: dict[str, str]) -> bool:
+    """Whether ``key`` is a baseline key or a setting of one (``loss.lambda_pg`` of ``--baseline loss=sds``)."""
+    return key in spec or any(key.startswith(k + ".") for k in spec)
+
+
+def _spec_text(spec: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in spec.items())
+
+
+def _value(v: Any) -> str:
+    return "(unset)" if v is None else str(v)
+
+
 def baseline_for(row: dict[str, Any], baselines: Sequence[dict[str, Any]], group_by: Sequence[str],
-                 spec: dict[str, str]) -> Optional[dict[str, Any]]:
-    """The baseline row of ``row``: the only baseline row, or the one that agrees on every key not in ``spec``."""
-    if len(baselines) == 1:
-        return baselines[0]
-    free = [k for k in group_by if k not in spec]
-    match = [b for b in baselines if all(b[k] == row[k] for k in free)]
-    return match[0] if len(match) == 1 else None
+                 spec: dict[str, str]) -> tuple[Optional[dict[str, Any]], str]:
+    """The baseline row of ``row``, or None and why there is none.
+
+    A baseline must agree with ``row`` on every grouped key except the baseline's own keys (``spec``, and the
+    settings below them: ``loss.*`` for ``loss=sds``) and the method's settings (:data:`METHOD_KEYS`: n_noises,
+    lookahead_steps, ...): an SDS row of another experiment, step count, loss or prompt set is no baseline, even
+    when it is the only one. Of several such rows the one that also agrees on the method's settings is taken
+    (``strategy=none,min_max x n_noises=4,16``: N = 4 against N = 4); still several is ambiguous, and none is taken.
+
+    Args:
+        row: a table row of :func:`aggregate`.
+        baselines: the rows that have the ``spec`` values.
+        group_by: the keys of the rows.
+        spec: the baseline's key values (``{"strategy": "none"}``).
+
+    Returns:
+        ``(baseline, "")``, or ``(None, reason)`` with a reason that names the candidates and the fix.
+    """
+    fixed = [k for k in group_by if not _of_spec(k, spec) and not is_method_key(k)]
+    loose = [k for k in group_by if not _of_spec(k, spec) and is_method_key(k)]
+    agree = [b for b in baselines if all(b[k] == row[k] for k in fixed)]
+    if len(agree) > 1:
+        agree = [b for b in agree if all(b[k] == row[k] for k in loose)] or agree
+    if len(agree) == 1:
+        return agree[0], ""
+    if not agree:
+        want = ", ".join(f"{k}={_value(row[k])}" for k in fixed)
+        return None, (f"no {_spec_text(spec)} row has {want}; the {_spec_text(spec)} rows are "
+                      + "; ".join(f"({row_label(b, fixed)})" for b in baselines)
+                      + ". Fix: run the baseline with these settings, or compare rows that share them (--group-by)")
+    return None, (f"{len(agree)} {_spec_text(spec)} rows agree with it: "
+                  + "; ".join(f"({row_label(b, group_by)})" for b in agree)
+                  + f". Fix: name one, e.g. --baseline {suggest_baseline(agree, group_by, spec)}")
 
 
-def paired_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: dict[str, str],
-                metrics: Sequence[str], boot: Bootstrap = Bootstrap()) -> list[dict[str, Any]]:
-    """Win rate (with interval) and mean difference of every non-baseline row against its baseline row.
+def suggest_baseline(candidates: Sequence[dict[str, Any]], group_by: Sequence[str], spec: dict[str, str]) -> str:
+    """A ``--baseline`` value naming one of several candidate rows: ``spec`` plus the first grouped key (in table
+    order) whose values tell every candidate apart (``loss=sds,strategy=none``), else every key on which they
+    differ. The candidate is the one with the fewest noises (plain distillation), else the first."""
+    differ = [k for k in group_by if not _of_spec(k, spec) and len({_value(c[k]) for c in candidates}) > 1]
+    one = [k for k in differ if len({_value(c[k]) for c in candidates}) == len(candidates)]
+    keys = one[:1] or differ
 
-    Runs are matched on (prompt, seed) (:meth:`Run.pair_key`); a pair counts when both runs have the metric, and a
-    metric without any pair gets no row.
+    def fewest(c: dict[str, Any]) -> tuple:
+        return _sort_value(c.get("n_noises")) if "n_noises" in group_by else (0,)
+
+    pick = min(candidates, key=fewest)
+    named = {**{k: str(pick[k]) for k in keys}, **spec}  # str(): how match_baselines compares --baseline values
+    return _spec_text(dict(sorted(named.items())))
+
+
+def match_baselines(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: dict[str, str]
+                    ) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[str]]:
+    """Each non-baseline row with its baseline row (:func:`baseline_for`), and notes on what was not paired.
+
+    Args:
+        rows: the rows of :func:`aggregate`.
+        group_by: the keys of those rows.
+        spec: the baseline's key values; every key must be in ``group_by`` and some row must have them.
+
+    Returns:
+        ``([(row, baseline), ...], notes)``: one note per row without a baseline (its label and why), and one when
+        several rows have the ``spec`` values (they are baselines, not compared with each other; how to name one).
+
+    Raises:
+        ValueError: a ``spec`` key that is not grouped, or values that no row has.
+    """
+    unknown = [k for k in spec if k not in group_by]
+    if unknown:
+        raise ValueError(f"--baseline {_spec_text(spec)}: {unknown} are not grouped keys "
+                         f"({', '.join(group_by) or 'none'}); name keys of the table rows")
+    baselines = [r for r in rows if all(str(r[k]) == v for k, v in spec.items())]
+    if not baselines:
+        seen = "; ".join(f"{k}: {', '.join(sorted({str(r[k]) for r in rows}))}" for k in spec)
+        raise ValueError(f"--baseline {_spec_text(spec)}: no table row has these values (the rows have {seen})")
+    pairs, notes = [], []
+    if len(baselines) > 1:
+        notes.append(f"{len(baselines)} rows are {_spec_text(spec)} baselines ("
+                     + "; ".join(row_label(b, group_by) for b in baselines)
+                     + "): each other row is paired with the one that agrees on its settings, and they are not "
+                     f"compared with each other. To compare every row against one of them: --baseline "
+                     f"{suggest_baseline(baselines, group_by, spec)}")
+    for row in rows:
+        if any(row is b for b in baselines):
+            continue
+        base, why = baseline_for(row, baselines, group_by, spec)
+        if base is None:
+            notes.append(f"{row_label(row, group_by)}: not paired: {why}")
+        else:
+            pairs.append((row, base))
+    return pairs, notes
+
+
+def paired_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: dict[str, str],
+                 metrics: Sequence[str], boot: Bootstrap = Bootstrap()) -> tuple[list[dict[str, Any]], list[str]]:
+    """Win rate (with interval) and mean difference of every non-baseline row against its baseline row, and notes
+    on the rows left out.
+
+    Baselines are matched by :func:`match_baselines` (a row without one gets no entry, and a note says why). Runs
+    are matched on (prompt, seed) (:meth:`Run.pair_key`); a pair counts when both runs have the metric, and a metric
+    without any pair gets no row (a row with a baseline but no shared prompt and seed gets a note).
     Several runs of one row with the same pair key (only possible with a narrowed ``group_by``) are averaged.
 
     Args:
@@ -273,25 +385,14 @@ def paired_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: d
         boot: the bootstrap of both intervals.
 
     Returns:
-        one row per (variant row, metric): the variant's keys, ``baseline`` (its label), ``metric``, ``pairs``,
-        ``win_rate``, ``win_ci_low``, ``win_ci_high``, ``diff_mean``, ``diff_ci_low``, ``diff_ci_high``.
+        ``(entries, notes)``: one entry per (variant row, metric): the variant's keys, ``baseline`` (its label),
+        ``metric``, ``pairs``, ``win_rate``, ``win_ci_low``, ``win_ci_high``, ``diff_mean``, ``diff_ci_low``,
+        ``diff_ci_high``; the notes of :func:`match_baselines` and of rows without a pair.
     """
-    unknown = [k for k in spec if k not in group_by]
-    if unknown:
-        raise ValueError(f"--baseline {','.join(f'{k}={v}' for k, v in spec.items())}: {unknown} are not grouped keys "
-                         f"({', '.join(group_by) or 'none'}); name keys of the table rows")
-    baselines = [r for r in rows if all(str(r[k]) == v for k, v in spec.items())]
-    if not baselines:
-        seen = "; ".join(f"{k}: {', '.join(sorted({str(r[k]) for r in rows}))}" for k in spec)
-        raise ValueError(f"--baseline {','.join(f'{k}={v}' for k, v in spec.items())}: no table row has these values "
-                         f"(the rows have {seen})")
+    matches, notes = match_baselines(rows, group_by, spec)
     out = []
-    for row in rows:
-        if any(row is b for b in baselines):
-            continue
-        base = baseline_for(row, baselines, group_by, spec)
-        if base is None:
-            continue
+    for row, base in matches:
+        before = len(out)
         for m in metrics:
             p = paired(_by_pair(row["_runs"], m), _by_pair(base["_runs"], m), boot)
             if not p.pairs:
@@ -301,7 +402,16 @@ def paired_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: d
                         "win_ci_low": p.win_ci[0] if p.win_ci else None, "win_ci_high": p.win_ci[1] if p.win_ci else None,
                         "diff_mean": p.diff_mean,
                         "diff_ci_low": p.diff_ci[0] if p.diff_ci else None, "diff_ci_high": p.diff_ci[1] if p.diff_ci else None})
-    return out
+        if len(out) == before and metrics:
+            notes.append(f"{row_label(row, group_by)}: not paired: no run shares a prompt and seed (with a metric) "
+                         f"with the runs of its baseline ({row_label(base, group_by)})")
+    return out, notes
+
+
+def paired_rows(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spec: dict[str, str],
+                metrics: Sequence[str], boot: Bootstrap = Bootstrap()) -> list[dict[str, Any]]:
+    """The entries of :func:`paired_table` (without its notes)."""
+    return paired_table(rows, group_by, spec, metrics, boot)[0]
 
 
 def _by_pair(runs: Sequence[Run], metric: str) -> dict[tuple[str, str], float]:
@@ -327,8 +437,9 @@ def write_paired_csv(path: Path, rows: Sequence[dict[str, Any]], group_by: Seque
 
 
 def paired_markdown(rows: Sequence[dict[str, Any]], group_by: Sequence[str], digits: int = 4,
-                    boot: Bootstrap = Bootstrap()) -> str:
-    """Markdown of :func:`paired_rows`: win rate [interval] and mean difference [interval] per variant and metric."""
+                    boot: Bootstrap = Bootstrap(), notes: Sequence[str] = ()) -> str:
+    """Markdown of :func:`paired_table`: win rate [interval] and mean difference [interval] per variant and metric,
+    then its ``notes`` (rows left out and why) as a list."""
     head = [*(group_by or ["variant"]), "vs baseline", "metric", "pairs", "win rate", "mean difference"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -338,7 +449,10 @@ def paired_markdown(rows: Sequence[dict[str, Any]], group_by: Sequence[str], dig
         lines.append("| " + " | ".join([*keys, r["baseline"], r["metric"], str(r["pairs"]), win, diff]) + " |")
     note = ("Pairs are runs with the same prompt and seed; a win is a higher value than the baseline's (ties count "
             f"half). Intervals: {boot.describe()} over the pairs.")
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    text = ("\n".join(lines) + "\n\n" + note + "\n") if rows else "No row could be paired with a baseline.\n"
+    if notes:
+        text += "\n" + "".join(f"- {n}\n" for n in notes)
+    return text
 
 
 def plot_vs_key(rows: Sequence[dict[str, Any]], group_by: Sequence[str], metric: str, x_key: str, path: Path) -> Optional[Path]:
@@ -423,6 +537,42 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+#: the names of the files ``rewardsds-eval`` wrote into one of its figure folders (plots/, curves/, sheets/)
+WRITTEN_LIST = ".rewardsds-eval-files"
+
+
+def replace_outputs(folder: Path, written: Sequence[Path]) -> list[Path]:
+    """Remove what ``rewardsds-eval`` wrote into ``folder`` last time and did not write again; record what it wrote.
+
+    A re-evaluation with other rows (``--group-by``, other runs) writes other figures; the previous ones would stay
+    beside them (``final_reward_vs_n_noises.png`` of a grouping without n_noises). Only files named in
+    ``folder/.rewardsds-eval-files`` (the previous call's ``written``) are removed, never files put there otherwise.
+
+    Args:
+        folder: the figure folder (``<sweep>/plots``).
+        written: the files written into ``folder`` now.
+
+    Returns:
+        the files removed.
+    """
+    folder = Path(folder)
+    listed = folder / WRITTEN_LIST
+    keep = {Path(p).name for p in written if Path(p).parent == folder}
+    previous = listed.read_text().split("\n") if listed.is_file() else []
+    removed = []
+    for name in previous:
+        f = folder / name
+        # one name per line of a file this function wrote; a name with a separator is no file of this folder
+        if name and name not in keep and Path(name).name == name and f.is_file():
+            f.unlink()
+            removed.append(f)
+    if keep:
+        write_text(listed, "".join(f"{n}\n" for n in sorted(keep)))
+    elif listed.is_file():
+        listed.unlink()
+    return removed
+
+
 def metric_slug(metric: str) -> str:
     return metric.replace("/", "_")
 
@@ -438,26 +588,29 @@ def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[
         group_by: row keys (default: :func:`swept_keys`).
         over: keys averaged over (and left out of the default ``group_by``).
         digits: decimals in the markdown tables.
-        plots: write ``plots/<metric>_vs_n_noises.png`` and ``plots/<metric>_vs_wall_time.png``.
+        plots: write ``plots/<metric>_vs_n_noises.png`` and ``plots/<metric>_vs_wall_time.png`` (and remove the
+            plots an earlier call wrote that this one does not, :func:`replace_outputs`).
         boot: the bootstrap of every interval.
         baseline: the baseline's key values for the paired table (default: :func:`default_baseline`).
 
     Returns:
-        ``{"group_by", "metrics", "rows", "markdown", "plots", "baseline", "paired", "paired_markdown"}``.
+        ``{"group_by", "metrics", "rows", "markdown", "plots", "baseline", "paired", "paired_notes",
+        "paired_markdown"}`` (``paired_notes``: the rows left out of the paired table and why).
     """
     keys = list(group_by) if group_by is not None else swept_keys(runs, over)
     metrics = metric_names(runs)
     rows = aggregate(runs, keys, metrics, boot)
     spec = baseline if baseline is not None else default_baseline(rows, keys)
     quality = [m for m in metrics if m.startswith(QUALITY_PREFIXES)]
-    pairs: list[dict[str, Any]] = paired_rows(rows, keys, spec, quality, boot) if spec else []  # a bad baseline: before any file
+    # a bad baseline raises here, before any file is written
+    pairs, notes = paired_table(rows, keys, spec, quality, boot) if spec else ([], [])
     table = markdown(rows, keys, metrics, digits, over, boot)
     write_csv(folder / "summary.csv", rows, keys, metrics)
     write_text(folder / "summary.md", table)
     pairs_md = ""
     if spec:
         write_paired_csv(folder / "paired.csv", pairs, keys)
-        pairs_md = paired_markdown(pairs, keys, digits, boot)
+        pairs_md = paired_markdown(pairs, keys, digits, boot, notes)
         write_text(folder / "paired.md", pairs_md)
     written: list[Path] = []
     if plots:
@@ -468,5 +621,6 @@ def summarize(folder: Path, runs: Sequence[Run], *, group_by: Optional[Sequence[
                       plot_vs_wall_time(rows, keys, m, folder / "plots" / f"{metric_slug(m)}_vs_wall_time.png")):
                 if p is not None:
                     written.append(p)
+        replace_outputs(folder / "plots", written)
     return {"group_by": keys, "metrics": metrics, "rows": rows, "markdown": table, "plots": written,
-            "baseline": spec, "paired": pairs, "paired_markdown": pairs_md}
+            "baseline": spec, "paired": pairs, "paired_notes": notes, "paired_markdown": pairs_md}

@@ -18,9 +18,10 @@ Every folder below the given one that holds a ``metrics.json`` is a run; finishe
   strategy, n_noises, loss, reward, lookahead_steps, ...), averaged over seeds and prompts, with mean, sample std
   and a 95% percentile-bootstrap interval (:mod:`rewardsds.eval.stats`) of every ``final/*``, ``eval/*`` and cost
   metric;
-- ``paired.csv`` / ``paired.md``: each row's win rate against the baseline row (``--baseline``, default
-  ``strategy=none`` when it is swept) on runs with the same prompt and seed, with its interval, and the mean
-  paired difference;
+- ``paired.csv`` / ``paired.md``: each row's win rate against its baseline row (``--baseline``, default
+  ``strategy=none`` when it is swept: the row with those values that agrees on every other grouped key but the
+  method's settings, :func:`rewardsds.eval.aggregate.baseline_for`) on runs with the same prompt and seed, with its
+  interval, and the mean paired difference; rows without a baseline are listed with the reason;
 - ``curves/<key>.png`` / ``.csv``: reward-vs-step curves (mean ± std over each row's runs) from the runs'
   logged history (``csv/metrics.csv``, which every run writes);
 - ``sheets/<i>-<prompt>.png``: per prompt, variants x seeds of final images captioned with a metric;
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--over", default="seed,prompt,prompt_index", metavar="KEY,KEY",
                    help="keys averaged over rather than grouped by (default: seed,prompt,prompt_index)")
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
-                   help="the row the paired table compares against (default: strategy=none when swept); none: no table")
+                   help="the values of the baseline rows the paired table compares against, e.g. strategy=none or "
+                        "loss=sds,strategy=none (default: strategy=none when swept); none: no table")
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="bootstrap resamples of every interval")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of numpy's default_rng for the bootstrap")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals")
@@ -158,6 +160,9 @@ def _keys(text: Optional[str]) -> Optional[list[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 for usage errors and models that cannot be loaded)."""
+    from rewardsds.utils.quiet import quiet_torchao_enum_constants
+
+    quiet_torchao_enum_constants()  # before any evaluator imports transformers (and with it torchao)
     try:
         return _main(build_parser().parse_args(argv))
     except EvaluatorLoadError as err:
@@ -273,7 +278,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"wrote {folder / 'eval.csv'} ({len(rows)} runs, {len(skipped)} skipped)")
     print()
     print(summary["markdown"])
-    if summary["paired"]:
+    if summary["baseline"]:  # the table, or why there is none: rows left out are named, never dropped silently
         print(summary["paired_markdown"])
     written = [folder / "summary.csv", folder / "summary.md"] + ([folder / "paired.csv", folder / "paired.md"]
                                                                  if summary["baseline"] else [])
@@ -305,7 +310,11 @@ def _curves(folder: Path, summary: dict, args: argparse.Namespace, over: Sequenc
     keys = _keys(args.curves) if args.curves is not None else list(DEFAULT_CURVES)
     if keys == ["none"]:
         return []
-    return write_curves(folder, summary["rows"], summary["group_by"], keys, over)
+    from rewardsds.eval.aggregate import replace_outputs
+
+    written = write_curves(folder, summary["rows"], summary["group_by"], keys, over)
+    replace_outputs(folder / "curves", [p for c in written for p in (c["png"], c["csv"])])
+    return written
 
 
 def _sheets(folder: Path, summary: dict, args: argparse.Namespace, metrics: Sequence[str]) -> list:
@@ -316,8 +325,12 @@ def _sheets(folder: Path, summary: dict, args: argparse.Namespace, metrics: Sequ
         metric = f"eval/{metrics[0]}" if metrics else ("final/reward" if "final/reward" in summary["metrics"] else None)
     elif metric != "none" and metric not in summary["metrics"]:
         raise UsageError(f"--sheet-metric {metric}: no run has it; use one of {', '.join(summary['metrics'])} or none")
-    return write_sheets(folder, summary["rows"], summary["group_by"], metric=None if metric == "none" else metric,
-                        tile=args.tile, digits=args.digits)
+    from rewardsds.eval.aggregate import replace_outputs
+
+    sheets = write_sheets(folder, summary["rows"], summary["group_by"], metric=None if metric == "none" else metric,
+                          tile=args.tile, digits=args.digits)
+    replace_outputs(folder / "sheets", [s.path for s in sheets])
+    return sheets
 
 
 def score_runs(runs: list[dict], configs: dict, args: argparse.Namespace) -> None:

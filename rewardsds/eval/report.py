@@ -105,12 +105,18 @@ def write_report(folder: Path, *, summary: dict[str, Any], curves: Sequence[dict
         parts.append(f"<p>Data: {links}</p>")
     parts.append("<h2>Summary</h2>")
     parts.append(summary_table(summary["rows"], keys, summary["metrics"], digits))
-    if summary.get("paired"):
+    if summary.get("paired") or summary.get("paired_notes"):
         spec = ", ".join(f"{k}={v}" for k, v in (summary.get("baseline") or {}).items())
         parts.append(f"<h2>Paired comparison against {html.escape(spec)}</h2>")
-        parts.append(f'<p class="note">Pairs share prompt and seed; a win is a higher value (ties count half). '
-                     f"Columns: {html.escape(', '.join(PAIRED_COLUMNS))} in paired.csv.</p>")
-        parts.append(paired_table(summary["paired"], keys, digits))
+        if summary.get("paired"):
+            parts.append(f'<p class="note">Pairs share prompt and seed; a win is a higher value (ties count half). '
+                         f"Columns: {html.escape(', '.join(PAIRED_COLUMNS))} in paired.csv.</p>")
+            parts.append(paired_table(summary["paired"], keys, digits))
+        else:
+            parts.append('<p class="note">No row could be paired with a baseline.</p>')
+        if summary.get("paired_notes"):
+            parts.append('<ul class="note">' + "".join(f"<li>{html.escape(n)}</li>" for n in summary["paired_notes"])
+                         + "</ul>")
     if curves:
         parts.append("<h2>Curves</h2>")
         parts += [_figure(_rel(c["png"], folder), f"{c['key']} vs step") for c in curves]
