@@ -284,9 +284,13 @@ def _not_an_override(word: str, i: int, words: Sequence[str], subcommands: Seque
             return CommandLineError("command", word, "is not a subcommand or a key=value override", f"did you mean "
                                     f"rewardsds {close[0]} ...? (subcommands: {', '.join(subcommands)})")
         if i > 0 and "=" in words[i - 1]:
-            key = words[i - 1].split("=", 1)[0]
-            return CommandLineError(key, f"{words[i - 1].split('=', 1)[1]} {word}", "the shell split the value at a space",
-                                    f'quote the whole value: {key}="{words[i - 1].split("=", 1)[1]} {word}"')
+            # the shell split `prompt=a big red disk` into `prompt=a` `big` `red` `disk`: the value is every bare word
+            # up to the next override (or the end)
+            key, first = words[i - 1].split("=", 1)
+            rest = list(itertools.takewhile(lambda w: "=" not in w, words[i:]))
+            value = " ".join([first, *rest])
+            quoted = f"'{value}'" if '"' in value else f'"{value}"'
+            return CommandLineError(key, value, "the shell split the value at a space", f"quote the whole value: {key}={quoted}")
         return CommandLineError("override", word, "is not key=value", "write it as key=value (rewardsds --help lists the keys)")
     key, value = word.split("=", 1)
     quoted = f'"{key}=\\"{value}\\""' if "'" in value else f'"{key}=\'{value}\'"'

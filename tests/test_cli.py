@@ -89,6 +89,11 @@ def test_unknown_key_is_rejected():
         (["timesteps.t_min=0.99"], "timesteps.t_min = '0.99': is a group of settings (start, end, start_step, end_step), not one value. "
                                    "Fix: set one of them, e.g. timesteps.t_min.start=0.99"),
         (["prompt=a", "fox"], "prompt = 'a fox': the shell split the value at a space. Fix: quote the whole value: prompt=\"a fox\""),
+        (["experiment=analytic", "steps=30", "prompt=a", "big", "red", "disk"],
+         "prompt = 'a big red disk': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big red disk\""),
+        (["prompt=a", "big", "red", "disk", "steps=30", "n_noises=8"],  # the value ends at the next override
+         "prompt = 'a big red disk': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big red disk\""),
+        (["prompt=a", "big", "steps=30", "fox"], "prompt = 'a big': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big\""),
         (["exprt", "run"], "command = 'exprt': is not a subcommand or a key=value override. Fix: did you mean rewardsds export ...?"),
         (["prompt=a fox's tail"], "Fix: quote the value for Hydra inside the shell's quotes: \"prompt=\\\"a fox's tail\\\"\""),
         (["prompt=a, b"], "prompt = 'a, b': is a sweep (a comma list or a sweep function), and this is a single run. Fix: add -m"),
