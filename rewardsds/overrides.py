@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from typing import Any, Optional, Sequence
 
 #: Hydra config groups that come from a package extra: ``hydra/<group>/<option>`` -> the extra that installs it.
@@ -320,6 +321,8 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     cause = err.__cause__
+    if cause is None:
+        return _key_the_option_lacks(err, overrides, config_package)
     full_key = _full_key(cause)
     if full_key is None:
         return None
@@ -350,6 +353,64 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
         return CommandLineError(full_key, value, problem.rstrip("."), f"give {kind}" if kind else "give a value of the key's type "
                                 "(rewardsds --cfg job shows every key with its current value)")
     return None
+
+
+#: how Hydra words a key that a config file sets on a group option whose schema lacks it (it keeps no cause)
+_KEY_NOT_IN_OPTION = re.compile(r"In '(?P<file>[^']+)': ConfigKeyError raised while composing config:\s*"
+                                r"Key '(?P<name>[^']+)' not in '(?P<schema>[^']+)'\s*full_key: (?P<key>\S+)")
+
+
+def _key_the_option_lacks(err, overrides: Sequence[str], config_package: str) -> Optional[CommandLineError]:
+    """A config file (an experiment) sets a key of a group whose chosen option's schema does not have it:
+    ``experiment=analytic reward=clip``, where the experiment sets ``reward.preferred`` for ``reward=analytic``.
+
+    The message names the group option the user chose, the file that sets the key, the option that file is built
+    for, and the options of the file's group that take the user's choice."""
+    found = _KEY_NOT_IN_OPTION.search(str(err))
+    if found is None:
+        return None
+    file, full_key, schema = found["file"], found["key"], found["schema"]
+    group = full_key.split(".", 1)[0]
+    file_group, _, file_option = file.rpartition("/")
+    setter = f"{file_group}={file_option}" if file_group else f"the config {file!r}"
+    chosen = next((o for o in overrides if override_key(o).split("@", 1)[0] == group), None)
+    if chosen is None:  # the option comes from a default: the file itself is what does not fit
+        return CommandLineError(file_group or file, file_option or file, f"sets {full_key}, which the {group} option "
+                                f"({schema}) does not have", f"choose the {group} option {setter} is built for")
+    choice = chosen.split("=", 1)[1]
+    own = _choice_of(group, _without(overrides, override_key(chosen)), config_package)
+    fix = f"use {group}={own} with {setter}" if own else f"drop {chosen}"
+    if file_group:
+        takers = [o for o in _options_of(file_group, config_package) if o != file_option
+                  and _composed([f"{file_group}={o}", f"{group}={choice}"], config_package) is not None]
+        takers.sort(key=lambda o: _choice_of(group, [f"{file_group}={o}"], config_package) != choice)  # built for it first
+        if takers:
+            listed = ", ".join(f"{file_group}={o}" for o in takers[:4]) + (", ..." if len(takers) > 4 else "")
+            fix += f", or another {file_group} that takes {group}={choice} ({listed})"
+        else:
+            fix += f" (no {file_group} option takes {group}={choice})"
+    return CommandLineError(override_key(chosen), choice, f"{setter} sets {full_key}, which {group}={choice} ({schema}) "
+                            "does not have", fix)
+
+
+def _choice_of(group: str, overrides: Sequence[str], config_package: str) -> Optional[str]:
+    """The option of ``group`` that ``overrides`` compose with (None when they do not compose)."""
+    from omegaconf import OmegaConf
+
+    cfg = _composed(overrides, config_package)
+    choice = None if cfg is None else OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=None)
+    return None if choice is None else str(choice)
+
+
+def _options_of(group: str, config_package: str) -> list[str]:
+    """The options of a config group (its YAML files), sorted."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    with initialize_config_module(config_package, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return sorted(loader.get_group_options(group, results_filter=ObjectType.CONFIG))
 
 
 def _full_key(cause) -> Optional[str]:
