@@ -29,7 +29,7 @@ class CommandLineError(Exception):
     """An override Hydra would refuse, said as ``key = value: what is wrong. Fix: ...``."""
 
     def __init__(self, key: str, value: Any, problem: str, fix: str):
-        self.key, self.value = key, value
+        self.key, self.value, self.problem, self.fix = key, value, problem, fix
         super().__init__(f"{key} = {value!r}: {problem}. Fix: {fix}")
 
     @classmethod
@@ -37,7 +37,7 @@ class CommandLineError(Exception):
         """One already worded as ``key = value: problem. Fix: ...`` (a :class:`~rewardsds.errors.ConfigError`'s)."""
         err = cls.__new__(cls)
         Exception.__init__(err, message)
-        err.key = err.value = None
+        err.key = err.value = err.problem = err.fix = None
         return err
 
 
@@ -355,6 +355,31 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
     return None
 
 
+def composition_error(err: Exception, overrides: Sequence[str], config_package: str) -> Optional[CommandLineError]:
+    """What Hydra's compose refused (an option that does not exist, an unknown key, a value of the wrong type, a key
+    an experiment sets that the chosen option lacks) as one :class:`CommandLineError`, None when not recognised.
+    Usable inside a running Hydra app (a resume composes its run's config there)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if isinstance(err, MissingConfigException):
+        return _missing_option(err, overrides)
+    if isinstance(err, ConfigCompositionException):
+        return _bad_value(err, overrides, config_package)
+    return None
+
+
+def _hydra_context(config_package: str):
+    """Hydra's compose API for ``config_package``: the running app's (same configs) when one is initialised."""
+    import contextlib
+
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return contextlib.nullcontext()
+    return initialize_config_module(config_package, version_base="1.3")
+
+
 #: how Hydra words a key that a config file sets on a group option whose schema lacks it (it keeps no cause)
 _KEY_NOT_IN_OPTION = re.compile(r"In '(?P<file>[^']+)': ConfigKeyError raised while composing config:\s*"
                                 r"Key '(?P<name>[^']+)' not in '(?P<schema>[^']+)'\s*full_key: (?P<key>\S+)")
@@ -404,11 +429,10 @@ def _choice_of(group: str, overrides: Sequence[str], config_package: str) -> Opt
 
 def _options_of(group: str, config_package: str) -> list[str]:
     """The options of a config group (its YAML files), sorted."""
-    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.object_type import ObjectType
 
-    with initialize_config_module(config_package, version_base="1.3"):
+    with _hydra_context(config_package):
         loader = GlobalHydra.instance().config_loader()
         return sorted(loader.get_group_options(group, results_filter=ObjectType.CONFIG))
 
@@ -432,10 +456,10 @@ def _expected_type(problem: str) -> Optional[str]:
 
 def _composed(overrides: Sequence[str], config_package: str):
     """The config composed from ``overrides`` (the ones that compose), or None."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
 
     try:
-        with initialize_config_module(config_package, version_base="1.3"):
+        with _hydra_context(config_package):
             return compose("config", overrides=list(overrides), return_hydra_config=True)
     except Exception:
         return None

@@ -262,13 +262,30 @@ def reconstruct_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictC
         original = absolute_input_paths(original, start)
     new = absolute_input_paths(new, Path.cwd())
     effective = [o for o in original if _key(o) not in new_keys] + new
-    composed = compose(config_name="config", overrides=effective + flags, return_hydra_config=True)
+    try:
+        composed = compose(config_name="config", overrides=effective + flags, return_hydra_config=True)
+    except Exception as err:
+        raise _refused_composition(err, effective + flags) from None
     choices = dict(composed.hydra.runtime.choices)
     OmegaConf.set_struct(composed, False)
     composed.pop("hydra")
     composed.resume = str(cfg.resume)
     OmegaConf.set_struct(composed, True)
     return composed, choices, effective
+
+
+def _refused_composition(err: Exception, overrides: Sequence[str]) -> Exception:
+    """A resume whose overrides Hydra cannot compose (``reward=clip`` on an ``experiment=analytic`` run) as a
+    ConfigError naming the key, the value and the fix, which leaves the run as it was; other errors as they are."""
+    from rewardsds.cli import CONFIG_PACKAGE
+    from rewardsds.overrides import composition_error
+
+    found = composition_error(err, overrides, CONFIG_PACKAGE)
+    if found is None or found.problem is None:
+        return err
+    refused = ConfigError(found.key, found.value, found.problem, found.fix)
+    refused.run_untouched = True  # type: ignore[attr-defined]  (nothing of the run's folder was written)
+    return refused
 
 
 def _key(override: str) -> str:

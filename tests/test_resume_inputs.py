@@ -1,5 +1,6 @@
 """A resumed run reads the input files of the run it continues (prompts file, init image), from the folder that run
-was started in, whatever folder the resume is started from and wherever the run folder was copied to."""
+was started in, whatever folder the resume is started from and wherever the run folder was copied to; a resume whose
+overrides Hydra cannot compose is one message and leaves the run as it was."""
 
 from __future__ import annotations
 
@@ -106,3 +107,16 @@ def test_input_paths_of_a_resume(tmp_path):
         "prompt=p.txt",
         f"representation.init_image='{base}/my img.png'",
     ]
+
+
+def test_resume_with_a_group_option_that_lacks_a_key_the_run_sets_leaves_the_run_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    r = run_cli([*RUN, "steps=2", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    r = run_cli([f"resume={run}", "steps=4", "reward=clip"], tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.startswith("rewardsds: error: reward = 'clip': experiment=analytic sets reward.preferred, which "
+                               "reward=clip (CLIPScoreConfig) does not have. Fix: use reward=analytic"), r.stderr
+    assert "nothing in" in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr
+    assert {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
