@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from typing import Any, Optional, Sequence
 
 #: Hydra config groups that come from a package extra: ``hydra/<group>/<option>`` -> the extra that installs it.
@@ -28,7 +29,7 @@ class CommandLineError(Exception):
     """An override Hydra would refuse, said as ``key = value: what is wrong. Fix: ...``."""
 
     def __init__(self, key: str, value: Any, problem: str, fix: str):
-        self.key, self.value = key, value
+        self.key, self.value, self.problem, self.fix = key, value, problem, fix
         super().__init__(f"{key} = {value!r}: {problem}. Fix: {fix}")
 
     @classmethod
@@ -36,7 +37,7 @@ class CommandLineError(Exception):
         """One already worded as ``key = value: problem. Fix: ...`` (a :class:`~rewardsds.errors.ConfigError`'s)."""
         err = cls.__new__(cls)
         Exception.__init__(err, message)
-        err.key = err.value = None
+        err.key = err.value = err.problem = err.fix = None
         return err
 
 
@@ -284,9 +285,13 @@ def _not_an_override(word: str, i: int, words: Sequence[str], subcommands: Seque
             return CommandLineError("command", word, "is not a subcommand or a key=value override", f"did you mean "
                                     f"rewardsds {close[0]} ...? (subcommands: {', '.join(subcommands)})")
         if i > 0 and "=" in words[i - 1]:
-            key = words[i - 1].split("=", 1)[0]
-            return CommandLineError(key, f"{words[i - 1].split('=', 1)[1]} {word}", "the shell split the value at a space",
-                                    f'quote the whole value: {key}="{words[i - 1].split("=", 1)[1]} {word}"')
+            # the shell split `prompt=a big red disk` into `prompt=a` `big` `red` `disk`: the value is every bare word
+            # up to the next override (or the end)
+            key, first = words[i - 1].split("=", 1)
+            rest = list(itertools.takewhile(lambda w: "=" not in w, words[i:]))
+            value = " ".join([first, *rest])
+            quoted = f"'{value}'" if '"' in value else f'"{value}"'
+            return CommandLineError(key, value, "the shell split the value at a space", f"quote the whole value: {key}={quoted}")
         return CommandLineError("override", word, "is not key=value", "write it as key=value (rewardsds --help lists the keys)")
     key, value = word.split("=", 1)
     quoted = f'"{key}=\\"{value}\\""' if "'" in value else f'"{key}=\'{value}\'"'
@@ -316,6 +321,8 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     cause = err.__cause__
+    if cause is None:
+        return _key_the_option_lacks(err, overrides, config_package)
     full_key = _full_key(cause)
     if full_key is None:
         return None
@@ -348,6 +355,88 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
     return None
 
 
+def composition_error(err: Exception, overrides: Sequence[str], config_package: str) -> Optional[CommandLineError]:
+    """What Hydra's compose refused (an option that does not exist, an unknown key, a value of the wrong type, a key
+    an experiment sets that the chosen option lacks) as one :class:`CommandLineError`, None when not recognised.
+    Usable inside a running Hydra app (a resume composes its run's config there)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if isinstance(err, MissingConfigException):
+        return _missing_option(err, overrides)
+    if isinstance(err, ConfigCompositionException):
+        return _bad_value(err, overrides, config_package)
+    return None
+
+
+def _hydra_context(config_package: str):
+    """Hydra's compose API for ``config_package``: the running app's (same configs) when one is initialised."""
+    import contextlib
+
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return contextlib.nullcontext()
+    return initialize_config_module(config_package, version_base="1.3")
+
+
+#: how Hydra words a key that a config file sets on a group option whose schema lacks it (it keeps no cause)
+_KEY_NOT_IN_OPTION = re.compile(r"In '(?P<file>[^']+)': ConfigKeyError raised while composing config:\s*"
+                                r"Key '(?P<name>[^']+)' not in '(?P<schema>[^']+)'\s*full_key: (?P<key>\S+)")
+
+
+def _key_the_option_lacks(err, overrides: Sequence[str], config_package: str) -> Optional[CommandLineError]:
+    """A config file (an experiment) sets a key of a group whose chosen option's schema does not have it:
+    ``experiment=analytic reward=clip``, where the experiment sets ``reward.preferred`` for ``reward=analytic``.
+
+    The message names the group option the user chose, the file that sets the key, the option that file is built
+    for, and the options of the file's group that take the user's choice."""
+    found = _KEY_NOT_IN_OPTION.search(str(err))
+    if found is None:
+        return None
+    file, full_key, schema = found["file"], found["key"], found["schema"]
+    group = full_key.split(".", 1)[0]
+    file_group, _, file_option = file.rpartition("/")
+    setter = f"{file_group}={file_option}" if file_group else f"the config {file!r}"
+    chosen = next((o for o in overrides if override_key(o).split("@", 1)[0] == group), None)
+    if chosen is None:  # the option comes from a default: the file itself is what does not fit
+        return CommandLineError(file_group or file, file_option or file, f"sets {full_key}, which the {group} option "
+                                f"({schema}) does not have", f"choose the {group} option {setter} is built for")
+    choice = chosen.split("=", 1)[1]
+    own = _choice_of(group, _without(overrides, override_key(chosen)), config_package)
+    fix = f"use {group}={own} with {setter}" if own else f"drop {chosen}"
+    if file_group:
+        takers = [o for o in _options_of(file_group, config_package) if o != file_option
+                  and _composed([f"{file_group}={o}", f"{group}={choice}"], config_package) is not None]
+        takers.sort(key=lambda o: _choice_of(group, [f"{file_group}={o}"], config_package) != choice)  # built for it first
+        if takers:
+            listed = ", ".join(f"{file_group}={o}" for o in takers[:4]) + (", ..." if len(takers) > 4 else "")
+            fix += f", or another {file_group} that takes {group}={choice} ({listed})"
+        else:
+            fix += f" (no {file_group} option takes {group}={choice})"
+    return CommandLineError(override_key(chosen), choice, f"{setter} sets {full_key}, which {group}={choice} ({schema}) "
+                            "does not have", fix)
+
+
+def _choice_of(group: str, overrides: Sequence[str], config_package: str) -> Optional[str]:
+    """The option of ``group`` that ``overrides`` compose with (None when they do not compose)."""
+    from omegaconf import OmegaConf
+
+    cfg = _composed(overrides, config_package)
+    choice = None if cfg is None else OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=None)
+    return None if choice is None else str(choice)
+
+
+def _options_of(group: str, config_package: str) -> list[str]:
+    """The options of a config group (its YAML files), sorted."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    with _hydra_context(config_package):
+        loader = GlobalHydra.instance().config_loader()
+        return sorted(loader.get_group_options(group, results_filter=ObjectType.CONFIG))
+
+
 def _full_key(cause) -> Optional[str]:
     key = getattr(cause, "full_key", None)
     if key:
@@ -367,10 +456,10 @@ def _expected_type(problem: str) -> Optional[str]:
 
 def _composed(overrides: Sequence[str], config_package: str):
     """The config composed from ``overrides`` (the ones that compose), or None."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose
 
     try:
-        with initialize_config_module(config_package, version_base="1.3"):
+        with _hydra_context(config_package):
             return compose("config", overrides=list(overrides), return_hydra_config=True)
     except Exception:
         return None

@@ -122,11 +122,19 @@ def prompt_list(cfg: Any) -> Optional[tuple[PromptSet, str, Any]]:
 def select_prompt(cfg: Any) -> None:
     """Set ``cfg.prompt`` from the chosen prompt list and ``prompt_index`` (in place; no list: no change).
 
+    A resumed run (``resume=<run>``) whose list and index are those its run recorded keeps the prompt the run
+    recorded (its ``config_resolved.yaml``): the list is not read again, so a prompts file edited, moved or deleted
+    since the run started, or a copy of the run folder on another machine, continues the run's own prompt.
+
     Raises:
         ConfigError: ``prompt_index`` without a list, a list without ``prompt_index``, or an index out of range.
     """
     from omegaconf import OmegaConf
 
+    recorded = _recorded_prompt(cfg)
+    if recorded is not None:
+        cfg.prompt = recorded
+        return
     chosen = prompt_list(cfg)
     index = OmegaConf.select(cfg, "prompt_index", default=None)
     if chosen is None:
@@ -144,6 +152,31 @@ def select_prompt(cfg: Any) -> None:
     if not 0 <= int(index) < n:
         raise ConfigError("prompt_index", index, f"is out of range for {key}={value} ({n} prompts)", f"use 0..{n - 1}")
     cfg.prompt = prompts[int(index)]
+
+
+def _recorded_prompt(cfg: Any) -> Optional[str]:
+    """The prompt the run that ``cfg`` resumes chose from the same prompt list and index, else None."""
+    from omegaconf import OmegaConf
+
+    from rewardsds.resume import resolve_resume, saved_config
+
+    resume = OmegaConf.select(cfg, "resume", default=None)
+    if not resume:
+        return None
+    try:
+        _, run_dir = resolve_resume(str(resume))
+    except ConfigError:
+        return None  # the resume itself reports it
+    saved = saved_config(run_dir) if run_dir is not None else None
+    prompt = OmegaConf.select(saved, "prompt", default=None) if saved is not None else None
+    if not isinstance(prompt, str) or not prompt:
+        return None
+
+    def chosen(c: Any) -> tuple:
+        return (OmegaConf.select(c, "prompts.name", default=None), OmegaConf.select(c, "prompts_file", default=None),
+                OmegaConf.select(c, "prompt_index", default=None))
+
+    return prompt if chosen(saved) == chosen(cfg) and any(v is not None for v in chosen(cfg)) else None
 
 
 def sweep_params(_root_: Any = None) -> dict[str, str]:

@@ -34,6 +34,12 @@ OPERATIONAL_KEYS = (
 )
 
 
+#: Settings that name a file the run reads at its start. A relative path is read from the folder the command was
+#: started in, so a resume (from any folder: another shell, a Slurm requeue, a copied run folder) reads it from the
+#: folder the run was started in, which Hydra records in the run's ``.hydra/hydra.yaml``.
+INPUT_PATH_KEYS = ("prompts_file", "representation.init_image", "representation.init_path", "loss.image")
+
+
 def is_operational(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pat) for pat in OPERATIONAL_KEYS)
 
@@ -93,13 +99,72 @@ def check_steps(ckpt: dict[str, Any], path: Path, steps: int) -> None:
 
 # ----------------------------------------------------------------------------------------- the config
 def saved_config(run_dir: Path, resolved: bool = True) -> Optional[DictConfig]:
-    """The run's config as it was saved: ``config_resolved.yaml`` (or Hydra's ``.hydra/config.yaml`` snapshot)."""
+    """The run's config as it was saved: ``config_resolved.yaml`` (or Hydra's ``.hydra/config.yaml`` snapshot), its
+    input files (:data:`INPUT_PATH_KEYS`) named by absolute path, taken from the folder the run was started in."""
     names = ("config_resolved.yaml", ".hydra/config.yaml") if resolved else (".hydra/config.yaml", "config_resolved.yaml")
     for name in names:
         p = run_dir / name
         if p.is_file():
-            return OmegaConf.load(p)
+            cfg = OmegaConf.load(p)
+            start = launch_dir(run_dir)
+            for key in INPUT_PATH_KEYS:
+                value = OmegaConf.select(cfg, key, default=None)
+                if start is not None and _is_relative_path(value) and not _is_interpolation(cfg, key):
+                    OmegaConf.update(cfg, key, str(start / value), merge=False)
+            return cfg
     return None
+
+
+def launch_dir(run_dir: Path) -> Optional[Path]:
+    """The folder the run was first started from (Hydra's ``hydra.runtime.cwd`` in ``.hydra/hydra.yaml``, which a
+    resume leaves as it was), or None where the run did not record it."""
+    p = run_dir / ".hydra" / "hydra.yaml"
+    if not p.is_file():
+        return None
+    cwd = OmegaConf.select(OmegaConf.load(p), "hydra.runtime.cwd", default=None)
+    return Path(str(cwd)) if cwd else None
+
+
+def _is_relative_path(value: Any) -> bool:
+    return isinstance(value, str) and value != "" and not Path(value).expanduser().is_absolute()
+
+
+def _is_interpolation(cfg: DictConfig, key: str) -> bool:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return isinstance(node, DictConfig) and name in node and OmegaConf.is_interpolation(node, name)
+
+
+def absolute_input_paths(overrides: Sequence[str], base: Path) -> list[str]:
+    """``overrides`` with each relative path of an input file (:data:`INPUT_PATH_KEYS`) made absolute from ``base``:
+    ``prompts_file=my_prompts.txt`` -> ``prompts_file=/home/me/project/my_prompts.txt``."""
+    out = []
+    for o in overrides:
+        if _key(o) in INPUT_PATH_KEYS and "=" in o:
+            head, value = o.split("=", 1)
+            plain = _unquoted(value)
+            if plain is not None and _is_relative_path(plain):
+                o = f"{head}={_quoted(str(base / plain))}"
+        out.append(o)
+    return out
+
+
+def _unquoted(value: str) -> Optional[str]:
+    """The string a Hydra override value stands for (quotes removed), None for a value that is not one string."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"k={value}").value()
+    except Exception:
+        return None
+    return parsed if isinstance(parsed, str) else None
+
+
+def _quoted(path: str) -> str:
+    """A path as a Hydra override value: as it is where Hydra's grammar reads it so, else single-quoted."""
+    if all(c.isalnum() or c in "/._-+~" for c in path):
+        return path
+    return "'" + path.replace("'", "\\'") + "'"
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -190,14 +255,37 @@ def reconstruct_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictC
         return cfg, None, list(overrides)
     original = [o for o in recorded if not _key(o).startswith(("resume", "hydra."))]
     new_keys = {_key(o) for o in new}
+    # input files: the run's own from the folder it was started in, new ones from this folder; recorded absolute, so
+    # that every later resume reads the same files wherever it is started
+    start = launch_dir(run_dir)
+    if start is not None:
+        original = absolute_input_paths(original, start)
+    new = absolute_input_paths(new, Path.cwd())
     effective = [o for o in original if _key(o) not in new_keys] + new
-    composed = compose(config_name="config", overrides=effective + flags, return_hydra_config=True)
+    try:
+        composed = compose(config_name="config", overrides=effective + flags, return_hydra_config=True)
+    except Exception as err:
+        raise _refused_composition(err, effective + flags) from None
     choices = dict(composed.hydra.runtime.choices)
     OmegaConf.set_struct(composed, False)
     composed.pop("hydra")
     composed.resume = str(cfg.resume)
     OmegaConf.set_struct(composed, True)
     return composed, choices, effective
+
+
+def _refused_composition(err: Exception, overrides: Sequence[str]) -> Exception:
+    """A resume whose overrides Hydra cannot compose (``reward=clip`` on an ``experiment=analytic`` run) as a
+    ConfigError naming the key, the value and the fix, which leaves the run as it was; other errors as they are."""
+    from rewardsds.cli import CONFIG_PACKAGE
+    from rewardsds.overrides import composition_error
+
+    found = composition_error(err, overrides, CONFIG_PACKAGE)
+    if found is None or found.problem is None:
+        return err
+    refused = ConfigError(found.key, found.value, found.problem, found.fix)
+    refused.run_untouched = True  # type: ignore[attr-defined]  (nothing of the run's folder was written)
+    return refused
 
 
 def _key(override: str) -> str:

@@ -89,11 +89,26 @@ def test_unknown_key_is_rejected():
         (["timesteps.t_min=0.99"], "timesteps.t_min = '0.99': is a group of settings (start, end, start_step, end_step), not one value. "
                                    "Fix: set one of them, e.g. timesteps.t_min.start=0.99"),
         (["prompt=a", "fox"], "prompt = 'a fox': the shell split the value at a space. Fix: quote the whole value: prompt=\"a fox\""),
+        (["experiment=analytic", "steps=30", "prompt=a", "big", "red", "disk"],
+         "prompt = 'a big red disk': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big red disk\""),
+        (["prompt=a", "big", "red", "disk", "steps=30", "n_noises=8"],  # the value ends at the next override
+         "prompt = 'a big red disk': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big red disk\""),
+        (["prompt=a", "big", "steps=30", "fox"], "prompt = 'a big': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big\""),
         (["exprt", "run"], "command = 'exprt': is not a subcommand or a key=value override. Fix: did you mean rewardsds export ...?"),
         (["prompt=a fox's tail"], "Fix: quote the value for Hydra inside the shell's quotes: \"prompt=\\\"a fox's tail\\\"\""),
         (["prompt=a, b"], "prompt = 'a, b': is a sweep (a comma list or a sweep function), and this is a single run. Fix: add -m"),
         (["-m", "n_noises=4,8x"], "n_noises = '8x': Value '8x' of type 'str' could not be converted to Integer"),  # a later sweep value
         (["-m", "experiment=analytic", "strategy=none,minmax", "seed=0,1"], "Fix: did you mean strategy=min_max?"),
+        # a key an experiment sets that the group option chosen on the command line does not have
+        (["experiment=analytic", "steps=30", "reward=clip"],
+         "reward = 'clip': experiment=analytic sets reward.preferred, which reward=clip (CLIPScoreConfig) does not have. "
+         "Fix: use reward=analytic with experiment=analytic, or another experiment that takes reward=clip (experiment="),
+        (["experiment=edit_dds", "representation=nerf"],
+         "representation = 'nerf': experiment=edit_dds sets representation.init, which representation=nerf (NeRFConfig) does "
+         "not have. Fix: use representation=latent_image with experiment=edit_dds, or another experiment that takes "
+         "representation=nerf (experiment=dreamdpo_mvdream_nerf, experiment=dreamfusion_nerf, experiment=mvdream_nerf, "
+         "experiment=analytic_3d)"),
+        (["experiment=psd_2d", "loss=sds"], "loss = 'sds': experiment=psd_2d sets loss.threshold, which loss=sds"),
         # the project's own checks inside resolvers, which Hydra runs when the sweep starts (it printed a traceback)
         (["-m", "experiment=analytic", "prompts_file=/no/such/prompts.txt", "seed=0,1"], "prompts_file = '/no/such/prompts.txt': does not exist. Fix: give"),
         # the project's validation, which the run did at its start (after its folder existed)
@@ -155,6 +170,14 @@ def test_cli_refuses_a_bad_override_before_making_a_run_folder(tmp_path):
     assert r.returncode == 2 and not (tmp_path / "run").exists(), r.stderr[-2000:]
     assert r.stderr.strip() == "rewardsds: error: n_noise = '8': is not a key of the root config. Fix: did you mean n_noises? " \
                                "(rewardsds --cfg job shows every key)"
+
+
+def test_cli_refuses_a_group_option_that_lacks_a_key_the_experiment_sets(tmp_path):
+    r = run_cli(["experiment=analytic", "steps=30", "reward=clip", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "run").exists(), r.stderr[-2000:]
+    assert r.stderr.startswith("rewardsds: error: reward = 'clip': experiment=analytic sets reward.preferred, which "
+                               "reward=clip (CLIPScoreConfig) does not have. Fix: use reward=analytic"), r.stderr
+    assert "HYDRA_FULL_ERROR" not in r.stderr
 
 
 # ------------------------------------------------------------------ the CLI (subprocess): exit codes and messages
