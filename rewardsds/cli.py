@@ -221,12 +221,18 @@ def task(cfg) -> Optional[float]:
         if status == "complete" and not cfg.get("resume"):
             print(f"rewardsds: {run_dir} is already complete; skipped (its metrics.json says so)")
             return None
-        if status in ("running", "interrupted") and is_multirun() and not cfg.get("resume") \
-                and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            # A sweep job that was interrupted (killed, preempted, timed out) continues from its last checkpoint when
-            # the sweep is run again into the same folder (or requeued by Slurm).
-            print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
-            cfg.resume = str(run_dir)
+        if is_multirun() and not cfg.get("resume"):
+            from rewardsds.runlock import holder, is_live
+
+            if is_live(run_dir):
+                # a sweep run again while it (or one of its jobs) still runs: the live job is its own process's
+                print(f"rewardsds: {run_dir} is being run by another process ({holder(run_dir)}); skipped")
+                return None
+            if status in ("running", "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+                # A sweep job that was interrupted (killed, preempted, timed out: its lock is free) continues from its
+                # last checkpoint when the sweep is run again into the same folder (or requeued by Slurm).
+                print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
+                cfg.resume = str(run_dir)
         from rewardsds.train import train
 
         choices = overrides = None
@@ -282,7 +288,10 @@ def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
     unwritten = None
     # A resume that could not start (bad checkpoint, refused overrides) leaves the existing run exactly as it was:
     # it must not turn a finished run into a failed one.
-    untouched = bool(getattr(err, "run_untouched", False)) and bool(metrics)
+    from rewardsds.runlock import RunLocked
+
+    # a folder another process writes is never written here, even before that run's metrics.json exists
+    untouched = bool(getattr(err, "run_untouched", False)) and (bool(metrics) or isinstance(err, RunLocked))
     if not untouched:
         metrics.update({"status": "failed", "error": f"{type(err).__name__}: {err}", "finished_at": time.time()})
         try:

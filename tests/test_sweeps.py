@@ -204,6 +204,33 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_continues_the_res
     assert "resumed_from" not in _metrics(failed)  # a failed job starts again from scratch
 
 
+def test_rerun_of_a_sweep_skips_a_job_that_is_still_running(sweep, tmp_path):
+    """The same sweep command run again while one of its jobs is live (its process holds the job's lock) leaves that
+    job to its process: skipped with a line saying so, not run a second time, not counted as failed."""
+    import os
+
+    from rewardsds.runlock import RunLock
+
+    folder = tmp_path / "sweep"
+    shutil.copytree(sweep["folder"], folder)
+    live = folder / "n_noises=8,prompt=0-a_disk,steps=2,strategy=min_max"
+    # what a live job looks like on disk: status running with a checkpoint (without its lock: an interrupted job)
+    (live / "metrics.json").write_text(json.dumps({**_metrics(live), "status": "running"}))
+    args = [a for a in sweep["args"] if not a.startswith(("hydra.sweep.dir=", "logger="))]
+    # Hydra writes its .hydra/ snapshot of every job (complete ones too) before the job's code runs: left out here
+    files = lambda: {str(p.relative_to(live)): p.read_bytes() for p in sorted(live.rglob("*"))  # noqa: E731
+                     if p.is_file() and p.parts[len(live.parts)] != ".hydra"}
+    with RunLock(live):
+        before = files()
+        r = run_cli([*args, "logger=none", f"hydra.sweep.dir={folder}"], tmp_path)
+        after = files()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"rewardsds: {live} is being run by another process (pid {os.getpid()} on host " in r.stdout, r.stdout
+    assert "was interrupted" not in r.stdout and r.stdout.count("already complete; skipped") == 7
+    assert f"sweep {folder}: 7 complete, 1 running" in r.stdout and "failed" not in r.stdout + r.stderr
+    assert after == before and _metrics(live)["status"] == "running"
+
+
 # ------------------------------------------------------------------ launchers
 def test_failed_job_does_not_stop_a_submitit_sweep(tmp_path):
     folder = tmp_path / "sweep"
