@@ -119,7 +119,9 @@ def prepare_arguments(args: list[str]) -> list[str]:
       invocation is kept (``hydra.output_subdir=null`` for the resume).
     - A Slurm job requeued after preemption (``SLURM_RESTART_COUNT`` > 0) continues the run it started, found by its
       ``SLURM_JOB_ID`` in metrics.json under ``outputs/runs``.
-    - The folder a run will write to must be writable (else one message naming ``hydra.run.dir``).
+    - The folder a run will write to must be writable (else one message naming ``hydra.run.dir``), and not be the
+      folder of a live run (:func:`rewardsds.runlock.check_not_live`; a resume's folder is checked with the run's
+      other checks, in :func:`rewardsds.resume.check_resume`).
     """
     multirun = any(a in ("-m", "--multirun") for a in args)
     info_only = _info_only(args)
@@ -143,6 +145,14 @@ def prepare_arguments(args: list[str]) -> list[str]:
         if run_dir.is_dir():
             args = args + [f"hydra.run.dir={_hydra_quote(str(run_dir.resolve()))}", "hydra.output_subdir=null"]
     _check_writable(_override_value(args, "hydra.run.dir") or "outputs", "hydra.run.dir")
+    given = _override_value(args, "hydra.run.dir")
+    if resume is None and given and "${" not in given:  # a new run into a folder a live run writes (Hydra's snapshot too)
+        from rewardsds.runlock import RunLocked, check_not_live
+
+        try:
+            check_not_live(Path(given).expanduser(), key="hydra.run.dir")
+        except RunLocked as err:
+            raise _UserError(str(err)) from None
     return args
 
 

@@ -667,6 +667,18 @@ def test_the_lock_refuses_a_second_holder_and_says_who_holds_it(tmp_path):
         pass
 
 
+def test_a_new_run_into_a_live_runs_folder_is_refused_before_hydra_writes_there(tmp_path):
+    from rewardsds.runlock import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        before = _snapshot(run)
+        r = run_cli([*RUN, *FAST, "steps=2", f"hydra.run.dir={run}"], tmp_path)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert f"hydra.run.dir = '{run}': is being written by a live run (pid {os.getpid()}" in r.stderr, r.stderr
+        assert _snapshot(run) == before and not (run / ".hydra").exists()
+
+
 def test_a_filesystem_without_flock_warns_and_runs_unlocked(tmp_path, monkeypatch, caplog):
     import errno
 
