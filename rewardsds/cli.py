@@ -262,6 +262,11 @@ def task(cfg) -> Optional[float]:
         _to_log_file(message, logging.WARNING)  # train.log ends with how the run ended, as the terminal does
         raise SystemExit(err.exit_code) from None
     except RewardSDSError as err:
+        from rewardsds.runlock import RunLocked
+
+        if isinstance(err, RunLocked) and is_multirun():  # another sweep process took this job between check and start
+            print(f"rewardsds: {err.run_dir} is being run by another process ({err.holder}); skipped")
+            return None
         return _fail(run_dir, err, user_error=True)
     except Exception as err:  # unexpected: keep the traceback in the run folder
         return _fail(run_dir, err, user_error=False)

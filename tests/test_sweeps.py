@@ -231,6 +231,36 @@ def test_rerun_of_a_sweep_skips_a_job_that_is_still_running(sweep, tmp_path):
     assert after == before and _metrics(live)["status"] == "running"
 
 
+def test_a_sweep_job_taken_by_another_process_between_check_and_start_is_skipped(tmp_path, monkeypatch, capsys):
+    """Two processes of one sweep reach the same new job together: the one that loses the job's lock skips it with
+    the same line, writes nothing there and does not count it as failed."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from rewardsds import cli, runlock
+
+    job = tmp_path / "sweep" / "n_noises=4"
+    cfg = compose([*BASE, "logger=none", "steps=2", "n_noises=4"])
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(job)
+    HydraConfig.instance().set_config(cfg)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    monkeypatch.setattr(runlock, "is_live", lambda run_dir: False)  # the other process took the lock after this check
+    try:
+        with runlock.RunLock(job):
+            assert cli.task(cfg) is None
+    finally:
+        HydraConfig.instance().cfg = None
+    out = capsys.readouterr()
+    assert f"rewardsds: {job} is being run by another process (pid {os.getpid()} on host " in out.out, out
+    assert "error" not in out.err and sorted(p.name for p in job.iterdir()) == [runlock.LOCK_FILE]
+
+
 # ------------------------------------------------------------------ launchers
 def test_failed_job_does_not_stop_a_submitit_sweep(tmp_path):
     folder = tmp_path / "sweep"
