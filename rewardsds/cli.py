@@ -119,7 +119,9 @@ def prepare_arguments(args: list[str]) -> list[str]:
       invocation is kept (``hydra.output_subdir=null`` for the resume).
     - A Slurm job requeued after preemption (``SLURM_RESTART_COUNT`` > 0) continues the run it started, found by its
       ``SLURM_JOB_ID`` in metrics.json under ``outputs/runs``.
-    - The folder a run will write to must be writable (else one message naming ``hydra.run.dir``).
+    - The folder a run will write to must be writable (else one message naming ``hydra.run.dir``), and not be the
+      folder of a live run (:func:`rewardsds.runlock.check_not_live`; a resume's folder is checked with the run's
+      other checks, in :func:`rewardsds.resume.check_resume`).
     """
     multirun = any(a in ("-m", "--multirun") for a in args)
     info_only = _info_only(args)
@@ -143,6 +145,14 @@ def prepare_arguments(args: list[str]) -> list[str]:
         if run_dir.is_dir():
             args = args + [f"hydra.run.dir={_hydra_quote(str(run_dir.resolve()))}", "hydra.output_subdir=null"]
     _check_writable(_override_value(args, "hydra.run.dir") or "outputs", "hydra.run.dir")
+    given = _override_value(args, "hydra.run.dir")
+    if resume is None and given and "${" not in given:  # a new run into a folder a live run writes (Hydra's snapshot too)
+        from rewardsds.runlock import RunLocked, check_not_live
+
+        try:
+            check_not_live(Path(given).expanduser(), key="hydra.run.dir")
+        except RunLocked as err:
+            raise _UserError(str(err)) from None
     return args
 
 
@@ -221,12 +231,18 @@ def task(cfg) -> Optional[float]:
         if status == "complete" and not cfg.get("resume"):
             print(f"rewardsds: {run_dir} is already complete; skipped (its metrics.json says so)")
             return None
-        if status in ("running", "interrupted") and is_multirun() and not cfg.get("resume") \
-                and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            # A sweep job that was interrupted (killed, preempted, timed out) continues from its last checkpoint when
-            # the sweep is run again into the same folder (or requeued by Slurm).
-            print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
-            cfg.resume = str(run_dir)
+        if is_multirun() and not cfg.get("resume"):
+            from rewardsds.runlock import holder, is_live
+
+            if is_live(run_dir):
+                # a sweep run again while it (or one of its jobs) still runs: the live job is its own process's
+                print(f"rewardsds: {run_dir} is being run by another process ({holder(run_dir)}); skipped")
+                return None
+            if status in ("running", "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+                # A sweep job that was interrupted (killed, preempted, timed out: its lock is free) continues from its
+                # last checkpoint when the sweep is run again into the same folder (or requeued by Slurm).
+                print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
+                cfg.resume = str(run_dir)
         from rewardsds.train import train
 
         choices = overrides = None
@@ -246,6 +262,11 @@ def task(cfg) -> Optional[float]:
         _to_log_file(message, logging.WARNING)  # train.log ends with how the run ended, as the terminal does
         raise SystemExit(err.exit_code) from None
     except RewardSDSError as err:
+        from rewardsds.runlock import RunLocked
+
+        if isinstance(err, RunLocked) and is_multirun():  # another sweep process took this job between check and start
+            print(f"rewardsds: {err.run_dir} is being run by another process ({err.holder}); skipped")
+            return None
         return _fail(run_dir, err, user_error=True)
     except Exception as err:  # unexpected: keep the traceback in the run folder
         return _fail(run_dir, err, user_error=False)
@@ -282,7 +303,10 @@ def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
     unwritten = None
     # A resume that could not start (bad checkpoint, refused overrides) leaves the existing run exactly as it was:
     # it must not turn a finished run into a failed one.
-    untouched = bool(getattr(err, "run_untouched", False)) and bool(metrics)
+    from rewardsds.runlock import RunLocked
+
+    # a folder another process writes is never written here, even before that run's metrics.json exists
+    untouched = bool(getattr(err, "run_untouched", False)) and (bool(metrics) or isinstance(err, RunLocked))
     if not untouched:
         metrics.update({"status": "failed", "error": f"{type(err).__name__}: {err}", "finished_at": time.time()})
         try:

@@ -33,6 +33,21 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"rewardsds-gpu-locks-{user}"
 
 
+def check_accelerator(accelerator: str) -> None:
+    """ConfigError when ``trainer.accelerator`` asks for CUDA and this machine has none.
+
+    Imports torch only for ``gpu``/``cuda``, so the command-line check (which calls this before any run folder
+    exists) stays light for CPU and ``auto`` runs.
+    """
+    if str(accelerator) not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator", accelerator, "asks for CUDA but no CUDA device is available",
+                          "run on a machine with a GPU, or use trainer=cpu (trainer.accelerator=cpu)")
+
+
 def gpu_pool(gpus: Optional[Sequence[int]]) -> list[int]:
     """The GPU indices to share out: ``gpus``, or every visible CUDA device."""
     if gpus:

@@ -81,17 +81,29 @@ def start_block(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def end_block(metrics: dict[str, Any], run_dir: Path, is_3d: bool) -> str:
-    """The lines a run prints when it completes: final reward, time, folder and the next commands."""
+def end_block(metrics: dict[str, Any], run_dir: Path, is_3d: bool, session_s: Optional[float] = None) -> str:
+    """The lines a run prints when it completes: final reward, time, folder and the next commands.
+
+    ``session_s``: the seconds of this session. A resumed run (more than one entry in ``sessions``) says this
+    session's time and steps first and the total over its sessions after, labelled; else the run's wall time.
+    """
     reward = metrics.get("final/reward")
     reward_s = "n/a" if reward is None or (isinstance(reward, float) and math.isnan(reward)) else f"{reward:.4f}"
     step = metrics.get("step_time_median_s")
     first, compiled = metrics.get("startup_step_s"), metrics.get("compile_s")
     # a short run on a fresh machine is mostly its start-up step: say so, or "complete in 2m38s" for 30 steps misleads
     startup = (f"; {first_step_text(first, compiled)}" if first and compiled and compiled >= 0.05 else "")
+    total = float(metrics.get("wall_time_s") or float("nan"))
+    sessions = metrics.get("sessions") or []
+    if session_s is not None and len(sessions) > 1:  # a resume: "complete in 2m15s" for its 10 steps would mislead
+        start = (sessions[-1] or {}).get("start_step", 0)
+        took, steps = session_s, f"steps {start} to {metrics.get('iterations')} in this session"
+        overall = f"; {duration(total)} over {len(sessions)} sessions"
+    else:
+        took, steps, overall = (session_s if session_s is not None else total), f"{metrics.get('iterations')} steps", ""
     lines = [
-        f"rewardsds: complete in {duration(float(metrics.get('wall_time_s') or float('nan')))} "
-        f"({metrics.get('iterations')} steps" + (f", {step:.3f} s/step median" if step and math.isfinite(step) else "") + startup + ")",
+        f"rewardsds: complete in {duration(took)} "
+        f"({steps}" + (f", {step:.3f} s/step median" if step and math.isfinite(step) else "") + startup + overall + ")",
         f"  final reward  {reward_s}" + (f" ({metrics.get('reward')})" if metrics.get("reward") else ""),
         f"  folder        {run_dir}",
         f"  evaluate      rewardsds-eval {run_dir} --metrics none",

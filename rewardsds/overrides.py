@@ -156,14 +156,23 @@ def _validate(cfg, overrides: Sequence[str], config_package: str, variants_check
     """The project's own checks (:func:`rewardsds.config.validate`; for a compare run, the overrides its variants
     replace and each variant's composition, once per command line apart from the seed), raised as a
     :class:`CommandLineError`: the run would fail on them at its start, after its folder exists. A resume is checked
-    when its run folder's config is read; what fails here for another reason is left to the run, which records it."""
+    for what refuses it before the run's own config is read (:func:`rewardsds.resume.check_resume`: no such run, not
+    a run folder, no checkpoint, a live writer), its config when the run reads it; what fails here for another reason
+    is left to the run, which records it."""
     from omegaconf import OmegaConf
 
+    from rewardsds.devices import check_accelerator
     from rewardsds.errors import ConfigError
+    from rewardsds.resume import check_resume
 
-    if OmegaConf.select(cfg, "resume", default=None):
-        return
+    resume = OmegaConf.select(cfg, "resume", default=None)
     try:
+        # what the run's device needs, and for a resume the run it continues: refused here, before Hydra makes or
+        # touches a folder (the run checks them again with the same functions, for runs started from Python)
+        check_accelerator(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+        if resume:
+            check_resume(str(resume), OmegaConf.select(cfg, "compare.runs", default=None))
+            return  # the rest of a resume's config is the run's own, rebuilt and checked when it starts
         from rewardsds.config import validate
 
         runs = OmegaConf.select(cfg, "compare.runs", default=None)

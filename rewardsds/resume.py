@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -46,20 +47,75 @@ def is_operational(key: str) -> bool:
 
 # ----------------------------------------------------------------------------------------- where
 def resolve_resume(resume: Optional[str]) -> tuple[Optional[Path], Optional[Path]]:
-    """(checkpoint file, run folder) for ``resume=<run folder or .ckpt>``."""
+    """(checkpoint file, run folder) for ``resume=<run folder or .ckpt>``, both absolute; ConfigError when there is
+    nothing to resume there (no such path, a folder that holds runs rather than being one, a run that wrote no
+    checkpoint). Reads only: the command-line check calls it before any folder exists, and the run again."""
     if not resume:
         return None, None
-    p = Path(resume).expanduser()
+    p = Path(os.path.abspath(Path(resume).expanduser()))
     if p.is_dir():
         ckpt = p / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise ConfigError("resume", resume, f"has no checkpoint at {ckpt}",
+        if ckpt.is_file():
+            return ckpt, p
+        if not _is_run_folder(p):
+            inside = runs_inside(p)
+            if inside:
+                shown = ", ".join(str(r.relative_to(p)) for r in inside[:6]) + (f" (and {len(inside) - 6} more)" if len(inside) > 6 else "")
+                raise ConfigError("resume", resume, f"is not a run folder: it holds the run folders {shown}",
+                                  f"resume one of them, e.g. resume={inside[0]}")
+            raise ConfigError("resume", resume, f"is not a run folder (no metrics.json, no checkpoint at {ckpt})",
                               "point resume at a run folder that saved checkpoints/last.ckpt, or at a .ckpt file")
-        return ckpt, p
+        status = _status(p)
+        raise ConfigError("resume", resume, f"is a run that wrote no checkpoint (status {status!r}; no {ckpt}): "
+                          "there is nothing to resume from",
+                          "start the run again (its metrics.json has the command as job_command), or set "
+                          "output.checkpoint_every above 0 so a later stop can be continued")
     if p.is_file():
         run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
         return p, run_dir
     raise ConfigError("resume", resume, "does not exist", "give a run folder (outputs/runs/...) or a checkpoint file")
+
+
+def check_resume(resume: str, compare_runs: Any = None) -> Path:
+    """What refuses ``resume=<run folder or .ckpt>`` before anything is created or changed; returns the run folder.
+
+    A folder being written by a live process (:func:`rewardsds.runlock.check_not_live`), then everything
+    :func:`resolve_resume` refuses, then a command line that would make the resume a comparison of variants
+    (``compare.runs``, as ``experiment=demo`` sets it): a resume continues one run.
+    """
+    from rewardsds.runlock import check_not_live
+
+    p = Path(os.path.abspath(Path(resume).expanduser()))
+    folder = (p.parent.parent if p.parent.name == "checkpoints" else p.parent) if p.is_file() else p
+    if folder.is_dir():
+        check_not_live(folder)
+    _, run_dir = resolve_resume(resume)
+    assert run_dir is not None
+    if compare_runs:
+        labels = ", ".join(str(k) for k in compare_runs)
+        raise ConfigError("resume", resume, f"continues one run, and the command line makes this a comparison of the "
+                          f"variants {labels} (compare.runs, set by the experiment)",
+                          "drop the experiment=... / compare.* overrides (the run's own settings are kept), and resume "
+                          "each variant's folder on its own")
+    return run_dir
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() or (folder / "checkpoints").is_dir() or (folder / "config_resolved.yaml").is_file()
+
+
+def _status(folder: Path) -> Optional[str]:
+    try:
+        return read_json(folder / "metrics.json").get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def runs_inside(folder: Path) -> list[Path]:
+    """The run folders one or two levels below ``folder`` (a compare run's variants, a sweep's jobs, a day's runs)."""
+    found = {m.parent for pattern in ("*/metrics.json", "*/*/metrics.json", "*/checkpoints/last.ckpt") for m in folder.glob(pattern)}
+    found = {f.parent if f.name == "checkpoints" else f for f in found}
+    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------- the checkpoint

@@ -3,8 +3,9 @@
 The Hydra entry point is :mod:`rewardsds.cli`; :func:`train` is what it calls for each run (also usable from Python
 with a composed config). A run's folder holds its resolved config, ``metrics.json`` (status ``running`` ->
 ``complete`` / ``failed`` / ``interrupted``; wall time summed over every session; one entry per session), its
-checkpoint and its outputs. Nothing in the folder of a run being resumed changes until its checkpoint has been
-loaded and checked and the run's components are built.
+checkpoint and its outputs. One process writes a run folder at a time: the run holds the folder's lock
+(:class:`rewardsds.runlock.RunLock`) from before it reads the folder to its end. Nothing in the folder of a run
+being resumed changes until its checkpoint has been loaded and checked and the run's components are built.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rewardsds.config import Choices, Config, hydra_choices, validate
 from rewardsds.errors import ConfigError, RunInterrupted, TrainingAborted
 from rewardsds.schema import build
 from rewardsds.resume import check_changes, check_steps, load_checkpoint, resolve_resume, saved_config
+from rewardsds.runlock import RunLock
 from rewardsds.utils.io import (command_line, git_commit, job_command, package_versions, read_json, remove_partial_files,
                                 write_json, write_text)
 
@@ -57,9 +59,9 @@ def resolve_device(accelerator: str, gpu_index: Optional[int] = None) -> torch.d
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("trainer.accelerator", accelerator, "asks for CUDA but no CUDA device is available",
-                              "run on a machine with a GPU, or use trainer=cpu (trainer.accelerator=cpu)")
+        from rewardsds.devices import check_accelerator
+
+        check_accelerator(accelerator)
         if gpu_index is None:
             # with its index, as Lightning names its root device: the system's prepare() then sees one device and
             # moves (and wraps for compiling) the prior once, not again in setup()
@@ -277,150 +279,164 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
     quiet_lightning()
     started_at = time.time()
     invoked_dir = run_dir
-    with _Untouched():  # nothing of the run's folder changes until the run can start
+    with _Untouched():
         ckpt_path, resume_dir = resolve_resume(typed.resume)
         if resume_dir is not None:
             run_dir = resume_dir
-        previous = read_json(run_dir / "metrics.json") if resume_dir is not None else {}
-        ckpt = changes = None
+        # one writer per run folder: a live run's folder is refused before anything in it is read or changed
+        lock = RunLock(run_dir, key="resume" if resume_dir is not None else "hydra.run.dir").acquire()
+    try:
+        with _Untouched():  # nothing of the run's folder changes until the run can start
+            previous = read_json(run_dir / "metrics.json") if resume_dir is not None else {}
+            ckpt = changes = None
+            if ckpt_path is not None:
+                ckpt = load_checkpoint(ckpt_path)
+                check_steps(ckpt, ckpt_path, typed.steps)
+                saved = saved_config(run_dir)
+                changes = check_changes(saved, config_tree(typed), typed.resume_allow_changes, run_dir) if saved is not None else {}
+            device = resolve_device(typed.trainer.accelerator, gpu_index if gpu_index is not None else _device_index(typed.trainer.devices))
+            check_video_writer(typed.output.video)
+            pl.seed_everything(typed.seed, workers=True, verbose=False)
+            record = base_metrics(typed, choices)
+            parts = build_components(typed)
+            media = Media(run_dir)
+            system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
+            system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
+    except BaseException:
+        lock.release_as_it_was()
+        raise
+    try:
+        # ---- from here on the run's folder is written
+        logger = build_logger(typed, run_dir, record, wandb_id=(previous.get("wandb") or {}).get("id"),
+                              resume_step=None if ckpt is None else system.iteration)
+        media.logger = logger if logger else None
+        history = history_logger(logger, run_dir, None if ckpt is None else system.iteration)
+        if resume_dir is not None and resume_dir.resolve() != invoked_dir.resolve():
+            write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
+        remove_partial_files(run_dir)
+        write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config_tree(typed)))
+        session = {"started_at": started_at, "start_step": system.iteration, "command": command_line(), "pid": os.getpid(),
+                   "status": "running"}
+        if changes:
+            session["changes"] = {k: {"from": a, "to": b} for k, (a, b) in changes.items()}
+        earlier = [dict(s) for s in previous.get("sessions", [])]
+        if lock.held:  # this process holds the run's lock: a session still marked running died without a word (kill -9)
+            for old in earlier:
+                if old.get("status") == "running":
+                    old["status"] = "killed"
+        metrics = {**previous, **record, **run_metadata(overrides), "status": "running", "run_dir": os.path.abspath(run_dir),
+                   # job timeline (overlap of side-by-side jobs can be read from the files alone)
+                   "pid": os.getpid(), "started_at": previous.get("started_at", started_at), "gpu_index": gpu_index,
+                   "gpu_lock_wait_s": lock_wait_s, "device_index": device.index if device.type == "cuda" else None,
+                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "sessions": earlier + [session]}
+        for stale in ("error", "finished_at", "interrupted_by"):
+            metrics.pop(stale, None)
         if ckpt_path is not None:
-            ckpt = load_checkpoint(ckpt_path)
-            check_steps(ckpt, ckpt_path, typed.steps)
-            saved = saved_config(run_dir)
-            changes = check_changes(saved, config_tree(typed), typed.resume_allow_changes, run_dir) if saved is not None else {}
-        device = resolve_device(typed.trainer.accelerator, gpu_index if gpu_index is not None else _device_index(typed.trainer.devices))
-        check_video_writer(typed.output.video)
-        pl.seed_everything(typed.seed, workers=True, verbose=False)
-        record = base_metrics(typed, choices)
-        parts = build_components(typed)
-        media = Media(run_dir)
-        system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
-        system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
+            metrics["resumed_from"] = str(ckpt_path)
+        from rewardsds.loggers import wandb_record
 
-    # ---- from here on the run's folder is written
-    logger = build_logger(typed, run_dir, record, wandb_id=(previous.get("wandb") or {}).get("id"),
-                          resume_step=None if ckpt is None else system.iteration)
-    media.logger = logger if logger else None
-    history = history_logger(logger, run_dir, None if ckpt is None else system.iteration)
-    if resume_dir is not None and resume_dir.resolve() != invoked_dir.resolve():
-        write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
-    remove_partial_files(run_dir)
-    write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config_tree(typed)))
-    session = {"started_at": started_at, "start_step": system.iteration, "command": command_line(), "pid": os.getpid(),
-               "status": "running"}
-    if changes:
-        session["changes"] = {k: {"from": a, "to": b} for k, (a, b) in changes.items()}
-    metrics = {**previous, **record, **run_metadata(overrides), "status": "running", "run_dir": str(run_dir),
-               # job timeline (overlap of side-by-side jobs can be read from the files alone)
-               "pid": os.getpid(), "started_at": previous.get("started_at", started_at), "gpu_index": gpu_index,
-               "gpu_lock_wait_s": lock_wait_s, "device_index": device.index if device.type == "cuda" else None,
-               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-               "sessions": list(previous.get("sessions", [])) + [session]}
-    for stale in ("error", "finished_at", "interrupted_by"):
-        metrics.pop(stale, None)
-    if ckpt_path is not None:
-        metrics["resumed_from"] = str(ckpt_path)
-    from rewardsds.loggers import wandb_record
-
-    if wandb_record(logger):
-        metrics["wandb"] = wandb_record(logger)
-    write_json(run_dir / "metrics.json", metrics)
-
-    quiet_console_progress()
-    announce(start_block({
-        "run_dir": run_dir, "device": _device_name(device), "experiment": record.get("experiment"), "prompt": typed.prompt,
-        "prior": record.get("prior"), "dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
-        "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record.get("strategy"), "n_noises": typed.n_noises,
-        "lookahead": typed.lookahead.steps if typed.n_noises > 1 and parts["strategy"].uses_reward else None,
-        "lookahead_options": lookahead_options(typed.lookahead),
-        "evals_per_step": system.expected_evals_per_step(), "steps": typed.steps,
-        "resumed_at": system.iteration if ckpt is not None else None, "checkpoint": ckpt_path, "changes": list(changes or {}),
-    }))
-
-    stop = StopRequests()
-    checkpoint = AtomicCheckpoint(run_dir / "checkpoints", typed.output.checkpoint_every, stop=stop)
-    progress = ProgressReport(typed.output.progress_every or auto_progress_every(typed.steps))
-    placement = {"devices": [device.index]} if device.type == "cuda" and device.index is not None else {}
-    show_bar = typed.trainer.enable_progress_bar if typed.trainer.enable_progress_bar is not None else has_tty()
-    trainer = build_trainer(
-        typed, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
-        logger=[lg for lg in (logger, history) if lg] or False, callbacks=[checkpoint, progress], enable_checkpointing=False,
-        default_root_dir=str(run_dir),
-        num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=show_bar,
-    )
-    stop.trainer = trainer
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    with stop:
-        try:
-            trainer.fit(system)
-        except SystemExit:  # Lightning's SIGTERMException, after our handler already stopped the loop
-            if stop.requested is None:
-                raise
-    session_wall = time.perf_counter() - start
-    # Lightning's teardown moves the module to the CPU after fit; the frozen prior and reward stay on the run's
-    # device, so the final renders, decodes and scores need the scene back there.
-    system.to(device)
-    wall = system.wall_time_before + session_wall
-    if stop.requested is not None and system.iteration < system.total_steps:
-        metrics.update({"status": "interrupted", "interrupted_by": stop.name, "iterations": system.iteration,
-                        "wall_time_s": wall, "finished_at": time.time(),
-                        "checkpoint": str(checkpoint.last) if checkpoint.last.is_file() else None})
-        session.update({"status": "interrupted", "end_step": system.iteration, "wall_time_s": session_wall})
+        if wandb_record(logger):
+            metrics["wandb"] = wandb_record(logger)
         write_json(run_dir / "metrics.json", metrics)
-        for lg in (history, logger):
-            if lg:
-                lg.finalize("interrupted")
+
+        quiet_console_progress()
+        announce(start_block({
+            "run_dir": run_dir, "device": _device_name(device), "experiment": record.get("experiment"), "prompt": typed.prompt,
+            "prior": record.get("prior"), "dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
+            "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record.get("strategy"), "n_noises": typed.n_noises,
+            "lookahead": typed.lookahead.steps if typed.n_noises > 1 and parts["strategy"].uses_reward else None,
+            "lookahead_options": lookahead_options(typed.lookahead),
+            "evals_per_step": system.expected_evals_per_step(), "steps": typed.steps,
+            "resumed_at": system.iteration if ckpt is not None else None, "checkpoint": ckpt_path, "changes": list(changes or {}),
+        }))
+
+        stop = StopRequests()
+        checkpoint = AtomicCheckpoint(run_dir / "checkpoints", typed.output.checkpoint_every, stop=stop)
+        progress = ProgressReport(typed.output.progress_every or auto_progress_every(typed.steps))
+        placement = {"devices": [device.index]} if device.type == "cuda" and device.index is not None else {}
+        show_bar = typed.trainer.enable_progress_bar if typed.trainer.enable_progress_bar is not None else has_tty()
+        trainer = build_trainer(
+            typed, accelerator="gpu" if device.type == "cuda" else "cpu", max_epochs=1, max_steps=-1, **placement,
+            logger=[lg for lg in (logger, history) if lg] or False, callbacks=[checkpoint, progress], enable_checkpointing=False,
+            default_root_dir=str(run_dir),
+            num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=show_bar,
+        )
+        stop.trainer = trainer
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        with stop:
+            try:
+                trainer.fit(system)
+            except SystemExit:  # Lightning's SIGTERMException, after our handler already stopped the loop
+                if stop.requested is None:
+                    raise
+        session_wall = time.perf_counter() - start
+        # Lightning's teardown moves the module to the CPU after fit; the frozen prior and reward stay on the run's
+        # device, so the final renders, decodes and scores need the scene back there.
+        system.to(device)
+        wall = system.wall_time_before + session_wall
+        if stop.requested is not None and system.iteration < system.total_steps:
+            metrics.update({"status": "interrupted", "interrupted_by": stop.name, "iterations": system.iteration,
+                            "wall_time_s": wall, "finished_at": time.time(),
+                            "checkpoint": str(checkpoint.last) if checkpoint.last.is_file() else None})
+            session.update({"status": "interrupted", "end_step": system.iteration, "wall_time_s": session_wall})
+            write_json(run_dir / "metrics.json", metrics)
+            for lg in (history, logger):
+                if lg:
+                    lg.finalize("interrupted")
+            if logger:
+                _finish_wandb(logger)
+            stop.hand_on()
+            if not checkpoint.last.is_file():
+                ckpt_step = None  # a second Ctrl-C before the first periodic checkpoint
+            else:  # this session's last one (this step's, or an earlier one after a second Ctrl-C), or a resumed run's
+                ckpt_step = checkpoint.saved_step if checkpoint.saved_step is not None else "earlier"
+            raise RunInterrupted(stop.name, stop.exit_code(), system.iteration, system.total_steps, run_dir, checkpoint_step=ckpt_step)
+        if system.iteration < system.total_steps:
+            raise TrainingAborted(f"training stopped at step {system.iteration} of {system.total_steps}; resume with resume={run_dir}")
+        system.check_some_step_ran()
+        from rewardsds.export import finalize_run
+
+        final = finalize_run(system, run_dir, media)
+        times = system.step_times or [float("nan")]
+        metrics.update(final)
+        metrics.update({
+            "status": "complete",
+            "wall_time_s": wall,
+            "step_time_median_s": statistics.median(times),
+            # this session's first step (compiles, CUDA-graph captures) and the torch.compile seconds of the session
+            "startup_step_s": system.startup_step_time(),
+            "compile_s": system.session_compile_s(),
+            "evals_per_step_mean": (sum(system.evals_per_step) / len(system.evals_per_step)) if system.evals_per_step else 0.0,
+            "nonfinite_steps": system.nonfinite_steps,
+            "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
+            "device": _device_name(device),
+            "iterations": system.iteration,
+            "finished_at": time.time(),
+        })
+        session.update({"status": "complete", "end_step": system.iteration, "wall_time_s": session_wall})
+        write_json(run_dir / "metrics.json", metrics)
+        from rewardsds.loggers import log_checkpoint, log_exports, write_summary
+
+        # the run summary: final metrics and the run's cost, so dashboards can plot quality against time
+        write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS},
+                      step=max(0, system.iteration - 1))
+        if history:
+            history.finalize("success")
         if logger:
+            if getattr(typed.logger, "log_model", False):
+                log_checkpoint(logger, checkpoint.last, aliases=["last", f"step-{system.iteration}"])
+            log_exports(logger, run_dir)
+            logger.finalize("success")
             _finish_wandb(logger)
-        stop.hand_on()
-        if not checkpoint.last.is_file():
-            ckpt_step = None  # a second Ctrl-C before the first periodic checkpoint
-        else:  # this session's last one (this step's, or an earlier one after a second Ctrl-C), or a resumed run's
-            ckpt_step = checkpoint.saved_step if checkpoint.saved_step is not None else "earlier"
-        raise RunInterrupted(stop.name, stop.exit_code(), system.iteration, system.total_steps, run_dir, checkpoint_step=ckpt_step)
-    if system.iteration < system.total_steps:
-        raise TrainingAborted(f"training stopped at step {system.iteration} of {system.total_steps}; resume with resume={run_dir}")
-    system.check_some_step_ran()
-    from rewardsds.export import finalize_run
+        from rewardsds.lifecycle import end_block
 
-    final = finalize_run(system, run_dir, media)
-    times = system.step_times or [float("nan")]
-    metrics.update(final)
-    metrics.update({
-        "status": "complete",
-        "wall_time_s": wall,
-        "step_time_median_s": statistics.median(times),
-        # this session's first step (compiles, CUDA-graph captures) and the torch.compile seconds of the session
-        "startup_step_s": system.startup_step_time(),
-        "compile_s": system.session_compile_s(),
-        "evals_per_step_mean": (sum(system.evals_per_step) / len(system.evals_per_step)) if system.evals_per_step else 0.0,
-        "nonfinite_steps": system.nonfinite_steps,
-        "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
-        "device": _device_name(device),
-        "iterations": system.iteration,
-        "finished_at": time.time(),
-    })
-    session.update({"status": "complete", "end_step": system.iteration, "wall_time_s": session_wall})
-    write_json(run_dir / "metrics.json", metrics)
-    from rewardsds.loggers import log_checkpoint, log_exports, write_summary
-
-    # the run summary: final metrics and the run's cost, so dashboards can plot quality against time
-    write_summary(logger, {k: v for k, v in metrics.items() if k.startswith("final/") or k in SUMMARY_COST_KEYS},
-                  step=max(0, system.iteration - 1))
-    if history:
-        history.finalize("success")
-    if logger:
-        if getattr(typed.logger, "log_model", False):
-            log_checkpoint(logger, checkpoint.last, aliases=["last", f"step-{system.iteration}"])
-        log_exports(logger, run_dir)
-        logger.finalize("success")
-        _finish_wandb(logger)
-    from rewardsds.lifecycle import end_block
-
-    announce(end_block(metrics, run_dir, is_3d=system.camera_sampler is not None))
-    return metrics
+        announce(end_block(metrics, run_dir, is_3d=system.camera_sampler is not None, session_s=session_wall))
+        return metrics
+    finally:
+        lock.release()
 
 
 def lookahead_options(la) -> list[str]:

@@ -225,6 +225,10 @@ def test_cli_cuda_requested_but_absent(tmp_path):
     r = run_cli(["experiment=analytic", "trainer=gpu", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2
     assert "trainer.accelerator" in r.stderr and "trainer=cpu" in r.stderr
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run folder
+    r = run_cli(["experiment=analytic", "steps=30", "trainer.accelerator=gpu"], tmp_path)
+    assert r.returncode == 2 and "trainer.accelerator = 'gpu': asks for CUDA" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_cli_nonfinite_gradients_stop_with_message(tmp_path):
@@ -297,11 +301,35 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "ignored" / "RESUMED_INTO.txt").is_file()
 
 
-def test_resume_errors():
+def test_resume_errors(tmp_path):
     from rewardsds.train import resolve_resume
 
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_resume("/no/such/run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"is not a run folder \(no metrics.json, no checkpoint at "):
+        resolve_resume(str(tmp_path / "empty"))
+
+
+def test_a_resume_that_cannot_start_makes_and_changes_nothing(tmp_path):
+    """A resume refused for its path is refused before Hydra makes a folder: no dated run folder, no failed record."""
+    r = run_cli(["resume=outputs/runs/nope"], tmp_path)
+    assert r.returncode == 2 and "resume = 'outputs/runs/nope': does not exist. Fix:" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+    # a folder that holds runs (a compare run's variants, a sweep) is not one: its runs are listed
+    parent = tmp_path / "demo"
+    for name in ("sds_seed0", "reward_sds_seed0"):
+        (parent / name / "checkpoints").mkdir(parents=True)
+        (parent / name / "metrics.json").write_text('{"status": "complete"}')
+        (parent / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (parent / "compare.md").write_text("table")
+    listing = sorted(str(p.relative_to(parent)) for p in parent.rglob("*"))
+    r = run_cli([f"resume={parent}", "steps=60"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert (f"resume = '{parent}': is not a run folder: it holds the run folders reward_sds_seed0, sds_seed0. "
+            f"Fix: resume one of them, e.g. resume={parent / 'reward_sds_seed0'}") in r.stderr, r.stderr
+    assert sorted(str(p.relative_to(parent)) for p in parent.rglob("*")) == listing
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_scene_returns_to_the_run_device_after_fit(tmp_path, monkeypatch):
@@ -383,6 +411,11 @@ def test_a_compare_variant_records_its_own_command_and_continues_alone(tmp_path)
     assert f"continue      rewardsds resume={sds} steps=6" in r.stdout
     own, whole = (sds / "train.log").read_text(), (folder / "train.log").read_text()
     assert "strategy=none, N=1" in own and "strategy=min_max" not in own and "strategy=min_max" in whole, own
+    # a resume continues one run: the command line must not make it a comparison again, and a refusal adds nothing
+    listing = sorted(str(p.relative_to(sds)) for p in sds.rglob("*"))
+    r = run_cli([f"resume={sds}", "steps=5", "experiment=demo"], tmp_path)
+    assert r.returncode == 2 and "continues one run, and the command line makes this a comparison" in r.stderr, r.stderr[-2000:]
+    assert sorted(str(p.relative_to(sds)) for p in sds.rglob("*")) == listing and not (sds / "sds_seed0").exists()
     r = run_cli([f"resume={sds}", "steps=5"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((sds / "metrics.json").read_text())

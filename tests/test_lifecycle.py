@@ -556,3 +556,159 @@ def test_start_block_names_what_is_not_the_plain_lookahead():
     assert "lookahead K=15 (pruned to the best 4, decode and reward overlapped across chunks), reward=" in start_block({**info, "lookahead_options": opts})
     assert lookahead_options(LookaheadConfig(fp32_below=250)) == ["ranked in fp32 below t = 250"]
     assert lookahead_options(LookaheadConfig(fp32_below=250, fp32_tf32=True)) == ["ranked in fp32 (TF32) below t = 250"]
+
+
+# ------------------------------------------------------------------ one writer per run folder
+def _wait_for(p: subprocess.Popen, done, what: str, timeout: float = 240) -> None:
+    """Read the run's output until ``done()`` holds (the run must still be alive then)."""
+    import time
+
+    end = time.time() + timeout
+    for line in p.stdout:
+        if done():
+            return
+        assert time.time() < end and p.poll() is None, f"the run never got to {what}: {p.stderr.read()[-3000:]}"
+    raise AssertionError(f"the run ended before {what}: {p.stderr.read()[-3000:]}")
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.communicate(timeout=120)
+
+
+def test_a_live_run_is_never_written_by_a_second_process(tmp_path):
+    """While a run is live, `resume=<its folder>` exits 2 naming the folder, the live pid and the fix, and changes
+    nothing; once that process is killed (-9) the resume takes the run over, marks the dead session killed, keeps
+    the history whole and records the folder absolute though it was given relative."""
+    import csv
+
+    run = tmp_path / "run"
+    p = _popen([*RUN, "logger=csv", "steps=100000", "output.checkpoint_every=1", "output.progress_every=1",
+                f"hydra.run.dir={run}"], tmp_path)
+    try:
+        _wait_for(p, lambda: (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.json").is_file(),
+                  "its first checkpoint")
+        r = run_cli(["resume=run", "steps=100000"], tmp_path)  # relative, from the folder that holds it
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert f"resume = '{run}': is being written by a live run (pid {p.pid} on host " in r.stderr, r.stderr
+        assert "wait for that run to end, or stop it first" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "outputs").exists()  # refused before Hydra made a folder
+        assert p.poll() is None and _metrics(run)["status"] == "running" and not (run / "error.txt").exists()
+        assert [s["pid"] for s in _metrics(run)["sessions"]] == [p.pid]
+        # the same from Python (the race the command-line check cannot close): refused before anything changes
+        from rewardsds.runlock import RunLocked
+        from rewardsds.train import train
+
+        with pytest.raises(RunLocked, match=f"pid {p.pid}"):
+            train(compose([*RUN, *FAST, "steps=100000", f"resume={run}"]), run)
+        assert p.poll() is None and _metrics(run)["status"] == "running"
+    finally:
+        _stop(p)
+    assert p.returncode == -signal.SIGKILL
+    at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["rewardsds"]["iteration"]
+    r = run_cli(["resume=run", f"steps={at + 3}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = _metrics(run)
+    assert m["status"] == "complete" and m["iterations"] == at + 3 and m["run_dir"] == str(run)
+    assert [s["status"] for s in m["sessions"]] == ["killed", "complete"] and m["sessions"][1]["start_step"] == at
+    with open(run / "csv" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert steps == list(range(at + 3))  # each step once
+    # this session's time first, the total labelled
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("rewardsds: complete in"))
+    assert f"(steps {at} to {at + 3} in this session" in line and "over 2 sessions)" in line, line
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_refused_and_left_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    p = _popen([*RUN, "logger=csv", "steps=100000", "output.checkpoint_every=0", "output.progress_every=1",
+                f"hydra.run.dir={run}"], tmp_path)
+    try:
+        _wait_for(p, lambda: (run / "metrics.json").is_file(), "its first step")
+    finally:
+        _stop(p)
+    before = _snapshot(run)
+    assert _metrics(run)["status"] == "running" and not (run / "checkpoints" / "last.ckpt").exists()
+    r = run_cli([f"resume={run}", "steps=60"], tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"resume = '{run}': is a run that wrote no checkpoint (status 'running'" in r.stderr
+    assert "there is nothing to resume from" in r.stderr and "start the run again" in r.stderr
+    assert _snapshot(run) == before and not (tmp_path / "outputs").exists()
+
+
+def test_a_refused_resume_of_a_run_from_python_leaves_no_lock_file_behind(tmp_path, finished):
+    """A run folder written before the lock existed gets no lock file from a resume that is refused."""
+    import shutil
+
+    from rewardsds.runlock import LOCK_FILE
+    from rewardsds.train import train
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / LOCK_FILE).unlink()
+    before = _snapshot(run)
+    with pytest.raises(ConfigError, match="another experiment"):
+        train(compose([*RUN, *FAST, "steps=6", "n_noises=4", f"resume={run}"]), run)
+    assert _snapshot(run) == before
+
+
+def test_the_lock_refuses_a_second_holder_and_says_who_holds_it(tmp_path):
+    from rewardsds.runlock import LOCK_FILE, RunLock, RunLocked, holder, is_live
+
+    assert is_live(tmp_path) is False and not (tmp_path / LOCK_FILE).exists()  # a probe creates nothing
+    with RunLock(tmp_path) as lock:
+        assert lock.held and is_live(tmp_path) is True
+        assert holder(tmp_path).startswith(f"pid {os.getpid()} on host {os.uname().nodename}, started ")
+        with pytest.raises(RunLocked, match=rf"hydra.run.dir = '{re.escape(str(tmp_path))}': is being written by a live run"):
+            RunLock(tmp_path).acquire()  # a second open file of the same process conflicts too
+    assert is_live(tmp_path) is False
+    with RunLock(tmp_path):  # released: free again
+        pass
+
+
+def test_a_new_run_into_a_live_runs_folder_is_refused_before_hydra_writes_there(tmp_path):
+    from rewardsds.runlock import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        before = _snapshot(run)
+        r = run_cli([*RUN, *FAST, "steps=2", f"hydra.run.dir={run}"], tmp_path)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert f"hydra.run.dir = '{run}': is being written by a live run (pid {os.getpid()}" in r.stderr, r.stderr
+        assert _snapshot(run) == before and not (run / ".hydra").exists()
+
+
+def test_a_filesystem_without_flock_warns_and_runs_unlocked(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from rewardsds import runlock
+
+    class NoFlock:
+        LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = 1, 2, 4, 8
+
+        @staticmethod
+        def flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runlock, "fcntl", NoFlock)
+    caplog.set_level("WARNING")
+    lock = runlock.RunLock(tmp_path).acquire()
+    assert not lock.supported and not lock.held
+    assert f"cannot lock {tmp_path / runlock.LOCK_FILE} (OSError: No locks available)" in caplog.text
+    assert runlock.is_live(tmp_path) is None
+    runlock.check_not_live(tmp_path)  # unknown: the current behaviour, no error
+    from rewardsds.train import train
+
+    m = train(compose([*RUN, *FAST, "steps=2"]), tmp_path / "run")
+    assert m["status"] == "complete"
+
+
+def test_end_block_of_a_resume_says_this_sessions_time():
+    from rewardsds.lifecycle import end_block
+
+    metrics = {"wall_time_s": 135.0, "iterations": 40, "sessions": [{"start_step": 0}, {"start_step": 30}]}
+    first = end_block(metrics, Path("/r"), is_3d=False, session_s=4.2).splitlines()[0]
+    assert first == "rewardsds: complete in 4.2s (steps 30 to 40 in this session; 2m15s over 2 sessions)", first
+    one = end_block({**metrics, "sessions": [{"start_step": 0}]}, Path("/r"), is_3d=False, session_s=135.0).splitlines()[0]
+    assert one == "rewardsds: complete in 2m15s (40 steps)", one

@@ -204,6 +204,63 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_continues_the_res
     assert "resumed_from" not in _metrics(failed)  # a failed job starts again from scratch
 
 
+def test_rerun_of_a_sweep_skips_a_job_that_is_still_running(sweep, tmp_path):
+    """The same sweep command run again while one of its jobs is live (its process holds the job's lock) leaves that
+    job to its process: skipped with a line saying so, not run a second time, not counted as failed."""
+    import os
+
+    from rewardsds.runlock import RunLock
+
+    folder = tmp_path / "sweep"
+    shutil.copytree(sweep["folder"], folder)
+    live = folder / "n_noises=8,prompt=0-a_disk,steps=2,strategy=min_max"
+    # what a live job looks like on disk: status running with a checkpoint (without its lock: an interrupted job)
+    (live / "metrics.json").write_text(json.dumps({**_metrics(live), "status": "running"}))
+    args = [a for a in sweep["args"] if not a.startswith(("hydra.sweep.dir=", "logger="))]
+    # Hydra writes its .hydra/ snapshot of every job (complete ones too) before the job's code runs: left out here
+    files = lambda: {str(p.relative_to(live)): p.read_bytes() for p in sorted(live.rglob("*"))  # noqa: E731
+                     if p.is_file() and p.parts[len(live.parts)] != ".hydra"}
+    with RunLock(live):
+        before = files()
+        r = run_cli([*args, "logger=none", f"hydra.sweep.dir={folder}"], tmp_path)
+        after = files()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"rewardsds: {live} is being run by another process (pid {os.getpid()} on host " in r.stdout, r.stdout
+    assert "was interrupted" not in r.stdout and r.stdout.count("already complete; skipped") == 7
+    assert f"sweep {folder}: 7 complete, 1 running" in r.stdout and "failed" not in r.stdout + r.stderr
+    assert after == before and _metrics(live)["status"] == "running"
+
+
+def test_a_sweep_job_taken_by_another_process_between_check_and_start_is_skipped(tmp_path, monkeypatch, capsys):
+    """Two processes of one sweep reach the same new job together: the one that loses the job's lock skips it with
+    the same line, writes nothing there and does not count it as failed."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from rewardsds import cli, runlock
+
+    job = tmp_path / "sweep" / "n_noises=4"
+    cfg = compose([*BASE, "logger=none", "steps=2", "n_noises=4"])
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(job)
+    HydraConfig.instance().set_config(cfg)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    monkeypatch.setattr(runlock, "is_live", lambda run_dir: False)  # the other process took the lock after this check
+    try:
+        with runlock.RunLock(job):
+            assert cli.task(cfg) is None
+    finally:
+        HydraConfig.instance().cfg = None
+    out = capsys.readouterr()
+    assert f"rewardsds: {job} is being run by another process (pid {os.getpid()} on host " in out.out, out
+    assert "error" not in out.err and sorted(p.name for p in job.iterdir()) == [runlock.LOCK_FILE]
+
+
 # ------------------------------------------------------------------ launchers
 def test_failed_job_does_not_stop_a_submitit_sweep(tmp_path):
     folder = tmp_path / "sweep"
