@@ -43,7 +43,7 @@ class RunLocked(ConfigError):
         self.run_dir, self.holder = run_dir, holder
         super().__init__(key, str(run_dir), f"is being written by a live run ({holder})",
                          "wait for that run to end, or stop it first (Ctrl-C or kill <pid>: it writes a checkpoint "
-                         f"and ends as interrupted), then resume=<run folder> continues it")
+                         f"and ends as interrupted), then resume={run_dir} continues it")
 
 
 class RunLock:
