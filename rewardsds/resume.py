@@ -39,6 +39,18 @@ OPERATIONAL_KEYS = (
 #: started in, so a resume (from any folder: another shell, a Slurm requeue, a copied run folder) reads it from the
 #: folder the run was started in, which Hydra records in the run's ``.hydra/hydra.yaml``.
 INPUT_PATH_KEYS = ("prompts_file", "representation.init_image", "representation.init_path", "loss.image")
+#: Settings that name a model by Hub id or by local path. A relative value is a local path only where it names an
+#: existing file or folder under the folder the run was started in (``from_pretrained``'s own rule: a folder of that
+#: name wins over the Hub id), and is then treated as :data:`INPUT_PATH_KEYS` are; otherwise it stays as written.
+MODEL_SOURCE_KEYS = ("prior.pretrained", "prior.original_config", "reward.checkpoint", "reward.med_config",
+                     "reward.tokenizer", "reward.pretrained", "reward.processor", "reward.head")
+
+
+def _local_relative(key: str, value: Any, base: Path) -> bool:
+    """Whether ``value`` of ``key`` is a relative path to make absolute from ``base`` (see the two key lists)."""
+    if not _is_relative_path(value):
+        return False
+    return key in INPUT_PATH_KEYS or (key in MODEL_SOURCE_KEYS and (base / str(value)).expanduser().exists())
 
 
 def is_operational(key: str) -> bool:
@@ -163,9 +175,9 @@ def saved_config(run_dir: Path, resolved: bool = True) -> Optional[DictConfig]:
         if p.is_file():
             cfg = OmegaConf.load(p)
             start = launch_dir(run_dir)
-            for key in INPUT_PATH_KEYS:
+            for key in INPUT_PATH_KEYS + MODEL_SOURCE_KEYS:
                 value = OmegaConf.select(cfg, key, default=None)
-                if start is not None and _is_relative_path(value) and not _is_interpolation(cfg, key):
+                if start is not None and _local_relative(key, value, start) and not _is_interpolation(cfg, key):
                     OmegaConf.update(cfg, key, str(start / value), merge=False)
             return cfg
     return None
@@ -192,14 +204,15 @@ def _is_interpolation(cfg: DictConfig, key: str) -> bool:
 
 
 def absolute_input_paths(overrides: Sequence[str], base: Path) -> list[str]:
-    """``overrides`` with each relative path of an input file (:data:`INPUT_PATH_KEYS`) made absolute from ``base``:
+    """``overrides`` with each relative path of an input file (:data:`INPUT_PATH_KEYS`), and of a local model
+    (:data:`MODEL_SOURCE_KEYS`, where it exists under ``base``), made absolute from ``base``:
     ``prompts_file=my_prompts.txt`` -> ``prompts_file=/home/me/project/my_prompts.txt``."""
     out = []
     for o in overrides:
-        if _key(o) in INPUT_PATH_KEYS and "=" in o:
+        if _key(o) in INPUT_PATH_KEYS + MODEL_SOURCE_KEYS and "=" in o:
             head, value = o.split("=", 1)
             plain = _unquoted(value)
-            if plain is not None and _is_relative_path(plain):
+            if plain is not None and _local_relative(_key(o), plain, base):
                 o = f"{head}={_quoted(str(base / plain))}"
         out.append(o)
     return out

@@ -120,3 +120,28 @@ def test_resume_with_a_group_option_that_lacks_a_key_the_run_sets_leaves_the_run
                                "reward=clip (CLIPScoreConfig) does not have. Fix: use reward=analytic"), r.stderr
     assert "nothing in" in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr
     assert {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
+def test_a_local_model_folder_is_read_from_the_start_folder_and_a_hub_id_is_left_alone(tmp_path):
+    """``prior.pretrained=./sd`` names a folder under the folder the run was started in (from_pretrained's rule: a
+    relative value is a path only where it exists); ``org/name`` that exists nowhere there stays a Hub id."""
+    from omegaconf import OmegaConf
+
+    from rewardsds.resume import absolute_input_paths, saved_config
+
+    start = tmp_path / "start"
+    (start / "sd").mkdir(parents=True)
+    (start / "ir.pt").write_bytes(b"")
+    overrides = ["prior.pretrained=sd", "reward.checkpoint=ir.pt", "reward.pretrained=openai/clip-vit-large-patch14",
+                 "reward.processor=missing_folder", "steps=3"]
+    assert absolute_input_paths(overrides, start) == [
+        f"prior.pretrained={start / 'sd'}", f"reward.checkpoint={start / 'ir.pt'}",
+        "reward.pretrained=openai/clip-vit-large-patch14", "reward.processor=missing_folder", "steps=3"]
+
+    run = tmp_path / "elsewhere" / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"cwd": str(start)}}}), run / ".hydra" / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create({"prior": {"pretrained": "sd"}, "reward": {"pretrained": "org/name"}}),
+                   run / "config_resolved.yaml")
+    cfg = saved_config(run)
+    assert cfg.prior.pretrained == str(start / "sd") and cfg.reward.pretrained == "org/name"
