@@ -288,9 +288,11 @@ def check_changes(saved: Any, new: Any, allow: bool, run_dir: Path) -> dict[str,
     if changed and not allow:
         listed = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in list(changed.items())[:8])
         more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        pins = " ".join(f"{k}={_short(a)}" for k, (a, _) in list(changed.items())[:3]) + (" ..." if len(changed) > 3 else "")
         raise ConfigError("resume", str(run_dir), f"would continue the run with another experiment: {listed}{more}",
-                          "drop those overrides to continue the run as it was, start a new run for the new setting, or add "
-                          "resume_allow_changes=true to continue with them (recorded in metrics.json)")
+                          "drop the overrides that change them to continue the run as it was (where none does, a default "
+                          f"of this version differs from the run's: give the run's values, {pins}), start a new run for "
+                          "the new setting, or add resume_allow_changes=true to continue with them (recorded in metrics.json)")
     return changed
 
 

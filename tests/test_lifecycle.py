@@ -262,6 +262,8 @@ def test_resume_refuses_changes_that_make_another_experiment(finished, tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "would continue the run with another experiment: strategy._target_:" in r.stderr
     assert "resume_allow_changes=true" in r.stderr and "nothing in" in r.stderr
+    # where a changed default (not an override) is the cause, the fix names the run's values to give back
+    assert "give the run's values, strategy._target_=" in r.stderr
     assert _snapshot(finished) == before  # the finished run is exactly as it was
 
 
