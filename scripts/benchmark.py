@@ -526,7 +526,8 @@ class FP32DecodeOnlyEngine(CandidateEngine):
 
 
 def agreement_draws(args, prior_shape: tuple[int, ...]):
-    """``--draws`` draws: seeds 0.. x steps 0.. with the run's timesteps and a seeded randn scene (the latent-image init)."""
+    """``--draws`` draws: 4 seeds from ``--first-seed`` x steps 0.. with the run's timesteps and a seeded randn scene (the
+    latent-image init); a later ``--first-seed`` gives new draws that add to an earlier run's."""
     from rewardsds.eval.agreement import Draw
     from rewardsds.schedules import Schedule, TimestepSampler
 
@@ -534,7 +535,7 @@ def agreement_draws(args, prior_shape: tuple[int, ...]):
     per_seed = max(1, args.draws // 4)
     draws = []
     for i in range(args.draws):
-        seed, step = i // per_seed, i % per_seed
+        seed, step = args.first_seed + i // per_seed, i % per_seed
         g = torch.Generator().manual_seed(1000 + seed)
         draws.append(Draw(seed=seed, step=step, t=sampler.sample(step, seed), latents=torch.randn(1, *prior_shape, generator=g)))
     return draws
@@ -857,6 +858,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--draws", type=int, default=16, help="agreement draws (4 seeds x draws/4 steps)")
     ap.add_argument("--agreement-n", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0, help="agreement draws from this seed on (4 seeds), so a second run adds new draws")
     ap.add_argument("--per-draw", action="store_true", help="keep every draw's sets in the JSON")
     ap.add_argument("--only-path", action="append", default=None, metavar="NAME",
                     help="measure only this agreement path (its name as printed; repeat for more), e.g. to spend a "

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rewardsds.eval.agreement import (Draw, collect_rewards, compare_selections, engine_selector, selection_agreement, selection_regret,
-                                      selection_sets, wilson_interval)
+from rewardsds.eval.agreement import (Draw, collect_rewards, compare_selections, engine_selector, pool_reports, selection_agreement,
+                                      selection_regret, selection_sets, wilson_interval)
 from step_helpers import make_engine
 
 
@@ -136,3 +136,33 @@ def test_engine_selector_scores_what_the_training_step_ranks(analytic_prior, pru
     assert out.candidates.rewards.shape == (8,)
     assert torch.allclose(selected, out.candidates.rewards, atol=1e-6)
     assert float(selected.max() - selected.min()) > 1e-4
+
+
+def _draws(k: int, first_seed: int = 0) -> list[Draw]:
+    return [Draw(seed=first_seed + i // 4, step=i % 4, t=60 * i + 5, latents=torch.zeros(1)) for i in range(k)]
+
+
+def test_pooling_two_halves_gives_the_whole_measurement():
+    """Two runs of disjoint draws (as two device calls with different --first-seed) pool to exactly what one run of all
+    the draws reports: rates, interval, regret, rank correlation, by-t bins."""
+    r = _rewards(k=16, seed=3)
+    fast = [_swap(x, 1, 2) if i % 3 == 0 else x for i, x in enumerate(r)]
+    draws = _draws(16)
+    whole = compare_selections(r, fast, draws=draws)
+    a = compare_selections(r[:8], fast[:8], draws=draws[:8]).to_json()
+    b = compare_selections(r[8:], fast[8:], draws=draws[8:]).to_json()
+    pooled = pool_reports([a, b])
+    assert 0 < whole.agreement < 1
+    assert pooled.to_json() == whole.to_json()
+    # rows written before they kept their rank correlation take their part's mean
+    old = [{**a, "per_draw": [{k: v for k, v in row.items() if k != "rank_corr"} for row in a["per_draw"]]}, b]
+    assert pool_reports(old).rank_correlation == pytest.approx(whole.rank_correlation)
+
+
+def test_pooling_refuses_a_draw_measured_twice_and_parts_without_rows():
+    r = _rewards(k=8)
+    part = compare_selections(r, r, draws=_draws(8)).to_json()
+    with pytest.raises(ValueError, match=r"seed=0 step=0 is in part 0 and part 1.*--first-seed"):
+        pool_reports([part, part])
+    with pytest.raises(ValueError, match="no per-draw rows.*--per-draw"):
+        pool_reports([compare_selections(r, r, draws=_draws(8)).to_json(per_draw=False)])

@@ -240,3 +240,37 @@ def test_benchmark_fp32_decode_only_attribution_decodes_small_t_candidates_in_fp
         assert torch.allclose(got, low.fp32_view().decode_candidates(x0), atol=1e-6)
         assert (got - low.decode_candidates(x0)).abs().max() > 1e-3  # not the bf16 decoder's images
     assert torch.equal(images(attr, 600)[0], images(plain, 600)[0])
+
+
+def test_benchmark_first_seed_gives_new_draws_that_pool_agreement_adds_up(tmp_path, capsys):
+    """Two benchmark runs (the second with --first-seed past the first's seeds) pool into one measurement over all their
+    draws; a draw measured twice, runs that measured different things, or runs of different GPUs are refused by name."""
+    base = ["--preset", "tiny", "--device", "cpu", "--draws", "4", "--sections", "agreement", "--per-draw", "--only-path", "eager",
+            "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir")]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert _script("benchmark").main([*base, "--out", str(a)]) == 0
+    assert _script("benchmark").main([*base, "--out", str(b), "--first-seed", "4"]) == 0
+    seeds = [[d["seed"] for d in json.loads(f.read_text())["agreement"]["draws"]] for f in (a, b)]
+    assert seeds == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    pool = _script("pool_agreement")
+    out = tmp_path / "pooled.json"
+    assert pool.main([str(a), str(b), "--out", str(out)]) == 0
+    p = json.loads(out.read_text())
+    assert p["paths"]["eager"]["n_draws"] == 8 and p["left_out"] == [] and len(p["devices"]) == 1
+    hits = sum(json.loads(f.read_text())["agreement"]["paths"]["eager"]["agreement"] * 4 for f in (a, b))
+    assert p["paths"]["eager"]["agreement"] == pytest.approx(hits / 8)
+    assert "| eager | 8 |" in capsys.readouterr().out and out.with_suffix(".md").exists()
+    with pytest.raises(SystemExit, match="seed=0 step=0 is in part 0 and part 1"):
+        pool.main([str(a), str(a)])
+    changed = json.loads(b.read_text())
+    changed["agreement"]["n_noises"] = 8
+    (tmp_path / "n8.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match=r"agreement.n_noises is 10 in .*a.json but 8 in .*n8.json.*Fix"):
+        pool.main([str(a), str(tmp_path / "n8.json")])
+    other = json.loads(b.read_text())
+    other["device"] = "NVIDIA H200"
+    (tmp_path / "h200.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="device is .* but 'NVIDIA H200'.*--mixed-devices"):
+        pool.main([str(a), str(tmp_path / "h200.json")])
+    assert pool.main([str(a), str(tmp_path / "h200.json"), "--mixed-devices", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["devices"]) == 2 and "mixed devices" in out.with_suffix(".md").read_text()

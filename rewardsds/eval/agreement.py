@@ -167,29 +167,41 @@ def compare_selections(
         raise ValueError(f"{len(exact)} exact and {len(fast)} fast reward vectors: compare the same draws")
     if not exact:
         raise ValueError("no draws to compare")
-    rows, corr, err = [], [], []
+    rows = []
     for i, (re_, rf) in enumerate(zip(exact, fast)):
         re_, rf = re_.detach().float().cpu().flatten(), rf.detach().float().cpu().flatten()
         if re_.shape != rf.shape:
             raise ValueError(f"draw {i}: exact rewards {tuple(re_.shape)} but fast rewards {tuple(rf.shape)}")
         te, be = selection_sets(re_, n_max, n_min)
         tf, bf = selection_sets(rf, n_max, n_min)
-        spread = float(re_.max() - re_.min())
-        e = float((rf - re_).abs().max())
-        corr.append(_spearman(re_, rf))
-        err.append(e / spread if spread > 0 else float("inf") if e > 0 else 0.0)
         row = {"top_match": te == tf, "bottom_match": be == bf, "exact_top": sorted(te), "fast_top": sorted(tf),
-               "exact_bottom": sorted(be), "fast_bottom": sorted(bf), "reward_spread": spread, "reward_max_abs_err": e,
+               "exact_bottom": sorted(be), "fast_bottom": sorted(bf), "reward_spread": float(re_.max() - re_.min()),
+               "reward_max_abs_err": float((rf - re_).abs().max()), "rank_corr": _spearman(re_, rf),
                "regret": selection_regret(re_, te, be, tf, bf)}
         row["match"] = row["top_match"] and row["bottom_match"]
         if draws is not None:
             d = draws[i]
             row = {"seed": d.seed, "step": d.step, "t": d.t, **row}
         rows.append(row)
+    return report_from_rows(rows)
+
+
+def report_from_rows(rows: Sequence[dict]) -> AgreementReport:
+    """The :class:`AgreementReport` of per-draw rows (``AgreementReport.per_draw``), e.g. the rows of several runs
+    pooled (:func:`pool_reports`). ``by_t`` needs every row's ``t``; the rank correlation is the mean of the rows'
+    finite ``rank_corr`` (NaN for fewer than 2 candidates, or a row written before rows kept it)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no draws to compare")
     k = len(rows)
+    corr = [r.get("rank_corr", float("nan")) for r in rows]
     finite = [c for c in corr if c == c]
+    err = []
+    for r in rows:
+        e, spread = r["reward_max_abs_err"], r["reward_spread"]
+        err.append(e / spread if spread > 0 else float("inf") if e > 0 else 0.0)
     by_t: dict[str, dict] = {}
-    if draws is not None:
+    if all("t" in r for r in rows):
         for lo in range(0, 1000, 250):
             sel = [r for r in rows if lo <= r["t"] < lo + 250]
             if sel:
@@ -209,6 +221,32 @@ def compare_selections(
         regret_mean=statistics.fmean(regrets),
         regret_max=regrets[-1],
     )
+
+
+def pool_reports(parts: Sequence[dict]) -> AgreementReport:
+    """One report over the draws of several measurements of one path (each ``AgreementReport.to_json()`` with its
+    ``per_draw`` rows, e.g. one benchmark run per device call with a different ``--first-seed``).
+
+    The rank correlation of rows that lack ``rank_corr`` is taken from their part's mean, weighted by its draws.
+
+    Raises:
+        ValueError: a part without per-draw rows, or a draw (seed, step) measured twice.
+    """
+    rows, seen = [], {}
+    for i, part in enumerate(parts):
+        pd = part.get("per_draw")
+        if not pd:
+            raise ValueError(f"part {i} has no per-draw rows: measure it with per_draw kept (benchmark.py --per-draw)")
+        for r in pd:
+            key = (r.get("seed"), r.get("step"))
+            if None in key:
+                raise ValueError(f"part {i}: a row without its seed and step cannot be pooled")
+            if key in seen:
+                raise ValueError(f"draw seed={key[0]} step={key[1]} is in part {seen[key]} and part {i}: pool disjoint draws "
+                                 "(a later run with benchmark.py --first-seed past the earlier run's seeds)")
+            seen[key] = i
+            rows.append(r if "rank_corr" in r else {**r, "rank_corr": float(part.get("rank_correlation", float("nan")))})
+    return report_from_rows(rows)
 
 
 def collect_rewards(selector: Selector, draws: Sequence[Draw]) -> list[Tensor]:

@@ -1,0 +1,110 @@
+"""Pool the selection agreement of several benchmark runs into one measurement per path.
+
+A device call has time for about 36 agreement draws of the full-size models (the exact fp32 path alone takes
+about 4 minutes for them), and a claim of at least 95% needs 73 or more. Run the benchmark again with new draws
+(``--first-seed 4``: seeds 4-7 after the default 0-3; ``--per-draw`` in every run) and pool the runs here::
+
+    python scripts/benchmark.py --out a.json --sections agreement --draws 36 --per-draw
+    python scripts/benchmark.py --out b.json --sections agreement --draws 36 --per-draw --first-seed 4
+    python scripts/pool_agreement.py a.json b.json --out pooled.json
+
+Every run must measure the same thing: the same N, lookahead, set sizes and exact path, on the same GPU model
+(bf16 kernels differ between GPUs, and so do the near-ties they flip; ``--mixed-devices`` pools anyway and says
+so), and no draw (seed, step) twice. A path is pooled where every run measured it; the others are listed as
+left out. Writes the pooled JSON (``--out``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rewardsds.eval.agreement import pool_reports  # noqa: E402
+
+#: what every pooled run must share (the agreement section's settings)
+SAME = ("n_noises", "lookahead_steps", "n_max", "n_min", "exact")
+
+
+def load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read a benchmark JSON ({e}). Fix: name the --out file of scripts/benchmark.py") from None
+    if not isinstance(data, dict) or not data.get("agreement", {}).get("paths"):
+        raise SystemExit(f"{path}: has no agreement paths. Fix: name a benchmark JSON of a run with the agreement "
+                         "(or fp32_ranking / attribution) section")
+    return data
+
+
+def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False) -> dict:
+    runs = [(f, load(f)) for f in files]
+    first_file, first = runs[0]
+    for f, data in runs[1:]:
+        for key in SAME:
+            a, b = first["agreement"].get(key), data["agreement"].get(key)
+            if a != b:
+                raise SystemExit(f"agreement.{key} is {a!r} in {first_file} but {b!r} in {f}: pool runs that measured the same "
+                                 f"thing. Fix: leave {f} out, or measure it again with the first run's settings")
+        if data.get("device") != first.get("device") and not mixed_devices:
+            raise SystemExit(f"device is {first.get('device')!r} in {first_file} but {data.get('device')!r} in {f}: bf16 near-ties "
+                             "flip differently on each GPU. Fix: pool runs of one GPU model, or pass --mixed-devices to pool "
+                             "them anyway (the output then says so)")
+    names = [n for n in first["agreement"]["paths"] if all(n in d["agreement"]["paths"] for _, d in runs)]
+    every = {n for _, d in runs for n in d["agreement"]["paths"]}
+    out = {"files": [str(f) for f, _ in runs], "devices": sorted({str(d.get("device")) for _, d in runs}),
+           **{k: first["agreement"].get(k) for k in SAME}, "paths": {}, "left_out": sorted(every - set(names))}
+    for name in names:
+        try:
+            rep = pool_reports([d["agreement"]["paths"][name] for _, d in runs])
+        except ValueError as e:
+            raise SystemExit(f"path {name!r}: {e}") from None
+        row = rep.to_json(per_draw=per_draw)
+        row["misses"] = [{k: r.get(k) for k in ("seed", "step", "t", "top_match", "bottom_match", "regret")}
+                         for r in rep.per_draw if not r["match"]]
+        row["default_ok"] = rep.agreement_ci95[0] >= 0.95
+        out["paths"][name] = row
+    return out
+
+
+def markdown(out: dict) -> str:
+    lines = [f"pooled from {len(out['files'])} runs on {', '.join(out['devices'])} (N={out['n_noises']}, "
+             f"lookahead {out['lookahead_steps']}, top-{out['n_max']} / bottom-{out['n_min']})", "",
+             "| path | draws | both sets (95% interval) | top | bottom | rank corr | regret mean / max | by t | misses at t |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, p in out["paths"].items():
+        lo, hi = p["agreement_ci95"]
+        by_t = ", ".join(f"{k}: {v['agreement']:.0%} of {v['n']}" for k, v in p["by_t"].items())
+        lines.append(f"| {name} | {p['n_draws']} | {p['agreement']:.1%} ({lo:.1%}-{hi:.1%}) | {p['top_agreement']:.1%} | "
+                     f"{p['bottom_agreement']:.1%} | {p['rank_correlation']:.3f} | {p['regret_mean']:.4f} / {p['regret_max']:.3f} | "
+                     f"{by_t} | {', '.join(str(m['t']) for m in p['misses']) or '-'} |")
+    if len(out["devices"]) > 1:
+        lines.append("\nmixed devices: the runs come from different GPUs")
+    for name in out["left_out"]:
+        lines.append(f"\nleft out: {name!r} (not measured in every run)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", type=Path, help="benchmark JSONs (scripts/benchmark.py --out, run with --per-draw)")
+    ap.add_argument("--out", type=Path, default=None, help="write the pooled JSON here (and the table beside it, .md)")
+    ap.add_argument("--mixed-devices", action="store_true", help="pool runs of different GPUs (said in the output)")
+    ap.add_argument("--per-draw", action="store_true", help="keep every pooled draw's row in the JSON")
+    args = ap.parse_args(argv)
+    out = pool(args.files, args.mixed_devices, args.per_draw)
+    table = markdown(out)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+        args.out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
