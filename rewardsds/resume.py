@@ -42,15 +42,50 @@ INPUT_PATH_KEYS = ("prompts_file", "representation.init_image", "representation.
 #: Settings that name a model by Hub id or by local path. A relative value is a local path only where it names an
 #: existing file or folder under the folder the run was started in (``from_pretrained``'s own rule: a folder of that
 #: name wins over the Hub id), and is then treated as :data:`INPUT_PATH_KEYS` are; otherwise it stays as written.
-MODEL_SOURCE_KEYS = ("prior.pretrained", "prior.original_config", "reward.checkpoint", "reward.med_config",
-                     "reward.tokenizer", "reward.pretrained", "reward.processor", "reward.head")
+#: The reward's own model fields; a combined reward (``reward=combo``) has them in each component too
+#: (``reward.components.<name>.checkpoint``, at any depth of nesting).
+REWARD_SOURCE_FIELDS = ("checkpoint", "med_config", "tokenizer", "pretrained", "processor", "head")
+MODEL_SOURCE_KEYS = ("prior.pretrained", "prior.original_config", *(f"reward.{f}" for f in REWARD_SOURCE_FIELDS))
+
+
+def is_model_source(key: str) -> bool:
+    """Whether ``key`` names a model by Hub id or local path (:data:`MODEL_SOURCE_KEYS`, or a model field of a combined
+    reward's component: ``reward.components.image_reward.checkpoint``)."""
+    if key in MODEL_SOURCE_KEYS:
+        return True
+    parts = key.split(".")
+    return (len(parts) >= 4 and parts[0] == "reward" and parts[-1] in REWARD_SOURCE_FIELDS
+            and all(parts[i] == "components" for i in range(1, len(parts) - 1, 2)))
+
+
+def is_path_key(key: str) -> bool:
+    """Whether a relative value of ``key`` may name a file under the folder the run was started in."""
+    return key in INPUT_PATH_KEYS or is_model_source(key)
 
 
 def _local_relative(key: str, value: Any, base: Path) -> bool:
     """Whether ``value`` of ``key`` is a relative path to make absolute from ``base`` (see the two key lists)."""
     if not _is_relative_path(value):
         return False
-    return key in INPUT_PATH_KEYS or (key in MODEL_SOURCE_KEYS and (base / str(value)).expanduser().exists())
+    return key in INPUT_PATH_KEYS or (is_model_source(key) and (base / str(value)).expanduser().exists())
+
+
+def path_keys(cfg: DictConfig) -> list[str]:
+    """The keys of ``cfg`` that may name a file: :data:`INPUT_PATH_KEYS`, :data:`MODEL_SOURCE_KEYS` and the model
+    fields of a combined reward's components."""
+    keys = list(INPUT_PATH_KEYS + MODEL_SOURCE_KEYS)
+    reward = OmegaConf.select(cfg, "reward", default=None)
+    if isinstance(reward, DictConfig):
+        def walk(node: DictConfig, prefix: str) -> None:
+            comps = node.get("components") if "components" in node else None
+            if isinstance(comps, DictConfig):
+                for name in comps:
+                    sub = comps[name]
+                    if isinstance(sub, DictConfig):
+                        keys.extend(f"{prefix}.components.{name}.{f}" for f in REWARD_SOURCE_FIELDS if f in sub)
+                        walk(sub, f"{prefix}.components.{name}")
+        walk(reward, "reward")
+    return keys
 
 
 def is_operational(key: str) -> bool:
@@ -175,7 +210,7 @@ def saved_config(run_dir: Path, resolved: bool = True) -> Optional[DictConfig]:
         if p.is_file():
             cfg = OmegaConf.load(p)
             start = launch_dir(run_dir)
-            for key in INPUT_PATH_KEYS + MODEL_SOURCE_KEYS:
+            for key in path_keys(cfg):
                 value = OmegaConf.select(cfg, key, default=None)
                 if start is not None and _local_relative(key, value, start) and not _is_interpolation(cfg, key):
                     OmegaConf.update(cfg, key, str(start / value), merge=False)
@@ -209,7 +244,7 @@ def absolute_input_paths(overrides: Sequence[str], base: Path) -> list[str]:
     ``prompts_file=my_prompts.txt`` -> ``prompts_file=/home/me/project/my_prompts.txt``."""
     out = []
     for o in overrides:
-        if _key(o) in INPUT_PATH_KEYS + MODEL_SOURCE_KEYS and "=" in o:
+        if is_path_key(_key(o)) and "=" in o:
             head, value = o.split("=", 1)
             plain = _unquoted(value)
             if plain is not None and _local_relative(_key(o), plain, base):

@@ -145,3 +145,38 @@ def test_a_local_model_folder_is_read_from_the_start_folder_and_a_hub_id_is_left
                    run / "config_resolved.yaml")
     cfg = saved_config(run)
     assert cfg.prior.pretrained == str(start / "sd") and cfg.reward.pretrained == "org/name"
+
+
+def test_a_combined_rewards_component_model_paths_are_read_from_the_start_folder(tmp_path):
+    """``reward=combo``: each component names its own model (``reward.components.image_reward.checkpoint=ir.pt``, at any
+    depth of nesting); a relative local one is read from the folder the run was started in, in the overrides of a
+    resume and in the saved config alike; a Hub id, and a key that is not a model field, stay as written."""
+    from omegaconf import OmegaConf
+
+    from rewardsds.resume import absolute_input_paths, is_model_source, saved_config
+
+    assert is_model_source("reward.components.image_reward.checkpoint")
+    assert is_model_source("reward.components.mix.components.clip.pretrained")
+    assert not is_model_source("reward.components.image_reward.dtype") and not is_model_source("reward.weights.checkpoint")
+    start = tmp_path / "start"
+    (start / "ckpts").mkdir(parents=True)
+    (start / "ckpts" / "ir.pt").write_bytes(b"")
+    (start / "clip").mkdir()
+    overrides = ["reward=combo", "reward.components.image_reward.checkpoint=ckpts/ir.pt",
+                 "+reward.components.mix.components.clip.pretrained=clip",
+                 "reward.components.aesthetic.pretrained=openai/clip-vit-large-patch14", "reward.components.image_reward.dtype=bf16"]
+    assert absolute_input_paths(overrides, start) == [
+        "reward=combo", f"reward.components.image_reward.checkpoint={start / 'ckpts' / 'ir.pt'}",
+        f"+reward.components.mix.components.clip.pretrained={start / 'clip'}",
+        "reward.components.aesthetic.pretrained=openai/clip-vit-large-patch14", "reward.components.image_reward.dtype=bf16"]
+
+    run = tmp_path / "elsewhere" / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"cwd": str(start)}}}), run / ".hydra" / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create({"reward": {"components": {
+        "image_reward": {"checkpoint": "ckpts/ir.pt", "med_config": "org/med", "dtype": "fp32"},
+        "mix": {"components": {"clip": {"pretrained": "clip"}}}}}}), run / "config_resolved.yaml")
+    cfg = saved_config(run)
+    assert cfg.reward.components.image_reward.checkpoint == str(start / "ckpts" / "ir.pt")
+    assert cfg.reward.components.mix.components.clip.pretrained == str(start / "clip")
+    assert cfg.reward.components.image_reward.med_config == "org/med" and cfg.reward.components.image_reward.dtype == "fp32"
