@@ -227,22 +227,18 @@ def task(cfg) -> Optional[float]:
 
             run_compare(cfg, run_dir)
             return None
-        status = read_status(run_dir)
-        if status == "complete" and not cfg.get("resume"):
+        plan = job_plan(run_dir, bool(cfg.get("resume")), is_multirun())
+        if plan == "complete":
             print(f"rewardsds: {run_dir} is already complete; skipped (its metrics.json says so)")
             return None
-        if is_multirun() and not cfg.get("resume"):
-            from rewardsds.runlock import holder, is_live
+        if plan == "live":
+            from rewardsds.runlock import holder
 
-            if is_live(run_dir):
-                # a sweep run again while it (or one of its jobs) still runs: the live job is its own process's
-                print(f"rewardsds: {run_dir} is being run by another process ({holder(run_dir)}); skipped")
-                return None
-            if status in ("running", "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
-                # A sweep job that was interrupted (killed, preempted, timed out: its lock is free) continues from its
-                # last checkpoint when the sweep is run again into the same folder (or requeued by Slurm).
-                print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
-                cfg.resume = str(run_dir)
+            print(f"rewardsds: {run_dir} is being run by another process ({holder(run_dir)}); skipped")
+            return None
+        if plan == "continue":
+            print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
+            cfg.resume = str(run_dir)
         from rewardsds.train import train
 
         choices = overrides = None
@@ -331,6 +327,46 @@ def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------- Hydra runtime helpers
+def job_plan(run_dir: Path, resume: bool, multirun: bool) -> str:
+    """What a Hydra job does with its folder: ``"start"`` (a new run, or ``resume=`` given), ``"complete"`` (skipped: its
+    metrics.json says complete), ``"live"`` (a sweep job another process is running: skipped) or ``"continue"`` (a
+    sweep job that was interrupted (killed, preempted, timed out: its lock is free) continues from its last checkpoint
+    when the sweep is run again into the same folder, or requeued by Slurm)."""
+    if resume:
+        return "start"
+    status = read_status(run_dir)
+    if status == "complete":
+        return "complete"
+    if multirun:
+        from rewardsds.runlock import is_live
+
+        if is_live(run_dir):
+            return "live"
+        if status in ("running", "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            return "continue"
+    return "start"
+
+
+def output_subdir() -> Optional[str]:
+    """``hydra.output_subdir`` (the ``rewardsds_output_subdir`` resolver): ``.hydra``, or None for a job whose folder
+    holds a run this invocation skips or continues (:func:`job_plan`). Hydra writes a job's ``.hydra/`` (config,
+    overrides and the folder the command was started in) before the job runs; a sweep run again, from any folder,
+    must not rewrite the record of a live job, a complete one or one it continues, which resumes read."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    try:
+        hc = HydraConfig.get()
+        out = OmegaConf.select(hc, "runtime.output_dir", default=None, throw_on_missing=False)
+        multirun = hc.mode == RunMode.MULTIRUN
+    except Exception:  # no Hydra job being set up (printing the config, tests): Hydra's default
+        return ".hydra"
+    if not out or not (Path(str(out)) / ".hydra" / "hydra.yaml").is_file():
+        return ".hydra"
+    return None if job_plan(Path(str(out)), False, multirun) != "start" else ".hydra"
+
+
 def read_status(run_dir: Path) -> Optional[str]:
     try:
         return json.loads((run_dir / "metrics.json").read_text()).get("status")

@@ -735,6 +735,16 @@ if not OmegaConf.has_resolver("rewardsds_gpu_count"):
     OmegaConf.register_new_resolver("rewardsds_gpu_count", _gpu_count)
 
 
+def _output_subdir() -> Any:
+    from rewardsds.cli import output_subdir
+
+    return output_subdir()
+
+
+if not OmegaConf.has_resolver("rewardsds_output_subdir"):
+    OmegaConf.register_new_resolver("rewardsds_output_subdir", _output_subdir)
+
+
 def if_set(value: Any, then: Any, otherwise: Any) -> Any:
     """``then`` if ``value`` is set (not None / empty), else ``otherwise``; the ``rewardsds_if_set`` resolver.
 

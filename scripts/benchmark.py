@@ -36,6 +36,8 @@ Usage (GPU; H200: about 8 minutes for the main set with a cold compile cache)::
     python scripts/benchmark.py --out bench.json --sd-folder /tmp/sd21 --image-reward-dir /tmp/ir
     python scripts/benchmark.py --out bench_quick.json --quick           # paper N=10 only, 8 agreement draws
     python scripts/benchmark.py --out cache.json --sections compile_cache  # first vs second run (about 4 min)
+    python scripts/benchmark.py --out more.json --sections agreement --per-draw --draws 36 --first-seed 4  # new draws;
+    python scripts/pool_agreement.py bench.json more.json      # with an earlier --per-draw run's: one rate over both
     python scripts/benchmark.py --preset tiny --device cpu --steps 2 --warmup 1 --draws 2   # smoke test
 
 Results go to ``--out`` (JSON) and a markdown summary to stdout and ``--out`` with ``.md``.

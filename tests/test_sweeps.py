@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose, run_cli
 from rewardsds.config import validate
@@ -192,9 +193,16 @@ def test_rerun_of_an_interrupted_sweep_skips_finished_jobs_and_continues_the_res
     (failed / "metrics.json").write_text(json.dumps({**_metrics(failed), "status": "failed"}))
 
     args = [a for a in sweep["args"] if not a.startswith(("hydra.sweep.dir=", "logger="))]
-    r = run_cli([*args, "logger=none", f"hydra.sweep.dir={folder}"], tmp_path)
+    done = folder / "n_noises=8,prompt=1-a_square,steps=2,strategy=none"
+    record = {p.name: p.read_bytes() for p in (done / ".hydra").iterdir()}
+    r = run_cli([*args, "logger=none", f"hydra.sweep.dir={folder}"], tmp_path)  # from another folder than the first run
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("already complete; skipped") == 5
+    # Hydra's record of a skipped job (its overrides and the folder it was started in, which a resume reads) stays the
+    # first run's; a job started again from scratch records this run
+    assert {p.name: p.read_bytes() for p in (done / ".hydra").iterdir()} == record
+    assert OmegaConf.load(done / ".hydra" / "hydra.yaml").hydra.runtime.cwd == str(sweep["root"])
+    assert OmegaConf.load(failed / ".hydra" / "hydra.yaml").hydra.runtime.cwd == str(tmp_path)
     assert r.stdout.count("was interrupted; continuing from its last checkpoint") == 1
     for job in JOBS:
         assert _metrics(folder / job)["status"] == "complete", job
@@ -217,9 +225,9 @@ def test_rerun_of_a_sweep_skips_a_job_that_is_still_running(sweep, tmp_path):
     # what a live job looks like on disk: status running with a checkpoint (without its lock: an interrupted job)
     (live / "metrics.json").write_text(json.dumps({**_metrics(live), "status": "running"}))
     args = [a for a in sweep["args"] if not a.startswith(("hydra.sweep.dir=", "logger="))]
-    # Hydra writes its .hydra/ snapshot of every job (complete ones too) before the job's code runs: left out here
-    files = lambda: {str(p.relative_to(live)): p.read_bytes() for p in sorted(live.rglob("*"))  # noqa: E731
-                     if p.is_file() and p.parts[len(live.parts)] != ".hydra"}
+    # everything, Hydra's .hydra/ record included (Hydra writes it before the job's code runs: for a job the run skips or
+    # continues, the project tells it not to)
+    files = lambda: {str(p.relative_to(live)): p.read_bytes() for p in sorted(live.rglob("*")) if p.is_file()}  # noqa: E731
     with RunLock(live):
         before = files()
         r = run_cli([*args, "logger=none", f"hydra.sweep.dir={folder}"], tmp_path)
