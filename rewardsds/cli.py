@@ -232,10 +232,14 @@ def task(cfg) -> Optional[float]:
             print(f"rewardsds: {run_dir} is already complete; skipped (its metrics.json says so)")
             return None
         if plan == "live":
-            from rewardsds.runlock import holder
+            from rewardsds.runlock import RunLocked, holder
 
+            if not is_multirun():  # (refused as train's own lock would refuse it: the folder stays as it is)
+                raise RunLocked("hydra.run.dir", run_dir, holder(run_dir))
             print(f"rewardsds: {run_dir} is being run by another process ({holder(run_dir)}); skipped")
             return None
+        if plan == "occupied":
+            raise _occupied(run_dir)
         if plan == "continue":
             print(f"rewardsds: {run_dir} was interrupted; continuing from its last checkpoint")
             cfg.resume = str(run_dir)
@@ -328,23 +332,45 @@ def _fail(run_dir: Path, err: BaseException, user_error: bool) -> None:
 
 # ----------------------------------------------------------------------------------------- Hydra runtime helpers
 def job_plan(run_dir: Path, resume: bool, multirun: bool) -> str:
-    """What a Hydra job does with its folder: ``"start"`` (a new run, or ``resume=`` given), ``"complete"`` (skipped: its
-    metrics.json says complete), ``"live"`` (a sweep job another process is running: skipped) or ``"continue"`` (a
-    sweep job that was interrupted (killed, preempted, timed out: its lock is free) continues from its last checkpoint
-    when the sweep is run again into the same folder, or requeued by Slurm)."""
+    """What a Hydra job does with its folder:
+
+    - ``"start"``: a new run (an empty or missing folder, or one whose run failed or died before its first
+      checkpoint: it starts over), or ``resume=`` given;
+    - ``"complete"``: skipped, its metrics.json says complete;
+    - ``"live"``: another process is running it: a sweep skips it, a single run is refused;
+    - ``"continue"``: a sweep job that was interrupted (killed, preempted, timed out: its lock is free) continues from
+      its last checkpoint when the sweep is run again into the same folder, or requeued by Slurm;
+    - ``"occupied"``: a single run into the folder of an interrupted run with a checkpoint: refused (``resume=``
+      continues it), so that a command run again never starts over a run that can go on.
+    """
     if resume:
         return "start"
     status = read_status(run_dir)
     if status == "complete":
         return "complete"
-    if multirun:
-        from rewardsds.runlock import is_live
+    from rewardsds.runlock import is_live
 
-        if is_live(run_dir):
-            return "live"
-        if status in ("running", "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            return "continue"
+    if is_live(run_dir):
+        return "live"
+    if status in ("running", "interrupted") and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "continue" if multirun else "occupied"
     return "start"
+
+
+def _occupied(run_dir: Path) -> Exception:
+    from rewardsds.errors import ConfigError
+
+    try:
+        step = json.loads((run_dir / "metrics.json").read_text()).get("iterations")
+    except (OSError, ValueError):
+        step = None
+    at = f" at step {step}" if step is not None else ""
+    err = ConfigError("hydra.run.dir", str(run_dir), f"holds a run that stopped{at} and can go on from its last checkpoint; "
+                      "a new run would start over in its place",
+                      f"resume={run_dir} continues it (add steps=<more> to run longer); to start over, remove that folder "
+                      "or give another hydra.run.dir")
+    err.run_untouched = True  # type: ignore[attr-defined]  (nothing of the run's folder is written)
+    return err
 
 
 def output_subdir() -> Optional[str]:

@@ -598,6 +598,12 @@ def test_a_live_run_is_never_written_by_a_second_process(tmp_path):
         assert not (tmp_path / "outputs").exists()  # refused before Hydra made a folder
         assert p.poll() is None and _metrics(run)["status"] == "running" and not (run / "error.txt").exists()
         assert [s["pid"] for s in _metrics(run)["sessions"]] == [p.pid]
+        # the command that started it, run again into its folder: refused too, Hydra's record of the run kept
+        record = {f.name: f.read_bytes() for f in (run / ".hydra").iterdir()}
+        (tmp_path / "elsewhere").mkdir()
+        r = run_cli([*RUN, "logger=csv", "steps=100000", f"hydra.run.dir={run}"], tmp_path / "elsewhere")
+        assert r.returncode == 2 and f"hydra.run.dir = '{run}': is being written by a live run (pid {p.pid}" in r.stderr, r.stderr[-3000:]
+        assert {f.name: f.read_bytes() for f in (run / ".hydra").iterdir()} == record and p.poll() is None
         # the same from Python (the race the command-line check cannot close): refused before anything changes
         from rewardsds.runlock import RunLocked
         from rewardsds.train import train
@@ -608,6 +614,14 @@ def test_a_live_run_is_never_written_by_a_second_process(tmp_path):
     finally:
         _stop(p)
     assert p.returncode == -signal.SIGKILL
+    # once it is dead, the command that started it, run again, would start over a run that can go on: refused, nothing
+    # of the run's folder changed (before, it silently started over and the csv logger deleted the old logs)
+    files = lambda: {str(f.relative_to(run)): f.read_bytes() for f in sorted(run.rglob("*")) if f.is_file()}  # noqa: E731
+    before = files()
+    r = run_cli([*RUN, "logger=csv", "steps=100000", f"hydra.run.dir={run}"], tmp_path / "elsewhere")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"hydra.run.dir = '{run}': holds a run that stopped" in r.stderr and f"Fix: resume={run} continues it" in r.stderr
+    assert files() == before
     at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["rewardsds"]["iteration"]
     r = run_cli(["resume=run", f"steps={at + 3}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
