@@ -188,7 +188,7 @@ def progress_line(system: Any, metrics: dict[str, Any]) -> str:
         per = statistics.median(recent)
         parts.append(f"{per:.3f} s/step")
         parts.append(f"ETA {duration(per * max(0, total - done))}")
-    elif times:
+    elif times and done - getattr(system, "start_iteration", done - 1) == 1:  # the session's first step's own line
         parts.append(first_step_text(times[-1], getattr(system, "session_first_compile_s", None)))
     skipped = getattr(system, "nonfinite_steps", 0)
     if skipped:

@@ -318,6 +318,10 @@ class DistillationSystem(NonFiniteGuard, pl.LightningModule):
         self.iteration += 1
         if self.iteration >= self.total_steps:
             self._close_step_clock()  # before the final checkpoint, so it holds every step's time
+        elif len(self.step_times) == self.session_first_time:
+            # the session's start-up step (compiles, captures CUDA graphs): timed to its end (one wait for the GPU),
+            # so its own progress line can say what it took; the next step's clock starts at that step
+            self._close_step_clock()
         # Counted on the device; read (one sync) as often as the logger writes, so the host can run ahead otherwise.
         every = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1))
         if self._nonfinite_device is not None and (self.iteration % every == 0 or self.iteration == self.total_steps):

@@ -75,6 +75,8 @@ def test_headless_run_prints_its_folder_progress_and_result(tmp_path):
     lines = [ln for ln in out.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == ["1/12", "4/12", "8/12", "12/12"], lines
     assert all("reward mean" in ln and "t " in ln for ln in lines) and "ETA" in lines[-1] and "s/step" in lines[-1]
+    # the start-up step's time is on its own line, and on no other
+    assert re.search(r"\| first step \d+\.\d s$", lines[0]) and not any("first step" in ln for ln in lines[1:]), lines
     m = _metrics(run)
     assert f"final reward  {m['final/reward']:.4f}" in out and "complete in" in out
     assert f"rewardsds-eval {run}" in out and f"rewardsds resume={run}" in out
