@@ -39,12 +39,12 @@ OPERATIONAL_KEYS = (
 #: started in, so a resume (from any folder: another shell, a Slurm requeue, a copied run folder) reads it from the
 #: folder the run was started in, which Hydra records in the run's ``.hydra/hydra.yaml``.
 INPUT_PATH_KEYS = ("prompts_file", "representation.init_image", "representation.init_path", "loss.image")
-#: Settings that name a model by Hub id or by local path. A relative value is a local path only where it names an
-#: existing file or folder under the folder the run was started in (``from_pretrained``'s own rule: a folder of that
-#: name wins over the Hub id), and is then treated as :data:`INPUT_PATH_KEYS` are; otherwise it stays as written.
 #: The reward's own model fields; a combined reward (``reward=combo``) has them in each component too
 #: (``reward.components.<name>.checkpoint``, at any depth of nesting).
 REWARD_SOURCE_FIELDS = ("checkpoint", "med_config", "tokenizer", "pretrained", "processor", "head")
+#: Settings that name a model by Hub id or by local path. A relative value is a local path only where it names an
+#: existing file or folder under the folder the run was started in (``from_pretrained``'s own rule: a folder of that
+#: name wins over the Hub id), and is then treated as :data:`INPUT_PATH_KEYS` are; otherwise it stays as written.
 MODEL_SOURCE_KEYS = ("prior.pretrained", "prior.original_config", *(f"reward.{f}" for f in REWARD_SOURCE_FIELDS))
 
 

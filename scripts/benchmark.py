@@ -573,9 +573,7 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
             fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
         rep = compare_selections(exact, fast, 2, 2, draws)
         sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant, "reward": reward_variant, "engine": engine_kw,
-                              "seconds": time.perf_counter() - t0, "default_ok": rep.agreement >= 0.95,
-                              # the bar shown with 95% confidence (its interval's lower end; 73 agreeing draws at the least)
-                              "default_shown": rep.agreement_ci95[0] >= 0.95}
+                              "seconds": time.perf_counter() - t0, **rep.bar()}
         lo, hi = rep.agreement_ci95
         print(f"agreement {name:28s} {rep.agreement:6.1%}  (95% interval {lo:.0%}-{hi:.0%}; top {rep.top_agreement:.0%}, "
               f"bottom {rep.bottom_agreement:.0%}, rank corr {rep.rank_correlation:.3f}, regret mean {rep.regret_mean:.3f} "

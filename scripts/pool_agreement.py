@@ -66,7 +66,7 @@ def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False)
         row = rep.to_json(per_draw=per_draw)
         row["misses"] = [{k: r.get(k) for k in ("seed", "step", "t", "top_match", "bottom_match", "regret")}
                          for r in rep.per_draw if not r["match"]]
-        row["default_ok"] = rep.agreement_ci95[0] >= 0.95
+        row.update(rep.bar())
         out["paths"][name] = row
     return out
 
@@ -74,14 +74,16 @@ def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False)
 def markdown(out: dict) -> str:
     lines = [f"pooled from {len(out['files'])} runs on {', '.join(out['devices'])} (N={out['n_noises']}, "
              f"lookahead {out['lookahead_steps']}, top-{out['n_max']} / bottom-{out['n_min']})", "",
-             "| path | draws | both sets (95% interval) | top | bottom | rank corr | regret mean / max | by t | misses at t |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| path | draws | both sets (95% interval) | top | bottom | rank corr | regret mean / max | by t | misses at t | "
+             "on-by-default bar (95%) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in out["paths"].items():
         lo, hi = p["agreement_ci95"]
         by_t = ", ".join(f"{k}: {v['agreement']:.0%} of {v['n']}" for k, v in p["by_t"].items())
         lines.append(f"| {name} | {p['n_draws']} | {p['agreement']:.1%} ({lo:.1%}-{hi:.1%}) | {p['top_agreement']:.1%} | "
                      f"{p['bottom_agreement']:.1%} | {p['rank_correlation']:.3f} | {p['regret_mean']:.4f} / {p['regret_max']:.3f} | "
-                     f"{by_t} | {', '.join(str(m['t']) for m in p['misses']) or '-'} |")
+                     f"{by_t} | {', '.join(str(m['t']) for m in p['misses']) or '-'} | "
+                     f"{'shown' if p['default_shown'] else 'meets, not shown' if p['default_ok'] else 'misses'} |")
     if len(out["devices"]) > 1:
         lines.append("\nmixed devices: the runs come from different GPUs")
     for name in out["left_out"]:

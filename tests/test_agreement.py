@@ -159,6 +159,14 @@ def test_pooling_two_halves_gives_the_whole_measurement():
     assert pool_reports(old).rank_correlation == pytest.approx(whole.rank_correlation)
 
 
+def test_the_on_by_default_bar_is_met_by_the_rate_and_shown_by_its_interval():
+    r = _rewards(k=80)
+    assert compare_selections(r, r).bar() == {"default_ok": True, "default_shown": True}  # 80 of 80: lower end 95.4%
+    assert compare_selections(r[:36], r[:36]).bar() == {"default_ok": True, "default_shown": False}  # 36 of 36: 90.4%
+    fast = [_swap(x, 0, 7) if i < 5 else x for i, x in enumerate(r[:72])]
+    assert compare_selections(r[:72], fast).bar() == {"default_ok": False, "default_shown": False}  # 67 of 72
+
+
 def test_pooling_refuses_a_draw_measured_twice_and_parts_without_rows():
     r = _rewards(k=8)
     part = compare_selections(r, r, draws=_draws(8)).to_json()

@@ -259,6 +259,8 @@ def test_benchmark_first_seed_gives_new_draws_that_pool_agreement_adds_up(tmp_pa
     assert p["paths"]["eager"]["n_draws"] == 8 and p["left_out"] == [] and len(p["devices"]) == 1
     hits = sum(json.loads(f.read_text())["agreement"]["paths"]["eager"]["agreement"] * 4 for f in (a, b))
     assert p["paths"]["eager"]["agreement"] == pytest.approx(hits / 8)
+    # the bar as the benchmark reports it: 8 draws cannot show 95% whatever they measure
+    assert p["paths"]["eager"]["default_ok"] == (hits == 8) and p["paths"]["eager"]["default_shown"] is False
     assert "| eager | 8 |" in capsys.readouterr().out and out.with_suffix(".md").exists()
     with pytest.raises(SystemExit, match="seed=0 step=0 is in part 0 and part 1"):
         pool.main([str(a), str(a)])

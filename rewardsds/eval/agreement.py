@@ -47,6 +47,9 @@ class Draw:
     latents: Tensor
 
 
+#: the agreement a fast path needs to be on by default
+DEFAULT_BAR = 0.95
+
 #: a path: draw -> rewards [n] of the draw's candidates
 Selector = Callable[[Draw], Tensor]
 
@@ -135,6 +138,11 @@ class AgreementReport:
     agreement_ci95: tuple[float, float] = (0.0, 1.0)
     regret_mean: float = 0.0
     regret_max: float = 0.0
+
+    def bar(self) -> dict[str, bool]:
+        """The on-by-default bar (:data:`DEFAULT_BAR`): ``default_ok``, the measured rate reaches it; ``default_shown``,
+        its Wilson interval's lower end does too (what 73 or more agreeing draws can show)."""
+        return {"default_ok": self.agreement >= DEFAULT_BAR, "default_shown": self.agreement_ci95[0] >= DEFAULT_BAR}
 
     def to_json(self, per_draw: bool = True) -> dict:
         out = {k: getattr(self, k) for k in ("agreement", "agreement_ci95", "top_agreement", "bottom_agreement", "n_draws",
