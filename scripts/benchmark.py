@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rewardsds.candidates import CandidateEngine  # noqa: E402
+from rewardsds.errors import RewardSDSError  # noqa: E402
 from rewardsds.utils.dtypes import tf32  # noqa: E402  (the exact path turns both switches off)
 
 PROMPT = "a photo of a red fox sitting in the snow"
@@ -91,7 +92,12 @@ EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap", "lookahead.fp32_below", "l
 #: the candidates of small-t steps ranked on the prior's fp32 view (``lookahead.fp32_below``, full fp32 and with TF32):
 #: step rows beside the compiled default, what they add to a paper_2d image, and their agreement paths
 FP32_SECTIONS = ("fp32_ranking",)
-ALL_SECTIONS = MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS + FP32_SECTIONS
+#: the prior in fp16 (``prior.dtype=fp16``: 10 mantissa bits against bf16's 7, at the same tensor-core rate): its compiled
+#: step row beside the compiled default and its agreement path; bf16's near-ties are what keep the default under the bar
+FP16_SECTIONS = ("fp16",)
+FP16_PATH = "compiled, fp16 prior"
+ALL_SECTIONS = (MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS + FP32_SECTIONS
+                + FP16_SECTIONS)
 QUICK_SECTIONS = ("paper", "agreement")
 
 
@@ -193,7 +199,8 @@ def image_reward_files(folder: Path, preset: str) -> tuple[Path, Path]:
 class Models:
     """Priors and rewards under test, built on first use and shared by the sections.
 
-    Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``compiled_cudnn``
+    Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``compiled_fp16`` (the
+    same in fp16), ``compiled_cudnn``
     (the same, a separate instance run and captured under cuDNN's autotuner), ``compiled_cudnn_sdpa`` (the same
     with ``prior.attention=cudnn``: cuDNN's fused attention first), ``eager_float8``,
     ``compiled_float8`` (float8 ranking view), ``fp32`` (eager, NCHW: the reference and the exact path).
@@ -219,7 +226,8 @@ class Models:
             if variant == "fp32":
                 kw.update(dtype="fp32", channels_last=False, compile=False)
             else:
-                kw.update(dtype="bf16" if cuda else "fp32", compile="compiled" in variant, compile_mode="reduce-overhead",
+                # (fp16 runs on the CPU as well: the tiny CPU runs check that the fp16 rows and paths compute in fp16)
+                kw.update(dtype="fp16" if variant.endswith("_fp16") else "bf16" if cuda else "fp32", compile="compiled" in variant, compile_mode="reduce-overhead",
                           lookahead_quantize="float8" if "float8" in variant else "none",
                           attention="cudnn" if variant.endswith("_cudnn_sdpa") else "auto")
             t0 = time.perf_counter()
@@ -411,7 +419,7 @@ def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results:
     r.update({"variant": variant, "n_noises": n, "lookahead_steps": k, "overrides": extra or [], "peak_memory_gb": peak_gb(device),
               "chunk_size": system.engine.chunk_size(system.representation.latents), "decodes_per_step": decodes,
               "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.cfg.lookahead_quantize.value,
-              "attention": prior.cfg.attention.value,
+              "attention": prior.cfg.attention.value, "prior_dtype": str(prior.dtype).removeprefix("torch."),
               "reward_variant": reward_variant, "cudnn_benchmark": autotunes(variant)})
     add_mfu(r, models, flops, device, prior, decodes, tiny)
     results["configs"][name] = r
@@ -974,6 +982,18 @@ def main(argv=None) -> int:
         fp32_ranking_cost(results, b)
         speedup(results, 10)
         save()
+    if "fp16" in sections:
+        if "rewardsds_n10_k15_compiled" not in results["configs"] and deadline.allows("rewardsds_n10_k15_compiled", 60):
+            cfg("rewardsds_n10_k15_compiled", "compiled", 10, 15)
+            save()
+        if deadline.allows("rewardsds_n10_k15_compiled_fp16", 60):
+            try:
+                cfg("rewardsds_n10_k15_compiled_fp16", "compiled_fp16", 10, 15)
+            except RewardSDSError as err:  # fp16's narrower range can overflow to inf: the row says so, the call goes on
+                results["configs"]["rewardsds_n10_k15_compiled_fp16"] = {"error": f"{type(err).__name__}: {err}", "prior_dtype": "float16"}
+                print(f"rewardsds_n10_k15_compiled_fp16: {err}", flush=True)
+        speedup(results, 10)
+        save()
     if "attribution" in sections and deadline.allows("rewardsds_n10_k15_compiled_bf16_reward", 60):
         # what the fp32 reward costs: the default's row (if the paper section did not time it) and a bf16 reward's
         if cuda and "rewardsds_n10_k15_compiled" not in results["configs"]:
@@ -981,7 +1001,7 @@ def main(argv=None) -> int:
         cfg("rewardsds_n10_k15_compiled_bf16_reward", "compiled" if cuda else "eager", 10, 15, None, reward_variant="bf16")
         speedup(results, 10)
         save()
-    if sections & {"agreement", "attribution", *FP32_SECTIONS} and deadline.allows("agreement", 90):
+    if sections & {"agreement", "attribution", *FP32_SECTIONS, *FP16_SECTIONS} and deadline.allows("agreement", 90):
         variants = [("eager", "eager", {}, "fast")]
         if cuda:
             variants.append((DEFAULT_PATH, "compiled", {}, "fast"))
@@ -1008,6 +1028,8 @@ def main(argv=None) -> int:
             variants += [(f"compiled, fp32 ranking below t={b}", "compiled", {"fp32_below": b}, "fast"),
                          (f"compiled, fp32 ranking below t={b}, TF32", "compiled", {"fp32_below": b, "fp32_tf32": True}, "fast"),
                          (f"attribution: compiled, fp32 decode only below t={b}", "compiled", {"fp32_below": b, "decode_only": True}, "fast")]
+        if "fp16" in sections:
+            variants.append((FP16_PATH, "compiled_fp16", {}, "fast"))
         if args.only_path:
             unknown = sorted(set(args.only_path) - {v[0] for v in variants})
             if unknown:

@@ -119,6 +119,29 @@ def test_benchmark_fp32_ranking_section_times_and_measures_its_paths(tmp_path):
     assert all(p["agreement"] == 1.0 for p in paths.values())  # fp32 on the CPU: the exact path's arithmetic
 
 
+def test_benchmark_fp16_section_times_and_measures_the_fp16_prior(tmp_path):
+    """--sections fp16: the compiled default's row and the same prior in fp16 (``prior.dtype=fp16``) as a step row and an
+    agreement path. On the CPU the "compiled" priors are eager and the bf16 ones fp32, but the fp16 prior computes in
+    fp16 there too, so its rewards differ from the exact fp32 path's while the eager path's do not."""
+    out = tmp_path / "bench.json"
+    B = _script("benchmark")
+    args = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--draws", "4", "--sections", "fp16",
+            "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out),
+            "--only-path", B.FP16_PATH, "--only-path", "eager"]
+    assert B.main(args) == 0
+    r = json.loads(out.read_text())
+    rows = r["configs"]
+    assert rows["rewardsds_n10_k15_compiled_fp16"]["prior_dtype"] == "float16"
+    assert rows["rewardsds_n10_k15_compiled"]["prior_dtype"] == "float32"
+    assert rows["rewardsds_n10_k15_compiled_fp16"]["evals_per_step"] == rows["rewardsds_n10_k15_compiled"]["evals_per_step"]
+    paths = r["agreement"]["paths"]
+    assert set(paths) == {B.FP16_PATH, "eager"} and paths[B.FP16_PATH]["prior"] == "compiled_fp16"
+    err = {name: p["reward_abs_err_over_spread"] for name, p in paths.items()}
+    # fp32 on the CPU: the exact path's prior (its reward's tensor preprocessing moves the 8-bit levels a little);
+    # fp16 rounds the prior's every layer: its rewards move more
+    assert err["eager"] < 1e-3 and err[B.FP16_PATH] > 5 * err["eager"], err
+
+
 @pytest.mark.slow
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
