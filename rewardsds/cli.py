@@ -60,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     TYPED_ARGS[:] = [list(args)]  # what the run records as its command (Hydra gets more, below)
     _line_buffered_output()
+    from rewardsds.utils.quiet import quiet_progress_bars
+
+    quiet_progress_bars()  # a headless run's log holds its own lines, not the model libraries' bars
     if args and args[0] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[args[0]](args[1:]))
     from rewardsds.overrides import SWEPT_KEYS_ENV, CommandLineError, check, swept_keys

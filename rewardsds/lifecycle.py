@@ -42,6 +42,11 @@ def has_tty() -> bool:
         return False
 
 
+def plural(count: Any, noun: str) -> str:
+    """``1 step``, ``12 steps`` (a count that is not a number keeps the plural)."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def duration(seconds: float) -> str:
     """``1h02m``, ``12m31s`` or ``4.2s``."""
     if not math.isfinite(seconds):
@@ -76,7 +81,7 @@ def start_block(info: dict[str, Any]) -> str:
         + (f", lookahead K={info['lookahead']}" if info.get("lookahead") is not None else "")
         + (f" ({', '.join(info['lookahead_options'])})" if info.get("lookahead") is not None and info.get("lookahead_options") else "")
         + (f", reward={info['reward']}" if info.get("reward") else ""),
-        f"  cost        ~{info['evals_per_step']:.0f} UNet evaluations per step (estimate), {info['steps']} steps",
+        f"  cost        ~{info['evals_per_step']:.0f} UNet evaluations per step (estimate), {plural(info['steps'], 'step')}",
     ]
     return "\n".join(lines)
 
@@ -100,7 +105,7 @@ def end_block(metrics: dict[str, Any], run_dir: Path, is_3d: bool, session_s: Op
         took, steps = session_s, f"steps {start} to {metrics.get('iterations')} in this session"
         overall = f"; {duration(total)} over {len(sessions)} sessions"
     else:
-        took, steps, overall = (session_s if session_s is not None else total), f"{metrics.get('iterations')} steps", ""
+        took, steps, overall = (session_s if session_s is not None else total), plural(metrics.get("iterations"), "step"), ""
     lines = [
         f"rewardsds: complete in {duration(took)} "
         f"({steps}" + (f", {step:.3f} s/step median" if step and math.isfinite(step) else "") + startup + overall + ")",

@@ -84,6 +84,47 @@ def test_headless_run_prints_its_folder_progress_and_result(tmp_path):
     assert "rewardsds: run" in log and "step 8/12" in log and "final reward" in log  # the same lines, time-stamped
 
 
+def test_a_headless_run_of_a_model_prior_prints_no_library_bars(tmp_path, tiny_sd):
+    """Without a terminal, a run that loads a model (the tiny SD folder: its CLIP text encoder through transformers)
+    shows its own lines only: no "Loading weights" bar fragments on stderr. One step is "1 step"."""
+    r = run_cli(["prompt=a red fox", f"prior.pretrained={tiny_sd}", "prior.local_files_only=true", "reward=jpeg_compressibility",
+                 "trainer=cpu", "logger=none", "output.video=false", "output.image_every=0", "steps=1", "n_noises=4",
+                 "lookahead.steps=1", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Loading weights" not in r.stderr and "it/s]" not in r.stderr, r.stderr[-2000:]
+    assert "prior sd (float32)" in r.stdout and "per step (estimate), 1 step\n" in r.stdout
+    assert re.search(r"complete in \S+ \(1 step, ", r.stdout), r.stdout
+
+
+def test_library_bars_stay_on_a_terminal_and_where_the_user_turned_them_on(monkeypatch):
+    from rewardsds.utils.quiet import HUB_BARS_OFF, quiet_progress_bars
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    monkeypatch.delenv(HUB_BARS_OFF, raising=False)
+    monkeypatch.setattr(sys, "stderr", Stream(True))
+    assert quiet_progress_bars() is False and HUB_BARS_OFF not in os.environ
+    monkeypatch.setattr(sys, "stderr", Stream(False))
+    monkeypatch.setenv(HUB_BARS_OFF, "0")  # the user asked for them
+    assert quiet_progress_bars() is False and os.environ[HUB_BARS_OFF] == "0"
+    monkeypatch.delenv(HUB_BARS_OFF)
+    import transformers.utils.logging as tf_logging
+
+    try:
+        assert quiet_progress_bars() is True and os.environ[HUB_BARS_OFF] == "1"
+        assert not tf_logging.is_progress_bar_enabled()  # an already-imported library is told directly
+    finally:
+        from huggingface_hub.utils import enable_progress_bars
+
+        tf_logging.enable_progress_bar()
+        enable_progress_bars()
+
+
 def test_name_is_a_suffix_of_the_run_and_sweep_folders(tmp_path):
     r = run_cli([*RUN, *FAST, "steps=1", "name=fox"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -160,9 +160,10 @@ def _keys(text: Optional[str]) -> Optional[list[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 for usage errors and models that cannot be loaded)."""
-    from rewardsds.utils.quiet import quiet_torchao_enum_constants
+    from rewardsds.utils.quiet import quiet_progress_bars, quiet_torchao_enum_constants
 
     quiet_torchao_enum_constants()  # before any evaluator imports transformers (and with it torchao)
+    quiet_progress_bars()  # without a terminal: no "Loading weights" bars in the log
     try:
         return _main(build_parser().parse_args(argv))
     except EvaluatorLoadError as err:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import sys
 
 #: the logger of torch's pytree registry and the start of its record for Enum classes given to register_constant
 PYTREE_LOGGER = "torch.utils._pytree"
@@ -34,3 +36,40 @@ def quiet_torchao_enum_constants() -> None:
     logger = logging.getLogger(PYTREE_LOGGER)
     if not any(isinstance(f, TorchaoEnumConstantFilter) for f in logger.filters):
         logger.addFilter(TorchaoEnumConstantFilter())
+
+
+#: the environment switch that huggingface_hub reads at import, and transformers' bars follow
+HUB_BARS_OFF = "HF_HUB_DISABLE_PROGRESS_BARS"
+
+
+def quiet_progress_bars() -> bool:
+    """Without a terminal on stderr, turn off the Hub libraries' tqdm bars (transformers' "Loading weights" at
+    every model load, huggingface_hub's downloads): in a log file each is a run of carriage-return fragments that
+    says nothing the command's own lines do not. With a terminal they stay, and so does a value the user set for
+    ``HF_HUB_DISABLE_PROGRESS_BARS``. For the console scripts only (a notebook's stderr is no terminal either).
+
+    The switch is the environment variable, read by huggingface_hub (and through it transformers) when imported;
+    the libraries already imported are told directly. Returns whether the bars were turned off.
+    """
+    try:
+        if sys.stderr.isatty():
+            return False
+    except (AttributeError, ValueError):
+        pass
+    if os.environ.get(HUB_BARS_OFF) is not None and os.environ[HUB_BARS_OFF].strip().lower() not in ("1", "true", "yes", "on"):
+        return False  # the user asked for the bars
+    os.environ.setdefault(HUB_BARS_OFF, "1")  # for libraries imported from here on (and child processes)
+    # libraries already imported read the switch at their import: tell them directly
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.disable_progress_bar()
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as df_logging
+
+        df_logging.disable_progress_bar()
+    return True
