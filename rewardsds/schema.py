@@ -17,7 +17,7 @@ from rewardsds.errors import ConfigError
 
 
 class DType(str, Enum):
-    auto = "auto"  # bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU
+    auto = "auto"  # a half precision on CUDA (bf16, or the model's own: fp16 for the SD prior), fp32 on CPU
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"

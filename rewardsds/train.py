@@ -329,6 +329,8 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
                    "pid": os.getpid(), "started_at": previous.get("started_at", started_at), "gpu_index": gpu_index,
                    "gpu_lock_wait_s": lock_wait_s, "device_index": device.index if device.type == "cuda" else None,
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
+                   "prior_dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
                    "sessions": earlier + [session]}
         for stale in ("error", "finished_at", "interrupted_by"):
             metrics.pop(stale, None)
@@ -343,7 +345,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
         quiet_console_progress()
         announce(start_block({
             "run_dir": run_dir, "device": _device_name(device), "experiment": record.get("experiment"), "prompt": typed.prompt,
-            "prior": record.get("prior"), "dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
+            "prior": record.get("prior"), "dtype": metrics["prior_dtype"],
             "loss": record.get("loss"), "reward": record.get("reward"), "strategy": record.get("strategy"), "n_noises": typed.n_noises,
             "lookahead": typed.lookahead.steps if typed.n_noises > 1 and parts["strategy"].uses_reward else None,
             "lookahead_options": lookahead_options(typed.lookahead),

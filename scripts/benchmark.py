@@ -8,8 +8,8 @@ weights (no downloads) and reports, in one JSON:
   lookahead batch per DDIM step from the grid point below t, one decode, ImageReward one image per call
   through PIL, SDS only on the 4 kept candidates, AdamW), on the same timesteps as our configurations;
 - ``configs``: our training step (``DistillationSystem.run_step``: candidates, lookahead, decode, reward,
-  weights, loss, backward, AdamW) per prior variant: ``eager`` (bf16), ``compiled`` (bf16, torch.compile
-  reduce-overhead: the default on CUDA), ``compiled_float8`` / ``eager_float8`` (the lookahead's ranking calls
+  weights, loss, backward, AdamW) per prior variant: ``eager`` (``prior.dtype=auto``: fp16 on CUDA), ``compiled``
+  (the same with torch.compile reduce-overhead: the default on CUDA), ``compiled_bf16``, ``compiled_float8`` / ``eager_float8`` (the lookahead's ranking calls
   in float8, ``prior.lookahead_quantize=float8``), plus pruning and tiny-decode variants. Per config: ms/step
   (median, min, max, and every step's t, ms and evals), UNet evaluations per step, ms per evaluation, MFU
   (UNet only, and UNet + decodes + rewards), peak GB, warm-up (compile) times;
@@ -22,6 +22,8 @@ weights (no downloads) and reports, in one JSON:
 - ``fp32_ranking`` (``--sections fp32_ranking``): the compiled default with the candidates of steps below
   ``--fp32-below`` ranked on the prior's fp32 view (``lookahead.fp32_below``, full fp32 and with TF32): step rows, the
   extra ms per step below and above the threshold and per 1000-step paper_2d image, and both agreement paths;
+- ``half`` (``--sections half``): the compiled default (fp16 for SD) beside the same prior in bf16 (the default
+  until fp16 kept more selections at the same speed): step rows and both agreement paths;
 - ``compile_cache``: the user's CLI (``python -m rewardsds experiment=paper_2d ...``) run twice in fresh processes
   against one empty compile cache folder: first-run vs second-run compile time (the first step's excess over
   the steady step) and process wall time;
@@ -76,15 +78,15 @@ MAIN_SECTIONS = ("paper", "agreement", "float8", "reference_n8", "variants", "mf
 #: the compiled prior, cuDNN's fused attention (``prior.attention=cudnn``), and the candidates in two chunks without
 #: and with ``lookahead.overlap``
 LEVER_SECTIONS = ("levers",)
-#: which component's precision moves the bf16 path's selections: agreement paths that change one component at a time
+#: which component's precision moved the bf16 path's selections: agreement paths that change one component at a time
 #: against the exact path (the prior's UNet and VAE in bf16 with the exact reward; the exact prior with the fast
 #: reward, and with the reward in fp32 on tensors); fp32 priors run with TF32 off, as the exact path does
-ATTRIBUTION_PATHS = (("attribution: bf16 prior, exact reward", "eager", {}, "pil32"),
+ATTRIBUTION_PATHS = (("attribution: bf16 prior, exact reward", "eager_bf16", {}, "pil32"),
                      ("attribution: exact prior, bf16 reward", "fp32", {}, "bf16"),
                      ("attribution: exact prior, fp32 reward on tensors", "fp32", {}, "fast"),
-                     # the default before the reward moved to fp32: the compiled prior with a bf16 reward
-                     ("compiled, bf16 reward", "compiled", {}, "bf16"))
-#: the agreement path of the CUDA defaults (compiled bf16 prior, fp32 reward)
+                     # the default before the reward moved to fp32: the compiled bf16 prior with a bf16 reward
+                     ("compiled, bf16 reward", "compiled_bf16", {}, "bf16"))
+#: the agreement path of the CUDA defaults (compiled prior at prior.dtype=auto: fp16 for SD; fp32 reward)
 DEFAULT_PATH = "compiled (default on CUDA)"
 #: overrides that do not approximate the algorithm (they change how the step runs, or run part of it in fp32): rows with
 #: them still count as the algorithm against the reference structure
@@ -92,12 +94,13 @@ EXACT_OVERRIDES = ("chunk_size", "lookahead.overlap", "lookahead.fp32_below", "l
 #: the candidates of small-t steps ranked on the prior's fp32 view (``lookahead.fp32_below``, full fp32 and with TF32):
 #: step rows beside the compiled default, what they add to a paper_2d image, and their agreement paths
 FP32_SECTIONS = ("fp32_ranking",)
-#: the prior in fp16 (``prior.dtype=fp16``: 10 mantissa bits against bf16's 7, at the same tensor-core rate): its compiled
-#: step row beside the compiled default and its agreement path; bf16's near-ties are what keep the default under the bar
-FP16_SECTIONS = ("fp16",)
-FP16_PATH = "compiled, fp16 prior"
+#: the prior's half precision: the compiled default (``prior.dtype=auto``: fp16 for SD on CUDA, 10 mantissa bits) beside
+#: the same prior in bf16 (7 bits, the default until fp16 kept more selections at the same speed), as step rows and
+#: agreement paths
+HALF_SECTIONS = ("half",)
+BF16_PATH = "compiled, bf16 prior (the default before)"
 ALL_SECTIONS = (MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS + FP32_SECTIONS
-                + FP16_SECTIONS)
+                + HALF_SECTIONS)
 QUICK_SECTIONS = ("paper", "agreement")
 
 
@@ -199,8 +202,8 @@ def image_reward_files(folder: Path, preset: str) -> tuple[Path, Path]:
 class Models:
     """Priors and rewards under test, built on first use and shared by the sections.
 
-    Prior variants: ``eager`` (bf16), ``compiled`` (bf16, reduce-overhead: the CUDA default), ``compiled_fp16`` (the
-    same in fp16), ``compiled_cudnn``
+    Prior variants: ``eager`` (``prior.dtype=auto``: fp16 on CUDA), ``compiled`` (the same, reduce-overhead: the CUDA
+    default), ``eager_bf16`` and ``compiled_bf16`` (the same in bf16, also on the CPU), ``compiled_cudnn``
     (the same, a separate instance run and captured under cuDNN's autotuner), ``compiled_cudnn_sdpa`` (the same
     with ``prior.attention=cudnn``: cuDNN's fused attention first), ``eager_float8``,
     ``compiled_float8`` (float8 ranking view), ``fp32`` (eager, NCHW: the reference and the exact path).
@@ -226,8 +229,9 @@ class Models:
             if variant == "fp32":
                 kw.update(dtype="fp32", channels_last=False, compile=False)
             else:
-                # (fp16 runs on the CPU as well: the tiny CPU runs check that the fp16 rows and paths compute in fp16)
-                kw.update(dtype="fp16" if variant.endswith("_fp16") else "bf16" if cuda else "fp32", compile="compiled" in variant, compile_mode="reduce-overhead",
+                # (bf16 runs on the CPU as well: the tiny CPU runs check that the bf16 rows and paths compute in bf16;
+                # auto is fp32 there)
+                kw.update(dtype="bf16" if variant.endswith("_bf16") else "auto", compile="compiled" in variant, compile_mode="reduce-overhead",
                           lookahead_quantize="float8" if "float8" in variant else "none",
                           attention="cudnn" if variant.endswith("_cudnn_sdpa") else "auto")
             t0 = time.perf_counter()
@@ -580,7 +584,8 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
         with cudnn_benchmark(autotunes(variant)), (tf32(matmul=False, cudnn=False) if exact_prior else contextlib.nullcontext()):
             fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
         rep = compare_selections(exact, fast, 2, 2, draws)
-        sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant, "reward": reward_variant, "engine": engine_kw,
+        sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant,
+                              "prior_dtype": str(models.prior(variant).dtype).removeprefix("torch."), "reward": reward_variant, "engine": engine_kw,
                               "seconds": time.perf_counter() - t0, **rep.bar()}
         lo, hi = rep.agreement_ci95
         print(f"agreement {name:28s} {rep.agreement:6.1%}  (95% interval {lo:.0%}-{hi:.0%}; top {rep.top_agreement:.0%}, "
@@ -676,7 +681,7 @@ def bench_lookahead_mfu(models: Models, flops: Flops, device, results: dict, var
 
 
 def bench_bare(models: Models, device, results: dict) -> None:
-    """A bare CFG-sized UNet call (batch 2) and ImageReward on 8 images of 512^2, eager bf16."""
+    """A bare CFG-sized UNet call (batch 2, eager, the default dtype) and ImageReward on 8 images of 512^2."""
     prior, reward = models.prior("eager"), models.reward("fast")
     x = torch.randn(2, *prior.latent_shape, device=device)
     t = torch.full((2,), 500, device=device, dtype=torch.long)
@@ -982,16 +987,16 @@ def main(argv=None) -> int:
         fp32_ranking_cost(results, b)
         speedup(results, 10)
         save()
-    if "fp16" in sections:
-        if "rewardsds_n10_k15_compiled" not in results["configs"] and deadline.allows("rewardsds_n10_k15_compiled", 60):
-            cfg("rewardsds_n10_k15_compiled", "compiled", 10, 15)
-            save()
-        if deadline.allows("rewardsds_n10_k15_compiled_fp16", 60):
+    if "half" in sections:
+        for name, variant in (("rewardsds_n10_k15_compiled", "compiled"), ("rewardsds_n10_k15_compiled_bf16", "compiled_bf16")):
+            if name in results["configs"] or not deadline.allows(name, 60):
+                continue
             try:
-                cfg("rewardsds_n10_k15_compiled_fp16", "compiled_fp16", 10, 15)
-            except RewardSDSError as err:  # fp16's narrower range can overflow to inf: the row says so, the call goes on
-                results["configs"]["rewardsds_n10_k15_compiled_fp16"] = {"error": f"{type(err).__name__}: {err}", "prior_dtype": "float16"}
-                print(f"rewardsds_n10_k15_compiled_fp16: {err}", flush=True)
+                cfg(name, variant, 10, 15)
+            except RewardSDSError as err:  # a half precision's range can overflow: the row says so, the call goes on
+                results["configs"][name] = {"error": f"{type(err).__name__}: {err}", "variant": variant}
+                print(f"{name}: {err}", flush=True)
+            save()
         speedup(results, 10)
         save()
     if "attribution" in sections and deadline.allows("rewardsds_n10_k15_compiled_bf16_reward", 60):
@@ -1001,7 +1006,7 @@ def main(argv=None) -> int:
         cfg("rewardsds_n10_k15_compiled_bf16_reward", "compiled" if cuda else "eager", 10, 15, None, reward_variant="bf16")
         speedup(results, 10)
         save()
-    if sections & {"agreement", "attribution", *FP32_SECTIONS, *FP16_SECTIONS} and deadline.allows("agreement", 90):
+    if sections & {"agreement", "attribution", *FP32_SECTIONS, *HALF_SECTIONS} and deadline.allows("agreement", 90):
         variants = [("eager", "eager", {}, "fast")]
         if cuda:
             variants.append((DEFAULT_PATH, "compiled", {}, "fast"))
@@ -1028,8 +1033,8 @@ def main(argv=None) -> int:
             variants += [(f"compiled, fp32 ranking below t={b}", "compiled", {"fp32_below": b}, "fast"),
                          (f"compiled, fp32 ranking below t={b}, TF32", "compiled", {"fp32_below": b, "fp32_tf32": True}, "fast"),
                          (f"attribution: compiled, fp32 decode only below t={b}", "compiled", {"fp32_below": b, "decode_only": True}, "fast")]
-        if "fp16" in sections:
-            variants.append((FP16_PATH, "compiled_fp16", {}, "fast"))
+        if "half" in sections:
+            variants.append((BF16_PATH, "compiled_bf16", {}, "fast"))
         if args.only_path:
             unknown = sorted(set(args.only_path) - {v[0] for v in variants})
             if unknown:

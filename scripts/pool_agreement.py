@@ -8,7 +8,8 @@ about 4 minutes for them), and a claim of at least 95% needs 73 or more. Run the
     python scripts/benchmark.py --out b.json --sections agreement --draws 36 --per-draw --first-seed 4
     python scripts/pool_agreement.py a.json b.json --out pooled.json
 
-Every run must measure the same thing: the same N, lookahead, set sizes and exact path, on the same GPU model
+Every run must measure the same thing: the same N, lookahead, set sizes and exact path, each path with the same prior
+(variant and dtype), reward and engine settings, on the same GPU model
 (bf16 kernels differ between GPUs, and so do the near-ties they flip; ``--mixed-devices`` pools anyway and says
 so), and no draw (seed, step) twice. A path is pooled where every run measured it; the others are listed as
 left out. Writes the pooled JSON (``--out``) and prints a markdown table.
@@ -28,6 +29,8 @@ from rewardsds.eval.agreement import pool_reports  # noqa: E402
 
 #: what every pooled run must share (the agreement section's settings)
 SAME = ("n_noises", "lookahead_steps", "n_max", "n_min", "exact")
+#: what each pooled path must share across the runs (the prior variant and its dtype, the reward, the engine settings)
+PATH_SAME = ("prior", "prior_dtype", "reward", "engine")
 
 
 def load(path: Path) -> dict:
@@ -59,8 +62,15 @@ def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False)
     out = {"files": [str(f) for f, _ in runs], "devices": sorted({str(d.get("device")) for _, d in runs}),
            **{k: first["agreement"].get(k) for k in SAME}, "paths": {}, "left_out": sorted(every - set(names))}
     for name in names:
+        parts = [d["agreement"]["paths"][name] for _, d in runs]
+        for key in PATH_SAME:  # one label, one measurement: e.g. the default's path before and after its dtype changed
+            for (f, _), part in zip(runs[1:], parts[1:]):
+                if part.get(key) != parts[0].get(key):
+                    raise SystemExit(f"path {name!r}: {key} is {parts[0].get(key)!r} in {first_file} but {part.get(key)!r} in {f}: "
+                                     "the same name measured different things (None: not recorded by that run's benchmark). "
+                                     f"Fix: pool runs that measured the path alike, or leave {f} out")
         try:
-            rep = pool_reports([d["agreement"]["paths"][name] for _, d in runs])
+            rep = pool_reports(parts)
         except ValueError as e:
             raise SystemExit(f"path {name!r}: {e}") from None
         row = rep.to_json(per_draw=per_draw)

@@ -171,6 +171,23 @@ def test_bf16_fast_step_matches_plain_fp32(parts):
 
 
 @gpu_test
+def test_fp16_default_step_is_closer_to_fp32_than_bf16(parts):
+    """prior.dtype=auto on CUDA is fp16 for SD: with the default fp32 reward, its step (rewards, weights, loss, gradient)
+    is within the bf16 bounds of the plain fp32 step and closer to it than the same step with a bf16 prior."""
+    prior, reward = parts
+    s = _strategies()["weighted"]
+    plain = plain_step(prior("fp32", fast=False), reward("fp32", pil=True), s)
+    auto = prior("auto", fast=True)
+    assert auto.dtype == torch.float16
+    rep16 = compare(fast_step(auto, reward("fp32", pil=False), s), plain)
+    rep_bf = compare(fast_step(prior("bf16", fast=True), reward("fp32", pil=False), s), plain)
+    _report("fp16_vs_bf16_vs_fp32_weighted", {"fp16": rep16, "bf16": rep_bf})
+    assert rep16["rewards_max_abs_diff"] <= 0.05 * max(1.0, float(plain["rewards"].abs().max())), rep16
+    assert rep16["loss_rel_err"] < 5e-2 and rep16["grad_rel_err"] < 0.1 and rep16["grad_cosine"] > 0.99, rep16
+    assert rep16["grad_rel_err"] < rep_bf["grad_rel_err"] and rep16["rewards_max_abs_diff"] < rep_bf["rewards_max_abs_diff"], (rep16, rep_bf)
+
+
+@gpu_test
 def test_cuda_graph_unet_matches_eager(parts):
     prior, reward = parts
     eager, graphed = prior("bf16", fast=True), prior("bf16", fast=True, compile_mode="reduce-overhead")

@@ -147,6 +147,26 @@ def test_vsd_gradient_and_lora_loss_by_hand(tiny_sd_prior, vsd):
     assert float(out.logs["lora_evals"]) == 2
 
 
+def test_vsd_beside_an_fp16_prior_trains_its_lora_through_a_bf16_copy(tiny_sd):
+    """prior.dtype=fp16 (auto on CUDA for SD): the prior's predictions stay fp16, the LoRA's base UNet is bf16 and its
+    loss gives finite, non-zero fp32 gradients to the LoRA (fp16's range underflows such a backward pass)."""
+    from rewardsds.priors.config import SDPriorConfig
+    from rewardsds.priors.sd import StableDiffusionPrior
+
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, dtype="fp16")).to(CPU)
+    loss = VSDLoss(VSDLossConfig(guidance_scale=7.5))
+    loss.setup(p, None, CPU, 10)
+    assert loss.model.dtype == torch.bfloat16 and next(p.unet.parameters()).dtype == torch.float16
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    out = step_loss(loss, p, make_engine(p, None, seed=9), z, 321, 1, NoStrategy(), step=3)
+    (out.weights[:, None] * out.candidate_losses).sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    out.extra["loss_lora"].backward()
+    grads = [q.grad for q in loss.model.lora_parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
 def test_reward_vsd_evaluates_the_lora_only_where_weights_are_nonzero(tiny_sd_prior, vsd):
     p = tiny_sd_prior
     reward = AnalyticReward(AnalyticRewardConfig(preferred=["red"], image_size=16))

@@ -119,27 +119,49 @@ def test_benchmark_fp32_ranking_section_times_and_measures_its_paths(tmp_path):
     assert all(p["agreement"] == 1.0 for p in paths.values())  # fp32 on the CPU: the exact path's arithmetic
 
 
-def test_benchmark_fp16_section_times_and_measures_the_fp16_prior(tmp_path):
-    """--sections fp16: the compiled default's row and the same prior in fp16 (``prior.dtype=fp16``) as a step row and an
-    agreement path. On the CPU the "compiled" priors are eager and the bf16 ones fp32, but the fp16 prior computes in
-    fp16 there too, so its rewards differ from the exact fp32 path's while the eager path's do not."""
+def test_benchmark_half_section_times_and_measures_the_default_beside_bf16(tmp_path):
+    """--sections half: the compiled default (``prior.dtype=auto``) and the same prior in bf16 as step rows, and the bf16
+    agreement path. On the CPU auto is fp32 and the "compiled" prior eager, but the bf16 prior computes in bf16 there too,
+    so its rewards move away from the exact fp32 path's while the eager (auto) path's do not."""
     out = tmp_path / "bench.json"
     B = _script("benchmark")
-    args = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--draws", "4", "--sections", "fp16",
+    args = ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--draws", "4", "--sections", "half",
             "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out),
-            "--only-path", B.FP16_PATH, "--only-path", "eager"]
+            "--only-path", B.BF16_PATH, "--only-path", "eager"]
     assert B.main(args) == 0
     r = json.loads(out.read_text())
     rows = r["configs"]
-    assert rows["rewardsds_n10_k15_compiled_fp16"]["prior_dtype"] == "float16"
-    assert rows["rewardsds_n10_k15_compiled"]["prior_dtype"] == "float32"
-    assert rows["rewardsds_n10_k15_compiled_fp16"]["evals_per_step"] == rows["rewardsds_n10_k15_compiled"]["evals_per_step"]
+    assert rows["rewardsds_n10_k15_compiled"]["prior_dtype"] == "float32"  # auto on the CPU
+    assert rows["rewardsds_n10_k15_compiled_bf16"]["prior_dtype"] == "bfloat16"
+    assert rows["rewardsds_n10_k15_compiled_bf16"]["evals_per_step"] == rows["rewardsds_n10_k15_compiled"]["evals_per_step"]
     paths = r["agreement"]["paths"]
-    assert set(paths) == {B.FP16_PATH, "eager"} and paths[B.FP16_PATH]["prior"] == "compiled_fp16"
+    assert set(paths) == {B.BF16_PATH, "eager"}
+    assert (paths[B.BF16_PATH]["prior"], paths[B.BF16_PATH]["prior_dtype"], paths["eager"]["prior_dtype"]) == (
+        "compiled_bf16", "bfloat16", "float32")
     err = {name: p["reward_abs_err_over_spread"] for name, p in paths.items()}
     # fp32 on the CPU: the exact path's prior (its reward's tensor preprocessing moves the 8-bit levels a little);
-    # fp16 rounds the prior's every layer: its rewards move more
-    assert err["eager"] < 1e-3 and err[B.FP16_PATH] > 5 * err["eager"], err
+    # bf16 rounds the prior's every layer: its rewards move more
+    assert err["eager"] < 1e-3 and err[B.BF16_PATH] > 5 * err["eager"], err
+
+
+def test_pooling_refuses_one_path_name_measured_with_different_priors(tmp_path):
+    """The default's path after its dtype changed is not the same measurement as before: pool_agreement refuses to
+    add them up (a run that did not record the dtype counts as different)."""
+    P = _script("pool_agreement")
+    row = {"seed": 0, "step": 0, "t": 500, "top_match": True, "bottom_match": True, "match": True, "regret": 0.0,
+           "reward_spread": 1.0, "reward_max_abs_err": 0.0, "rank_corr": 1.0}
+    settings = {"n_noises": 10, "lookahead_steps": 15, "n_max": 2, "n_min": 2, "exact": "fp32"}
+
+    def run(name, seed, **path):
+        f = tmp_path / name
+        f.write_text(json.dumps({"device": "H100", "agreement": {**settings, "paths": {
+            "default": {"per_draw": [{**row, "seed": seed}], "prior": "compiled", "reward": "fast", "engine": {}, **path}}}}))
+        return f
+
+    old, new, new2 = run("old.json", 0), run("new.json", 1, prior_dtype="float16"), run("new2.json", 2, prior_dtype="float16")
+    with pytest.raises(SystemExit, match=r"path 'default': prior_dtype is None in .*old.json but 'float16' in .*new.json"):
+        P.pool([old, new])
+    assert P.pool([new, new2])["paths"]["default"]["n_draws"] == 2
 
 
 @pytest.mark.slow

@@ -65,9 +65,41 @@ def test_missing_model_error_is_actionable(tmp_path):
     assert "prior.pretrained=/path/to/local/folder" in msg and "experiment=demo" in msg
 
 
-def test_dtype_resolution():
+def test_dtype_resolution(monkeypatch):
+    from rewardsds.utils.dtypes import grad_half
+
     assert resolve_dtype(DType.auto, "cpu") == torch.float32
+    assert resolve_dtype(DType.auto, "cpu", half=torch.float16) == torch.float32  # auto stays fp32 off CUDA
     assert resolve_dtype(DType.bf16, "cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype(DType.auto, "cuda") == torch.bfloat16 and resolve_dtype(DType.auto, "cuda", half=torch.float16) == torch.float16
+    assert resolve_dtype(DType.fp32, "cuda", half=torch.float16) == torch.float32  # a named dtype is that dtype
+    assert grad_half(torch.float16, "cuda") == torch.bfloat16 and grad_half(torch.float32, "cuda") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert resolve_dtype(DType.auto, "cuda") == torch.float16 and grad_half(torch.float16, "cuda") == torch.float16
+    assert grad_half(torch.float16, "cpu") == torch.bfloat16
+
+
+def test_auto_half_is_fp16_for_sd_bf16_for_float8_and_mvdream(tiny_sd):
+    """prior.dtype=auto on CUDA: fp16 for the SD prior (its measured selection agreement), bf16 where a float8 lookahead
+    quantises the UNet (torchao's bf16 recipe), and bf16 for MVDream (as its timings were measured)."""
+    from rewardsds.priors.mvdream import MVDreamPrior
+
+    sd = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True))
+    f8 = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, lookahead_quantize="float8"))
+    assert (sd.auto_half(), f8.auto_half(), MVDreamPrior.AUTO_HALF) == (torch.float16, torch.bfloat16, torch.bfloat16)
+
+
+def test_an_fp16_prior_gives_a_bf16_copy_for_gradients(tiny_sd):
+    """VSD's LoRA trains through a copy of the UNet: beside an fp16 prior the copy is bf16 (fp16's range would underflow
+    its backward pass without loss scaling); the prior's own UNet stays fp16 and untouched."""
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, dtype="fp16")).to("cpu")
+    assert p.dtype == torch.float16 and p.grad_dtype == torch.bfloat16
+    copy = p.trainable_copy()
+    assert next(copy.parameters()).dtype == torch.bfloat16 and next(p.unet.parameters()).dtype == torch.float16
+    assert not any(q.requires_grad for q in copy.parameters())
+    p32 = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, dtype="fp32")).to("cpu")
+    assert next(p32.trainable_copy().parameters()).dtype == torch.float32
 
 
 def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):

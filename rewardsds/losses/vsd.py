@@ -259,7 +259,8 @@ class VSDLoss(LossMode):
 
 
 def load_lora_base(source: str, prior: Prior, device: torch.device) -> tuple[nn.Module, str]:
-    """A separate LoRA base UNet (``loss.lora_base``): loaded frozen in the prior's dtype, with its prediction type.
+    """A separate LoRA base UNet (``loss.lora_base``): loaded frozen in the prior's ``grad_dtype`` (its dtype, bf16 for
+    an fp16 prior), with its prediction type.
 
     Checks that it fits the prior: same latent channels, same text-embedding width, same noise schedule.
     """
@@ -283,7 +284,8 @@ def load_lora_base(source: str, prior: Prior, device: torch.device) -> tuple[nn.
     if ac.shape != prior.alphas_cumprod.shape or not torch.allclose(ac, prior.alphas_cumprod, atol=1e-6):
         raise ConfigError(hint, source, "has a different noise schedule from the prior",
                           "use a base trained with the prior's schedule, or leave loss.lora_base unset")
-    dtype = getattr(prior, "dtype", torch.float32)
+    # the LoRA's backward pass runs through this UNet: bf16 beside an fp16 prior (Prior.grad_dtype)
+    dtype = getattr(prior, "grad_dtype", getattr(prior, "dtype", torch.float32))
     unet.to(device=device, dtype=dtype)
     if torch.device(device).type == "cuda" and prior.cfg.channels_last:
         unet.to(memory_format=torch.channels_last)

@@ -73,7 +73,9 @@ class SDPriorConfig(PriorConfig):
     pretrained: str = "stabilityai/stable-diffusion-2-1-base"
     revision: Optional[str] = None
     variant: Optional[str] = None  # e.g. "fp16" to download the half-precision files
-    dtype: DType = DType.auto  # auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU; guidance arithmetic is always fp32
+    # auto = fp16 on CUDA (bf16 with lookahead_quantize=float8; VSD's LoRA copy trains in bf16), fp32 on CPU;
+    # guidance arithmetic is always fp32
+    dtype: DType = DType.auto
     scheduler: str = "ddim"  # ddim | ddpm: only the noise schedule is read from it
     local_files_only: bool = False  # never touch the network (a filled cache or a local folder is required)
     channels_last: bool = True  # channels-last memory format for the UNet and VAE on CUDA

@@ -12,20 +12,36 @@ from rewardsds.schema import DType
 _TORCH_DTYPES = {DType.fp32: torch.float32, DType.fp16: torch.float16, DType.bf16: torch.bfloat16}
 
 
-def resolve_dtype(dtype: DType, device: torch.device | str) -> torch.dtype:
+def resolve_dtype(dtype: DType, device: torch.device | str, half: torch.dtype = torch.bfloat16) -> torch.dtype:
     """The torch dtype that ``dtype`` means on ``device``.
 
-    ``auto`` is bf16 on CUDA (fp16 on a GPU without bf16) and fp32 elsewhere; the other choices name their dtype.
+    ``auto`` is ``half`` on CUDA (bf16 unless the model says otherwise; fp16 on a GPU without bf16) and fp32
+    elsewhere; the other choices name their dtype.
 
     Args:
         dtype: a validated ``dtype`` setting (``prior.dtype``, ``reward.dtype``).
         device: where the model runs.
+        half: the model's half precision for ``auto`` on CUDA (the SD prior's is fp16, see
+            ``StableDiffusionPrior.AUTO_HALF``).
     """
     if dtype is DType.auto:
         if torch.device(device).type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return half if half == torch.float16 or torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return _TORCH_DTYPES[dtype]
+
+
+def grad_half(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype for a network that gradients flow through, next to a frozen model in ``dtype``: bf16 in place of fp16.
+
+    fp16's range (smallest normal 6e-5) underflows a backward pass that has no loss scaling; bf16 keeps fp32's range.
+    fp16 stays where the GPU has no bf16; fp32 and bf16 stay as they are.
+    """
+    if dtype != torch.float16:
+        return dtype
+    if torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 @contextlib.contextmanager
