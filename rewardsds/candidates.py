@@ -187,7 +187,7 @@ class CandidateEngine:
     # ------------------------------------------------------------------ which model ranks
     def ranks_in_fp32(self, t: int) -> bool:
         """Whether the candidates at ``t`` rank on the prior's fp32 view, with TF32 as ``lookahead.fp32_tf32`` says
-        (``lookahead.fp32_below``): below that timestep the candidates differ little and bf16 rounding flips near-ties
+        (``lookahead.fp32_below``): below that timestep the candidates differ little and half-precision rounding flips near-ties
         of their rewards. A prior that computes eager in fp32 anyway is its own view (then only the TF32 switches
         change)."""
         return t < self.lookahead_cfg.fp32_below
