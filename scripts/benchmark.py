@@ -223,7 +223,6 @@ class Models:
             from rewardsds.priors.config import SDPriorConfig
             from rewardsds.priors.sd import StableDiffusionPrior
 
-            cuda = self.device.type == "cuda"
             kw: dict[str, Any] = dict(local_files_only=True, compile_cache=self.args.compile_cache,
                                       tiny_vae=str(self.args.tiny_vae) if self.args.tiny_vae else None)
             if variant == "fp32":
