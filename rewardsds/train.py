@@ -315,8 +315,13 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
             write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
         remove_partial_files(run_dir)
         write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config_tree(typed)))
+        # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
+        prior_dtype = str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", "")
         session = {"started_at": started_at, "start_step": system.iteration, "command": command_line(), "pid": os.getpid(),
-                   "status": "running"}
+                   "status": "running", "prior_dtype": prior_dtype}
+        changes = dict(changes or {})
+        if previous.get("prior_dtype") not in (None, prior_dtype):  # e.g. another device, or a version whose auto differs
+            changes["prior_dtype"] = (previous["prior_dtype"], prior_dtype)
         if changes:
             session["changes"] = {k: {"from": a, "to": b} for k, (a, b) in changes.items()}
         earlier = [dict(s) for s in previous.get("sessions", [])]
@@ -329,8 +334,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
                    "pid": os.getpid(), "started_at": previous.get("started_at", started_at), "gpu_index": gpu_index,
                    "gpu_lock_wait_s": lock_wait_s, "device_index": device.index if device.type == "cuda" else None,
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                   # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
-                   "prior_dtype": str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", ""),
+                   "prior_dtype": prior_dtype,
                    "sessions": earlier + [session]}
         for stale in ("error", "finished_at", "interrupted_by"):
             metrics.pop(stale, None)

@@ -96,6 +96,23 @@ def test_a_headless_run_of_a_model_prior_prints_no_library_bars(tmp_path, tiny_s
     assert re.search(r"complete in \S+ \(1 step, ", r.stdout), r.stdout
 
 
+def test_a_resume_whose_prior_resolves_to_another_dtype_says_so(tmp_path):
+    """Each session records what prior.dtype resolved to; a resume where it resolves otherwise (another device, or a
+    version whose auto differs) names the change in its start block and in its session's record."""
+    run = tmp_path / "run"
+    r = run_cli([*RUN, *FAST, "steps=2", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = _metrics(run)
+    assert m["prior_dtype"] == "float32" and m["sessions"][0]["prior_dtype"] == "float32"
+    m["prior_dtype"] = "bfloat16"  # as a session on a GPU would have recorded it
+    (run / "metrics.json").write_text(json.dumps(m))
+    r = run_cli([f"resume={run}", "steps=4"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "changed: prior_dtype" in r.stdout, r.stdout
+    m = _metrics(run)
+    assert m["sessions"][-1]["changes"] == {"prior_dtype": {"from": "bfloat16", "to": "float32"}} and m["prior_dtype"] == "float32"
+
+
 def test_library_bars_stay_on_a_terminal_and_where_the_user_turned_them_on(monkeypatch):
     from rewardsds.utils.quiet import HUB_BARS_OFF, quiet_progress_bars
 
