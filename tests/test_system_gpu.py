@@ -101,13 +101,16 @@ def test_full_sd21_base_default_dtype_is_fp16_with_a_bf16_lora(sd21_random, imag
 @pytest.mark.parametrize("rep", ["nerf", "gaussians"])
 @pytest.mark.parametrize("size", ["tiny", "sd21"])
 def test_3d_fifty_steps(rep, size, tiny_sd, sd21_random, image_reward_random, tmp_path):
+    """DreamFusion-style 3D runs on the SD prior at its default dtype on CUDA (fp16): the renders' gradients pass back
+    through the fp16 VAE encoder (as threestudio's SD guidance runs it) without a non-finite step."""
     prior = tiny_sd if size == "tiny" else sd21_random
     rep_overrides = ["representation.estimator=occgrid"] if rep == "nerf" else ["representation.rasterizer=gsplat"]
-    m = _run([*GPU, f"experiment=dreamfusion_{rep}", f"prior.pretrained={prior}", "prior.local_files_only=true", *image_reward_random, "steps=50",
+    default_dtype = [o for o in GPU if not o.startswith("prior.dtype=")]
+    m = _run([*default_dtype, f"experiment=dreamfusion_{rep}", f"prior.pretrained={prior}", "prior.local_files_only=true", *image_reward_random, "steps=50",
               "n_noises=4", "lookahead.steps=4", "reward_duration=1.0", "cameras.resolution={start: 64}", "output.eval_views=4",
               "output.turntable_frames=8", "cameras.eval_resolution=256", *rep_overrides], tmp_path / "run")
-    assert len(list((tmp_path / "run" / "eval").glob("view_*.png"))) == 4
-    _report(f"{rep}_{size}_50steps", m, {"representation": rep, "prior": size})
+    assert len(list((tmp_path / "run" / "eval").glob("view_*.png"))) == 4 and m["prior_dtype"] == "float16"
+    _report(f"{rep}_{size}_50steps", m, {"representation": rep, "prior": size, "prior_dtype": m["prior_dtype"]})
 
 
 @gpu_test
