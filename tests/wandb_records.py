@@ -118,13 +118,14 @@ def wait_complete(path: str | Path, timeout: float = 60.0) -> Path:
     """
     import time
 
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             kinds = {pb.Record.FromString(p).WhichOneof("record_type") for p in iter_payloads(path)}
-        except (ValueError, OSError, struct.error):
+        except (ValueError, OSError, struct.error, DecodeError):  # a record still being written reads as corrupt
             kinds = set()
         if "exit" in kinds:
             return Path(path)
