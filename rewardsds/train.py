@@ -161,7 +161,8 @@ def build_logger(typed: Config, run_dir: Path, record: dict[str, Any], wandb_id:
     kwargs: dict[str, Any] = {"save_dir": str(run_dir)}
     if isinstance(cfg, WandbLoggerConfig):
         overrides = ",".join(o for o in job_overrides() if not o.startswith(("logger", "resume", "hydra.")))
-        kwargs["run_config"] = config_tree(typed)
+        # the settings, and what prior.dtype resolved to (auto differs by device): a column to filter runs by
+        kwargs["run_config"] = {**config_tree(typed), **({"prior_dtype": record["prior_dtype"]} if "prior_dtype" in record else {})}
         # multirun jobs: the job folder name (swept overrides, prompt slugs), the same on disk and in W&B
         kwargs["name"] = cfg.name or (typed.name or (run_dir.name if is_multirun() else overrides) or run_dir.name)[:128]
         kwargs["group"] = cfg.group or sweep_group()
@@ -302,6 +303,8 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
             media = Media(run_dir)
             system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
             system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
+            # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
+            record["prior_dtype"] = str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", "")
     except BaseException:
         lock.release_as_it_was()
         raise
@@ -315,8 +318,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
             write_text(invoked_dir / "RESUMED_INTO.txt", f"This invocation resumed the run in {resume_dir.resolve()}\n")
         remove_partial_files(run_dir)
         write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(config_tree(typed)))
-        # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
-        prior_dtype = str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", "")
+        prior_dtype = record["prior_dtype"]
         session = {"started_at": started_at, "start_step": system.iteration, "command": command_line(), "pid": os.getpid(),
                    "status": "running", "prior_dtype": prior_dtype}
         changes = dict(changes or {})
@@ -334,7 +336,6 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
                    "pid": os.getpid(), "started_at": previous.get("started_at", started_at), "gpu_index": gpu_index,
                    "gpu_lock_wait_s": lock_wait_s, "device_index": device.index if device.type == "cuda" else None,
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                   "prior_dtype": prior_dtype,
                    "sessions": earlier + [session]}
         for stale in ("error", "finished_at", "interrupted_by"):
             metrics.pop(stale, None)

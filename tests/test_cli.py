@@ -277,7 +277,7 @@ def test_wandb_offline_run_holds_logged_keys(tmp_path):
               "train/reward_selected", "train/weights_entropy", "train/step_time"]:
         assert k in keys["history"], k
     assert "final/reward" in keys["summary"]
-    assert {"prompt", "strategy", "n_noises", "prior"} <= keys["config"]
+    assert {"prompt", "strategy", "n_noises", "prior", "prior_dtype"} <= keys["config"]
     assert any(f.startswith("media/images/train/image") for f in keys["files"])
     assert any(f.endswith(".mp4") for f in keys["files"])
 
