@@ -27,6 +27,7 @@ from rewardsds.errors import ConfigError, RunInterrupted, TrainingAborted
 from rewardsds.schema import build
 from rewardsds.resume import check_changes, check_steps, load_checkpoint, resolve_resume, saved_config
 from rewardsds.runlock import RunLock
+from rewardsds.utils.dtypes import dtype_name
 from rewardsds.utils.io import (command_line, git_commit, job_command, package_versions, read_json, remove_partial_files,
                                 write_json, write_text)
 
@@ -304,7 +305,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
             system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
             system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
             # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
-            record["prior_dtype"] = str(getattr(parts["prior"], "dtype", "float32")).replace("torch.", "")
+            record["prior_dtype"] = dtype_name(getattr(parts["prior"], "dtype", torch.float32))
     except BaseException:
         lock.release_as_it_was()
         raise

@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from rewardsds.candidates import CandidateEngine  # noqa: E402
 from rewardsds.errors import RewardSDSError  # noqa: E402
-from rewardsds.utils.dtypes import tf32  # noqa: E402  (the exact path turns both switches off)
+from rewardsds.utils.dtypes import dtype_name, tf32  # noqa: E402  (the exact path turns both switches off)
 
 PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
@@ -422,7 +422,7 @@ def bench_config(args, models: Models, flops: Flops, device, tmp: Path, results:
     r.update({"variant": variant, "n_noises": n, "lookahead_steps": k, "overrides": extra or [], "peak_memory_gb": peak_gb(device),
               "chunk_size": system.engine.chunk_size(system.representation.latents), "decodes_per_step": decodes,
               "compile": getattr(prior._unet_call, "mode", None), "lookahead_quantize": prior.cfg.lookahead_quantize.value,
-              "attention": prior.cfg.attention.value, "prior_dtype": str(prior.dtype).removeprefix("torch."),
+              "attention": prior.cfg.attention.value, "prior_dtype": dtype_name(prior.dtype),
               "reward_variant": reward_variant, "cudnn_benchmark": autotunes(variant)})
     add_mfu(r, models, flops, device, prior, decodes, tiny)
     results["configs"][name] = r
@@ -584,7 +584,7 @@ def bench_agreement(args, models: Models, device, results: dict, deadline: Deadl
             fast = collect_rewards(path(variant, reward_variant, **engine_kw), draws)
         rep = compare_selections(exact, fast, 2, 2, draws)
         sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": variant,
-                              "prior_dtype": str(models.prior(variant).dtype).removeprefix("torch."), "reward": reward_variant, "engine": engine_kw,
+                              "prior_dtype": dtype_name(models.prior(variant).dtype), "reward": reward_variant, "engine": engine_kw,
                               "seconds": time.perf_counter() - t0, **rep.bar()}
         lo, hi = rep.agreement_ci95
         print(f"agreement {name:28s} {rep.agreement:6.1%}  (95% interval {lo:.0%}-{hi:.0%}; top {rep.top_agreement:.0%}, "

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from rewardsds.errors import ModelLoadError
+from rewardsds.utils.dtypes import dtype_name
 
 #: prefixes of the original LatentDiffusion state dict
 UNET_PREFIX = "model.diffusion_model."
@@ -535,7 +536,7 @@ def convert_to_folder(
     n_unet = sum(k.startswith(UNET_PREFIX) for k in state_dict)
     ignored = sorted(k for k in state_dict if not k.startswith((UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)))
     out = save_converted(unet, out_folder, source=location if Path(pretrained).exists() else f"{pretrained}/{filename}",
-                         extra={"unet_keys": n_unet, "ignored_keys": ignored, "dtype": str(dtype).replace("torch.", "")})
+                         extra={"unet_keys": n_unet, "ignored_keys": ignored, "dtype": dtype_name(dtype)})
     if vae_text_base is not None:
         from diffusers import AutoencoderKL
         from transformers import CLIPTextConfig

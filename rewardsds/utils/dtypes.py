@@ -31,6 +31,11 @@ def resolve_dtype(dtype: DType, device: torch.device | str, half: torch.dtype = 
     return _TORCH_DTYPES[dtype]
 
 
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``float16`` for ``torch.float16``: how runs and benchmarks record a resolved dtype (``prior_dtype``)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def grad_half(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
     """The dtype for a network that gradients flow through, next to a frozen model in ``dtype``: bf16 in place of fp16.
 
