@@ -13,6 +13,14 @@ Every run must measure the same thing: the same N, lookahead, set sizes and exac
 (bf16 kernels differ between GPUs, and so do the near-ties they flip; ``--mixed-devices`` pools anyway and says
 so), and no draw (seed, step) twice. A path is pooled where every run measured it; the others are listed as
 left out. Writes the pooled JSON (``--out``) and prints a markdown table.
+
+A path renamed between benchmark versions pools with ``--alias "OLD=NEW"``: a run's path OLD counts as NEW. The
+alias is the caller's word that both names measured one prior (an older run's variant label and unrecorded dtype
+cannot say it), so for the aliased runs the prior's label and dtype are not compared; the reward and the engine
+settings still are, and the output lists every alias with what each run recorded. A run that holds both names
+meant something else by NEW then: that path is set aside under its own label (and left out)::
+
+    python scripts/pool_agreement.py old_*.json new_*.json --alias "compiled, fp16 prior=compiled (default on CUDA)"
 """
 
 from __future__ import annotations
@@ -31,6 +39,36 @@ from rewardsds.eval.agreement import pool_reports  # noqa: E402
 SAME = ("n_noises", "lookahead_steps", "n_max", "n_min", "exact")
 #: what each pooled path must share across the runs (the prior variant and its dtype, the reward, the engine settings)
 PATH_SAME = ("prior", "prior_dtype", "reward", "engine")
+#: what an alias vouches for: the prior's variant label and its dtype, which an older benchmark named differently
+ALIAS_WAIVES = ("prior", "prior_dtype")
+
+
+def parse_aliases(specs: list[str] | None) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for spec in specs or []:
+        old, sep, new = spec.partition("=")
+        if not sep or not old.strip() or not new.strip() or old.strip() == new.strip():
+            raise SystemExit(f"--alias {spec!r}: expected OLD=NEW, two different path names. Fix: e.g. "
+                             '--alias "compiled, fp16 prior=compiled (default on CUDA)"')
+        aliases[old.strip()] = new.strip()
+    return aliases
+
+
+def apply_aliases(f: Path, data: dict, aliases: dict[str, str]) -> list[dict]:
+    """Rename this run's aliased paths in place; returns what each renamed path recorded."""
+    paths, renamed = data["agreement"]["paths"], []
+    for old, new in aliases.items():
+        if old not in paths:
+            continue
+        displaced = None
+        if new in paths:  # the name meant something else in that run's version: set it aside, it is not this path
+            displaced = f"{new} (its meaning in {f.name})"
+            paths[displaced] = paths.pop(new)
+        part = paths[new] = paths.pop(old)
+        part["aliased_from"] = old
+        renamed.append({"file": str(f), "from": old, "to": new, **{k: part.get(k) for k in ALIAS_WAIVES},
+                        "displaced": displaced})
+    return renamed
 
 
 def load(path: Path) -> dict:
@@ -44,8 +82,10 @@ def load(path: Path) -> dict:
     return data
 
 
-def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False) -> dict:
+def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False,
+         aliases: dict[str, str] | None = None) -> dict:
     runs = [(f, load(f)) for f in files]
+    renamed = [r for f, data in runs for r in apply_aliases(f, data, aliases or {})]
     first_file, first = runs[0]
     for f, data in runs[1:]:
         for key in SAME:
@@ -60,13 +100,19 @@ def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False)
     names = [n for n in first["agreement"]["paths"] if all(n in d["agreement"]["paths"] for _, d in runs)]
     every = {n for _, d in runs for n in d["agreement"]["paths"]}
     out = {"files": [str(f) for f, _ in runs], "devices": sorted({str(d.get("device")) for _, d in runs}),
-           **{k: first["agreement"].get(k) for k in SAME}, "paths": {}, "left_out": sorted(every - set(names))}
+           **{k: first["agreement"].get(k) for k in SAME}, "paths": {}, "left_out": sorted(every - set(names)),
+           "aliases": renamed}
     for name in names:
         parts = [d["agreement"]["paths"][name] for _, d in runs]
+        files = [f for f, _ in runs]
         for key in PATH_SAME:  # one label, one measurement: e.g. the default's path before and after its dtype changed
-            for (f, _), part in zip(runs[1:], parts[1:]):
-                if part.get(key) != parts[0].get(key):
-                    raise SystemExit(f"path {name!r}: {key} is {parts[0].get(key)!r} in {first_file} but {part.get(key)!r} in {f}: "
+            # an alias vouches for the prior's label and dtype: those compare within the aliased runs and within the others
+            group = (lambda part: "aliased_from" in part) if key in ALIAS_WAIVES else (lambda part: None)
+            ref: dict = {}
+            for f, part in zip(files, parts):
+                f0, p0 = ref.setdefault(group(part), (f, part))
+                if part.get(key) != p0.get(key):
+                    raise SystemExit(f"path {name!r}: {key} is {p0.get(key)!r} in {f0} but {part.get(key)!r} in {f}: "
                                      "the same name measured different things (None: not recorded by that run's benchmark). "
                                      f"Fix: pool runs that measured the path alike, or leave {f} out")
         try:
@@ -98,6 +144,10 @@ def markdown(out: dict) -> str:
         lines.append("\nmixed devices: the runs come from different GPUs")
     for name in out["left_out"]:
         lines.append(f"\nleft out: {name!r} (not measured in every run)")
+    for a in out.get("aliases", []):
+        lines.append(f"\naliased: {a['from']!r} in {a['file']} pooled as {a['to']!r} (that run recorded prior "
+                     f"{a['prior']!r}, dtype {a['prior_dtype'] or 'not recorded'})"
+                     + (f"; its own {a['to']!r} is set aside as {a['displaced']!r}" if a["displaced"] else ""))
     return "\n".join(lines)
 
 
@@ -107,8 +157,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the pooled JSON here (and the table beside it, .md)")
     ap.add_argument("--mixed-devices", action="store_true", help="pool runs of different GPUs (said in the output)")
     ap.add_argument("--per-draw", action="store_true", help="keep every pooled draw's row in the JSON")
+    ap.add_argument("--alias", action="append", default=None, metavar="OLD=NEW",
+                    help="pool a run's path OLD as NEW (a path renamed between benchmark versions; repeatable)")
     args = ap.parse_args(argv)
-    out = pool(args.files, args.mixed_devices, args.per_draw)
+    out = pool(args.files, args.mixed_devices, args.per_draw, parse_aliases(args.alias))
     table = markdown(out)
     print(table)
     if args.out:

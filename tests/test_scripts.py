@@ -164,6 +164,46 @@ def test_pooling_refuses_one_path_name_measured_with_different_priors(tmp_path):
     assert P.pool([new, new2])["paths"]["default"]["n_draws"] == 2
 
 
+def test_pooling_alias_joins_a_renamed_path_and_sets_the_names_old_meaning_aside(tmp_path):
+    """--alias OLD=NEW pools an older run's path under its new name: the alias vouches for the prior's label and dtype
+    (which the older run named otherwise or did not record), not for the reward or the engine; the older run's own
+    NEW (what the name meant then) is set aside, not pooled."""
+    P = _script("pool_agreement")
+    row = {"seed": 0, "step": 0, "t": 500, "top_match": True, "bottom_match": True, "match": True, "regret": 0.0,
+           "reward_spread": 1.0, "reward_max_abs_err": 0.0, "rank_corr": 1.0}
+    settings = {"n_noises": 10, "lookahead_steps": 15, "n_max": 2, "n_min": 2, "exact": "fp32"}
+    base = {"reward": "fast", "engine": {}}
+
+    def run(name, seed, paths):
+        f = tmp_path / name
+        f.write_text(json.dumps({"device": "H100", "agreement": {**settings, "paths": {
+            k: {"per_draw": [{**row, "seed": seed, "match": m, "top_match": m}], **base, **v} for k, (m, v) in paths.items()}}}))
+        return f
+
+    # the older version: the default was bf16, and fp16 had its own name; the newer one: the default is fp16
+    old = run("old.json", 0, {"fp16": (False, {"prior": "compiled_fp16"}), "default": (True, {"prior": "compiled"})})
+    old2 = run("old2.json", 1, {"fp16": (True, {"prior": "compiled_fp16"})})
+    new = run("new.json", 2, {"default": (True, {"prior": "compiled", "prior_dtype": "float16"})})
+    aliases = P.parse_aliases(["fp16=default"])
+    out = P.pool([old, old2, new], aliases=aliases)
+    pooled = out["paths"]["default"]
+    assert pooled["n_draws"] == 3 and pooled["agreement"] == pytest.approx(2 / 3)  # the fp16 draws, not old's bf16 one
+    assert [m["seed"] for m in pooled["misses"]] == [0]
+    assert out["left_out"] == ["default (its meaning in old.json)"]
+    assert [(a["file"].endswith("old.json"), a["prior"], a["prior_dtype"], a["displaced"] is not None) for a in out["aliases"]] \
+        == [(True, "compiled_fp16", None, True), (False, "compiled_fp16", None, False)]
+    assert "aliased: 'fp16'" in P.markdown(out)
+    # what the alias does not vouch for still has to match: the reward, and the prior's label within the aliased runs
+    odd_reward = run("odd_reward.json", 3, {"fp16": (True, {"prior": "compiled_fp16", "reward": "bf16"})})
+    with pytest.raises(SystemExit, match=r"path 'default': reward is 'fast' in .*old.json but 'bf16' in .*odd_reward.json"):
+        P.pool([old, odd_reward, new], aliases=P.parse_aliases(["fp16=default"]))
+    odd_prior = run("odd_prior.json", 4, {"fp16": (True, {"prior": "eager_fp16"})})
+    with pytest.raises(SystemExit, match=r"prior is 'compiled_fp16' in .*old.json but 'eager_fp16' in .*odd_prior.json"):
+        P.pool([old, odd_prior, new], aliases=P.parse_aliases(["fp16=default"]))
+    with pytest.raises(SystemExit, match=r"--alias 'fp16': expected OLD=NEW"):
+        P.parse_aliases(["fp16"])
+
+
 @pytest.mark.slow
 def test_benchmark_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
