@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import cli_runner  # noqa: E402
 from tiny_models import build_tiny_sd  # noqa: E402
 
 import rewardsds.config  # noqa: E402,F401  (registers the schemas with the ConfigStore)
@@ -58,10 +59,12 @@ def compose(overrides: list[str]):
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m rewardsds <args>`` in a subprocess (the user's entry point, exit codes included)."""
+    """Run ``python -m rewardsds <args>`` as its own process (the user's entry point, exit codes included), forked
+    from a server that has imported the heavy libraries once (:mod:`cli_runner` says what is the same as a fresh
+    interpreter and when a real subprocess is used instead)."""
     e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), HYDRA_FULL_ERROR="0")
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "rewardsds", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+    return cli_runner.run(args, cwd, e, timeout)
 
 
 @pytest.fixture(scope="session")
