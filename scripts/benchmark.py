@@ -68,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 from rewardsds.candidates import CandidateEngine  # noqa: E402
 from rewardsds.errors import RewardSDSError  # noqa: E402
 from rewardsds.utils.dtypes import dtype_name, tf32  # noqa: E402  (the exact path turns both switches off)
+from rewardsds.utils.quiet import quiet_progress_bars  # noqa: E402
 
 PROMPT = "a photo of a red fox sitting in the snow"
 # Dense bf16 tensor-core peaks (no sparsity), for MFU.
@@ -894,6 +895,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mvdream", action="store_true")
     ap.add_argument("--time-limit", type=float, default=480.0, help="seconds; later sections are skipped, partial JSON kept")
     args = ap.parse_args(argv)
+    quiet_progress_bars()  # a device log holds the benchmark's lines, not a "Loading weights" bar per model load
     device = torch.device(args.device)
     chosen = args.sections if args.sections is not None else ",".join(QUICK_SECTIONS if args.quick else MAIN_SECTIONS)
     sections = set(s.strip() for s in chosen.split(",") if s.strip())

@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from rewardsds.utils.quiet import quiet_progress_bars  # noqa: E402
+
 PROMPT = "a photo of a red fox sitting in the snow"
 TARGETS = {"paper_2d": 180.0}  # the goal: at most 3 minutes on one H200
 
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="project a run of this many steps instead of the experiment's")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra config overrides (e.g. prior.compile=false)")
     args = ap.parse_args(argv)
+    quiet_progress_bars()  # a device log holds the benchmark's lines, not a "Loading weights" bar per model load
     device = torch.device(args.device)
 
     import benchmark as B
