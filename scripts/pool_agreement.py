@@ -51,6 +51,10 @@ def parse_aliases(specs: list[str] | None) -> dict[str, str]:
             raise SystemExit(f"--alias {spec!r}: expected OLD=NEW, two different path names. Fix: e.g. "
                              '--alias "compiled, fp16 prior=compiled (default on CUDA)"')
         aliases[old.strip()] = new.strip()
+    chained = sorted(set(aliases) & set(aliases.values()))
+    if chained:
+        raise SystemExit(f"--alias: {chained[0]!r} is both a name renamed and a new name: the aliases would chain. "
+                         "Fix: rename every old name straight to the final one")
     return aliases
 
 
@@ -85,6 +89,11 @@ def load(path: Path) -> dict:
 def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False,
          aliases: dict[str, str] | None = None) -> dict:
     runs = [(f, load(f)) for f in files]
+    for old in aliases or {}:  # a misspelt alias would otherwise change nothing, silently
+        if not any(old in d["agreement"]["paths"] for _, d in runs):
+            known = sorted({n for _, d in runs for n in d["agreement"]["paths"]})
+            raise SystemExit(f"--alias {old}={aliases[old]}: no run measured a path {old!r}. Fix: name one of the "
+                             f"runs' paths: {', '.join(map(repr, known))}")
     renamed = [r for f, data in runs for r in apply_aliases(f, data, aliases or {})]
     first_file, first = runs[0]
     for f, data in runs[1:]:

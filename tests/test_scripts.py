@@ -202,6 +202,11 @@ def test_pooling_alias_joins_a_renamed_path_and_sets_the_names_old_meaning_aside
         P.pool([old, odd_prior, new], aliases=P.parse_aliases(["fp16=default"]))
     with pytest.raises(SystemExit, match=r"--alias 'fp16': expected OLD=NEW"):
         P.parse_aliases(["fp16"])
+    with pytest.raises(SystemExit, match=r"--alias: 'default' is both a name renamed and a new name"):
+        P.parse_aliases(["fp16=default", "default=final"])
+    with pytest.raises(SystemExit, match=r"--alias fp61=default: no run measured a path 'fp61'. Fix: name one of the runs' "
+                                         r"paths: 'default', 'fp16'"):
+        P.pool([old, new], aliases=P.parse_aliases(["fp61=default"]))
 
 
 @pytest.mark.slow
