@@ -120,6 +120,51 @@ class TrainerConfig:
         check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "must be >= 1", "use 1")
 
 
+#: ``lightning.Trainer`` arguments the run sets itself from its own keys: ``trainer.<name>`` -> what to set instead
+#: (``{value}``: the value given).
+TRAINER_ARGS_SET_ELSEWHERE = {
+    "max_steps": "set steps={value}: the run's length (the run gives Lightning its own max_steps)",
+    "max_epochs": "set steps=N: a run counts optimisation steps, not epochs",
+    "default_root_dir": "set hydra.run.dir={value} (hydra.sweep.dir for a sweep): the run folder",
+    "enable_checkpointing": "set output.checkpoint_every=N (0: no checkpoints)",
+    "logger": "choose the logger group: logger=csv, logger=wandb or logger=none",
+    "gradient_clip_val": "set loss.grad_clip={value}: the score-distillation gradient is clamped elementwise (null: off)",
+}
+
+
+def key_elsewhere_fix(key: str, value: Any, root: Any) -> Optional[str]:
+    """The fix for a key that does not exist where it was given but does under another name or place, or None.
+
+    ``trainer.max_steps`` names the root's ``steps`` (:data:`TRAINER_ARGS_SET_ELSEWHERE`); a key whose name exists
+    elsewhere in the composed config ``root`` (``lookahead.n_noises``, ``guidance_scale``) names where it is.
+    """
+    parent, _, name = key.rpartition(".")
+    if parent == "trainer" and name in TRAINER_ARGS_SET_ELSEWHERE:
+        return TRAINER_ARGS_SET_ELSEWHERE[name].format(value="X" if value is None else value)
+    places = [p for p in _paths_named(root, name, "") if p != key] if isinstance(root, DictConfig) else []
+    if not places:
+        return None
+    shown = "" if value is None else f"={value}"
+    owners = " and of ".join(p.rpartition(".")[0] or "the root config" for p in places)
+    return f"did you mean {' or '.join(p + shown for p in places)}? ({name} is a key of {owners})"
+
+
+def _paths_named(node: DictConfig, name: str, path: str) -> List[str]:
+    found = []
+    if node._is_none() or node._is_missing() or node._is_interpolation():
+        return found
+    for k in node.keys():
+        if path == "" and k == "hydra":
+            continue
+        here = f"{path}{k}"
+        if k == name:
+            found.append(here)
+        child = node._get_node(k)
+        if isinstance(child, DictConfig):
+            found += _paths_named(child, name, here + ".")
+    return found
+
+
 def check_devices(devices: Any, accelerator: str = "auto") -> None:
     """``trainer.devices`` must name one device: a run is one process (a multirun spreads jobs over GPUs).
 
@@ -774,10 +819,10 @@ def check_known_keys(cfg: DictConfig) -> None:
     without a word. Every node typed by a schema (the root, each group option, nested settings) is compared
     with its dataclass's fields; free-form mappings (``compare.runs``, ``reward.weights``) are not.
     """
-    _check_keys(cfg, "")
+    _check_keys(cfg, "", cfg)
 
 
-def _check_keys(node: Any, path: str) -> None:
+def _check_keys(node: Any, path: str, root: DictConfig) -> None:
     if isinstance(node, DictConfig):
         if node._is_none() or node._is_missing() or node._is_interpolation():
             return
@@ -789,17 +834,18 @@ def _check_keys(node: Any, path: str) -> None:
                     continue
                 where = f"{path[:-1]} ({schema.__name__})" if path else ("the root config" if schema is Config else schema.__name__)
                 close = difflib.get_close_matches(str(key), fields, n=1)
-                fix = (f"did you mean {path}{close[0]}?" if close else f"remove it; the settings of {where} are: "
-                       + ", ".join(f for f in fields if not f.startswith("_")))
-                raise ConfigError(f"{path}{key}", _raw_value(node, key), f"is not a setting of {where}, so nothing would read it",
+                value = _raw_value(node, key)
+                fix = (f"did you mean {path}{close[0]}?" if close else key_elsewhere_fix(f"{path}{key}", value, root)
+                       or f"remove it; the settings of {where} are: " + ", ".join(f for f in fields if not f.startswith("_")))
+                raise ConfigError(f"{path}{key}", value, f"is not a setting of {where}, so nothing would read it",
                                   fix + " (a leading + adds a new key; without it Hydra checks the name)")
         for key in node.keys():
-            _check_keys(node._get_node(key), f"{path}{key}.")
+            _check_keys(node._get_node(key), f"{path}{key}.", root)
     elif isinstance(node, ListConfig):
         if node._is_none() or node._is_missing() or node._is_interpolation():
             return
         for i in range(len(node)):
-            _check_keys(node._get_node(i), f"{path[:-1]}[{i}].")
+            _check_keys(node._get_node(i), f"{path[:-1]}[{i}].", root)
 
 
 def _raw_value(node: DictConfig, key: Any) -> Any:

@@ -339,11 +339,15 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
     value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == base), None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         parent, _, name = base.rpartition(".")
-        known = _keys_at(parent, _without(overrides, base), config_package)
+        from rewardsds.config import key_elsewhere_fix
+
+        rest = _without(overrides, base)
+        known = _keys_at(parent, rest, config_package)
         close = difflib.get_close_matches(name, known, n=1)
         where = parent or "the root config"
         fix = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
-               else f"remove it; the keys of {where} are: {', '.join(known)}" if known else "remove it")
+               else key_elsewhere_fix(base, value, _composed(rest, config_package))
+               or (f"remove it; the keys of {where} are: {', '.join(known)}" if known else "remove it"))
         return CommandLineError(base, value, f"is not a key of {where}", fix + " (rewardsds --cfg job shows every key)")
     if isinstance(cause, ValidationError):
         problem = str(cause).splitlines()[0]

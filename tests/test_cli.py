@@ -78,6 +78,14 @@ def test_unknown_key_is_rejected():
         (["strategy.lambda_mx=0.5"], "strategy.lambda_mx = '0.5': is not a key of strategy. Fix: did you mean strategy.lambda_max?"),
         (["experiment=paper_2d", "prior.pretrainedd=x"], "prior.pretrainedd = 'x': is not a key of prior. Fix: did you mean prior.pretrained?"),
         (["hydra.run.dirr=x"], "hydra.run.dirr = 'x': is not a key of hydra.run. Fix: did you mean hydra.run.dir?"),
+        # a key given where it does not live, or a Lightning argument the run sets from its own key: where it is
+        (["experiment=analytic", "lookahead.n_noises=4"], "lookahead.n_noises = '4': is not a key of lookahead. Fix: did you mean "
+                                                          "n_noises=4? (n_noises is a key of the root config)"),
+        (["experiment=analytic", "guidance_scale=5"], "Fix: did you mean loss.guidance_scale=5 or lookahead.guidance_scale=5? "
+                                                      "(guidance_scale is a key of loss and of lookahead)"),
+        (["experiment=analytic", "trainer.max_steps=60"], "trainer.max_steps = '60': is not a key of trainer. Fix: set steps=60: "
+                                                          "the run's length"),
+        (["experiment=analytic", "trainer.logger=wandb"], "Fix: choose the logger group: logger=csv, logger=wandb or logger=none"),
         (["steps=abc"], "steps = 'abc': Value 'abc' of type 'str' could not be converted to Integer. Fix: give a whole number"),
         (["resume_allow_changes=maybe"], "resume_allow_changes = 'maybe': Value 'maybe' is not a valid bool (type str). Fix: give true or false"),
         (["strategy=minmax"], "strategy = 'minmax': is not an option of strategy (options: best, min_max, none, random, weighted). "
@@ -113,6 +121,8 @@ def test_unknown_key_is_rejected():
         (["-m", "experiment=analytic", "prompts_file=/no/such/prompts.txt", "seed=0,1"], "prompts_file = '/no/such/prompts.txt': does not exist. Fix: give"),
         # the project's validation, which the run did at its start (after its folder existed)
         (["experiment=analytic", "+n_noise=8"], "n_noise = 8: is not a setting of the root config, so nothing would read it. Fix: did you mean n_noises?"),
+        (["experiment=analytic", "+lookahead.n_noises=4"], "lookahead.n_noises = 4: is not a setting of lookahead (LookaheadConfig), so "
+                                                           "nothing would read it. Fix: did you mean n_noises=4?"),
         (["-m", "experiment=analytic", "lookahead.steps=4,-1"], "lookahead.steps = -1:"),
         ([], "prompt = '???': is required. Fix: pass a prompt"),
         (["-m", "experiment=ddpo3d_2d"], "prompt = '???': is required. Fix: pass a prompt, e.g. prompt=\"a photo of a red fox\" (or prompts=<set>)"),
