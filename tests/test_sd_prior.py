@@ -102,6 +102,58 @@ def test_an_fp16_prior_gives_a_bf16_copy_for_gradients(tiny_sd):
     assert next(p32.trainable_copy().parameters()).dtype == torch.float32
 
 
+def test_casting_a_module_that_keeps_nothing_in_fp32_logs_nothing(tiny_sd, caplog):
+    """diffusers' ModelMixin.to(dtype) logs "should be kept in float32: []" on every cast, also with an empty keep-list
+    (VSD's copy, the MVDream converter, the test models' writer printed it); that record is dropped, a list that names
+    modules still shows."""
+    from rewardsds.utils.quiet import DIFFUSERS_MODELING_LOGGER
+
+    p = StableDiffusionPrior(SDPriorConfig(pretrained=str(tiny_sd), local_files_only=True, dtype="fp16")).to("cpu")
+    with caplog.at_level(logging.WARNING, logger=DIFFUSERS_MODELING_LOGGER):
+        p.trainable_copy()
+        assert not [r for r in caplog.records if "kept in float32" in r.getMessage()]
+        p.vae._keep_in_fp32_modules = ["decoder"]
+        p.vae.to(torch.float32)
+    assert [r.getMessage().split(".")[0] for r in caplog.records] == [
+        "There are modules in AutoencoderKL that should be kept in float32: ['decoder']"]
+
+
+def test_compiling_a_bf16_diffusers_block_says_nothing_of_its_version_check():
+    """diffusers' up-sampling block asks ``is_torch_version`` (an lru_cache) in bf16, and Dynamo warned about tracing
+    through the cache at every compile of a bf16 UNet or VAE. After a compiled prior's set-up the warning is ignored;
+    the same warning about another function still shows."""
+    import warnings
+
+    from diffusers.models.upsampling import Upsample2D
+    from torch._dynamo.utils import warn_once_cache
+
+    block = Upsample2D(4, use_conv=True).to(torch.bfloat16)
+    x = torch.randn(1, 4, 8, 8, dtype=torch.bfloat16)
+
+    def compiled_warnings(quiet: bool) -> list[str]:
+        torch._dynamo.reset()
+        warn_once_cache.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if quiet:
+                from rewardsds.priors.compiled import CompiledModule
+
+                CompiledModule(block, mode="default", cache="torch")  # what every compiled prior module does first
+            torch.compile(block, backend="eager")(x)
+        return [str(w.message) for w in caught if "lru_cache" in str(w.message)]
+
+    plain = compiled_warnings(quiet=False)
+    assert plain and all("is_torch_version" in m for m in plain)  # what torch says without the filter
+    assert compiled_warnings(quiet=True) == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from rewardsds.utils.quiet import quiet_dynamo_version_checks
+
+        quiet_dynamo_version_checks()
+        warnings.warn(plain[0].replace("is_torch_version", "other_check"), UserWarning)
+    assert len(caught) == 1
+
+
 def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):
     """3 optimisation steps of RewardSDS through the user's config path (prior.pretrained=<folder>)."""
     from rewardsds.train import train

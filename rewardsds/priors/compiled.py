@@ -28,6 +28,7 @@ import torch
 
 from rewardsds.errors import ConfigError
 from rewardsds.priors.config import DEFAULT_COMPILE_MODE
+from rewardsds.utils.quiet import quiet_dynamo_version_checks
 
 #: the modes that replay CUDA graphs
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -133,6 +134,7 @@ class CompiledModule:
         self.cudagraphs = mode in CUDAGRAPH_MODES
         self.static = static or self.cudagraphs
         self.cache_dir = configure_compile_cache(cache)
+        quiet_dynamo_version_checks()
         # static: one graph per (batch, size) seen, never a dynamic-shape kernel
         self._fn = torch.compile(module, mode=None if mode == "default" else mode, dynamic=False if self.static else None)
 

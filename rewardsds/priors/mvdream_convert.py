@@ -30,6 +30,9 @@ from torch import Tensor
 
 from rewardsds.errors import ModelLoadError
 from rewardsds.utils.dtypes import dtype_name
+from rewardsds.utils.quiet import quiet_empty_fp32_keep_list
+
+quiet_empty_fp32_keep_list()  # the converted VAE is cast to the prior's dtype; it keeps nothing in fp32
 
 #: prefixes of the original LatentDiffusion state dict
 UNET_PREFIX = "model.diffusion_model."

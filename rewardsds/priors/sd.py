@@ -25,11 +25,13 @@ from rewardsds.priors.compiled import CompiledModule, resolve_compile
 from rewardsds.priors.config import AttentionKernel, LookaheadQuantize, SDPriorConfig
 from rewardsds.priors.quantized import check_float8_support, float8_copy
 from rewardsds.utils.dtypes import grad_half, resolve_dtype
+from rewardsds.utils.quiet import quiet_empty_fp32_keep_list
 from rewardsds.utils.text import report_truncation
 
 __all__ = ["load_pretrained", "load_clip_tokenizer", "resolve_dtype", "StableDiffusionPrior"]
 
 log = logging.getLogger(__name__)
+quiet_empty_fp32_keep_list()  # VSD's trainable UNet copy is cast to its dtype; SD modules keep nothing in fp32
 
 
 def load_pretrained(what: str, source: str, key: str, fn, *args, **kwargs):

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import torch
 
+from rewardsds.utils.quiet import quiet_empty_fp32_keep_list
+
+quiet_empty_fp32_keep_list()  # the random models are saved cast to a dtype; they keep nothing in fp32
+
 SD21_BASE_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),

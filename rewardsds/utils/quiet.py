@@ -73,3 +73,47 @@ def quiet_progress_bars() -> bool:
 
         df_logging.disable_progress_bar()
     return True
+
+
+#: the logger of diffusers' ModelMixin and the words of its record for a cast whose fp32 keep-list is empty
+DIFFUSERS_MODELING_LOGGER = "diffusers.models.modeling_utils"
+EMPTY_KEEP_LIST = "that should be kept in float32: []."
+
+
+class EmptyFp32KeepListFilter(logging.Filter):
+    """Drops diffusers' "There are modules in X that should be kept in float32: []" record.
+
+    ``ModelMixin.to(dtype)`` logs it for every cast that names a dtype, also when the model keeps no module in fp32
+    (the list it prints is empty, as for every SD and MVDream module): then no module is cast against the model's
+    wish and the warning says nothing. Casts happen in VSD's trainable UNet copy, the MVDream checkpoint converter
+    and the test models' writer. A record that lists modules still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and EMPTY_KEEP_LIST in record.msg)
+
+
+def quiet_empty_fp32_keep_list() -> None:
+    """Install :class:`EmptyFp32KeepListFilter` on diffusers' modeling logger (once; before or after its import)."""
+    logger = logging.getLogger(DIFFUSERS_MODELING_LOGGER)
+    if not any(isinstance(f, EmptyFp32KeepListFilter) for f in logger.filters):
+        logger.addFilter(EmptyFp32KeepListFilter())
+
+
+#: torch.compile's warning when it traces through diffusers' ``is_torch_version`` (an ``lru_cache`` of version strings)
+DYNAMO_VERSION_CHECK_WARNING = (r"(?s)Dynamo detected a call to a `functools\.lru_cache`-wrapped function.*"
+                                r"diffusers[/\\].*is_torch_version\(")
+
+
+def quiet_dynamo_version_checks() -> None:
+    """Ignore Dynamo's "call to a functools.lru_cache-wrapped function" warning where the function is diffusers'
+    ``is_torch_version``.
+
+    diffusers' up- and down-sampling blocks ask ``is_torch_version("<", "2.1")`` in bf16, so compiling a bf16 UNet or
+    VAE (MVDream's default, ``prior.dtype=bf16``) printed two 8-line warnings. Tracing through the cache wrapper is
+    exact here: the function compares two fixed version strings. The same warning about any other function still
+    shows.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=DYNAMO_VERSION_CHECK_WARNING, category=UserWarning)
