@@ -79,13 +79,19 @@ def wandb_logger(
         # wandb's own start and end blocks (history, summary, sync hints) are tens of lines in a run's log; the run
         # prints where its W&B files are, and the notice above says how to sync
         extra["settings"] = wandb.Settings(quiet=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.project, entity=cfg.entity, group=group, name=name, tags=list(tags), log_model=False,
         save_dir=save_dir, config=run_config, reinit="finish_previous", **extra,
         # The mode goes to wandb.init itself: Lightning's offline=True only sets WANDB_MODE, which wandb reads once per
         # process, so a process whose first run was disabled would keep every later run disabled.
         mode=resolved,
     )
+    # Lightning hands wandb.init anonymous=None when anonymous logging was not asked for; wandb reads any value as set
+    # and prints "The anonymous setting has no effect" in every run's log. Unset is what None meant.
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous", False) is None:
+        del init["anonymous"]
+    return logger
 
 
 def wandb_record(logger) -> Optional[dict]:

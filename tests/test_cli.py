@@ -280,6 +280,7 @@ def test_wandb_offline_run_holds_logged_keys(tmp_path):
                 tmp_path, env={"WANDB_API_KEY": "", "WANDB_MODE": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "logging offline" in r.stdout  # the one-line fallback notice
+    assert "wandb: WARNING" not in r.stdout + r.stderr, r.stdout + r.stderr  # e.g. Lightning's anonymous=None
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     keys = logged_keys(runs[0])
