@@ -65,6 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     quiet_progress_bars()  # a headless run's log holds its own lines, not the model libraries' bars
     if args and args[0] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[args[0]](args[1:]))
+    if any(a in ("--version", "-V") for a in args):  # Hydra's own --version would name Hydra's
+        print(version_text())
+        sys.exit(0)
     from rewardsds.overrides import SWEPT_KEYS_ENV, CommandLineError, check, swept_keys
 
     try:
@@ -92,6 +95,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             os.environ[SWEPT_KEYS_ENV] = before
     if _SWEEP.get("failed"):
         sys.exit(1)
+
+
+def version_text() -> str:
+    """``rewardsds --version``: this package's version and those of the libraries a run records (no imports)."""
+    from rewardsds import __version__
+    from rewardsds.utils.io import package_versions
+
+    others = {k: v for k, v in package_versions().items() if k != "rewardsds"}
+    return f"rewardsds {__version__}\n  " + ", ".join(f"{k} {v}" for k, v in others.items())
 
 
 def _line_buffered_output() -> None:

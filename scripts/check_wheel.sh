@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the wheel, install it (not editable) into a fresh virtual environment and use it as a new user would, from
-# a folder outside the checkout: --help, the offline demo, evaluation of its folder, a 3D run and its export.
+# a folder outside the checkout: --help, --version, the offline demo, evaluation of its folder, a 3D run and its export.
 #   scripts/check_wheel.sh [WORKDIR]      (default: a new temporary folder; removed on success)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,6 +17,8 @@ mkdir -p "$run" && cd "$run"
 rewardsds --help > "$run/help.txt"
 grep -q "rewardsds experiment=demo" "$run/help.txt"
 rewardsds --help | head -1   # a closed pipe is not an error
+rewardsds --version | tee "$run/version.txt"
+grep -qx "rewardsds $(basename "$wheel" | cut -d- -f2)" "$run/version.txt"   # the wheel's own version
 rewardsds experiment=demo debug=fast hydra.run.dir="$run/demo" | tee "$run/demo.log"
 grep -q "| reward_sds |" "$run/demo.log"
 test -f "$run/demo/side_by_side.png"

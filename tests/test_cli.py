@@ -175,6 +175,22 @@ def test_an_extra_that_is_not_installed_is_named(monkeypatch):
     assert msg == "hydra/sweeper = 'optuna': comes with the package's 'search' extra, which is not installed. Fix: pip install \"rewardsds[search]\""
 
 
+@pytest.mark.parametrize("args", [["--version"], ["-V"], ["experiment=demo", "--version"]])
+def test_version_names_this_package_and_its_libraries(tmp_path, args):
+    """``rewardsds --version`` names rewardsds's version (Hydra's flag named Hydra's), the installed one, with the
+    versions a run records; it starts no run."""
+    from importlib import metadata
+
+    import rewardsds
+
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, libraries = r.stdout.splitlines()[:2]
+    assert first == f"rewardsds {rewardsds.__version__}" and rewardsds.__version__ == metadata.version("rewardsds")
+    assert f"torch {metadata.version('torch')}" in libraries and f"hydra-core {metadata.version('hydra-core')}" in libraries
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_cli_refuses_a_bad_override_before_making_a_run_folder(tmp_path):
     r = run_cli(["experiment=analytic", "n_noise=8", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode == 2 and not (tmp_path / "run").exists(), r.stderr[-2000:]
