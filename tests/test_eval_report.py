@@ -189,3 +189,18 @@ def test_one_command_turns_a_demo_folder_into_tables_curves_sheets_and_report(tm
     parser.feed((folder / "report.html").read_text())
     assert {"curves/train_reward_mean.png", f"sheets/{sheet.name}"} <= set(parser.imgs)
     assert all((folder / ref).is_file() for ref in parser.imgs + parser.links)
+
+
+def test_the_closing_line_counts_in_words(tmp_path, capsys):
+    """One run: "1 plot, 1 curve, 1 contact sheet" (it said "1 plots"); the counts are those of the files written."""
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "csv").mkdir()
+    (run / "metrics.json").write_text(json.dumps({"status": "complete", "prompt": "a disk", "strategy": "min_max", "n_noises": 8,
+                                                  "final/reward": 0.5, "wall_time_s": 1.0}))
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(run / "final" / "image_000.png")
+    (run / "csv" / "metrics.csv").write_text("step,train/reward_mean\n0,0.1\n1,0.2\n")
+    assert eval_cli.main([str(run), "--metrics", "none", "--bootstrap", "100", "--curves", "train/reward_mean"]) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("wrote ")][-1]
+    plots = len(list((run / "plots").glob("*.png")))
+    assert plots == 1 and ", 1 plot, 1 curve, 1 contact sheet and " in line, line

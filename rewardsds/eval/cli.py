@@ -292,9 +292,11 @@ def _main(args: argparse.Namespace) -> int:
         report = write_report(folder, summary=summary, curves=curves, sheets=sheets, over=over, boot=boot,
                               digits=args.digits, n_runs=len(loaded), skipped=len(skipped), evaluated=metrics,
                               files=[folder / "eval.csv", *written, *(c["csv"] for c in curves)])
+    from rewardsds.lifecycle import plural
+
     print("wrote " + ", ".join(p.name for p in written)
-          + (f", {len(summary['plots'])} plots" if summary["plots"] else "")
-          + (f", {len(curves)} curves" if curves else "") + (f", {len(sheets)} contact sheet{'s' if len(sheets) != 1 else ''}" if sheets else "")
+          + (f", {plural(len(summary['plots']), 'plot')}" if summary["plots"] else "")
+          + (f", {plural(len(curves), 'curve')}" if curves else "") + (f", {plural(len(sheets), 'contact sheet')}" if sheets else "")
           + (f" and {report}" if report else f" in {folder}"))
     try:
         _push_wandb(folder, loaded, summary, curves, sheets, args)
