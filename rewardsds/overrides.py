@@ -312,7 +312,7 @@ def _missing_option(err, overrides: Sequence[str]) -> CommandLineError:
     """A config group option that does not exist (``strategy=minmax``) or comes from an extra not installed."""
     missing = str(getattr(err, "missing_cfg_file", "") or "")
     group, _, option = missing.rpartition("/")
-    key = next((o.split("=", 1)[0] for o in overrides if o.lstrip("+~").split("=", 1)[0] in (group, f"{group}@_global_")), group)
+    key = next((o.split("=", 1)[0] for o in reversed(overrides) if o.lstrip("+~").split("=", 1)[0] in (group, f"{group}@_global_")), group)
     extra = EXTRA_OF_OPTION.get(missing)
     if extra is not None:
         return CommandLineError(key, option, f"comes with the package's {extra!r} extra, which is not installed",
@@ -336,7 +336,7 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
     if full_key is None:
         return None
     base = full_key.split("[", 1)[0]
-    value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == base), None)
+    value = next((o.split("=", 1)[1] for o in reversed(overrides) if o.lstrip("+~").split("=", 1)[0] == base), None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         parent, _, name = base.rpartition(".")
         from rewardsds.config import key_elsewhere_fix
@@ -346,7 +346,7 @@ def _bad_value(err, overrides: Sequence[str], config_package: str) -> Optional[C
         close = difflib.get_close_matches(name, known, n=1)
         where = parent or "the root config"
         fix = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
-               else key_elsewhere_fix(base, value, _composed(rest, config_package))
+               else key_elsewhere_fix(base, value, _composed(rest, config_package, lenient=True))
                or (f"remove it; the keys of {where} are: {', '.join(known)}" if known else "remove it"))
         return CommandLineError(base, value, f"is not a key of {where}", fix + " (rewardsds --cfg job shows every key)")
     if isinstance(cause, ValidationError):
@@ -411,7 +411,7 @@ def _key_the_option_lacks(err, overrides: Sequence[str], config_package: str) ->
     group = full_key.split(".", 1)[0]
     file_group, _, file_option = file.rpartition("/")
     setter = f"{file_group}={file_option}" if file_group else f"the config {file!r}"
-    chosen = next((o for o in overrides if override_key(o).split("@", 1)[0] == group), None)
+    chosen = next((o for o in reversed(overrides) if override_key(o).split("@", 1)[0] == group), None)
     if chosen is None:  # the option comes from a default: the file itself is what does not fit
         return CommandLineError(file_group or file, file_option or file, f"sets {full_key}, which the {group} option "
                                 f"({schema}) does not have", f"choose the {group} option {setter} is built for")
@@ -467,15 +467,29 @@ def _expected_type(problem: str) -> Optional[str]:
     return None
 
 
-def _composed(overrides: Sequence[str], config_package: str):
-    """The config composed from ``overrides`` (the ones that compose), or None."""
+def _composed(overrides: Sequence[str], config_package: str, lenient: bool = False):
+    """The config composed from ``overrides``, or None when they do not compose together.
+
+    ``lenient``: then the config of the ones that do, for looking up what a message names: each override in the
+    command's order joins those before it if they still compose, so one bad value cannot hide the node or the keys
+    that another one's message names."""
     from hydra import compose
 
-    try:
-        with _hydra_context(config_package):
-            return compose("config", overrides=list(overrides), return_hydra_config=True)
-    except Exception:
-        return None
+    def attempt(chosen: list[str]):
+        try:
+            with _hydra_context(config_package):
+                return compose("config", overrides=chosen, return_hydra_config=True)
+        except Exception:
+            return None
+
+    cfg = attempt(list(overrides))
+    if cfg is not None or not lenient:
+        return cfg
+    kept: list[str] = []
+    for o in overrides:
+        if (trial := attempt(kept + [o])) is not None:
+            kept, cfg = kept + [o], trial
+    return cfg if cfg is not None else attempt([])
 
 
 def _without(overrides: Sequence[str], key: str) -> list[str]:
@@ -485,15 +499,17 @@ def _without(overrides: Sequence[str], key: str) -> list[str]:
 def _node_at(key: str, overrides: Sequence[str], config_package: str):
     from omegaconf import OmegaConf
 
-    cfg = _composed(overrides, config_package)
+    cfg = _composed(overrides, config_package, lenient=True)
     return None if cfg is None else OmegaConf.select(cfg, key, default=None)
 
 
 def _keys_at(parent: str, overrides: Sequence[str], config_package: str) -> list[str]:
-    cfg = _composed(overrides, config_package)
+    from omegaconf import OmegaConf
+
+    cfg = _composed(overrides, config_package, lenient=True)
     if cfg is None:
         return []
-    node = cfg if not parent else _node_at(parent, overrides, config_package)
+    node = cfg if not parent else OmegaConf.select(cfg, parent, default=None)
     keys = [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
     return [k for k in keys if k != "hydra"] if not parent else keys
 

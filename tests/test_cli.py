@@ -96,6 +96,14 @@ def test_unknown_key_is_rejected():
         (["output.export_formats=[meshh]"], "output.export_formats[0] = 'meshh': is not one of all, mesh, textured, gaussians. Fix: did you mean mesh?"),
         (["timesteps.t_min=0.99"], "timesteps.t_min = '0.99': is a group of settings (start, end, start_step, end_step), not one value. "
                                    "Fix: set one of them, e.g. timesteps.t_min.start=0.99"),
+        # two bad values: the first one's message still finds its node (the second no longer hides it)
+        (["timesteps.t_min=0.9", "timesteps.t_max=0.95"], "timesteps.t_min = '0.9': is a group of settings (start, end, start_step, "
+                                                          "end_step), not one value. Fix: set one of them, e.g. timesteps.t_min.start=0.9"),
+        (["lookahead.stepz=3", "steps=abc"], "lookahead.stepz = '3': is not a key of lookahead. Fix: did you mean lookahead.steps?"),
+        # a key given twice: Hydra keeps the last value, and so does the message
+        (["steps=30", "steps=abc"], "steps = 'abc': Value 'abc' of type 'str' could not be converted to Integer"),
+        (["experiment=edit_dds", "representation=latent_image", "representation=nerf"],
+         "representation = 'nerf': experiment=edit_dds sets representation.init, which representation=nerf (NeRFConfig) does not have"),
         (["prompt=a", "fox"], "prompt = 'a fox': the shell split the value at a space. Fix: quote the whole value: prompt=\"a fox\""),
         (["experiment=analytic", "steps=30", "prompt=a", "big", "red", "disk"],
          "prompt = 'a big red disk': the shell split the value at a space. Fix: quote the whole value: prompt=\"a big red disk\""),
