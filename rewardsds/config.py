@@ -132,15 +132,37 @@ TRAINER_ARGS_SET_ELSEWHERE = {
 }
 
 
+def device_fix(value: Any) -> str:
+    """Where a device named at the root (``device=cuda:1``, ``gpus=2``) is chosen: the trainer group, one device per
+    run, and a multirun for several GPUs."""
+    text = "" if value is None else str(value).strip().lower()
+    index = text.rpartition(":")[2] if ":" in text else ""
+    multi = "several GPUs: a multirun with one job per GPU, rewardsds -m hydra/launcher=gpus trainer=gpu ..."
+    if text == "cpu":
+        return "use trainer=cpu"
+    if index.isdigit():
+        return f"use trainer=gpu trainer.devices=[{index}] (GPU {index})"
+    if text in ("cuda", "gpu", "1"):
+        return f"use trainer=gpu (trainer.devices=[i] picks GPU i; {multi})"
+    return f"a run uses one device: trainer=gpu trainer.devices=[i] for GPU i ({multi})"
+
+
+#: names a researcher may give at the root for what ``trainer`` chooses
+DEVICE_KEYS = ("device", "gpu", "gpus", "cuda")
+
+
 def key_elsewhere_fix(key: str, value: Any, root: Any) -> Optional[str]:
     """The fix for a key that does not exist where it was given but does under another name or place, or None.
 
-    ``trainer.max_steps`` names the root's ``steps`` (:data:`TRAINER_ARGS_SET_ELSEWHERE`); a key whose name exists
-    elsewhere in the composed config ``root`` (``lookahead.n_noises``, ``guidance_scale``) names where it is.
+    ``trainer.max_steps`` names the root's ``steps`` (:data:`TRAINER_ARGS_SET_ELSEWHERE`); ``device=cuda:1`` names the
+    trainer's keys (:func:`device_fix`); a key whose name exists elsewhere in the composed config ``root``
+    (``lookahead.n_noises``, ``guidance_scale``) names where it is.
     """
     parent, _, name = key.rpartition(".")
     if parent == "trainer" and name in TRAINER_ARGS_SET_ELSEWHERE:
         return TRAINER_ARGS_SET_ELSEWHERE[name].format(value="X" if value is None else value)
+    if parent in ("", "trainer") and name in DEVICE_KEYS:
+        return device_fix(value)
     places = [p for p in _paths_named(root, name, "") if p != key] if isinstance(root, DictConfig) else []
     if not places:
         return None

@@ -100,6 +100,11 @@ def test_unknown_key_is_rejected():
         (["timesteps.t_min=0.9", "timesteps.t_max=0.95"], "timesteps.t_min = '0.9': is a group of settings (start, end, start_step, "
                                                           "end_step), not one value. Fix: set one of them, e.g. timesteps.t_min.start=0.9"),
         (["lookahead.stepz=3", "steps=abc"], "lookahead.stepz = '3': is not a key of lookahead. Fix: did you mean lookahead.steps?"),
+        # a device named at the root: the trainer group chooses it
+        (["device=cuda:1"], "device = 'cuda:1': is not a key of the root config. Fix: use trainer=gpu trainer.devices=[1] (GPU 1)"),
+        (["device=cpu"], "device = 'cpu': is not a key of the root config. Fix: use trainer=cpu"),
+        (["gpus=2"], "gpus = '2': is not a key of the root config. Fix: a run uses one device: trainer=gpu trainer.devices=[i] for "
+                     "GPU i (several GPUs: a multirun with one job per GPU, rewardsds -m hydra/launcher=gpus trainer=gpu ...)"),
         # a key given twice: Hydra keeps the last value, and so does the message
         (["steps=30", "steps=abc"], "steps = 'abc': Value 'abc' of type 'str' could not be converted to Integer"),
         (["experiment=edit_dds", "representation=latent_image", "representation=nerf"],
