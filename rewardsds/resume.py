@@ -110,6 +110,10 @@ def resolve_resume(resume: Optional[str]) -> tuple[Optional[Path], Optional[Path
                 shown = ", ".join(str(r.relative_to(p)) for r in inside[:6]) + (f" (and {len(inside) - 6} more)" if len(inside) > 6 else "")
                 raise ConfigError("resume", resume, f"is not a run folder: it holds the run folders {shown}",
                                   f"resume one of them, e.g. resume={inside[0]}")
+            if (p / "train.log").is_file():  # stopped while starting: the log is the first thing a run writes
+                raise ConfigError("resume", resume, "is a run that stopped while starting, before its first step: it has a "
+                                  "train.log but no metrics.json and no checkpoint, so there is nothing to resume from",
+                                  "start the run again (train.log's first lines name its prompt, method and steps)")
             raise ConfigError("resume", resume, f"is not a run folder (no metrics.json, no checkpoint at {ckpt})",
                               "point resume at a run folder that saved checkpoints/last.ckpt, or at a .ckpt file")
         status = _status(p)

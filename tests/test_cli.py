@@ -349,6 +349,11 @@ def test_resume_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"is not a run folder \(no metrics.json, no checkpoint at "):
         resolve_resume(str(tmp_path / "empty"))
+    # a run killed while starting has written only its log (the start block), no metrics.json and no checkpoint
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "train.log").write_text("rewardsds: run killed\n")
+    with pytest.raises(ConfigError, match=r"is a run that stopped while starting, before its first step: .* Fix: start the run again"):
+        resolve_resume(str(tmp_path / "killed"))
 
 
 def test_a_resume_that_cannot_start_makes_and_changes_nothing(tmp_path):
