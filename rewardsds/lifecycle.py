@@ -74,6 +74,9 @@ def start_block(info: dict[str, Any]) -> str:
     if info.get("resumed_at") is not None:
         lines.append(f"  resume      from step {info['resumed_at']} of {info.get('checkpoint')}"
                      + (f"; changed: {', '.join(info['changes'])}" if info.get("changes") else ""))
+        if info["resumed_at"] >= info["steps"]:  # no step left: only the final outputs are written again
+            lines.append(f"              the run is at its last step ({info['steps']}): only its final outputs are written "
+                         f"again (steps=N continues it)")
     lines += [
         f"  prompt      {info['prompt']!r}" + (f"  (experiment={info['experiment']})" if info.get("experiment") else ""),
         f"  device      {info['device']}, prior {info['prior']} ({info['dtype']})",

@@ -607,6 +607,11 @@ def test_start_block_names_what_is_not_the_plain_lookahead():
     assert "lookahead K=15 (pruned to the best 4, decode and reward overlapped across chunks), reward=" in start_block({**info, "lookahead_options": opts})
     assert lookahead_options(LookaheadConfig(fp32_below=250)) == ["ranked in fp32 below t = 250"]
     assert lookahead_options(LookaheadConfig(fp32_below=250, fp32_tf32=True)) == ["ranked in fp32 (TF32) below t = 250"]
+    # a resume at the run's last step says it only writes the final outputs again; one with steps left does not
+    at_end = start_block({**info, "resumed_at": 1000, "checkpoint": "r/checkpoints/last.ckpt"}).splitlines()
+    assert at_end[1] == "  resume      from step 1000 of r/checkpoints/last.ckpt"
+    assert at_end[2].strip() == "the run is at its last step (1000): only its final outputs are written again (steps=N continues it)"
+    assert "last step" not in start_block({**info, "resumed_at": 400, "checkpoint": "c"})
 
 
 # ------------------------------------------------------------------ one writer per run folder
