@@ -235,7 +235,8 @@ def test_rerun_of_a_sweep_skips_a_job_that_is_still_running(sweep, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"rewardsds: {live} is being run by another process (pid {os.getpid()} on host " in r.stdout, r.stdout
     assert "was interrupted" not in r.stdout and r.stdout.count("already complete; skipped") == 7
-    assert f"sweep {folder}: 7 complete, 1 running" in r.stdout and "failed" not in r.stdout + r.stderr
+    assert f"sweep {folder}: 7 complete, 1 running\n  evaluate    rewardsds-eval {folder} --metrics none\n" in r.stdout
+    assert "failed" not in r.stdout + r.stderr
     assert after == before and _metrics(live)["status"] == "running"
 
 
