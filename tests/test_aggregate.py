@@ -253,8 +253,19 @@ def test_a_bad_baseline_writes_nothing(sweep, capsys):
 
 
 def test_no_runs_is_a_usage_error(tmp_path, capsys):
+    # a folder without any run (here a run killed while starting: only its log)
+    (tmp_path / "train.log").write_text("rewardsds: run\n")
     assert eval_cli.main([str(tmp_path), "--metrics", "none"]) == 2
-    assert capsys.readouterr().err.startswith(f"rewardsds-eval: error: {tmp_path.resolve()}: no finished runs to evaluate. Fix: give")
+    assert capsys.readouterr().err.startswith(f"rewardsds-eval: error: {tmp_path.resolve()}: holds no run (no metrics.json in it "
+                                              "or below). Fix: give the folder of a run or sweep")
+    # runs that are not finished: --include-incomplete is the fix, and it includes them
+    _run(tmp_path / "live", ["steps=9"], status="running", **{"final/reward": 0.5})
+    assert eval_cli.main([str(tmp_path), "--metrics", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "skipped live: status 'running'" in err
+    assert err.rstrip().endswith("no finished runs to evaluate (1 skipped, as listed above). Fix: give the folder of a finished run "
+                                 "or sweep, or add --include-incomplete")
+    assert eval_cli.main([str(tmp_path), "--metrics", "none", "--include-incomplete"]) == 0
 
 
 # ------------------------------------------------------------------ baselines that belong to the row

@@ -234,7 +234,11 @@ def _main(args: argparse.Namespace) -> int:
             raise UsageError(str(err)) from None
 
     runs, skipped = [], []
-    for run in find_runs(folder):
+    found = list(find_runs(folder))
+    if not found:
+        raise UsageError(f"{folder}: holds no run (no metrics.json in it or below). Fix: give the folder of a run or sweep "
+                         "(outputs/runs/<date>/<time> or outputs/sweeps/<date>/<time>); a run killed while starting wrote none")
+    for run in found:
         info = json.loads((run / "metrics.json").read_text())
         views, paths = run_images(run)
         if info.get("status") != "complete" and not args.include_incomplete:
@@ -250,7 +254,8 @@ def _main(args: argparse.Namespace) -> int:
     if not runs:
         raise UsageError(f"{folder}: no finished runs{' with images' if metrics else ''} to evaluate"
                          f"{f' ({len(skipped)} skipped, as listed above)' if skipped else ''}. Fix: give the folder of a "
-                         "finished run or sweep" + ("" if args.include_incomplete else ", or add --include-incomplete"))
+                         "finished run or sweep" + ("" if args.include_incomplete or not any(why.startswith("status") for _, why in skipped)
+                                                   else ", or add --include-incomplete"))
 
     if metrics:
         score_runs(runs, configs, args)
