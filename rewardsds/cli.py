@@ -458,8 +458,10 @@ class SweepStatus(_HydraCallback):  # type: ignore[misc,valid-type]
         _SWEEP.update(summary)
         counts = ", ".join(f"{len(v)} {k}" for k, v in summary["jobs"].items() if v)
         print(f"rewardsds: sweep {sweep}: {counts or 'no jobs'}")
-        if summary["jobs"]["complete"]:  # the next command, as a run's end block names its own
+        if summary["jobs"]["complete"]:  # the next commands, as a run's end block names its own
             print(f"  evaluate    rewardsds-eval {sweep} --metrics none")
+        if any(sweep.glob("*/wandb/offline-run-*")):
+            print(f"  sync        wandb sync {sweep}/*/wandb/offline-run-*")
         for folder, error in summary["errors"].items():
             print(f"  failed: {folder}: {error}", file=sys.stderr)
         if summary["failed"]:

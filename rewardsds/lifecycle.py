@@ -119,6 +119,9 @@ def end_block(metrics: dict[str, Any], run_dir: Path, is_3d: bool, session_s: Op
     if is_3d:
         lines.append(f"  export        rewardsds export {run_dir}")
     lines.append(f"  continue      rewardsds resume={run_dir} steps={2 * int(metrics.get('iterations') or 0)}")
+    wandb = metrics.get("wandb") if isinstance(metrics.get("wandb"), dict) else {}
+    if wandb.get("mode") == "offline" and wandb.get("dir"):  # what uploads it to the dashboard later
+        lines.append(f"  sync          wandb sync {wandb['dir']}")
     return "\n".join(lines)
 
 

@@ -312,6 +312,7 @@ def test_wandb_offline_run_holds_logged_keys(tmp_path):
     assert "wandb: WARNING" not in r.stdout + r.stderr, r.stdout + r.stderr  # e.g. Lightning's anonymous=None
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
+    assert f"  sync          wandb sync {runs[0].parent}\n" in r.stdout  # the end block names what uploads the run
     keys = logged_keys(runs[0])
     for k in ["train/loss", "train/t", "train/grad_norm", "train/reward_mean", "train/reward_min", "train/reward_max",
               "train/reward_selected", "train/weights_entropy", "train/step_time"]:

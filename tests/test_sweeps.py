@@ -55,13 +55,16 @@ def sweep(tmp_path_factory, wandb_env):
             "output.candidates_every=1", "output.checkpoint_every=1", f"hydra.sweep.dir={folder}"]
     r = run_cli(args, root, env=wandb_env)
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"folder": folder, "args": args, "root": root}
+    return {"folder": folder, "args": args, "root": root, "stdout": r.stdout}
 
 
 # ------------------------------------------------------------------ one job per prompt x strategy x n_noises
 def test_sweep_runs_one_readable_job_per_prompt_strategy_and_n_noises(sweep):
     folder = sweep["folder"]
     assert _job_dirs(folder) == JOBS
+    # the closing summary: counts, then the commands that evaluate the sweep and upload its offline W&B runs
+    assert (f"rewardsds: sweep {folder}: 8 complete\n  evaluate    rewardsds-eval {folder} --metrics none\n"
+            f"  sync        wandb sync {folder}/*/wandb/offline-run-*\n") in sweep["stdout"]
     for job in JOBS:
         m = _metrics(folder / job)
         settings = dict(item.split("=", 1) for item in job.split(","))
