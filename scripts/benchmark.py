@@ -24,6 +24,10 @@ weights (no downloads) and reports, in one JSON:
   extra ms per step below and above the threshold and per 1000-step paper_2d image, and both agreement paths;
 - ``half`` (``--sections half``): the compiled default (fp16 for SD) beside the same prior in bf16 (the default
   until fp16 kept more selections at the same speed): step rows and both agreement paths;
+- ``agreement_mvdream`` (``--sections mvdream_agreement``): MVDream's selection agreement in mvdream_nerf's RewardSDS
+  stage (N = 7 candidates of 4 views, linspace 15 from t at CFG 50, rewards averaged over views, t as the experiment
+  anneals it over the reward's steps): the exact fp32 path against the CUDA default (compiled, bf16) and the same
+  compiled prior in fp16; pool runs with ``pool_agreement.py --section agreement_mvdream``;
 - ``compile_cache``: the user's CLI (``python -m rewardsds experiment=paper_2d ...``) run twice in fresh processes
   against one empty compile cache folder: first-run vs second-run compile time (the first step's excess over
   the steady step) and process wall time;
@@ -40,6 +44,7 @@ Usage (GPU; H200: about 8 minutes for the main set with a cold compile cache)::
     python scripts/benchmark.py --out cache.json --sections compile_cache  # first vs second run (about 4 min)
     python scripts/benchmark.py --out more.json --sections agreement --per-draw --draws 36 --first-seed 4  # new draws;
     python scripts/pool_agreement.py bench.json more.json      # with an earlier --per-draw run's: one rate over both
+    python scripts/benchmark.py --out mv.json --sections mvdream_agreement --draws 36 --per-draw   # MVDream's default
     python scripts/benchmark.py --preset tiny --device cpu --steps 2 --warmup 1 --draws 2   # smoke test
 
 Results go to ``--out`` (JSON) and a markdown summary to stdout and ``--out`` with ``.md``.
@@ -100,8 +105,13 @@ FP32_SECTIONS = ("fp32_ranking",)
 #: agreement paths
 HALF_SECTIONS = ("half",)
 BF16_PATH = "compiled, bf16 prior (the default before)"
+#: MVDream's selection agreement in mvdream_nerf's RewardSDS stage (JSON ``agreement_mvdream``): the exact fp32 path
+#: against the CUDA default (compiled, ``prior.dtype=auto``: bf16 for MVDream) and the same compiled prior in fp16
+MVDREAM_AGREEMENT_SECTIONS = ("mvdream_agreement",)
+MVDREAM_DEFAULT_PATH = "compiled (default on CUDA: bf16)"
+MVDREAM_FP16_PATH = "compiled, fp16 prior"
 ALL_SECTIONS = (MAIN_SECTIONS + ("compile_cache", "mvdream", "attribution") + LEVER_SECTIONS + FP32_SECTIONS
-                + HALF_SECTIONS)
+                + HALF_SECTIONS + MVDREAM_AGREEMENT_SECTIONS)
 QUICK_SECTIONS = ("paper", "agreement")
 
 
@@ -539,19 +549,20 @@ class FP32DecodeOnlyEngine(CandidateEngine):
             return self.prior.fp32_view().decode_candidates(latents)
 
 
-def agreement_draws(args, prior_shape: tuple[int, ...]):
-    """``--draws`` draws: 4 seeds from ``--first-seed`` x steps 0.. with the run's timesteps and a seeded randn scene (the
-    latent-image init); a later ``--first-seed`` gives new draws that add to an earlier run's."""
+def agreement_draws(args, prior_shape: tuple[int, ...], views: int = 1, sampler=None, step_stride: int = 1):
+    """``--draws`` draws: 4 seeds from ``--first-seed`` x steps 0, ``step_stride``, ... with the timesteps ``sampler`` gives
+    there (default: paper_2d's, uniform in [0.02, 0.98] T) and a seeded randn scene of ``views`` latents (the latent-image
+    init); a later ``--first-seed`` gives new draws that add to an earlier run's."""
     from rewardsds.eval.agreement import Draw
     from rewardsds.schedules import Schedule, TimestepSampler
 
-    sampler = TimestepSampler(Schedule(0.02), Schedule(0.98), 1000)
+    sampler = sampler or TimestepSampler(Schedule(0.02), Schedule(0.98), 1000)
     per_seed = max(1, args.draws // 4)
     draws = []
     for i in range(args.draws):
-        seed, step = args.first_seed + i // per_seed, i % per_seed
+        seed, step = args.first_seed + i // per_seed, (i % per_seed) * step_stride
         g = torch.Generator().manual_seed(1000 + seed)
-        draws.append(Draw(seed=seed, step=step, t=sampler.sample(step, seed), latents=torch.randn(1, *prior_shape, generator=g)))
+        draws.append(Draw(seed=seed, step=step, t=sampler.sample(step, seed), latents=torch.randn(views, *prior_shape, generator=g)))
     return draws
 
 
@@ -793,6 +804,83 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
     results["mvdream"] = out
     del prior
     gc.collect()
+
+
+def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: dict, deadline: Deadline) -> None:
+    """Selection agreement of MVDream's fast paths with its exact fp32 path, in mvdream_nerf's RewardSDS stage: N = 7
+    candidates of the 4 orthogonal views (elevation 15 degrees), the 15-point linspace lookahead from t at CFG 50 with the
+    experiment's negative prompt, ImageReward averaged over a candidate's views, min_max top-2 / bottom-2; t drawn as the
+    experiment draws it over the reward's steps (0-4999 of its annealing schedule, t from about 380 to 980). Paths: the
+    CUDA default (compiled, ``prior.dtype=auto``: bf16) and the same compiled prior in fp16."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    from rewardsds.cameras import orbit_cameras
+    from rewardsds.eval.agreement import collect_rewards, compare_selections, engine_selector
+    from rewardsds.priors.config import MVDreamPriorConfig
+    from rewardsds.priors.mvdream import MVDreamPrior
+    from rewardsds.schedules import Schedule, TimestepSampler
+    from rewardsds.testing import build_mvdream
+
+    names = (MVDREAM_DEFAULT_PATH, MVDREAM_FP16_PATH)
+    if args.only_path and not set(args.only_path) & set(names):
+        results["agreement_mvdream"] = {"paths": {}, "skipped": f"--only-path names none of its paths ({'; '.join(names)})"}
+        print(f"agreement (MVDream): skipped, --only-path names none of its paths: {'; '.join(names)}", flush=True)
+        return
+    exp = OmegaConf.load(ROOT / "rewardsds" / "conf" / "experiment" / "mvdream_nerf.yaml")
+    n, views, guidance = int(exp.n_noises), 4, float(exp.lookahead.guidance_scale)
+    look = lookahead_config(int(exp.lookahead.steps), guidance, str(exp.lookahead.grid), str(exp.lookahead.start))
+    negative = str(exp.negative_prompt)
+    ts = exp.timesteps
+    sampler = TimestepSampler(Schedule(**ts.t_min), Schedule(**ts.t_max), 1000)
+    reward_steps = int(exp.steps * exp.reward_duration)
+    mv, base = build_mvdream(tmp / "mvdream_agreement", args.preset)
+    cams = orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
+                         torch.full((views,), math.radians(40)), 256, 256).to(device)
+
+    def prior(dtype: str, compiled: bool):
+        return MVDreamPrior(MVDreamPriorConfig(pretrained=str(mv), base_model=str(base), dtype=dtype, compile=compiled,
+                                               compile_mode="reduce-overhead", compile_cache=args.compile_cache,
+                                               channels_last=dtype != "fp32", local_files_only=True)).to(device)
+
+    exact_prior = prior("fp32", False)
+    per_seed = max(1, args.draws // 4)  # each seed's draws spread over the reward's steps
+    draws = agreement_draws(args, exact_prior.latent_shape, views, sampler, max(1, reward_steps // per_seed))
+    sec = results.setdefault("agreement_mvdream", {"paths": {}})
+    sec.update({"n_noises": n, "views": views, "lookahead_steps": int(exp.lookahead.steps), "lookahead": f"{exp.lookahead.grid} "
+                f"{exp.lookahead.steps} from {exp.lookahead.start}, CFG {guidance:g}", "n_max": 2, "n_min": 2, "reward_views": "mean",
+                "draws": [{"seed": d.seed, "step": d.step, "t": d.t} for d in draws],
+                "exact": "MVDream fp32, eager, TF32 off, full decode, ImageReward fp32 via PIL"})
+
+    def path(p, reward_variant: str):
+        eng = CandidateEngine(p, models.reward(reward_variant), look, chunk_size=args.chunk_size, reward_views="mean")
+        return engine_selector(eng, p.text_cond([PROMPT] * views, negative), [PROMPT] * views, n, camera=cams.c2w)
+
+    t0 = time.perf_counter()
+    with tf32(matmul=False, cudnn=False):
+        exact = collect_rewards(path(exact_prior, "pil32"), draws)
+    del exact_prior
+    gc.collect()
+    sec["exact_s"] = time.perf_counter() - t0
+    print(f"agreement (MVDream): exact fp32 path on {len(draws)} draws in {sec['exact_s']:.0f} s", flush=True)
+    cuda = device.type == "cuda"
+    for name, dtype in zip(names, ("auto", "fp16")):
+        if (args.only_path and name not in args.only_path) or not deadline.allows(f"agreement_mvdream:{name}", 10):
+            continue
+        t0 = time.perf_counter()
+        p = prior(dtype, cuda)
+        fast = collect_rewards(path(p, "fast"), draws)
+        rep = compare_selections(exact, fast, 2, 2, draws)
+        sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": f"mvdream_{'compiled' if cuda else 'eager'}_{dtype}",
+                              "prior_dtype": dtype_name(p.dtype), "reward": "fast", "engine": {}, "seconds": time.perf_counter() - t0,
+                              **rep.bar()}
+        del p
+        gc.collect()
+        lo, hi = rep.agreement_ci95
+        print(f"agreement (MVDream) {name:32s} {rep.agreement:6.1%}  (95% interval {lo:.0%}-{hi:.0%}; top {rep.top_agreement:.0%}, "
+              f"bottom {rep.bottom_agreement:.0%}, rank corr {rep.rank_correlation:.3f}, regret mean {rep.regret_mean:.3f} "
+              f"max {rep.regret_max:.3f})", flush=True)
 
 
 def build_tiny_vae(folder: Path, preset: str) -> Path:
@@ -1084,6 +1172,9 @@ def main(argv=None) -> int:
         save()
     if "mvdream" in sections and deadline.allows("mvdream", 60):
         bench_mvdream(args, device, tmp, results, models.reward("fast"))
+    if "mvdream_agreement" in sections and deadline.allows("agreement_mvdream", 90):
+        bench_mvdream_agreement(args, models, device, tmp, results, deadline)
+        save()
     results["flops"] = {k: v / 1e9 for k, v in flops.values.items()}
     results["flops_unit"] = "GFLOP per sample (unet: one 64x64 evaluation; decode: one 512x512 image; reward: one image)"
     results["model_build_s"] = models.build_s

@@ -58,9 +58,9 @@ def parse_aliases(specs: list[str] | None) -> dict[str, str]:
     return aliases
 
 
-def apply_aliases(f: Path, data: dict, aliases: dict[str, str]) -> list[dict]:
+def apply_aliases(f: Path, data: dict, aliases: dict[str, str], section: str = "agreement") -> list[dict]:
     """Rename this run's aliased paths in place; returns what each renamed path recorded."""
-    paths, renamed = data["agreement"]["paths"], []
+    paths, renamed = data[section]["paths"], []
     for old, new in aliases.items():
         if old not in paths:
             continue
@@ -75,44 +75,45 @@ def apply_aliases(f: Path, data: dict, aliases: dict[str, str]) -> list[dict]:
     return renamed
 
 
-def load(path: Path) -> dict:
+def load(path: Path, section: str = "agreement") -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SystemExit(f"{path}: cannot read a benchmark JSON ({e}). Fix: name the --out file of scripts/benchmark.py") from None
-    if not isinstance(data, dict) or not data.get("agreement", {}).get("paths"):
-        raise SystemExit(f"{path}: has no agreement paths. Fix: name a benchmark JSON of a run with the agreement "
-                         "(or fp32_ranking / attribution) section")
+    if not isinstance(data, dict) or not data.get(section, {}).get("paths"):
+        fix = ("name a benchmark JSON of a run with the mvdream_agreement section" if section == "agreement_mvdream" else
+               "name a benchmark JSON of a run with the agreement (or fp32_ranking / attribution / half) section")
+        raise SystemExit(f"{path}: has no {section} paths. Fix: {fix}")
     return data
 
 
 def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False,
-         aliases: dict[str, str] | None = None) -> dict:
-    runs = [(f, load(f)) for f in files]
+         aliases: dict[str, str] | None = None, section: str = "agreement") -> dict:
+    runs = [(f, load(f, section)) for f in files]
     for old in aliases or {}:  # a misspelt alias would otherwise change nothing, silently
-        if not any(old in d["agreement"]["paths"] for _, d in runs):
-            known = sorted({n for _, d in runs for n in d["agreement"]["paths"]})
+        if not any(old in d[section]["paths"] for _, d in runs):
+            known = sorted({n for _, d in runs for n in d[section]["paths"]})
             raise SystemExit(f"--alias {old}={aliases[old]}: no run measured a path {old!r}. Fix: name one of the "
                              f"runs' paths: {', '.join(map(repr, known))}")
-    renamed = [r for f, data in runs for r in apply_aliases(f, data, aliases or {})]
+    renamed = [r for f, data in runs for r in apply_aliases(f, data, aliases or {}, section)]
     first_file, first = runs[0]
     for f, data in runs[1:]:
         for key in SAME:
-            a, b = first["agreement"].get(key), data["agreement"].get(key)
+            a, b = first[section].get(key), data[section].get(key)
             if a != b:
-                raise SystemExit(f"agreement.{key} is {a!r} in {first_file} but {b!r} in {f}: pool runs that measured the same "
+                raise SystemExit(f"{section}.{key} is {a!r} in {first_file} but {b!r} in {f}: pool runs that measured the same "
                                  f"thing. Fix: leave {f} out, or measure it again with the first run's settings")
         if data.get("device") != first.get("device") and not mixed_devices:
             raise SystemExit(f"device is {first.get('device')!r} in {first_file} but {data.get('device')!r} in {f}: bf16 near-ties "
                              "flip differently on each GPU. Fix: pool runs of one GPU model, or pass --mixed-devices to pool "
                              "them anyway (the output then says so)")
-    names = [n for n in first["agreement"]["paths"] if all(n in d["agreement"]["paths"] for _, d in runs)]
-    every = {n for _, d in runs for n in d["agreement"]["paths"]}
-    out = {"files": [str(f) for f, _ in runs], "devices": sorted({str(d.get("device")) for _, d in runs}),
-           **{k: first["agreement"].get(k) for k in SAME}, "paths": {}, "left_out": sorted(every - set(names)),
+    names = [n for n in first[section]["paths"] if all(n in d[section]["paths"] for _, d in runs)]
+    every = {n for _, d in runs for n in d[section]["paths"]}
+    out = {"files": [str(f) for f, _ in runs], "devices": sorted({str(d.get("device")) for _, d in runs}), "section": section,
+           **{k: first[section].get(k) for k in SAME}, **({"views": first[section]["views"]} if "views" in first[section] else {}), "paths": {}, "left_out": sorted(every - set(names)),
            "aliases": renamed}
     for name in names:
-        parts = [d["agreement"]["paths"][name] for _, d in runs]
+        parts = [d[section]["paths"][name] for _, d in runs]
         files = [f for f, _ in runs]
         for key in PATH_SAME:  # one label, one measurement: e.g. the default's path before and after its dtype changed
             # an alias vouches for the prior's label and dtype: those compare within the aliased runs and within the others
@@ -137,7 +138,8 @@ def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False,
 
 
 def markdown(out: dict) -> str:
-    lines = [f"pooled from {len(out['files'])} runs on {', '.join(out['devices'])} (N={out['n_noises']}, "
+    lines = [f"pooled from {len(out['files'])} runs on {', '.join(out['devices'])} ({out.get('section', 'agreement')}: "
+             f"N={out['n_noises']}{' x ' + str(out['views']) + ' views' if out.get('views') else ''}, "
              f"lookahead {out['lookahead_steps']}, top-{out['n_max']} / bottom-{out['n_min']})", "",
              "| path | draws | both sets (95% interval) | top | bottom | rank corr | regret mean / max | by t | misses at t | "
              "on-by-default bar (95%) |",
@@ -166,10 +168,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the pooled JSON here (and the table beside it, .md)")
     ap.add_argument("--mixed-devices", action="store_true", help="pool runs of different GPUs (said in the output)")
     ap.add_argument("--per-draw", action="store_true", help="keep every pooled draw's row in the JSON")
+    ap.add_argument("--section", default="agreement", choices=["agreement", "agreement_mvdream"],
+                    help="which agreement of the JSONs to pool: SD's (agreement) or MVDream's (agreement_mvdream, the "
+                         "benchmark's mvdream_agreement section)")
     ap.add_argument("--alias", action="append", default=None, metavar="OLD=NEW",
                     help="pool a run's path OLD as NEW (a path renamed between benchmark versions; repeatable)")
     args = ap.parse_args(argv)
-    out = pool(args.files, args.mixed_devices, args.per_draw, parse_aliases(args.alias))
+    out = pool(args.files, args.mixed_devices, args.per_draw, parse_aliases(args.alias), args.section)
     table = markdown(out)
     print(table)
     if args.out:

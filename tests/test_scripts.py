@@ -164,6 +164,53 @@ def test_pooling_refuses_one_path_name_measured_with_different_priors(tmp_path):
     assert P.pool([new, new2])["paths"]["default"]["n_draws"] == 2
 
 
+def test_agreement_draws_of_an_annealed_run_spread_over_its_steps():
+    """MVDream's draws: 4 views per scene, steps spread over the reward's share of the run, t within the annealed range
+    of each draw's step (mvdream_nerf: at step 0 t = 980; at step 2500 t in [679, 830])."""
+    from types import SimpleNamespace
+
+    from rewardsds.schedules import Schedule, TimestepSampler
+
+    B = _script("benchmark")
+    sampler = TimestepSampler(Schedule(0.98, 0.02, 0, 8000), Schedule(0.98, 0.5, 0, 8000), 1000)
+    draws = B.agreement_draws(SimpleNamespace(draws=8, first_seed=3), (4, 32, 32), views=4, sampler=sampler, step_stride=2500)
+    assert [(d.seed, d.step) for d in draws] == [(s, k) for s in (3, 4, 5, 6) for k in (0, 2500)]
+    assert all(d.latents.shape == (4, 4, 32, 32) for d in draws)
+    assert all(sampler.bounds(d.step)[0] <= d.t <= sampler.bounds(d.step)[1] for d in draws)
+    assert {d.t for d in draws if d.step == 0} == {980} and sampler.bounds(2500) == (679, 830)
+    # paper_2d's draws (the defaults): one latent, consecutive steps, t in [20, 980]
+    flat = B.agreement_draws(SimpleNamespace(draws=4, first_seed=0), (4, 64, 64))
+    assert [(d.step, tuple(d.latents.shape)) for d in flat] == [(0, (1, 4, 64, 64))] * 4
+
+
+def test_pooling_reads_the_section_it_is_asked_for(tmp_path):
+    """--section agreement_mvdream pools MVDream's draws (the benchmark's mvdream_agreement section), which a JSON keeps
+    beside SD's; the settings it checks and reports are that section's (N x views)."""
+    P = _script("pool_agreement")
+    row = {"step": 0, "t": 900, "top_match": True, "bottom_match": True, "match": True, "regret": 0.0,
+           "reward_spread": 1.0, "reward_max_abs_err": 0.0, "rank_corr": 1.0}
+    sd = {"n_noises": 10, "lookahead_steps": 15, "n_max": 2, "n_min": 2, "exact": "fp32"}
+    mv = {**sd, "n_noises": 7, "views": 4, "exact": "MVDream fp32"}
+    path = {"prior": "mvdream_compiled_auto", "prior_dtype": "bfloat16", "reward": "fast", "engine": {}}
+
+    def run(name, seed, match=True, **settings):
+        f = tmp_path / name
+        f.write_text(json.dumps({"device": "H100", "agreement": {**sd, "paths": {}},
+                                 "agreement_mvdream": {**mv, **settings, "paths": {"default": {
+                                     "per_draw": [{**row, "seed": seed, "match": match, "top_match": match}], **path}}}}))
+        return f
+
+    a, b = run("a.json", 0), run("b.json", 1, match=False)
+    out = P.pool([a, b], section="agreement_mvdream")
+    assert (out["section"], out["n_noises"], out["views"]) == ("agreement_mvdream", 7, 4)
+    assert out["paths"]["default"]["n_draws"] == 2 and out["paths"]["default"]["agreement"] == 0.5
+    assert P.markdown(out).startswith("pooled from 2 runs on H100 (agreement_mvdream: N=7 x 4 views, lookahead 15")
+    with pytest.raises(SystemExit, match=r"a.json: has no agreement paths. Fix: name a benchmark JSON of a run with the agreement"):
+        P.pool([a, b])  # SD's section of these runs is empty
+    with pytest.raises(SystemExit, match=r"agreement_mvdream.n_noises is 7 in .*a.json but 8 in .*c.json"):
+        P.pool([a, run("c.json", 2, n_noises=8)], section="agreement_mvdream")
+
+
 def test_pooling_alias_joins_a_renamed_path_and_sets_the_names_old_meaning_aside(tmp_path):
     """--alias OLD=NEW pools an older run's path under its new name: the alias vouches for the prior's label and dtype
     (which the older run named otherwise or did not record), not for the reward or the engine; the older run's own
@@ -207,6 +254,28 @@ def test_pooling_alias_joins_a_renamed_path_and_sets_the_names_old_meaning_aside
     with pytest.raises(SystemExit, match=r"--alias fp61=default: no run measured a path 'fp61'. Fix: name one of the runs' "
                                          r"paths: 'default', 'fp16'"):
         P.pool([old, new], aliases=P.parse_aliases(["fp61=default"]))
+
+
+@pytest.mark.slow
+def test_benchmark_mvdream_agreement_section(tmp_path):
+    """--sections mvdream_agreement: MVDream's exact fp32 path against the default (prior.dtype=auto: fp32 on the CPU,
+    eager) and the fp16 prior, in mvdream_nerf's RewardSDS stage (N = 7 x 4 views, linspace 15 from t, CFG 50, t as the
+    experiment anneals it). On the CPU the default path computes what the exact one does (only the reward's tensor
+    preprocessing differs), while fp16 rounds every layer: its rewards move more."""
+    out = tmp_path / "bench.json"
+    B = _script("benchmark")
+    args = ["--preset", "tiny", "--device", "cpu", "--draws", "1", "--per-draw", "--sections", "mvdream_agreement",
+            "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out)]
+    assert B.main(args) == 0
+    sec = json.loads(out.read_text())["agreement_mvdream"]
+    assert (sec["n_noises"], sec["views"], sec["lookahead"], sec["reward_views"]) == (7, 4, "linspace 15 from exact_t, CFG 50", "mean")
+    assert sec["draws"] == [{"seed": 0, "step": 0, "t": 980}]  # step 0 of the annealing: t_min = t_max = 0.98
+    paths = sec["paths"]
+    assert set(paths) == {B.MVDREAM_DEFAULT_PATH, B.MVDREAM_FP16_PATH}
+    default, half = paths[B.MVDREAM_DEFAULT_PATH], paths[B.MVDREAM_FP16_PATH]
+    assert (default["prior_dtype"], half["prior_dtype"]) == ("float32", "float16")
+    assert len(default["per_draw"]) == 1 and default["per_draw"][0]["t"] == 980
+    assert default["reward_abs_err_over_spread"] < 1e-3 and half["reward_abs_err_over_spread"] > 5 * default["reward_abs_err_over_spread"]
 
 
 @pytest.mark.slow

@@ -267,7 +267,7 @@ def selection_agreement(exact: Selector, fast: Selector, draws: Sequence[Draw], 
     return compare_selections(collect_rewards(exact, draws), collect_rewards(fast, draws), n_max, n_min, draws)
 
 
-def engine_selector(engine, text, reward_prompts: Sequence[str], n: int) -> Selector:
+def engine_selector(engine, text, reward_prompts: Sequence[str], n: int, camera: Optional[Tensor] = None) -> Selector:
     """A path through a :class:`~rewardsds.candidates.CandidateEngine`: the stages a ranked training step runs on the
     draw's candidates (draw, prediction at t, then :meth:`~rewardsds.candidates.CandidateEngine.look_ahead_and_score`:
     lookahead, decode, reward, with pruning where the engine's lookahead settings ask for it).
@@ -277,6 +277,7 @@ def engine_selector(engine, text, reward_prompts: Sequence[str], n: int) -> Sele
         text: conditioning of the draw's views (from the engine's own prior: dtype and all).
         reward_prompts: one prompt per view.
         n: candidates per draw.
+        camera: c2w [b, 4, 4] of the draw's views, for a camera-conditioned prior (MVDream).
 
     Returns:
         draw -> rewards [n] (views averaged as the engine is configured).
@@ -288,8 +289,8 @@ def engine_selector(engine, text, reward_prompts: Sequence[str], n: int) -> Sele
         e = copy.copy(engine)  # shares prior, reward and chunk size; only the seed that keys the noises differs
         e.seed = int(d.seed)
         cands = e.draw(latents, int(d.t), n, int(d.step))
-        cands.eps_cond, cands.eps_uncond = e.predict(cands, text)
-        e.look_ahead_and_score(cands, text, list(reward_prompts))
+        cands.eps_cond, cands.eps_uncond = e.predict(cands, text, camera)
+        e.look_ahead_and_score(cands, text, list(reward_prompts), camera)
         r = cands.rewards
         return r if r.dim() == 1 else r.mean(1)
 
