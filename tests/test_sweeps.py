@@ -336,6 +336,16 @@ def test_gpu_lock_never_gives_one_gpu_to_two_holders(tmp_path):
     assert timeline.conflicts(events) == [] and timeline.max_concurrency(events) == 2
 
 
+def test_timeline_names_a_missing_folder_and_an_empty_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as code:
+        timeline.main([str(tmp_path / "nope")])
+    assert code.value.code == 2
+    assert f"folder = '{tmp_path / 'nope'}': is not a folder. Fix: give a sweep folder" in capsys.readouterr().err
+    assert timeline.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"python -m rewardsds.eval.timeline: error: {tmp_path}: no finished jobs with "
+                                              "timestamps in it or below. Fix: give the folder of a sweep whose jobs have ended")
+
+
 def test_gpu_lock_names_the_physical_gpu(tmp_path, monkeypatch):
     """Jobs that see different CUDA_VISIBLE_DEVICES sets lock one physical GPU under one name."""
     import fcntl

@@ -59,9 +59,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rewardsds.eval.timeline", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a sweep folder (searched recursively for metrics.json)")
     args = p.parse_args(argv)
+    if not args.folder.is_dir():
+        p.error(f"folder = '{args.folder}': is not a folder. Fix: give a sweep folder, e.g. outputs/sweeps/<date>/<time>")
     jobs = load_jobs(args.folder)
     if not jobs:
-        print(f"no finished jobs with timestamps under {args.folder}", file=sys.stderr)
+        print(f"{p.prog}: error: {args.folder}: no finished jobs with timestamps in it or below. Fix: give the folder of "
+              "a sweep whose jobs have ended (their metrics.json record when each started and finished)", file=sys.stderr)
         return 2
     t0 = jobs[0]["start"]
     width = max(len(j["run"]) for j in jobs)
