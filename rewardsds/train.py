@@ -476,7 +476,5 @@ def quiet_lightning() -> None:
     # The step-index dataset runs in the main process (num_workers=0), so its __len__ is exact.
     warnings.filterwarnings("ignore", message=r".*IterableDataset.*__len__.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-    # diffusers' from_pretrained still passes huggingface_hub an argument it ignores
-    warnings.filterwarnings("ignore", message=r".*local_dir_use_symlinks.*is deprecated.*")
     # resume of a finished run (e.g. to re-export) has no steps left: that is intended
     warnings.filterwarnings("ignore", message=r".*Total length of `(DataLoader|CombinedLoader)` across ranks is zero.*")

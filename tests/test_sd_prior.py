@@ -154,6 +154,28 @@ def test_compiling_a_bf16_diffusers_block_says_nothing_of_its_version_check():
     assert len(caught) == 1
 
 
+def test_loading_by_hub_id_does_not_warn_about_an_argument_diffusers_passes():
+    """diffusers' from_pretrained hands hf_hub_download ``local_dir_use_symlinks``, which huggingface_hub warns is ignored:
+    the prior's loader (``load_pretrained``, SD's and MVDream's) drops that one warning (the real lookup of a Hub id not in
+    the cache, warnings always shown; the control removes the loader's filter)."""
+    import contextlib
+    import warnings
+    from unittest import mock
+
+    def warnings_of_a_lookup(quiet: bool) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ModelLoadError), (contextlib.nullcontext() if quiet else
+                                                 mock.patch("rewardsds.priors.sd.quiet_hub_symlink_argument")):
+                StableDiffusionPrior(SDPriorConfig(pretrained="no-such-org/nope", local_files_only=True))
+            warnings.warn("a different UserWarning", UserWarning)  # others still show
+        return [str(w.message) for w in caught]
+
+    plain = warnings_of_a_lookup(quiet=False)
+    assert any("local_dir_use_symlinks" in m for m in plain), plain  # what huggingface_hub says without the filter
+    assert warnings_of_a_lookup(quiet=True) == ["a different UserWarning"]
+
+
 def test_rewardsds_three_steps_on_tiny_sd(tiny_sd, tmp_path):
     """3 optimisation steps of RewardSDS through the user's config path (prior.pretrained=<folder>)."""
     from rewardsds.train import train

@@ -25,7 +25,7 @@ from rewardsds.priors.compiled import CompiledModule, resolve_compile
 from rewardsds.priors.config import AttentionKernel, LookaheadQuantize, SDPriorConfig
 from rewardsds.priors.quantized import check_float8_support, float8_copy
 from rewardsds.utils.dtypes import grad_half, resolve_dtype
-from rewardsds.utils.quiet import quiet_empty_fp32_keep_list
+from rewardsds.utils.quiet import quiet_empty_fp32_keep_list, quiet_hub_symlink_argument
 from rewardsds.utils.text import report_truncation
 
 __all__ = ["load_pretrained", "load_clip_tokenizer", "resolve_dtype", "StableDiffusionPrior"]
@@ -51,6 +51,7 @@ def load_pretrained(what: str, source: str, key: str, fn, *args, **kwargs):
     Returns:
         what ``fn`` returns.
     """
+    quiet_hub_symlink_argument()  # diffusers' from_pretrained passes hf_hub_download an argument it ignores, and warns
     try:
         return fn(*args, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:  # HF raises OSError subclasses for missing repos/files

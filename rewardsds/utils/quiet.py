@@ -117,3 +117,18 @@ def quiet_dynamo_version_checks() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=DYNAMO_VERSION_CHECK_WARNING, category=UserWarning)
+
+
+#: huggingface_hub's warning for an argument that diffusers' ``from_pretrained`` still passes to ``hf_hub_download``
+HUB_SYMLINK_ARGUMENT_WARNING = r".*`local_dir_use_symlinks` argument is deprecated and ignored.*"
+
+
+def quiet_hub_symlink_argument() -> None:
+    """Ignore huggingface_hub's "`local_dir_use_symlinks` argument is deprecated and ignored" warning.
+
+    diffusers' ``from_pretrained`` passes that argument on every Hub lookup, so loading a prior by Hub id warned about
+    an argument no rewardsds code sets and no user can change (it showed in the CLI and in scripts alike).
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=HUB_SYMLINK_ARGUMENT_WARNING, category=UserWarning)
