@@ -936,6 +936,38 @@ def check_no_missing_values(cfg: DictConfig) -> None:
         raise ConfigError(missing[0], "???", "has no value", f"set it, e.g. {missing[0]}=<value>, or choose an option that sets it")
 
 
+def input_files(typed: "Config") -> list[tuple[str, str]]:
+    """(key, path) of the files the run will read as inputs: the image DDS edits (``loss.image``), the image a latent
+    starts from (``representation.init_image`` with ``init=image``) and the .ply Gaussians start from
+    (``representation.init_path`` with ``init=ply`` or ``points``). A path a setting leaves unused is not listed."""
+    found = []
+    image = getattr(typed.loss, "image", None)
+    if image:
+        found.append(("loss.image", str(image)))
+    rep = typed.representation
+    init = getattr(rep, "init", None)
+    init = init.value if isinstance(init, Enum) else init
+    if init == "image" and getattr(rep, "init_image", None):
+        found.append(("representation.init_image", str(rep.init_image)))
+    if init in ("ply", "points") and getattr(rep, "init_path", None):
+        found.append(("representation.init_path", str(rep.init_path)))
+    return found
+
+
+def check_input_files(typed: "Config") -> None:
+    """Every input file of a new run (:func:`input_files`) exists, before its folder is made or a model loads: a missing
+    photo would otherwise stop the run after the prior's download. A resume reads its inputs as its run recorded them."""
+    import os
+    from pathlib import Path
+
+    for key, value in input_files(typed):
+        p = Path(value).expanduser()
+        if not p.is_file():
+            what = "is a folder, not a file" if p.is_dir() else "is not a file on this machine"
+            raise ConfigError(key, value, what, f"give the path of an existing file (a relative path is read from the folder the "
+                                                f"command runs in, {os.getcwd()})")
+
+
 def validate(cfg: DictConfig) -> Config:
     """Build the typed config; raise ConfigError on the first problem.
 

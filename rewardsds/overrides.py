@@ -173,11 +173,11 @@ def _validate(cfg, overrides: Sequence[str], config_package: str, variants_check
         if resume:
             check_resume(str(resume), OmegaConf.select(cfg, "compare.runs", default=None))
             return  # the rest of a resume's config is the run's own, rebuilt and checked when it starts
-        from rewardsds.config import validate
+        from rewardsds.config import check_input_files, validate
 
         runs = OmegaConf.select(cfg, "compare.runs", default=None)
         if not runs:
-            validate(cfg)
+            check_input_files(validate(cfg))
             return
         variants = {str(k): str(v).split() for k, v in runs.items()}
         base = compare_base(overrides)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rewardsds.config import Choices, Config, hydra_choices, validate
+from rewardsds.config import Choices, Config, check_input_files, hydra_choices, validate
 from rewardsds.errors import ConfigError, RunInterrupted, TrainingAborted
 from rewardsds.schema import build
 from rewardsds.resume import check_changes, check_steps, load_checkpoint, resolve_resume, saved_config
@@ -259,6 +259,8 @@ def train(cfg: Config | DictConfig, run_dir: Path, choices: Optional[dict] = Non
     with _Untouched():
         choices = Choices(choices if choices is not None else (hydra_choices(cfg) if isinstance(cfg, DictConfig) else {}))
         typed = cfg if isinstance(cfg, Config) else validate(cfg)
+        if not typed.resume:
+            check_input_files(typed)
     if not gpu_lock_enabled(typed, choices):
         return _train(typed, Path(run_dir), None, choices=choices, overrides=overrides)
     from rewardsds.devices import GpuLock, default_lock_dir, gpu_pool

@@ -100,6 +100,12 @@ def test_unknown_key_is_rejected():
         (["timesteps.t_min=0.9", "timesteps.t_max=0.95"], "timesteps.t_min = '0.9': is a group of settings (start, end, start_step, "
                                                           "end_step), not one value. Fix: set one of them, e.g. timesteps.t_min.start=0.9"),
         (["lookahead.stepz=3", "steps=abc"], "lookahead.stepz = '3': is not a key of lookahead. Fix: did you mean lookahead.steps?"),
+        # an input file that is not there, refused before any folder is made or model loaded
+        (["experiment=edit_dds", "prompt=a dog", "loss.image=/no/such/photo.png", "loss.source_prompt=a cat"],
+         "loss.image = '/no/such/photo.png': is not a file on this machine. Fix: give the path of an existing file (a relative "
+         "path is read from the folder the command runs in, "),
+        (["experiment=analytic_3d", "representation=gaussians", "representation.init=points", "representation.init_path=pts.ply"],
+         "representation.init_path = 'pts.ply': is not a file on this machine."),
         # a device named at the root: the trainer group chooses it
         (["device=cuda:1"], "device = 'cuda:1': is not a key of the root config. Fix: use trainer=gpu trainer.devices=[1] (GPU 1)"),
         (["device=cpu"], "device = 'cpu': is not a key of the root config. Fix: use trainer=cpu"),
@@ -340,6 +346,21 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     a, b = _latents(tmp_path / "full/checkpoints/last.ckpt"), _latents(tmp_path / "part/checkpoints/last.ckpt")
     assert torch.equal(a, b)
     assert (tmp_path / "ignored" / "RESUMED_INTO.txt").is_file()
+
+
+def test_a_missing_input_file_stops_a_run_from_python_before_its_folder(tmp_path):
+    """train() from Python checks the input files too (the command line checks them before Hydra makes a folder): a
+    latent that starts from an image that is not there is refused before the run's folder or any model exists; an
+    image the settings leave unused (init=randn) is not read and not checked."""
+    from rewardsds.config import input_files
+    from rewardsds.train import train
+
+    base = ["experiment=analytic", "steps=2", *FAST]
+    with pytest.raises(ConfigError, match=r"representation.init_image = '.*no.png': is not a file on this machine"):
+        train(compose([*base, "representation.init=image", f"representation.init_image={tmp_path / 'no.png'}"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    unused = validate(compose([*base, f"representation.init_image={tmp_path / 'no.png'}"]))
+    assert input_files(unused) == []
 
 
 def test_resume_errors(tmp_path):
