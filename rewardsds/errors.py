@@ -78,7 +78,7 @@ def is_missing_local_path(source: Any) -> bool:
     return local and not Path(text).expanduser().exists()
 
 
-def model_load_message(what: str, source: str, cause: BaseException | str, local_hint: str) -> str:
+def model_load_message(what: str, source: str, cause: BaseException | str, local_hint: str, hub: bool = False) -> str:
     """The one wording used for every model that cannot be loaded.
 
     Args:
@@ -86,8 +86,9 @@ def model_load_message(what: str, source: str, cause: BaseException | str, local
         source: the Hub id, URL or path that was tried.
         cause: the underlying exception or a short reason.
         local_hint: the config key that takes a local path (``prior.pretrained``).
+        hub: ``source`` names a file of a Hub repo (``org/name/file.pt``), which is never a missing local path.
     """
-    if is_missing_local_path(source):
+    if not hub and is_missing_local_path(source):
         return (f"could not load the {what} from {source!r} (no such file or folder on this machine: a local path, not a "
                 f"Hub id). Fix: set {local_hint}=/path/to/local/folder to where the files are, or to a Hub id such as "
                 f"org/name. To try the framework without any weights, run the offline demo: rewardsds experiment=demo")

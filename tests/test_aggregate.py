@@ -232,7 +232,8 @@ def test_plots_are_written_for_quality_metrics(sweep):
     (["--metrics", "none,clip"], "none cannot be combined"),
     (["--metrics", "none", "--override", "clip.pretrained=/x"], "need --metrics"),
     (["--metrics", "none", "--baseline", "strategy=best"], "no table row has these values"),
-    (["--metrics", "none", "--baseline", "loss=sds"], "not grouped keys"),
+    (["--metrics", "none", "--baseline", "loss=sds"], "--baseline loss=sds: loss is not a key of the table's rows (the rows are "
+                                                      "grouped by strategy, n_noises). Fix: name one of strategy, n_noises"),
     (["--metrics", "none", "--baseline", "strategy"], "expected key=value"),
     (["--metrics", "none", "--confidence", "1.5"], "--confidence = 1.5"),
     (["--metrics", "none", "--sheet-metric", "eval/nothing"], "no run has it"),

@@ -215,6 +215,19 @@ def test_offline_model_gives_one_message_and_exit_2(setup, capsys, monkeypatch, 
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 6
 
 
+def test_a_local_model_path_that_is_not_there_gets_no_hub_advice(setup, capsys, tmp_path):
+    """--override clip_score.pretrained=<a folder that does not exist>: the path is the problem, not the Hub."""
+    missing = tmp_path / "no_clip_here"
+    argv = [str(setup["sweep"]), "--device", "cpu", "--wandb", "off", "--metrics", "clip_score",
+            "--override", f"clip_score.pretrained={missing}"]
+    assert cli.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("skipped ")]
+    assert err[0].startswith(f"rewardsds-eval: metric 'clip_score' needs the CLIP model from '{missing}', which cannot be loaded "
+                             "(no such file or folder on this machine: a local path, not a Hub id)")
+    assert err[1:] == ["Fix: point --override clip_score.pretrained at an existing local copy (or a Hub id), or leave model "
+                       "metrics out: --metrics none (tables of the metrics the runs wrote)"]
+
+
 @gpu_test
 def test_evaluators_on_cuda_match_the_cpu(setup, tmp_path):
     """The same evaluation with --device cuda (fp32) gives the CPU's values."""

@@ -343,8 +343,11 @@ def match_baselines(rows: Sequence[dict[str, Any]], group_by: Sequence[str], spe
     """
     unknown = [k for k in spec if k not in group_by]
     if unknown:
-        raise ValueError(f"--baseline {_spec_text(spec)}: {unknown} are not grouped keys "
-                         f"({', '.join(group_by) or 'none'}); name keys of the table rows")
+        grouped = (f"the rows are grouped by {', '.join(group_by)}" if group_by else
+                   "the table has one row of all runs (no setting differs between them, so there is no baseline to name)")
+        raise ValueError(f"--baseline {_spec_text(spec)}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                         f"a key of the table's rows ({grouped}). Fix: "
+                         + (f"name one of {', '.join(group_by)}" if group_by else "leave --baseline out"))
     baselines = [r for r in rows if all(str(r[k]) == v for k, v in spec.items())]
     if not baselines:
         seen = "; ".join(f"{k}: {', '.join(sorted({str(r[k]) for r in rows}))}" for k in spec)

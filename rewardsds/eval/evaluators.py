@@ -171,8 +171,12 @@ def load_error_message(ev: Evaluator, cfg: Any, err: ModelLoadError) -> str:
         field = next((f for f, v in sources.items() if v), next(iter(sources), "pretrained"))
         what, source, key, cause = f"{ev.reward} model", str(sources.get(field)), f"{ev.name}.{field}", text[:300]
     other = [f"{ev.name}.{f}" for f, v in sources.items() if f"{ev.name}.{f}" != key]
+    head = f"rewardsds-eval: metric {ev.name!r} needs the {what} from {source!r}, which cannot be loaded ({cause})."
+    if "a local path, not a Hub id" in cause:  # a path that is not there: no Hub advice, the path is the fix
+        return "\n".join([head, f"Fix: point --override {key} at an existing local copy (or a Hub id), or leave model metrics "
+                                 "out: --metrics none (tables of the metrics the runs wrote)"])
     lines = [
-        f"rewardsds-eval: metric {ev.name!r} needs the {what} from {source!r}, which cannot be loaded ({cause}).",
+        head,
         "This machine may have no Hub access. Either:",
         f"  - point the metric at local files: --override {key}=/path/to/local/copy"
         + (f" (also settable: {', '.join(other)})" if other else ""),

@@ -77,7 +77,7 @@ def resolve_file(
 
         return Path(hf_hub_download(source, filename, revision=revision, local_files_only=local_files_only))
     except Exception as err:  # hub errors: offline, missing repo or file, auth
-        raise ModelLoadError(model_load_message(what, f"{source}/{filename} (Hugging Face Hub)", err, key)) from err
+        raise ModelLoadError(model_load_message(what, f"{source}/{filename} (Hugging Face Hub)", err, key, hub=True)) from err
 
 
 def load_pretrained(loader: Callable, source: str, *, what: str, key: str, local_files_only: bool, **kwargs):
