@@ -1006,7 +1006,8 @@ def main(argv=None) -> int:
                                "tf32_for_our_configs": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
     deadline = Deadline(args.time_limit, results)
     t0 = time.perf_counter()
-    if args.sd_folder is None or not (args.sd_folder / "unet" / "config.json").is_file():  # built once into --sd-folder
+    needs_sd = bool(sections - {"mvdream", "mvdream_agreement"})  # the MVDream sections build their own models
+    if needs_sd and (args.sd_folder is None or not (args.sd_folder / "unet" / "config.json").is_file()):  # built once into --sd-folder
         args.sd_folder = build_sd_pipeline(args.sd_folder or tmp / "sd", args.preset, device=args.device,
                                            dtype=torch.float16 if device.type == "cuda" else torch.float32)
     args.image_reward = image_reward_files(args.image_reward_dir or tmp / "image_reward", args.preset)
