@@ -806,7 +806,8 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
     gc.collect()
 
 
-def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: dict, deadline: Deadline) -> None:
+def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: dict, deadline: Deadline,
+                            save: Callable[[], None] = lambda: None) -> None:
     """Selection agreement of MVDream's fast paths with its exact fp32 path, in mvdream_nerf's RewardSDS stage: N = 7
     candidates of the 4 orthogonal views (elevation 15 degrees), the 15-point linspace lookahead from t at CFG 50 with the
     experiment's negative prompt, ImageReward averaged over a candidate's views, min_max top-2 / bottom-2; t drawn as the
@@ -864,9 +865,11 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
     gc.collect()
     sec["exact_s"] = time.perf_counter() - t0
     print(f"agreement (MVDream): exact fp32 path on {len(draws)} draws in {sec['exact_s']:.0f} s", flush=True)
+    save()
     cuda = device.type == "cuda"
     for name, dtype in zip(names, ("auto", "fp16")):
-        if (args.only_path and name not in args.only_path) or not deadline.allows(f"agreement_mvdream:{name}", 10):
+        # a compiled path first compiles (about 150 s for the full-size model on a fresh machine): start it only with time for that
+        if (args.only_path and name not in args.only_path) or not deadline.allows(f"agreement_mvdream:{name}", 200 if cuda else 10):
             continue
         t0 = time.perf_counter()
         p = prior(dtype, cuda)
@@ -877,6 +880,7 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
                               **rep.bar()}
         del p
         gc.collect()
+        save()
         lo, hi = rep.agreement_ci95
         print(f"agreement (MVDream) {name:32s} {rep.agreement:6.1%}  (95% interval {lo:.0%}-{hi:.0%}; top {rep.top_agreement:.0%}, "
               f"bottom {rep.bottom_agreement:.0%}, rank corr {rep.rank_correlation:.3f}, regret mean {rep.regret_mean:.3f} "
@@ -1174,7 +1178,7 @@ def main(argv=None) -> int:
     if "mvdream" in sections and deadline.allows("mvdream", 60):
         bench_mvdream(args, device, tmp, results, models.reward("fast"))
     if "mvdream_agreement" in sections and deadline.allows("agreement_mvdream", 90):
-        bench_mvdream_agreement(args, models, device, tmp, results, deadline)
+        bench_mvdream_agreement(args, models, device, tmp, results, deadline, save)
         save()
     results["flops"] = {k: v / 1e9 for k, v in flops.values.items()}
     results["flops_unit"] = "GFLOP per sample (unet: one 64x64 evaluation; decode: one 512x512 image; reward: one image)"
