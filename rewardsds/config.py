@@ -29,7 +29,7 @@ from rewardsds.rewards.config import (AestheticRewardConfig, AnalyticRewardConfi
                                       HPSv2Config, ImageRewardConfig, JPEGRewardConfig, PickScoreConfig)
 from rewardsds.losses.config import (AdvantageNorm, DDPO3DLossConfig, DDSLossConfig, DreamDPOLossConfig, NegativeUpdate, PSDLossConfig,
                                      SDSBridgeLossConfig, SDSLossConfig, VSDLossConfig)
-from rewardsds.representations.config import ExportFormat, GaussiansConfig, LatentImageConfig, NeRFConfig
+from rewardsds.representations.config import ExportFormat, GaussianInit, GaussiansConfig, LatentImageConfig, LatentInit, NeRFConfig
 from rewardsds.strategies.config import BestStrategyConfig, MinMaxStrategyConfig, NoStrategyConfig, RandomStrategyConfig, WeightedStrategyConfig
 
 
@@ -946,10 +946,9 @@ def input_files(typed: "Config") -> list[tuple[str, str]]:
         found.append(("loss.image", str(image)))
     rep = typed.representation
     init = getattr(rep, "init", None)
-    init = init.value if isinstance(init, Enum) else init
-    if init == "image" and getattr(rep, "init_image", None):
+    if init is LatentInit.image and getattr(rep, "init_image", None):
         found.append(("representation.init_image", str(rep.init_image)))
-    if init in ("ply", "points") and getattr(rep, "init_path", None):
+    if init in (GaussianInit.ply, GaussianInit.points) and getattr(rep, "init_path", None):
         found.append(("representation.init_path", str(rep.init_path)))
     return found
 

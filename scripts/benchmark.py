@@ -732,13 +732,22 @@ def bench_attention(models: Models, device, results: dict, batch: int = 20) -> N
         out["cudnn_speedup"] = out["auto"]["median_ms"] / out["cudnn"]["median_ms"]
 
 
+def mvdream_views(views: int, device) -> Any:
+    """The MVDream benchmarks' cameras: ``views`` orthogonal views at elevation 15 degrees, distance 2, fovy 40 degrees,
+    256 px (MVDream's own resolution)."""
+    import math
+
+    from rewardsds.cameras import orbit_cameras
+
+    return orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
+                         torch.full((views,), math.radians(40)), 256, 256).to(device)
+
+
 def bench_mvdream(args, device, tmp, results, reward_fast):
     """RewardSDS with MVDream: N = 7 candidates of 4 views, 15-point linspace lookahead from exactly t (CFG 50),
     rewards averaged over views, x0-reconstruction target (std rescale 0.5); all candidates batched (the training
     step's :func:`rewardsds.system.distill`) vs one candidate at a time (3D reference)."""
-    import math
 
-    from rewardsds.cameras import orbit_cameras
     from rewardsds.losses.base import StepContext
     from rewardsds.losses.config import SDSLossConfig
     from rewardsds.losses.sds import SDSLoss, x0_recon_target
@@ -754,15 +763,14 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
                                             dtype="bf16" if device.type == "cuda" else "fp32",
                                             local_files_only=True)).to(device)
     views, n = 4, 7
-    cams = orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
-                         torch.full((views,), math.radians(40)), 256, 256).to(device)
+    cams = mvdream_views(views, device)
     negative = "blurry"
     text = prior.text_cond([PROMPT] * views, negative)
     latents = torch.randn(views, *prior.latent_shape, device=device, requires_grad=True)
     strategy = MinMaxStrategy(MinMaxStrategyConfig())
     eng = CandidateEngine(prior, reward_fast, lookahead_config(15, 50.0, "linspace", "exact_t"), chunk_size=args.chunk_size, seed=0)
     loss = SDSLoss(SDSLossConfig(guidance_scale=50.0, target="x0_recon", recon_std_rescale=0.5))
-    loss.setup(prior, reward_fast, eng, device, args.warmup + args.mv_steps)
+    loss.setup(prior, reward_fast, device, args.warmup + args.mv_steps, engine=eng)
 
     def step(batched: bool, s: int):
         t = 980 - 40 * (s % 20)
@@ -813,11 +821,9 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
     experiment's negative prompt, ImageReward averaged over a candidate's views, min_max top-2 / bottom-2; t drawn as the
     experiment draws it over the reward's steps (0-4999 of its annealing schedule, t from about 380 to 980). Paths: the
     CUDA default (compiled, ``prior.dtype=auto``: bf16) and the same compiled prior in fp16."""
-    import math
 
     from omegaconf import OmegaConf
 
-    from rewardsds.cameras import orbit_cameras
     from rewardsds.eval.agreement import collect_rewards, compare_selections, engine_selector
     from rewardsds.priors.config import MVDreamPriorConfig
     from rewardsds.priors.mvdream import MVDreamPrior
@@ -837,8 +843,7 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
     sampler = TimestepSampler(Schedule(**ts.t_min), Schedule(**ts.t_max), 1000)
     reward_steps = int(exp.steps * exp.reward_duration)
     mv, base = build_mvdream(tmp / "mvdream_agreement", args.preset)
-    cams = orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
-                         torch.full((views,), math.radians(40)), 256, 256).to(device)
+    cams = mvdream_views(views, device)
 
     def prior(dtype: str, compiled: bool):
         return MVDreamPrior(MVDreamPriorConfig(pretrained=str(mv), base_model=str(base), dtype=dtype, compile=compiled,

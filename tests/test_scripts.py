@@ -257,6 +257,20 @@ def test_pooling_alias_joins_a_renamed_path_and_sets_the_names_old_meaning_aside
 
 
 @pytest.mark.slow
+def test_benchmark_mvdream_section_runs_batched_and_sequential_steps(tmp_path):
+    """--sections mvdream: the training step's batched MVDream candidates and the reference's one-at-a-time loop make
+    the same model calls (N = 7 x 4 views, the lookahead from t), each timed once."""
+    out = tmp_path / "bench.json"
+    args = ["--preset", "tiny", "--device", "cpu", "--sections", "mvdream", "--mv-steps", "1", "--warmup", "0",
+            "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out)]
+    assert _script("benchmark").main(args) == 0
+    mv = json.loads(out.read_text())["mvdream"]
+    assert (mv["n_noises"], mv["views"]) == (7, 4)
+    assert mv["batched"]["n"] == mv["sequential"]["n"] == 1
+    assert mv["batched"]["evals_per_step"] == mv["sequential"]["evals_per_step"] > 2 * 7 * 4
+
+
+@pytest.mark.slow
 def test_benchmark_mvdream_agreement_section(tmp_path):
     """--sections mvdream_agreement: MVDream's exact fp32 path against the default (prior.dtype=auto: fp32 on the CPU,
     eager) and the fp16 prior, in mvdream_nerf's RewardSDS stage (N = 7 x 4 views, linspace 15 from t, CFG 50, t as the
