@@ -906,11 +906,12 @@ def build_tiny_vae(folder: Path, preset: str) -> Path:
 # ----------------------------------------------------------------------------------------- main
 def table(results: dict) -> str:
     lines = [f"device: {results['device']}; torch {results['torch']}; timesteps (seed 0, steps {results['measured_steps'][0]}.."
-             f"{results['measured_steps'][-1]}): {results['timesteps']}", "",
-             "| config | prior | N | K | ms/step median (min-max) | UNet evals/step | ms/eval | fit: fixed + per eval (ms) | "
-             "MFU (UNet / all) | peak GB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in {**{f"{k} (baseline)": dict(v, variant="fp32 reference") for k, v in results["baseline"].items()}, **results["configs"]}.items():
+             f"{results['measured_steps'][-1]}): {results['timesteps']}"]
+    rows = {**{f"{k} (baseline)": dict(v, variant="fp32 reference") for k, v in results["baseline"].items()}, **results["configs"]}
+    if rows:
+        lines += ["", "| config | prior | N | K | ms/step median (min-max) | UNet evals/step | ms/eval | fit: fixed + per eval (ms) | "
+                  "MFU (UNet / all) | peak GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
         mfu = f"{r['mfu_unet']:.0%} / {r['mfu_model']:.0%}" if r.get("mfu_unet") is not None else "-"
         fit = f"{r['fit_ms']['fixed_ms']:.0f} + {r['fit_ms']['ms_per_eval']:.2f} x" if r.get("fit_ms") else "-"
         lines.append(f"| {name} | {r.get('variant', '')} | {r.get('n_noises', '')} | {r.get('lookahead_steps', '')} | {r['median_ms']:.1f} "
@@ -920,12 +921,15 @@ def table(results: dict) -> str:
         lines += ["", "| speed-up over the reference structure (same N, K, t) | median ratio | paired median |", "|---|---|---|"]
         for k, v in results["speedups"].items():
             lines.append(f"| {k} | {v['median_ratio']:.2f}x | {v['paired_median_ratio']:.2f}x |")
-    paths = results["agreement"].get("paths", {})
-    if paths:
-        lines += ["", f"| selection agreement with the exact fp32 path (N={results['agreement']['n_noises']}, {len(results['agreement']['draws'])} draws) "
+    for key, what in (("agreement", ""), ("agreement_mvdream", "MVDream, ")):
+        sec = results.get(key, {})
+        if not sec.get("paths"):
+            continue
+        views = f", {sec['views']} views" if sec.get("views") else ""
+        lines += ["", f"| selection agreement with the exact fp32 path ({what}N={sec['n_noises']}{views}, {len(sec['draws'])} draws) "
                   "| both sets (95% interval) | top | bottom | rank corr | regret mean / max | on-by-default bar (95%) |",
                   "|---|---|---|---|---|---|---|"]
-        for k, v in paths.items():
+        for k, v in sec["paths"].items():
             lo, hi = v.get("agreement_ci95", (float("nan"), float("nan")))
             lines.append(f"| {k} | {v['agreement']:.1%} ({lo:.0%}-{hi:.0%}) | {v['top_agreement']:.0%} | {v['bottom_agreement']:.0%} | "
                          f"{v['rank_correlation']:.3f} | {v.get('regret_mean', float('nan')):.3f} / {v.get('regret_max', float('nan')):.3f} | "

@@ -211,6 +211,21 @@ def test_pooling_reads_the_section_it_is_asked_for(tmp_path):
         P.pool([a, run("c.json", 2, n_noises=8)], section="agreement_mvdream")
 
 
+def test_benchmark_markdown_shows_the_mvdream_agreement_of_a_run_that_measured_only_that():
+    """The .md beside the JSON: a --sections mvdream_agreement run has no step rows, so it shows no empty step table,
+    and its MVDream agreement gets a table of its own (N x views, draws, the bar)."""
+    B = _script("benchmark")
+    path = {"agreement": 32 / 36, "agreement_ci95": [0.75, 0.96], "top_agreement": 33 / 36, "bottom_agreement": 35 / 36,
+            "rank_correlation": 0.989, "regret_mean": 0.001, "regret_max": 0.021, "default_ok": False}
+    results = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11", "measured_steps": [2, 11], "timesteps": [826],
+               "baseline": {}, "configs": {}, "speedups": {}, "agreement": {},
+               "agreement_mvdream": {"n_noises": 7, "views": 4, "draws": [{}] * 36, "paths": {B.MVDREAM_DEFAULT_PATH: path}}}
+    md = B.table(results)
+    assert "| config |" not in md
+    assert "(MVDream, N=7, 4 views, 36 draws)" in md
+    assert f"| {B.MVDREAM_DEFAULT_PATH} | 88.9% (75%-96%) | 92% | 97% | 0.989 | 0.001 / 0.021 | misses |" in md
+
+
 def test_pooling_alias_joins_a_renamed_path_and_sets_the_names_old_meaning_aside(tmp_path):
     """--alias OLD=NEW pools an older run's path under its new name: the alias vouches for the prior's label and dtype
     (which the older run named otherwise or did not record), not for the reward or the engine; the older run's own
