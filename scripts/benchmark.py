@@ -905,10 +905,10 @@ def build_tiny_vae(folder: Path, preset: str) -> Path:
 
 # ----------------------------------------------------------------------------------------- main
 def table(results: dict) -> str:
-    lines = [f"device: {results['device']}; torch {results['torch']}; timesteps (seed 0, steps {results['measured_steps'][0]}.."
-             f"{results['measured_steps'][-1]}): {results['timesteps']}"]
     rows = {**{f"{k} (baseline)": dict(v, variant="fp32 reference") for k, v in results["baseline"].items()}, **results["configs"]}
-    if rows:
+    lines = [f"device: {results['device']}; torch {results['torch']}"]
+    if rows:  # the step rows' timesteps; the agreement tables name their draws
+        lines[0] += f"; timesteps (seed 0, steps {results['measured_steps'][0]}..{results['measured_steps'][-1]}): {results['timesteps']}"
         lines += ["", "| config | prior | N | K | ms/step median (min-max) | UNet evals/step | ms/eval | fit: fixed + per eval (ms) | "
                   "MFU (UNet / all) | peak GB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
