@@ -827,11 +827,13 @@ def test_gpu_parity_fp32_without_tf32(reduced_ckpt, reduced_params, fixture):
 
 
 @gpu_test
-def test_gpu_parity_bf16(reduced_ckpt, reduced_yaml, tiny_base, fixture):
-    """The prior in bf16 on CUDA: UNet outputs and one SDS step within the documented bf16 bounds."""
+@pytest.mark.parametrize("dtype, want", [("bf16", torch.bfloat16), ("auto", torch.float16)], ids=["bf16", "auto-fp16"])
+def test_gpu_parity_half(reduced_ckpt, reduced_yaml, tiny_base, fixture, dtype, want):
+    """The prior in half precision on CUDA (bf16, and ``auto``: fp16): UNet outputs and one SDS step within the
+    documented bf16 bounds (fp16 rounds 8x finer)."""
     gpu = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml),
-                                             base_model=str(tiny_base), dtype="bf16", local_files_only=True)).to("cuda")
-    assert gpu.unet.dtype == torch.bfloat16
+                                             base_model=str(tiny_base), dtype=dtype, local_files_only=True)).to("cuda")
+    assert gpu.unet.dtype == want and gpu.dtype == want
     c2w = fixture["camera"].reshape(-1, 4, 4).cuda()
     x, t, ctx = fixture["x"].cuda(), fixture["timesteps"].cuda(), fixture["context"].cuda()
     rel = {}
@@ -845,7 +847,7 @@ def test_gpu_parity_bf16(reduced_ckpt, reduced_yaml, tiny_base, fixture):
         rel["noise_pred_uncond"] = _rel_l2(eps_u, fixture["sds/noise_pred_uncond"])
         target = x0_recon_target(gpu, noisy, 600, eps_c, eps_u, 50.0, 0.5, 4)
         rel["grad"] = _rel_l2((fixture["sds/latents"].cuda() - target) / 8, fixture["sds/grad"])
-    print("gpu bf16 relative L2 errors:", rel)
+    print(f"gpu {dtype} relative L2 errors:", rel)
     assert max(v for k, v in rel.items() if k != "grad") < BF16_REL_UNET, rel
     assert rel["grad"] < BF16_REL_SDS, rel
 

@@ -183,6 +183,19 @@ def test_agreement_draws_of_an_annealed_run_spread_over_its_steps():
     assert [(d.step, tuple(d.latents.shape)) for d in flat] == [(0, (1, 4, 64, 64))] * 4
 
 
+def test_mvdream_benchmark_views_come_in_orthogonal_groups_of_four():
+    """The MVDream sections' cameras: mvdream_nerf's RewardSDS stage renders 2 groups of 4 views; each group is 4
+    orthogonal views at one elevation (MVDream's joint attention reads a group as one object), the groups apart."""
+    B = _script("benchmark")
+    cams = B.mvdream_views(8, "cpu")
+    assert cams.c2w.shape == (8, 4, 4)
+    assert cams.elevation.tolist() == [15.0] * 4 + [30.0] * 4
+    assert cams.azimuth.tolist() == [0.0, 90.0, 180.0, 270.0, 45.0, 135.0, 225.0, 315.0]
+    assert B.mvdream_views(4, "cpu").azimuth.tolist() == [0.0, 90.0, 180.0, 270.0]
+    with pytest.raises(ValueError, match="views = 6: MVDream's views come in groups of 4"):
+        B.mvdream_views(6, "cpu")
+
+
 def test_pooling_reads_the_section_it_is_asked_for(tmp_path):
     """--section agreement_mvdream pools MVDream's draws (the benchmark's mvdream_agreement section), which a JSON keeps
     beside SD's; the settings it checks and reports are that section's (N x views)."""
@@ -288,21 +301,21 @@ def test_benchmark_mvdream_section_runs_batched_and_sequential_steps(tmp_path):
 @pytest.mark.slow
 def test_benchmark_mvdream_agreement_section(tmp_path):
     """--sections mvdream_agreement: MVDream's exact fp32 path against the default (prior.dtype=auto: fp32 on the CPU,
-    eager) and the fp16 prior, in mvdream_nerf's RewardSDS stage (N = 7 x 4 views, linspace 15 from t, CFG 50, t as the
+    eager) and the bf16 prior, in mvdream_nerf's RewardSDS stage (N = 7 x 8 views, linspace 15 from t, CFG 50, t as the
     experiment anneals it). On the CPU the default path computes what the exact one does (only the reward's tensor
-    preprocessing differs), while fp16 rounds every layer: its rewards move more."""
+    preprocessing differs), while bf16 rounds every layer: its rewards move more."""
     out = tmp_path / "bench.json"
     B = _script("benchmark")
     args = ["--preset", "tiny", "--device", "cpu", "--draws", "1", "--per-draw", "--sections", "mvdream_agreement",
             "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out)]
     assert B.main(args) == 0
     sec = json.loads(out.read_text())["agreement_mvdream"]
-    assert (sec["n_noises"], sec["views"], sec["lookahead"], sec["reward_views"]) == (7, 4, "linspace 15 from exact_t, CFG 50", "mean")
+    assert (sec["n_noises"], sec["views"], sec["lookahead"], sec["reward_views"]) == (7, 8, "linspace 15 from exact_t, CFG 50", "mean")
     assert sec["draws"] == [{"seed": 0, "step": 0, "t": 980}]  # step 0 of the annealing: t_min = t_max = 0.98
     paths = sec["paths"]
-    assert set(paths) == {B.MVDREAM_DEFAULT_PATH, B.MVDREAM_FP16_PATH}
-    default, half = paths[B.MVDREAM_DEFAULT_PATH], paths[B.MVDREAM_FP16_PATH]
-    assert (default["prior_dtype"], half["prior_dtype"]) == ("float32", "float16")
+    assert set(paths) == {B.MVDREAM_DEFAULT_PATH, B.MVDREAM_BF16_PATH}
+    default, half = paths[B.MVDREAM_DEFAULT_PATH], paths[B.MVDREAM_BF16_PATH]
+    assert (default["prior_dtype"], half["prior_dtype"]) == ("float32", "bfloat16")
     assert len(default["per_draw"]) == 1 and default["per_draw"][0]["t"] == 980
     assert default["reward_abs_err_over_spread"] < 1e-3 and half["reward_abs_err_over_spread"] > 5 * default["reward_abs_err_over_spread"]
 

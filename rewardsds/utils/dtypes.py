@@ -21,8 +21,8 @@ def resolve_dtype(dtype: DType, device: torch.device | str, half: torch.dtype = 
     Args:
         dtype: a validated ``dtype`` setting (``prior.dtype``, ``reward.dtype``).
         device: where the model runs.
-        half: the model's half precision for ``auto`` on CUDA (the SD prior's is fp16, see
-            ``StableDiffusionPrior.AUTO_HALF``).
+        half: the model's half precision for ``auto`` on CUDA (the priors' is fp16, see
+            ``StableDiffusionPrior.AUTO_HALF`` and ``MVDreamPrior.AUTO_HALF``).
     """
     if dtype is DType.auto:
         if torch.device(device).type == "cuda":
