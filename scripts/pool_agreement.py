@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from rewardsds.eval.agreement import pool_reports  # noqa: E402
 
 #: what every pooled run must share (the agreement section's settings)
-SAME = ("n_noises", "lookahead_steps", "n_max", "n_min", "exact")
+SAME = ("n_noises", "views", "lookahead_steps", "n_max", "n_min", "exact")
 #: what each pooled path must share across the runs (the prior variant and its dtype, the reward, the engine settings)
 PATH_SAME = ("prior", "prior_dtype", "reward", "engine")
 #: what an alias vouches for: the prior's variant label and its dtype, which an older benchmark named differently
@@ -110,7 +110,7 @@ def pool(files: list[Path], mixed_devices: bool = False, per_draw: bool = False,
     names = [n for n in first[section]["paths"] if all(n in d[section]["paths"] for _, d in runs)]
     every = {n for _, d in runs for n in d[section]["paths"]}
     out = {"files": [str(f) for f, _ in runs], "devices": sorted({str(d.get("device")) for _, d in runs}), "section": section,
-           **{k: first[section].get(k) for k in SAME}, **({"views": first[section]["views"]} if "views" in first[section] else {}), "paths": {}, "left_out": sorted(every - set(names)),
+           **{k: first[section].get(k) for k in SAME if k in first[section]}, "paths": {}, "left_out": sorted(every - set(names)),
            "aliases": renamed}
     for name in names:
         parts = [d[section]["paths"][name] for _, d in runs]

@@ -222,6 +222,8 @@ def test_pooling_reads_the_section_it_is_asked_for(tmp_path):
         P.pool([a, b])  # SD's section of these runs is empty
     with pytest.raises(SystemExit, match=r"agreement_mvdream.n_noises is 7 in .*a.json but 8 in .*c.json"):
         P.pool([a, run("c.json", 2, n_noises=8)], section="agreement_mvdream")
+    with pytest.raises(SystemExit, match=r"agreement_mvdream.views is 4 in .*a.json but 8 in .*d.json"):
+        P.pool([a, run("d.json", 3, views=8)], section="agreement_mvdream")  # one group of views against the stage's two
 
 
 def test_benchmark_markdown_shows_the_mvdream_agreement_of_a_run_that_measured_only_that():
