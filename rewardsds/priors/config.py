@@ -198,7 +198,7 @@ class MVDreamPriorConfig(PriorConfig):
     # architecture from base_model's configs
     vae_text_from_checkpoint: bool = False
     num_frames: int = 4  # views per object in the joint self-attention (4 for the released model)
-    dtype: DType = DType.auto  # auto = fp16 on CUDA (MVDreamPrior.AUTO_HALF), fp32 on CPU; guidance arithmetic is always fp32
+    dtype: DType = DType.auto  # auto = fp16 on CUDA (StableDiffusionPrior.AUTO_HALF), fp32 on CPU; guidance arithmetic is always fp32
     encode_sample: bool = True  # VAE posterior sample as threestudio-mvdream (false: posterior mean)
     # seed of the prior's own generator for that sample (reset by to()), so the draw does not depend on how much of
     # the global random stream other components used: strategies compared on one seed see the same latents

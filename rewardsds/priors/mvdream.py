@@ -308,11 +308,6 @@ class MVDreamPrior(StableDiffusionPrior):
             sample and its ``encode_seed``, and the settings shared with the Stable Diffusion prior.
     """
 
-    #: ``prior.dtype=auto`` on CUDA: fp16, as for the SD prior and as MVDream's half-precision releases run. bf16 missed
-    #: the 95% selection-agreement bar in mvdream_nerf's RewardSDS stage (H100: both sets kept in 88.9% of 36 draws;
-    #: ``scripts/benchmark.py --sections mvdream_agreement``), its misses near-ties that fp16's 3 extra mantissa bits
-    #: resolve on SD 2.1-base (94.4% -> 97.7%). MVDream's fp16 agreement is not measured yet.
-    AUTO_HALF = torch.float16
     name = "mvdream"
     uses_camera = True
 

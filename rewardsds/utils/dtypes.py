@@ -22,7 +22,7 @@ def resolve_dtype(dtype: DType, device: torch.device | str, half: torch.dtype = 
         dtype: a validated ``dtype`` setting (``prior.dtype``, ``reward.dtype``).
         device: where the model runs.
         half: the model's half precision for ``auto`` on CUDA (the priors' is fp16, see
-            ``StableDiffusionPrior.AUTO_HALF`` and ``MVDreamPrior.AUTO_HALF``).
+            ``StableDiffusionPrior.AUTO_HALF``, which ``MVDreamPrior`` inherits).
     """
     if dtype is DType.auto:
         if torch.device(device).type == "cuda":
