@@ -733,19 +733,13 @@ def bench_attention(models: Models, device, results: dict, batch: int = 20) -> N
 
 
 def mvdream_views(views: int, device) -> Any:
-    """The MVDream benchmarks' cameras: ``views`` views in groups of 4 orthogonal views (MVDream's joint attention
-    reads each group as one object), distance 2, fovy 40 degrees, 256 px (MVDream's own resolution). The first group
-    is at elevation 15 degrees from azimuth 0; each further group is 15 degrees higher and turned by 90 / groups
-    degrees, as the camera sampler draws each group's elevation and azimuth apart."""
+    """The MVDream step benchmark's cameras: ``views`` orthogonal views at elevation 15 degrees, distance 2, fovy 40
+    degrees, 256 px (MVDream's own resolution)."""
     import math
 
     from rewardsds.cameras import orbit_cameras
 
-    if views % 4:
-        raise ValueError(f"views = {views}: MVDream's views come in groups of 4")
-    group = torch.arange(views) // 4
-    azimuth = (torch.arange(views) % 4) * 90.0 + group * 90.0 / (views // 4)
-    return orbit_cameras(15.0 + 15.0 * group.float(), azimuth, torch.full((views,), 2.0),
+    return orbit_cameras(torch.full((views,), 15.0), torch.arange(views) * 90.0, torch.full((views,), 2.0),
                          torch.full((views,), math.radians(40)), 256, 256).to(device)
 
 
@@ -822,21 +816,22 @@ def bench_mvdream(args, device, tmp, results, reward_fast):
 
 def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: dict, deadline: Deadline,
                             save: Callable[[], None] = lambda: None) -> None:
-    """Selection agreement of MVDream's fast paths with its exact fp32 path, in mvdream_nerf's RewardSDS stage: N = 7
-    candidates of the stage's 8 views (2 groups of 4 orthogonal views, :func:`mvdream_views`), the 15-point linspace
-    lookahead from t at CFG 50 with the experiment's negative prompt, ImageReward averaged over a candidate's views,
-    min_max top-2 / bottom-2; t drawn as the experiment draws it over the reward's steps (0-4999 of its annealing
-    schedule, t from about 380 to 980). Paths: the CUDA default (compiled, ``prior.dtype=auto``: fp16) and the same
+    """Selection agreement of MVDream's fast paths with its exact fp32 path, in mvdream_nerf's RewardSDS stage as the
+    composed experiment sets it: N = 7 candidates of the stage's 8 views (2 groups of 4 orthogonal views, drawn by the
+    run's camera sampler for the draw's seed and step), the 15-point linspace lookahead from t at CFG 50 with the
+    experiment's negative prompt, ImageReward averaged over a candidate's views, min_max top-2 / bottom-2; t drawn as
+    the experiment draws it over the reward's steps (0-4999 of its annealing schedule, t from about 380 to 980). Paths: the CUDA default (compiled, ``prior.dtype=auto``: fp16) and the same
     compiled prior in bf16, the default until it missed the bar in an earlier version of this section that rendered one
     group of 4 views (88.9% of 36 draws on an H100, ``scripts/measurements/2026-12-05_h100``; such runs do not pool
     with these, as their ``views`` differ)."""
 
-    from omegaconf import OmegaConf
-
+    from rewardsds.config import validate
     from rewardsds.eval.agreement import collect_rewards, compare_selections, engine_selector
     from rewardsds.priors.config import MVDreamPriorConfig
     from rewardsds.priors.mvdream import MVDreamPrior
+    from rewardsds.rng import Streams, seed_for
     from rewardsds.schedules import Schedule, TimestepSampler
+    from rewardsds.schema import build
     from rewardsds.testing import build_mvdream
 
     names = (MVDREAM_DEFAULT_PATH, MVDREAM_BF16_PATH)
@@ -844,17 +839,14 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
         results["agreement_mvdream"] = {"paths": {}, "skipped": f"--only-path names none of its paths ({'; '.join(names)})"}
         print(f"agreement (MVDream): skipped, --only-path names none of its paths: {'; '.join(names)}", flush=True)
         return
-    exp = OmegaConf.load(ROOT / "rewardsds" / "conf" / "experiment" / "mvdream_nerf.yaml")
-    # the stage's views: 2 groups of 4 (cameras.batch_size at step 0), each candidate's reward their mean
-    cameras = OmegaConf.merge(OmegaConf.load(ROOT / "rewardsds" / "conf" / "cameras" / "multiview.yaml"), exp.get("cameras", {}))
-    n, views, guidance = int(exp.n_noises), int(cameras.batch_size.start), float(exp.lookahead.guidance_scale)
-    look = lookahead_config(int(exp.lookahead.steps), guidance, str(exp.lookahead.grid), str(exp.lookahead.start))
-    negative = str(exp.negative_prompt)
-    ts = exp.timesteps
-    sampler = TimestepSampler(Schedule(**ts.t_min), Schedule(**ts.t_max), 1000)
+    # the experiment as a run composes and validates it: N, lookahead, negative prompt, timestep annealing, cameras
+    exp = validate(compose(["experiment=mvdream_nerf", f"prompt={PROMPT!r}"]))
+    cameras = build(exp.cameras)
+    n, views, look, strat = exp.n_noises, cameras.batch_size_at(0), exp.lookahead, exp.strategy
+    sampler = TimestepSampler(Schedule.from_any(exp.timesteps.t_min), Schedule.from_any(exp.timesteps.t_max), 1000,
+                              exp.timesteps.grid.value)
     reward_steps = int(exp.steps * exp.reward_duration)
     mv, base = build_mvdream(tmp / "mvdream_agreement", args.preset)
-    cams = mvdream_views(views, device)
 
     def prior(dtype: str, compiled: bool):
         return MVDreamPrior(MVDreamPriorConfig(pretrained=str(mv), base_model=str(base), dtype=dtype, compile=compiled,
@@ -864,15 +856,19 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
     exact_prior = prior("fp32", False)
     per_seed = max(1, args.draws // 4)  # each seed's draws spread over the reward's steps
     draws = agreement_draws(args, exact_prior.latent_shape, views, sampler, max(1, reward_steps // per_seed))
+    # each draw's cameras as a run with the draw's seed samples them at its step (2 groups of 4 orthogonal views)
+    c2w = {(d.seed, d.step): cameras.sample(torch.Generator().manual_seed(seed_for(d.seed, d.step, Streams.CAMERA)), d.step).c2w
+           for d in draws}
     sec = results.setdefault("agreement_mvdream", {"paths": {}})
-    sec.update({"n_noises": n, "views": views, "lookahead_steps": int(exp.lookahead.steps), "lookahead": f"{exp.lookahead.grid} "
-                f"{exp.lookahead.steps} from {exp.lookahead.start}, CFG {guidance:g}", "n_max": 2, "n_min": 2, "reward_views": "mean",
-                "draws": [{"seed": d.seed, "step": d.step, "t": d.t} for d in draws],
+    sec.update({"n_noises": n, "views": views, "lookahead_steps": look.steps, "lookahead": f"{look.grid.value} {look.steps} from "
+                f"{look.start.value}, CFG {look.guidance_scale:g}", "n_max": strat.n_max, "n_min": strat.n_min,
+                "reward_views": exp.reward_views.value, "draws": [{"seed": d.seed, "step": d.step, "t": d.t} for d in draws],
                 "exact": "MVDream fp32, eager, TF32 off, full decode, ImageReward fp32 via PIL"})
 
     def path(p, reward_variant: str):
-        eng = CandidateEngine(p, models.reward(reward_variant), look, chunk_size=args.chunk_size, reward_views="mean")
-        return engine_selector(eng, p.text_cond([PROMPT] * views, negative), [PROMPT] * views, n, camera=cams.c2w)
+        eng = CandidateEngine(p, models.reward(reward_variant), look, chunk_size=args.chunk_size, reward_views=exp.reward_views)
+        text = p.text_cond([PROMPT] * views, exp.negative_prompt)
+        return lambda d: engine_selector(eng, text, [PROMPT] * views, n, camera=c2w[d.seed, d.step].to(device))(d)
 
     t0 = time.perf_counter()
     with tf32(matmul=False, cudnn=False):
@@ -890,7 +886,7 @@ def bench_mvdream_agreement(args, models: Models, device, tmp: Path, results: di
         t0 = time.perf_counter()
         p = prior(dtype, cuda)
         fast = collect_rewards(path(p, "fast"), draws)
-        rep = compare_selections(exact, fast, 2, 2, draws)
+        rep = compare_selections(exact, fast, strat.n_max, strat.n_min, draws)
         sec["paths"][name] = {**rep.to_json(per_draw=args.per_draw), "prior": f"mvdream_{'compiled' if cuda else 'eager'}_{dtype}",
                               "prior_dtype": dtype_name(p.dtype), "reward": "fast", "engine": {}, "seconds": time.perf_counter() - t0,
                               **rep.bar()}

@@ -183,19 +183,6 @@ def test_agreement_draws_of_an_annealed_run_spread_over_its_steps():
     assert [(d.step, tuple(d.latents.shape)) for d in flat] == [(0, (1, 4, 64, 64))] * 4
 
 
-def test_mvdream_benchmark_views_come_in_orthogonal_groups_of_four():
-    """The MVDream sections' cameras: mvdream_nerf's RewardSDS stage renders 2 groups of 4 views; each group is 4
-    orthogonal views at one elevation (MVDream's joint attention reads a group as one object), the groups apart."""
-    B = _script("benchmark")
-    cams = B.mvdream_views(8, "cpu")
-    assert cams.c2w.shape == (8, 4, 4)
-    assert cams.elevation.tolist() == [15.0] * 4 + [30.0] * 4
-    assert cams.azimuth.tolist() == [0.0, 90.0, 180.0, 270.0, 45.0, 135.0, 225.0, 315.0]
-    assert B.mvdream_views(4, "cpu").azimuth.tolist() == [0.0, 90.0, 180.0, 270.0]
-    with pytest.raises(ValueError, match="views = 6: MVDream's views come in groups of 4"):
-        B.mvdream_views(6, "cpu")
-
-
 def test_pooling_reads_the_section_it_is_asked_for(tmp_path):
     """--section agreement_mvdream pools MVDream's draws (the benchmark's mvdream_agreement section), which a JSON keeps
     beside SD's; the settings it checks and reports are that section's (N x views)."""
@@ -312,7 +299,8 @@ def test_benchmark_mvdream_agreement_section(tmp_path):
             "--sd-folder", str(tmp_path / "sd"), "--image-reward-dir", str(tmp_path / "ir"), "--out", str(out)]
     assert B.main(args) == 0
     sec = json.loads(out.read_text())["agreement_mvdream"]
-    assert (sec["n_noises"], sec["views"], sec["lookahead"], sec["reward_views"]) == (7, 8, "linspace 15 from exact_t, CFG 50", "mean")
+    assert (sec["n_noises"], sec["views"], sec["lookahead"], sec["reward_views"], sec["n_max"], sec["n_min"]) == (
+        7, 8, "linspace 15 from exact_t, CFG 50", "mean", 2, 2)
     assert sec["draws"] == [{"seed": 0, "step": 0, "t": 980}]  # step 0 of the annealing: t_min = t_max = 0.98
     paths = sec["paths"]
     assert set(paths) == {B.MVDREAM_DEFAULT_PATH, B.MVDREAM_BF16_PATH}
