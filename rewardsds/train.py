@@ -306,7 +306,7 @@ def _train(typed: Config, run_dir: Path, gpu_index: Optional[int], lock_wait_s: 
             media = Media(run_dir)
             system = DistillationSystem(typed, run_dir=run_dir, media=media, resume_from=ckpt, **parts)
             system.prepare(device)  # restores the checkpoint: a foreign one fails here, before any file is written
-            # what prior.dtype resolved to on this device (auto: fp16 for SD, bf16 for MVDream on CUDA; fp32 on CPU)
+            # what prior.dtype resolved to on this device (auto: fp16 on CUDA, bf16 with a float8 lookahead; fp32 on CPU)
             record["prior_dtype"] = dtype_name(getattr(parts["prior"], "dtype", torch.float32))
     except BaseException:
         lock.release_as_it_was()

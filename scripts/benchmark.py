@@ -106,7 +106,7 @@ FP32_SECTIONS = ("fp32_ranking",)
 HALF_SECTIONS = ("half",)
 BF16_PATH = "compiled, bf16 prior (the default before)"
 #: MVDream's selection agreement in mvdream_nerf's RewardSDS stage (JSON ``agreement_mvdream``): the exact fp32 path
-#: against the CUDA default (compiled, ``prior.dtype=auto``: bf16 for MVDream) and the same compiled prior in fp16
+#: against the CUDA default (compiled, ``prior.dtype=auto``: fp16, as for SD) and the same compiled prior in bf16
 MVDREAM_AGREEMENT_SECTIONS = ("mvdream_agreement",)
 MVDREAM_DEFAULT_PATH = "compiled (default on CUDA: fp16)"
 MVDREAM_BF16_PATH = "compiled, bf16 prior"
