@@ -829,11 +829,12 @@ def test_gpu_parity_fp32_without_tf32(reduced_ckpt, reduced_params, fixture):
 @gpu_test
 @pytest.mark.parametrize("dtype, want", [("bf16", torch.bfloat16), ("auto", torch.float16)], ids=["bf16", "auto-fp16"])
 def test_gpu_parity_half(reduced_ckpt, reduced_yaml, tiny_base, fixture, dtype, want):
-    """The prior in half precision on CUDA (bf16, and ``auto``: fp16): UNet outputs and one SDS step within the
-    documented bf16 bounds (fp16 rounds 8x finer)."""
+    """The prior in half precision on CUDA with the CUDA defaults (compiled with CUDA graphs; bf16, and ``auto``:
+    fp16): UNet outputs and one SDS step within the documented bf16 bounds (fp16 rounds 8x finer). H100: bf16 1.6%
+    (gradient 4.6%), fp16 0.2% (gradient 0.6%)."""
     gpu = mv.MVDreamPrior(MVDreamPriorConfig(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml),
                                              base_model=str(tiny_base), dtype=dtype, local_files_only=True)).to("cuda")
-    assert gpu.unet.dtype == want and gpu.dtype == want
+    assert gpu.unet.dtype == want and gpu.dtype == want and gpu._unet_call is not gpu.unet  # compiled by default
     c2w = fixture["camera"].reshape(-1, 4, 4).cuda()
     x, t, ctx = fixture["x"].cuda(), fixture["timesteps"].cuda(), fixture["context"].cuda()
     rel = {}
@@ -861,7 +862,7 @@ def test_gpu_compiled_prior_matches_eager(reduced_ckpt, reduced_yaml, tiny_base,
 
     kw = dict(pretrained=str(reduced_ckpt), original_config=str(reduced_yaml), base_model=str(tiny_base), dtype="bf16",
               local_files_only=True, compile_cache=str(tmp_path / "inductor"))
-    eager = mv.MVDreamPrior(MVDreamPriorConfig(**kw)).to("cuda")
+    eager = mv.MVDreamPrior(MVDreamPriorConfig(**kw, compile=False)).to("cuda")
     fast = mv.MVDreamPrior(MVDreamPriorConfig(**kw, compile=True, compile_mode="reduce-overhead")).to("cuda")
     assert isinstance(fast._unet_call, CompiledModule) and fast._unet_call.cudagraphs and eager._unet_call is eager.unet
     c2w = fixture["camera"].reshape(-1, 4, 4).cuda()
@@ -874,9 +875,13 @@ def test_gpu_compiled_prior_matches_eager(reduced_ckpt, reduced_yaml, tiny_base,
         b = fast.predict_noise(0.5 * x, t, ctx, c2w)  # a replay of the same graph
         nocam = fast.predict_noise(x, t, ctx, None)
         images, want_images = fast.decode_candidates(z), eager.decode_candidates(z)
+    # Both paths round to bf16, each in its own way (H100: compiled 1.6% from fp32, the two 2.0% from each other), so
+    # the compiled one is held to eager's bound against the fp32 fixture, and the two to the sum of two such errors.
     rel = {"out": _rel_l2(a, want), "out_nocam": _rel_l2(nocam, want_nocam), "images": _rel_l2(images, want_images)}
-    print("compiled vs eager bf16 relative L2 errors:", rel)
-    assert max(rel.values()) < 2e-2, rel
+    exact = {"out": _rel_l2(a, fixture["out"]), "out_nocam": _rel_l2(nocam, fixture["out_nocam"])}
+    print("compiled vs eager bf16 relative L2 errors:", rel, "compiled vs fp32:", exact)
+    assert max(exact.values()) < BF16_REL_UNET, exact
+    assert max(rel["out"], rel["out_nocam"]) < 2 * BF16_REL_UNET and rel["images"] < 2e-2, rel
     assert _rel_l2(a, b) > 0.1  # a still holds the prediction of x, not the later replay's
     assert isinstance(fast._decode_call, CompiledModule) and images.shape == (8, 3, 256, 256)
 
