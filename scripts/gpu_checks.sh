@@ -12,6 +12,7 @@
 # BENCH3D_CASES picks scripts/bench_3d.py cases (BENCH3D=1 runs it even with SKIP_BENCH, BENCHGRID=1 likewise
 # scripts/bench_grid_encoding.py). The ImageReward parity test needs the bert-base-uncased
 # vocab: the dev extra's package, or REWARDSDS_BERT_VOCAB=/path/vocab.txt. Intermediate files go to $REWARDSDS_WORK (a temp dir).
+# The float8 lookahead test needs torchao (pip install 'rewardsds[float8]'); without it that test is skipped, with the reason.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_checks.sh OUTDIR [workers]}
 WORKERS=${2:-3}

@@ -282,6 +282,7 @@ def test_float8_view_serves_only_the_lookahead(sd21_random, parts):
     from rewardsds.priors.sd import StableDiffusionPrior
     from rewardsds.strategies import MinMaxStrategy
 
+    pytest.importorskip("torchao", reason="float8 lookahead needs the float8 extra: pip install 'rewardsds[float8]'")
     cap = torch.cuda.get_device_capability()
     if tuple(cap) < FLOAT8_MIN_CAPABILITY:
         pytest.skip(f"float8 needs compute capability >= 8.9, this GPU has {cap}")
