@@ -399,6 +399,19 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def stalled_samples(xs: list[float], ys: list[float], factor: float = 5.0, floor: float = 0.2) -> list[int]:
+    """Indices of samples far slower than the line through the others (a one-off stall: a collection, an allocator
+    flush, a recompile), judged against a fit a few stalls cannot pull: the median of the pairwise slopes (Theil-Sen)
+    and the median intercept. A sample is a stall where it lies above that line by more than ``factor`` robust
+    standard deviations of the residuals and by more than ``floor`` of the line's value. Faster samples are kept."""
+    pairs = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]]
+    b = statistics.median(pairs) if pairs else 0.0
+    a = statistics.median(y - b * x for x, y in zip(xs, ys))
+    res = [y - (a + b * x) for x, y in zip(xs, ys)]
+    sd = 1.4826 * statistics.median(abs(r) for r in res)
+    return [i for i, (x, r) in enumerate(zip(xs, res)) if r > factor * sd and r > floor * abs(a + b * x)]
+
+
 def step_fit(evals: list[int], ms: list[float]) -> dict[str, float]:
     """``ms = fixed + per_eval * evals`` by least squares: the per-step cost that does not scale with the lookahead
     (the prediction at t, decode, reward, loss, optimiser, logging) apart from the cost of each UNet evaluation."""

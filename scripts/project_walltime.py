@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         "compile_cache": str(getattr(getattr(prior, "_unet_call", None), "cache_dir", None)), "stages": []}
     print(f"{args.experiment}: {total} steps; startup {startup_s:.1f} s; compiled: {result['prior_compiled']}", flush=True)
 
-    projected = 0.0
+    projected = projected_steady = 0.0
     for st in stages(system, total):
         a_, b_ = st["start"], st["end"]
         warm, compiled_before = [], compile_seconds()
@@ -167,19 +167,31 @@ def main(argv=None) -> int:
         a, b = B.fit_line([r["lookahead_calls"] for r in rows], [r["ms"] for r in rows])
         calls = [lookahead_calls_at(system, s) for s in range(a_, b_)]
         stage_ms = sum(a + b * L for L in calls)
+        # A one-off stall in a sample counts as 1/samples of the stage in the fit above: also project without stalls
+        stalls = B.stalled_samples([r["lookahead_calls"] for r in rows], [r["ms"] for r in rows])
+        kept = [r for i, r in enumerate(rows) if i not in stalls]
+        a2, b2 = B.fit_line([r["lookahead_calls"] for r in kept], [r["ms"] for r in kept]) if stalls else (a, b)
+        stage_ms_steady = sum(a2 + b2 * L for L in calls)
         steady = statistics.median(r["ms"] for r in rows)
         key = dict(zip(("reward_on", "resolution", "views_per_step"), st["key"]))
         rec = {**key, "start": a_, "end": b_, "steps": b_ - a_, "fit_ms": {"a": a, "b_per_lookahead_call": b}, "mean_lookahead_calls": statistics.fmean(calls),
-               "projected_s": stage_ms / 1000, "sampled_median_ms": steady, "mean_sampled_x_steps_s": statistics.fmean(r["ms"] for r in rows) * (b_ - a_) / 1000,
+               "projected_s": stage_ms / 1000, "stalled_steps": [rows[i]["step"] for i in stalls],
+               "fit_ms_without_stalls": {"a": a2, "b_per_lookahead_call": b2}, "projected_s_without_stalls": stage_ms_steady / 1000,
+               "sampled_median_ms": steady, "mean_sampled_x_steps_s": statistics.fmean(r["ms"] for r in rows) * (b_ - a_) / 1000,
                "warmup_ms": [1000 * w for w in warm], "samples": rows,
                # the first step's excess over what the fit predicts for its timestep: compile and CUDA-graph capture
                "compile_s": max(0.0, warm[0] - (a + b * calls[0]) / 1000) if warm else 0.0, "torch_compile_s": torch_compile_s}
         result["stages"].append(rec)
         projected += stage_ms / 1000
+        projected_steady += stage_ms_steady / 1000
         print(f"  stage {key} steps {a_}..{b_ - 1}: {a:.1f} ms + {b:.1f} ms per lookahead call (mean {rec['mean_lookahead_calls']:.1f}) "
               f"-> {rec['projected_s']:.0f} s; first step {1000 * warm[0] if warm else float('nan'):.0f} ms", flush=True)
+        if stalls:
+            print(f"    stalled samples at steps {rec['stalled_steps']} ({', '.join('%.0f' % rows[i]['ms'] for i in stalls)} ms); "
+                  f"without them: {a2:.1f} ms + {b2:.1f} ms per call -> {stage_ms_steady / 1000:.0f} s", flush=True)
     compile_s = sum(s["compile_s"] for s in result["stages"])
     result.update({"projected_steps_s": projected, "compile_s": compile_s, "projected_total_s": projected + startup_s + compile_s,
+                   "projected_total_s_without_stalls": projected_steady + startup_s + compile_s,
                    "excluded": "per-step logging, checkpoints, image/video writing, final exports (see the CLI's train/step_time)"})
     target: Optional[float] = TARGETS.get(args.experiment) if total == {"paper_2d": 1000}.get(args.experiment) else None
     if target is not None:
@@ -189,6 +201,8 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"{args.experiment}: steps {projected:.0f} s + startup {startup_s:.0f} s + compile {compile_s:.0f} s = "
           f"{result['projected_total_s']:.0f} s ({result['projected_total_s'] / 60:.1f} min)"
+          + (f"; without stalled samples {result['projected_total_s_without_stalls'] / 60:.1f} min"
+             if result["projected_total_s_without_stalls"] != result["projected_total_s"] else "")
           + (f"; target {target:.0f} s: {'met' if result['meets_target'] else 'missed'}" if target else ""), flush=True)
     return 0
 

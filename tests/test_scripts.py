@@ -361,6 +361,25 @@ def test_benchmark_tiny_cpu(tmp_path, capsys):
     assert r["lookahead_mfu"]["eager"]["unet_inputs"] == 2 * 10 * _calls(979)
 
 
+def test_stalled_samples_finds_a_one_off_stall():
+    """The wall-time projection's stall finder: on the H100's mvdream_nerf samples (a step of 2087 ms among steps of
+    740-1160 ms) it drops exactly that sample; a clean line, a fast sample and mere noise drop nothing."""
+    B = _script("benchmark")
+    measured = Path(__file__).parents[1] / "scripts/measurements/2026-12-06_h100/walltime_mvdream_nerf_fp16_default.json"
+    rows = json.loads(measured.read_text())["stages"][0]["samples"]
+    xs, ys = [r["lookahead_calls"] for r in rows], [r["ms"] for r in rows]
+    assert [rows[i]["step"] for i in B.stalled_samples(xs, ys)] == [909]
+    line = [300.0 + 60.0 * x for x in xs]
+    assert B.stalled_samples(xs, line) == []
+    assert B.stalled_samples(xs, [y * (0.97 if i % 2 else 1.03) for i, y in enumerate(line)]) == []  # noise
+    assert B.stalled_samples(xs, [y - (500 if i == 3 else 0) for i, y in enumerate(line)]) == []  # a fast sample is kept
+    stalled = [y + (400 if i == 5 else 0) for i, y in enumerate(line)]
+    (i,) = B.stalled_samples(xs, stalled)
+    assert i == 5
+    kept = [j for j in range(len(xs)) if j != i]
+    assert B.fit_line([xs[j] for j in kept], [stalled[j] for j in kept]) == pytest.approx((300.0, 60.0))
+
+
 @pytest.mark.slow
 def test_project_walltime_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "walltime.json"
@@ -374,6 +393,7 @@ def test_project_walltime_tiny_cpu(tmp_path, capsys):
         assert row["lookahead_calls"] == _calls(row["t"])
         assert row["evals"] == 2 * 10 * row["lookahead_calls"]
     assert r["projected_total_s"] == pytest.approx(r["projected_steps_s"] + r["startup_s"] + r["compile_s"])
+    assert r["projected_total_s_without_stalls"] <= r["projected_total_s"] + 1e-9 and "stalled_steps" in stage
     assert stage["torch_compile_s"] == 0.0  # CPU: the prior stays eager, Dynamo compiles nothing
 
 
