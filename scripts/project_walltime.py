@@ -11,7 +11,10 @@ ImageReward; no downloads), then:
    their excess over a steady step is reported as ``compile_s``) and times ``--samples`` steps spread evenly
    over the stage (their timesteps follow the run's schedule);
 3. fits ``ms = a + b L`` per stage, with L the number of lookahead model calls at the step's timestep (it is
-   what varies: t decides how many DDIM grid points lie below it), and sums that over every step of the stage.
+   what varies: t decides how many DDIM grid points lie below it), and sums that over every step of the stage;
+4. names the samples far above a line that a few outliers cannot pull (``stalled_steps``: a one-off stall, which
+   a least-squares fit would count as 1/samples of the stage) and projects the stage again without them
+   (``projected_s_without_stalls``, ``projected_total_s_without_stalls``).
 
 The projection is the time inside ``run_step`` (render, candidates, lookahead, decode, reward, loss, backward,
 optimiser). It excludes Lightning's per-step logging, checkpoints, image/video writing and the final exports
@@ -179,8 +182,9 @@ def main(argv=None) -> int:
                "fit_ms_without_stalls": {"a": a2, "b_per_lookahead_call": b2}, "projected_s_without_stalls": stage_ms_steady / 1000,
                "sampled_median_ms": steady, "mean_sampled_x_steps_s": statistics.fmean(r["ms"] for r in rows) * (b_ - a_) / 1000,
                "warmup_ms": [1000 * w for w in warm], "samples": rows,
-               # the first step's excess over what the fit predicts for its timestep: compile and CUDA-graph capture
-               "compile_s": max(0.0, warm[0] - (a + b * calls[0]) / 1000) if warm else 0.0, "torch_compile_s": torch_compile_s}
+               # the first step's excess over a steady step at its timestep (the fit without stalls): compile and
+               # CUDA-graph capture
+               "compile_s": max(0.0, warm[0] - (a2 + b2 * calls[0]) / 1000) if warm else 0.0, "torch_compile_s": torch_compile_s}
         result["stages"].append(rec)
         projected += stage_ms / 1000
         projected_steady += stage_ms_steady / 1000

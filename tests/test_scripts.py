@@ -393,7 +393,9 @@ def test_project_walltime_tiny_cpu(tmp_path, capsys):
         assert row["lookahead_calls"] == _calls(row["t"])
         assert row["evals"] == 2 * 10 * row["lookahead_calls"]
     assert r["projected_total_s"] == pytest.approx(r["projected_steps_s"] + r["startup_s"] + r["compile_s"])
-    assert r["projected_total_s_without_stalls"] <= r["projected_total_s"] + 1e-9 and "stalled_steps" in stage
+    assert stage["stalled_steps"] == []  # two samples fix the robust line: neither can be a stall
+    assert r["projected_total_s_without_stalls"] == pytest.approx(r["projected_total_s"])
+    assert stage["fit_ms_without_stalls"] == stage["fit_ms"]
     assert stage["torch_compile_s"] == 0.0  # CPU: the prior stays eager, Dynamo compiles nothing
 
 
